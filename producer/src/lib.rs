@@ -1,0 +1,1 @@
+//! shardlake producer (issue 3).

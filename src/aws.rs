@@ -1,0 +1,27 @@
+//! AWS client setup shared by every component: one credential chain and the
+//! standard endpoint variables (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_S3`, ...),
+//! so the same binary runs against AWS or the local emulators.
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+
+/// Loads the shared SDK config from the environment and profile files.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest()).load().await
+}
+
+/// Whether an endpoint override is set for `service` (e.g. `S3`), which means
+/// an emulator or S3-compatible store that wants path-style addressing.
+pub fn endpoint_overridden(service: &str) -> bool {
+    std::env::var_os(format!("AWS_ENDPOINT_URL_{service}")).is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some()
+}
+
+/// An S3 client. SDK retries are off because [`crate::retry::RetryPolicy`]
+/// retries whole operations (an upload part, a put) with full jitter.
+pub fn s3_client(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::from(config)
+        .force_path_style(endpoint_overridden("S3"))
+        .retry_config(RetryConfig::disabled())
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}

@@ -1,0 +1,718 @@
+//! Schema-driven column builders that coerce JSON values into Arrow arrays.
+//!
+//! Unlike Arrow's builders these can be truncated, so a record that fails
+//! half-way (a bad value in its ninth column) is rolled back and sent whole to
+//! the error output while the batch stays consistent.
+
+use std::sync::Arc;
+
+use arrow_array::types::{
+    ArrowPrimitiveType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int32Type, Int64Type,
+    TimestampMillisecondType,
+};
+use arrow_array::{ArrayRef, BooleanArray, ListArray, MapArray, PrimitiveArray, StringArray, StructArray};
+use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow_schema::{DataType, Field, FieldRef, Fields};
+use sonic_rs::{JsonContainerTrait, JsonType, JsonValueTrait, Value};
+
+use crate::schema::{HiveType, LIST_ITEM_NAME, StructField, UnknownFieldPolicy, map_entries_field, struct_fields};
+use crate::time::{epoch_number_to_millis, parse_date_days, parse_rfc3339_millis, parse_timestamp_str_millis};
+
+/// A value that does not fit its column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoerceError {
+    /// The value has the wrong type or is out of range.
+    Mismatch {
+        /// Dotted path of the field (`device.version`, `tags[]`).
+        path: String,
+        /// The column type.
+        expected: String,
+        /// The value, shortened, and why it was rejected.
+        found: String,
+    },
+    /// A field not in the schema under the `error` policy.
+    Unknown {
+        /// Dotted path of the field.
+        path: String,
+    },
+}
+
+impl CoerceError {
+    /// Prefixes the field path with its parent's name as the error unwinds.
+    pub fn under(mut self, parent: &str) -> Self {
+        let path = match &mut self {
+            CoerceError::Mismatch { path, .. } | CoerceError::Unknown { path } => path,
+        };
+        *path = if path.is_empty() {
+            parent.to_string()
+        } else if path.starts_with('[') {
+            format!("{parent}{path}")
+        } else {
+            format!("{parent}.{path}")
+        };
+        self
+    }
+
+    /// The dotted field path.
+    pub fn path(&self) -> &str {
+        match self {
+            CoerceError::Mismatch { path, .. } | CoerceError::Unknown { path } => path,
+        }
+    }
+}
+
+fn short_json(v: &Value) -> String {
+    let mut s = sonic_rs::to_string(v).unwrap_or_default();
+    if s.len() > 60 {
+        s.truncate(s.floor_char_boundary(57));
+        s.push_str("...");
+    }
+    s
+}
+
+fn mismatch(ty: &HiveType, v: &Value, why: &str) -> CoerceError {
+    CoerceError::Mismatch {
+        path: String::new(),
+        expected: ty.to_string(),
+        found: if why.is_empty() { short_json(v) } else { format!("{} ({why})", short_json(v)) },
+    }
+}
+
+/// Per-record state shared by all builders: the unknown-field policy and the
+/// unknown fields collected for `_extra`.
+#[derive(Debug)]
+pub struct RecordContext {
+    /// What to do with fields the schema does not list.
+    pub policy: UnknownFieldPolicy,
+    /// JSON object text of the unknown fields of the current record, under
+    /// their dotted paths, when the policy is `keep`.
+    pub extra: String,
+    /// Unknown fields dropped under the `drop` policy (running total).
+    pub dropped_fields: u64,
+}
+
+impl RecordContext {
+    /// A context for `policy`.
+    pub fn new(policy: UnknownFieldPolicy) -> Self {
+        RecordContext { policy, extra: String::new(), dropped_fields: 0 }
+    }
+
+    /// Handles a field the schema does not list, at `prefix` + `key`.
+    pub fn unknown(&mut self, prefix: &str, key: &str, v: &Value) -> Result<(), CoerceError> {
+        match self.policy {
+            // The path grows with the parents' names as the error unwinds.
+            UnknownFieldPolicy::Error => return Err(CoerceError::Unknown { path: key.to_string() }),
+            UnknownFieldPolicy::Drop => self.dropped_fields += 1,
+            UnknownFieldPolicy::Keep => {
+                self.extra.push(if self.extra.is_empty() { '{' } else { ',' });
+                self.extra.push_str(&sonic_rs::to_string(&join_path(prefix, key)).unwrap_or_default());
+                self.extra.push(':');
+                self.extra.push_str(&sonic_rs::to_string(v).unwrap_or_default());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Values and validity of a fixed-width column.
+#[derive(Debug)]
+pub struct Prim<T: ArrowPrimitiveType> {
+    values: Vec<T::Native>,
+    valid: Vec<bool>,
+}
+
+impl<T: ArrowPrimitiveType> Default for Prim<T> {
+    fn default() -> Self {
+        Prim { values: Vec::new(), valid: Vec::new() }
+    }
+}
+
+impl<T: ArrowPrimitiveType> Prim<T> {
+    fn push(&mut self, v: T::Native) {
+        self.values.push(v);
+        self.valid.push(true);
+    }
+    fn push_null(&mut self) {
+        self.values.push(T::Native::default());
+        self.valid.push(false);
+    }
+    fn truncate(&mut self, len: usize) {
+        self.values.truncate(len);
+        self.valid.truncate(len);
+    }
+    fn finish(&mut self) -> PrimitiveArray<T> {
+        let nulls = take_nulls(&mut self.valid);
+        PrimitiveArray::new(ScalarBuffer::from(std::mem::take(&mut self.values)), nulls)
+    }
+    fn bytes(&self) -> usize {
+        self.values.len() * std::mem::size_of::<T::Native>() + self.valid.len()
+    }
+}
+
+fn take_nulls(valid: &mut Vec<bool>) -> Option<NullBuffer> {
+    let v = std::mem::take(valid);
+    if v.iter().all(|&b| b) { None } else { Some(NullBuffer::from(v)) }
+}
+
+/// UTF-8 strings with offsets.
+#[derive(Debug)]
+pub struct Utf8 {
+    offsets: Vec<i32>,
+    data: Vec<u8>,
+    valid: Vec<bool>,
+}
+
+impl Default for Utf8 {
+    fn default() -> Self {
+        Utf8 { offsets: vec![0], data: Vec::new(), valid: Vec::new() }
+    }
+}
+
+impl Utf8 {
+    /// Appends a string.
+    pub fn push(&mut self, s: &str) {
+        self.data.extend_from_slice(s.as_bytes());
+        self.offsets.push(self.data.len() as i32);
+        self.valid.push(true);
+    }
+    /// Appends a null.
+    pub fn push_null(&mut self) {
+        self.offsets.push(self.data.len() as i32);
+        self.valid.push(false);
+    }
+    fn len(&self) -> usize {
+        self.valid.len()
+    }
+    /// Drops values after the first `len`.
+    pub fn truncate_to(&mut self, len: usize) {
+        self.truncate(len);
+    }
+    /// Takes the values out as an Arrow array.
+    pub fn finish_array(&mut self) -> StringArray {
+        self.finish()
+    }
+    /// Approximate bytes buffered.
+    pub fn bytes(&self) -> usize {
+        self.data.len() + self.offsets.len() * 4 + self.valid.len()
+    }
+    fn truncate(&mut self, len: usize) {
+        self.data.truncate(self.offsets[len] as usize);
+        self.offsets.truncate(len + 1);
+        self.valid.truncate(len);
+    }
+    fn finish(&mut self) -> StringArray {
+        let nulls = take_nulls(&mut self.valid);
+        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
+        let data = std::mem::take(&mut self.data);
+        StringArray::new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(data), nulls)
+    }
+}
+
+/// A column builder for one [`HiveType`].
+#[derive(Debug)]
+pub enum ColumnBuilder {
+    /// `string`
+    String(Utf8),
+    /// `boolean`
+    Boolean {
+        /// Values.
+        values: Vec<bool>,
+        /// Validity.
+        valid: Vec<bool>,
+    },
+    /// `int`
+    Int(Prim<Int32Type>),
+    /// `bigint`
+    BigInt(Prim<Int64Type>),
+    /// `float`
+    Float(Prim<Float32Type>),
+    /// `double`
+    Double(Prim<Float64Type>),
+    /// `decimal(p,s)`
+    Decimal(Prim<Decimal128Type>, u8, i8),
+    /// `date`
+    Date(Prim<Date32Type>),
+    /// `timestamp`
+    Timestamp(Prim<TimestampMillisecondType>),
+    /// `array<T>`
+    Array {
+        /// Element type, for error messages.
+        ty: HiveType,
+        /// Arrow element field.
+        field: FieldRef,
+        /// End offset of each list.
+        offsets: Vec<i32>,
+        /// Validity.
+        valid: Vec<bool>,
+        /// Elements.
+        item: Box<ColumnBuilder>,
+    },
+    /// `struct<...>`
+    Struct {
+        /// The declared fields.
+        ty: Vec<StructField>,
+        /// Arrow fields.
+        fields: Fields,
+        /// Validity.
+        valid: Vec<bool>,
+        /// One builder per field.
+        children: Vec<ColumnBuilder>,
+    },
+    /// `map<string,T>`
+    Map {
+        /// Value type, for error messages.
+        ty: HiveType,
+        /// The Arrow `key_value` entries field.
+        entries: FieldRef,
+        /// End offset of each map.
+        offsets: Vec<i32>,
+        /// Validity.
+        valid: Vec<bool>,
+        /// Keys.
+        keys: Utf8,
+        /// Values.
+        values: Box<ColumnBuilder>,
+    },
+}
+
+impl ColumnBuilder {
+    /// An empty builder for `ty`.
+    pub fn new(ty: &HiveType) -> Self {
+        match ty {
+            HiveType::String => ColumnBuilder::String(Utf8::default()),
+            HiveType::Boolean => ColumnBuilder::Boolean { values: Vec::new(), valid: Vec::new() },
+            HiveType::Int => ColumnBuilder::Int(Prim::default()),
+            HiveType::BigInt => ColumnBuilder::BigInt(Prim::default()),
+            HiveType::Float => ColumnBuilder::Float(Prim::default()),
+            HiveType::Double => ColumnBuilder::Double(Prim::default()),
+            HiveType::Decimal { precision, scale } => ColumnBuilder::Decimal(Prim::default(), *precision, *scale),
+            HiveType::Date => ColumnBuilder::Date(Prim::default()),
+            HiveType::Timestamp => ColumnBuilder::Timestamp(Prim::default()),
+            HiveType::Array(item) => ColumnBuilder::Array {
+                ty: (**item).clone(),
+                field: Arc::new(Field::new(LIST_ITEM_NAME, item.to_arrow(), true)),
+                offsets: vec![0],
+                valid: Vec::new(),
+                item: Box::new(ColumnBuilder::new(item)),
+            },
+            HiveType::Struct(fields) => ColumnBuilder::Struct {
+                ty: fields.clone(),
+                fields: struct_fields(fields),
+                valid: Vec::new(),
+                children: fields.iter().map(|f| ColumnBuilder::new(&f.ty)).collect(),
+            },
+            HiveType::Map(value) => ColumnBuilder::Map {
+                ty: (**value).clone(),
+                entries: Arc::new(map_entries_field(value)),
+                offsets: vec![0],
+                valid: Vec::new(),
+                keys: Utf8::default(),
+                values: Box::new(ColumnBuilder::new(value)),
+            },
+        }
+    }
+
+    /// Number of values (rows at the top level).
+    pub fn len(&self) -> usize {
+        match self {
+            ColumnBuilder::String(b) => b.len(),
+            ColumnBuilder::Boolean { valid, .. }
+            | ColumnBuilder::Array { valid, .. }
+            | ColumnBuilder::Struct { valid, .. }
+            | ColumnBuilder::Map { valid, .. } => valid.len(),
+            ColumnBuilder::Int(p) => p.valid.len(),
+            ColumnBuilder::BigInt(p) => p.valid.len(),
+            ColumnBuilder::Float(p) => p.valid.len(),
+            ColumnBuilder::Double(p) => p.valid.len(),
+            ColumnBuilder::Decimal(p, ..) => p.valid.len(),
+            ColumnBuilder::Date(p) => p.valid.len(),
+            ColumnBuilder::Timestamp(p) => p.valid.len(),
+        }
+    }
+
+    /// Whether no value was appended.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends a null.
+    pub fn push_null(&mut self) {
+        match self {
+            ColumnBuilder::String(b) => b.push_null(),
+            ColumnBuilder::Boolean { values, valid } => {
+                values.push(false);
+                valid.push(false);
+            }
+            ColumnBuilder::Int(p) => p.push_null(),
+            ColumnBuilder::BigInt(p) => p.push_null(),
+            ColumnBuilder::Float(p) => p.push_null(),
+            ColumnBuilder::Double(p) => p.push_null(),
+            ColumnBuilder::Decimal(p, ..) => p.push_null(),
+            ColumnBuilder::Date(p) => p.push_null(),
+            ColumnBuilder::Timestamp(p) => p.push_null(),
+            ColumnBuilder::Array { offsets, valid, .. } | ColumnBuilder::Map { offsets, valid, .. } => {
+                offsets.push(*offsets.last().unwrap_or(&0));
+                valid.push(false);
+            }
+            ColumnBuilder::Struct { valid, children, .. } => {
+                valid.push(false);
+                children.iter_mut().for_each(ColumnBuilder::push_null);
+            }
+        }
+    }
+
+    /// Appends `v` coerced to this column's type (`null` appends a null).
+    /// On error the builder may hold a partial value: the caller truncates.
+    /// `path` is the dotted path of this value's parent, for `_extra` keys.
+    pub fn push(&mut self, v: &Value, path: &str, ctx: &mut RecordContext) -> Result<(), CoerceError> {
+        let t = v.get_type();
+        if t == JsonType::Null {
+            self.push_null();
+            return Ok(());
+        }
+        match self {
+            ColumnBuilder::String(b) => match t {
+                JsonType::String => b.push(v.as_str().unwrap_or_default()),
+                // Numbers, booleans and nested values keep their JSON text (lossless).
+                _ => b.push(&sonic_rs::to_string(v).unwrap_or_default()),
+            },
+            ColumnBuilder::Boolean { values, valid } => {
+                let b = match t {
+                    JsonType::Boolean => v.as_bool(),
+                    JsonType::String => match v.as_str().unwrap_or_default().trim() {
+                        s if s.eq_ignore_ascii_case("true") => Some(true),
+                        s if s.eq_ignore_ascii_case("false") => Some(false),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                values.push(b.ok_or_else(|| mismatch(&HiveType::Boolean, v, ""))?);
+                valid.push(true);
+            }
+            ColumnBuilder::Int(p) => {
+                let n = integer(v).ok_or_else(|| mismatch(&HiveType::Int, v, ""))?;
+                p.push(i32::try_from(n).map_err(|_| mismatch(&HiveType::Int, v, "out of range for int"))?);
+            }
+            ColumnBuilder::BigInt(p) => p.push(integer(v).ok_or_else(|| mismatch(&HiveType::BigInt, v, ""))?),
+            ColumnBuilder::Float(p) => p.push(float(v).ok_or_else(|| mismatch(&HiveType::Float, v, ""))? as f32),
+            ColumnBuilder::Double(p) => p.push(float(v).ok_or_else(|| mismatch(&HiveType::Double, v, ""))?),
+            ColumnBuilder::Decimal(p, precision, scale) => {
+                let ty = HiveType::Decimal { precision: *precision, scale: *scale };
+                let text = match t {
+                    JsonType::Number => sonic_rs::to_string(v).unwrap_or_default(),
+                    JsonType::String => v.as_str().unwrap_or_default().trim().to_string(),
+                    _ => return Err(mismatch(&ty, v, "")),
+                };
+                p.push(parse_decimal(&text, *precision, *scale).map_err(|why| mismatch(&ty, v, why))?);
+            }
+            ColumnBuilder::Date(p) => {
+                let s = v.as_str().ok_or_else(|| mismatch(&HiveType::Date, v, "dates are YYYY-MM-DD strings"))?;
+                let days = parse_date_days(s)
+                    .or_else(|| parse_rfc3339_millis(s).and_then(|ms| i32::try_from(ms.div_euclid(86_400_000)).ok()))
+                    .ok_or_else(|| mismatch(&HiveType::Date, v, "not a YYYY-MM-DD date"))?;
+                p.push(days);
+            }
+            ColumnBuilder::Timestamp(p) => {
+                let ms = match t {
+                    JsonType::String => v.as_str().and_then(parse_timestamp_str_millis),
+                    JsonType::Number => v.as_f64().and_then(epoch_number_to_millis),
+                    _ => None,
+                };
+                p.push(ms.ok_or_else(|| {
+                    mismatch(&HiveType::Timestamp, v, "expected RFC 3339, epoch seconds or epoch millis")
+                })?);
+            }
+            ColumnBuilder::Array { ty, offsets, valid, item, .. } => {
+                let arr = v.as_array().ok_or_else(|| mismatch(&HiveType::Array(Box::new(ty.clone())), v, ""))?;
+                let item_path = format!("{path}[]");
+                for x in arr.iter() {
+                    item.push(x, &item_path, ctx).map_err(|e| e.under("[]"))?;
+                }
+                offsets.push(item.len() as i32);
+                valid.push(true);
+            }
+            ColumnBuilder::Struct { ty, valid, children, .. } => {
+                let obj = v.as_object().ok_or_else(|| mismatch(&HiveType::Struct(ty.clone()), v, ""))?;
+                for (i, field) in ty.iter().enumerate() {
+                    // Duplicate keys: the last one wins, as in most JSON readers.
+                    let found = obj.iter().filter(|(k, _)| *k == field.name).last();
+                    let child = &mut children[i];
+                    match found {
+                        Some((_, x)) => {
+                            let child_path = join_path(path, &field.name);
+                            child.push(x, &child_path, ctx).map_err(|e| e.under(&field.name))?;
+                        }
+                        None => child.push_null(),
+                    }
+                }
+                for (k, x) in obj.iter() {
+                    if !ty.iter().any(|f| f.name == k) {
+                        ctx.unknown(path, k, x)?;
+                    }
+                }
+                valid.push(true);
+            }
+            ColumnBuilder::Map { ty, offsets, valid, keys, values, .. } => {
+                let obj = v.as_object().ok_or_else(|| mismatch(&HiveType::Map(Box::new(ty.clone())), v, ""))?;
+                for (k, x) in obj.iter() {
+                    keys.push(k);
+                    values.push(x, &join_path(path, k), ctx).map_err(|e| e.under(k))?;
+                }
+                offsets.push(keys.len() as i32);
+                valid.push(true);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops values after the first `len`.
+    pub fn truncate(&mut self, len: usize) {
+        match self {
+            ColumnBuilder::String(b) => b.truncate(len),
+            ColumnBuilder::Boolean { values, valid } => {
+                values.truncate(len);
+                valid.truncate(len);
+            }
+            ColumnBuilder::Int(p) => p.truncate(len),
+            ColumnBuilder::BigInt(p) => p.truncate(len),
+            ColumnBuilder::Float(p) => p.truncate(len),
+            ColumnBuilder::Double(p) => p.truncate(len),
+            ColumnBuilder::Decimal(p, ..) => p.truncate(len),
+            ColumnBuilder::Date(p) => p.truncate(len),
+            ColumnBuilder::Timestamp(p) => p.truncate(len),
+            ColumnBuilder::Array { offsets, valid, item, .. } => {
+                item.truncate(offsets[len] as usize);
+                offsets.truncate(len + 1);
+                valid.truncate(len);
+            }
+            ColumnBuilder::Struct { valid, children, .. } => {
+                valid.truncate(len);
+                children.iter_mut().for_each(|c| c.truncate(len));
+            }
+            ColumnBuilder::Map { offsets, valid, keys, values, .. } => {
+                let n = offsets[len] as usize;
+                keys.truncate(n);
+                values.truncate(n);
+                offsets.truncate(len + 1);
+                valid.truncate(len);
+            }
+        }
+    }
+
+    /// Approximate bytes buffered, for the memory budget.
+    pub fn bytes(&self) -> usize {
+        match self {
+            ColumnBuilder::String(b) => b.bytes(),
+            ColumnBuilder::Boolean { values, valid } => values.len() + valid.len(),
+            ColumnBuilder::Int(p) => p.bytes(),
+            ColumnBuilder::BigInt(p) => p.bytes(),
+            ColumnBuilder::Float(p) => p.bytes(),
+            ColumnBuilder::Double(p) => p.bytes(),
+            ColumnBuilder::Decimal(p, ..) => p.bytes(),
+            ColumnBuilder::Date(p) => p.bytes(),
+            ColumnBuilder::Timestamp(p) => p.bytes(),
+            ColumnBuilder::Array { offsets, valid, item, .. } => offsets.len() * 4 + valid.len() + item.bytes(),
+            ColumnBuilder::Struct { valid, children, .. } => {
+                valid.len() + children.iter().map(ColumnBuilder::bytes).sum::<usize>()
+            }
+            ColumnBuilder::Map { offsets, valid, keys, values, .. } => {
+                offsets.len() * 4 + valid.len() + keys.bytes() + values.bytes()
+            }
+        }
+    }
+
+    /// Takes the values out as an Arrow array and leaves the builder empty.
+    pub fn finish(&mut self) -> ArrayRef {
+        match self {
+            ColumnBuilder::String(b) => Arc::new(b.finish()),
+            ColumnBuilder::Boolean { values, valid } => {
+                let nulls = take_nulls(valid);
+                Arc::new(BooleanArray::new(BooleanBuffer::from(std::mem::take(values)), nulls))
+            }
+            ColumnBuilder::Int(p) => Arc::new(p.finish()),
+            ColumnBuilder::BigInt(p) => Arc::new(p.finish()),
+            ColumnBuilder::Float(p) => Arc::new(p.finish()),
+            ColumnBuilder::Double(p) => Arc::new(p.finish()),
+            ColumnBuilder::Decimal(p, precision, scale) => Arc::new(
+                p.finish().with_precision_and_scale(*precision, *scale).expect("precision validated by the schema"),
+            ),
+            ColumnBuilder::Date(p) => Arc::new(p.finish()),
+            ColumnBuilder::Timestamp(p) => Arc::new(p.finish().with_timezone("UTC")),
+            ColumnBuilder::Array { field, offsets, valid, item, .. } => {
+                let nulls = take_nulls(valid);
+                let offsets = OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
+                Arc::new(ListArray::new(field.clone(), offsets, item.finish(), nulls))
+            }
+            ColumnBuilder::Struct { fields, valid, children, .. } => {
+                // Struct types always have at least one field (the parser requires it).
+                let nulls = take_nulls(valid);
+                let arrays: Vec<ArrayRef> = children.iter_mut().map(ColumnBuilder::finish).collect();
+                Arc::new(StructArray::new(fields.clone(), arrays, nulls))
+            }
+            ColumnBuilder::Map { entries, offsets, valid, keys, values, .. } => {
+                let nulls = take_nulls(valid);
+                let DataType::Struct(kv_fields) = entries.data_type() else { unreachable!("map entries are a struct") };
+                let kv = StructArray::new(kv_fields.clone(), vec![Arc::new(keys.finish()), values.finish()], None);
+                let offsets = OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
+                Arc::new(MapArray::new(entries.clone(), offsets, kv, nulls, false))
+            }
+        }
+    }
+}
+
+fn join_path(parent: &str, key: &str) -> String {
+    if parent.is_empty() { key.to_string() } else { format!("{parent}.{key}") }
+}
+
+/// An integer from a JSON integer, an integral float, or a digit string.
+fn integer(v: &Value) -> Option<i64> {
+    match v.get_type() {
+        JsonType::Number => v.as_i64().or_else(|| {
+            let f = v.as_f64()?;
+            (f.fract() == 0.0 && f.abs() < 9.2e18).then_some(f as i64)
+        }),
+        JsonType::String => v.as_str()?.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A float from a JSON number or a numeric string.
+fn float(v: &Value) -> Option<f64> {
+    match v.get_type() {
+        JsonType::Number => v.as_f64(),
+        JsonType::String => v.as_str()?.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Parses decimal text (`-12.345`, `1e3`) into an unscaled i128 at `scale`,
+/// refusing to round away non-zero digits or to exceed `precision`.
+pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Result<i128, &'static str> {
+    let (mantissa, exp) = match text.find(['e', 'E']) {
+        Some(i) => (&text[..i], text[i + 1..].parse::<i32>().map_err(|_| "not a number")?),
+        None => (text, 0),
+    };
+    let (neg, m) = match mantissa.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, mantissa.strip_prefix('+').unwrap_or(mantissa)),
+    };
+    let (int_part, frac_part) = m.split_once('.').unwrap_or((m, ""));
+    if (int_part.is_empty() && frac_part.is_empty())
+        || !int_part.bytes().chain(frac_part.bytes()).all(|c| c.is_ascii_digit())
+    {
+        return Err("not a number");
+    }
+    // digits * 10^(exp - frac_len) is the value; we want it * 10^scale.
+    let shift = exp - frac_part.len() as i32 + i32::from(scale);
+    let mut digits: Vec<u8> = int_part.bytes().chain(frac_part.bytes()).map(|c| c - b'0').collect();
+    if shift < 0 {
+        let cut = (-shift) as usize;
+        let keep = digits.len().saturating_sub(cut);
+        if digits[keep..].iter().any(|&d| d != 0) {
+            return Err("more decimal places than the column's scale");
+        }
+        digits.truncate(keep);
+    } else {
+        digits.extend(std::iter::repeat_n(0, shift as usize));
+    }
+    let first = digits.iter().position(|&d| d != 0).unwrap_or(digits.len());
+    let sig = &digits[first..];
+    if sig.len() > usize::from(precision) {
+        return Err("too many digits for the column's precision");
+    }
+    let mut n: i128 = 0;
+    for &d in sig {
+        n = n * 10 + i128::from(d);
+    }
+    Ok(if neg { -n } else { n })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+
+    fn build(ty: &str, values: &[&str]) -> (ArrayRef, Vec<Option<CoerceError>>) {
+        let ty: HiveType = ty.parse().unwrap();
+        let mut b = ColumnBuilder::new(&ty);
+        let mut ctx = RecordContext::new(UnknownFieldPolicy::Keep);
+        let mut errs = Vec::new();
+        for s in values {
+            let v: Value = sonic_rs::from_str(s).unwrap();
+            let len = b.len();
+            let r = b.push(&v, "", &mut ctx);
+            if r.is_err() {
+                b.truncate(len);
+            }
+            errs.push(r.err());
+        }
+        (b.finish(), errs)
+    }
+
+    #[test]
+    fn coerces_scalars() {
+        let (a, e) = build("bigint", &["1", "2.0", "\"3\"", "null", "2.5", "true"]);
+        assert_eq!(a.len(), 4);
+        assert_eq!(a.as_primitive::<Int64Type>().values().as_ref(), &[1, 2, 3, 0]);
+        assert!(a.is_null(3));
+        assert!(e[4].is_some() && e[5].is_some());
+        let (_, e) = build("int", &["3000000000"]);
+        assert!(matches!(&e[0], Some(CoerceError::Mismatch { found, .. }) if found.contains("out of range")));
+        let (a, _) = build("string", &["\"x\"", "12", "true", "{\"a\":1}"]);
+        let s = a.as_string::<i32>();
+        assert_eq!((s.value(1), s.value(2), s.value(3)), ("12", "true", "{\"a\":1}"));
+        let (a, _) = build("timestamp", &["\"2024-03-15T07:12:01.123Z\"", "1710486721", "1710486721123"]);
+        let t = a.as_primitive::<TimestampMillisecondType>();
+        assert_eq!(t.values().as_ref(), &[1_710_486_721_123, 1_710_486_721_000, 1_710_486_721_123]);
+        let (a, e) = build("boolean", &["true", "\"FALSE\"", "1"]);
+        assert_eq!(a.len(), 2);
+        assert!(e[2].is_some());
+    }
+
+    #[test]
+    fn decimals_are_exact() {
+        assert_eq!(parse_decimal("12.34", 10, 2), Ok(1234));
+        assert_eq!(parse_decimal("-0.5", 10, 2), Ok(-50));
+        assert_eq!(parse_decimal("1e3", 10, 2), Ok(100_000));
+        assert_eq!(parse_decimal("12.340", 10, 2), Ok(1234));
+        assert!(parse_decimal("12.345", 10, 2).is_err());
+        assert!(parse_decimal("123456789", 8, 0).is_err());
+        assert!(parse_decimal("abc", 8, 0).is_err());
+        let (a, _) = build("decimal(10,2)", &["19.99", "\"0.01\""]);
+        assert_eq!(a.as_primitive::<Decimal128Type>().values().as_ref(), &[1999, 1]);
+    }
+
+    #[test]
+    fn nested_values_and_rollback() {
+        let (a, e) = build(
+            "array<struct<a:int,b:map<string,bigint>>>",
+            &[r#"[{"a":1,"b":{"x":1,"y":2}},null]"#, r#"[{"a":2},{"a":"bad"}]"#, r#"[{"a":3,"b":{"z":3}}]"#],
+        );
+        assert_eq!(a.len(), 2, "the bad row is rolled back whole");
+        let err = e[1].as_ref().unwrap();
+        assert_eq!(err.path(), "[].a");
+        let list = a.as_list::<i32>();
+        assert_eq!(list.value_offsets(), &[0, 2, 3]);
+        let items = list.values().as_struct();
+        assert_eq!(items.column(0).as_primitive::<Int32Type>().values().as_ref(), &[1, 0, 3]);
+        assert!(items.is_null(1));
+        let maps = items.column(1).as_map();
+        assert_eq!(maps.value_offsets(), &[0, 2, 2, 3]);
+    }
+
+    #[test]
+    fn unknown_nested_fields_follow_the_policy() {
+        let ty: HiveType = "struct<a:int>".parse().unwrap();
+        let v: Value = sonic_rs::from_str(r#"{"a":1,"b":[true]}"#).unwrap();
+        let mut keep = RecordContext::new(UnknownFieldPolicy::Keep);
+        ColumnBuilder::new(&ty).push(&v, "dev", &mut keep).unwrap();
+        assert_eq!(keep.extra, r#"{"dev.b":[true]"#);
+        let mut err = RecordContext::new(UnknownFieldPolicy::Error);
+        let e = ColumnBuilder::new(&ty).push(&v, "dev", &mut err).unwrap_err();
+        assert_eq!(e.under("dev"), CoerceError::Unknown { path: "dev.b".into() });
+        let mut drop = RecordContext::new(UnknownFieldPolicy::Drop);
+        ColumnBuilder::new(&ty).push(&v, "dev", &mut drop).unwrap();
+        assert_eq!(drop.dropped_fields, 1);
+    }
+}

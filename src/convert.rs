@@ -1,0 +1,375 @@
+//! `convert`: JSON Lines files (plain or gzip, local, stdin or S3) into the
+//! lake, what a Glue job or a Lambda ETL does in many AWS tutorials.
+//!
+//! Reading, parsing and encoding run on one blocking thread; finished objects
+//! go through a small bounded channel to an async uploader, so memory stays
+//! within the writer's budget plus a few files in flight.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value as Json};
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::error_output::{ErrorKind, Line};
+use crate::partition::{PartitionTemplate, TimeSource};
+use crate::pipeline::{OutputKind, OutputObject, Pipeline, PipelineStats, TableSpec};
+use crate::schema::{Schema, SchemaInferrer, UnknownFieldPolicy};
+use crate::store::{Location, ObjectStore, S3Options};
+use crate::writer::WriterSettings;
+
+/// Where the schema comes from.
+#[derive(Debug, Clone)]
+pub enum SchemaSource {
+    /// A schema file (TOML, or JSON by extension).
+    File(PathBuf),
+    /// Inferred from the first `sample` records of the input.
+    Infer {
+        /// Records to sample.
+        sample: usize,
+    },
+    /// Given directly.
+    Given(Schema),
+}
+
+/// Everything `convert` needs.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// A path, `-` for stdin, or `s3://bucket/key`. `.gz` is detected by its magic bytes.
+    pub input: String,
+    /// `file:///dir`, a plain directory, or `s3://bucket/prefix/`.
+    pub destination: String,
+    /// The schema.
+    pub schema: SchemaSource,
+    /// Partition template.
+    pub template: String,
+    /// Event-time field for `!{timestamp:...}` (files have no arrival time).
+    pub time_field: Option<String>,
+    /// Error files go under `{destination}{error_prefix}{error_type}/`.
+    pub error_prefix: String,
+    /// What to do with fields the schema does not list.
+    pub unknown_fields: UnknownFieldPolicy,
+    /// Lines longer than this go to `too_large`.
+    pub max_record_bytes: usize,
+    /// Parquet and memory settings.
+    pub writer: WriterSettings,
+    /// S3 upload settings.
+    pub s3: S3Options,
+}
+
+/// Rows, files and bytes written to one partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionSummary {
+    /// Rows.
+    pub rows: u64,
+    /// Files.
+    pub files: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// What a `convert` run did.
+#[derive(Debug, Clone, Default)]
+pub struct ConvertSummary {
+    /// Records read, errors and dropped fields.
+    pub stats: PipelineStats,
+    /// Rows in data files.
+    pub rows: u64,
+    /// Data files written.
+    pub data_files: u64,
+    /// Error files written.
+    pub error_files: u64,
+    /// Input bytes (after decompression).
+    pub bytes_in: u64,
+    /// Bytes of all objects written.
+    pub bytes_out: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Per partition.
+    pub partitions: BTreeMap<String, PartitionSummary>,
+    /// Keys written, in upload order.
+    pub keys: Vec<String>,
+    /// The schema used (inferred or loaded).
+    pub schema: Option<Schema>,
+}
+
+impl ConvertSummary {
+    /// Input MB (10^6 bytes) per wall-clock second.
+    pub fn mb_per_s(&self) -> f64 {
+        self.bytes_in as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// File name stem for output keys: the input's name without `.gz`/`.jsonl`,
+/// reduced to characters that are safe in every store and reader.
+pub fn input_stem(input: &str) -> String {
+    if input == "-" {
+        return "stdin".into();
+    }
+    let mut name = input.rsplit('/').next().unwrap_or(input).to_string();
+    for ext in [".gz", ".jsonl", ".ndjson", ".json", ".txt"] {
+        if let Some(s) = name.strip_suffix(ext) {
+            name = s.to_string();
+        }
+    }
+    let stem: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect();
+    if stem.is_empty() || stem.chars().all(|c| c == '.') { "input".into() } else { stem }
+}
+
+/// Counts bytes read from the underlying source (for the progress bar).
+struct CountingReader<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Reads chunks that an async task pulls from an S3 body.
+struct ChannelReader {
+    rx: mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    current: bytes::Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
+
+/// Opens the input as a buffered, decompressed line reader.
+async fn open_input(input: &str, s3: &S3Options, raw_count: Arc<AtomicU64>) -> Result<Box<dyn BufRead + Send>> {
+    let raw: Box<dyn Read + Send> = if input == "-" {
+        Box::new(std::io::stdin())
+    } else if input.starts_with("s3://") {
+        let Location::S3 { bucket, prefix: key } = Location::parse(input)? else { unreachable!("s3 url") };
+        let config = crate::aws::sdk_config().await;
+        let store = crate::store::S3Store::new(crate::aws::s3_client(&config), bucket, String::new(), s3.clone());
+        let mut body = store.get_stream(&key).await?;
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(std::io::Error::other);
+                let stop = chunk.is_err();
+                if tx.send(chunk).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Box::new(ChannelReader { rx, current: bytes::Bytes::new() })
+    } else {
+        let f = std::fs::File::open(input).map_err(|error| Error::Input { source_name: input.to_string(), error })?;
+        Box::new(f)
+    };
+    let mut buffered = BufReader::with_capacity(1 << 20, CountingReader { inner: raw, count: raw_count });
+    let head = tokio::task::block_in_place(|| buffered.fill_buf())
+        .map_err(|error| Error::Input { source_name: input.to_string(), error })?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(BufReader::with_capacity(1 << 20, flate2::bufread::MultiGzDecoder::new(buffered))))
+    } else {
+        Ok(Box::new(buffered))
+    }
+}
+
+/// The table spec of a run, once the schema is known.
+fn table_spec(opts: &ConvertOptions, schema: Schema) -> Result<TableSpec> {
+    let template = PartitionTemplate::parse(&opts.template)?;
+    let time_source = match &opts.time_field {
+        Some(f) if f.trim() == "arrival" => {
+            return Err(Error::Config(
+                "--time-field arrival: files have no arrival time; name the event-time field (e.g. --time-field ts)"
+                    .into(),
+            ));
+        }
+        Some(f) => TimeSource::parse(f)?,
+        None if template.uses_time() => {
+            return Err(Error::Config(format!(
+                "the partition template `{}` uses !{{timestamp:...}}; pass --time-field with the event-time field \
+                 (e.g. --time-field ts), since files have no arrival time",
+                opts.template
+            )));
+        }
+        None => TimeSource::Arrival,
+    };
+    let mut error_prefix = opts.error_prefix.trim_start_matches('/').to_string();
+    if !error_prefix.is_empty() && !error_prefix.ends_with('/') {
+        error_prefix.push('/');
+    }
+    Ok(TableSpec {
+        schema: Arc::new(schema),
+        template,
+        time_source,
+        unknown_fields: opts.unknown_fields,
+        max_record_bytes: opts.max_record_bytes,
+        error_prefix,
+        writer: opts.writer.clone(),
+    })
+}
+
+fn read_line(reader: &mut dyn BufRead, buf: &mut Vec<u8>, input: &str) -> Result<usize> {
+    buf.clear();
+    let n = reader.read_until(b'\n', buf).map_err(|error| Error::Input { source_name: input.to_string(), error })?;
+    while matches!(buf.last(), Some(b'\n' | b'\r')) {
+        buf.pop();
+    }
+    Ok(n)
+}
+
+/// Runs a conversion. `progress` receives the raw input bytes read so far.
+pub async fn convert(opts: &ConvertOptions, progress: Arc<AtomicU64>) -> Result<ConvertSummary> {
+    let started = Instant::now();
+    // Fail on a bad template or time field before reading anything.
+    if let SchemaSource::Infer { .. } = opts.schema {
+        table_spec(opts, Schema::default())?;
+    }
+    let store = ObjectStore::open(&opts.destination, &opts.s3).await?;
+    let mut reader = open_input(&opts.input, &opts.s3, progress).await?;
+    let (tx, mut rx) = mpsc::channel::<OutputObject>(4);
+
+    let opts_worker = opts.clone();
+    let worker = tokio::task::spawn_blocking(move || -> Result<(PipelineStats, u64, Schema)> {
+        let opts = opts_worker;
+        let input = opts.input.as_str();
+        let mut buf = Vec::with_capacity(64 << 10);
+        let mut bytes_in = 0u64;
+        // Inference samples the first records and keeps them for conversion.
+        let mut sampled: Vec<Vec<u8>> = Vec::new();
+        let schema = match &opts.schema {
+            SchemaSource::File(p) => Schema::from_file(p)?,
+            SchemaSource::Given(s) => s.clone(),
+            SchemaSource::Infer { sample } => {
+                let mut inferrer = SchemaInferrer::new();
+                while inferrer.records() < *sample {
+                    let n = read_line(&mut *reader, &mut buf, input)?;
+                    if n == 0 {
+                        break;
+                    }
+                    bytes_in += n as u64;
+                    inferrer.observe_line(&buf);
+                    sampled.push(buf.clone());
+                }
+                inferrer.finish().ok_or_else(|| {
+                    Error::Config(format!(
+                        "cannot infer a schema: no JSON object among the first {} lines of {input}",
+                        sampled.len()
+                    ))
+                })?
+            }
+        };
+        let spec = table_spec(&opts, schema.clone())?;
+        let mut common = Map::new();
+        common.insert("source".into(), Json::from(input));
+        let mut pipeline: Pipeline<Line> = Pipeline::new(spec, input_stem(input), common);
+        let mut line_no = 0u64;
+        let send = |pipeline: &mut Pipeline<Line>| -> Result<()> {
+            for o in pipeline.take_outputs() {
+                if tx.blocking_send(o).is_err() {
+                    // The uploader stopped: its error is reported by the caller.
+                    return Err(Error::Store { op: "put", url: opts.destination.clone(), message: "upload stopped".into() });
+                }
+            }
+            Ok(())
+        };
+        for line in &sampled {
+            line_no += 1;
+            pipeline.push(line, &Line(line_no), None)?;
+            send(&mut pipeline)?;
+        }
+        drop(sampled);
+        loop {
+            let n = read_line(&mut *reader, &mut buf, input)?;
+            if n == 0 {
+                break;
+            }
+            bytes_in += n as u64;
+            line_no += 1;
+            pipeline.push(&buf, &Line(line_no), None)?;
+            send(&mut pipeline)?;
+        }
+        pipeline.finish_all()?;
+        send(&mut pipeline)?;
+        Ok((pipeline.stats(), bytes_in, schema))
+    });
+
+    let mut summary = ConvertSummary::default();
+    let mut upload_error = None;
+    while let Some(obj) = rx.recv().await {
+        let len = obj.data.len() as u64;
+        if let Err(e) = store.put(&obj.key, obj.data).await {
+            upload_error = Some(e);
+            break;
+        }
+        summary.bytes_out += len;
+        match &obj.kind {
+            OutputKind::Data { partition, rows } => {
+                summary.rows += rows;
+                summary.data_files += 1;
+                let p = summary.partitions.entry(partition.clone()).or_default();
+                p.rows += rows;
+                p.files += 1;
+                p.bytes += len;
+            }
+            OutputKind::Errors { .. } => summary.error_files += 1,
+        }
+        summary.keys.push(obj.key);
+    }
+    drop(rx);
+    let worked = worker.await.expect("convert worker panicked");
+    if let Some(e) = upload_error {
+        return Err(e);
+    }
+    let (stats, bytes_in, schema) = worked?;
+    summary.stats = stats;
+    summary.bytes_in = bytes_in;
+    summary.schema = Some(schema);
+    summary.elapsed = started.elapsed();
+    debug_assert_eq!(summary.rows + summary.stats.error_records(), summary.stats.records);
+    Ok(summary)
+}
+
+/// The error kinds with records, for summaries.
+pub fn error_breakdown(stats: &PipelineStats) -> String {
+    ErrorKind::ALL
+        .iter()
+        .filter_map(|k| stats.errors.get(k).map(|n| format!("{}={n}", k.as_str())))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether `path` exists as a local file (used by the CLI for friendlier errors).
+pub fn local_input_exists(path: &str) -> bool {
+    path == "-" || path.starts_with("s3://") || Path::new(path).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stems_are_safe() {
+        assert_eq!(input_stem("/data/events-2024.jsonl.gz"), "events-2024");
+        assert_eq!(input_stem("-"), "stdin");
+        assert_eq!(input_stem("s3://b/k/a b?.json"), "a_b_");
+        assert_eq!(input_stem("..jsonl"), "input");
+    }
+}

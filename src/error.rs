@@ -1,0 +1,44 @@
+//! The core library's error type.
+
+use thiserror::Error;
+
+/// Errors of the shardlake core. Each variant carries the context a user needs
+/// to find and fix the problem.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A setting, template or schema is invalid; the message names it and the fix.
+    #[error("{0}")]
+    Config(String),
+    /// Reading input failed.
+    #[error("reading {source_name}: {error}")]
+    Input {
+        /// The file or URL being read.
+        source_name: String,
+        /// The underlying I/O error.
+        error: std::io::Error,
+    },
+    /// An object store operation failed.
+    #[error("{op} {url}: {message}")]
+    Store {
+        /// What was attempted (`put`, `get`, `list`, ...).
+        op: &'static str,
+        /// The object or prefix URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Encoding Parquet failed.
+    #[error("writing parquet for {key}: {error}")]
+    Parquet {
+        /// The object key being written.
+        key: String,
+        /// The underlying error.
+        error: parquet::errors::ParquetError,
+    },
+    /// Building Arrow arrays failed (a bug: coercion should prevent it).
+    #[error("building arrow arrays: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+}
+
+/// Result with the core [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

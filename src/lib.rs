@@ -1,0 +1,20 @@
+//! shardlake core: the record model, schema, JSON → Arrow → Snappy Parquet,
+//! Firehose-compatible partition templates, the object store (`file://` and
+//! `s3://`), retries and AWS client setup, shared by the consumer, the
+//! producer and the load-test harness.
+
+pub mod aws;
+pub mod columns;
+pub mod convert;
+pub mod error;
+pub mod error_output;
+pub mod partition;
+pub mod pipeline;
+pub mod record;
+pub mod retry;
+pub mod schema;
+pub mod store;
+pub mod time;
+pub mod writer;
+
+pub use error::{Error, Result};

@@ -1,0 +1,456 @@
+//! Firehose-compatible partition templates: `!{timestamp:yyyy}`, `MM`, `dd`,
+//! `HH`, `mm` (and any mix such as `!{timestamp:yyyy-MM-dd}`) from the record's
+//! time, and `!{field:path.to.key}` from a record field. Rendered values are
+//! escaped the way Hive escapes partition values, so no value can add a path
+//! level, climb out with `..`, or break a reader.
+
+use std::fmt::Write as _;
+
+use sonic_rs::{JsonContainerTrait, JsonType, JsonValueTrait, Value};
+
+use crate::error::{Error, Result};
+use crate::time::{UtcFields, epoch_number_to_millis, parse_timestamp_str_millis};
+
+/// The default template: hourly hive partitions of the record time.
+pub const DEFAULT_TEMPLATE: &str =
+    "year=!{timestamp:yyyy}/month=!{timestamp:MM}/day=!{timestamp:dd}/hour=!{timestamp:HH}/";
+
+/// What a missing or null value renders as (what Hive and Athena use).
+pub const HIVE_DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+
+/// One piece of a timestamp pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimeToken {
+    Year4,
+    Year2,
+    Month,
+    Day,
+    Hour,
+    Minute,
+    Second,
+    Literal(char),
+}
+
+/// One piece of a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Literal(String),
+    Time(Vec<TimeToken>),
+    Field(Vec<String>),
+}
+
+/// What a named partition key (`name=!{...}`) holds; used for DDL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A timestamp pattern such as `yyyy` or `yyyy-MM-dd`.
+    Time(String),
+    /// A record field path.
+    Field(String),
+}
+
+/// A `name=!{...}` path segment: a partition column for Athena, Spark, DuckDB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionKey {
+    /// The column name before `=`.
+    pub name: String,
+    /// Where its value comes from.
+    pub kind: KeyKind,
+}
+
+/// A parsed partition template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionTemplate {
+    source: String,
+    pieces: Vec<Piece>,
+    keys: Vec<PartitionKey>,
+}
+
+fn parse_time_pattern(pattern: &str) -> std::result::Result<Vec<TimeToken>, String> {
+    let mut out = Vec::new();
+    let mut rest = pattern;
+    while !rest.is_empty() {
+        let (tok, len) = if rest.starts_with("yyyy") {
+            (TimeToken::Year4, 4)
+        } else if rest.starts_with("yy") {
+            (TimeToken::Year2, 2)
+        } else if rest.starts_with("MM") {
+            (TimeToken::Month, 2)
+        } else if rest.starts_with("dd") {
+            (TimeToken::Day, 2)
+        } else if rest.starts_with("HH") {
+            (TimeToken::Hour, 2)
+        } else if rest.starts_with("mm") {
+            (TimeToken::Minute, 2)
+        } else if rest.starts_with("ss") {
+            (TimeToken::Second, 2)
+        } else {
+            let c = rest.chars().next().unwrap_or('-');
+            if c.is_ascii_alphabetic() || !matches!(c, '-' | '_' | '.' | ' ') {
+                return Err(format!(
+                    "unsupported timestamp pattern `{pattern}` at `{rest}`; use yyyy, yy, MM, dd, HH, mm, ss \
+                     separated by - _ . or space"
+                ));
+            }
+            (TimeToken::Literal(c), c.len_utf8())
+        };
+        out.push(tok);
+        rest = &rest[len..];
+    }
+    if out.is_empty() {
+        return Err("empty timestamp pattern; write e.g. !{timestamp:yyyy}".into());
+    }
+    Ok(out)
+}
+
+fn check_literal(lit: &str, template: &str) -> Result<()> {
+    let bad = lit.contains('\\')
+        || lit.chars().any(char::is_control)
+        || lit.split('/').any(|seg| seg == "." || seg == "..");
+    if bad {
+        return Err(Error::Config(format!(
+            "partition template `{template}`: literal text `{lit}` may not contain `.` or `..` path segments, \
+             backslashes or control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl PartitionTemplate {
+    /// Parses a template. A template that does not end in `/` gets one, since
+    /// the file name follows it; leading `/` is not allowed.
+    pub fn parse(template: &str) -> Result<Self> {
+        let cfg = |msg: String| Error::Config(format!("partition template `{template}`: {msg}"));
+        if template.starts_with('/') {
+            return Err(cfg("must be relative (no leading `/`)".into()));
+        }
+        let mut pieces = Vec::new();
+        let mut rest = template;
+        while let Some(start) = rest.find("!{") {
+            if start > 0 {
+                check_literal(&rest[..start], template)?;
+                pieces.push(Piece::Literal(rest[..start].to_string()));
+            }
+            let after = &rest[start + 2..];
+            let end = after.find('}').ok_or_else(|| cfg("`!{` without a closing `}`".into()))?;
+            let expr = &after[..end];
+            let (ns, arg) = expr.split_once(':').ok_or_else(|| {
+                cfg(format!("`!{{{expr}}}` needs a namespace: !{{timestamp:yyyy}} or !{{field:name}}"))
+            })?;
+            let piece = match ns.trim() {
+                "timestamp" => Piece::Time(parse_time_pattern(arg.trim()).map_err(cfg)?),
+                "field" => {
+                    let path: Vec<String> = arg.trim().split('.').map(str::to_string).collect();
+                    if path.iter().any(String::is_empty) {
+                        return Err(cfg(format!("`!{{field:{arg}}}` has an empty path element")));
+                    }
+                    Piece::Field(path)
+                }
+                "partitionKeyFromQuery" | "partitionKeyFromLambda" => {
+                    return Err(cfg(format!(
+                        "`{ns}` needs a Firehose query; shardlake reads the field directly: write !{{field:{arg}}}"
+                    )));
+                }
+                other => return Err(cfg(format!("unknown namespace `{other}`; use `timestamp` or `field`"))),
+            };
+            pieces.push(piece);
+            rest = &after[end + 1..];
+        }
+        let mut tail = rest.to_string();
+        if !template.is_empty() && !tail.ends_with('/') && !(tail.is_empty() && template.ends_with('/')) {
+            tail.push('/');
+        }
+        if !tail.is_empty() {
+            check_literal(&tail, template)?;
+            pieces.push(Piece::Literal(tail));
+        }
+        let keys = named_keys(template);
+        Ok(PartitionTemplate { source: template.to_string(), pieces, keys })
+    }
+
+    /// The template text as given.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The named partition keys (`name=!{...}` segments), in path order.
+    pub fn keys(&self) -> &[PartitionKey] {
+        &self.keys
+    }
+
+    /// Whether rendering needs the record time.
+    pub fn uses_time(&self) -> bool {
+        self.pieces.iter().any(|p| matches!(p, Piece::Time(_)))
+    }
+
+    /// Renders the partition path of one record (ending in `/`, or empty for
+    /// an empty template) into `out`. `time_ms` is the record time;
+    /// `None` renders the default partition.
+    pub fn render(&self, time_ms: Option<i64>, record: &Value, out: &mut String) {
+        out.clear();
+        let fields = time_ms.map(UtcFields::from_epoch_millis);
+        for piece in &self.pieces {
+            match piece {
+                Piece::Literal(s) => out.push_str(s),
+                Piece::Time(tokens) => match fields {
+                    None => out.push_str(HIVE_DEFAULT_PARTITION),
+                    Some(f) => render_time(tokens, &f, out),
+                },
+                Piece::Field(path) => match lookup(record, path) {
+                    None => out.push_str(HIVE_DEFAULT_PARTITION),
+                    Some(v) => escape_json_value(v, out),
+                },
+            }
+        }
+    }
+}
+
+/// Finds `name=!{...}` segments, whose value is exactly one expression.
+fn named_keys(template: &str) -> Vec<PartitionKey> {
+    let mut keys = Vec::new();
+    for seg in template.split('/') {
+        let Some((name, expr)) = seg.split_once('=') else { continue };
+        let Some(inner) = expr.strip_prefix("!{").and_then(|e| e.strip_suffix('}')) else { continue };
+        if name.is_empty() || inner.contains("!{") {
+            continue;
+        }
+        let kind = match inner.split_once(':') {
+            Some(("timestamp", p)) => KeyKind::Time(p.trim().to_string()),
+            Some(("field", p)) => KeyKind::Field(p.trim().to_string()),
+            _ => continue,
+        };
+        keys.push(PartitionKey { name: name.to_string(), kind });
+    }
+    keys
+}
+
+fn render_time(tokens: &[TimeToken], f: &UtcFields, out: &mut String) {
+    for t in tokens {
+        // Writing into a String cannot fail.
+        let _ = match t {
+            TimeToken::Year4 => write!(out, "{:04}", f.year),
+            TimeToken::Year2 => write!(out, "{:02}", f.year.rem_euclid(100)),
+            TimeToken::Month => write!(out, "{:02}", f.month),
+            TimeToken::Day => write!(out, "{:02}", f.day),
+            TimeToken::Hour => write!(out, "{:02}", f.hour),
+            TimeToken::Minute => write!(out, "{:02}", f.minute),
+            TimeToken::Second => write!(out, "{:02}", f.second),
+            TimeToken::Literal(c) => {
+                out.push(*c);
+                Ok(())
+            }
+        };
+    }
+}
+
+/// Follows a dotted path through nested objects; `null` counts as missing.
+pub fn lookup<'a>(record: &'a Value, path: &[String]) -> Option<&'a Value> {
+    let mut v = record;
+    for key in path {
+        v = v.as_object()?.get(key)?;
+    }
+    if v.is_null() { None } else { Some(v) }
+}
+
+fn escape_json_value(v: &Value, out: &mut String) {
+    match v.get_type() {
+        JsonType::String => escape_partition_value(v.as_str().unwrap_or_default(), out),
+        _ => escape_partition_value(&sonic_rs::to_string(v).unwrap_or_default(), out),
+    }
+}
+
+/// Whether Hive's `FileUtils.escapePathName` escapes this character.
+fn hive_escapes(c: char) -> bool {
+    matches!(c, '\u{0}'..='\u{1F}' | '"' | '#' | '%' | '\'' | '*' | '/' | ':' | '=' | '?' | '\\' | '\u{7F}'
+        | '{' | '[' | ']' | '^')
+}
+
+/// Appends a partition value escaped the Hive way (`%2F` for `/` and so on).
+/// Empty values become [`HIVE_DEFAULT_PARTITION`]; values made only of dots
+/// are escaped whole so they can never be a `.` or `..` path segment.
+pub fn escape_partition_value(value: &str, out: &mut String) {
+    if value.is_empty() {
+        out.push_str(HIVE_DEFAULT_PARTITION);
+        return;
+    }
+    let all_dots = value.bytes().all(|b| b == b'.');
+    for c in value.chars() {
+        if hive_escapes(c) || (all_dots && c == '.') {
+            let _ = write!(out, "%{:02X}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+/// Reverses [`escape_partition_value`] (what Hive-aware readers do).
+pub fn unescape_partition_value(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Where the record time used by `!{timestamp:...}` comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimeSource {
+    /// A record field (event time): RFC 3339, epoch seconds or epoch millis.
+    Field(Vec<String>),
+    /// The Kinesis `ApproximateArrivalTimestamp`.
+    Arrival,
+}
+
+impl TimeSource {
+    /// `arrival`, or a dotted field path.
+    pub fn parse(s: &str) -> Result<Self> {
+        let s = s.trim();
+        if s == "arrival" {
+            return Ok(TimeSource::Arrival);
+        }
+        let path: Vec<String> = s.split('.').map(str::to_string).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(Error::Config(format!(
+                "time source `{s}`: write `arrival` or a field path such as `ts` or `meta.time`"
+            )));
+        }
+        Ok(TimeSource::Field(path))
+    }
+}
+
+/// Why a record's time field could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadTime {
+    /// The dotted field path.
+    pub field: String,
+    /// The offending value, shortened.
+    pub value: String,
+}
+
+/// Reads the event time of a record from `path`: `Ok(None)` when missing or
+/// null (the default partition), `Err` when present but not a time.
+pub fn event_time_millis(record: &Value, path: &[String]) -> std::result::Result<Option<i64>, BadTime> {
+    let Some(v) = lookup(record, path) else { return Ok(None) };
+    let ms = match v.get_type() {
+        JsonType::Number => v.as_f64().and_then(epoch_number_to_millis),
+        JsonType::String => v.as_str().and_then(parse_timestamp_str_millis),
+        _ => None,
+    };
+    match ms {
+        Some(ms) => Ok(Some(ms)),
+        None => {
+            let mut value = sonic_rs::to_string(v).unwrap_or_default();
+            value.truncate(value.floor_char_boundary(80));
+            Err(BadTime { field: path.join("."), value })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn render(t: &str, time: Option<i64>, rec: &str) -> String {
+        let t = PartitionTemplate::parse(t).unwrap();
+        let v: Value = sonic_rs::from_str(rec).unwrap();
+        let mut out = String::new();
+        t.render(time, &v, &mut out);
+        out
+    }
+
+    const T0: i64 = 1_710_486_721_123; // 2024-03-15T07:12:01.123Z
+
+    #[test]
+    fn renders_default_template() {
+        assert_eq!(render(DEFAULT_TEMPLATE, Some(T0), "{}"), "year=2024/month=03/day=15/hour=07/");
+        assert_eq!(
+            render(DEFAULT_TEMPLATE, None, "{}"),
+            "year=__HIVE_DEFAULT_PARTITION__/month=__HIVE_DEFAULT_PARTITION__/\
+             day=__HIVE_DEFAULT_PARTITION__/hour=__HIVE_DEFAULT_PARTITION__/"
+        );
+    }
+
+    #[test]
+    fn renders_fields_patterns_and_adds_trailing_slash() {
+        let rec = r#"{"a":{"b":"x/y"},"n":7,"z":null}"#;
+        assert_eq!(render("dt=!{timestamp:yyyy-MM-dd}/k=!{field:a.b}", Some(T0), rec), "dt=2024-03-15/k=x%2Fy/");
+        assert_eq!(render("!{field:n}/!{field:z}/!{timestamp:mm}", Some(T0), rec), "7/__HIVE_DEFAULT_PARTITION__/12/");
+        assert_eq!(render("", Some(T0), rec), "");
+        assert_eq!(render("!{field:n}/..x/", None, r#"{"n":".."}"#), "%2E%2E/..x/");
+    }
+
+    #[test]
+    fn names_keys_for_ddl() {
+        let t = PartitionTemplate::parse("region=!{field:geo.region}/dt=!{timestamp:yyyy-MM-dd}/raw/").unwrap();
+        assert_eq!(
+            t.keys(),
+            [
+                PartitionKey { name: "region".into(), kind: KeyKind::Field("geo.region".into()) },
+                PartitionKey { name: "dt".into(), kind: KeyKind::Time("yyyy-MM-dd".into()) },
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_templates_clearly() {
+        for (t, want) in [
+            ("/abs/!{timestamp:yyyy}", "relative"),
+            ("!{timestamp:yyyy", "closing"),
+            ("!{nope:x}", "unknown namespace `nope`"),
+            ("!{timestamp:YYYY}", "unsupported timestamp pattern"),
+            ("../!{timestamp:yyyy}", "`..`"),
+            ("!{partitionKeyFromQuery:customer}", "!{field:customer}"),
+            ("!{field:a..b}", "empty path element"),
+        ] {
+            let err = PartitionTemplate::parse(t).unwrap_err().to_string();
+            assert!(err.contains(want), "{t}: {err}");
+        }
+    }
+
+    #[test]
+    fn event_time_accepts_three_forms() {
+        let p = vec!["ts".to_string()];
+        let v = |s: &str| sonic_rs::from_str::<Value>(s).unwrap();
+        assert_eq!(event_time_millis(&v(r#"{"ts":"2024-03-15T07:12:01.123Z"}"#), &p), Ok(Some(T0)));
+        assert_eq!(event_time_millis(&v(r#"{"ts":1710486721.123}"#), &p), Ok(Some(T0)));
+        assert_eq!(event_time_millis(&v(r#"{"ts":1710486721123}"#), &p), Ok(Some(T0)));
+        assert_eq!(event_time_millis(&v(r#"{"ts":null}"#), &p), Ok(None));
+        assert_eq!(event_time_millis(&v(r#"{}"#), &p), Ok(None));
+        let bad = event_time_millis(&v(r#"{"ts":"yesterday"}"#), &p).unwrap_err();
+        assert_eq!(bad.value, "\"yesterday\"");
+    }
+
+    proptest! {
+        #[test]
+        fn no_value_escapes_its_partition_level(value in any::<String>()) {
+            let rec = sonic_rs::to_string(&sonic_rs::json!({ "k": value.clone() })).unwrap();
+            let out = render("a=!{field:k}/b=!{timestamp:HH}/", Some(T0), &rec);
+            let segs: Vec<&str> = out.trim_end_matches('/').split('/').collect();
+            prop_assert_eq!(segs.len(), 2);
+            prop_assert!(segs[0].starts_with("a="));
+            prop_assert_eq!(segs[1], "b=07");
+            let v = &segs[0][2..];
+            prop_assert!(!v.contains('=') && !v.chars().any(char::is_control) && v != "." && v != "..");
+            let want = if value.is_empty() { HIVE_DEFAULT_PARTITION.to_string() } else { value };
+            prop_assert_eq!(unescape_partition_value(v), want);
+        }
+
+        #[test]
+        fn bare_values_are_never_dot_segments(value in "[./]{1,6}") {
+            let rec = sonic_rs::to_string(&sonic_rs::json!({ "k": value })).unwrap();
+            let out = render("!{field:k}/", None, &rec);
+            prop_assert_eq!(out.matches('/').count(), 1);
+            prop_assert!(out != "./" && out != "../");
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! One record at a time from raw bytes to the lake: size check, JSON parse,
+//! event time, partition path, column coercion; failures go to the error
+//! output. The same pipeline serves `convert` (positions are line numbers) and
+//! the Kinesis consumer (positions are sequence numbers).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value as Json};
+use sonic_rs::{JsonContainerTrait, Value};
+
+use crate::columns::CoerceError;
+use crate::error::Result;
+use crate::error_output::{ErrorKind, ErrorOutput, Position};
+use crate::partition::{PartitionTemplate, TimeSource, event_time_millis};
+use crate::schema::{FileLayout, Schema, UnknownFieldPolicy};
+use crate::writer::{LakeWriter, WriterSettings};
+
+/// Kinesis' largest record (1 MiB); also the default for files.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// Error files are cut at this size.
+const ERROR_FILE_BYTES: usize = 8 << 20;
+
+/// Everything that decides what a lake file contains.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    /// Columns and types.
+    pub schema: Arc<Schema>,
+    /// Partition path template.
+    pub template: PartitionTemplate,
+    /// Where `!{timestamp:...}` takes the time from.
+    pub time_source: TimeSource,
+    /// What to do with fields the schema does not list.
+    pub unknown_fields: UnknownFieldPolicy,
+    /// Records larger than this go to `too_large`.
+    pub max_record_bytes: usize,
+    /// Error files go under `{error_prefix}{error_type}/`.
+    pub error_prefix: String,
+    /// Parquet and memory settings.
+    pub writer: WriterSettings,
+}
+
+/// What kind of object an [`OutputObject`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputKind {
+    /// A Parquet data file.
+    Data {
+        /// Rendered partition path.
+        partition: String,
+        /// Rows in the file.
+        rows: u64,
+    },
+    /// A JSON Lines error file.
+    Errors {
+        /// Why its records failed.
+        kind: ErrorKind,
+        /// Records in the file.
+        records: u64,
+    },
+}
+
+/// A finished object to upload, under a deterministic key.
+#[derive(Debug)]
+pub struct OutputObject {
+    /// Key relative to the destination prefix.
+    pub key: String,
+    /// What it is.
+    pub kind: OutputKind,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// Counters of one pipeline run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PipelineStats {
+    /// Records seen (blank lines excluded).
+    pub records: u64,
+    /// Records routed to the error output, by kind.
+    pub errors: BTreeMap<ErrorKind, u64>,
+    /// Unknown fields dropped under the `drop` policy.
+    pub dropped_fields: u64,
+    /// Blank lines skipped.
+    pub blank_lines: u64,
+}
+
+impl PipelineStats {
+    /// Total records in the error output.
+    pub fn error_records(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// Routes records of one source (a file, a shard) into data and error files.
+pub struct Pipeline<P: Position> {
+    spec: TableSpec,
+    /// File name stem: `{stem}-{first}-{last}`.
+    stem: String,
+    lake: LakeWriter<P>,
+    errors: ErrorOutput<P>,
+    partition: String,
+    records: u64,
+    blank_lines: u64,
+}
+
+impl<P: Position> Pipeline<P> {
+    /// A pipeline whose files are named `{stem}-{first}-{last}` and whose
+    /// error lines carry `common` fields.
+    pub fn new(spec: TableSpec, stem: String, common: Map<String, Json>) -> Self {
+        let keys: Vec<String> = spec.template.keys().iter().map(|k| k.name.clone()).collect();
+        let layout = FileLayout::new(&spec.schema, &keys, spec.unknown_fields);
+        let lake = LakeWriter::new(spec.schema.clone(), layout, spec.unknown_fields, spec.writer.clone());
+        Pipeline {
+            spec,
+            stem,
+            lake,
+            errors: ErrorOutput::new(common, ERROR_FILE_BYTES),
+            partition: String::new(),
+            records: 0,
+            blank_lines: 0,
+        }
+    }
+
+    /// Processes one raw record. `arrival_ms` is the Kinesis arrival time
+    /// (`None` for files). Only writer failures are errors; bad records go
+    /// to the error output.
+    pub fn push(&mut self, raw: &[u8], pos: &P, arrival_ms: Option<i64>) -> Result<()> {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            self.blank_lines += 1;
+            return Ok(());
+        }
+        self.records += 1;
+        if raw.len() > self.spec.max_record_bytes {
+            let msg = format!(
+                "record is {} bytes, over the {} byte limit (max_record_bytes)",
+                raw.len(),
+                self.spec.max_record_bytes
+            );
+            self.errors.push(ErrorKind::TooLarge, &msg, None, raw, pos);
+            return Ok(());
+        }
+        let value: Value = match sonic_rs::from_slice(raw) {
+            Ok(v) => v,
+            Err(e) => {
+                self.errors.push(ErrorKind::InvalidJson, &format!("invalid JSON: {e}"), None, raw, pos);
+                return Ok(());
+            }
+        };
+        let Some(obj) = value.as_object() else {
+            self.errors.push(ErrorKind::NotObject, "record is JSON but not an object", None, raw, pos);
+            return Ok(());
+        };
+        let time = match &self.spec.time_source {
+            _ if !self.spec.template.uses_time() => None,
+            TimeSource::Arrival => arrival_ms,
+            TimeSource::Field(path) => match event_time_millis(&value, path) {
+                Ok(t) => t,
+                Err(bad) => {
+                    let msg = format!(
+                        "{}: {} is not a time (expected RFC 3339, epoch seconds or epoch millis)",
+                        bad.field, bad.value
+                    );
+                    self.errors.push(ErrorKind::TypeMismatch, &msg, Some(&bad.field), raw, pos);
+                    return Ok(());
+                }
+            },
+        };
+        self.spec.template.render(time, &value, &mut self.partition);
+        match self.lake.push(&self.partition, obj, pos, raw.len()) {
+            Ok(()) => self.lake.maintain(&self.partition)?,
+            Err(e) => {
+                let (kind, msg) = match &e {
+                    CoerceError::Mismatch { path, expected, found } => {
+                        (ErrorKind::TypeMismatch, format!("{path}: expected {expected}, found {found}"))
+                    }
+                    CoerceError::Unknown { path } => (
+                        ErrorKind::UnknownField,
+                        format!("{path}: field is not in the schema (unknown_fields = \"error\")"),
+                    ),
+                };
+                self.errors.push(kind, &msg, Some(e.path()), raw, pos);
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes every open data and error file.
+    pub fn finish_all(&mut self) -> Result<()> {
+        self.lake.finish_all()?;
+        self.errors.finish_all();
+        Ok(())
+    }
+
+    /// Takes the finished objects, with their keys.
+    pub fn take_outputs(&mut self) -> Vec<OutputObject> {
+        let mut out = Vec::new();
+        for f in self.lake.take_ready() {
+            out.push(OutputObject {
+                key: format!(
+                    "{}{}-{}-{}.snappy.parquet",
+                    f.partition,
+                    self.stem,
+                    f.first.key_part(),
+                    f.last.key_part()
+                ),
+                kind: OutputKind::Data { partition: f.partition, rows: f.rows },
+                data: f.data,
+            });
+        }
+        for f in self.errors.take_ready() {
+            out.push(OutputObject {
+                key: format!(
+                    "{}{}/{}-{}-{}.jsonl",
+                    self.spec.error_prefix,
+                    f.kind.as_str(),
+                    self.stem,
+                    f.first.key_part(),
+                    f.last.key_part()
+                ),
+                kind: OutputKind::Errors { kind: f.kind, records: f.records },
+                data: f.data,
+            });
+        }
+        out
+    }
+
+    /// Bytes held in open partitions and error files.
+    pub fn memory(&self) -> usize {
+        self.lake.memory() + self.errors.memory()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> PipelineStats {
+        PipelineStats {
+            records: self.records,
+            errors: self.errors.counts().clone(),
+            dropped_fields: self.lake.dropped_fields(),
+            blank_lines: self.blank_lines,
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Decoding one JSON record into the column builders of a batch.
+
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::SchemaRef;
+use sonic_rs::{JsonValueTrait, Object, Value};
+
+use crate::columns::{CoerceError, ColumnBuilder, RecordContext, Utf8};
+use crate::schema::{FileLayout, Schema, UnknownFieldPolicy};
+
+/// Where a field of a record goes.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// Into this builder.
+    Stored(usize),
+    /// Nowhere: the column is a partition key, stored in the path.
+    InPath,
+}
+
+/// Builds the columns of one batch from JSON objects.
+#[derive(Debug)]
+pub struct RecordDecoder {
+    names: Vec<String>,
+    slots: Vec<Slot>,
+    required: Vec<bool>,
+    builders: Vec<ColumnBuilder>,
+    extra: Option<Utf8>,
+    arrow: SchemaRef,
+    ctx: RecordContext,
+    rows: usize,
+    /// Per-record scratch: the value found for each schema column.
+    found: Vec<Option<usize>>,
+}
+
+impl RecordDecoder {
+    /// A decoder for the stored columns of `layout`.
+    pub fn new(schema: &Schema, layout: &FileLayout, policy: UnknownFieldPolicy) -> Self {
+        let mut slots = vec![Slot::InPath; schema.columns.len()];
+        for (b, &i) in layout.stored.iter().enumerate() {
+            slots[i] = Slot::Stored(b);
+        }
+        RecordDecoder {
+            names: schema.columns.iter().map(|c| c.name.clone()).collect(),
+            slots,
+            required: schema.columns.iter().map(|c| c.required).collect(),
+            builders: layout.stored.iter().map(|&i| ColumnBuilder::new(&schema.columns[i].ty)).collect(),
+            extra: layout.extra_column.then(Utf8::default),
+            arrow: schema.file_arrow_schema(layout),
+            ctx: RecordContext::new(policy),
+            rows: 0,
+            found: vec![None; schema.columns.len()],
+        }
+    }
+
+    /// Rows buffered.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Unknown fields dropped so far under the `drop` policy.
+    pub fn dropped_fields(&self) -> u64 {
+        self.ctx.dropped_fields
+    }
+
+    /// Appends one record, or leaves the batch unchanged and says why not.
+    pub fn push(&mut self, obj: &Object) -> Result<(), CoerceError> {
+        let rows = self.rows;
+        let dropped = self.ctx.dropped_fields;
+        match self.push_inner(obj) {
+            Ok(()) => {
+                self.rows += 1;
+                Ok(())
+            }
+            Err(e) => {
+                self.builders.iter_mut().for_each(|b| b.truncate(rows));
+                if let Some(x) = &mut self.extra {
+                    x.truncate_to(rows);
+                }
+                self.ctx.dropped_fields = dropped;
+                Err(e)
+            }
+        }
+    }
+
+    fn push_inner(&mut self, obj: &Object) -> Result<(), CoerceError> {
+        self.found.iter_mut().for_each(|f| *f = None);
+        self.ctx.extra.clear();
+        // Keys usually arrive in schema order, so try the next column first.
+        let mut next = 0;
+        let pairs: Vec<(&str, &Value)> = obj.iter().collect();
+        for (pi, (k, v)) in pairs.iter().enumerate() {
+            let col = if self.names.get(next).is_some_and(|n| n == k) {
+                Some(next)
+            } else {
+                self.names.iter().position(|n| n == k)
+            };
+            match col {
+                Some(c) => {
+                    self.found[c] = Some(pi);
+                    next = c + 1;
+                }
+                None => self.ctx.unknown("", k, v)?,
+            }
+        }
+        for c in 0..self.names.len() {
+            let value = self.found[c].map(|pi| pairs[pi].1).filter(|v| !v.is_null());
+            if value.is_none() && self.required[c] {
+                return Err(CoerceError::Mismatch {
+                    path: self.names[c].clone(),
+                    expected: "a value (the column is required)".into(),
+                    found: "missing or null".into(),
+                });
+            }
+            let Slot::Stored(b) = self.slots[c] else { continue };
+            match value {
+                Some(v) => {
+                    self.builders[b].push(v, &self.names[c], &mut self.ctx).map_err(|e| e.under(&self.names[c]))?
+                }
+                None => self.builders[b].push_null(),
+            }
+        }
+        if let Some(x) = &mut self.extra {
+            if self.ctx.extra.is_empty() {
+                x.push_null();
+            } else {
+                self.ctx.extra.push('}');
+                x.push(&self.ctx.extra);
+            }
+        }
+        Ok(())
+    }
+
+    /// Approximate bytes buffered.
+    pub fn bytes(&self) -> usize {
+        self.builders.iter().map(ColumnBuilder::bytes).sum::<usize>() + self.extra.as_ref().map_or(0, Utf8::bytes)
+    }
+
+    /// The Arrow schema of the batches.
+    pub fn arrow_schema(&self) -> &SchemaRef {
+        &self.arrow
+    }
+
+    /// Takes the buffered rows as a record batch.
+    pub fn finish(&mut self) -> RecordBatch {
+        let mut columns: Vec<ArrayRef> = self.builders.iter_mut().map(ColumnBuilder::finish).collect();
+        if let Some(x) = &mut self.extra {
+            columns.push(std::sync::Arc::new(x.finish_array()));
+        }
+        self.rows = 0;
+        RecordBatch::try_new(self.arrow.clone(), columns).expect("builders match the schema")
+    }
+}

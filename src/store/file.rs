@@ -1,0 +1,132 @@
+//! Local directory store: write to a hidden temp name, fsync, rename, fsync
+//! the directory, so a reader or a crash never leaves half a file visible.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// A local directory holding lake objects.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    root: PathBuf,
+}
+
+fn store_err(op: &'static str, path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Store { op, url: format!("file://{}", path.display()), message: e.to_string() }
+}
+
+impl FileStore {
+    /// A store rooted at `root` (created on first write).
+    pub fn new(root: PathBuf) -> Self {
+        FileStore { root }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `file://` URL of a key.
+    pub fn url(&self, key: &str) -> String {
+        format!("file://{}", self.root.join(key).display())
+    }
+
+    /// Atomically writes `data` at `key`.
+    pub async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        let path = self.root.join(key);
+        tokio::task::spawn_blocking(move || write_atomic(&path, &data))
+            .await
+            .expect("file write task panicked")
+    }
+
+    /// Reads the object at `key`.
+    pub async fn get(&self, key: &str) -> Result<Vec<u8>> {
+        let path = self.root.join(key);
+        tokio::fs::read(&path).await.map_err(|e| store_err("get", &path, e))
+    }
+
+    /// Keys under the root starting with `prefix`, sorted; temp files are skipped.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            walk(&root, &root, &mut out)?;
+            out.retain(|k| k.starts_with(&prefix));
+            out.sort();
+            Ok(out)
+        })
+        .await
+        .expect("file list task panicked")
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(store_err("list", dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| store_err("list", dir, e))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with(".tmp-") {
+            continue;
+        }
+        if entry.file_type().map_err(|e| store_err("list", &path, e))?.is_dir() {
+            walk(root, &path, out)?;
+        } else if let Ok(rel) = path.strip_prefix(root) {
+            out.push(rel.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/"));
+        }
+    }
+    Ok(())
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("keys have a parent directory");
+    std::fs::create_dir_all(dir).map_err(|e| store_err("put", dir, e))?;
+    let name = path.file_name().expect("keys name a file").to_string_lossy();
+    let tmp = dir.join(format!(".tmp-{}-{name}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // The rename itself must survive a crash too.
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        store_err("put", path, e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_get_list_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::new(dir.path().join("lake"));
+        s.put("a=1/x.parquet", b"one".to_vec()).await.unwrap();
+        s.put("a=1/x.parquet", b"two".to_vec()).await.unwrap();
+        s.put("b/y.jsonl", b"y".to_vec()).await.unwrap();
+        assert_eq!(s.get("a=1/x.parquet").await.unwrap(), b"two");
+        assert_eq!(s.list("").await.unwrap(), ["a=1/x.parquet", "b/y.jsonl"]);
+        assert_eq!(s.list("b/").await.unwrap(), ["b/y.jsonl"]);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("lake/a=1")).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temp file left behind");
+    }
+
+    #[tokio::test]
+    async fn put_into_unwritable_root_says_where() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        let s = FileStore::new(dir.path().join("file"));
+        let err = s.put("x/y", b"z".to_vec()).await.unwrap_err().to_string();
+        assert!(err.starts_with("put file://") && err.contains("file/x"), "{err}");
+    }
+}

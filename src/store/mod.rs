@@ -1,0 +1,146 @@
+//! Where lake files go: a local folder (`file:///dir`, or a plain path) or an
+//! S3 prefix (`s3://bucket/prefix/`). Readers never see half an object: the
+//! file store renames a fsynced temp file into place, S3 makes an object
+//! visible only when its PUT or multipart upload completes.
+
+mod file;
+mod s3;
+
+pub use file::FileStore;
+pub use s3::{S3Options, S3Store};
+
+use crate::error::{Error, Result};
+
+/// A parsed destination or source URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A local directory.
+    File(std::path::PathBuf),
+    /// An S3 bucket and key prefix (empty, or ending in `/` when given so).
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix.
+        prefix: String,
+    },
+}
+
+impl Location {
+    /// Parses `file:///abs/dir`, `s3://bucket/prefix/`, or a plain local path.
+    pub fn parse(url: &str) -> Result<Self> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(Error::Config(format!("`{url}` has no bucket; write s3://bucket/prefix/")));
+            }
+            return Ok(Location::S3 { bucket: bucket.to_string(), prefix: prefix.to_string() });
+        }
+        if let Some(rest) = url.strip_prefix("file://") {
+            if rest.is_empty() {
+                return Err(Error::Config(format!("`{url}` has no path; write file:///absolute/dir")));
+            }
+            return Ok(Location::File(rest.into()));
+        }
+        if url.contains("://") {
+            return Err(Error::Config(format!("`{url}`: only file:// and s3:// locations are supported")));
+        }
+        if url.is_empty() {
+            return Err(Error::Config("empty location; give a directory, file:///dir or s3://bucket/prefix/".into()));
+        }
+        Ok(Location::File(url.into()))
+    }
+}
+
+/// Rejects keys that could leave the store's root or confuse readers.
+pub fn check_key(key: &str) -> Result<()> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key.contains('\\')
+        || key.chars().any(char::is_control)
+        || key.split('/').any(|s| s == "." || s == "..");
+    if bad {
+        return Err(Error::Store { op: "put", url: key.to_string(), message: "unsafe object key".into() });
+    }
+    Ok(())
+}
+
+/// A destination for lake objects.
+#[derive(Debug, Clone)]
+pub enum ObjectStore {
+    /// Local directory.
+    File(FileStore),
+    /// S3 (or an S3-compatible endpoint).
+    S3(S3Store),
+}
+
+impl ObjectStore {
+    /// Opens the store at `url`; S3 clients come from the shared AWS config.
+    pub async fn open(url: &str, s3: &S3Options) -> Result<Self> {
+        Ok(match Location::parse(url)? {
+            Location::File(dir) => ObjectStore::File(FileStore::new(dir)),
+            Location::S3 { bucket, prefix } => {
+                let config = crate::aws::sdk_config().await;
+                ObjectStore::S3(S3Store::new(crate::aws::s3_client(&config), bucket, prefix, s3.clone()))
+            }
+        })
+    }
+
+    /// Writes an object atomically, replacing any object at `key`.
+    pub async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        check_key(key)?;
+        match self {
+            ObjectStore::File(s) => s.put(key, data).await,
+            ObjectStore::S3(s) => s.put(key, data).await,
+        }
+    }
+
+    /// Reads a whole object.
+    pub async fn get(&self, key: &str) -> Result<Vec<u8>> {
+        match self {
+            ObjectStore::File(s) => s.get(key).await,
+            ObjectStore::S3(s) => s.get(key).await,
+        }
+    }
+
+    /// Keys (relative to the store root) that start with `prefix`, sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        match self {
+            ObjectStore::File(s) => s.list(prefix).await,
+            ObjectStore::S3(s) => s.list(prefix).await,
+        }
+    }
+
+    /// The full URL of `key`, for messages.
+    pub fn url(&self, key: &str) -> String {
+        match self {
+            ObjectStore::File(s) => s.url(key),
+            ObjectStore::S3(s) => s.url(key),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_locations() {
+        assert_eq!(
+            Location::parse("s3://b/p/q/").unwrap(),
+            Location::S3 { bucket: "b".into(), prefix: "p/q/".into() }
+        );
+        assert_eq!(Location::parse("s3://b").unwrap(), Location::S3 { bucket: "b".into(), prefix: String::new() });
+        assert_eq!(Location::parse("file:///tmp/x").unwrap(), Location::File("/tmp/x".into()));
+        assert_eq!(Location::parse("./lake").unwrap(), Location::File("./lake".into()));
+        assert!(Location::parse("gs://x").unwrap_err().to_string().contains("only file:// and s3://"));
+        assert!(Location::parse("s3:///x").is_err());
+    }
+
+    #[test]
+    fn rejects_unsafe_keys() {
+        for k in ["", "/abs", "a/../b", "./a", "a\\b", "a\nb"] {
+            assert!(check_key(k).is_err(), "{k:?}");
+        }
+        assert!(check_key("year=2024/x-1-2.snappy.parquet").is_ok());
+    }
+}

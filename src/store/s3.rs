@@ -1,0 +1,271 @@
+//! S3 store: single PUT below the multipart threshold, multipart above it
+//! (parts uploaded concurrently), every call retried with full-jitter backoff
+//! when transient, and an incomplete multipart upload aborted on failure so
+//! no orphaned parts accrue storage charges. Optional SSE-KMS.
+
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
+use tokio::task::JoinSet;
+
+use crate::error::{Error, Result};
+use crate::retry::RetryPolicy;
+
+/// S3's smallest part (except the last).
+pub const MIN_PART_BYTES: usize = 5 << 20;
+/// S3's part count limit.
+const MAX_PARTS: usize = 10_000;
+
+/// S3 upload settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Options {
+    /// Objects at least this large use multipart upload.
+    pub multipart_threshold: usize,
+    /// Part size (S3 requires at least 5 MiB; [`S3Options::validate`] clamps).
+    pub part_size: usize,
+    /// Parts uploaded at once.
+    pub part_concurrency: usize,
+    /// Encrypt with this KMS key (SSE-KMS) when set.
+    pub sse_kms_key_id: Option<String>,
+    /// Retries of each call.
+    pub retry: RetryPolicy,
+}
+
+impl Default for S3Options {
+    fn default() -> Self {
+        S3Options {
+            multipart_threshold: 32 << 20,
+            part_size: 16 << 20,
+            part_concurrency: 4,
+            sse_kms_key_id: None,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl S3Options {
+    /// Clamps settings to the S3 API limits.
+    pub fn validate(mut self) -> Self {
+        self.part_size = self.part_size.max(MIN_PART_BYTES);
+        self.multipart_threshold = self.multipart_threshold.max(self.part_size);
+        self.part_concurrency = self.part_concurrency.clamp(1, 64);
+        self
+    }
+}
+
+/// Whether an SDK error is worth retrying: timeouts, connection failures,
+/// 5xx, throttling. Access, missing-bucket and validation errors are not.
+pub fn is_transient<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(se) => matches!(
+            se.err().code(),
+            Some("SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable" | "Throttling" | "ThrottlingException")
+        ) || se.raw().status().is_server_error(),
+        _ => false,
+    }
+}
+
+/// An S3 bucket + prefix.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+    options: S3Options,
+}
+
+impl S3Store {
+    /// A store writing under `s3://bucket/prefix`.
+    pub fn new(client: aws_sdk_s3::Client, bucket: String, prefix: String, options: S3Options) -> Self {
+        S3Store { client, bucket, prefix, options }
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// `s3://` URL of a key.
+    pub fn url(&self, key: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.full_key(key))
+    }
+
+    fn err(&self, op: &'static str, key: &str, e: impl std::error::Error) -> Error {
+        Error::Store { op, url: self.url(key), message: DisplayErrorContext(e).to_string() }
+    }
+
+    /// Uploads `data` at `key`, with multipart above the threshold.
+    pub async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        if data.len() >= self.options.multipart_threshold && data.len() > self.options.part_size {
+            return self.put_multipart(key, data).await;
+        }
+        let full = self.full_key(key);
+        let data = bytes::Bytes::from(data);
+        self.options
+            .retry
+            .run(
+                |_| {
+                    let mut req = self
+                        .client
+                        .put_object()
+                        .bucket(&self.bucket)
+                        .key(&full)
+                        .body(ByteStream::from(data.clone()));
+                    if let Some(k) = &self.options.sse_kms_key_id {
+                        req = req.server_side_encryption(ServerSideEncryption::AwsKms).ssekms_key_id(k);
+                    }
+                    req.send()
+                },
+                is_transient,
+            )
+            .await
+            .map_err(|e| self.err("put", key, e))?;
+        Ok(())
+    }
+
+    async fn put_multipart(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        let full = self.full_key(key);
+        let part_size = self.options.part_size.max(data.len().div_ceil(MAX_PARTS));
+        let mut create = self.client.create_multipart_upload().bucket(&self.bucket).key(&full);
+        if let Some(k) = &self.options.sse_kms_key_id {
+            create = create.server_side_encryption(ServerSideEncryption::AwsKms).ssekms_key_id(k);
+        }
+        let created = self
+            .options
+            .retry
+            .run(|_| create.clone().send(), is_transient)
+            .await
+            .map_err(|e| self.err("create multipart upload", key, e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        match self.upload_parts(&full, &upload_id, bytes::Bytes::from(data), part_size).await {
+            Ok(()) => Ok(()),
+            Err(message) => {
+                // Abort so the parts do not linger (and cost) until a lifecycle rule.
+                let abort = self
+                    .options
+                    .retry
+                    .run(
+                        |_| {
+                            self.client
+                                .abort_multipart_upload()
+                                .bucket(&self.bucket)
+                                .key(&full)
+                                .upload_id(&upload_id)
+                                .send()
+                        },
+                        is_transient,
+                    )
+                    .await;
+                if let Err(e) = abort {
+                    tracing::error!(url = %self.url(key), upload_id, error = %DisplayErrorContext(&e),
+                        "could not abort a failed multipart upload; a bucket lifecycle rule must clean it up");
+                }
+                Err(Error::Store { op: "multipart upload", url: self.url(key), message })
+            }
+        }
+    }
+
+    async fn upload_parts(&self, full: &str, upload_id: &str, data: bytes::Bytes, part_size: usize) -> Result<(), String> {
+        let mut tasks = JoinSet::new();
+        let mut parts = Vec::new();
+        let chunks: Vec<bytes::Bytes> =
+            (0..data.len()).step_by(part_size).map(|s| data.slice(s..(s + part_size).min(data.len()))).collect();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            if tasks.len() >= self.options.part_concurrency {
+                parts.push(tasks.join_next().await.expect("tasks pending").expect("part task panicked")?);
+            }
+            let (client, bucket, key, upload_id, retry) =
+                (self.client.clone(), self.bucket.clone(), full.to_string(), upload_id.to_string(), self.options.retry);
+            let number = i as i32 + 1;
+            tasks.spawn(async move {
+                let out = retry
+                    .run(
+                        |_| {
+                            client
+                                .upload_part()
+                                .bucket(&bucket)
+                                .key(&key)
+                                .upload_id(&upload_id)
+                                .part_number(number)
+                                .body(ByteStream::from(chunk.clone()))
+                                .send()
+                        },
+                        is_transient,
+                    )
+                    .await
+                    .map_err(|e| format!("part {number}: {}", DisplayErrorContext(e)))?;
+                Ok::<_, String>(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag).build())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            parts.push(r.expect("part task panicked")?);
+        }
+        parts.sort_by_key(|p| p.part_number());
+        let done = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
+        self.options
+            .retry
+            .run(
+                |_| {
+                    self.client
+                        .complete_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(full)
+                        .upload_id(upload_id)
+                        .multipart_upload(done.clone())
+                        .send()
+                },
+                is_transient,
+            )
+            .await
+            .map_err(|e| format!("complete: {}", DisplayErrorContext(e)))?;
+        Ok(())
+    }
+
+    /// Downloads a whole object.
+    pub async fn get(&self, key: &str) -> Result<Vec<u8>> {
+        let full = self.full_key(key);
+        let out = self
+            .options
+            .retry
+            .run(|_| self.client.get_object().bucket(&self.bucket).key(&full).send(), is_transient)
+            .await
+            .map_err(|e| self.err("get", key, e))?;
+        let body = out.body.collect().await.map_err(|e| self.err("get", key, e))?;
+        Ok(body.into_bytes().to_vec())
+    }
+
+    /// Streams an object's body (for large inputs).
+    pub async fn get_stream(&self, key: &str) -> Result<ByteStream> {
+        let full = self.full_key(key);
+        let out = self
+            .options
+            .retry
+            .run(|_| self.client.get_object().bucket(&self.bucket).key(&full).send(), is_transient)
+            .await
+            .map_err(|e| self.err("get", key, e))?;
+        Ok(out.body)
+    }
+
+    /// Keys (relative to the prefix) starting with `prefix`, sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let full = self.full_key(prefix);
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&full).into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.err("list", prefix, e))?;
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    out.push(k[self.prefix.len()..].to_string());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The client, bucket and prefix (for tests and tools).
+    pub fn parts(&self) -> (&aws_sdk_s3::Client, &str, &str) {
+        (&self.client, &self.bucket, &self.prefix)
+    }
+}

@@ -1,0 +1,236 @@
+//! Per-partition Snappy Parquet writers under one shared memory budget.
+//!
+//! Records are encoded as they arrive: every `encode_rows` rows (or
+//! `encode_bytes` of buffered values) a partition's builders become a record
+//! batch that its `ArrowWriter` encodes and compresses in memory, so memory
+//! tracks the Parquet size rather than the JSON size. When the sum over all
+//! open partitions reaches the budget, the largest partition is finished
+//! early; a partition whose file reaches the target size is finished too.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use sonic_rs::Object;
+
+use crate::columns::CoerceError;
+use crate::error::{Error, Result};
+use crate::record::RecordDecoder;
+use crate::schema::{FileLayout, Schema, UnknownFieldPolicy};
+
+/// Writer settings. Everything that shapes a file is here, so the same
+/// records with the same settings give byte-identical files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriterSettings {
+    /// Bytes of buffered rows plus encoded Parquet, over all open
+    /// partitions, above which the largest partition is written out early.
+    pub memory_budget: usize,
+    /// A partition's file is finished once its encoded size reaches this.
+    pub target_file_bytes: usize,
+    /// Rows per Parquet row group (DuckDB uses 122,880; Spark about 1M).
+    pub row_group_rows: usize,
+    /// Rows buffered per partition before they are encoded.
+    pub encode_rows: usize,
+    /// Buffered value bytes per partition before they are encoded.
+    pub encode_bytes: usize,
+}
+
+impl Default for WriterSettings {
+    fn default() -> Self {
+        WriterSettings {
+            memory_budget: 256 << 20,
+            target_file_bytes: 128 << 20,
+            row_group_rows: 128 * 1024,
+            encode_rows: 8192,
+            encode_bytes: 4 << 20,
+        }
+    }
+}
+
+impl WriterSettings {
+    /// The Parquet writer properties: Snappy set explicitly (the library
+    /// default is uncompressed), a fixed `created_by` so files do not change
+    /// with the library patch version, page statistics for predicate pushdown.
+    pub fn writer_properties(&self) -> WriterProperties {
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(self.row_group_rows))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_created_by(format!("shardlake {}", env!("CARGO_PKG_VERSION")))
+            .build()
+    }
+}
+
+/// A finished Parquet file of one partition.
+#[derive(Debug)]
+pub struct FinishedFile<P> {
+    /// Rendered partition path (`year=2024/month=03/.../`).
+    pub partition: String,
+    /// Position of the first record in the file.
+    pub first: P,
+    /// Position of the last record in the file.
+    pub last: P,
+    /// Rows in the file.
+    pub rows: u64,
+    /// The Parquet bytes.
+    pub data: Vec<u8>,
+}
+
+struct OpenPartition<P> {
+    decoder: RecordDecoder,
+    writer: ArrowWriter<Vec<u8>>,
+    first: P,
+    last: P,
+    rows: u64,
+    /// Encoded bytes (written + in progress) at the last encode.
+    encoded: usize,
+    /// Value bytes buffered in the decoder since the last encode (estimate).
+    buffered: usize,
+}
+
+impl<P> OpenPartition<P> {
+    fn memory(&self) -> usize {
+        self.encoded + self.buffered
+    }
+}
+
+/// Routes decoded records to per-partition Parquet writers.
+pub struct LakeWriter<P> {
+    schema: Arc<Schema>,
+    layout: FileLayout,
+    policy: UnknownFieldPolicy,
+    settings: WriterSettings,
+    props: WriterProperties,
+    open: HashMap<String, OpenPartition<P>>,
+    /// Sum of `OpenPartition::memory` over `open`.
+    memory: usize,
+    ready: Vec<FinishedFile<P>>,
+    dropped_fields: u64,
+}
+
+impl<P: Clone> LakeWriter<P> {
+    /// A writer for `schema` (its partition-key columns already left out of `layout`).
+    pub fn new(schema: Arc<Schema>, layout: FileLayout, policy: UnknownFieldPolicy, settings: WriterSettings) -> Self {
+        let props = settings.writer_properties();
+        LakeWriter {
+            schema,
+            layout,
+            policy,
+            settings,
+            props,
+            open: HashMap::new(),
+            memory: 0,
+            ready: Vec::new(),
+            dropped_fields: 0,
+        }
+    }
+
+    /// Appends a record to `partition`. `size` is its raw size, used to
+    /// estimate buffered memory between encodes. On a coercion error nothing
+    /// is appended.
+    pub fn push(&mut self, partition: &str, record: &Object, pos: &P, size: usize) -> Result<(), CoerceError> {
+        if !self.open.contains_key(partition) {
+            let decoder = RecordDecoder::new(&self.schema, &self.layout, self.policy);
+            let writer = ArrowWriter::try_new(Vec::new(), decoder.arrow_schema().clone(), Some(self.props.clone()))
+                .expect("in-memory writer with a valid schema");
+            let open = OpenPartition {
+                decoder,
+                writer,
+                first: pos.clone(),
+                last: pos.clone(),
+                rows: 0,
+                encoded: 0,
+                buffered: 0,
+            };
+            self.open.insert(partition.to_string(), open);
+        }
+        let p = self.open.get_mut(partition).expect("inserted above");
+        let dropped = p.decoder.dropped_fields();
+        p.decoder.push(record)?;
+        self.dropped_fields += p.decoder.dropped_fields() - dropped;
+        if p.rows == 0 {
+            p.first = pos.clone();
+        }
+        p.last = pos.clone();
+        p.rows += 1;
+        p.buffered += size;
+        self.memory += size;
+        Ok(())
+    }
+
+    /// Encodes partitions whose buffers are full and finishes files that
+    /// reached their target size or that the memory budget evicts. Call after
+    /// each `push` (it is cheap when there is nothing to do).
+    pub fn maintain(&mut self, partition: &str) -> Result<()> {
+        let Some(p) = self.open.get_mut(partition) else { return Ok(()) };
+        if p.decoder.rows() >= self.settings.encode_rows || p.buffered >= self.settings.encode_bytes {
+            self.memory -= p.memory();
+            encode(p, partition)?;
+            self.memory += p.memory();
+            if p.encoded >= self.settings.target_file_bytes {
+                self.finish(partition)?;
+            }
+        }
+        while self.memory > self.settings.memory_budget {
+            // Largest first; ties by name so the choice never depends on hash order.
+            let Some(largest) =
+                self.open.iter().max_by(|a, b| a.1.memory().cmp(&b.1.memory()).then(b.0.cmp(a.0))).map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.finish(&largest)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, partition: &str) -> Result<()> {
+        let Some(mut p) = self.open.remove(partition) else { return Ok(()) };
+        self.memory -= p.memory();
+        encode(&mut p, partition)?;
+        let data = p.writer.into_inner().map_err(|error| Error::Parquet { key: partition.to_string(), error })?;
+        self.ready.push(FinishedFile { partition: partition.to_string(), first: p.first, last: p.last, rows: p.rows, data });
+        Ok(())
+    }
+
+    /// Finishes every open partition, in partition order.
+    pub fn finish_all(&mut self) -> Result<()> {
+        let mut names: Vec<String> = self.open.keys().cloned().collect();
+        names.sort();
+        for n in names {
+            self.finish(&n)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the files finished so far.
+    pub fn take_ready(&mut self) -> Vec<FinishedFile<P>> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Bytes held by open partitions (buffered rows plus encoded Parquet).
+    pub fn memory(&self) -> usize {
+        self.memory
+    }
+
+    /// Open partitions.
+    pub fn open_partitions(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Unknown fields dropped under the `drop` policy.
+    pub fn dropped_fields(&self) -> u64 {
+        self.dropped_fields
+    }
+}
+
+fn encode<P>(p: &mut OpenPartition<P>, partition: &str) -> Result<()> {
+    if p.decoder.rows() > 0 {
+        let batch = p.decoder.finish();
+        p.writer.write(&batch).map_err(|error| Error::Parquet { key: partition.to_string(), error })?;
+    }
+    p.encoded = p.writer.bytes_written() + p.writer.memory_size();
+    p.buffered = 0;
+    Ok(())
+}
