@@ -157,11 +157,12 @@ impl Read for ChannelReader {
     }
 }
 
-/// Opens the input as a buffered, decompressed line reader.
-async fn open_input(input: &str, s3: &S3Options, raw_count: Arc<AtomicU64>) -> Result<Box<dyn BufRead + Send>> {
-    let raw: Box<dyn Read + Send> = if input == "-" {
-        Box::new(std::io::stdin())
-    } else if input.starts_with("s3://") {
+/// Opens the raw input bytes (file, stdin, or an S3 object streamed by a task).
+async fn open_input(input: &str, s3: &S3Options) -> Result<Box<dyn Read + Send>> {
+    if input == "-" {
+        return Ok(Box::new(std::io::stdin()));
+    }
+    if input.starts_with("s3://") {
         let Location::S3 { bucket, prefix: key } = Location::parse(input)? else { unreachable!("s3 url") };
         let config = crate::aws::sdk_config().await;
         let store = crate::store::S3Store::new(crate::aws::s3_client(&config), bucket, String::new(), s3.clone());
@@ -176,14 +177,17 @@ async fn open_input(input: &str, s3: &S3Options, raw_count: Arc<AtomicU64>) -> R
                 }
             }
         });
-        Box::new(ChannelReader { rx, current: bytes::Bytes::new() })
-    } else {
-        let f = std::fs::File::open(input).map_err(|error| Error::Input { source_name: input.to_string(), error })?;
-        Box::new(f)
-    };
+        return Ok(Box::new(ChannelReader { rx, current: bytes::Bytes::new() }));
+    }
+    let f = std::fs::File::open(input).map_err(|error| Error::Input { source_name: input.to_string(), error })?;
+    Ok(Box::new(f))
+}
+
+/// Buffers the raw input, counting bytes for progress, and decompresses it
+/// when it starts with the gzip magic bytes. Blocking: call on the worker.
+fn line_reader(raw: Box<dyn Read + Send>, input: &str, raw_count: Arc<AtomicU64>) -> Result<Box<dyn BufRead + Send>> {
     let mut buffered = BufReader::with_capacity(1 << 20, CountingReader { inner: raw, count: raw_count });
-    let head = tokio::task::block_in_place(|| buffered.fill_buf())
-        .map_err(|error| Error::Input { source_name: input.to_string(), error })?;
+    let head = buffered.fill_buf().map_err(|error| Error::Input { source_name: input.to_string(), error })?;
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(BufReader::with_capacity(1 << 20, flate2::bufread::MultiGzDecoder::new(buffered))))
     } else {
@@ -243,13 +247,14 @@ pub async fn convert(opts: &ConvertOptions, progress: Arc<AtomicU64>) -> Result<
         table_spec(opts, Schema::default())?;
     }
     let store = ObjectStore::open(&opts.destination, &opts.s3).await?;
-    let mut reader = open_input(&opts.input, &opts.s3, progress).await?;
+    let raw = open_input(&opts.input, &opts.s3).await?;
     let (tx, mut rx) = mpsc::channel::<OutputObject>(4);
 
     let opts_worker = opts.clone();
     let worker = tokio::task::spawn_blocking(move || -> Result<(PipelineStats, u64, Schema)> {
         let opts = opts_worker;
         let input = opts.input.as_str();
+        let mut reader = line_reader(raw, input, progress)?;
         let mut buf = Vec::with_capacity(64 << 10);
         let mut bytes_in = 0u64;
         // Inference samples the first records and keeps them for conversion.

@@ -8,6 +8,7 @@ pub mod columns;
 pub mod convert;
 pub mod error;
 pub mod error_output;
+pub mod events;
 pub mod partition;
 pub mod pipeline;
 pub mod record;

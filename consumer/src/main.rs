@@ -1,1 +1,63 @@
-fn main() {}
+//! `shardlake-consumer`: the shardlake worker binary. Today it ships the lake
+//! tools (`convert`, `schema infer`, `schema ddl`); the Kinesis `run` command
+//! builds on the same core.
+
+mod convert_cmd;
+mod schema_cmd;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Command line of `shardlake-consumer`.
+#[derive(Debug, Parser)]
+#[command(name = "shardlake-consumer", version, about = "Kinesis JSON events into a Snappy Parquet lake")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Convert JSON Lines files (plain or .gz; local, stdin or S3) into the lake.
+    Convert(convert_cmd::ConvertArgs),
+    /// Infer a schema, or print Athena DDL for one.
+    #[command(subcommand)]
+    Schema(schema_cmd::SchemaCommand),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Convert(args) => convert_cmd::run(args).await,
+            Command::Schema(cmd) => schema_cmd::run(cmd),
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! `shardlake-consumer convert`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use shardlake::convert::{ConvertOptions, ConvertSummary, SchemaSource, convert, error_breakdown};
+use shardlake::partition::DEFAULT_TEMPLATE;
+use shardlake::pipeline::DEFAULT_MAX_RECORD_BYTES;
+use shardlake::schema::{DEFAULT_INFER_SAMPLE, UnknownFieldPolicy};
+use shardlake::store::S3Options;
+use shardlake::writer::WriterSettings;
+
+use crate::schema_cmd::PolicyArg;
+
+/// Arguments of `convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// JSON Lines input: a file (plain or gzip), `-` for stdin, or s3://bucket/key.
+    #[arg(long)]
+    input: String,
+    /// Lake destination: a directory, file:///dir, or s3://bucket/prefix/.
+    #[arg(long)]
+    destination: String,
+    /// Schema file (TOML, or JSON by extension).
+    #[arg(long, conflicts_with = "infer_schema", required_unless_present = "infer_schema")]
+    schema: Option<PathBuf>,
+    /// Infer the schema from the first records instead of a schema file.
+    #[arg(long)]
+    infer_schema: bool,
+    /// Records sampled by --infer-schema.
+    #[arg(long, default_value_t = DEFAULT_INFER_SAMPLE)]
+    infer_sample: usize,
+    /// Partition template (Firehose syntax: !{timestamp:yyyy}, !{field:a.b}).
+    #[arg(long, default_value = DEFAULT_TEMPLATE)]
+    partition: String,
+    /// Event-time field used by !{timestamp:...}: RFC 3339, epoch seconds or millis.
+    #[arg(long)]
+    time_field: Option<String>,
+    /// Prefix (under the destination) for records that fail, by error type.
+    #[arg(long, default_value = "errors/")]
+    error_prefix: String,
+    /// Fields not in the schema: keep (as JSON in `_extra`), error, or drop.
+    #[arg(long, value_enum, default_value_t = PolicyArg::Keep)]
+    unknown_fields: PolicyArg,
+    /// Records larger than this many bytes go to the error output.
+    #[arg(long, default_value_t = DEFAULT_MAX_RECORD_BYTES)]
+    max_record_bytes: usize,
+    /// Memory budget for buffered and encoded data, MiB.
+    #[arg(long, default_value_t = 256)]
+    memory_budget_mb: usize,
+    /// Target size of one Parquet file, MiB.
+    #[arg(long, default_value_t = 128)]
+    target_file_mb: usize,
+    /// Rows per Parquet row group.
+    #[arg(long, default_value_t = 128 * 1024)]
+    row_group_rows: usize,
+    /// Encrypt S3 objects with this KMS key (SSE-KMS).
+    #[arg(long)]
+    sse_kms_key_id: Option<String>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn progress_bar(input: &str, counter: Arc<AtomicU64>) -> Option<tokio::task::JoinHandle<()>> {
+    let total = std::fs::metadata(input).ok().filter(|m| m.is_file()).map(|m| m.len());
+    let bar = match total {
+        Some(t) => indicatif::ProgressBar::new(t),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            .expect("valid template"),
+    );
+    Some(tokio::spawn(async move {
+        loop {
+            bar.set_position(counter.load(Ordering::Relaxed));
+            if total.is_some_and(|t| counter.load(Ordering::Relaxed) >= t) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bar.finish_and_clear();
+    }))
+}
+
+/// Runs `convert`.
+pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
+    if !shardlake::convert::local_input_exists(&args.input) {
+        bail!("input file {} does not exist", args.input);
+    }
+    if args.memory_budget_mb == 0 || args.target_file_mb == 0 || args.row_group_rows == 0 {
+        bail!("--memory-budget-mb, --target-file-mb and --row-group-rows must be positive");
+    }
+    let opts = ConvertOptions {
+        input: args.input.clone(),
+        destination: args.destination.clone(),
+        schema: match args.schema {
+            Some(p) => SchemaSource::File(p),
+            None => SchemaSource::Infer { sample: args.infer_sample.max(1) },
+        },
+        template: args.partition,
+        time_field: args.time_field,
+        error_prefix: args.error_prefix,
+        unknown_fields: UnknownFieldPolicy::from(args.unknown_fields),
+        max_record_bytes: args.max_record_bytes,
+        writer: WriterSettings {
+            memory_budget: args.memory_budget_mb << 20,
+            target_file_bytes: args.target_file_mb << 20,
+            row_group_rows: args.row_group_rows,
+            ..WriterSettings::default()
+        },
+        s3: S3Options { sse_kms_key_id: args.sse_kms_key_id, ..S3Options::default() }.validate(),
+    };
+    let counter = Arc::new(AtomicU64::new(0));
+    let show_progress = !args.quiet && !args.json && std::io::stderr().is_terminal();
+    let bar = if show_progress { progress_bar(&args.input, counter.clone()) } else { None };
+    let result = convert(&opts, counter).await;
+    if let Some(b) = bar {
+        b.abort();
+    }
+    let summary = result.with_context(|| format!("converting {} into {}", args.input, args.destination))?;
+    if args.json {
+        println!("{}", summary_json(&summary));
+    } else {
+        print_summary(&args.input, &args.destination, &summary);
+    }
+    Ok(())
+}
+
+fn summary_json(s: &ConvertSummary) -> String {
+    let errors: serde_json::Map<String, serde_json::Value> =
+        s.stats.errors.iter().map(|(k, v)| (k.as_str().to_string(), (*v).into())).collect();
+    let partitions: serde_json::Map<String, serde_json::Value> = s
+        .partitions
+        .iter()
+        .map(|(k, p)| (k.clone(), serde_json::json!({"rows": p.rows, "files": p.files, "bytes": p.bytes})))
+        .collect();
+    serde_json::json!({
+        "records": s.stats.records,
+        "rows": s.rows,
+        "error_records": s.stats.error_records(),
+        "errors": errors,
+        "dropped_fields": s.stats.dropped_fields,
+        "blank_lines": s.stats.blank_lines,
+        "data_files": s.data_files,
+        "error_files": s.error_files,
+        "bytes_in": s.bytes_in,
+        "bytes_out": s.bytes_out,
+        "seconds": s.elapsed.as_secs_f64(),
+        "mb_per_s": s.mb_per_s(),
+        "partitions": partitions,
+    })
+    .to_string()
+}
+
+fn print_summary(input: &str, destination: &str, s: &ConvertSummary) {
+    println!("converted {input} -> {destination}");
+    println!("  records   {:>12}", s.stats.records);
+    println!("  rows      {:>12}  in {} data files, {} partitions", s.rows, s.data_files, s.partitions.len());
+    let errors = s.stats.error_records();
+    if errors > 0 {
+        println!("  errors    {:>12}  in {} error files ({})", errors, s.error_files, error_breakdown(&s.stats));
+    } else {
+        println!("  errors    {:>12}", 0);
+    }
+    if s.stats.dropped_fields > 0 {
+        println!("  dropped   {:>12}  unknown fields (--unknown-fields drop)", s.stats.dropped_fields);
+    }
+    println!("  bytes in  {:>12.1} MB", s.bytes_in as f64 / 1e6);
+    println!("  bytes out {:>12.1} MB", s.bytes_out as f64 / 1e6);
+    println!("  time      {:>12.2} s  ({:.1} MB/s)", s.elapsed.as_secs_f64(), s.mb_per_s());
+}

@@ -1,0 +1,112 @@
+//! `shardlake-consumer schema infer | ddl`.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Subcommand, ValueEnum};
+use shardlake::partition::{DEFAULT_TEMPLATE, PartitionTemplate};
+use shardlake::schema::{DEFAULT_INFER_SAMPLE, DdlOptions, Schema, SchemaInferrer, UnknownFieldPolicy, create_table_ddl};
+
+/// `--unknown-fields` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PolicyArg {
+    /// Keep unknown fields as JSON text in the `_extra` column.
+    Keep,
+    /// Send records with unknown fields to the error output.
+    Error,
+    /// Drop unknown fields and count them.
+    Drop,
+}
+
+impl From<PolicyArg> for UnknownFieldPolicy {
+    fn from(p: PolicyArg) -> Self {
+        match p {
+            PolicyArg::Keep => UnknownFieldPolicy::Keep,
+            PolicyArg::Error => UnknownFieldPolicy::Error,
+            PolicyArg::Drop => UnknownFieldPolicy::Drop,
+        }
+    }
+}
+
+/// Schema subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// Print a schema TOML inferred from the first records of a JSON Lines file.
+    Infer {
+        /// JSON Lines file (or `-` for stdin).
+        file: String,
+        /// Records to sample.
+        #[arg(long, default_value_t = DEFAULT_INFER_SAMPLE)]
+        sample: usize,
+    },
+    /// Print Athena CREATE EXTERNAL TABLE with partition projection.
+    Ddl {
+        /// Schema file.
+        #[arg(long)]
+        schema: PathBuf,
+        /// Table name, `db.table` or `table`.
+        #[arg(long)]
+        table: String,
+        /// Lake location, s3://bucket/prefix/.
+        #[arg(long)]
+        location: String,
+        /// The partition template the lake is written with.
+        #[arg(long, default_value = DEFAULT_TEMPLATE)]
+        partition: String,
+        /// Unknown-field policy the lake is written with (keep adds `_extra`).
+        #[arg(long, value_enum, default_value_t = PolicyArg::Keep)]
+        unknown_fields: PolicyArg,
+        /// First year of the partition projection range.
+        #[arg(long, default_value_t = 2020)]
+        first_year: u32,
+    },
+}
+
+/// Runs a schema subcommand.
+pub fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
+    match cmd {
+        SchemaCommand::Infer { file, sample } => {
+            let reader: Box<dyn BufRead> = if file == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                let f = std::fs::File::open(&file).with_context(|| format!("opening {file}"))?;
+                Box::new(std::io::BufReader::new(flate2_or_plain(f)?))
+            };
+            let mut inferrer = SchemaInferrer::new();
+            for line in reader.split(b'\n') {
+                if inferrer.records() >= sample {
+                    break;
+                }
+                inferrer.observe_line(&line.with_context(|| format!("reading {file}"))?);
+            }
+            let schema = inferrer
+                .finish()
+                .with_context(|| format!("no JSON object found among the first lines of {file}"))?;
+            print!("# inferred by shardlake from {} records of {file}\n{}", inferrer.records(), schema.to_toml());
+            Ok(())
+        }
+        SchemaCommand::Ddl { schema, table, location, partition, unknown_fields, first_year } => {
+            let schema = Schema::from_file(&schema)?;
+            let opts = DdlOptions {
+                table,
+                location,
+                template: PartitionTemplate::parse(&partition)?,
+                unknown_fields: unknown_fields.into(),
+                first_year,
+            };
+            print!("{}", create_table_ddl(&schema, &opts)?);
+            Ok(())
+        }
+    }
+}
+
+/// Gzip files are read through a decoder, others as they are.
+fn flate2_or_plain(f: std::fs::File) -> anyhow::Result<Box<dyn std::io::Read>> {
+    use std::io::{Read, Seek};
+    let mut f = f;
+    let mut magic = [0u8; 2];
+    let n = f.read(&mut magic)?;
+    f.rewind()?;
+    Ok(if n == 2 && magic == [0x1f, 0x8b] { Box::new(flate2::read::MultiGzDecoder::new(f)) } else { Box::new(f) })
+}
