@@ -1,0 +1,170 @@
+//! Bad input: every record ends up in exactly one data or error file, the
+//! error lines say what failed and where, and hostile partition values stay
+//! inside their partition level.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use common::*;
+use shardlake::convert::{ConvertOptions, SchemaSource, convert};
+use shardlake::error_output::ErrorKind;
+use shardlake::schema::{Schema, UnknownFieldPolicy};
+
+const SCHEMA: &str = r#"
+[[columns]]
+name = "id"
+type = "string"
+required = true
+[[columns]]
+name = "ts"
+type = "timestamp"
+[[columns]]
+name = "amount"
+type = "decimal(10,2)"
+[[columns]]
+name = "country"
+type = "string"
+[[columns]]
+name = "dev"
+type = "struct<os:string>"
+"#;
+
+fn write_input(dir: &std::path::Path) -> std::path::PathBuf {
+    let big = format!(r#"{{"id":"big","ts":"2024-03-15T07:00:00Z","pad":"{}"}}"#, "x".repeat(3000));
+    let mut lines: Vec<Vec<u8>> = vec![
+        br#"{"id":"a","ts":"2024-03-15T07:00:00Z","amount":1.25,"country":"DE","dev":{"os":"iOS"}}"#.to_vec(),
+        b"not json".to_vec(),
+        b"[1,2]".to_vec(),
+        br#"{"id":"b","ts":"2024-03-15T07:00:00Z","amount":"abc"}"#.to_vec(),
+        big.into_bytes(),
+        br#"{"id":"c","ts":"yesterday"}"#.to_vec(),
+        br#"{"ts":"2024-03-15T07:00:00Z"}"#.to_vec(),
+        br#"{"id":"d","ts":1710486000,"country":"../../etc","surprise":{"a":1},"dev":{"os":"Linux","arch":"arm"}}"#.to_vec(),
+        b"   ".to_vec(),
+        b"{\"id\":\"\xff\"}".to_vec(),
+        br#"{"id":"e","ts":1710486000000,"amount":0.125}"#.to_vec(),
+        br#"{"id":"f","country":"a/b=c"}"#.to_vec(),
+    ];
+    let path = dir.join("bad.jsonl");
+    for l in &mut lines {
+        l.push(b'\n');
+    }
+    std::fs::write(&path, lines.concat()).unwrap();
+    path
+}
+
+fn options(input: &std::path::Path, lake: &std::path::Path, policy: UnknownFieldPolicy) -> ConvertOptions {
+    let mut o = event_options(input, lake.to_str().unwrap());
+    o.schema = SchemaSource::Given(Schema::parse(SCHEMA, false).unwrap());
+    o.template = "country=!{field:country}/hour=!{timestamp:HH}/".into();
+    o.unknown_fields = policy;
+    o.max_record_bytes = 2000;
+    o
+}
+
+fn error_lines(lake: &std::path::Path, kind: &str) -> Vec<serde_json::Value> {
+    read_tree(&lake.join("errors").join(kind))
+        .values()
+        .flat_map(|b| String::from_utf8(b.clone()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_bad_record_lands_in_the_error_output_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path());
+    let lake = dir.path().join("lake");
+    let s = convert(&options(&input, &lake, UnknownFieldPolicy::Keep), Arc::new(AtomicU64::new(0))).await.unwrap();
+
+    assert_eq!(s.stats.records, 11);
+    assert_eq!(s.stats.blank_lines, 1);
+    assert_eq!(s.rows, 3, "a, d and f are good");
+    let count = |k| s.stats.errors.get(&k).copied().unwrap_or(0);
+    assert_eq!(count(ErrorKind::InvalidJson), 2);
+    assert_eq!(count(ErrorKind::NotObject), 1);
+    assert_eq!(count(ErrorKind::TooLarge), 1);
+    assert_eq!(count(ErrorKind::TypeMismatch), 4, "amount abc, ts yesterday, missing id, 3 decimals");
+    assert_eq!(s.rows + s.stats.error_records(), s.stats.records);
+
+    let mismatches = error_lines(&lake, "type_mismatch");
+    let by_line = |n: u64| mismatches.iter().find(|v| v["line"] == n).unwrap_or_else(|| panic!("line {n}"));
+    assert_eq!(by_line(4)["field"], "amount");
+    assert!(by_line(4)["error_message"].as_str().unwrap().contains("expected decimal(10,2)"));
+    assert_eq!(by_line(4)["raw"], r#"{"id":"b","ts":"2024-03-15T07:00:00Z","amount":"abc"}"#);
+    assert_eq!(by_line(4)["source"], input.to_str().unwrap());
+    assert_eq!(by_line(6)["field"], "ts");
+    assert_eq!(by_line(7)["field"], "id");
+    assert!(by_line(11)["error_message"].as_str().unwrap().contains("more decimal places"));
+    let invalid = error_lines(&lake, "invalid_json");
+    assert_eq!(invalid.iter().find(|v| v["line"] == 10).unwrap()["raw_base64"], "eyJpZCI6Iv8ifQ==");
+    let large = error_lines(&lake, "too_large");
+    assert!(large[0]["error_message"].as_str().unwrap().contains("over the 2000 byte limit"));
+
+    // Hostile partition values are escaped into a single level.
+    let files = read_tree(&lake);
+    let data: Vec<&String> = files.keys().filter(|k| k.ends_with(".parquet")).collect();
+    assert!(data.iter().any(|k| k.starts_with("country=..%2F..%2Fetc/hour=07/")), "{data:?}");
+    assert!(data.iter().any(|k| k.starts_with("country=a%2Fb%3Dc/hour=__HIVE_DEFAULT_PARTITION__/")), "{data:?}");
+    for k in &data {
+        assert_eq!(k.matches('/').count(), 2, "{k}");
+    }
+
+    // DuckDB reads the lake, the unknown fields in _extra and the decoded partition values.
+    let out = python(
+        r#"
+import duckdb, json, sys
+con = duckdb.connect()
+rows = con.execute(f"SELECT id, _extra, country, amount::VARCHAR FROM read_parquet('{sys.argv[1]}/country=*/*/*.parquet', hive_partitioning=true) ORDER BY id").fetchall()
+print(json.dumps(rows))
+"#,
+        &[lake.to_str().unwrap()],
+    );
+    let rows: Vec<(String, Option<String>, String, Option<String>)> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0], ("a".into(), None, "DE".into(), Some("1.25".into())));
+    assert_eq!(rows[1].1.as_deref(), Some(r#"{"surprise":{"a":1},"dev.arch":"arm"}"#));
+    assert_eq!(rows[1].2, "../../etc", "DuckDB decodes the Hive escaping back");
+    assert_eq!(rows[2].2, "a/b=c");
+}
+
+#[tokio::test]
+async fn unknown_field_policies_error_and_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path());
+    let lake = dir.path().join("strict");
+    let s = convert(&options(&input, &lake, UnknownFieldPolicy::Error), Arc::new(AtomicU64::new(0))).await.unwrap();
+    assert_eq!(s.stats.errors.get(&ErrorKind::UnknownField), Some(&1));
+    assert_eq!(s.rows, 2);
+    let unknown = error_lines(&lake, "unknown_field");
+    assert_eq!(unknown[0]["line"], 8);
+    assert_eq!(unknown[0]["field"], "surprise");
+
+    let lake = dir.path().join("drop");
+    let s = convert(&options(&input, &lake, UnknownFieldPolicy::Drop), Arc::new(AtomicU64::new(0))).await.unwrap();
+    assert_eq!(s.rows, 3);
+    assert_eq!(s.stats.dropped_fields, 2, "pad is in a too-large record; surprise and dev.arch are dropped");
+}
+
+#[tokio::test]
+async fn inferred_schema_converts_gzip_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = gen_events(dir.path(), 2_000, 11);
+    let gz = dir.path().join("events.jsonl.gz");
+    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+    std::io::copy(&mut std::fs::File::open(&plain).unwrap(), &mut enc).unwrap();
+    enc.finish().unwrap();
+    let lake = dir.path().join("lake");
+    let mut opts = event_options(&gz, lake.to_str().unwrap());
+    opts.schema = SchemaSource::Infer { sample: 500 };
+    let s = convert(&opts, Arc::new(AtomicU64::new(0))).await.unwrap();
+    assert_eq!((s.stats.records, s.rows), (2_000, 2_000), "errors: {:?}", s.stats.errors);
+    let schema = s.schema.unwrap();
+    let ty = |n: &str| schema.columns[schema.index_of(n).unwrap()].ty.to_string();
+    assert_eq!(ty("ts"), "timestamp");
+    assert_eq!(ty("amount"), "double");
+    assert_eq!(ty("tags"), "array<string>");
+    assert!(ty("properties").starts_with("struct<page:string"));
+    assert!(read_tree(&lake).keys().all(|k| k.contains("/events-")), "file names use the input stem");
+}
