@@ -65,6 +65,9 @@ pub struct ConvertArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Also print a table of rows, files and bytes per partition.
+    #[arg(long)]
+    print_partitions: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -132,6 +135,9 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
         println!("{}", summary_json(&summary));
     } else {
         print_summary(&args.input, &args.destination, &summary);
+        if args.print_partitions {
+            print_partitions(&summary);
+        }
     }
     Ok(())
 }
@@ -178,4 +184,15 @@ fn print_summary(input: &str, destination: &str, s: &ConvertSummary) {
     println!("  bytes in  {:>12.1} MB", s.bytes_in as f64 / 1e6);
     println!("  bytes out {:>12.1} MB", s.bytes_out as f64 / 1e6);
     println!("  time      {:>12.2} s  ({:.1} MB/s)", s.elapsed.as_secs_f64(), s.mb_per_s());
+}
+
+fn print_partitions(s: &ConvertSummary) {
+    let width = s.partitions.keys().map(String::len).max().unwrap_or(9).max(9);
+    println!();
+    println!("{:<width$}  {:>10}  {:>5}  {:>12}", "partition", "rows", "files", "bytes");
+    for (p, v) in &s.partitions {
+        println!("{p:<width$}  {:>10}  {:>5}  {:>12}", v.rows, v.files, v.bytes);
+    }
+    let bytes: u64 = s.partitions.values().map(|v| v.bytes).sum();
+    println!("{:<width$}  {:>10}  {:>5}  {:>12}", "total", s.rows, s.data_files, bytes);
 }
