@@ -249,6 +249,8 @@ pub enum ColumnBuilder {
     },
     /// `struct<...>`
     Struct {
+        /// Dotted path of this struct, for `_extra` keys of unknown fields.
+        path: String,
         /// The declared fields.
         ty: Vec<StructField>,
         /// Arrow fields.
@@ -276,8 +278,9 @@ pub enum ColumnBuilder {
 }
 
 impl ColumnBuilder {
-    /// An empty builder for `ty`.
-    pub fn new(ty: &HiveType) -> Self {
+    /// An empty builder for `ty` at dotted `path` (the column name at the
+    /// top level; used to name unknown nested fields in `_extra`).
+    pub fn new(ty: &HiveType, path: &str) -> Self {
         match ty {
             HiveType::String => ColumnBuilder::String(Utf8::default()),
             HiveType::Boolean => ColumnBuilder::Boolean { values: Vec::new(), valid: Vec::new() },
@@ -293,13 +296,14 @@ impl ColumnBuilder {
                 field: Arc::new(Field::new(LIST_ITEM_NAME, item.to_arrow(), true)),
                 offsets: vec![0],
                 valid: Vec::new(),
-                item: Box::new(ColumnBuilder::new(item)),
+                item: Box::new(ColumnBuilder::new(item, &format!("{path}[]"))),
             },
             HiveType::Struct(fields) => ColumnBuilder::Struct {
+                path: path.to_string(),
                 ty: fields.clone(),
                 fields: struct_fields(fields),
                 valid: Vec::new(),
-                children: fields.iter().map(|f| ColumnBuilder::new(&f.ty)).collect(),
+                children: fields.iter().map(|f| ColumnBuilder::new(&f.ty, &join_path(path, &f.name))).collect(),
             },
             HiveType::Map(value) => ColumnBuilder::Map {
                 ty: (**value).clone(),
@@ -307,7 +311,7 @@ impl ColumnBuilder {
                 offsets: vec![0],
                 valid: Vec::new(),
                 keys: Utf8::default(),
-                values: Box::new(ColumnBuilder::new(value)),
+                values: Box::new(ColumnBuilder::new(value, &join_path(path, "*"))),
             },
         }
     }
@@ -363,8 +367,7 @@ impl ColumnBuilder {
 
     /// Appends `v` coerced to this column's type (`null` appends a null).
     /// On error the builder may hold a partial value: the caller truncates.
-    /// `path` is the dotted path of this value's parent, for `_extra` keys.
-    pub fn push(&mut self, v: &Value, path: &str, ctx: &mut RecordContext) -> Result<(), CoerceError> {
+    pub fn push(&mut self, v: &Value, ctx: &mut RecordContext) -> Result<(), CoerceError> {
         let t = v.get_type();
         if t == JsonType::Null {
             self.push_null();
@@ -424,31 +427,37 @@ impl ColumnBuilder {
             }
             ColumnBuilder::Array { ty, offsets, valid, item, .. } => {
                 let arr = v.as_array().ok_or_else(|| mismatch(&HiveType::Array(Box::new(ty.clone())), v, ""))?;
-                let item_path = format!("{path}[]");
                 for x in arr.iter() {
-                    item.push(x, &item_path, ctx).map_err(|e| e.under("[]"))?;
+                    item.push(x, ctx).map_err(|e| e.under("[]"))?;
                 }
                 offsets.push(item.len() as i32);
                 valid.push(true);
             }
-            ColumnBuilder::Struct { ty, valid, children, .. } => {
+            ColumnBuilder::Struct { path, ty, valid, children, .. } => {
                 let obj = v.as_object().ok_or_else(|| mismatch(&HiveType::Struct(ty.clone()), v, ""))?;
-                for (i, field) in ty.iter().enumerate() {
-                    // Duplicate keys: the last one wins, as in most JSON readers.
-                    let found = obj.iter().filter(|(k, _)| *k == field.name).last();
-                    let child = &mut children[i];
-                    match found {
-                        Some((_, x)) => {
-                            let child_path = join_path(path, &field.name);
-                            child.push(x, &child_path, ctx).map_err(|e| e.under(&field.name))?;
-                        }
-                        None => child.push_null(),
-                    }
-                }
+                let row = valid.len();
+                let mut next = 0;
                 for (k, x) in obj.iter() {
-                    if !ty.iter().any(|f| f.name == k) {
+                    // Keys usually arrive in declared order: try the next field first.
+                    let found = if ty.get(next).is_some_and(|f| f.name == k) {
+                        Some(next)
+                    } else {
+                        ty.iter().position(|f| f.name == k)
+                    };
+                    let Some(i) = found else {
                         ctx.unknown(path, k, x)?;
+                        continue;
+                    };
+                    next = i + 1;
+                    let child = &mut children[i];
+                    if child.len() > row {
+                        // A duplicate key: the last one wins, as in most JSON readers.
+                        child.truncate(row);
                     }
+                    child.push(x, ctx).map_err(|e| e.under(&ty[i].name))?;
+                }
+                for child in children.iter_mut().filter(|c| c.len() == row) {
+                    child.push_null();
                 }
                 valid.push(true);
             }
@@ -456,7 +465,7 @@ impl ColumnBuilder {
                 let obj = v.as_object().ok_or_else(|| mismatch(&HiveType::Map(Box::new(ty.clone())), v, ""))?;
                 for (k, x) in obj.iter() {
                     keys.push(k);
-                    values.push(x, &join_path(path, k), ctx).map_err(|e| e.under(k))?;
+                    values.push(x, ctx).map_err(|e| e.under(k))?;
                 }
                 offsets.push(keys.len() as i32);
                 valid.push(true);
@@ -635,13 +644,13 @@ mod tests {
 
     fn build(ty: &str, values: &[&str]) -> (ArrayRef, Vec<Option<CoerceError>>) {
         let ty: HiveType = ty.parse().unwrap();
-        let mut b = ColumnBuilder::new(&ty);
+        let mut b = ColumnBuilder::new(&ty, "c");
         let mut ctx = RecordContext::new(UnknownFieldPolicy::Keep);
         let mut errs = Vec::new();
         for s in values {
             let v: Value = sonic_rs::from_str(s).unwrap();
             let len = b.len();
-            let r = b.push(&v, "", &mut ctx);
+            let r = b.push(&v, &mut ctx);
             if r.is_err() {
                 b.truncate(len);
             }
@@ -706,13 +715,13 @@ mod tests {
         let ty: HiveType = "struct<a:int>".parse().unwrap();
         let v: Value = sonic_rs::from_str(r#"{"a":1,"b":[true]}"#).unwrap();
         let mut keep = RecordContext::new(UnknownFieldPolicy::Keep);
-        ColumnBuilder::new(&ty).push(&v, "dev", &mut keep).unwrap();
+        ColumnBuilder::new(&ty, "dev").push(&v, &mut keep).unwrap();
         assert_eq!(keep.extra, r#"{"dev.b":[true]"#);
         let mut err = RecordContext::new(UnknownFieldPolicy::Error);
-        let e = ColumnBuilder::new(&ty).push(&v, "dev", &mut err).unwrap_err();
+        let e = ColumnBuilder::new(&ty, "dev").push(&v, &mut err).unwrap_err();
         assert_eq!(e.under("dev"), CoerceError::Unknown { path: "dev.b".into() });
         let mut drop = RecordContext::new(UnknownFieldPolicy::Drop);
-        ColumnBuilder::new(&ty).push(&v, "dev", &mut drop).unwrap();
+        ColumnBuilder::new(&ty, "dev").push(&v, &mut drop).unwrap();
         assert_eq!(drop.dropped_fields, 1);
     }
 }

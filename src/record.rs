@@ -2,7 +2,7 @@
 
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::SchemaRef;
-use sonic_rs::{JsonValueTrait, Object, Value};
+use sonic_rs::{JsonValueTrait, Object};
 
 use crate::columns::{CoerceError, ColumnBuilder, RecordContext, Utf8};
 use crate::schema::{FileLayout, Schema, UnknownFieldPolicy};
@@ -27,8 +27,8 @@ pub struct RecordDecoder {
     arrow: SchemaRef,
     ctx: RecordContext,
     rows: usize,
-    /// Per-record scratch: the value found for each schema column.
-    found: Vec<Option<usize>>,
+    /// Per-record scratch: whether each schema column had a non-null value.
+    present: Vec<bool>,
 }
 
 impl RecordDecoder {
@@ -42,12 +42,16 @@ impl RecordDecoder {
             names: schema.columns.iter().map(|c| c.name.clone()).collect(),
             slots,
             required: schema.columns.iter().map(|c| c.required).collect(),
-            builders: layout.stored.iter().map(|&i| ColumnBuilder::new(&schema.columns[i].ty)).collect(),
+            builders: layout
+                .stored
+                .iter()
+                .map(|&i| ColumnBuilder::new(&schema.columns[i].ty, &schema.columns[i].name))
+                .collect(),
             extra: layout.extra_column.then(Utf8::default),
             arrow: schema.file_arrow_schema(layout),
             ctx: RecordContext::new(policy),
             rows: 0,
-            found: vec![None; schema.columns.len()],
+            present: vec![false; schema.columns.len()],
         }
     }
 
@@ -82,40 +86,44 @@ impl RecordDecoder {
     }
 
     fn push_inner(&mut self, obj: &Object) -> Result<(), CoerceError> {
-        self.found.iter_mut().for_each(|f| *f = None);
+        let rows = self.rows;
+        self.present.iter_mut().for_each(|p| *p = false);
         self.ctx.extra.clear();
         // Keys usually arrive in schema order, so try the next column first.
         let mut next = 0;
-        let pairs: Vec<(&str, &Value)> = obj.iter().collect();
-        for (pi, (k, v)) in pairs.iter().enumerate() {
+        for (k, v) in obj.iter() {
             let col = if self.names.get(next).is_some_and(|n| n == k) {
                 Some(next)
             } else {
                 self.names.iter().position(|n| n == k)
             };
-            match col {
-                Some(c) => {
-                    self.found[c] = Some(pi);
-                    next = c + 1;
+            let Some(c) = col else {
+                self.ctx.unknown("", k, v)?;
+                continue;
+            };
+            next = c + 1;
+            self.present[c] = !v.is_null();
+            if let Slot::Stored(b) = self.slots[c] {
+                let builder = &mut self.builders[b];
+                if builder.len() > rows {
+                    // A duplicate key: the last one wins, as in most JSON readers.
+                    builder.truncate(rows);
                 }
-                None => self.ctx.unknown("", k, v)?,
+                builder.push(v, &mut self.ctx).map_err(|e| e.under(&self.names[c]))?;
             }
         }
         for c in 0..self.names.len() {
-            let value = self.found[c].map(|pi| pairs[pi].1).filter(|v| !v.is_null());
-            if value.is_none() && self.required[c] {
+            if self.required[c] && !self.present[c] {
                 return Err(CoerceError::Mismatch {
                     path: self.names[c].clone(),
                     expected: "a value (the column is required)".into(),
                     found: "missing or null".into(),
                 });
             }
-            let Slot::Stored(b) = self.slots[c] else { continue };
-            match value {
-                Some(v) => {
-                    self.builders[b].push(v, &self.names[c], &mut self.ctx).map_err(|e| e.under(&self.names[c]))?
+            if let Slot::Stored(b) = self.slots[c] {
+                if self.builders[b].len() == rows {
+                    self.builders[b].push_null();
                 }
-                None => self.builders[b].push_null(),
             }
         }
         if let Some(x) = &mut self.extra {

@@ -1,15 +1,10 @@
-//! The `shardlake-consumer` and `shardlake-loadtest` command lines as a user runs them.
+//! The `shardlake-consumer` command line as a user runs it.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn consumer(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shardlake-consumer")).args(args).output().unwrap()
-}
-
-fn loadtest_bin() -> std::path::PathBuf {
-    // Built by the workspace: target/<profile>/shardlake-loadtest next to our binary.
-    Path::new(env!("CARGO_BIN_EXE_shardlake-consumer")).with_file_name("shardlake-loadtest")
 }
 
 fn stdout(o: &Output) -> String {
@@ -22,16 +17,15 @@ fn stderr(o: &Output) -> String {
     String::from_utf8(o.stderr.clone()).unwrap()
 }
 
-/// Writes reference events and their schema with `shardlake-loadtest gen`.
+/// Writes reference events (the library behind `shardlake-loadtest gen`) and their schema.
 fn events(dir: &Path, n: u64) -> (String, String) {
     let input = dir.join("ev.jsonl");
     let schema = dir.join("schema.toml");
-    let o = Command::new(loadtest_bin())
-        .args(["gen", &n.to_string(), input.to_str().unwrap(), "--seed", "9", "--schema-out"])
-        .arg(&schema)
-        .output()
-        .expect("shardlake-loadtest is built with the workspace: run `cargo test --workspace`");
-    stdout(&o);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+    let opts = shardlake::events::GenOptions { count: n, seed: 9, ..Default::default() };
+    shardlake::events::generate(&opts, &mut f).unwrap();
+    drop(f);
+    std::fs::write(&schema, shardlake::events::EVENTS_SCHEMA_TOML).unwrap();
     (input.to_string_lossy().into(), schema.to_string_lossy().into())
 }
 
@@ -96,17 +90,4 @@ fn schema_infer_and_ddl() {
     ]));
     assert!(ddl.contains("CREATE EXTERNAL TABLE IF NOT EXISTS `analytics`.`events`"), "{ddl}");
     assert!(ddl.contains("`ts` timestamp") && ddl.contains("PARTITIONED BY (`year` string"), "{ddl}");
-}
-
-#[test]
-fn loadtest_gen_is_deterministic() {
-    let bin = loadtest_bin();
-    let run = |seed: &str| {
-        let o = Command::new(&bin).args(["gen", "200", "-", "--seed", seed]).output().unwrap();
-        assert!(o.status.success());
-        o.stdout
-    };
-    assert_eq!(run("1"), run("1"));
-    assert_ne!(run("1"), run("2"));
-    assert_eq!(run("1").iter().filter(|&&b| b == b'\n').count(), 200);
 }
