@@ -13,8 +13,8 @@ use arrow_array::types::{
 use arrow_array::{ArrayRef, BooleanArray, ListArray, MapArray, PrimitiveArray, StringArray, StructArray};
 use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, FieldRef, Fields};
-use sonic_rs::{JsonContainerTrait, JsonType, JsonValueTrait, Value};
 
+use crate::json::{Kind, Parser, SyntaxError};
 use crate::schema::{HiveType, LIST_ITEM_NAME, StructField, UnknownFieldPolicy, map_entries_field, struct_fields};
 use crate::time::{epoch_number_to_millis, parse_date_days, parse_rfc3339_millis, parse_timestamp_str_millis};
 
@@ -61,21 +61,49 @@ impl CoerceError {
     }
 }
 
-fn short_json(v: &Value) -> String {
-    let mut s = sonic_rs::to_string(v).unwrap_or_default();
-    if s.len() > 60 {
-        s.truncate(s.floor_char_boundary(57));
-        s.push_str("...");
-    }
-    s
+/// A syntax error or a coercion error while decoding a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The record is not valid JSON.
+    Syntax(SyntaxError),
+    /// A value does not fit its column.
+    Coerce(CoerceError),
 }
 
-fn mismatch(ty: &HiveType, v: &Value, why: &str) -> CoerceError {
-    CoerceError::Mismatch {
-        path: String::new(),
-        expected: ty.to_string(),
-        found: if why.is_empty() { short_json(v) } else { format!("{} ({why})", short_json(v)) },
+impl From<SyntaxError> for DecodeError {
+    fn from(e: SyntaxError) -> Self {
+        DecodeError::Syntax(e)
     }
+}
+
+impl From<CoerceError> for DecodeError {
+    fn from(e: CoerceError) -> Self {
+        DecodeError::Coerce(e)
+    }
+}
+
+impl DecodeError {
+    /// Prefixes a coercion error's path with its parent's name.
+    pub fn under(self, parent: &str) -> Self {
+        match self {
+            DecodeError::Coerce(c) => DecodeError::Coerce(c.under(parent)),
+            s => s,
+        }
+    }
+}
+
+/// A mismatch error quoting the value that starts at `start` (consumed or not).
+fn mismatch(ty: &HiveType, p: &mut Parser<'_>, start: usize, why: &str) -> CoerceError {
+    let text = if p.offset() > start { p.slice(start, p.offset()) } else { p.skip().unwrap_or("(invalid JSON)") };
+    let mut found = text.to_string();
+    if found.len() > 60 {
+        found.truncate(found.floor_char_boundary(57));
+        found.push_str("...");
+    }
+    if !why.is_empty() {
+        found = format!("{found} ({why})");
+    }
+    CoerceError::Mismatch { path: String::new(), expected: ty.to_string(), found }
 }
 
 /// Per-record state shared by all builders: the unknown-field policy and the
@@ -97,17 +125,18 @@ impl RecordContext {
         RecordContext { policy, extra: String::new(), dropped_fields: 0 }
     }
 
-    /// Handles a field the schema does not list, at `prefix` + `key`.
-    pub fn unknown(&mut self, prefix: &str, key: &str, v: &Value) -> Result<(), CoerceError> {
+    /// Handles a field the schema does not list, at `prefix` + `key`, whose
+    /// value has the JSON text `raw`.
+    pub fn unknown(&mut self, prefix: &str, key: &str, raw: &str) -> Result<(), CoerceError> {
         match self.policy {
             // The path grows with the parents' names as the error unwinds.
             UnknownFieldPolicy::Error => return Err(CoerceError::Unknown { path: key.to_string() }),
             UnknownFieldPolicy::Drop => self.dropped_fields += 1,
             UnknownFieldPolicy::Keep => {
                 self.extra.push(if self.extra.is_empty() { '{' } else { ',' });
-                self.extra.push_str(&sonic_rs::to_string(&join_path(prefix, key)).unwrap_or_default());
+                self.extra.push_str(&serde_json::to_string(&join_path(prefix, key)).expect("strings serialize"));
                 self.extra.push(':');
-                self.extra.push_str(&sonic_rs::to_string(v).unwrap_or_default());
+                self.extra.push_str(raw);
             }
         }
         Ok(())
@@ -365,79 +394,104 @@ impl ColumnBuilder {
         }
     }
 
-    /// Appends `v` coerced to this column's type (`null` appends a null).
-    /// On error the builder may hold a partial value: the caller truncates.
-    pub fn push(&mut self, v: &Value, ctx: &mut RecordContext) -> Result<(), CoerceError> {
-        let t = v.get_type();
-        if t == JsonType::Null {
+    /// Reads the next value from `p` and appends it coerced to this column's
+    /// type (`null` appends a null). On error the builder may hold a partial
+    /// value: the caller truncates.
+    pub fn push(&mut self, p: &mut Parser<'_>, ctx: &mut RecordContext) -> Result<(), DecodeError> {
+        let kind = p.peek()?;
+        if kind == Kind::Null {
+            p.null()?;
             self.push_null();
             return Ok(());
         }
+        let start = p.offset();
+        let mut buf = String::new();
         match self {
-            ColumnBuilder::String(b) => match t {
-                JsonType::String => b.push(v.as_str().unwrap_or_default()),
+            ColumnBuilder::String(b) => match kind {
+                Kind::String => b.push(p.string(&mut buf)?),
                 // Numbers, booleans and nested values keep their JSON text (lossless).
-                _ => b.push(&sonic_rs::to_string(v).unwrap_or_default()),
+                _ => b.push(p.skip()?),
             },
             ColumnBuilder::Boolean { values, valid } => {
-                let b = match t {
-                    JsonType::Boolean => v.as_bool(),
-                    JsonType::String => match v.as_str().unwrap_or_default().trim() {
+                let v = match kind {
+                    Kind::Bool => Some(p.boolean()?),
+                    Kind::String => match p.string(&mut buf)?.trim() {
                         s if s.eq_ignore_ascii_case("true") => Some(true),
                         s if s.eq_ignore_ascii_case("false") => Some(false),
                         _ => None,
                     },
                     _ => None,
                 };
-                values.push(b.ok_or_else(|| mismatch(&HiveType::Boolean, v, ""))?);
+                values.push(v.ok_or_else(|| mismatch(&HiveType::Boolean, p, start, ""))?);
                 valid.push(true);
             }
-            ColumnBuilder::Int(p) => {
-                let n = integer(v).ok_or_else(|| mismatch(&HiveType::Int, v, ""))?;
-                p.push(i32::try_from(n).map_err(|_| mismatch(&HiveType::Int, v, "out of range for int"))?);
+            ColumnBuilder::Int(b) => {
+                let n = integer(p, kind, &mut buf)?.ok_or_else(|| mismatch(&HiveType::Int, p, start, ""))?;
+                b.push(i32::try_from(n).map_err(|_| mismatch(&HiveType::Int, p, start, "out of range for int"))?);
             }
-            ColumnBuilder::BigInt(p) => p.push(integer(v).ok_or_else(|| mismatch(&HiveType::BigInt, v, ""))?),
-            ColumnBuilder::Float(p) => p.push(float(v).ok_or_else(|| mismatch(&HiveType::Float, v, ""))? as f32),
-            ColumnBuilder::Double(p) => p.push(float(v).ok_or_else(|| mismatch(&HiveType::Double, v, ""))?),
-            ColumnBuilder::Decimal(p, precision, scale) => {
+            ColumnBuilder::BigInt(b) => {
+                let n = integer(p, kind, &mut buf)?.ok_or_else(|| mismatch(&HiveType::BigInt, p, start, ""))?;
+                b.push(n);
+            }
+            ColumnBuilder::Float(b) => {
+                let f = float(p, kind, &mut buf)?.ok_or_else(|| mismatch(&HiveType::Float, p, start, ""))?;
+                b.push(f as f32);
+            }
+            ColumnBuilder::Double(b) => {
+                b.push(float(p, kind, &mut buf)?.ok_or_else(|| mismatch(&HiveType::Double, p, start, ""))?);
+            }
+            ColumnBuilder::Decimal(b, precision, scale) => {
                 let ty = HiveType::Decimal { precision: *precision, scale: *scale };
-                let text = match t {
-                    JsonType::Number => sonic_rs::to_string(v).unwrap_or_default(),
-                    JsonType::String => v.as_str().unwrap_or_default().trim().to_string(),
-                    _ => return Err(mismatch(&ty, v, "")),
+                let text = match kind {
+                    Kind::Number => p.number()?,
+                    Kind::String => p.string(&mut buf)?.trim(),
+                    _ => return Err(mismatch(&ty, p, start, "").into()),
                 };
-                p.push(parse_decimal(&text, *precision, *scale).map_err(|why| mismatch(&ty, v, why))?);
+                let v = parse_decimal(text, *precision, *scale);
+                b.push(v.map_err(|why| mismatch(&ty, p, start, why))?);
             }
-            ColumnBuilder::Date(p) => {
-                let s = v.as_str().ok_or_else(|| mismatch(&HiveType::Date, v, "dates are YYYY-MM-DD strings"))?;
+            ColumnBuilder::Date(b) => {
+                if kind != Kind::String {
+                    return Err(mismatch(&HiveType::Date, p, start, "dates are YYYY-MM-DD strings").into());
+                }
+                let s = p.string(&mut buf)?;
                 let days = parse_date_days(s)
-                    .or_else(|| parse_rfc3339_millis(s).and_then(|ms| i32::try_from(ms.div_euclid(86_400_000)).ok()))
-                    .ok_or_else(|| mismatch(&HiveType::Date, v, "not a YYYY-MM-DD date"))?;
-                p.push(days);
+                    .or_else(|| parse_rfc3339_millis(s).and_then(|ms| i32::try_from(ms.div_euclid(86_400_000)).ok()));
+                b.push(days.ok_or_else(|| mismatch(&HiveType::Date, p, start, "not a YYYY-MM-DD date"))?);
             }
-            ColumnBuilder::Timestamp(p) => {
-                let ms = match t {
-                    JsonType::String => v.as_str().and_then(parse_timestamp_str_millis),
-                    JsonType::Number => v.as_f64().and_then(epoch_number_to_millis),
+            ColumnBuilder::Timestamp(b) => {
+                let ms = match kind {
+                    Kind::String => parse_timestamp_str_millis(p.string(&mut buf)?),
+                    Kind::Number => p.number()?.parse::<f64>().ok().and_then(epoch_number_to_millis),
                     _ => None,
                 };
-                p.push(ms.ok_or_else(|| {
-                    mismatch(&HiveType::Timestamp, v, "expected RFC 3339, epoch seconds or epoch millis")
+                b.push(ms.ok_or_else(|| {
+                    mismatch(&HiveType::Timestamp, p, start, "expected RFC 3339, epoch seconds or epoch millis")
                 })?);
             }
             ColumnBuilder::Array { ty, offsets, valid, item, .. } => {
-                let arr = v.as_array().ok_or_else(|| mismatch(&HiveType::Array(Box::new(ty.clone())), v, ""))?;
-                for x in arr.iter() {
-                    item.push(x, ctx).map_err(|e| e.under("[]"))?;
+                if kind != Kind::Array {
+                    return Err(mismatch(&HiveType::Array(Box::new(ty.clone())), p, start, "").into());
+                }
+                p.array_start()?;
+                let mut first = true;
+                while p.next_element(first)? {
+                    first = false;
+                    item.push(p, ctx).map_err(|e| e.under("[]"))?;
                 }
                 offsets.push(item.len() as i32);
                 valid.push(true);
             }
             ColumnBuilder::Struct { path, ty, valid, children, .. } => {
-                let obj = v.as_object().ok_or_else(|| mismatch(&HiveType::Struct(ty.clone()), v, ""))?;
+                if kind != Kind::Object {
+                    return Err(mismatch(&HiveType::Struct(ty.clone()), p, start, "").into());
+                }
+                p.object_start()?;
                 let row = valid.len();
                 let mut next = 0;
-                for (k, x) in obj.iter() {
+                let mut first = true;
+                while let Some(k) = p.next_key(first, &mut buf)? {
+                    first = false;
                     // Keys usually arrive in declared order: try the next field first.
                     let found = if ty.get(next).is_some_and(|f| f.name == k) {
                         Some(next)
@@ -445,7 +499,9 @@ impl ColumnBuilder {
                         ty.iter().position(|f| f.name == k)
                     };
                     let Some(i) = found else {
-                        ctx.unknown(path, k, x)?;
+                        let key = k.to_string();
+                        let raw = p.skip()?;
+                        ctx.unknown(path, &key, raw)?;
                         continue;
                     };
                     next = i + 1;
@@ -454,7 +510,7 @@ impl ColumnBuilder {
                         // A duplicate key: the last one wins, as in most JSON readers.
                         child.truncate(row);
                     }
-                    child.push(x, ctx).map_err(|e| e.under(&ty[i].name))?;
+                    child.push(p, ctx).map_err(|e| e.under(&ty[i].name))?;
                 }
                 for child in children.iter_mut().filter(|c| c.len() == row) {
                     child.push_null();
@@ -462,10 +518,16 @@ impl ColumnBuilder {
                 valid.push(true);
             }
             ColumnBuilder::Map { ty, offsets, valid, keys, values, .. } => {
-                let obj = v.as_object().ok_or_else(|| mismatch(&HiveType::Map(Box::new(ty.clone())), v, ""))?;
-                for (k, x) in obj.iter() {
+                if kind != Kind::Object {
+                    return Err(mismatch(&HiveType::Map(Box::new(ty.clone())), p, start, "").into());
+                }
+                p.object_start()?;
+                let mut first = true;
+                while let Some(k) = p.next_key(first, &mut buf)? {
+                    first = false;
                     keys.push(k);
-                    values.push(x, ctx).map_err(|e| e.under(k))?;
+                    let key = k.to_string();
+                    values.push(p, ctx).map_err(|e| e.under(&key))?;
                 }
                 offsets.push(keys.len() as i32);
                 valid.push(true);
@@ -573,25 +635,28 @@ fn join_path(parent: &str, key: &str) -> String {
     if parent.is_empty() { key.to_string() } else { format!("{parent}.{key}") }
 }
 
-/// An integer from a JSON integer, an integral float, or a digit string.
-fn integer(v: &Value) -> Option<i64> {
-    match v.get_type() {
-        JsonType::Number => v.as_i64().or_else(|| {
-            let f = v.as_f64()?;
-            (f.fract() == 0.0 && f.abs() < 9.2e18).then_some(f as i64)
-        }),
-        JsonType::String => v.as_str()?.trim().parse().ok(),
-        _ => None,
-    }
+/// An integer from a JSON integer, an integral float, or a digit string;
+/// `None` when the value is not one.
+fn integer(p: &mut Parser<'_>, kind: Kind, buf: &mut String) -> Result<Option<i64>, SyntaxError> {
+    let text = match kind {
+        Kind::Number => p.number()?,
+        Kind::String => p.string(buf)?.trim(),
+        _ => return Ok(None),
+    };
+    Ok(text.parse::<i64>().ok().or_else(|| {
+        let f: f64 = text.parse().ok()?;
+        (f.fract() == 0.0 && f.abs() < 9.2e18).then_some(f as i64)
+    }))
 }
 
 /// A float from a JSON number or a numeric string.
-fn float(v: &Value) -> Option<f64> {
-    match v.get_type() {
-        JsonType::Number => v.as_f64(),
-        JsonType::String => v.as_str()?.trim().parse().ok(),
-        _ => None,
-    }
+fn float(p: &mut Parser<'_>, kind: Kind, buf: &mut String) -> Result<Option<f64>, SyntaxError> {
+    let text = match kind {
+        Kind::Number => p.number()?,
+        Kind::String => p.string(buf)?.trim(),
+        _ => return Ok(None),
+    };
+    Ok(text.parse().ok())
 }
 
 /// Parses decimal text (`-12.345`, `1e3`) into an unscaled i128 at `scale`,
@@ -648,13 +713,15 @@ mod tests {
         let mut ctx = RecordContext::new(UnknownFieldPolicy::Keep);
         let mut errs = Vec::new();
         for s in values {
-            let v: Value = sonic_rs::from_str(s).unwrap();
             let len = b.len();
-            let r = b.push(&v, &mut ctx);
+            let r = b.push(&mut Parser::new(s), &mut ctx);
             if r.is_err() {
                 b.truncate(len);
             }
-            errs.push(r.err());
+            errs.push(r.err().map(|e| match e {
+                DecodeError::Coerce(c) => c,
+                DecodeError::Syntax(s) => panic!("{s}"),
+            }));
         }
         (b.finish(), errs)
     }
@@ -713,15 +780,17 @@ mod tests {
     #[test]
     fn unknown_nested_fields_follow_the_policy() {
         let ty: HiveType = "struct<a:int>".parse().unwrap();
-        let v: Value = sonic_rs::from_str(r#"{"a":1,"b":[true]}"#).unwrap();
+        let v = r#"{"a":1,"b":[true]}"#;
         let mut keep = RecordContext::new(UnknownFieldPolicy::Keep);
-        ColumnBuilder::new(&ty, "dev").push(&v, &mut keep).unwrap();
+        ColumnBuilder::new(&ty, "dev").push(&mut Parser::new(v), &mut keep).unwrap();
         assert_eq!(keep.extra, r#"{"dev.b":[true]"#);
         let mut err = RecordContext::new(UnknownFieldPolicy::Error);
-        let e = ColumnBuilder::new(&ty, "dev").push(&v, &mut err).unwrap_err();
+        let DecodeError::Coerce(e) = ColumnBuilder::new(&ty, "dev").push(&mut Parser::new(v), &mut err).unwrap_err() else {
+            panic!("expected a coercion error")
+        };
         assert_eq!(e.under("dev"), CoerceError::Unknown { path: "dev.b".into() });
         let mut drop = RecordContext::new(UnknownFieldPolicy::Drop);
-        ColumnBuilder::new(&ty, "dev").push(&v, &mut drop).unwrap();
+        ColumnBuilder::new(&ty, "dev").push(&mut Parser::new(v), &mut drop).unwrap();
         assert_eq!(drop.dropped_fields, 1);
     }
 }

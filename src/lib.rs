@@ -9,6 +9,7 @@ pub mod convert;
 pub mod error;
 pub mod error_output;
 pub mod events;
+pub mod json;
 pub mod partition;
 pub mod pipeline;
 pub mod record;

@@ -6,9 +6,9 @@
 
 use std::fmt::Write as _;
 
-use sonic_rs::{JsonContainerTrait, JsonType, JsonValueTrait, Value};
 
 use crate::error::{Error, Result};
+use crate::json::{Kind, Parser, find_path};
 use crate::time::{UtcFields, epoch_number_to_millis, parse_timestamp_str_millis};
 
 /// The default template: hourly hive partitions of the record time.
@@ -182,10 +182,10 @@ impl PartitionTemplate {
         self.pieces.iter().any(|p| matches!(p, Piece::Time(_)))
     }
 
-    /// Renders the partition path of one record (ending in `/`, or empty for
-    /// an empty template) into `out`. `time_ms` is the record time;
-    /// `None` renders the default partition.
-    pub fn render(&self, time_ms: Option<i64>, record: &Value, out: &mut String) {
+    /// Renders the partition path of one record (JSON object text; ending in
+    /// `/`, or empty for an empty template) into `out`. `time_ms` is the
+    /// record time; `None` renders the default partition.
+    pub fn render(&self, time_ms: Option<i64>, record: &str, out: &mut String) {
         out.clear();
         let fields = time_ms.map(UtcFields::from_epoch_millis);
         for piece in &self.pieces {
@@ -197,7 +197,7 @@ impl PartitionTemplate {
                 },
                 Piece::Field(path) => match lookup(record, path) {
                     None => out.push_str(HIVE_DEFAULT_PARTITION),
-                    Some(v) => escape_json_value(v, out),
+                    Some(v) => escape_partition_value(&v, out),
                 },
             }
         }
@@ -242,19 +242,19 @@ fn render_time(tokens: &[TimeToken], f: &UtcFields, out: &mut String) {
     }
 }
 
-/// Follows a dotted path through nested objects; `null` counts as missing.
-pub fn lookup<'a>(record: &'a Value, path: &[String]) -> Option<&'a Value> {
-    let mut v = record;
-    for key in path {
-        v = v.as_object()?.get(key)?;
-    }
-    if v.is_null() { None } else { Some(v) }
-}
-
-fn escape_json_value(v: &Value, out: &mut String) {
-    match v.get_type() {
-        JsonType::String => escape_partition_value(v.as_str().unwrap_or_default(), out),
-        _ => escape_partition_value(&sonic_rs::to_string(v).unwrap_or_default(), out),
+/// The text of the value at a dotted path: strings decoded, other values as
+/// their JSON text. Missing, `null`, or unreadable (the record then fails as
+/// invalid JSON) gives `None`.
+pub fn lookup(record: &str, path: &[String]) -> Option<String> {
+    let raw = find_path(record, path).ok()??;
+    let mut p = Parser::new(raw);
+    match p.peek().ok()? {
+        Kind::Null => None,
+        Kind::String => {
+            let mut buf = String::new();
+            p.string(&mut buf).ok().map(str::to_string)
+        }
+        _ => Some(raw.to_string()),
     }
 }
 
@@ -338,21 +338,26 @@ pub struct BadTime {
 
 /// Reads the event time of a record from `path`: `Ok(None)` when missing or
 /// null (the default partition), `Err` when present but not a time.
-pub fn event_time_millis(record: &Value, path: &[String]) -> std::result::Result<Option<i64>, BadTime> {
-    let Some(v) = lookup(record, path) else { return Ok(None) };
-    let ms = match v.get_type() {
-        JsonType::Number => v.as_f64().and_then(epoch_number_to_millis),
-        JsonType::String => v.as_str().and_then(parse_timestamp_str_millis),
+pub fn event_time_millis(record: &str, path: &[String]) -> std::result::Result<Option<i64>, BadTime> {
+    let bad = |value: &str| {
+        let mut value = value.to_string();
+        value.truncate(value.floor_char_boundary(80));
+        BadTime { field: path.join("."), value }
+    };
+    let raw = match find_path(record, path) {
+        Ok(Some(raw)) => raw,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(bad(&e.to_string())),
+    };
+    let mut p = Parser::new(raw);
+    let mut buf = String::new();
+    let ms = match p.peek() {
+        Ok(Kind::Null) => return Ok(None),
+        Ok(Kind::Number) => p.number().ok().and_then(|n| n.parse::<f64>().ok()).and_then(epoch_number_to_millis),
+        Ok(Kind::String) => p.string(&mut buf).ok().and_then(parse_timestamp_str_millis),
         _ => None,
     };
-    match ms {
-        Some(ms) => Ok(Some(ms)),
-        None => {
-            let mut value = sonic_rs::to_string(v).unwrap_or_default();
-            value.truncate(value.floor_char_boundary(80));
-            Err(BadTime { field: path.join("."), value })
-        }
-    }
+    ms.map(Some).ok_or_else(|| bad(raw))
 }
 
 #[cfg(test)]
@@ -362,9 +367,8 @@ mod tests {
 
     fn render(t: &str, time: Option<i64>, rec: &str) -> String {
         let t = PartitionTemplate::parse(t).unwrap();
-        let v: Value = sonic_rs::from_str(rec).unwrap();
         let mut out = String::new();
-        t.render(time, &v, &mut out);
+        t.render(time, rec, &mut out);
         out
     }
 
@@ -420,20 +424,19 @@ mod tests {
     #[test]
     fn event_time_accepts_three_forms() {
         let p = vec!["ts".to_string()];
-        let v = |s: &str| sonic_rs::from_str::<Value>(s).unwrap();
-        assert_eq!(event_time_millis(&v(r#"{"ts":"2024-03-15T07:12:01.123Z"}"#), &p), Ok(Some(T0)));
-        assert_eq!(event_time_millis(&v(r#"{"ts":1710486721.123}"#), &p), Ok(Some(T0)));
-        assert_eq!(event_time_millis(&v(r#"{"ts":1710486721123}"#), &p), Ok(Some(T0)));
-        assert_eq!(event_time_millis(&v(r#"{"ts":null}"#), &p), Ok(None));
-        assert_eq!(event_time_millis(&v(r#"{}"#), &p), Ok(None));
-        let bad = event_time_millis(&v(r#"{"ts":"yesterday"}"#), &p).unwrap_err();
+        assert_eq!(event_time_millis(r#"{"ts":"2024-03-15T07:12:01.123Z"}"#, &p), Ok(Some(T0)));
+        assert_eq!(event_time_millis(r#"{"ts":1710486721.123}"#, &p), Ok(Some(T0)));
+        assert_eq!(event_time_millis(r#"{"ts":1710486721123}"#, &p), Ok(Some(T0)));
+        assert_eq!(event_time_millis(r#"{"ts":null}"#, &p), Ok(None));
+        assert_eq!(event_time_millis(r#"{}"#, &p), Ok(None));
+        let bad = event_time_millis(r#"{"ts":"yesterday"}"#, &p).unwrap_err();
         assert_eq!(bad.value, "\"yesterday\"");
     }
 
     proptest! {
         #[test]
         fn no_value_escapes_its_partition_level(value in any::<String>()) {
-            let rec = sonic_rs::to_string(&sonic_rs::json!({ "k": value.clone() })).unwrap();
+            let rec = serde_json::json!({ "k": value.clone() }).to_string();
             let out = render("a=!{field:k}/b=!{timestamp:HH}/", Some(T0), &rec);
             let segs: Vec<&str> = out.trim_end_matches('/').split('/').collect();
             prop_assert_eq!(segs.len(), 2);
@@ -447,7 +450,7 @@ mod tests {
 
         #[test]
         fn bare_values_are_never_dot_segments(value in "[./]{1,6}") {
-            let rec = sonic_rs::to_string(&sonic_rs::json!({ "k": value })).unwrap();
+            let rec = serde_json::json!({ "k": value }).to_string();
             let out = render("!{field:k}/", None, &rec);
             prop_assert_eq!(out.matches('/').count(), 1);
             prop_assert!(out != "./" && out != "../");

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value as Json};
-use sonic_rs::{JsonContainerTrait, Value};
 
-use crate::columns::CoerceError;
+use crate::columns::{CoerceError, DecodeError};
+use crate::json::{Kind, Parser};
 use crate::error::Result;
 use crate::error_output::{ErrorKind, ErrorOutput, Position};
 use crate::partition::{PartitionTemplate, TimeSource, event_time_millis};
@@ -139,21 +139,24 @@ impl<P: Position> Pipeline<P> {
             self.errors.push(ErrorKind::TooLarge, &msg, None, raw, pos);
             return Ok(());
         }
-        let value: Value = match sonic_rs::from_slice(raw) {
-            Ok(v) => v,
-            Err(e) => {
-                self.errors.push(ErrorKind::InvalidJson, &format!("invalid JSON: {e}"), None, raw, pos);
-                return Ok(());
-            }
-        };
-        let Some(obj) = value.as_object() else {
-            self.errors.push(ErrorKind::NotObject, "record is JSON but not an object", None, raw, pos);
+        let Ok(text) = std::str::from_utf8(raw) else {
+            self.errors.push(ErrorKind::InvalidJson, "record is not valid UTF-8", None, raw, pos);
             return Ok(());
         };
+        let mut probe = Parser::new(text);
+        if probe.peek().ok() != Some(Kind::Object) {
+            let (kind, msg) = match probe.skip().map(|_| probe.at_end()) {
+                Ok(true) => (ErrorKind::NotObject, "record is JSON but not an object".to_string()),
+                Ok(false) => (ErrorKind::InvalidJson, "invalid JSON: text after the value".to_string()),
+                Err(e) => (ErrorKind::InvalidJson, e.to_string()),
+            };
+            self.errors.push(kind, &msg, None, raw, pos);
+            return Ok(());
+        }
         let time = match &self.spec.time_source {
             _ if !self.spec.template.uses_time() => None,
             TimeSource::Arrival => arrival_ms,
-            TimeSource::Field(path) => match event_time_millis(&value, path) {
+            TimeSource::Field(path) => match event_time_millis(text, path) {
                 Ok(t) => t,
                 Err(bad) => {
                     let msg = format!(
@@ -165,20 +168,12 @@ impl<P: Position> Pipeline<P> {
                 }
             },
         };
-        self.spec.template.render(time, &value, &mut self.partition);
-        match self.lake.push(&self.partition, obj, pos, raw.len()) {
+        self.spec.template.render(time, text, &mut self.partition);
+        match self.lake.push(&self.partition, text, pos) {
             Ok(()) => self.lake.maintain(&self.partition)?,
             Err(e) => {
-                let (kind, msg) = match &e {
-                    CoerceError::Mismatch { path, expected, found } => {
-                        (ErrorKind::TypeMismatch, format!("{path}: expected {expected}, found {found}"))
-                    }
-                    CoerceError::Unknown { path } => (
-                        ErrorKind::UnknownField,
-                        format!("{path}: field is not in the schema (unknown_fields = \"error\")"),
-                    ),
-                };
-                self.errors.push(kind, &msg, Some(e.path()), raw, pos);
+                let (kind, msg, field) = classify(text, e);
+                self.errors.push(kind, &msg, field.as_deref(), raw, pos);
             }
         }
         Ok(())
@@ -236,6 +231,32 @@ impl<P: Position> Pipeline<P> {
             errors: self.errors.counts().clone(),
             dropped_fields: self.lake.dropped_fields(),
             blank_lines: self.blank_lines,
+        }
+    }
+}
+
+/// The error kind, message and field of a record that failed to decode. A
+/// coercion error in a record that is also invalid JSON further on counts as
+/// invalid JSON.
+fn classify(text: &str, e: DecodeError) -> (ErrorKind, String, Option<String>) {
+    let syntax = |e: crate::json::SyntaxError| (ErrorKind::InvalidJson, e.to_string(), None);
+    match e {
+        DecodeError::Syntax(s) => syntax(s),
+        DecodeError::Coerce(c) => {
+            let mut p = Parser::new(text);
+            if let Err(s) = p.skip() {
+                return syntax(s);
+            }
+            match c {
+                CoerceError::Mismatch { path, expected, found } => {
+                    (ErrorKind::TypeMismatch, format!("{path}: expected {expected}, found {found}"), Some(path))
+                }
+                CoerceError::Unknown { path } => (
+                    ErrorKind::UnknownField,
+                    format!("{path}: field is not in the schema (unknown_fields = \"error\")"),
+                    Some(path),
+                ),
+            }
         }
     }
 }

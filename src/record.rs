@@ -2,9 +2,9 @@
 
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::SchemaRef;
-use sonic_rs::{JsonValueTrait, Object};
 
-use crate::columns::{CoerceError, ColumnBuilder, RecordContext, Utf8};
+use crate::columns::{CoerceError, ColumnBuilder, DecodeError, RecordContext, Utf8};
+use crate::json::{Kind, Parser, SyntaxError};
 use crate::schema::{FileLayout, Schema, UnknownFieldPolicy};
 
 /// Where a field of a record goes.
@@ -65,11 +65,12 @@ impl RecordDecoder {
         self.ctx.dropped_fields
     }
 
-    /// Appends one record, or leaves the batch unchanged and says why not.
-    pub fn push(&mut self, obj: &Object) -> Result<(), CoerceError> {
+    /// Appends one record (a JSON object's text), or leaves the batch
+    /// unchanged and says why not.
+    pub fn push(&mut self, record: &str) -> Result<(), DecodeError> {
         let rows = self.rows;
         let dropped = self.ctx.dropped_fields;
-        match self.push_inner(obj) {
+        match self.push_inner(record) {
             Ok(()) => {
                 self.rows += 1;
                 Ok(())
@@ -85,40 +86,55 @@ impl RecordDecoder {
         }
     }
 
-    fn push_inner(&mut self, obj: &Object) -> Result<(), CoerceError> {
+    fn push_inner(&mut self, record: &str) -> Result<(), DecodeError> {
         let rows = self.rows;
         self.present.iter_mut().for_each(|p| *p = false);
         self.ctx.extra.clear();
+        let mut p = Parser::new(record);
+        p.object_start()?;
+        let mut key_buf = String::new();
+        let mut first = true;
         // Keys usually arrive in schema order, so try the next column first.
         let mut next = 0;
-        for (k, v) in obj.iter() {
+        while let Some(k) = p.next_key(first, &mut key_buf)? {
+            first = false;
             let col = if self.names.get(next).is_some_and(|n| n == k) {
                 Some(next)
             } else {
                 self.names.iter().position(|n| n == k)
             };
             let Some(c) = col else {
-                self.ctx.unknown("", k, v)?;
+                let key = k.to_string();
+                let raw = p.skip()?;
+                self.ctx.unknown("", &key, raw)?;
                 continue;
             };
             next = c + 1;
-            self.present[c] = !v.is_null();
-            if let Slot::Stored(b) = self.slots[c] {
-                let builder = &mut self.builders[b];
-                if builder.len() > rows {
-                    // A duplicate key: the last one wins, as in most JSON readers.
-                    builder.truncate(rows);
+            self.present[c] = p.peek()? != Kind::Null;
+            match self.slots[c] {
+                Slot::Stored(b) => {
+                    let builder = &mut self.builders[b];
+                    if builder.len() > rows {
+                        // A duplicate key: the last one wins, as in most JSON readers.
+                        builder.truncate(rows);
+                    }
+                    builder.push(&mut p, &mut self.ctx).map_err(|e| e.under(&self.names[c]))?;
                 }
-                builder.push(v, &mut self.ctx).map_err(|e| e.under(&self.names[c]))?;
+                Slot::InPath => {
+                    p.skip()?;
+                }
             }
+        }
+        if !p.at_end() {
+            return Err(DecodeError::Syntax(SyntaxError { offset: p.offset(), expected: "the end of the record" }));
         }
         for c in 0..self.names.len() {
             if self.required[c] && !self.present[c] {
-                return Err(CoerceError::Mismatch {
+                return Err(DecodeError::Coerce(CoerceError::Mismatch {
                     path: self.names[c].clone(),
                     expected: "a value (the column is required)".into(),
                     found: "missing or null".into(),
-                });
+                }));
             }
             if let Slot::Stored(b) = self.slots[c] {
                 if self.builders[b].len() == rows {

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use sonic_rs::Object;
-
-use crate::columns::CoerceError;
+use crate::columns::DecodeError;
 use crate::error::{Error, Result};
 use crate::record::RecordDecoder;
 use crate::schema::{FileLayout, Schema, UnknownFieldPolicy};
@@ -127,10 +125,10 @@ impl<P: Clone> LakeWriter<P> {
         }
     }
 
-    /// Appends a record to `partition`. `size` is its raw size, used to
-    /// estimate buffered memory between encodes. On a coercion error nothing
+    /// Appends a record (JSON object text) to `partition`. Its size serves as
+    /// the estimate of buffered memory between encodes. On an error nothing
     /// is appended.
-    pub fn push(&mut self, partition: &str, record: &Object, pos: &P, size: usize) -> Result<(), CoerceError> {
+    pub fn push(&mut self, partition: &str, record: &str, pos: &P) -> Result<(), DecodeError> {
         if !self.open.contains_key(partition) {
             let decoder = RecordDecoder::new(&self.schema, &self.layout, self.policy);
             let writer = ArrowWriter::try_new(Vec::new(), decoder.arrow_schema().clone(), Some(self.props.clone()))
@@ -155,8 +153,8 @@ impl<P: Clone> LakeWriter<P> {
         }
         p.last = pos.clone();
         p.rows += 1;
-        p.buffered += size;
-        self.memory += size;
+        p.buffered += record.len();
+        self.memory += record.len();
         Ok(())
     }
 

@@ -1,0 +1,481 @@
+//! A small pull parser over one JSON record, used to decode records straight
+//! into column builders without building a document tree first (the tree was
+//! most of the cost of conversion). The caller validates UTF-8 once per
+//! record, so strings are handed out as `&str` slices when they have no
+//! escapes.
+
+use std::fmt;
+
+/// A JSON syntax error at a byte offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    /// Byte offset in the record.
+    pub offset: usize,
+    /// What was expected.
+    pub expected: &'static str,
+}
+
+impl fmt::Display for SyntaxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid JSON at byte {}: expected {}", self.offset, self.expected)
+    }
+}
+
+/// The kind of the next value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `null`
+    Null,
+    /// `true` / `false`
+    Bool,
+    /// A number.
+    Number,
+    /// A string.
+    String,
+    /// An array.
+    Array,
+    /// An object.
+    Object,
+}
+
+/// A pull parser over one record.
+#[derive(Debug)]
+pub struct Parser<'a> {
+    text: &'a str,
+    b: &'a [u8],
+    i: usize,
+}
+
+type R<T> = Result<T, SyntaxError>;
+
+impl<'a> Parser<'a> {
+    /// A parser at the start of `text`.
+    pub fn new(text: &'a str) -> Self {
+        Parser { text, b: text.as_bytes(), i: 0 }
+    }
+
+    fn err<T>(&self, expected: &'static str) -> R<T> {
+        Err(SyntaxError { offset: self.i, expected })
+    }
+
+    /// Current byte offset.
+    pub fn offset(&self) -> usize {
+        self.i
+    }
+
+    /// The text between two offsets.
+    pub fn slice(&self, from: usize, to: usize) -> &'a str {
+        &self.text[from..to]
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.i) {
+            if !matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+                break;
+            }
+            self.i += 1;
+        }
+    }
+
+    /// Skips whitespace and tells what kind of value comes next.
+    #[inline]
+    pub fn peek(&mut self) -> R<Kind> {
+        self.ws();
+        Ok(match self.b.get(self.i) {
+            Some(b'"') => Kind::String,
+            Some(b'{') => Kind::Object,
+            Some(b'[') => Kind::Array,
+            Some(b't' | b'f') => Kind::Bool,
+            Some(b'n') => Kind::Null,
+            Some(b'-' | b'0'..=b'9') => Kind::Number,
+            _ => return self.err("a value"),
+        })
+    }
+
+    /// Whether only whitespace is left.
+    pub fn at_end(&mut self) -> bool {
+        self.ws();
+        self.i == self.b.len()
+    }
+
+    fn literal(&mut self, word: &'static [u8], expected: &'static str) -> R<()> {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            self.err(expected)
+        }
+    }
+
+    /// Consumes `null`.
+    pub fn null(&mut self) -> R<()> {
+        self.ws();
+        self.literal(b"null", "null")
+    }
+
+    /// Consumes `true` or `false`.
+    pub fn boolean(&mut self) -> R<bool> {
+        self.ws();
+        if self.b.get(self.i) == Some(&b't') {
+            self.literal(b"true", "true").map(|_| true)
+        } else {
+            self.literal(b"false", "false").map(|_| false)
+        }
+    }
+
+    /// Consumes a number and returns its text (JSON grammar checked).
+    pub fn number(&mut self) -> R<&'a str> {
+        self.ws();
+        let start = self.i;
+        let b = self.b;
+        let mut i = self.i;
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        match b.get(i) {
+            Some(b'0') => i += 1,
+            Some(b'1'..=b'9') => {
+                while b.get(i).is_some_and(u8::is_ascii_digit) {
+                    i += 1;
+                }
+            }
+            _ => {
+                self.i = i;
+                return self.err("a digit");
+            }
+        }
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let d = i;
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            if i == d {
+                self.i = i;
+                return self.err("a digit after `.`");
+            }
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            let d = i;
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            if i == d {
+                self.i = i;
+                return self.err("a digit in the exponent");
+            }
+        }
+        self.i = i;
+        Ok(&self.text[start..i])
+    }
+
+    /// Consumes a string. Without escapes it is borrowed from the record;
+    /// with escapes it is decoded into `scratch`, which is returned.
+    #[inline]
+    pub fn string<'s>(&mut self, scratch: &'s mut String) -> R<&'s str>
+    where
+        'a: 's,
+    {
+        self.ws();
+        if self.b.get(self.i) != Some(&b'"') {
+            return self.err("a string");
+        }
+        self.i += 1;
+        let start = self.i;
+        // Short strings dominate: a plain scan for the first byte that needs care.
+        let mut end = start;
+        while let Some(&c) = self.b.get(end) {
+            if c == b'"' || c == b'\\' || c < 0x20 {
+                break;
+            }
+            end += 1;
+        }
+        if self.b.get(end) == Some(&b'"') {
+            self.i = end + 1;
+            return Ok(&self.text[start..end]);
+        }
+        scratch.clear();
+        scratch.push_str(&self.text[start..end]);
+        self.decode_escaped(end, scratch)?;
+        Ok(scratch.as_str())
+    }
+
+    fn decode_escaped(&mut self, start: usize, out: &mut String) -> R<()> {
+        let mut i = start;
+        let mut run = start;
+        loop {
+            let Some(&c) = self.b.get(i) else {
+                self.i = i;
+                return self.err("a closing `\"`");
+            };
+            match c {
+                b'"' => {
+                    out.push_str(&self.text[run..i]);
+                    self.i = i + 1;
+                    return Ok(());
+                }
+                b'\\' => {
+                    out.push_str(&self.text[run..i]);
+                    let esc = self.b.get(i + 1).copied();
+                    i += 2;
+                    match esc {
+                        Some(b'"') => out.push('"'),
+                        Some(b'\\') => out.push('\\'),
+                        Some(b'/') => out.push('/'),
+                        Some(b'b') => out.push('\u{8}'),
+                        Some(b'f') => out.push('\u{c}'),
+                        Some(b'n') => out.push('\n'),
+                        Some(b'r') => out.push('\r'),
+                        Some(b't') => out.push('\t'),
+                        Some(b'u') => {
+                            self.i = i;
+                            let hi = self.hex4()?;
+                            i = self.i;
+                            let cp = if (0xD800..0xDC00).contains(&hi) {
+                                if self.b.get(i) != Some(&b'\\') || self.b.get(i + 1) != Some(&b'u') {
+                                    return self.err("a low surrogate after a high surrogate");
+                                }
+                                self.i = i + 2;
+                                let lo = self.hex4()?;
+                                i = self.i;
+                                if !(0xDC00..0xE000).contains(&lo) {
+                                    return self.err("a low surrogate");
+                                }
+                                0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                            } else if (0xDC00..0xE000).contains(&hi) {
+                                return self.err("a high surrogate before a low one");
+                            } else {
+                                hi
+                            };
+                            out.push(char::from_u32(cp).expect("valid code point"));
+                        }
+                        _ => {
+                            self.i = i - 1;
+                            return self.err("a valid escape");
+                        }
+                    }
+                    run = i;
+                }
+                0..0x20 => {
+                    self.i = i;
+                    return self.err("no raw control characters in strings");
+                }
+                _ => i += 1,
+            }
+        }
+    }
+
+    fn hex4(&mut self) -> R<u32> {
+        let Some(h) = self.b.get(self.i..self.i + 4) else { return self.err("4 hex digits") };
+        let mut v = 0;
+        for &c in h {
+            let d = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                b'A'..=b'F' => c - b'A' + 10,
+                _ => return self.err("4 hex digits"),
+            };
+            v = v * 16 + u32::from(d);
+        }
+        self.i += 4;
+        Ok(v)
+    }
+
+    /// Consumes `{`.
+    pub fn object_start(&mut self) -> R<()> {
+        self.ws();
+        if self.b.get(self.i) == Some(&b'{') {
+            self.i += 1;
+            Ok(())
+        } else {
+            self.err("`{`")
+        }
+    }
+
+    /// Reads the next key of an object (after `{` or a value), or `None` at
+    /// its closing `}`. `first` is true right after `{`.
+    #[inline]
+    pub fn next_key<'s>(&mut self, first: bool, scratch: &'s mut String) -> R<Option<&'s str>>
+    where
+        'a: 's,
+    {
+        self.ws();
+        match self.b.get(self.i) {
+            Some(b'}') => {
+                self.i += 1;
+                return Ok(None);
+            }
+            Some(b',') if !first => self.i += 1,
+            _ if first => {}
+            _ => return self.err("`,` or `}`"),
+        }
+        let key = self.string(scratch)?;
+        self.ws();
+        if self.b.get(self.i) != Some(&b':') {
+            return self.err("`:`");
+        }
+        self.i += 1;
+        Ok(Some(key))
+    }
+
+    /// Consumes `[`.
+    pub fn array_start(&mut self) -> R<()> {
+        self.ws();
+        if self.b.get(self.i) == Some(&b'[') {
+            self.i += 1;
+            Ok(())
+        } else {
+            self.err("`[`")
+        }
+    }
+
+    /// Whether another element follows (consuming `,`), or the array ends
+    /// (consuming `]`). `first` is true right after `[`.
+    #[inline]
+    pub fn next_element(&mut self, first: bool) -> R<bool> {
+        self.ws();
+        match self.b.get(self.i) {
+            Some(b']') => {
+                self.i += 1;
+                Ok(false)
+            }
+            Some(b',') if !first => {
+                self.i += 1;
+                Ok(true)
+            }
+            _ if first => Ok(true),
+            _ => self.err("`,` or `]`"),
+        }
+    }
+
+    /// Skips one value of any kind, checking its syntax; returns its text.
+    pub fn skip(&mut self) -> R<&'a str> {
+        let kind = self.peek()?;
+        let start = self.i;
+        let mut scratch = String::new();
+        match kind {
+            Kind::Null => self.null()?,
+            Kind::Bool => {
+                self.boolean()?;
+            }
+            Kind::Number => {
+                self.number()?;
+            }
+            Kind::String => {
+                self.string(&mut scratch)?;
+            }
+            Kind::Array => {
+                self.array_start()?;
+                let mut first = true;
+                while self.next_element(first)? {
+                    first = false;
+                    self.skip()?;
+                }
+            }
+            Kind::Object => {
+                self.object_start()?;
+                let mut first = true;
+                while self.next_key(first, &mut scratch)?.is_some() {
+                    first = false;
+                    self.skip()?;
+                }
+            }
+        }
+        Ok(&self.text[start..self.i])
+    }
+}
+
+/// Finds the value at a dotted path in an object record and returns its text
+/// (`None` when missing, or when the record is not an object there). Values
+/// before it are skipped with their syntax checked.
+pub fn find_path<'a>(text: &'a str, path: &[String]) -> R<Option<&'a str>> {
+    let mut p = Parser::new(text);
+    let mut scratch = String::new();
+    'levels: for (depth, key) in path.iter().enumerate() {
+        if p.peek()? != Kind::Object {
+            return Ok(None);
+        }
+        p.object_start()?;
+        let mut first = true;
+        while let Some(k) = p.next_key(first, &mut scratch)? {
+            first = false;
+            if k == key.as_str() {
+                if depth + 1 == path.len() {
+                    // The last duplicate would win in a full parse; the first is
+                    // kept here, which only differs for records with duplicate keys.
+                    return p.skip().map(Some);
+                }
+                continue 'levels;
+            }
+            p.skip()?;
+        }
+        return Ok(None);
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skip_all(s: &str) -> R<()> {
+        let mut p = Parser::new(s);
+        p.skip()?;
+        if p.at_end() { Ok(()) } else { p.err("end of input") }
+    }
+
+    #[test]
+    fn accepts_what_serde_json_accepts() {
+        for s in [
+            r#"{"a":[1,-2.5e+3,0.0,true,false,null,"x\"y\u00e9\ud83d\ude00"],"b":{}, "c" : [ ] }"#,
+            "0", "-0", "1E5", "\"\"", "  [1 , 2]  ",
+        ] {
+            assert!(serde_json::from_str::<serde_json::Value>(s).is_ok());
+            assert!(skip_all(s).is_ok(), "{s}");
+        }
+    }
+
+    #[test]
+    fn rejects_what_serde_json_rejects() {
+        for s in [
+            "{", "[1,]", "{\"a\" 1}", "01", "1.", "-", "1e", "tru", "\"\\x\"", "\"a\nb\"", "{\"a\":1,}", "[1 2]",
+            "\"\\ud800\"", "\"abc", "{1:2}",
+        ] {
+            assert!(serde_json::from_str::<serde_json::Value>(s).is_err(), "{s}");
+            assert!(skip_all(s).is_err(), "{s} was accepted");
+        }
+    }
+
+    #[test]
+    fn strings_decode_escapes() {
+        let mut scratch = String::new();
+        let mut p = Parser::new(r#""plain" "a\"b\\c\/\n\u00e9\ud83d\ude00""#);
+        assert_eq!(p.string(&mut scratch).unwrap(), "plain");
+        assert_eq!(p.string(&mut scratch).unwrap(), "a\"b\\c/\né😀");
+    }
+
+    #[test]
+    fn find_path_walks_nested_objects() {
+        let rec = r#"{"x":[1,{"ts":0}],"meta":{"a":"b","ts":"2024"},"ts":17}"#;
+        assert_eq!(find_path(rec, &["ts".into()]).unwrap(), Some("17"));
+        assert_eq!(find_path(rec, &["meta".into(), "ts".into()]).unwrap(), Some("\"2024\""));
+        assert_eq!(find_path(rec, &["nope".into()]).unwrap(), None);
+        assert_eq!(find_path(rec, &["x".into(), "ts".into()]).unwrap(), None);
+        assert!(find_path(r#"{"a":tru}"#, &["b".into()]).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn string_round_trip(s in proptest::prelude::any::<String>()) {
+            let json = serde_json::to_string(&s).unwrap();
+            let mut scratch = String::new();
+            let mut p = Parser::new(&json);
+            proptest::prop_assert_eq!(p.string(&mut scratch).unwrap(), s.as_str());
+        }
+    }
+}
