@@ -11,10 +11,10 @@ use arrow_array::types::{
     TimestampMillisecondType,
 };
 use arrow_array::{ArrayRef, BooleanArray, ListArray, MapArray, PrimitiveArray, StringArray, StructArray};
-use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow_buffer::{BooleanBufferBuilder, Buffer, NullBufferBuilder, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, FieldRef, Fields};
 
-use crate::json::{Kind, Parser, SyntaxError};
+use crate::json::{Kind, Parser, SyntaxError, short_eq};
 use crate::schema::{HiveType, LIST_ITEM_NAME, StructField, UnknownFieldPolicy, map_entries_field, struct_fields};
 use crate::time::{epoch_number_to_millis, parse_date_days, parse_rfc3339_millis, parse_timestamp_str_millis};
 
@@ -147,53 +147,50 @@ impl RecordContext {
 #[derive(Debug)]
 pub struct Prim<T: ArrowPrimitiveType> {
     values: Vec<T::Native>,
-    valid: Vec<bool>,
+    valid: NullBufferBuilder,
 }
 
 impl<T: ArrowPrimitiveType> Default for Prim<T> {
     fn default() -> Self {
-        Prim { values: Vec::new(), valid: Vec::new() }
+        Prim { values: Vec::new(), valid: NullBufferBuilder::new(0) }
     }
 }
 
 impl<T: ArrowPrimitiveType> Prim<T> {
     fn push(&mut self, v: T::Native) {
         self.values.push(v);
-        self.valid.push(true);
+        self.valid.append_non_null();
     }
     fn push_null(&mut self) {
         self.values.push(T::Native::default());
-        self.valid.push(false);
+        self.valid.append_null();
     }
     fn truncate(&mut self, len: usize) {
         self.values.truncate(len);
         self.valid.truncate(len);
     }
     fn finish(&mut self) -> PrimitiveArray<T> {
-        let nulls = take_nulls(&mut self.valid);
-        PrimitiveArray::new(ScalarBuffer::from(std::mem::take(&mut self.values)), nulls)
+        let nulls = self.valid.finish();
+        let cap = self.values.len();
+        PrimitiveArray::new(ScalarBuffer::from(std::mem::replace(&mut self.values, Vec::with_capacity(cap))), nulls)
     }
     fn bytes(&self) -> usize {
-        self.values.len() * std::mem::size_of::<T::Native>() + self.valid.len()
+        self.values.len() * std::mem::size_of::<T::Native>() + self.valid.len() / 8
     }
 }
 
-fn take_nulls(valid: &mut Vec<bool>) -> Option<NullBuffer> {
-    let v = std::mem::take(valid);
-    if v.iter().all(|&b| b) { None } else { Some(NullBuffer::from(v)) }
-}
 
 /// UTF-8 strings with offsets.
 #[derive(Debug)]
 pub struct Utf8 {
     offsets: Vec<i32>,
     data: Vec<u8>,
-    valid: Vec<bool>,
+    valid: NullBufferBuilder,
 }
 
 impl Default for Utf8 {
     fn default() -> Self {
-        Utf8 { offsets: vec![0], data: Vec::new(), valid: Vec::new() }
+        Utf8 { offsets: vec![0], data: Vec::new(), valid: NullBufferBuilder::new(0) }
     }
 }
 
@@ -202,12 +199,12 @@ impl Utf8 {
     pub fn push(&mut self, s: &str) {
         self.data.extend_from_slice(s.as_bytes());
         self.offsets.push(self.data.len() as i32);
-        self.valid.push(true);
+        self.valid.append_non_null();
     }
     /// Appends a null.
     pub fn push_null(&mut self) {
         self.offsets.push(self.data.len() as i32);
-        self.valid.push(false);
+        self.valid.append_null();
     }
     fn len(&self) -> usize {
         self.valid.len()
@@ -222,7 +219,7 @@ impl Utf8 {
     }
     /// Approximate bytes buffered.
     pub fn bytes(&self) -> usize {
-        self.data.len() + self.offsets.len() * 4 + self.valid.len()
+        self.data.len() + self.offsets.len() * 4 + self.valid.len() / 8
     }
     fn truncate(&mut self, len: usize) {
         self.data.truncate(self.offsets[len] as usize);
@@ -230,9 +227,13 @@ impl Utf8 {
         self.valid.truncate(len);
     }
     fn finish(&mut self) -> StringArray {
-        let nulls = take_nulls(&mut self.valid);
-        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
-        let data = std::mem::take(&mut self.data);
+        let nulls = self.valid.finish();
+        // The next batch is likely as large: start at this one's size.
+        let mut next_offsets = Vec::with_capacity(self.offsets.len());
+        next_offsets.push(0);
+        let offsets = std::mem::replace(&mut self.offsets, next_offsets);
+        let cap = self.data.len();
+        let data = std::mem::replace(&mut self.data, Vec::with_capacity(cap));
         StringArray::new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(data), nulls)
     }
 }
@@ -245,9 +246,9 @@ pub enum ColumnBuilder {
     /// `boolean`
     Boolean {
         /// Values.
-        values: Vec<bool>,
+        values: BooleanBufferBuilder,
         /// Validity.
-        valid: Vec<bool>,
+        valid: NullBufferBuilder,
     },
     /// `int`
     Int(Prim<Int32Type>),
@@ -272,7 +273,7 @@ pub enum ColumnBuilder {
         /// End offset of each list.
         offsets: Vec<i32>,
         /// Validity.
-        valid: Vec<bool>,
+        valid: NullBufferBuilder,
         /// Elements.
         item: Box<ColumnBuilder>,
     },
@@ -285,7 +286,7 @@ pub enum ColumnBuilder {
         /// Arrow fields.
         fields: Fields,
         /// Validity.
-        valid: Vec<bool>,
+        valid: NullBufferBuilder,
         /// One builder per field.
         children: Vec<ColumnBuilder>,
     },
@@ -298,7 +299,7 @@ pub enum ColumnBuilder {
         /// End offset of each map.
         offsets: Vec<i32>,
         /// Validity.
-        valid: Vec<bool>,
+        valid: NullBufferBuilder,
         /// Keys.
         keys: Utf8,
         /// Values.
@@ -312,7 +313,9 @@ impl ColumnBuilder {
     pub fn new(ty: &HiveType, path: &str) -> Self {
         match ty {
             HiveType::String => ColumnBuilder::String(Utf8::default()),
-            HiveType::Boolean => ColumnBuilder::Boolean { values: Vec::new(), valid: Vec::new() },
+            HiveType::Boolean => {
+                ColumnBuilder::Boolean { values: BooleanBufferBuilder::new(0), valid: NullBufferBuilder::new(0) }
+            }
             HiveType::Int => ColumnBuilder::Int(Prim::default()),
             HiveType::BigInt => ColumnBuilder::BigInt(Prim::default()),
             HiveType::Float => ColumnBuilder::Float(Prim::default()),
@@ -324,21 +327,21 @@ impl ColumnBuilder {
                 ty: (**item).clone(),
                 field: Arc::new(Field::new(LIST_ITEM_NAME, item.to_arrow(), true)),
                 offsets: vec![0],
-                valid: Vec::new(),
+                valid: NullBufferBuilder::new(0),
                 item: Box::new(ColumnBuilder::new(item, &format!("{path}[]"))),
             },
             HiveType::Struct(fields) => ColumnBuilder::Struct {
                 path: path.to_string(),
                 ty: fields.clone(),
                 fields: struct_fields(fields),
-                valid: Vec::new(),
+                valid: NullBufferBuilder::new(0),
                 children: fields.iter().map(|f| ColumnBuilder::new(&f.ty, &join_path(path, &f.name))).collect(),
             },
             HiveType::Map(value) => ColumnBuilder::Map {
                 ty: (**value).clone(),
                 entries: Arc::new(map_entries_field(value)),
                 offsets: vec![0],
-                valid: Vec::new(),
+                valid: NullBufferBuilder::new(0),
                 keys: Utf8::default(),
                 values: Box::new(ColumnBuilder::new(value, &join_path(path, "*"))),
             },
@@ -373,8 +376,8 @@ impl ColumnBuilder {
         match self {
             ColumnBuilder::String(b) => b.push_null(),
             ColumnBuilder::Boolean { values, valid } => {
-                values.push(false);
-                valid.push(false);
+                values.append(false);
+                valid.append_null();
             }
             ColumnBuilder::Int(p) => p.push_null(),
             ColumnBuilder::BigInt(p) => p.push_null(),
@@ -385,10 +388,10 @@ impl ColumnBuilder {
             ColumnBuilder::Timestamp(p) => p.push_null(),
             ColumnBuilder::Array { offsets, valid, .. } | ColumnBuilder::Map { offsets, valid, .. } => {
                 offsets.push(*offsets.last().unwrap_or(&0));
-                valid.push(false);
+                valid.append_null();
             }
             ColumnBuilder::Struct { valid, children, .. } => {
-                valid.push(false);
+                valid.append_null();
                 children.iter_mut().for_each(ColumnBuilder::push_null);
             }
         }
@@ -422,8 +425,8 @@ impl ColumnBuilder {
                     },
                     _ => None,
                 };
-                values.push(v.ok_or_else(|| mismatch(&HiveType::Boolean, p, start, ""))?);
-                valid.push(true);
+                values.append(v.ok_or_else(|| mismatch(&HiveType::Boolean, p, start, ""))?);
+                valid.append_non_null();
             }
             ColumnBuilder::Int(b) => {
                 let n = integer(p, kind, &mut buf)?.ok_or_else(|| mismatch(&HiveType::Int, p, start, ""))?;
@@ -480,7 +483,7 @@ impl ColumnBuilder {
                     item.push(p, ctx).map_err(|e| e.under("[]"))?;
                 }
                 offsets.push(item.len() as i32);
-                valid.push(true);
+                valid.append_non_null();
             }
             ColumnBuilder::Struct { path, ty, valid, children, .. } => {
                 if kind != Kind::Object {
@@ -493,10 +496,10 @@ impl ColumnBuilder {
                 while let Some(k) = p.next_key(first, &mut buf)? {
                     first = false;
                     // Keys usually arrive in declared order: try the next field first.
-                    let found = if ty.get(next).is_some_and(|f| f.name == k) {
+                    let found = if ty.get(next).is_some_and(|f| short_eq(f.name.as_bytes(), k.as_bytes())) {
                         Some(next)
                     } else {
-                        ty.iter().position(|f| f.name == k)
+                        ty.iter().position(|f| short_eq(f.name.as_bytes(), k.as_bytes()))
                     };
                     let Some(i) = found else {
                         let key = k.to_string();
@@ -515,7 +518,7 @@ impl ColumnBuilder {
                 for child in children.iter_mut().filter(|c| c.len() == row) {
                     child.push_null();
                 }
-                valid.push(true);
+                valid.append_non_null();
             }
             ColumnBuilder::Map { ty, offsets, valid, keys, values, .. } => {
                 if kind != Kind::Object {
@@ -530,7 +533,7 @@ impl ColumnBuilder {
                     values.push(p, ctx).map_err(|e| e.under(&key))?;
                 }
                 offsets.push(keys.len() as i32);
-                valid.push(true);
+                valid.append_non_null();
             }
         }
         Ok(())
@@ -574,7 +577,7 @@ impl ColumnBuilder {
     pub fn bytes(&self) -> usize {
         match self {
             ColumnBuilder::String(b) => b.bytes(),
-            ColumnBuilder::Boolean { values, valid } => values.len() + valid.len(),
+            ColumnBuilder::Boolean { values, valid } => (values.len() + valid.len()) / 8,
             ColumnBuilder::Int(p) => p.bytes(),
             ColumnBuilder::BigInt(p) => p.bytes(),
             ColumnBuilder::Float(p) => p.bytes(),
@@ -582,12 +585,12 @@ impl ColumnBuilder {
             ColumnBuilder::Decimal(p, ..) => p.bytes(),
             ColumnBuilder::Date(p) => p.bytes(),
             ColumnBuilder::Timestamp(p) => p.bytes(),
-            ColumnBuilder::Array { offsets, valid, item, .. } => offsets.len() * 4 + valid.len() + item.bytes(),
+            ColumnBuilder::Array { offsets, valid, item, .. } => offsets.len() * 4 + valid.len() / 8 + item.bytes(),
             ColumnBuilder::Struct { valid, children, .. } => {
-                valid.len() + children.iter().map(ColumnBuilder::bytes).sum::<usize>()
+                valid.len() / 8 + children.iter().map(ColumnBuilder::bytes).sum::<usize>()
             }
             ColumnBuilder::Map { offsets, valid, keys, values, .. } => {
-                offsets.len() * 4 + valid.len() + keys.bytes() + values.bytes()
+                offsets.len() * 4 + valid.len() / 8 + keys.bytes() + values.bytes()
             }
         }
     }
@@ -597,8 +600,8 @@ impl ColumnBuilder {
         match self {
             ColumnBuilder::String(b) => Arc::new(b.finish()),
             ColumnBuilder::Boolean { values, valid } => {
-                let nulls = take_nulls(valid);
-                Arc::new(BooleanArray::new(BooleanBuffer::from(std::mem::take(values)), nulls))
+                let nulls = valid.finish();
+                Arc::new(BooleanArray::new(values.finish(), nulls))
             }
             ColumnBuilder::Int(p) => Arc::new(p.finish()),
             ColumnBuilder::BigInt(p) => Arc::new(p.finish()),
@@ -610,18 +613,18 @@ impl ColumnBuilder {
             ColumnBuilder::Date(p) => Arc::new(p.finish()),
             ColumnBuilder::Timestamp(p) => Arc::new(p.finish().with_timezone("UTC")),
             ColumnBuilder::Array { field, offsets, valid, item, .. } => {
-                let nulls = take_nulls(valid);
+                let nulls = valid.finish();
                 let offsets = OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
                 Arc::new(ListArray::new(field.clone(), offsets, item.finish(), nulls))
             }
             ColumnBuilder::Struct { fields, valid, children, .. } => {
                 // Struct types always have at least one field (the parser requires it).
-                let nulls = take_nulls(valid);
+                let nulls = valid.finish();
                 let arrays: Vec<ArrayRef> = children.iter_mut().map(ColumnBuilder::finish).collect();
                 Arc::new(StructArray::new(fields.clone(), arrays, nulls))
             }
             ColumnBuilder::Map { entries, offsets, valid, keys, values, .. } => {
-                let nulls = take_nulls(valid);
+                let nulls = valid.finish();
                 let DataType::Struct(kv_fields) = entries.data_type() else { unreachable!("map entries are a struct") };
                 let kv = StructArray::new(kv_fields.clone(), vec![Arc::new(keys.finish()), values.finish()], None);
                 let offsets = OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));

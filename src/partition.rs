@@ -177,6 +177,32 @@ impl PartitionTemplate {
         &self.keys
     }
 
+    /// For templates made only of literals and timestamp patterns, the
+    /// length in milliseconds of the finest time unit they show: records whose
+    /// times fall in the same such bucket render the same path. `None` when
+    /// the template reads record fields.
+    pub fn time_bucket_ms(&self) -> Option<i64> {
+        let mut finest = 86_400_000; // days, months and years all change at day boundaries
+        for piece in &self.pieces {
+            match piece {
+                Piece::Field(_) => return None,
+                Piece::Literal(_) => {}
+                Piece::Time(tokens) => {
+                    for t in tokens {
+                        let unit = match t {
+                            TimeToken::Second => 1000,
+                            TimeToken::Minute => 60_000,
+                            TimeToken::Hour => 3_600_000,
+                            _ => 86_400_000,
+                        };
+                        finest = finest.min(unit);
+                    }
+                }
+            }
+        }
+        Some(finest)
+    }
+
     /// Whether rendering needs the record time.
     pub fn uses_time(&self) -> bool {
         self.pieces.iter().any(|p| matches!(p, Piece::Time(_)))
@@ -391,6 +417,16 @@ mod tests {
         assert_eq!(render("!{field:n}/!{field:z}/!{timestamp:mm}", Some(T0), rec), "7/__HIVE_DEFAULT_PARTITION__/12/");
         assert_eq!(render("", Some(T0), rec), "");
         assert_eq!(render("!{field:n}/..x/", None, r#"{"n":".."}"#), "%2E%2E/..x/");
+    }
+
+    #[test]
+    fn time_buckets_follow_the_finest_unit() {
+        let bucket = |t: &str| PartitionTemplate::parse(t).unwrap().time_bucket_ms();
+        assert_eq!(bucket(DEFAULT_TEMPLATE), Some(3_600_000));
+        assert_eq!(bucket("dt=!{timestamp:yyyy-MM-dd}/"), Some(86_400_000));
+        assert_eq!(bucket("!{timestamp:yyyy}/!{timestamp:mm}/"), Some(60_000));
+        assert_eq!(bucket("raw/"), Some(86_400_000));
+        assert_eq!(bucket("k=!{field:a}/!{timestamp:HH}/"), None);
     }
 
     #[test]

@@ -98,7 +98,12 @@ pub struct Pipeline<P: Position> {
     stem: String,
     lake: LakeWriter<P>,
     errors: ErrorOutput<P>,
+    /// The partition path of the last record.
     partition: String,
+    /// `PartitionTemplate::time_bucket_ms` of the template.
+    time_bucket_ms: Option<i64>,
+    /// The time bucket `partition` was rendered for (`Some(None)`: no time).
+    last_bucket: Option<Option<i64>>,
     records: u64,
     blank_lines: u64,
 }
@@ -110,12 +115,15 @@ impl<P: Position> Pipeline<P> {
         let keys: Vec<String> = spec.template.keys().iter().map(|k| k.name.clone()).collect();
         let layout = FileLayout::new(&spec.schema, &keys, spec.unknown_fields);
         let lake = LakeWriter::new(spec.schema.clone(), layout, spec.unknown_fields, spec.writer.clone());
+        let time_bucket_ms = spec.template.time_bucket_ms();
         Pipeline {
             spec,
             stem,
             lake,
             errors: ErrorOutput::new(common, ERROR_FILE_BYTES),
             partition: String::new(),
+            time_bucket_ms,
+            last_bucket: None,
             records: 0,
             blank_lines: 0,
         }
@@ -168,7 +176,13 @@ impl<P: Position> Pipeline<P> {
                 }
             },
         };
-        self.spec.template.render(time, text, &mut self.partition);
+        // Time-only templates render the same path for every record of the same
+        // time bucket (usually long runs of records): skip the formatting then.
+        let bucket = self.time_bucket_ms.map(|ms| time.map(|t| t.div_euclid(ms)));
+        if bucket.is_none() || bucket != self.last_bucket {
+            self.spec.template.render(time, text, &mut self.partition);
+            self.last_bucket = bucket;
+        }
         match self.lake.push(&self.partition, text, pos) {
             Ok(()) => self.lake.maintain(&self.partition)?,
             Err(e) => {

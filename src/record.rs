@@ -4,7 +4,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::SchemaRef;
 
 use crate::columns::{CoerceError, ColumnBuilder, DecodeError, RecordContext, Utf8};
-use crate::json::{Kind, Parser, SyntaxError};
+use crate::json::{Kind, Parser, SyntaxError, short_eq};
 use crate::schema::{FileLayout, Schema, UnknownFieldPolicy};
 
 /// Where a field of a record goes.
@@ -98,10 +98,10 @@ impl RecordDecoder {
         let mut next = 0;
         while let Some(k) = p.next_key(first, &mut key_buf)? {
             first = false;
-            let col = if self.names.get(next).is_some_and(|n| n == k) {
+            let col = if self.names.get(next).is_some_and(|n| short_eq(n.as_bytes(), k.as_bytes())) {
                 Some(next)
             } else {
-                self.names.iter().position(|n| n == k)
+                self.names.iter().position(|n| short_eq(n.as_bytes(), k.as_bytes()))
             };
             let Some(c) = col else {
                 let key = k.to_string();

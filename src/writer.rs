@@ -7,10 +7,13 @@
 //! open partitions reaches the budget, the largest partition is finished
 //! early; a partition whose file reaches the target size is finished too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use arrow_array::cast::AsArray;
+use arrow_array::{ArrayRef, RecordBatch};
 use parquet::arrow::ArrowWriter;
+use parquet::schema::types::ColumnPath;
 use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use crate::columns::DecodeError;
@@ -78,7 +81,8 @@ pub struct FinishedFile<P> {
 
 struct OpenPartition<P> {
     decoder: RecordDecoder,
-    writer: ArrowWriter<Vec<u8>>,
+    /// Created at the first encode, when the first batch can tune it.
+    writer: Option<ArrowWriter<Vec<u8>>>,
     first: P,
     last: P,
     rows: u64,
@@ -131,11 +135,9 @@ impl<P: Clone> LakeWriter<P> {
     pub fn push(&mut self, partition: &str, record: &str, pos: &P) -> Result<(), DecodeError> {
         if !self.open.contains_key(partition) {
             let decoder = RecordDecoder::new(&self.schema, &self.layout, self.policy);
-            let writer = ArrowWriter::try_new(Vec::new(), decoder.arrow_schema().clone(), Some(self.props.clone()))
-                .expect("in-memory writer with a valid schema");
             let open = OpenPartition {
                 decoder,
-                writer,
+                writer: None,
                 first: pos.clone(),
                 last: pos.clone(),
                 rows: 0,
@@ -165,7 +167,7 @@ impl<P: Clone> LakeWriter<P> {
         let Some(p) = self.open.get_mut(partition) else { return Ok(()) };
         if p.decoder.rows() >= self.settings.encode_rows || p.buffered >= self.settings.encode_bytes {
             self.memory -= p.memory();
-            encode(p, partition)?;
+            encode(p, partition, &self.props)?;
             self.memory += p.memory();
             if p.encoded >= self.settings.target_file_bytes {
                 self.finish(partition)?;
@@ -186,8 +188,9 @@ impl<P: Clone> LakeWriter<P> {
     fn finish(&mut self, partition: &str) -> Result<()> {
         let Some(mut p) = self.open.remove(partition) else { return Ok(()) };
         self.memory -= p.memory();
-        encode(&mut p, partition)?;
-        let data = p.writer.into_inner().map_err(|error| Error::Parquet { key: partition.to_string(), error })?;
+        encode(&mut p, partition, &self.props)?;
+        let writer = p.writer.expect("encode creates the writer");
+        let data = writer.into_inner().map_err(|error| Error::Parquet { key: partition.to_string(), error })?;
         self.ready.push(FinishedFile { partition: partition.to_string(), first: p.first, last: p.last, rows: p.rows, data });
         Ok(())
     }
@@ -223,12 +226,64 @@ impl<P: Clone> LakeWriter<P> {
     }
 }
 
-fn encode<P>(p: &mut OpenPartition<P>, partition: &str) -> Result<()> {
-    if p.decoder.rows() > 0 {
-        let batch = p.decoder.finish();
-        p.writer.write(&batch).map_err(|error| Error::Parquet { key: partition.to_string(), error })?;
+fn encode<P>(p: &mut OpenPartition<P>, partition: &str, props: &WriterProperties) -> Result<()> {
+    let batch = p.decoder.finish();
+    let parquet_err = |error| Error::Parquet { key: partition.to_string(), error };
+    let writer = match &mut p.writer {
+        Some(w) => w,
+        None => {
+            let props = without_dictionary_for_unique_strings(props.clone(), &batch);
+            p.writer.insert(ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props)).map_err(parquet_err)?)
+        }
+    };
+    if batch.num_rows() > 0 {
+        writer.write(&batch).map_err(parquet_err)?;
     }
-    p.encoded = p.writer.bytes_written() + p.writer.memory_size();
+    p.encoded = writer.bytes_written() + writer.memory_size();
     p.buffered = 0;
     Ok(())
+}
+
+/// Fewer non-null values than this in a file's first batch say too little
+/// about a column to turn its dictionary off.
+const DICTIONARY_SAMPLE_MIN: usize = 1000;
+/// Values sampled per column to decide.
+const DICTIONARY_SAMPLE_MAX: usize = 2000;
+
+/// Turns dictionary encoding off for the string columns (top level or in
+/// structs) whose values in the file's first batch are mostly distinct, such
+/// as ids: hashing every value into a dictionary that Parquet abandons once
+/// it outgrows its page costs time and saves no space. Depends only on the
+/// data, so files stay reproducible.
+fn without_dictionary_for_unique_strings(props: WriterProperties, batch: &RecordBatch) -> WriterProperties {
+    let mut unique = Vec::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        collect_unique_strings(vec![field.name().clone()], column, &mut unique);
+    }
+    if unique.is_empty() {
+        return props;
+    }
+    let mut builder = props.into_builder();
+    for path in unique {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::new(path), false);
+    }
+    builder.build()
+}
+
+fn collect_unique_strings(path: Vec<String>, column: &ArrayRef, out: &mut Vec<Vec<String>>) {
+    if let Some(strings) = column.as_string_opt::<i32>() {
+        let sample: Vec<&str> = strings.iter().flatten().take(DICTIONARY_SAMPLE_MAX).collect();
+        if sample.len() >= DICTIONARY_SAMPLE_MIN {
+            let distinct: HashSet<&str> = sample.iter().copied().collect();
+            if distinct.len() * 2 > sample.len() {
+                out.push(path);
+            }
+        }
+    } else if let Some(s) = column.as_struct_opt() {
+        for (field, child) in s.fields().iter().zip(s.columns()) {
+            let mut p = path.clone();
+            p.push(field.name().clone());
+            collect_unique_strings(p, child, out);
+        }
+    }
 }
