@@ -239,6 +239,39 @@ fn read_line(reader: &mut dyn BufRead, buf: &mut Vec<u8>, input: &str) -> Result
     Ok(n)
 }
 
+/// Calls `f` with each line (without `\n` or `\r\n`), straight from the
+/// reader's buffer when the line is whole in it (nearly always), so lines are
+/// not copied. Returns the bytes read.
+fn for_each_line(
+    reader: &mut dyn BufRead,
+    input: &str,
+    spill: &mut Vec<u8>,
+    mut f: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<u64> {
+    let io_err = |error| Error::Input { source_name: input.to_string(), error };
+    let mut total = 0u64;
+    loop {
+        let available = reader.fill_buf().map_err(io_err)?;
+        if available.is_empty() {
+            return Ok(total);
+        }
+        match memchr::memchr(b'\n', available) {
+            Some(n) => {
+                let line = &available[..n];
+                f(line.strip_suffix(b"\r").unwrap_or(line))?;
+                reader.consume(n + 1);
+                total += n as u64 + 1;
+            }
+            None => {
+                // The line runs past the buffer: copy it whole.
+                let n = read_line(reader, spill, input)?;
+                f(spill)?;
+                total += n as u64;
+            }
+        }
+    }
+}
+
 /// Runs a conversion. `progress` receives the raw input bytes read so far.
 pub async fn convert(opts: &ConvertOptions, progress: Arc<AtomicU64>) -> Result<ConvertSummary> {
     let started = Instant::now();
@@ -301,16 +334,11 @@ pub async fn convert(opts: &ConvertOptions, progress: Arc<AtomicU64>) -> Result<
             send(&mut pipeline)?;
         }
         drop(sampled);
-        loop {
-            let n = read_line(&mut *reader, &mut buf, input)?;
-            if n == 0 {
-                break;
-            }
-            bytes_in += n as u64;
+        bytes_in += for_each_line(&mut *reader, input, &mut buf, |line| {
             line_no += 1;
-            pipeline.push(&buf, &Line(line_no), None)?;
-            send(&mut pipeline)?;
-        }
+            pipeline.push(line, &Line(line_no), None)?;
+            send(&mut pipeline)
+        })?;
         pipeline.finish_all()?;
         send(&mut pipeline)?;
         Ok((pipeline.stats(), bytes_in, schema))

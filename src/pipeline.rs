@@ -184,7 +184,7 @@ impl<P: Position> Pipeline<P> {
             self.last_bucket = bucket;
         }
         match self.lake.push(&self.partition, text, pos) {
-            Ok(()) => self.lake.maintain(&self.partition)?,
+            Ok(()) => self.lake.maintain()?,
             Err(e) => {
                 let (kind, msg, field) = classify(text, e);
                 self.errors.push(kind, &msg, field.as_deref(), raw, pos);

@@ -80,6 +80,8 @@ pub struct FinishedFile<P> {
 }
 
 struct OpenPartition<P> {
+    /// Rendered partition path.
+    name: String,
     decoder: RecordDecoder,
     /// Created at the first encode, when the first batch can tune it.
     writer: Option<ArrowWriter<Vec<u8>>>,
@@ -105,8 +107,14 @@ pub struct LakeWriter<P> {
     policy: UnknownFieldPolicy,
     settings: WriterSettings,
     props: WriterProperties,
-    open: HashMap<String, OpenPartition<P>>,
-    /// Sum of `OpenPartition::memory` over `open`.
+    /// Open partitions; `None` marks a free slot.
+    slots: Vec<Option<OpenPartition<P>>>,
+    /// Slot of each open partition by name.
+    index: HashMap<String, usize>,
+    /// The slot of the last pushed partition: consecutive records mostly go
+    /// to the same partition, so this skips hashing its name.
+    last: Option<usize>,
+    /// Sum of `OpenPartition::memory` over the open partitions.
     memory: usize,
     ready: Vec<FinishedFile<P>>,
     dropped_fields: u64,
@@ -122,31 +130,55 @@ impl<P: Clone> LakeWriter<P> {
             policy,
             settings,
             props,
-            open: HashMap::new(),
+            slots: Vec::new(),
+            index: HashMap::new(),
+            last: None,
             memory: 0,
             ready: Vec::new(),
             dropped_fields: 0,
         }
     }
 
+    fn slot_of(&mut self, partition: &str, pos: &P) -> usize {
+        if let Some(i) = self.last {
+            if self.slots[i].as_ref().is_some_and(|p| p.name == partition) {
+                return i;
+            }
+        }
+        if let Some(&i) = self.index.get(partition) {
+            return i;
+        }
+        let open = OpenPartition {
+            name: partition.to_string(),
+            decoder: RecordDecoder::new(&self.schema, &self.layout, self.policy),
+            writer: None,
+            first: pos.clone(),
+            last: pos.clone(),
+            rows: 0,
+            encoded: 0,
+            buffered: 0,
+        };
+        let i = match self.slots.iter().position(Option::is_none) {
+            Some(free) => {
+                self.slots[free] = Some(open);
+                free
+            }
+            None => {
+                self.slots.push(Some(open));
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(partition.to_string(), i);
+        i
+    }
+
     /// Appends a record (JSON object text) to `partition`. Its size serves as
     /// the estimate of buffered memory between encodes. On an error nothing
     /// is appended.
     pub fn push(&mut self, partition: &str, record: &str, pos: &P) -> Result<(), DecodeError> {
-        if !self.open.contains_key(partition) {
-            let decoder = RecordDecoder::new(&self.schema, &self.layout, self.policy);
-            let open = OpenPartition {
-                decoder,
-                writer: None,
-                first: pos.clone(),
-                last: pos.clone(),
-                rows: 0,
-                encoded: 0,
-                buffered: 0,
-            };
-            self.open.insert(partition.to_string(), open);
-        }
-        let p = self.open.get_mut(partition).expect("inserted above");
+        let slot = self.slot_of(partition, pos);
+        self.last = Some(slot);
+        let p = self.slots[slot].as_mut().expect("slot_of returns an open slot");
         let dropped = p.decoder.dropped_fields();
         p.decoder.push(record)?;
         self.dropped_fields += p.decoder.dropped_fields() - dropped;
@@ -160,47 +192,59 @@ impl<P: Clone> LakeWriter<P> {
         Ok(())
     }
 
-    /// Encodes partitions whose buffers are full and finishes files that
-    /// reached their target size or that the memory budget evicts. Call after
-    /// each `push` (it is cheap when there is nothing to do).
-    pub fn maintain(&mut self, partition: &str) -> Result<()> {
-        let Some(p) = self.open.get_mut(partition) else { return Ok(()) };
-        if p.decoder.rows() >= self.settings.encode_rows || p.buffered >= self.settings.encode_bytes {
-            self.memory -= p.memory();
-            encode(p, partition, &self.props)?;
-            self.memory += p.memory();
-            if p.encoded >= self.settings.target_file_bytes {
-                self.finish(partition)?;
+    /// Encodes the last pushed partition when its buffer is full, finishes
+    /// it when its file reached the target size, and finishes the largest
+    /// partitions while the memory budget is exceeded. Call after each `push`
+    /// (it is cheap when there is nothing to do).
+    pub fn maintain(&mut self) -> Result<()> {
+        if let Some(slot) = self.last {
+            if let Some(p) = self.slots[slot].as_mut() {
+                if p.decoder.rows() >= self.settings.encode_rows || p.buffered >= self.settings.encode_bytes {
+                    self.memory -= p.memory();
+                    encode(p, &self.props)?;
+                    self.memory += p.memory();
+                    if p.encoded >= self.settings.target_file_bytes {
+                        self.finish(slot)?;
+                    }
+                }
             }
         }
         while self.memory > self.settings.memory_budget {
-            // Largest first; ties by name so the choice never depends on hash order.
-            let Some(largest) =
-                self.open.iter().max_by(|a, b| a.1.memory().cmp(&b.1.memory()).then(b.0.cmp(a.0))).map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            self.finish(&largest)?;
+            // Largest first; ties by name so the choice never depends on slot order.
+            let largest = (0..self.slots.len())
+                .filter_map(|i| self.slots[i].as_ref().map(|p| (i, p)))
+                .max_by(|(_, a), (_, b)| a.memory().cmp(&b.memory()).then(b.name.cmp(&a.name)))
+                .map(|(i, _)| i);
+            let Some(slot) = largest else { break };
+            self.finish(slot)?;
         }
         Ok(())
     }
 
-    fn finish(&mut self, partition: &str) -> Result<()> {
-        let Some(mut p) = self.open.remove(partition) else { return Ok(()) };
+    fn finish(&mut self, slot: usize) -> Result<()> {
+        let Some(mut p) = self.slots[slot].take() else { return Ok(()) };
+        self.index.remove(&p.name);
+        if self.last == Some(slot) {
+            self.last = None;
+        }
         self.memory -= p.memory();
-        encode(&mut p, partition, &self.props)?;
+        if p.rows == 0 {
+            // Opened by a record that then failed to decode: no file.
+            return Ok(());
+        }
+        encode(&mut p, &self.props)?;
         let writer = p.writer.expect("encode creates the writer");
-        let data = writer.into_inner().map_err(|error| Error::Parquet { key: partition.to_string(), error })?;
-        self.ready.push(FinishedFile { partition: partition.to_string(), first: p.first, last: p.last, rows: p.rows, data });
+        let data = writer.into_inner().map_err(|error| Error::Parquet { key: p.name.clone(), error })?;
+        self.ready.push(FinishedFile { partition: p.name, first: p.first, last: p.last, rows: p.rows, data });
         Ok(())
     }
 
     /// Finishes every open partition, in partition order.
     pub fn finish_all(&mut self) -> Result<()> {
-        let mut names: Vec<String> = self.open.keys().cloned().collect();
-        names.sort();
-        for n in names {
-            self.finish(&n)?;
+        let mut open: Vec<(String, usize)> = self.index.iter().map(|(k, &v)| (k.clone(), v)).collect();
+        open.sort();
+        for (_, slot) in open {
+            self.finish(slot)?;
         }
         Ok(())
     }
@@ -217,7 +261,7 @@ impl<P: Clone> LakeWriter<P> {
 
     /// Open partitions.
     pub fn open_partitions(&self) -> usize {
-        self.open.len()
+        self.index.len()
     }
 
     /// Unknown fields dropped under the `drop` policy.
@@ -226,9 +270,9 @@ impl<P: Clone> LakeWriter<P> {
     }
 }
 
-fn encode<P>(p: &mut OpenPartition<P>, partition: &str, props: &WriterProperties) -> Result<()> {
+fn encode<P>(p: &mut OpenPartition<P>, props: &WriterProperties) -> Result<()> {
     let batch = p.decoder.finish();
-    let parquet_err = |error| Error::Parquet { key: partition.to_string(), error };
+    let parquet_err = |error| Error::Parquet { key: p.name.clone(), error };
     let writer = match &mut p.writer {
         Some(w) => w,
         None => {
