@@ -493,19 +493,22 @@ impl ColumnBuilder {
                 let row = valid.len();
                 let mut next = 0;
                 let mut first = true;
-                while let Some(k) = p.next_key(first, &mut buf)? {
+                while p.next_field(first)? {
                     first = false;
                     // Keys usually arrive in declared order: try the next field first.
-                    let found = if ty.get(next).is_some_and(|f| short_eq(f.name.as_bytes(), k.as_bytes())) {
-                        Some(next)
+                    let i = if ty.get(next).is_some_and(|f| p.key_is(f.name.as_bytes())) {
+                        next
                     } else {
-                        ty.iter().position(|f| short_eq(f.name.as_bytes(), k.as_bytes()))
-                    };
-                    let Some(i) = found else {
-                        let key = k.to_string();
-                        let raw = p.skip()?;
-                        ctx.unknown(path, &key, raw)?;
-                        continue;
+                        let k = p.key(&mut buf)?;
+                        match ty.iter().position(|f| short_eq(f.name.as_bytes(), k.as_bytes())) {
+                            Some(i) => i,
+                            None => {
+                                let key = k.to_string();
+                                let raw = p.skip()?;
+                                ctx.unknown(path, &key, raw)?;
+                                continue;
+                            }
+                        }
                     };
                     next = i + 1;
                     let child = &mut children[i];

@@ -357,6 +357,63 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Moves to the next key of an object (after `{` or a value): `false`
+    /// at its closing `}`, which is consumed. `first` is true right after `{`.
+    #[inline]
+    pub fn next_field(&mut self, first: bool) -> R<bool> {
+        self.ws();
+        match self.b.get(self.i) {
+            Some(b'}') => {
+                self.i += 1;
+                Ok(false)
+            }
+            Some(b',') if !first => {
+                self.i += 1;
+                Ok(true)
+            }
+            _ if first => Ok(true),
+            _ => self.err("`,` or `}`"),
+        }
+    }
+
+    /// Whether the key here is `name` written without escapes; if so it is
+    /// consumed with its `:`. The fast path for keys in their usual order.
+    #[inline]
+    pub fn key_is(&mut self, name: &[u8]) -> bool {
+        self.ws();
+        let end = self.i + 1 + name.len();
+        if self.b.get(self.i) != Some(&b'"') || self.b.get(end) != Some(&b'"') {
+            return false;
+        }
+        if !short_eq(&self.b[self.i + 1..end], name) {
+            return false;
+        }
+        let mut j = end + 1;
+        while matches!(self.b.get(j), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+            j += 1;
+        }
+        if self.b.get(j) != Some(&b':') {
+            return false;
+        }
+        self.i = j + 1;
+        true
+    }
+
+    /// Reads the key here and its `:`.
+    #[inline]
+    pub fn key<'s>(&mut self, scratch: &'s mut String) -> R<&'s str>
+    where
+        'a: 's,
+    {
+        let key = self.string(scratch)?;
+        self.ws();
+        if self.b.get(self.i) != Some(&b':') {
+            return self.err("`:`");
+        }
+        self.i += 1;
+        Ok(key)
+    }
+
     /// Reads the next key of an object (after `{` or a value), or `None` at
     /// its closing `}`. `first` is true right after `{`.
     #[inline]
@@ -364,23 +421,7 @@ impl<'a> Parser<'a> {
     where
         'a: 's,
     {
-        self.ws();
-        match self.b.get(self.i) {
-            Some(b'}') => {
-                self.i += 1;
-                return Ok(None);
-            }
-            Some(b',') if !first => self.i += 1,
-            _ if first => {}
-            _ => return self.err("`,` or `}`"),
-        }
-        let key = self.string(scratch)?;
-        self.ws();
-        if self.b.get(self.i) != Some(&b':') {
-            return self.err("`:`");
-        }
-        self.i += 1;
-        Ok(Some(key))
+        if self.next_field(first)? { self.key(scratch).map(Some) } else { Ok(None) }
     }
 
     /// Consumes `[`.

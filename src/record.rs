@@ -96,18 +96,21 @@ impl RecordDecoder {
         let mut first = true;
         // Keys usually arrive in schema order, so try the next column first.
         let mut next = 0;
-        while let Some(k) = p.next_key(first, &mut key_buf)? {
+        while p.next_field(first)? {
             first = false;
-            let col = if self.names.get(next).is_some_and(|n| short_eq(n.as_bytes(), k.as_bytes())) {
-                Some(next)
+            let c = if self.names.get(next).is_some_and(|n| p.key_is(n.as_bytes())) {
+                next
             } else {
-                self.names.iter().position(|n| short_eq(n.as_bytes(), k.as_bytes()))
-            };
-            let Some(c) = col else {
-                let key = k.to_string();
-                let raw = p.skip()?;
-                self.ctx.unknown("", &key, raw)?;
-                continue;
+                let k = p.key(&mut key_buf)?;
+                match self.names.iter().position(|n| short_eq(n.as_bytes(), k.as_bytes())) {
+                    Some(c) => c,
+                    None => {
+                        let key = k.to_string();
+                        let raw = p.skip()?;
+                        self.ctx.unknown("", &key, raw)?;
+                        continue;
+                    }
+                }
             };
             next = c + 1;
             self.present[c] = p.peek()? != Kind::Null;
