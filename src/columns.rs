@@ -397,6 +397,14 @@ impl ColumnBuilder {
         }
     }
 
+    /// Appends an already parsed timestamp (epoch ms) to a timestamp column.
+    pub fn push_timestamp(&mut self, ms: i64) {
+        match self {
+            ColumnBuilder::Timestamp(p) => p.push(ms),
+            _ => unreachable!("push_timestamp on a non-timestamp column"),
+        }
+    }
+
     /// Reads the next value from `p` and appends it coerced to this column's
     /// type (`null` appends a null). On error the builder may hold a partial
     /// value: the caller truncates.
@@ -491,6 +499,9 @@ impl ColumnBuilder {
                 }
                 p.object_start()?;
                 let row = valid.len();
+                // Which fields this object had, as bits (lengths beyond 64 fields).
+                let few = children.len() <= 64;
+                let mut seen = 0u64;
                 let mut next = 0;
                 let mut first = true;
                 while p.next_field(first)? {
@@ -512,14 +523,19 @@ impl ColumnBuilder {
                     };
                     next = i + 1;
                     let child = &mut children[i];
-                    if child.len() > row {
-                        // A duplicate key: the last one wins, as in most JSON readers.
+                    let duplicate = if few { seen & (1 << i) != 0 } else { child.len() > row };
+                    if duplicate {
+                        // The last one wins, as in most JSON readers.
                         child.truncate(row);
                     }
+                    seen |= if few { 1 << i } else { 0 };
                     child.push(p, ctx).map_err(|e| e.under(&ty[i].name))?;
                 }
-                for child in children.iter_mut().filter(|c| c.len() == row) {
-                    child.push_null();
+                for (i, child) in children.iter_mut().enumerate() {
+                    let missing = if few { seen & (1 << i) == 0 } else { child.len() == row };
+                    if missing {
+                        child.push_null();
+                    }
                 }
                 valid.append_non_null();
             }

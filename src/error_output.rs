@@ -142,6 +142,11 @@ impl<P: Position> ErrorOutput<P> {
         }
     }
 
+    /// Whether finished error files are waiting.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     /// Takes the finished error files.
     pub fn take_ready(&mut self) -> Vec<ErrorFile<P>> {
         std::mem::take(&mut self.ready)

@@ -114,7 +114,16 @@ impl<P: Position> Pipeline<P> {
     pub fn new(spec: TableSpec, stem: String, common: Map<String, Json>) -> Self {
         let keys: Vec<String> = spec.template.keys().iter().map(|k| k.name.clone()).collect();
         let layout = FileLayout::new(&spec.schema, &keys, spec.unknown_fields);
-        let lake = LakeWriter::new(spec.schema.clone(), layout, spec.unknown_fields, spec.writer.clone());
+        // A top-level timestamp column that is the time field gets the time the
+        // pipeline parsed for the partition path instead of parsing it again.
+        let time_column = match &spec.time_source {
+            TimeSource::Field(path) if path.len() == 1 => spec
+                .schema
+                .index_of(&path[0])
+                .filter(|&c| spec.schema.columns[c].ty == crate::schema::HiveType::Timestamp),
+            _ => None,
+        };
+        let lake = LakeWriter::new(spec.schema.clone(), layout, spec.unknown_fields, spec.writer.clone(), time_column);
         let time_bucket_ms = spec.template.time_bucket_ms();
         Pipeline {
             spec,
@@ -183,7 +192,7 @@ impl<P: Position> Pipeline<P> {
             self.spec.template.render(time, text, &mut self.partition);
             self.last_bucket = bucket;
         }
-        match self.lake.push(&self.partition, text, pos) {
+        match self.lake.push(&self.partition, text, pos, time) {
             Ok(()) => self.lake.maintain()?,
             Err(e) => {
                 let (kind, msg, field) = classify(text, e);
@@ -203,6 +212,9 @@ impl<P: Position> Pipeline<P> {
     /// Takes the finished objects, with their keys.
     pub fn take_outputs(&mut self) -> Vec<OutputObject> {
         let mut out = Vec::new();
+        if !self.lake.has_ready() && !self.errors.has_ready() {
+            return out;
+        }
         for f in self.lake.take_ready() {
             out.push(OutputObject {
                 key: format!(

@@ -29,11 +29,14 @@ pub struct RecordDecoder {
     rows: usize,
     /// Per-record scratch: whether each schema column had a non-null value.
     present: Vec<bool>,
+    /// The timestamp column whose value `push` may receive already parsed.
+    time_column: Option<usize>,
 }
 
 impl RecordDecoder {
-    /// A decoder for the stored columns of `layout`.
-    pub fn new(schema: &Schema, layout: &FileLayout, policy: UnknownFieldPolicy) -> Self {
+    /// A decoder for the stored columns of `layout`. `time_column` is a
+    /// timestamp column whose value the caller may pass already parsed.
+    pub fn new(schema: &Schema, layout: &FileLayout, policy: UnknownFieldPolicy, time_column: Option<usize>) -> Self {
         let mut slots = vec![Slot::InPath; schema.columns.len()];
         for (b, &i) in layout.stored.iter().enumerate() {
             slots[i] = Slot::Stored(b);
@@ -52,6 +55,7 @@ impl RecordDecoder {
             ctx: RecordContext::new(policy),
             rows: 0,
             present: vec![false; schema.columns.len()],
+            time_column,
         }
     }
 
@@ -66,11 +70,12 @@ impl RecordDecoder {
     }
 
     /// Appends one record (a JSON object's text), or leaves the batch
-    /// unchanged and says why not.
-    pub fn push(&mut self, record: &str) -> Result<(), DecodeError> {
+    /// unchanged and says why not. `event_time` is the value of the time
+    /// column, when the caller has parsed it already.
+    pub fn push(&mut self, record: &str, event_time: Option<i64>) -> Result<(), DecodeError> {
         let rows = self.rows;
         let dropped = self.ctx.dropped_fields;
-        match self.push_inner(record) {
+        match self.push_inner(record, event_time) {
             Ok(()) => {
                 self.rows += 1;
                 Ok(())
@@ -86,7 +91,7 @@ impl RecordDecoder {
         }
     }
 
-    fn push_inner(&mut self, record: &str) -> Result<(), DecodeError> {
+    fn push_inner(&mut self, record: &str, event_time: Option<i64>) -> Result<(), DecodeError> {
         let rows = self.rows;
         self.present.iter_mut().for_each(|p| *p = false);
         self.ctx.extra.clear();
@@ -121,7 +126,13 @@ impl RecordDecoder {
                         // A duplicate key: the last one wins, as in most JSON readers.
                         builder.truncate(rows);
                     }
-                    builder.push(&mut p, &mut self.ctx).map_err(|e| e.under(&self.names[c]))?;
+                    match event_time {
+                        Some(ms) if self.time_column == Some(c) => {
+                            p.skip()?;
+                            builder.push_timestamp(ms);
+                        }
+                        _ => builder.push(&mut p, &mut self.ctx).map_err(|e| e.under(&self.names[c]))?,
+                    }
                 }
                 Slot::InPath => {
                     p.skip()?;

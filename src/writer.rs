@@ -114,6 +114,9 @@ pub struct LakeWriter<P> {
     /// The slot of the last pushed partition: consecutive records mostly go
     /// to the same partition, so this skips hashing its name.
     last: Option<usize>,
+    /// The top-level timestamp column that holds the event time, whose value
+    /// the pipeline has parsed already.
+    time_column: Option<usize>,
     /// Sum of `OpenPartition::memory` over the open partitions.
     memory: usize,
     ready: Vec<FinishedFile<P>>,
@@ -121,8 +124,16 @@ pub struct LakeWriter<P> {
 }
 
 impl<P: Clone> LakeWriter<P> {
-    /// A writer for `schema` (its partition-key columns already left out of `layout`).
-    pub fn new(schema: Arc<Schema>, layout: FileLayout, policy: UnknownFieldPolicy, settings: WriterSettings) -> Self {
+    /// A writer for `schema` (its partition-key columns already left out of
+    /// `layout`). `time_column` is the schema column the event time comes
+    /// from, when it is a top-level timestamp column.
+    pub fn new(
+        schema: Arc<Schema>,
+        layout: FileLayout,
+        policy: UnknownFieldPolicy,
+        settings: WriterSettings,
+        time_column: Option<usize>,
+    ) -> Self {
         let props = settings.writer_properties();
         LakeWriter {
             schema,
@@ -133,6 +144,7 @@ impl<P: Clone> LakeWriter<P> {
             slots: Vec::new(),
             index: HashMap::new(),
             last: None,
+            time_column,
             memory: 0,
             ready: Vec::new(),
             dropped_fields: 0,
@@ -150,7 +162,7 @@ impl<P: Clone> LakeWriter<P> {
         }
         let open = OpenPartition {
             name: partition.to_string(),
-            decoder: RecordDecoder::new(&self.schema, &self.layout, self.policy),
+            decoder: RecordDecoder::new(&self.schema, &self.layout, self.policy, self.time_column),
             writer: None,
             first: pos.clone(),
             last: pos.clone(),
@@ -173,14 +185,15 @@ impl<P: Clone> LakeWriter<P> {
     }
 
     /// Appends a record (JSON object text) to `partition`. Its size serves as
-    /// the estimate of buffered memory between encodes. On an error nothing
-    /// is appended.
-    pub fn push(&mut self, partition: &str, record: &str, pos: &P) -> Result<(), DecodeError> {
+    /// the estimate of buffered memory between encodes. `event_time` is the
+    /// record's time as read from the time field, if already known. On an
+    /// error nothing is appended.
+    pub fn push(&mut self, partition: &str, record: &str, pos: &P, event_time: Option<i64>) -> Result<(), DecodeError> {
         let slot = self.slot_of(partition, pos);
         self.last = Some(slot);
         let p = self.slots[slot].as_mut().expect("slot_of returns an open slot");
         let dropped = p.decoder.dropped_fields();
-        p.decoder.push(record)?;
+        p.decoder.push(record, event_time)?;
         self.dropped_fields += p.decoder.dropped_fields() - dropped;
         if p.rows == 0 {
             p.first = pos.clone();
@@ -247,6 +260,11 @@ impl<P: Clone> LakeWriter<P> {
             self.finish(slot)?;
         }
         Ok(())
+    }
+
+    /// Whether finished files are waiting.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
     }
 
     /// Takes the files finished so far.
