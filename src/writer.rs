@@ -349,3 +349,85 @@ fn collect_unique_strings(path: Vec<String>, column: &ArrayRef, out: &mut Vec<Ve
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::UnknownFieldPolicy;
+
+    fn writer(budget: usize, target: usize) -> LakeWriter<u64> {
+        let schema = Schema::parse(
+            "[[columns]]\nname = \"id\"\ntype = \"bigint\"\n[[columns]]\nname = \"text\"\ntype = \"string\"\n",
+            false,
+        )
+        .unwrap();
+        let layout = FileLayout::new(&schema, &[], UnknownFieldPolicy::Keep);
+        let settings = WriterSettings {
+            memory_budget: budget,
+            target_file_bytes: target,
+            encode_rows: 64,
+            ..WriterSettings::default()
+        };
+        LakeWriter::new(Arc::new(schema), layout, UnknownFieldPolicy::Keep, settings, None)
+    }
+
+    fn record(i: u64) -> String {
+        format!(r#"{{"id":{i},"text":"{}"}}"#, "x".repeat((i % 97) as usize))
+    }
+
+    #[test]
+    fn should_flush_largest_partition_when_memory_budget_is_reached() {
+        let budget = 64 << 10;
+        let mut w = writer(budget, usize::MAX);
+        let mut rows = 0;
+        for i in 0..20_000u64 {
+            // 40 partitions written round-robin: every one stays small, together they do not.
+            let partition = format!("p={}/", i % 40);
+            w.push(&partition, &record(i), &i, None).unwrap();
+            w.maintain().unwrap();
+            assert!(w.memory() <= budget, "memory {} over the budget after record {i}", w.memory());
+        }
+        let early = w.take_ready();
+        assert!(early.len() > 40, "the budget forced early files: {}", early.len());
+        w.finish_all().unwrap();
+        for f in early.iter().chain(w.take_ready().iter()) {
+            assert!(f.first <= f.last);
+            rows += f.rows;
+        }
+        assert_eq!(rows, 20_000);
+    }
+
+    #[test]
+    fn should_finish_file_at_target_size() {
+        let mut w = writer(usize::MAX, 16 << 10);
+        for i in 0..5_000u64 {
+            w.push("p/", &record(i), &i, None).unwrap();
+            w.maintain().unwrap();
+        }
+        w.finish_all().unwrap();
+        let files = w.take_ready();
+        assert!(files.len() > 1, "{} files", files.len());
+        // Consecutive files of one partition cover consecutive ranges.
+        for pair in files.windows(2) {
+            assert_eq!(pair[0].last + 1, pair[1].first);
+        }
+        assert_eq!(files.iter().map(|f| f.rows).sum::<u64>(), 5_000);
+    }
+
+    #[test]
+    fn should_not_write_a_file_for_a_partition_whose_only_record_failed() {
+        let mut w = writer(usize::MAX, usize::MAX);
+        assert!(w.push("bad/", r#"{"id":"not a number"}"#, &1, None).is_err());
+        w.push("good/", &record(2), &2, None).unwrap();
+        w.finish_all().unwrap();
+        let files = w.take_ready();
+        assert_eq!(files.iter().map(|f| f.partition.as_str()).collect::<Vec<_>>(), ["good/"]);
+    }
+
+    #[test]
+    fn writer_properties_set_snappy_explicitly() {
+        let props = WriterSettings::default().writer_properties();
+        assert_eq!(props.compression(&ColumnPath::from("any")), Compression::SNAPPY);
+        assert_eq!(props.max_row_group_row_count(), Some(128 * 1024));
+    }
+}

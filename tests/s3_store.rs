@@ -98,3 +98,27 @@ async fn convert_from_and_to_s3_matches_the_local_lake() {
         assert!(store.get(k).await.unwrap() == local_tree[k], "{k}: S3 bytes differ from the local lake");
     }
 }
+
+#[tokio::test]
+async fn sse_kms_is_requested_for_single_and_multipart_uploads() {
+    let client = s3_client().await;
+    let bucket = new_bucket(&client).await;
+    let opts = S3Options {
+        multipart_threshold: 5 << 20,
+        part_size: 5 << 20,
+        sse_kms_key_id: Some("alias/shardlake-test".into()),
+        ..S3Options::default()
+    };
+    let store = ObjectStore::S3(S3Store::new(client.clone(), bucket.clone(), String::new(), opts));
+    store.put("small", payload(10)).await.unwrap();
+    store.put("large", payload(6 << 20)).await.unwrap();
+    for key in ["small", "large"] {
+        let head = client.head_object().bucket(&bucket).key(key).send().await.unwrap();
+        assert_eq!(
+            head.server_side_encryption(),
+            Some(&aws_sdk_s3::types::ServerSideEncryption::AwsKms),
+            "{key}"
+        );
+        assert_eq!(head.ssekms_key_id(), Some("alias/shardlake-test"), "{key}");
+    }
+}
