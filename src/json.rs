@@ -346,24 +346,26 @@ impl<'a> Parser<'a> {
         self.string(scratch).map(|_| ())
     }
 
-    /// Consumes `{`.
-    pub fn object_start(&mut self) -> R<()> {
+    /// Consumes the byte `open` (`{` or `[`).
+    #[inline]
+    fn open(&mut self, open: u8, expected: &'static str) -> R<()> {
         self.ws();
-        if self.b.get(self.i) == Some(&b'{') {
+        if self.b.get(self.i) == Some(&open) {
             self.i += 1;
             Ok(())
         } else {
-            self.err("`{`")
+            self.err(expected)
         }
     }
 
-    /// Moves to the next key of an object (after `{` or a value): `false`
-    /// at its closing `}`, which is consumed. `first` is true right after `{`.
+    /// Moves past the `,` before the next member of an object or array, or
+    /// consumes its `close` byte and returns `false`. `first` is true right
+    /// after the opening byte.
     #[inline]
-    pub fn next_field(&mut self, first: bool) -> R<bool> {
+    fn next_member(&mut self, first: bool, close: u8, expected: &'static str) -> R<bool> {
         self.ws();
         match self.b.get(self.i) {
-            Some(b'}') => {
+            Some(&c) if c == close => {
                 self.i += 1;
                 Ok(false)
             }
@@ -372,8 +374,20 @@ impl<'a> Parser<'a> {
                 Ok(true)
             }
             _ if first => Ok(true),
-            _ => self.err("`,` or `}`"),
+            _ => self.err(expected),
         }
+    }
+
+    /// Consumes `{`.
+    pub fn object_start(&mut self) -> R<()> {
+        self.open(b'{', "`{`")
+    }
+
+    /// Moves to the next key of an object (after `{` or a value): `false`
+    /// at its closing `}`, which is consumed. `first` is true right after `{`.
+    #[inline]
+    pub fn next_field(&mut self, first: bool) -> R<bool> {
+        self.next_member(first, b'}', "`,` or `}`")
     }
 
     /// Whether the key here is `name` written without escapes; if so it is
@@ -426,32 +440,14 @@ impl<'a> Parser<'a> {
 
     /// Consumes `[`.
     pub fn array_start(&mut self) -> R<()> {
-        self.ws();
-        if self.b.get(self.i) == Some(&b'[') {
-            self.i += 1;
-            Ok(())
-        } else {
-            self.err("`[`")
-        }
+        self.open(b'[', "`[`")
     }
 
     /// Whether another element follows (consuming `,`), or the array ends
     /// (consuming `]`). `first` is true right after `[`.
     #[inline]
     pub fn next_element(&mut self, first: bool) -> R<bool> {
-        self.ws();
-        match self.b.get(self.i) {
-            Some(b']') => {
-                self.i += 1;
-                Ok(false)
-            }
-            Some(b',') if !first => {
-                self.i += 1;
-                Ok(true)
-            }
-            _ if first => Ok(true),
-            _ => self.err("`,` or `]`"),
-        }
+        self.next_member(first, b']', "`,` or `]`")
     }
 
     /// Skips one value of any kind, checking its syntax; returns its text.

@@ -224,14 +224,7 @@ impl S3Store {
 
     /// Downloads a whole object.
     pub async fn get(&self, key: &str) -> Result<Vec<u8>> {
-        let full = self.full_key(key);
-        let out = self
-            .options
-            .retry
-            .run(|_| self.client.get_object().bucket(&self.bucket).key(&full).send(), is_transient)
-            .await
-            .map_err(|e| self.err("get", key, e))?;
-        let body = out.body.collect().await.map_err(|e| self.err("get", key, e))?;
+        let body = self.get_stream(key).await?.collect().await.map_err(|e| self.err("get", key, e))?;
         Ok(body.into_bytes().to_vec())
     }
 
