@@ -179,7 +179,6 @@ impl<T: ArrowPrimitiveType> Prim<T> {
     }
 }
 
-
 /// UTF-8 strings with offsets.
 #[derive(Debug)]
 pub struct Utf8 {
@@ -807,7 +806,8 @@ mod tests {
         ColumnBuilder::new(&ty, "dev").push(&mut Parser::new(v), &mut keep).unwrap();
         assert_eq!(keep.extra, r#"{"dev.b":[true]"#);
         let mut err = RecordContext::new(UnknownFieldPolicy::Error);
-        let DecodeError::Coerce(e) = ColumnBuilder::new(&ty, "dev").push(&mut Parser::new(v), &mut err).unwrap_err() else {
+        let DecodeError::Coerce(e) = ColumnBuilder::new(&ty, "dev").push(&mut Parser::new(v), &mut err).unwrap_err()
+        else {
             panic!("expected a coercion error")
         };
         assert_eq!(e.under("dev"), CoerceError::Unknown { path: "dev.b".into() });

@@ -323,7 +323,11 @@ pub async fn convert(opts: &ConvertOptions, progress: Arc<AtomicU64>) -> Result<
             for o in pipeline.take_outputs() {
                 if tx.blocking_send(o).is_err() {
                     // The uploader stopped: its error is reported by the caller.
-                    return Err(Error::Store { op: "put", url: opts.destination.clone(), message: "upload stopped".into() });
+                    return Err(Error::Store {
+                        op: "put",
+                        url: opts.destination.clone(),
+                        message: "upload stopped".into(),
+                    });
                 }
             }
             Ok(())

@@ -25,8 +25,13 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in folder-name order.
-    pub const ALL: [ErrorKind; 5] =
-        [ErrorKind::InvalidJson, ErrorKind::NotObject, ErrorKind::TypeMismatch, ErrorKind::UnknownField, ErrorKind::TooLarge];
+    pub const ALL: [ErrorKind; 5] = [
+        ErrorKind::InvalidJson,
+        ErrorKind::NotObject,
+        ErrorKind::TypeMismatch,
+        ErrorKind::UnknownField,
+        ErrorKind::TooLarge,
+    ];
 
     /// The folder name (`type_mismatch`).
     pub fn as_str(self) -> &'static str {
@@ -111,7 +116,9 @@ impl<P: Position> ErrorOutput<P> {
         pos.describe(&mut line);
         match std::str::from_utf8(raw) {
             Ok(s) => line.insert("raw".into(), Json::from(s)),
-            Err(_) => line.insert("raw_base64".into(), Json::from(base64::engine::general_purpose::STANDARD.encode(raw))),
+            Err(_) => {
+                line.insert("raw_base64".into(), Json::from(base64::engine::general_purpose::STANDARD.encode(raw)))
+            }
         };
         let open = self.open.entry(kind).or_insert_with(|| OpenErrors {
             first: pos.clone(),

@@ -16,8 +16,16 @@ use rand_chacha::ChaCha8Rng;
 use crate::time::UtcFields;
 
 const EVENT_TYPES: [&str; 10] = [
-    "page_view", "click", "search", "add_to_cart", "remove_from_cart", "checkout_start", "purchase", "login",
-    "logout", "signup",
+    "page_view",
+    "click",
+    "search",
+    "add_to_cart",
+    "remove_from_cart",
+    "checkout_start",
+    "purchase",
+    "login",
+    "logout",
+    "signup",
 ];
 const EVENT_WEIGHTS: [u32; 10] = [35, 20, 10, 8, 3, 5, 6, 6, 4, 3];
 const CURRENCIES: [&str; 8] = ["USD", "EUR", "GBP", "JPY", "CAD", "AUD", "CHF", "SEK"];
@@ -28,22 +36,76 @@ const COUNTRIES: [&str; 30] = [
 const OS: [&str; 6] = ["iOS", "Android", "Windows", "macOS", "Linux", "ChromeOS"];
 const BROWSERS: [&str; 6] = ["Chrome", "Safari", "Firefox", "Edge", "Samsung Internet", "Opera"];
 const TAGS: [&str; 16] = [
-    "promo", "mobile", "returning", "new_user", "newsletter", "ab_test_a", "ab_test_b", "vip", "cart_recovery",
-    "organic", "paid", "social", "email", "affiliate", "holiday_sale", "clearance",
+    "promo",
+    "mobile",
+    "returning",
+    "new_user",
+    "newsletter",
+    "ab_test_a",
+    "ab_test_b",
+    "vip",
+    "cart_recovery",
+    "organic",
+    "paid",
+    "social",
+    "email",
+    "affiliate",
+    "holiday_sale",
+    "clearance",
 ];
 const PAGES: [&str; 13] = [
-    "/", "/home", "/search", "/cart", "/checkout", "/account", "/help", "/category/shoes", "/category/electronics",
-    "/category/books", "/category/home-garden", "/category/toys", "/deals/today",
+    "/",
+    "/home",
+    "/search",
+    "/cart",
+    "/checkout",
+    "/account",
+    "/help",
+    "/category/shoes",
+    "/category/electronics",
+    "/category/books",
+    "/category/home-garden",
+    "/category/toys",
+    "/deals/today",
 ];
 const REFERRERS: [&str; 8] = [
-    "https://www.google.com/", "https://www.bing.com/", "https://duckduckgo.com/", "https://www.facebook.com/",
-    "https://t.co/", "https://news.ycombinator.com/", "https://www.reddit.com/r/deals/", "https://mail.example.com/",
+    "https://www.google.com/",
+    "https://www.bing.com/",
+    "https://duckduckgo.com/",
+    "https://www.facebook.com/",
+    "https://t.co/",
+    "https://news.ycombinator.com/",
+    "https://www.reddit.com/r/deals/",
+    "https://mail.example.com/",
 ];
 const CAMPAIGNS: [&str; 6] =
     ["spring_sale_2024", "retarget_q1", "brand_search", "newsletter_w11", "influencer_collab", "black_friday_preview"];
 const WORDS: [&str; 25] = [
-    "red", "running", "shoes", "wireless", "headphones", "kids", "lego", "coffee", "maker", "organic", "tea", "desk",
-    "lamp", "usb", "cable", "winter", "jacket", "garden", "hose", "phone", "case", "laptop", "stand", "yoga", "mat",
+    "red",
+    "running",
+    "shoes",
+    "wireless",
+    "headphones",
+    "kids",
+    "lego",
+    "coffee",
+    "maker",
+    "organic",
+    "tea",
+    "desk",
+    "lamp",
+    "usb",
+    "cable",
+    "winter",
+    "jacket",
+    "garden",
+    "hose",
+    "phone",
+    "case",
+    "laptop",
+    "stand",
+    "yoga",
+    "mat",
 ];
 const USER_AGENTS: [&str; 5] = [
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_3 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.3 Mobile/15E148 Safari/604.1",
@@ -186,7 +248,8 @@ pub fn generate(opts: &GenOptions, out: &mut impl Write) -> std::io::Result<()> 
         ));
         line.push_str(",\"amount\":");
         match amount {
-            Some(a) if a == 0.0 => line.push_str("0.0"),
+            // Python's json writes 0.0 where Rust's Display writes 0.
+            Some(0.0) => line.push_str("0.0"),
             Some(a) => line.push_str(&a.to_string()),
             None => line.push_str("null"),
         }

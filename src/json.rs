@@ -489,10 +489,10 @@ impl<'a> Parser<'a> {
 /// (`None` when missing, or when the record is not an object there). This is
 /// a pre-scan, not a validator: the full decode of the record checks syntax.
 pub fn find_path<'a>(text: &'a str, path: &[String]) -> R<Option<&'a str>> {
-    if let [key] = path {
-        if let Some(found) = find_top_level_fast(text, key.as_bytes()) {
-            return Ok(found);
-        }
+    if let [key] = path
+        && let Some(found) = find_top_level_fast(text, key.as_bytes())
+    {
+        return Ok(found);
     }
     let mut p = Parser::new(text);
     let mut scratch = String::new();
@@ -596,7 +596,11 @@ mod tests {
     fn accepts_what_serde_json_accepts() {
         for s in [
             r#"{"a":[1,-2.5e+3,0.0,true,false,null,"x\"y\u00e9\ud83d\ude00"],"b":{}, "c" : [ ] }"#,
-            "0", "-0", "1E5", "\"\"", "  [1 , 2]  ",
+            "0",
+            "-0",
+            "1E5",
+            "\"\"",
+            "  [1 , 2]  ",
         ] {
             assert!(serde_json::from_str::<serde_json::Value>(s).is_ok());
             assert!(skip_all(s).is_ok(), "{s}");
@@ -606,8 +610,21 @@ mod tests {
     #[test]
     fn rejects_what_serde_json_rejects() {
         for s in [
-            "{", "[1,]", "{\"a\" 1}", "01", "1.", "-", "1e", "tru", "\"\\x\"", "\"a\nb\"", "{\"a\":1,}", "[1 2]",
-            "\"\\ud800\"", "\"abc", "{1:2}",
+            "{",
+            "[1,]",
+            "{\"a\" 1}",
+            "01",
+            "1.",
+            "-",
+            "1e",
+            "tru",
+            "\"\\x\"",
+            "\"a\nb\"",
+            "{\"a\":1,}",
+            "[1 2]",
+            "\"\\ud800\"",
+            "\"abc",
+            "{1:2}",
         ] {
             assert!(serde_json::from_str::<serde_json::Value>(s).is_err(), "{s}");
             assert!(skip_all(s).is_err(), "{s} was accepted");
@@ -620,7 +637,9 @@ mod tests {
             assert_eq!(special_byte(s.as_bytes(), 0), want, "{s:?}");
         }
         assert_eq!(special_byte(b"\"0123456789abcdef\"", 1), 17);
-        for (a, b) in [("ts", "ts"), ("event_id", "event_id"), ("session_id", "session_ie"), ("abcd", "abce"), ("x", "y")] {
+        for (a, b) in
+            [("ts", "ts"), ("event_id", "event_id"), ("session_id", "session_ie"), ("abcd", "abce"), ("x", "y")]
+        {
             assert_eq!(short_eq(a.as_bytes(), b.as_bytes()), a == b, "{a} {b}");
         }
         assert!(!short_eq(b"abc", b"abcd"));

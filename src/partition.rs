@@ -6,7 +6,6 @@
 
 use std::fmt::Write as _;
 
-
 use crate::error::{Error, Result};
 use crate::json::{Kind, Parser, find_path};
 use crate::time::{UtcFields, epoch_number_to_millis, parse_timestamp_str_millis};
@@ -103,9 +102,8 @@ fn parse_time_pattern(pattern: &str) -> std::result::Result<Vec<TimeToken>, Stri
 }
 
 fn check_literal(lit: &str, template: &str) -> Result<()> {
-    let bad = lit.contains('\\')
-        || lit.chars().any(char::is_control)
-        || lit.split('/').any(|seg| seg == "." || seg == "..");
+    let bad =
+        lit.contains('\\') || lit.chars().any(char::is_control) || lit.split('/').any(|seg| seg == "." || seg == "..");
     if bad {
         return Err(Error::Config(format!(
             "partition template `{template}`: literal text `{lit}` may not contain `.` or `..` path segments, \
@@ -156,7 +154,7 @@ impl PartitionTemplate {
             rest = &after[end + 1..];
         }
         let mut tail = rest.to_string();
-        if !template.is_empty() && !tail.ends_with('/') && !(tail.is_empty() && template.ends_with('/')) {
+        if !template.is_empty() && !tail.ends_with('/') {
             tail.push('/');
         }
         if !tail.is_empty() {
@@ -286,8 +284,26 @@ pub fn lookup(record: &str, path: &[String]) -> Option<String> {
 
 /// Whether Hive's `FileUtils.escapePathName` escapes this character.
 fn hive_escapes(c: char) -> bool {
-    matches!(c, '\u{0}'..='\u{1F}' | '"' | '#' | '%' | '\'' | '*' | '/' | ':' | '=' | '?' | '\\' | '\u{7F}'
-        | '{' | '[' | ']' | '^')
+    matches!(
+        c,
+        '\u{0}'
+            ..='\u{1F}'
+                | '"'
+                | '#'
+                | '%'
+                | '\''
+                | '*'
+                | '/'
+                | ':'
+                | '='
+                | '?'
+                | '\\'
+                | '\u{7F}'
+                | '{'
+                | '['
+                | ']'
+                | '^'
+    )
 }
 
 /// Appends a partition value escaped the Hive way (`%2F` for `/` and so on).
@@ -314,12 +330,13 @@ pub fn unescape_partition_value(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use serde_json::{Map, Value as Json};
 
 use crate::columns::{CoerceError, DecodeError};
-use crate::json::{Kind, Parser};
 use crate::error::Result;
 use crate::error_output::{ErrorKind, ErrorOutput, Position};
+use crate::json::{Kind, Parser};
 use crate::partition::{PartitionTemplate, TimeSource, event_time_millis};
 use crate::schema::{FileLayout, Schema, UnknownFieldPolicy};
 use crate::writer::{LakeWriter, WriterSettings};

@@ -150,10 +150,10 @@ impl RecordDecoder {
                     found: "missing or null".into(),
                 }));
             }
-            if let Slot::Stored(b) = self.slots[c] {
-                if self.builders[b].len() == rows {
-                    self.builders[b].push_null();
-                }
+            if let Slot::Stored(b) = self.slots[c]
+                && self.builders[b].len() == rows
+            {
+                self.builders[b].push_null();
             }
         }
         if let Some(x) = &mut self.extra {

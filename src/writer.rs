@@ -10,16 +10,16 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow_array::cast::AsArray;
-use arrow_array::{ArrayRef, RecordBatch};
-use parquet::arrow::ArrowWriter;
-use parquet::schema::types::ColumnPath;
-use parquet::basic::Compression;
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use crate::columns::DecodeError;
 use crate::error::{Error, Result};
 use crate::record::RecordDecoder;
 use crate::schema::{FileLayout, Schema, UnknownFieldPolicy};
+use arrow_array::cast::AsArray;
+use arrow_array::{ArrayRef, RecordBatch};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 /// Writer settings. Everything that shapes a file is here, so the same
 /// records with the same settings give byte-identical files.
@@ -152,10 +152,10 @@ impl<P: Clone> LakeWriter<P> {
     }
 
     fn slot_of(&mut self, partition: &str, pos: &P) -> usize {
-        if let Some(i) = self.last {
-            if self.slots[i].as_ref().is_some_and(|p| p.name == partition) {
-                return i;
-            }
+        if let Some(i) = self.last
+            && self.slots[i].as_ref().is_some_and(|p| p.name == partition)
+        {
+            return i;
         }
         if let Some(&i) = self.index.get(partition) {
             return i;
@@ -210,16 +210,15 @@ impl<P: Clone> LakeWriter<P> {
     /// partitions while the memory budget is exceeded. Call after each `push`
     /// (it is cheap when there is nothing to do).
     pub fn maintain(&mut self) -> Result<()> {
-        if let Some(slot) = self.last {
-            if let Some(p) = self.slots[slot].as_mut() {
-                if p.decoder.rows() >= self.settings.encode_rows || p.buffered >= self.settings.encode_bytes {
-                    self.memory -= p.memory();
-                    encode(p, &self.props)?;
-                    self.memory += p.memory();
-                    if p.encoded >= self.settings.target_file_bytes {
-                        self.finish(slot)?;
-                    }
-                }
+        if let Some(slot) = self.last
+            && let Some(p) = self.slots[slot].as_mut()
+            && (p.decoder.rows() >= self.settings.encode_rows || p.buffered >= self.settings.encode_bytes)
+        {
+            self.memory -= p.memory();
+            encode(p, &self.props)?;
+            self.memory += p.memory();
+            if p.encoded >= self.settings.target_file_bytes {
+                self.finish(slot)?;
             }
         }
         while self.memory > self.settings.memory_budget {

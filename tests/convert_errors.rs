@@ -41,7 +41,8 @@ fn write_input(dir: &std::path::Path) -> std::path::PathBuf {
         big.into_bytes(),
         br#"{"id":"c","ts":"yesterday"}"#.to_vec(),
         br#"{"ts":"2024-03-15T07:00:00Z"}"#.to_vec(),
-        br#"{"id":"d","ts":1710486000,"country":"../../etc","surprise":{"a":1},"dev":{"os":"Linux","arch":"arm"}}"#.to_vec(),
+        br#"{"id":"d","ts":1710486000,"country":"../../etc","surprise":{"a":1},"dev":{"os":"Linux","arch":"arm"}}"#
+            .to_vec(),
         b"   ".to_vec(),
         b"{\"id\":\"\xff\"}".to_vec(),
         br#"{"id":"e","ts":1710486000000,"amount":0.125}"#.to_vec(),
@@ -67,7 +68,9 @@ fn options(input: &std::path::Path, lake: &std::path::Path, policy: UnknownField
 fn error_lines(lake: &std::path::Path, kind: &str) -> Vec<serde_json::Value> {
     read_tree(&lake.join("errors").join(kind))
         .values()
-        .flat_map(|b| String::from_utf8(b.clone()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>())
+        .flat_map(|b| {
+            String::from_utf8(b.clone()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>()
+        })
         .collect()
 }
 

@@ -114,11 +114,7 @@ async fn sse_kms_is_requested_for_single_and_multipart_uploads() {
     store.put("large", payload(6 << 20)).await.unwrap();
     for key in ["small", "large"] {
         let head = client.head_object().bucket(&bucket).key(key).send().await.unwrap();
-        assert_eq!(
-            head.server_side_encryption(),
-            Some(&aws_sdk_s3::types::ServerSideEncryption::AwsKms),
-            "{key}"
-        );
+        assert_eq!(head.server_side_encryption(), Some(&aws_sdk_s3::types::ServerSideEncryption::AwsKms), "{key}");
         assert_eq!(head.ssekms_key_id(), Some("alias/shardlake-test"), "{key}");
     }
 }

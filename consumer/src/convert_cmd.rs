@@ -80,8 +80,10 @@ fn progress_bar(input: &str, counter: Arc<AtomicU64>) -> Option<tokio::task::Joi
         None => indicatif::ProgressBar::new_spinner(),
     };
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+        .expect("valid template"),
     );
     Some(tokio::spawn(async move {
         loop {

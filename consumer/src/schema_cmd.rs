@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use shardlake::partition::{DEFAULT_TEMPLATE, PartitionTemplate};
-use shardlake::schema::{DEFAULT_INFER_SAMPLE, DdlOptions, Schema, SchemaInferrer, UnknownFieldPolicy, create_table_ddl};
+use shardlake::schema::{
+    DEFAULT_INFER_SAMPLE, DdlOptions, Schema, SchemaInferrer, UnknownFieldPolicy, create_table_ddl,
+};
 
 /// `--unknown-fields` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -80,9 +82,8 @@ pub fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
                 }
                 inferrer.observe_line(&line.with_context(|| format!("reading {file}"))?);
             }
-            let schema = inferrer
-                .finish()
-                .with_context(|| format!("no JSON object found among the first lines of {file}"))?;
+            let schema =
+                inferrer.finish().with_context(|| format!("no JSON object found among the first lines of {file}"))?;
             print!("# inferred by shardlake from {} records of {file}\n{}", inferrer.records(), schema.to_toml());
             Ok(())
         }

@@ -35,8 +35,16 @@ fn convert_prints_a_summary_and_json() {
     let (input, schema) = events(dir.path(), 3000);
     let lake = dir.path().join("lake");
     let out = stdout(&consumer(&[
-        "convert", "--input", &input, "--destination", lake.to_str().unwrap(), "--schema", &schema, "--time-field",
-        "ts", "--json",
+        "convert",
+        "--input",
+        &input,
+        "--destination",
+        lake.to_str().unwrap(),
+        "--schema",
+        &schema,
+        "--time-field",
+        "ts",
+        "--json",
     ]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["records"], 3000);
@@ -44,8 +52,15 @@ fn convert_prints_a_summary_and_json() {
     assert_eq!(v["data_files"], 48);
     assert_eq!(v["partitions"].as_object().unwrap().len(), 48);
     let text = stdout(&consumer(&[
-        "convert", "--input", &input, "--destination", &format!("file://{}", lake.display()), "--schema", &schema,
-        "--time-field", "ts",
+        "convert",
+        "--input",
+        &input,
+        "--destination",
+        &format!("file://{}", lake.display()),
+        "--schema",
+        &schema,
+        "--time-field",
+        "ts",
     ]));
     assert!(text.contains("rows              3000  in 48 data files, 48 partitions"), "{text}");
 }
@@ -63,12 +78,27 @@ fn convert_explains_bad_usage() {
     let bad_schema = dir.path().join("bad.toml");
     std::fs::write(&bad_schema, "[[columns]]\nname = \"a\"\ntype = \"strnig\"\n").unwrap();
     let err = stderr(&consumer(&[
-        "convert", "--input", &input, "--destination", lake, "--schema", bad_schema.to_str().unwrap(), "--time-field",
+        "convert",
+        "--input",
+        &input,
+        "--destination",
+        lake,
+        "--schema",
+        bad_schema.to_str().unwrap(),
+        "--time-field",
         "ts",
     ]));
     assert!(err.contains("column 1 (`a`)") && err.contains("unknown type `strnig`"), "{err}");
     let err = stderr(&consumer(&[
-        "convert", "--input", &input, "--destination", lake, "--infer-schema", "--time-field", "ts", "--partition",
+        "convert",
+        "--input",
+        &input,
+        "--destination",
+        lake,
+        "--infer-schema",
+        "--time-field",
+        "ts",
+        "--partition",
         "!{timestamp:YYYY}/",
     ]));
     assert!(err.contains("unsupported timestamp pattern"), "{err}");
@@ -85,7 +115,13 @@ fn schema_infer_and_ddl() {
     let path = dir.path().join("inferred.toml");
     std::fs::write(&path, &toml).unwrap();
     let ddl = stdout(&consumer(&[
-        "schema", "ddl", "--schema", path.to_str().unwrap(), "--table", "analytics.events", "--location",
+        "schema",
+        "ddl",
+        "--schema",
+        path.to_str().unwrap(),
+        "--table",
+        "analytics.events",
+        "--location",
         "s3://my-lake/events/",
     ]));
     assert!(ddl.contains("CREATE EXTERNAL TABLE IF NOT EXISTS `analytics`.`events`"), "{ddl}");

@@ -21,7 +21,16 @@ fn gen_writes_file_and_schema() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("e.jsonl");
     let schema = dir.path().join("s.toml");
-    gen_events(&["50", out.to_str().unwrap(), "--hours", "2", "--start", "2026-11-22T00:00:00Z", "--schema-out", schema.to_str().unwrap()]);
+    gen_events(&[
+        "50",
+        out.to_str().unwrap(),
+        "--hours",
+        "2",
+        "--start",
+        "2026-11-22T00:00:00Z",
+        "--schema-out",
+        schema.to_str().unwrap(),
+    ]);
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(text.lines().count(), 50);
     assert!(text.lines().all(|l| l.contains("\"ts\":\"2026-11-22T0")), "timestamps stay in the window");
@@ -30,7 +39,10 @@ fn gen_writes_file_and_schema() {
 
 #[test]
 fn gen_rejects_a_bad_start() {
-    let o = Command::new(env!("CARGO_BIN_EXE_shardlake-loadtest")).args(["gen", "1", "-", "--start", "tomorrow"]).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_shardlake-loadtest"))
+        .args(["gen", "1", "-", "--start", "tomorrow"])
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--start tomorrow: expected RFC 3339"));
 }

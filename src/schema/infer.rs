@@ -18,7 +18,10 @@ enum Seen {
     Bool,
     Int,
     Float,
-    Str { all_timestamps: bool, all_dates: bool },
+    Str {
+        all_timestamps: bool,
+        all_dates: bool,
+    },
     Array(Box<Seen>),
     Object(Vec<(String, Seen)>),
     /// Scalars of different kinds, or containers mixed with scalars.
@@ -31,14 +34,15 @@ impl Seen {
             JsonType::Null => Seen::Null,
             JsonType::Boolean => Seen::Bool,
             JsonType::Number => {
-                if v.is_i64() || v.is_u64() { Seen::Int } else { Seen::Float }
+                if v.is_i64() || v.is_u64() {
+                    Seen::Int
+                } else {
+                    Seen::Float
+                }
             }
             JsonType::String => {
                 let s = v.as_str().unwrap_or_default();
-                Seen::Str {
-                    all_timestamps: parse_rfc3339_millis(s).is_some(),
-                    all_dates: parse_date_days(s).is_some(),
-                }
+                Seen::Str { all_timestamps: parse_rfc3339_millis(s).is_some(), all_dates: parse_date_days(s).is_some() }
             }
             JsonType::Array => {
                 let mut item = Seen::Null;
@@ -163,13 +167,7 @@ mod tests {
         for l in lines {
             inf.observe_line(l.as_bytes());
         }
-        inf.finish()
-            .unwrap()
-            .columns
-            .iter()
-            .map(|c| format!("{}:{}", c.name, c.ty))
-            .collect::<Vec<_>>()
-            .join(" ")
+        inf.finish().unwrap().columns.iter().map(|c| format!("{}:{}", c.name, c.ty)).collect::<Vec<_>>().join(" ")
     }
 
     #[test]

@@ -121,10 +121,7 @@ impl Schema {
                 return Err(format!("`{EXTRA_COLUMN}` is reserved for unknown fields; rename the column"));
             }
             if self.columns[..i].iter().any(|o| o.name.eq_ignore_ascii_case(&c.name)) {
-                return Err(format!(
-                    "column `{}` is listed twice (Athena ignores case in column names)",
-                    c.name
-                ));
+                return Err(format!("column `{}` is listed twice (Athena ignores case in column names)", c.name));
             }
         }
         Ok(())

@@ -294,9 +294,20 @@ mod tests {
     #[test]
     fn parses_and_prints_every_type() {
         for s in [
-            "string", "boolean", "int", "bigint", "float", "double", "decimal(10,2)", "date", "timestamp",
-            "array<string>", "map<string,bigint>", "struct<os:string,browser:string,version:string>",
-            "array<struct<a:int,b:array<map<string,double>>>>", "struct<`odd name`:int>",
+            "string",
+            "boolean",
+            "int",
+            "bigint",
+            "float",
+            "double",
+            "decimal(10,2)",
+            "date",
+            "timestamp",
+            "array<string>",
+            "map<string,bigint>",
+            "struct<os:string,browser:string,version:string>",
+            "array<struct<a:int,b:array<map<string,double>>>>",
+            "struct<`odd name`:int>",
         ] {
             let t: HiveType = s.parse().unwrap();
             assert_eq!(t.to_string(), s);

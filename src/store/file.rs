@@ -35,9 +35,7 @@ impl FileStore {
     /// Atomically writes `data` at `key`.
     pub async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
         let path = self.root.join(key);
-        tokio::task::spawn_blocking(move || write_atomic(&path, &data))
-            .await
-            .expect("file write task panicked")
+        tokio::task::spawn_blocking(move || write_atomic(&path, &data)).await.expect("file write task panicked")
     }
 
     /// Reads the object at `key`.

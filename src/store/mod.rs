@@ -125,10 +125,7 @@ mod tests {
 
     #[test]
     fn parses_locations() {
-        assert_eq!(
-            Location::parse("s3://b/p/q/").unwrap(),
-            Location::S3 { bucket: "b".into(), prefix: "p/q/".into() }
-        );
+        assert_eq!(Location::parse("s3://b/p/q/").unwrap(), Location::S3 { bucket: "b".into(), prefix: "p/q/".into() });
         assert_eq!(Location::parse("s3://b").unwrap(), Location::S3 { bucket: "b".into(), prefix: String::new() });
         assert_eq!(Location::parse("file:///tmp/x").unwrap(), Location::File("/tmp/x".into()));
         assert_eq!(Location::parse("./lake").unwrap(), Location::File("./lake".into()));

@@ -59,10 +59,19 @@ impl S3Options {
 pub fn is_transient<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
     match e {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
-        SdkError::ServiceError(se) => matches!(
-            se.err().code(),
-            Some("SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable" | "Throttling" | "ThrottlingException")
-        ) || se.raw().status().is_server_error(),
+        SdkError::ServiceError(se) => {
+            matches!(
+                se.err().code(),
+                Some(
+                    "SlowDown"
+                        | "RequestTimeout"
+                        | "InternalError"
+                        | "ServiceUnavailable"
+                        | "Throttling"
+                        | "ThrottlingException"
+                )
+            ) || se.raw().status().is_server_error()
+        }
         _ => false,
     }
 }
@@ -106,12 +115,8 @@ impl S3Store {
             .retry
             .run(
                 |_| {
-                    let mut req = self
-                        .client
-                        .put_object()
-                        .bucket(&self.bucket)
-                        .key(&full)
-                        .body(ByteStream::from(data.clone()));
+                    let mut req =
+                        self.client.put_object().bucket(&self.bucket).key(&full).body(ByteStream::from(data.clone()));
                     if let Some(k) = &self.options.sse_kms_key_id {
                         req = req.server_side_encryption(ServerSideEncryption::AwsKms).ssekms_key_id(k);
                     }
@@ -166,7 +171,13 @@ impl S3Store {
         }
     }
 
-    async fn upload_parts(&self, full: &str, upload_id: &str, data: bytes::Bytes, part_size: usize) -> Result<(), String> {
+    async fn upload_parts(
+        &self,
+        full: &str,
+        upload_id: &str,
+        data: bytes::Bytes,
+        part_size: usize,
+    ) -> Result<(), String> {
         let mut tasks = JoinSet::new();
         let mut parts = Vec::new();
         let chunks: Vec<bytes::Bytes> =
