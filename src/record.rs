@@ -29,6 +29,8 @@ pub struct RecordDecoder {
     rows: usize,
     /// Per-record scratch: whether each schema column had a non-null value.
     present: Vec<bool>,
+    /// Per-record scratch: whether each schema column's key appeared.
+    seen: Vec<bool>,
     /// The timestamp column whose value `push` may receive already parsed.
     time_column: Option<usize>,
 }
@@ -55,6 +57,7 @@ impl RecordDecoder {
             ctx: RecordContext::new(policy),
             rows: 0,
             present: vec![false; schema.columns.len()],
+            seen: vec![false; schema.columns.len()],
             time_column,
         }
     }
@@ -93,7 +96,8 @@ impl RecordDecoder {
 
     fn push_inner(&mut self, record: &str, event_time: Option<i64>) -> Result<(), DecodeError> {
         let rows = self.rows;
-        self.present.iter_mut().for_each(|p| *p = false);
+        self.present.fill(false);
+        self.seen.fill(false);
         self.ctx.extra.clear();
         let mut p = Parser::new(record);
         p.object_start()?;
@@ -119,11 +123,12 @@ impl RecordDecoder {
             };
             next = c + 1;
             self.present[c] = p.peek()? != Kind::Null;
+            let duplicate = std::mem::replace(&mut self.seen[c], true);
             match self.slots[c] {
                 Slot::Stored(b) => {
                     let builder = &mut self.builders[b];
-                    if builder.len() > rows {
-                        // A duplicate key: the last one wins, as in most JSON readers.
+                    if duplicate {
+                        // The last one wins, as in most JSON readers.
                         builder.truncate(rows);
                     }
                     match event_time {
@@ -151,7 +156,7 @@ impl RecordDecoder {
                 }));
             }
             if let Slot::Stored(b) = self.slots[c]
-                && self.builders[b].len() == rows
+                && !self.seen[c]
             {
                 self.builders[b].push_null();
             }
