@@ -192,3 +192,66 @@ impl RecordDecoder {
         RecordBatch::try_new(self.arrow.clone(), columns).expect("builders match the schema")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int64Type, TimestampMillisecondType};
+
+    fn decoder(policy: UnknownFieldPolicy) -> RecordDecoder {
+        let schema = Schema::parse(
+            "[[columns]]\nname=\"id\"\ntype=\"bigint\"\nrequired=true\n[[columns]]\nname=\"ts\"\ntype=\"timestamp\"\n\
+             [[columns]]\nname=\"s\"\ntype=\"struct<a:int,b:string>\"\n",
+            false,
+        )
+        .unwrap();
+        let layout = FileLayout::new(&schema, &[], policy);
+        RecordDecoder::new(&schema, &layout, policy, Some(1))
+    }
+
+    #[test]
+    fn duplicate_keys_last_one_wins() {
+        let mut d = decoder(UnknownFieldPolicy::Keep);
+        d.push(r#"{"id":1,"s":{"a":1,"a":2},"id":3}"#, None).unwrap();
+        let batch = d.finish();
+        assert_eq!(batch.column(0).as_primitive::<Int64Type>().value(0), 3);
+        let s = batch.column(2).as_struct();
+        assert_eq!(s.column(0).as_primitive::<arrow_array::types::Int32Type>().value(0), 2);
+        assert!(s.column(1).is_null(0));
+    }
+
+    #[test]
+    fn keys_in_any_order_and_extra_fields() {
+        let mut d = decoder(UnknownFieldPolicy::Keep);
+        d.push(r#"{"s":{"b":"x","z":[1]},"zz":true,"id":7}"#, None).unwrap();
+        let batch = d.finish();
+        assert_eq!(batch.column(0).as_primitive::<Int64Type>().value(0), 7);
+        assert!(batch.column(1).is_null(0));
+        assert_eq!(batch.column(3).as_string::<i32>().value(0), r#"{"s.z":[1],"zz":true}"#);
+    }
+
+    #[test]
+    fn a_known_event_time_fills_the_time_column() {
+        let mut d = decoder(UnknownFieldPolicy::Keep);
+        d.push(r#"{"id":1,"ts":"2024-03-15T07:12:01.123Z"}"#, Some(42)).unwrap();
+        let batch = d.finish();
+        assert_eq!(batch.column(1).as_primitive::<TimestampMillisecondType>().value(0), 42);
+    }
+
+    #[test]
+    fn failures_leave_the_batch_unchanged() {
+        let mut d = decoder(UnknownFieldPolicy::Error);
+        d.push(r#"{"id":1}"#, None).unwrap();
+        for bad in [r#"{"ts":1}"#, r#"{"id":2,"s":{"a":"x"}}"#, r#"{"id":2,"q":1}"#, r#"{"id":2} x"#, r#"{"id":2"#] {
+            assert!(d.push(bad, None).is_err(), "{bad}");
+        }
+        let err = d.push(r#"{"id":2,"s":{"a":1,"c":1}}"#, None).unwrap_err();
+        assert_eq!(err, DecodeError::Coerce(CoerceError::Unknown { path: "s.c".into() }));
+        assert_eq!(d.rows(), 1);
+        let batch = d.finish();
+        assert_eq!(batch.num_rows(), 1);
+        assert_eq!(batch.column(0).as_primitive::<Int64Type>().value(0), 1);
+    }
+}
