@@ -185,42 +185,35 @@ impl<'a> Parser<'a> {
         self.ws();
         let start = self.i;
         let b = self.b;
+        let digits = |mut j: usize| {
+            while b.get(j).is_some_and(u8::is_ascii_digit) {
+                j += 1;
+            }
+            j
+        };
         let mut i = self.i;
         if b.get(i) == Some(&b'-') {
             i += 1;
         }
         match b.get(i) {
             Some(b'0') => i += 1,
-            Some(b'1'..=b'9') => {
-                while b.get(i).is_some_and(u8::is_ascii_digit) {
-                    i += 1;
-                }
-            }
+            Some(b'1'..=b'9') => i = digits(i),
             _ => {
                 self.i = i;
                 return self.err("a digit");
             }
         }
         if b.get(i) == Some(&b'.') {
-            i += 1;
-            let d = i;
-            while b.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
+            let d = i + 1;
+            i = digits(d);
             if i == d {
                 self.i = i;
                 return self.err("a digit after `.`");
             }
         }
         if matches!(b.get(i), Some(b'e' | b'E')) {
-            i += 1;
-            if matches!(b.get(i), Some(b'+' | b'-')) {
-                i += 1;
-            }
-            let d = i;
-            while b.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
+            let d = i + 1 + usize::from(matches!(b.get(i + 1), Some(b'+' | b'-')));
+            i = digits(d);
             if i == d {
                 self.i = i;
                 return self.err("a digit in the exponent");
