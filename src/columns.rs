@@ -208,24 +208,18 @@ impl Utf8 {
     fn len(&self) -> usize {
         self.valid.len()
     }
-    /// Drops values after the first `len`.
-    pub fn truncate_to(&mut self, len: usize) {
-        self.truncate(len);
-    }
-    /// Takes the values out as an Arrow array.
-    pub fn finish_array(&mut self) -> StringArray {
-        self.finish()
-    }
     /// Approximate bytes buffered.
     pub fn bytes(&self) -> usize {
         self.data.len() + self.offsets.len() * 4 + self.valid.len() / 8
     }
-    fn truncate(&mut self, len: usize) {
+    /// Drops values after the first `len`.
+    pub fn truncate(&mut self, len: usize) {
         self.data.truncate(self.offsets[len] as usize);
         self.offsets.truncate(len + 1);
         self.valid.truncate(len);
     }
-    fn finish(&mut self) -> StringArray {
+    /// Takes the values out as an Arrow array.
+    pub fn finish(&mut self) -> StringArray {
         let nulls = self.valid.finish();
         // The next batch is likely as large: start at this one's size.
         let mut next_offsets = Vec::with_capacity(self.offsets.len());

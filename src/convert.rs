@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -183,10 +183,10 @@ async fn open_input(input: &str, s3: &S3Options) -> Result<Box<dyn Read + Send>>
     Ok(Box::new(f))
 }
 
-/// Buffers the raw input, counting bytes for progress, and decompresses it
-/// when it starts with the gzip magic bytes. Blocking: call on the worker.
-fn line_reader(raw: Box<dyn Read + Send>, input: &str, raw_count: Arc<AtomicU64>) -> Result<Box<dyn BufRead + Send>> {
-    let mut buffered = BufReader::with_capacity(1 << 20, CountingReader { inner: raw, count: raw_count });
+/// Buffers raw input and decompresses it when it starts with the gzip magic
+/// bytes. Blocking. `input` names the source in errors.
+pub fn line_reader(raw: Box<dyn Read + Send>, input: &str) -> Result<Box<dyn BufRead + Send>> {
+    let mut buffered = BufReader::with_capacity(1 << 20, raw);
     let head = buffered.fill_buf().map_err(|error| Error::Input { source_name: input.to_string(), error })?;
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(BufReader::with_capacity(1 << 20, flate2::bufread::MultiGzDecoder::new(buffered))))
@@ -287,7 +287,8 @@ pub async fn convert(opts: &ConvertOptions, progress: Arc<AtomicU64>) -> Result<
     let worker = tokio::task::spawn_blocking(move || -> Result<(PipelineStats, u64, Schema)> {
         let opts = opts_worker;
         let input = opts.input.as_str();
-        let mut reader = line_reader(raw, input, progress)?;
+        let counted = Box::new(CountingReader { inner: raw, count: progress });
+        let mut reader = line_reader(counted, input)?;
         let mut buf = Vec::with_capacity(64 << 10);
         let mut bytes_in = 0u64;
         // Inference samples the first records and keeps them for conversion.
@@ -391,11 +392,6 @@ pub fn error_breakdown(stats: &PipelineStats) -> String {
         .filter_map(|k| stats.errors.get(k).map(|n| format!("{}={n}", k.as_str())))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Whether `path` exists as a local file (used by the CLI for friendlier errors).
-pub fn local_input_exists(path: &str) -> bool {
-    path == "-" || path.starts_with("s3://") || Path::new(path).exists()
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ impl RecordDecoder {
             Err(e) => {
                 self.builders.iter_mut().for_each(|b| b.truncate(rows));
                 if let Some(x) = &mut self.extra {
-                    x.truncate_to(rows);
+                    x.truncate(rows);
                 }
                 self.ctx.dropped_fields = dropped;
                 Err(e)
@@ -186,7 +186,7 @@ impl RecordDecoder {
     pub fn finish(&mut self) -> RecordBatch {
         let mut columns: Vec<ArrayRef> = self.builders.iter_mut().map(ColumnBuilder::finish).collect();
         if let Some(x) = &mut self.extra {
-            columns.push(std::sync::Arc::new(x.finish_array()));
+            columns.push(std::sync::Arc::new(x.finish()));
         }
         self.rows = 0;
         RecordBatch::try_new(self.arrow.clone(), columns).expect("builders match the schema")

@@ -276,11 +276,6 @@ impl<P: Clone> LakeWriter<P> {
         self.memory
     }
 
-    /// Open partitions.
-    pub fn open_partitions(&self) -> usize {
-        self.index.len()
-    }
-
     /// Unknown fields dropped under the `drop` policy.
     pub fn dropped_fields(&self) -> u64 {
         self.dropped_fields

@@ -99,7 +99,8 @@ fn progress_bar(input: &str, counter: Arc<AtomicU64>) -> Option<tokio::task::Joi
 
 /// Runs `convert`.
 pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
-    if !shardlake::convert::local_input_exists(&args.input) {
+    let local = !(args.input == "-" || args.input.starts_with("s3://"));
+    if local && !std::path::Path::new(&args.input).exists() {
         bail!("input file {} does not exist", args.input);
     }
     if args.memory_budget_mb == 0 || args.target_file_mb == 0 || args.row_group_rows == 0 {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
+use shardlake::convert::line_reader;
 use shardlake::partition::{DEFAULT_TEMPLATE, PartitionTemplate};
 use shardlake::schema::{
     DEFAULT_INFER_SAMPLE, DdlOptions, Schema, SchemaInferrer, UnknownFieldPolicy, create_table_ddl,
@@ -69,12 +70,12 @@ pub enum SchemaCommand {
 pub fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
     match cmd {
         SchemaCommand::Infer { file, sample } => {
-            let reader: Box<dyn BufRead> = if file == "-" {
-                Box::new(std::io::stdin().lock())
+            let raw: Box<dyn std::io::Read + Send> = if file == "-" {
+                Box::new(std::io::stdin())
             } else {
-                let f = std::fs::File::open(&file).with_context(|| format!("opening {file}"))?;
-                Box::new(std::io::BufReader::new(flate2_or_plain(f)?))
+                Box::new(std::fs::File::open(&file).with_context(|| format!("opening {file}"))?)
             };
+            let reader = line_reader(raw, &file)?;
             let mut inferrer = SchemaInferrer::new();
             for line in reader.split(b'\n') {
                 if inferrer.records() >= sample {
@@ -100,14 +101,4 @@ pub fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Gzip files are read through a decoder, others as they are.
-fn flate2_or_plain(f: std::fs::File) -> anyhow::Result<Box<dyn std::io::Read>> {
-    use std::io::{Read, Seek};
-    let mut f = f;
-    let mut magic = [0u8; 2];
-    let n = f.read(&mut magic)?;
-    f.rewind()?;
-    Ok(if n == 2 && magic == [0x1f, 0x8b] { Box::new(flate2::read::MultiGzDecoder::new(f)) } else { Box::new(f) })
 }

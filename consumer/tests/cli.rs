@@ -7,6 +7,13 @@ fn consumer(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shardlake-consumer")).args(args).output().unwrap()
 }
 
+/// `shardlake-consumer convert --input INPUT --destination DEST ARGS...`
+fn convert(input: &str, destination: &str, args: &[&str]) -> Output {
+    let mut all = vec!["convert", "--input", input, "--destination", destination];
+    all.extend_from_slice(args);
+    consumer(&all)
+}
+
 fn stdout(o: &Output) -> String {
     assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8(o.stdout.clone()).unwrap()
@@ -34,34 +41,14 @@ fn convert_prints_a_summary_and_json() {
     let dir = tempfile::tempdir().unwrap();
     let (input, schema) = events(dir.path(), 3000);
     let lake = dir.path().join("lake");
-    let out = stdout(&consumer(&[
-        "convert",
-        "--input",
-        &input,
-        "--destination",
-        lake.to_str().unwrap(),
-        "--schema",
-        &schema,
-        "--time-field",
-        "ts",
-        "--json",
-    ]));
+    let out = stdout(&convert(&input, lake.to_str().unwrap(), &["--schema", &schema, "--time-field", "ts", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["records"], 3000);
     assert_eq!(v["rows"], 3000);
     assert_eq!(v["data_files"], 48);
     assert_eq!(v["partitions"].as_object().unwrap().len(), 48);
-    let text = stdout(&consumer(&[
-        "convert",
-        "--input",
-        &input,
-        "--destination",
-        &format!("file://{}", lake.display()),
-        "--schema",
-        &schema,
-        "--time-field",
-        "ts",
-    ]));
+    let url = format!("file://{}", lake.display());
+    let text = stdout(&convert(&input, &url, &["--schema", &schema, "--time-field", "ts"]));
     assert!(text.contains("rows              3000  in 48 data files, 48 partitions"), "{text}");
 }
 
@@ -71,36 +58,16 @@ fn convert_explains_bad_usage() {
     let (input, schema) = events(dir.path(), 10);
     let lake = dir.path().join("lake");
     let lake = lake.to_str().unwrap();
-    let err = stderr(&consumer(&["convert", "--input", &input, "--destination", lake, "--schema", &schema]));
+    let err = stderr(&convert(&input, lake, &["--schema", &schema]));
     assert!(err.contains("pass --time-field"), "{err}");
-    let err = stderr(&consumer(&["convert", "--input", "/nope.jsonl", "--destination", lake, "--infer-schema"]));
+    let err = stderr(&convert("/nope.jsonl", lake, &["--infer-schema"]));
     assert!(err.contains("input file /nope.jsonl does not exist"), "{err}");
     let bad_schema = dir.path().join("bad.toml");
     std::fs::write(&bad_schema, "[[columns]]\nname = \"a\"\ntype = \"strnig\"\n").unwrap();
-    let err = stderr(&consumer(&[
-        "convert",
-        "--input",
-        &input,
-        "--destination",
-        lake,
-        "--schema",
-        bad_schema.to_str().unwrap(),
-        "--time-field",
-        "ts",
-    ]));
+    let err = stderr(&convert(&input, lake, &["--schema", bad_schema.to_str().unwrap(), "--time-field", "ts"]));
     assert!(err.contains("column 1 (`a`)") && err.contains("unknown type `strnig`"), "{err}");
-    let err = stderr(&consumer(&[
-        "convert",
-        "--input",
-        &input,
-        "--destination",
-        lake,
-        "--infer-schema",
-        "--time-field",
-        "ts",
-        "--partition",
-        "!{timestamp:YYYY}/",
-    ]));
+    let err =
+        stderr(&convert(&input, lake, &["--infer-schema", "--time-field", "ts", "--partition", "!{timestamp:YYYY}/"]));
     assert!(err.contains("unsupported timestamp pattern"), "{err}");
 }
 

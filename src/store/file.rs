@@ -22,11 +22,6 @@ impl FileStore {
         FileStore { root }
     }
 
-    /// The root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// `file://` URL of a key.
     pub fn url(&self, key: &str) -> String {
         format!("file://{}", self.root.join(key).display())

@@ -267,9 +267,4 @@ impl S3Store {
         out.sort();
         Ok(out)
     }
-
-    /// The client, bucket and prefix (for tests and tools).
-    pub fn parts(&self) -> (&aws_sdk_s3::Client, &str, &str) {
-        (&self.client, &self.bucket, &self.prefix)
-    }
 }
