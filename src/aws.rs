@@ -25,3 +25,11 @@ pub fn s3_client(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
         .build();
     aws_sdk_s3::Client::from_conf(conf)
 }
+
+/// A Kinesis client. SDK retries are off: readers and the producer classify
+/// each failure (expired iterator, throttling, partial failure) themselves and
+/// back off with [`crate::retry::RetryPolicy`].
+pub fn kinesis_client(config: &aws_config::SdkConfig) -> aws_sdk_kinesis::Client {
+    let conf = aws_sdk_kinesis::config::Builder::from(config).retry_config(RetryConfig::disabled()).build();
+    aws_sdk_kinesis::Client::from_conf(conf)
+}

@@ -3,6 +3,7 @@
 //! `s3://`), retries and AWS client setup, shared by the consumer, the
 //! producer and the load-test harness.
 
+pub mod aggregation;
 pub mod aws;
 pub mod columns;
 pub mod convert;
