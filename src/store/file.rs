@@ -39,6 +39,11 @@ impl FileStore {
         tokio::fs::read(&path).await.map_err(|e| store_err("get", &path, e))
     }
 
+    /// Whether an object exists at `key`.
+    pub fn exists(&self, key: &str) -> bool {
+        self.root.join(key).is_file()
+    }
+
     /// Keys under the root starting with `prefix`, sorted; temp files are skipped.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let root = self.root.clone();

@@ -3,7 +3,7 @@
 //! file store renames a fsynced temp file into place, S3 makes an object
 //! visible only when its PUT or multipart upload completes.
 
-mod file;
+pub mod file;
 mod s3;
 
 pub use file::FileStore;
