@@ -215,10 +215,7 @@ fn table_spec(opts: &ConvertOptions, schema: Schema) -> Result<TableSpec> {
         }
         None => TimeSource::Arrival,
     };
-    let mut error_prefix = opts.error_prefix.trim_start_matches('/').to_string();
-    if !error_prefix.is_empty() && !error_prefix.ends_with('/') {
-        error_prefix.push('/');
-    }
+    let error_prefix = crate::pipeline::folder_prefix(&opts.error_prefix);
     Ok(TableSpec {
         schema: Arc::new(schema),
         template,

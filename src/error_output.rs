@@ -21,16 +21,19 @@ pub enum ErrorKind {
     UnknownField,
     /// Larger than the maximum record size.
     TooLarge,
+    /// Starts with the KPL aggregation magic but cannot be unpacked.
+    UndecodableAggregate,
 }
 
 impl ErrorKind {
     /// Every kind, in folder-name order.
-    pub const ALL: [ErrorKind; 5] = [
+    pub const ALL: [ErrorKind; 6] = [
         ErrorKind::InvalidJson,
         ErrorKind::NotObject,
         ErrorKind::TypeMismatch,
         ErrorKind::UnknownField,
         ErrorKind::TooLarge,
+        ErrorKind::UndecodableAggregate,
     ];
 
     /// The folder name (`type_mismatch`).
@@ -41,6 +44,7 @@ impl ErrorKind {
             ErrorKind::TypeMismatch => "type_mismatch",
             ErrorKind::UnknownField => "unknown_field",
             ErrorKind::TooLarge => "too_large",
+            ErrorKind::UndecodableAggregate => "undecodable_aggregate",
         }
     }
 }

@@ -22,6 +22,15 @@ pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
 /// Error files are cut at this size.
 const ERROR_FILE_BYTES: usize = 8 << 20;
 
+/// A key prefix as a folder: no leading `/`, one trailing `/` (or empty).
+pub fn folder_prefix(prefix: &str) -> String {
+    let mut out = prefix.trim_start_matches('/').to_string();
+    if !out.is_empty() && !out.ends_with('/') {
+        out.push('/');
+    }
+    out
+}
+
 /// Everything that decides what a lake file contains.
 #[derive(Debug, Clone)]
 pub struct TableSpec {
@@ -200,6 +209,13 @@ impl<P: Position> Pipeline<P> {
             }
         }
         Ok(())
+    }
+
+    /// Sends a record that failed before JSON decoding (an undecodable
+    /// aggregate) to the error output.
+    pub fn push_error(&mut self, kind: ErrorKind, message: &str, raw: &[u8], pos: &P) {
+        self.records += 1;
+        self.errors.push(kind, message, None, raw, pos);
     }
 
     /// Finishes every open data and error file.

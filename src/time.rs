@@ -73,6 +73,22 @@ impl UtcFields {
     }
 }
 
+/// Formats epoch milliseconds as RFC 3339 UTC with milliseconds
+/// (`2026-11-22T07:00:00.000Z`).
+pub fn format_rfc3339_millis(ms: i64) -> String {
+    let f = UtcFields::from_epoch_millis(ms);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        f.year,
+        f.month,
+        f.day,
+        f.hour,
+        f.minute,
+        f.second,
+        ms.rem_euclid(1000)
+    )
+}
+
 fn digits(b: &[u8], at: usize, n: usize) -> Option<u32> {
     let s = b.get(at..at + n)?;
     let mut v = 0u32;
@@ -219,6 +235,15 @@ mod tests {
         ] {
             let want = DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis();
             assert_eq!(parse_rfc3339_millis(s), Some(want), "{s}");
+        }
+    }
+
+    #[test]
+    fn formats_rfc3339_like_chrono() {
+        for ms in [0i64, 1_710_486_721_123, -1, 951_868_799_999] {
+            let want = DateTime::from_timestamp_millis(ms).unwrap().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+            assert_eq!(format_rfc3339_millis(ms), want);
+            assert_eq!(parse_rfc3339_millis(&want), Some(ms));
         }
     }
 

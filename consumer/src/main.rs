@@ -1,9 +1,18 @@
-//! `shardlake-consumer`: the shardlake worker binary. Today it ships the lake
-//! tools (`convert`, `schema infer`, `schema ddl`); the Kinesis `run` command
-//! builds on the same core.
+//! `shardlake-consumer`: the shardlake worker binary. `run` reads a Kinesis
+//! stream into the lake, exactly once; `convert` backfills JSON Lines files;
+//! `schema` infers schemas and prints Athena DDL; `config check` explains a
+//! config file.
 
+mod batch;
+mod config;
 mod convert_cmd;
+mod http;
+mod kinesis;
+mod metrics;
+mod reader;
+mod run_cmd;
 mod schema_cmd;
+mod worker;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -26,6 +35,11 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Read a Kinesis stream into the lake until SIGTERM/SIGINT.
+    Run(run_cmd::RunArgs),
+    /// Check a config file.
+    #[command(subcommand)]
+    Config(run_cmd::ConfigCommand),
     /// Convert JSON Lines files (plain or .gz; local, stdin or S3) into the lake.
     Convert(convert_cmd::ConvertArgs),
     /// Infer a schema, or print Athena DDL for one.
@@ -49,6 +63,8 @@ fn main() -> std::process::ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Run(args) => run_cmd::run(args).await,
+            Command::Config(cmd) => run_cmd::config(cmd),
             Command::Convert(args) => convert_cmd::run(args).await,
             Command::Schema(cmd) => schema_cmd::run(cmd),
         }

@@ -1,0 +1,402 @@
+//! `consumer.toml`: every setting of `shardlake-consumer run`, with its
+//! default. Endpoints and credentials come from the usual AWS variables
+//! (`AWS_REGION`, `AWS_ENDPOINT_URL_KINESIS`, `AWS_ENDPOINT_URL_S3`, profiles),
+//! so one file works against AWS and against the local emulators.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use shardlake::partition::{DEFAULT_TEMPLATE, PartitionTemplate, TimeSource};
+use shardlake::pipeline::{DEFAULT_MAX_RECORD_BYTES, TableSpec, folder_prefix};
+use shardlake::schema::{Schema, UnknownFieldPolicy};
+use shardlake::store::{Location, S3Options};
+use shardlake::writer::WriterSettings;
+
+/// Kinesis' limit on records per GetRecords call.
+pub const MAX_GET_RECORDS: i32 = 10_000;
+/// Kinesis allows 5 GetRecords calls per second per shard.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// Firehose's smallest buffer interval is 0 s, but a 1 s floor keeps files
+/// from shrinking to a handful of rows.
+pub const MIN_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// Name of the Kinesis data stream to read. Required.
+    pub stream: String,
+    /// Name of this consumer application; checkpoints are kept per
+    /// application, so two applications can read the same stream.
+    #[serde(default = "default_application")]
+    pub application: String,
+    /// Where a shard without a checkpoint starts: `TRIM_HORIZON` (oldest
+    /// record, default), `LATEST` (only new records) or `AT_TIMESTAMP`
+    /// (with `initial_timestamp`).
+    #[serde(default)]
+    pub initial_position: InitialPosition,
+    /// RFC 3339 time for `initial_position = "AT_TIMESTAMP"`.
+    #[serde(default)]
+    pub initial_timestamp: Option<String>,
+    /// Lake destination: a directory, `file:///dir` or `s3://bucket/prefix/`. Required.
+    pub destination: String,
+    /// Checkpoint store: `file:///path` (default `file://./.shardlake/checkpoints`).
+    #[serde(default = "default_checkpoint_store")]
+    pub checkpoint_store: String,
+    /// Schema file (TOML, or JSON by extension), as written by
+    /// `shardlake-consumer schema infer`. Required.
+    pub schema: PathBuf,
+    /// What to do with fields the schema does not list: `keep` (as JSON in
+    /// `_extra`, default), `error` (record to the error prefix) or `drop`.
+    #[serde(default)]
+    pub unknown_fields: UnknownFieldPolicy,
+    /// Partition template, Firehose syntax (`!{timestamp:yyyy}`, `!{field:a.b}`).
+    #[serde(default = "default_partition")]
+    pub partition: String,
+    /// Time used by `!{timestamp:...}`: `arrival` (the Kinesis approximate
+    /// arrival timestamp, default) or an event-time field path such as `ts`.
+    #[serde(default = "default_time_field")]
+    pub time_field: String,
+    /// Prefix (under the destination) for records that fail, by error type.
+    #[serde(default = "default_error_prefix")]
+    pub error_prefix: String,
+    /// Records larger than this many bytes go to the error prefix (default 1 MiB).
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    /// Encrypt lake objects with this KMS key (SSE-KMS).
+    #[serde(default)]
+    pub sse_kms_key_id: Option<String>,
+    /// When a shard's batch is flushed.
+    #[serde(default)]
+    pub buffer: BufferConfig,
+    /// Parquet file settings.
+    #[serde(default)]
+    pub writer: WriterConfig,
+    /// How shards are read.
+    #[serde(default)]
+    pub polling: PollingConfig,
+    /// `/metrics` and `/healthz`.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// On SIGTERM/SIGINT, the time allowed for the final flush and commit
+    /// before the process gives up and exits non-zero (default 60 s).
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+/// Where a shard without a checkpoint starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InitialPosition {
+    /// The oldest record still in the stream.
+    #[default]
+    TrimHorizon,
+    /// Records put after the reader starts.
+    Latest,
+    /// Records at or after `initial_timestamp`.
+    AtTimestamp,
+}
+
+/// Flush thresholds of one shard batch (Firehose's buffering hints).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// Flush when a batch holds this many MiB (buffered rows plus encoded
+    /// Parquet; default 128, like Firehose's largest buffer).
+    #[serde(default = "default_max_mb")]
+    pub max_mb: usize,
+    /// Flush when a batch holds this many records (default 1,000,000).
+    #[serde(default = "default_max_records")]
+    pub max_records: u64,
+    /// Flush when a batch's first record is this old (default 300 s, at least 1 s).
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Memory shared by all shard batches, MiB (default 512). When it is
+    /// reached, the largest batch flushes early.
+    #[serde(default = "default_memory_budget_mb")]
+    pub memory_budget_mb: usize,
+}
+
+/// Parquet file settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriterConfig {
+    /// A partition file is finished at this size, MiB (default 128).
+    #[serde(default = "default_target_file_mb")]
+    pub target_file_mb: usize,
+    /// Rows per Parquet row group (default 131072).
+    #[serde(default = "default_row_group_rows")]
+    pub row_group_rows: usize,
+}
+
+/// How shards are read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollingConfig {
+    /// Records per GetRecords call (default and maximum 10,000).
+    #[serde(default = "default_max_records_per_call")]
+    pub max_records_per_call: i32,
+    /// Time between GetRecords calls on a busy shard (default and minimum
+    /// 200 ms: Kinesis allows 5 calls per second per shard).
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Time between calls when a shard returned nothing (default 1 s).
+    #[serde(default = "default_idle_interval", with = "humantime_serde")]
+    pub idle_interval: Duration,
+    /// How often the shard list is refreshed to find new shards (default 30 s).
+    #[serde(default = "default_shard_refresh", with = "humantime_serde")]
+    pub shard_refresh: Duration,
+}
+
+/// The HTTP endpoint for Prometheus and health checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of `/metrics` and `/healthz` (default `127.0.0.1:9898`; port 0
+    /// picks a free port, which is logged).
+    #[serde(default = "default_metrics_address")]
+    pub address: SocketAddr,
+    /// Serve the endpoint at all (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_application() -> String {
+    "shardlake".into()
+}
+fn default_checkpoint_store() -> String {
+    "file://./.shardlake/checkpoints".into()
+}
+fn default_partition() -> String {
+    DEFAULT_TEMPLATE.into()
+}
+fn default_time_field() -> String {
+    "arrival".into()
+}
+fn default_error_prefix() -> String {
+    "errors/".into()
+}
+fn default_max_record_bytes() -> usize {
+    DEFAULT_MAX_RECORD_BYTES
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_mb() -> usize {
+    128
+}
+fn default_max_records() -> u64 {
+    1_000_000
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_memory_budget_mb() -> usize {
+    512
+}
+fn default_target_file_mb() -> usize {
+    128
+}
+fn default_row_group_rows() -> usize {
+    128 * 1024
+}
+fn default_max_records_per_call() -> i32 {
+    MAX_GET_RECORDS
+}
+fn default_poll_interval() -> Duration {
+    MIN_POLL_INTERVAL
+}
+fn default_idle_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_shard_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_metrics_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9898))
+}
+fn default_true() -> bool {
+    true
+}
+
+macro_rules! default_from_fields {
+    ($($ty:ident { $($field:ident: $f:ident),* })*) => {$(
+        impl Default for $ty {
+            fn default() -> Self {
+                $ty { $($field: $f()),* }
+            }
+        }
+    )*};
+}
+
+default_from_fields! {
+    BufferConfig { max_mb: default_max_mb, max_records: default_max_records, max_age: default_max_age,
+                   memory_budget_mb: default_memory_budget_mb }
+    WriterConfig { target_file_mb: default_target_file_mb, row_group_rows: default_row_group_rows }
+    PollingConfig { max_records_per_call: default_max_records_per_call, interval: default_poll_interval,
+                    idle_interval: default_idle_interval, shard_refresh: default_shard_refresh }
+    MetricsConfig { address: default_metrics_address, enabled: default_true }
+}
+
+/// A loaded config with everything parsed: the table spec, start position.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The file as written (with defaults filled in).
+    pub config: ConsumerConfig,
+    /// Schema, template and writer settings.
+    pub table: TableSpec,
+    /// `initial_timestamp` parsed, for `AT_TIMESTAMP`.
+    pub initial_timestamp_ms: Option<i64>,
+    /// Upload settings.
+    pub s3: S3Options,
+}
+
+impl ConsumerConfig {
+    /// Parses TOML text; `origin` names the file in messages.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))
+    }
+
+    /// Reads and parses a config file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Checks every setting and combination, clamps to the API limits and
+    /// builds what the worker needs. `base` resolves a relative schema path
+    /// (the config file's folder).
+    pub fn resolve(mut self, base: &Path) -> anyhow::Result<Settings> {
+        if self.stream.trim().is_empty() {
+            bail!("stream: empty; set it to the Kinesis data stream name");
+        }
+        Location::parse(&self.destination).map_err(|e| anyhow::anyhow!("destination: {e}"))?;
+        shardlake::checkpoint::CheckpointStore::open(&self.checkpoint_store, &self.application, &self.stream)
+            .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
+        let initial_timestamp_ms = match (self.initial_position, &self.initial_timestamp) {
+            (InitialPosition::AtTimestamp, None) => {
+                bail!(
+                    "initial_timestamp: required with initial_position = \"AT_TIMESTAMP\" (e.g. \"2026-11-22T07:00:00Z\")"
+                )
+            }
+            (InitialPosition::AtTimestamp, Some(t)) => {
+                Some(shardlake::time::parse_rfc3339_millis(t).with_context(|| {
+                    format!("initial_timestamp: `{t}` is not an RFC 3339 time (e.g. \"2026-11-22T07:00:00Z\")")
+                })?)
+            }
+            (_, Some(_)) => {
+                bail!("initial_timestamp: only used with initial_position = \"AT_TIMESTAMP\"; remove it or set that")
+            }
+            (_, None) => None,
+        };
+        let template = PartitionTemplate::parse(&self.partition).map_err(|e| anyhow::anyhow!("partition: {e}"))?;
+        let time_source = TimeSource::parse(&self.time_field).map_err(|e| anyhow::anyhow!("time_field: {e}"))?;
+        if !self.schema.is_absolute() {
+            self.schema = base.join(&self.schema);
+        }
+        let schema = Schema::from_file(&self.schema).map_err(|e| anyhow::anyhow!("schema: {e}"))?;
+        let b = &mut self.buffer;
+        if b.max_mb == 0 || b.max_records == 0 {
+            bail!("buffer.max_mb and buffer.max_records: must be at least 1");
+        }
+        if b.max_age < MIN_MAX_AGE {
+            bail!("buffer.max_age: {:?} is below the 1s minimum; use \"1s\" or more", b.max_age);
+        }
+        if b.memory_budget_mb < b.max_mb {
+            bail!(
+                "buffer.memory_budget_mb ({}) is smaller than buffer.max_mb ({}); raise the budget or lower max_mb",
+                b.memory_budget_mb,
+                b.max_mb
+            );
+        }
+        let p = &mut self.polling;
+        p.max_records_per_call = p.max_records_per_call.clamp(1, MAX_GET_RECORDS);
+        p.interval = p.interval.max(MIN_POLL_INTERVAL);
+        p.idle_interval = p.idle_interval.max(p.interval);
+        p.shard_refresh = p.shard_refresh.max(Duration::from_secs(1));
+        if self.writer.target_file_mb == 0 || self.writer.row_group_rows == 0 {
+            bail!("writer.target_file_mb and writer.row_group_rows: must be at least 1");
+        }
+        let writer = WriterSettings {
+            // A batch flushes at buffer.max_mb, so its own writer never needs more.
+            memory_budget: self.buffer.max_mb << 20,
+            target_file_bytes: self.writer.target_file_mb << 20,
+            row_group_rows: self.writer.row_group_rows,
+            ..WriterSettings::default()
+        };
+        let table = TableSpec {
+            schema: Arc::new(schema),
+            template,
+            time_source,
+            unknown_fields: self.unknown_fields,
+            max_record_bytes: self.max_record_bytes,
+            error_prefix: folder_prefix(&self.error_prefix),
+            writer,
+        };
+        let s3 = S3Options { sse_kms_key_id: self.sse_kms_key_id.clone(), ..S3Options::default() }.validate();
+        Ok(Settings { config: self, table, initial_timestamp_ms, s3 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(text: &str) -> anyhow::Result<Settings> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("schema.toml"), "[[columns]]\nname = \"id\"\ntype = \"string\"\n").unwrap();
+        ConsumerConfig::parse(text, "consumer.toml")?.resolve(dir.path())
+    }
+
+    const MINIMAL: &str = "stream = \"events\"\ndestination = \"./lake\"\nschema = \"schema.toml\"\n";
+
+    #[test]
+    fn minimal_file_gets_firehose_like_defaults() {
+        let s = resolve(MINIMAL).unwrap();
+        let c = &s.config;
+        assert_eq!(c.application, "shardlake");
+        assert_eq!(c.initial_position, InitialPosition::TrimHorizon);
+        assert_eq!(c.buffer.max_mb, 128);
+        assert_eq!(c.buffer.max_age, Duration::from_secs(300));
+        assert_eq!(c.polling.max_records_per_call, 10_000);
+        assert_eq!(c.metrics.address.to_string(), "127.0.0.1:9898");
+        assert_eq!(s.table.error_prefix, "errors/");
+        assert_eq!(s.table.time_source, TimeSource::Arrival);
+        assert_eq!(s.table.writer.memory_budget, 128 << 20);
+    }
+
+    #[test]
+    fn clamps_polling_to_the_kinesis_limits() {
+        let s = resolve(&format!(
+            "{MINIMAL}[polling]\nmax_records_per_call = 50000\ninterval = \"10ms\"\nidle_interval = \"5ms\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.config.polling.max_records_per_call, 10_000);
+        assert_eq!(s.config.polling.interval, Duration::from_millis(200));
+        assert_eq!(s.config.polling.idle_interval, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_fix() {
+        let cases = [
+            (format!("{MINIMAL}strem = 1\n"), "unknown field `strem`"),
+            (format!("{MINIMAL}[buffer]\nmax_age = \"500ms\"\n"), "buffer.max_age"),
+            (format!("{MINIMAL}[buffer]\nmax_age = \"soon\"\n"), "max_age"),
+            (format!("{MINIMAL}initial_position = \"AT_TIMESTAMP\"\n"), "initial_timestamp: required"),
+            (format!("{MINIMAL}initial_position = \"OLDEST\"\n"), "TRIM_HORIZON"),
+            (format!("{MINIMAL}partition = \"x=!{{nope}}\"\n"), "partition:"),
+            (format!("{MINIMAL}[buffer]\nmax_mb = 600\n"), "memory_budget_mb"),
+            (MINIMAL.replace("./lake", "gs://x"), "destination:"),
+            (MINIMAL.replace("schema.toml", "missing.toml"), "schema:"),
+            ("destination = \"./lake\"\nschema = \"s.toml\"\n".to_string(), "missing field `stream`"),
+        ];
+        for (text, want) in cases {
+            let err = format!("{:#}", resolve(&text).unwrap_err());
+            assert!(err.contains(want), "{want:?} not in {err:?}");
+        }
+    }
+}

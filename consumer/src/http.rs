@@ -1,0 +1,42 @@
+//! `/metrics` (Prometheus text format) and `/healthz` over HTTP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::worker::Context;
+
+/// Binds `address` and serves until `cancel` fires; returns the bound
+/// address (port 0 picks one).
+pub async fn serve(ctx: Arc<Context>, address: SocketAddr, cancel: CancellationToken) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics.address {address}: cannot listen: {e}"))?;
+    let bound = listener.local_addr()?;
+    let app = Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(ctx);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok(bound)
+}
+
+async fn metrics(State(ctx): State<Arc<Context>>) -> String {
+    ctx.metrics.render()
+}
+
+async fn healthz(State(ctx): State<Arc<Context>>) -> (StatusCode, &'static str) {
+    if ctx.healthy.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "a shard reader or the shard listing is failing; see the logs\n")
+    }
+}

@@ -1,0 +1,216 @@
+//! Thin wrappers over the Kinesis calls the reader makes, one function per
+//! call with its API limits, and a failure classification by SDK error type
+//! (never by message text) that the reader acts on.
+
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::config::http::HttpResponse;
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::primitives::DateTime;
+use aws_sdk_kinesis::types::{ShardFilter, ShardFilterType, ShardIteratorType};
+
+/// How a Kinesis call failed, as far as the reader cares.
+#[derive(Debug, thiserror::Error)]
+pub enum KinesisError {
+    /// The shard iterator is older than 5 minutes: get a new one.
+    #[error("shard iterator expired")]
+    ExpiredIterator,
+    /// Over the shard's read limits (5 calls/s, 2 MiB/s): back off.
+    #[error("read throughput exceeded: {0}")]
+    Throttled(String),
+    /// The stream or shard does not exist (or no longer does).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Time-outs, connection failures, 5xx: retry.
+    #[error("transient failure: {0}")]
+    Transient(String),
+    /// Anything else (access denied, invalid argument): the user must act.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl KinesisError {
+    /// Worth retrying after a back-off.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, KinesisError::Throttled(_) | KinesisError::Transient(_))
+    }
+}
+
+/// Classifies an SDK error. `expired`, `throttled` and `not_found` are the
+/// operation error's own predicates.
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    err: SdkError<E, HttpResponse>,
+    expired: impl Fn(&E) -> bool,
+    throttled: impl Fn(&E) -> bool,
+    not_found: impl Fn(&E) -> bool,
+) -> KinesisError {
+    let text = |e: &dyn std::error::Error| {
+        let mut s = e.to_string();
+        let mut src = e.source();
+        while let Some(inner) = src {
+            s.push_str(": ");
+            s.push_str(&inner.to_string());
+            src = inner.source();
+        }
+        s
+    };
+    match &err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let message = format!("{}: {}", e.code().unwrap_or("error"), e.message().unwrap_or(""));
+            if expired(e) {
+                KinesisError::ExpiredIterator
+            } else if throttled(e) {
+                KinesisError::Throttled(message)
+            } else if not_found(e) {
+                KinesisError::NotFound(message)
+            } else if service.raw().status().is_server_error() {
+                KinesisError::Transient(message)
+            } else {
+                KinesisError::Fatal(message)
+            }
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            KinesisError::Transient(text(&err))
+        }
+        _ => KinesisError::Fatal(text(&err)),
+    }
+}
+
+/// A shard as ListShards describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// `shardId-000000000000`.
+    pub id: String,
+    /// The shard(s) this one was split or merged from.
+    pub parents: Vec<String>,
+}
+
+/// Every shard of the stream, open or closed (ListShards, paginated; 100
+/// calls/s per stream). Closed shards are listed until they age out.
+pub async fn list_shards(client: &Client, stream: &str) -> Result<Vec<ShardInfo>, KinesisError> {
+    let mut shards = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        // With a NextToken the stream name must be left out.
+        let req = match &next {
+            Some(token) => client.list_shards().next_token(token),
+            None => client
+                .list_shards()
+                .stream_name(stream)
+                .shard_filter(ShardFilter::builder().r#type(ShardFilterType::FromTrimHorizon).build().unwrap()),
+        };
+        let out = req.send().await.map_err(|e| {
+            classify(e, |_| false, |e| e.is_limit_exceeded_exception(), |e| e.is_resource_not_found_exception())
+        })?;
+        for s in out.shards() {
+            let parents =
+                [s.parent_shard_id(), s.adjacent_parent_shard_id()].into_iter().flatten().map(str::to_string).collect();
+            shards.push(ShardInfo { id: s.shard_id().to_string(), parents });
+        }
+        match out.next_token() {
+            Some(t) if !t.is_empty() => next = Some(t.to_string()),
+            _ => return Ok(shards),
+        }
+    }
+}
+
+/// Where a shard iterator starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartAt {
+    /// The oldest record.
+    TrimHorizon,
+    /// After the newest record.
+    Latest,
+    /// At an arrival time (epoch millis).
+    Timestamp(i64),
+    /// At a sequence number (a batch replay starts here).
+    At(String),
+    /// Just after a sequence number (a checkpoint).
+    After(String),
+}
+
+/// A shard iterator, valid for 5 minutes (GetShardIterator; 5 calls/s per shard).
+pub async fn shard_iterator(
+    client: &Client,
+    stream: &str,
+    shard: &str,
+    start: &StartAt,
+) -> Result<String, KinesisError> {
+    let req = client.get_shard_iterator().stream_name(stream).shard_id(shard);
+    let req = match start {
+        StartAt::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+        StartAt::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
+        StartAt::Timestamp(ms) => {
+            req.shard_iterator_type(ShardIteratorType::AtTimestamp).timestamp(DateTime::from_millis(*ms))
+        }
+        StartAt::At(seq) => req.shard_iterator_type(ShardIteratorType::AtSequenceNumber).starting_sequence_number(seq),
+        StartAt::After(seq) => {
+            req.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(seq)
+        }
+    };
+    let out = req.send().await.map_err(|e| {
+        classify(
+            e,
+            |_| false,
+            |e| e.is_provisioned_throughput_exceeded_exception(),
+            |e| e.is_resource_not_found_exception(),
+        )
+    })?;
+    out.shard_iterator()
+        .map(str::to_string)
+        .ok_or_else(|| KinesisError::Fatal("GetShardIterator returned no iterator".into()))
+}
+
+/// One record as read.
+#[derive(Debug, Clone)]
+pub struct KinesisRecord {
+    /// Sequence number.
+    pub sequence: String,
+    /// The payload (possibly a KPL aggregate).
+    pub data: Vec<u8>,
+    /// ApproximateArrivalTimestamp, epoch millis.
+    pub arrival_ms: i64,
+}
+
+/// What one GetRecords call returned.
+#[derive(Debug)]
+pub struct Fetched {
+    /// Records in shard order.
+    pub records: Vec<KinesisRecord>,
+    /// Payload bytes of `records`.
+    pub bytes: usize,
+    /// The iterator for the next call; `None` once a closed shard is read to its end.
+    pub next_iterator: Option<String>,
+    /// How far behind the tip of the shard this response is.
+    pub millis_behind_latest: Option<i64>,
+}
+
+/// Reads up to `limit` records (GetRecords: ≤ 10,000 records or 10 MiB per
+/// call, 5 calls/s and 2 MiB/s per shard).
+pub async fn get_records(client: &Client, iterator: &str, limit: i32) -> Result<Fetched, KinesisError> {
+    let out = client.get_records().shard_iterator(iterator).limit(limit).send().await.map_err(|e| {
+        classify(
+            e,
+            |e| e.is_expired_iterator_exception(),
+            |e| e.is_provisioned_throughput_exceeded_exception() || e.is_kms_throttling_exception(),
+            |e| e.is_resource_not_found_exception(),
+        )
+    })?;
+    let millis_behind_latest = out.millis_behind_latest();
+    let next_iterator = out.next_shard_iterator().map(str::to_string);
+    let mut bytes = 0;
+    let records = out
+        .records
+        .into_iter()
+        .map(|r| {
+            let data = r.data.into_inner();
+            bytes += data.len();
+            KinesisRecord {
+                arrival_ms: r.approximate_arrival_timestamp.map(|t| t.to_millis().unwrap_or(0)).unwrap_or(0),
+                sequence: r.sequence_number,
+                data,
+            }
+        })
+        .collect();
+    Ok(Fetched { records, bytes, next_iterator, millis_behind_latest })
+}

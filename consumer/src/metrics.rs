@@ -1,0 +1,247 @@
+//! The consumer's Prometheus metrics, in one registry served at `/metrics`,
+//! and `record_*` helpers so every call site counts the same way.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use shardlake::pipeline::PipelineStats;
+
+/// Every consumer metric.
+pub struct Metrics {
+    registry: Registry,
+    records_read: IntCounterVec,
+    bytes_read: IntCounterVec,
+    millis_behind_latest: IntGaugeVec,
+    records_written: IntCounter,
+    records_errored: IntCounterVec,
+    files_flushed: IntCounterVec,
+    bytes_flushed: IntCounter,
+    flushes: IntCounterVec,
+    flush_seconds: Histogram,
+    buffered_bytes: IntGauge,
+    checkpoint_age_seconds: IntGaugeVec,
+    iterator_renewals: IntCounterVec,
+    throttles: IntCounterVec,
+    read_errors: IntCounterVec,
+    upload_failures: IntCounter,
+    unreplayable_ranges: IntCounterVec,
+    shards_reading: IntGauge,
+    get_records_seconds: HistogramVec,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let flush_seconds = Histogram::with_opts(
+            HistogramOpts::new("shardlake_consumer_flush_seconds", "Time to encode, upload and commit one batch.")
+                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(flush_seconds.clone())).expect("unique metric");
+        let get_records_seconds = HistogramVec::new(
+            HistogramOpts::new("shardlake_consumer_get_records_seconds", "GetRecords call latency.")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            &["shard"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(get_records_seconds.clone())).expect("unique metric");
+        Metrics {
+            records_read: counter_vec(&r, "shardlake_consumer_records_read_total", "Kinesis records read.", &["shard"]),
+            bytes_read: counter_vec(
+                &r,
+                "shardlake_consumer_bytes_read_total",
+                "Kinesis payload bytes read.",
+                &["shard"],
+            ),
+            millis_behind_latest: gauge_vec(
+                &r,
+                "shardlake_consumer_millis_behind_latest",
+                "MillisBehindLatest of the last GetRecords response.",
+                &["shard"],
+            ),
+            records_written: counter(
+                "shardlake_consumer_records_written_total",
+                "User records committed to data files.",
+            ),
+            records_errored: counter_vec(
+                &r,
+                "shardlake_consumer_records_errored_total",
+                "User records committed to the error prefix.",
+                &["error_type"],
+            ),
+            files_flushed: counter_vec(&r, "shardlake_consumer_files_flushed_total", "Objects uploaded.", &["kind"]),
+            bytes_flushed: counter("shardlake_consumer_bytes_flushed_total", "Bytes uploaded."),
+            flushes: counter_vec(
+                &r,
+                "shardlake_consumer_flushes_total",
+                "Batches committed, by flush rule.",
+                &["reason"],
+            ),
+            flush_seconds,
+            buffered_bytes: gauge("shardlake_consumer_buffered_bytes", "Bytes held by all shard batches."),
+            checkpoint_age_seconds: gauge_vec(
+                &r,
+                "shardlake_consumer_checkpoint_age_seconds",
+                "Seconds since the shard's last commit (or since its reader started).",
+                &["shard"],
+            ),
+            iterator_renewals: counter_vec(
+                &r,
+                "shardlake_consumer_iterator_renewals_total",
+                "Expired shard iterators renewed.",
+                &["shard"],
+            ),
+            throttles: counter_vec(&r, "shardlake_consumer_throttles_total", "Throttled Kinesis calls.", &["shard"]),
+            read_errors: counter_vec(
+                &r,
+                "shardlake_consumer_read_errors_total",
+                "Failed Kinesis calls other than throttling, by kind.",
+                &["kind"],
+            ),
+            upload_failures: counter("shardlake_consumer_upload_failures_total", "Failed batch uploads (retried)."),
+            unreplayable_ranges: counter_vec(
+                &r,
+                "shardlake_consumer_unreplayable_ranges_total",
+                "Pending intents whose records aged out of the stream before they could be replayed.",
+                &["shard"],
+            ),
+            shards_reading: gauge("shardlake_consumer_shards_reading", "Shards with a running reader."),
+            get_records_seconds,
+            registry: r,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        String::from_utf8(out).expect("exposition is UTF-8")
+    }
+
+    /// One GetRecords response.
+    pub fn record_read(&self, shard: &str, records: usize, bytes: usize, behind: Option<i64>, seconds: f64) {
+        self.records_read.with_label_values(&[shard]).inc_by(records as u64);
+        self.bytes_read.with_label_values(&[shard]).inc_by(bytes as u64);
+        if let Some(b) = behind {
+            self.millis_behind_latest.with_label_values(&[shard]).set(b);
+        }
+        self.get_records_seconds.with_label_values(&[shard]).observe(seconds);
+    }
+
+    /// A committed batch.
+    pub fn record_flush(&self, reason: &str, stats: &PipelineStats, files: &[(bool, usize)], seconds: f64) {
+        self.flushes.with_label_values(&[reason]).inc();
+        self.flush_seconds.observe(seconds);
+        self.records_written.inc_by(stats.records - stats.error_records());
+        for (kind, n) in &stats.errors {
+            self.records_errored.with_label_values(&[kind.as_str()]).inc_by(*n);
+        }
+        for &(data, bytes) in files {
+            self.files_flushed.with_label_values(&[if data { "data" } else { "errors" }]).inc();
+            self.bytes_flushed.inc_by(bytes as u64);
+        }
+    }
+
+    /// Seconds since a shard's last commit.
+    pub fn record_checkpoint_age(&self, shard: &str, seconds: u64) {
+        self.checkpoint_age_seconds.with_label_values(&[shard]).set(seconds as i64);
+    }
+
+    /// An expired iterator renewed.
+    pub fn record_iterator_renewal(&self, shard: &str) {
+        self.iterator_renewals.with_label_values(&[shard]).inc();
+    }
+
+    /// A throttled call.
+    pub fn record_throttle(&self, shard: &str) {
+        self.throttles.with_label_values(&[shard]).inc();
+    }
+
+    /// A failed Kinesis call (`transient`, `not_found`, `fatal`).
+    pub fn record_read_error(&self, kind: &str) {
+        self.read_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// A failed upload attempt.
+    pub fn record_upload_failure(&self) {
+        self.upload_failures.inc();
+    }
+
+    /// A pending range that could not be replayed.
+    pub fn record_unreplayable(&self, shard: &str) {
+        self.unreplayable_ranges.with_label_values(&[shard]).inc();
+    }
+
+    /// Total bytes held by batches.
+    pub fn set_buffered_bytes(&self, bytes: usize) {
+        self.buffered_bytes.set(bytes as i64);
+    }
+
+    /// A reader started (`+1`) or stopped (`-1`).
+    pub fn add_shards_reading(&self, delta: i64) {
+        self.shards_reading.add(delta);
+    }
+
+    /// Drops the per-shard series of a finished shard.
+    pub fn forget_shard(&self, shard: &str) {
+        for v in [&self.millis_behind_latest, &self.checkpoint_age_seconds] {
+            let _ = v.remove_label_values(&[shard]);
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_recorded_values() {
+        let m = Metrics::new();
+        m.record_read("shardId-000000000001", 3, 120, Some(42), 0.01);
+        let mut stats = PipelineStats { records: 5, ..Default::default() };
+        stats.errors.insert(shardlake::error_output::ErrorKind::InvalidJson, 2);
+        m.record_flush("age", &stats, &[(true, 100), (false, 20)], 0.2);
+        let text = m.render();
+        for want in [
+            "shardlake_consumer_records_read_total{shard=\"shardId-000000000001\"} 3",
+            "shardlake_consumer_millis_behind_latest{shard=\"shardId-000000000001\"} 42",
+            "shardlake_consumer_records_written_total 3",
+            "shardlake_consumer_records_errored_total{error_type=\"invalid_json\"} 2",
+            "shardlake_consumer_files_flushed_total{kind=\"data\"} 1",
+            "shardlake_consumer_bytes_flushed_total 120",
+            "shardlake_consumer_flushes_total{reason=\"age\"} 1",
+        ] {
+            assert!(text.contains(want), "{want} missing from\n{text}");
+        }
+    }
+}

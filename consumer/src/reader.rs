@@ -1,0 +1,354 @@
+//! One task per shard: read it with GetRecords, feed the shard batch, and
+//! flush by the exactly-once protocol (intent, upload, commit). A pending
+//! intent found at start is replayed first: exactly its range is re-read and
+//! rebuilt into the identical files before reading goes on.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use shardlake::checkpoint::{Intent, compare_sequences};
+use shardlake::pipeline::OutputKind;
+use shardlake::retry::RetryPolicy;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{FlushReason, ShardBatch, should_flush_by_memory};
+use crate::config::InitialPosition;
+use crate::kinesis::{self, KinesisError, KinesisRecord, StartAt};
+use crate::worker::Context;
+
+/// Objects of one batch uploaded at once.
+const UPLOAD_CONCURRENCY: usize = 4;
+
+/// Back-off of Kinesis calls and uploads that failed: retried until they
+/// succeed or the worker stops.
+const BACKOFF: RetryPolicy =
+    RetryPolicy { max_attempts: u32::MAX, base: Duration::from_millis(200), cap: Duration::from_secs(30) };
+
+/// How a shard reader ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardExit {
+    /// The shard is closed and every record of it is committed.
+    Ended,
+    /// The worker is stopping; everything read is committed.
+    Stopped,
+}
+
+struct Reader {
+    ctx: Arc<Context>,
+    shard: String,
+    cancel: CancellationToken,
+    batch: ShardBatch,
+    iterator: String,
+    /// The last record read into the batch or committed: an expired iterator
+    /// resumes after it.
+    last_read: Option<String>,
+    /// A pending intent being replayed, and whether its first record was seen.
+    replay: Option<(Intent, bool)>,
+    last_commit: Instant,
+    /// Consecutive failed calls, for the back-off.
+    failures: u32,
+}
+
+/// Reads `shard` until it ends or `cancel` fires.
+pub async fn read_shard(ctx: Arc<Context>, shard: String, cancel: CancellationToken) -> anyhow::Result<ShardExit> {
+    let state = ctx.checkpoints.load(&shard).await?;
+    if state.ended {
+        return Ok(ShardExit::Ended);
+    }
+    let start = match (&state.intent, &state.checkpoint) {
+        (Some(intent), _) => {
+            tracing::info!(shard, first = intent.first, last = intent.last, "replaying a pending batch");
+            StartAt::At(intent.first.clone())
+        }
+        (None, Some(cp)) => StartAt::After(cp.clone()),
+        (None, None) => match ctx.settings.config.initial_position {
+            InitialPosition::TrimHorizon => StartAt::TrimHorizon,
+            InitialPosition::Latest => StartAt::Latest,
+            InitialPosition::AtTimestamp => StartAt::Timestamp(ctx.settings.initial_timestamp_ms.unwrap_or(0)),
+        },
+    };
+    let mut reader = Reader {
+        batch: ShardBatch::new(&ctx.settings.table, &ctx.settings.config.stream, &shard),
+        ctx,
+        shard,
+        cancel,
+        iterator: String::new(),
+        last_read: state.checkpoint,
+        replay: state.intent.map(|i| (i, false)),
+        last_commit: Instant::now(),
+        failures: 0,
+    };
+    reader.ctx.metrics.add_shards_reading(1);
+    let result = reader.run(start).await;
+    reader.ctx.metrics.add_shards_reading(-1);
+    reader.ctx.budget.remove(&reader.shard);
+    result
+}
+
+impl Reader {
+    async fn run(&mut self, start: StartAt) -> anyhow::Result<ShardExit> {
+        let Some(iterator) = self.iterator_from(start).await? else { return Ok(ShardExit::Stopped) };
+        self.iterator = iterator;
+        let polling = self.ctx.settings.config.polling.clone();
+        loop {
+            if self.cancel.is_cancelled() {
+                return self.stop().await;
+            }
+            let called = Instant::now();
+            let fetched =
+                match kinesis::get_records(&self.ctx.kinesis, &self.iterator, polling.max_records_per_call).await {
+                    Ok(f) => {
+                        self.failures = 0;
+                        f
+                    }
+                    Err(e) => {
+                        if !self.handle_read_error(e).await? {
+                            return self.stop().await;
+                        }
+                        continue;
+                    }
+                };
+            let m = self.ctx.metrics.clone();
+            m.record_read(
+                &self.shard,
+                fetched.records.len(),
+                fetched.bytes,
+                fetched.millis_behind_latest,
+                called.elapsed().as_secs_f64(),
+            );
+            let had_records = !fetched.records.is_empty();
+            self.push(fetched.records).await?;
+            let Some(next) = fetched.next_iterator else {
+                tracing::info!(shard = self.shard, "shard ended");
+                self.flush(FlushReason::ShardEnd, true).await?;
+                return Ok(ShardExit::Ended);
+            };
+            self.iterator = next;
+            if self.replay.is_none() {
+                let reason = self.batch.due(&self.ctx.thresholds).or_else(|| {
+                    let (total, largest) = self.ctx.budget.update(&self.shard, self.batch.memory());
+                    m.set_buffered_bytes(total);
+                    should_flush_by_memory(total, self.ctx.budget.limit, self.batch.memory(), largest)
+                        .then_some(FlushReason::Memory)
+                });
+                if let Some(reason) = reason {
+                    self.flush(reason, false).await?;
+                }
+            }
+            m.record_checkpoint_age(&self.shard, self.last_commit.elapsed().as_secs());
+            let caught_up = fetched.millis_behind_latest == Some(0) || !had_records;
+            let wait = if caught_up { polling.idle_interval } else { polling.interval };
+            let pause = wait.saturating_sub(called.elapsed());
+            tokio::select! {
+                _ = self.cancel.cancelled() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// A shard iterator, retried with back-off; `None` when cancelled.
+    async fn iterator_from(&mut self, start: StartAt) -> anyhow::Result<Option<String>> {
+        let ctx = self.ctx.clone();
+        let stream = &ctx.settings.config.stream;
+        let mut start = start;
+        loop {
+            match kinesis::shard_iterator(&ctx.kinesis, stream, &self.shard, &start).await {
+                Ok(it) => {
+                    self.failures = 0;
+                    return Ok(Some(it));
+                }
+                Err(KinesisError::Fatal(message)) if matches!(start, StartAt::At(_)) && self.replay.is_some() => {
+                    // The pending range's first record is past the retention period.
+                    tracing::error!(
+                        shard = self.shard,
+                        error = message,
+                        "cannot replay the pending batch from its first record (aged out of the stream?); \
+                         replaying what is left of it from the trim horizon"
+                    );
+                    ctx.metrics.record_unreplayable(&self.shard);
+                    start = StartAt::TrimHorizon;
+                }
+                Err(e) => {
+                    if !self.handle_read_error(e).await? {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Backs off after a failed call, renewing an expired iterator. `Ok(false)`
+    /// when cancelled during the back-off; `Err` for failures that need the user.
+    async fn handle_read_error(&mut self, e: KinesisError) -> anyhow::Result<bool> {
+        let m = &self.ctx.metrics;
+        match &e {
+            KinesisError::ExpiredIterator => {
+                m.record_iterator_renewal(&self.shard);
+                let start = match &self.last_read {
+                    Some(seq) => StartAt::After(seq.clone()),
+                    None => StartAt::TrimHorizon,
+                };
+                tracing::info!(shard = self.shard, "shard iterator expired, renewing");
+                return Ok(match Box::pin(self.iterator_from(start)).await? {
+                    Some(it) => {
+                        self.iterator = it;
+                        true
+                    }
+                    None => false,
+                });
+            }
+            KinesisError::Throttled(_) => m.record_throttle(&self.shard),
+            KinesisError::Transient(_) => m.record_read_error("transient"),
+            KinesisError::NotFound(_) | KinesisError::Fatal(_) => {
+                m.record_read_error(if matches!(e, KinesisError::NotFound(_)) { "not_found" } else { "fatal" });
+                return Err(anyhow::Error::new(e).context(format!("reading shard {}", self.shard)));
+            }
+        }
+        self.failures += 1;
+        let delay = BACKOFF.delay(self.failures, &mut rand::rng());
+        tracing::warn!(shard = self.shard, error = %e, delay_ms = delay.as_millis() as u64, "kinesis call failed, backing off");
+        tokio::select! {
+            _ = self.cancel.cancelled() => Ok(false),
+            _ = tokio::time::sleep(delay) => Ok(true),
+        }
+    }
+
+    /// Feeds records into the batch off the async threads; while replaying,
+    /// flushes exactly at the intent's last record.
+    async fn push(&mut self, mut records: Vec<KinesisRecord>) -> anyhow::Result<()> {
+        while !records.is_empty() {
+            let mut rest = Vec::new();
+            let mut replay_done = false;
+            if let Some((intent, seen_first)) = &mut self.replay {
+                if !*seen_first {
+                    *seen_first = true;
+                    if records[0].sequence != intent.first {
+                        tracing::error!(
+                            shard = self.shard,
+                            expected = intent.first,
+                            found = records[0].sequence,
+                            "the pending batch's first records aged out of the stream; its files cannot be rebuilt \
+                             exactly and the lake may hold some of them twice"
+                        );
+                        self.ctx.metrics.record_unreplayable(&self.shard);
+                    }
+                }
+                if let Some(i) = records.iter().position(|r| compare_sequences(&r.sequence, &intent.last).is_ge()) {
+                    rest = records.split_off(i + 1);
+                    replay_done = true;
+                }
+            }
+            let empty = self.empty_batch();
+            let mut batch = std::mem::replace(&mut self.batch, empty);
+            self.last_read = records.last().map(|r| r.sequence.clone()).or(self.last_read.take());
+            let batch =
+                tokio::task::spawn_blocking(move || records.iter().try_for_each(|r| batch.push(r)).map(|()| batch))
+                    .await
+                    .expect("batch task panicked")?;
+            self.batch = batch;
+            if replay_done {
+                self.flush(FlushReason::Replay, false).await?;
+                self.replay = None;
+            }
+            records = rest;
+        }
+        Ok(())
+    }
+
+    fn empty_batch(&self) -> ShardBatch {
+        ShardBatch::new(&self.ctx.settings.table, &self.ctx.settings.config.stream, &self.shard)
+    }
+
+    /// Final flush on shutdown. A replay cut short is dropped: its intent
+    /// stays, and the next start replays the whole range.
+    async fn stop(&mut self) -> anyhow::Result<ShardExit> {
+        if self.replay.is_some() {
+            tracing::info!(shard = self.shard, "stopping during a replay; the next start replays it again");
+        } else {
+            self.flush(FlushReason::Shutdown, false).await?;
+        }
+        Ok(ShardExit::Stopped)
+    }
+
+    /// Intent, upload, commit. `ended` marks the shard finished in the same commit.
+    async fn flush(&mut self, reason: FlushReason, ended: bool) -> anyhow::Result<()> {
+        let empty = self.empty_batch();
+        let batch = std::mem::replace(&mut self.batch, empty);
+        let ctx = self.ctx.clone();
+        let shard = self.shard.clone();
+        let Some((first, last, records)) = batch.range() else {
+            if ended {
+                ctx.checkpoints.commit(&shard, None, true).await?;
+            }
+            return Ok(());
+        };
+        let started = Instant::now();
+        let finished = tokio::task::spawn_blocking(move || batch.finish()).await.expect("finish task panicked")?;
+        let intent = Intent { first, last: last.clone(), records };
+        match &self.replay {
+            Some((pending, _)) if *pending != intent => tracing::error!(
+                shard,
+                pending = ?pending,
+                rebuilt = ?intent,
+                "the replayed batch differs from its intent; the stream no longer holds all of its records"
+            ),
+            Some(_) => {}
+            None => ctx.checkpoints.record_intent(&shard, &intent).await?,
+        }
+        ctx.crash.hit("after_intent");
+        let files: Vec<(bool, usize)> =
+            finished.objects.iter().map(|o| (matches!(o.kind, OutputKind::Data { .. }), o.data.len())).collect();
+        let uploads = futures::stream::iter(finished.objects.into_iter().map(|o| upload(&ctx, &shard, o)))
+            .buffer_unordered(UPLOAD_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        if uploads.iter().any(|ok| !ok) {
+            anyhow::bail!("shard {shard}: upload abandoned at shutdown; the batch {} stays pending", intent.first);
+        }
+        ctx.crash.hit("before_commit");
+        ctx.checkpoints
+            .commit(&shard, Some(&last), ended)
+            .await
+            .with_context(|| format!("committing shard {shard}"))?;
+        self.last_commit = Instant::now();
+        ctx.budget.update(&shard, 0);
+        ctx.metrics.record_flush(reason.as_str(), &finished.stats, &files, started.elapsed().as_secs_f64());
+        tracing::info!(
+            shard,
+            reason = reason.as_str(),
+            first = intent.first,
+            last,
+            records = finished.user_records,
+            files = files.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "batch committed"
+        );
+        Ok(())
+    }
+}
+
+/// Uploads one object, retrying with back-off until it succeeds. `false`
+/// only when the process is aborting (the upload is then never committed).
+async fn upload(ctx: &Context, shard: &str, object: shardlake::pipeline::OutputObject) -> bool {
+    let mut attempt = 0;
+    loop {
+        match ctx.lake.put(&object.key, object.data.clone()).await {
+            Ok(()) => {
+                ctx.crash.hit("after_upload");
+                return true;
+            }
+            Err(e) => {
+                attempt += 1;
+                ctx.metrics.record_upload_failure();
+                let delay = BACKOFF.delay(attempt, &mut rand::rng());
+                tracing::error!(shard, key = object.key, attempt, error = %e, "upload failed, retrying");
+                tokio::select! {
+                    _ = ctx.abort.cancelled() => return false,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! `shardlake-consumer run` and `shardlake-consumer config check`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use clap::{Args, Subcommand};
+use shardlake::checkpoint::CheckpointStore;
+use shardlake::store::ObjectStore;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::Thresholds;
+use crate::config::{ConsumerConfig, Settings};
+use crate::metrics::Metrics;
+use crate::worker::{Context, CrashPoints, MemoryBudget};
+
+/// Arguments of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The config file (TOML); see `config check`.
+    #[arg(long, default_value = "consumer.toml")]
+    config: PathBuf,
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load and check a config file; print the settings with their defaults,
+    /// or explain the first error with its key and the fix.
+    Check(RunArgs),
+}
+
+fn load(path: &Path) -> anyhow::Result<Settings> {
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    ConsumerConfig::from_file(path)?.resolve(base)
+}
+
+/// Runs `config check`.
+pub fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
+    let ConfigCommand::Check(args) = cmd;
+    let s = load(&args.config)?;
+    let c = &s.config;
+    println!("{}: ok", args.config.display());
+    println!("stream            {} (application {}, start {:?})", c.stream, c.application, c.initial_position);
+    println!("destination       {}", c.destination);
+    println!("checkpoint_store  {}", c.checkpoint_store);
+    println!(
+        "schema            {} ({} columns, unknown fields: {:?})",
+        c.schema.display(),
+        s.table.schema.columns.len(),
+        c.unknown_fields
+    );
+    println!("partition         {} (time: {})", c.partition, c.time_field);
+    println!("errors            {}{}", c.destination.trim_end_matches('/'), format_args!("/{}", s.table.error_prefix));
+    println!(
+        "buffer            {} MiB / {} records / {:?} per shard; {} MiB shared budget",
+        c.buffer.max_mb, c.buffer.max_records, c.buffer.max_age, c.buffer.memory_budget_mb
+    );
+    println!(
+        "polling           {} records/call every {:?} ({:?} when idle); shards refreshed every {:?}",
+        c.polling.max_records_per_call, c.polling.interval, c.polling.idle_interval, c.polling.shard_refresh
+    );
+    println!(
+        "metrics           {}",
+        if c.metrics.enabled { format!("http://{}/metrics", c.metrics.address) } else { "off".into() }
+    );
+    Ok(())
+}
+
+/// Runs the worker until SIGTERM/SIGINT and its final flush.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let settings = load(&args.config)?;
+    let c = &settings.config;
+    let sdk = shardlake::aws::sdk_config().await;
+    let lake = ObjectStore::open(&c.destination, &settings.s3).await?;
+    let checkpoints = CheckpointStore::open(&c.checkpoint_store, &c.application, &c.stream)?;
+    let thresholds =
+        Thresholds { max_bytes: c.buffer.max_mb << 20, max_records: c.buffer.max_records, max_age: c.buffer.max_age };
+    let ctx = Arc::new(Context {
+        thresholds,
+        kinesis: shardlake::aws::kinesis_client(&sdk),
+        lake,
+        checkpoints,
+        metrics: Arc::new(Metrics::new()),
+        budget: MemoryBudget::new(c.buffer.memory_budget_mb << 20),
+        crash: CrashPoints::from_env()?,
+        abort: CancellationToken::new(),
+        healthy: AtomicBool::new(true),
+        settings,
+    });
+    let cancel = CancellationToken::new();
+    let c = &ctx.settings.config;
+    if c.metrics.enabled {
+        let bound = crate::http::serve(ctx.clone(), c.metrics.address, ctx.abort.clone()).await?;
+        eprintln!("shardlake-consumer: metrics on http://{bound}/metrics");
+    }
+    tracing::info!(
+        stream = c.stream,
+        destination = c.destination,
+        checkpoints = ctx.checkpoints.url(),
+        "consumer started"
+    );
+    spawn_signal_handler(ctx.clone(), cancel.clone())?;
+    let result = crate::worker::run(ctx.clone(), cancel).await;
+    ctx.abort.cancel();
+    result
+}
+
+/// First SIGTERM/SIGINT: stop reading, flush, commit, exit. A second signal,
+/// or `shutdown_timeout` passing, aborts at once with exit code 130 / 1.
+fn spawn_signal_handler(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        let timeout = ctx.settings.config.shutdown_timeout;
+        eprintln!("shardlake-consumer: stopping: flushing and committing (signal again to abort)");
+        cancel.cancel();
+        let code = tokio::select! {
+            _ = term.recv() => 130,
+            _ = int.recv() => 130,
+            _ = tokio::time::sleep(timeout) => {
+                eprintln!("shardlake-consumer: shutdown_timeout ({timeout:?}) passed");
+                1
+            }
+        };
+        ctx.abort.cancel();
+        eprintln!("shardlake-consumer: aborted; uncommitted batches are read again on restart");
+        std::process::exit(code);
+    });
+    Ok(())
+}

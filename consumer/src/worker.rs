@@ -1,0 +1,220 @@
+//! The worker: discovers shards, runs one reader task per shard (children
+//! only after all their parents ended and committed), shares the memory
+//! budget between their batches, and stops them all on shutdown.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shardlake::checkpoint::CheckpointStore;
+use shardlake::store::ObjectStore;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::Thresholds;
+use crate::config::Settings;
+use crate::kinesis;
+use crate::metrics::Metrics;
+use crate::reader::{ShardExit, read_shard};
+
+/// Delay before a reader that failed is started again.
+const RESTART_DELAY: Duration = Duration::from_secs(2);
+
+/// Everything the shard readers share.
+pub struct Context {
+    /// The resolved config.
+    pub settings: Settings,
+    /// Flush thresholds from `[buffer]`.
+    pub thresholds: Thresholds,
+    /// Kinesis client (SDK retries off; the readers back off themselves).
+    pub kinesis: aws_sdk_kinesis::Client,
+    /// The lake.
+    pub lake: ObjectStore,
+    /// Checkpoints and intents.
+    pub checkpoints: CheckpointStore,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// The memory budget shared by all batches.
+    pub budget: MemoryBudget,
+    /// Test hook for crash points.
+    pub crash: CrashPoints,
+    /// Fired when the process gives up waiting (second signal, shutdown
+    /// timeout): uploads stop retrying and nothing more is committed.
+    pub abort: CancellationToken,
+    /// False once a reader failed and has not recovered.
+    pub healthy: AtomicBool,
+}
+
+/// Bytes held by each shard's batch, against one global budget.
+pub struct MemoryBudget {
+    /// The budget in bytes.
+    pub limit: usize,
+    held: Mutex<BTreeMap<String, usize>>,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        MemoryBudget { limit, held: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// Sets what `shard` holds; returns the total and the largest holding.
+    pub fn update(&self, shard: &str, bytes: usize) -> (usize, usize) {
+        let mut held = self.held.lock().expect("budget lock");
+        match held.get_mut(shard) {
+            Some(v) => *v = bytes,
+            None => {
+                held.insert(shard.to_string(), bytes);
+            }
+        }
+        (held.values().sum(), held.values().copied().max().unwrap_or(0))
+    }
+
+    /// Forgets a shard whose reader stopped.
+    pub fn remove(&self, shard: &str) {
+        self.held.lock().expect("budget lock").remove(shard);
+    }
+}
+
+/// Test hook: `SHARDLAKE_CRASH_AT=point:n` aborts the process (like SIGKILL:
+/// no flush, no cleanup) the n-th time it reaches `point` (`after_intent`,
+/// `after_upload`, `before_commit`). Crash-safety tests use it to stop the
+/// process at exact steps of the exactly-once protocol.
+pub struct CrashPoints {
+    target: Option<(String, u64)>,
+    hits: AtomicU64,
+}
+
+impl CrashPoints {
+    /// Reads `SHARDLAKE_CRASH_AT`.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let target = match std::env::var("SHARDLAKE_CRASH_AT") {
+            Ok(spec) => {
+                let (point, n) = spec.split_once(':').unwrap_or((spec.as_str(), "1"));
+                let n = n.parse().map_err(|_| anyhow::anyhow!("SHARDLAKE_CRASH_AT={spec}: expected point:count"))?;
+                Some((point.to_string(), n))
+            }
+            Err(_) => None,
+        };
+        Ok(CrashPoints { target, hits: AtomicU64::new(0) })
+    }
+
+    /// Marks `point` reached; aborts when it is the configured hit.
+    pub fn hit(&self, point: &str) {
+        if let Some((p, n)) = &self.target
+            && p == point
+            && self.hits.fetch_add(1, Ordering::SeqCst) + 1 == *n
+        {
+            eprintln!("SHARDLAKE_CRASH_AT: aborting at {point} #{n}");
+            std::process::abort();
+        }
+    }
+}
+
+/// Runs readers for every shard until `cancel` fires, then waits for their
+/// final flushes.
+pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
+    let stream = ctx.settings.config.stream.clone();
+    let refresh = ctx.settings.config.polling.shard_refresh;
+    let (done_tx, mut done_rx) = mpsc::channel::<(String, anyhow::Result<ShardExit>)>(64);
+    let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut ended: HashSet<String> = HashSet::new();
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+            Some((shard, result)) = done_rx.recv() => {
+                running.remove(&shard);
+                match result {
+                    Ok(ShardExit::Ended) => {
+                        ended.insert(shard.clone());
+                        ctx.metrics.forget_shard(&shard);
+                    }
+                    Ok(ShardExit::Stopped) => {}
+                    Err(e) => {
+                        ctx.healthy.store(false, Ordering::Relaxed);
+                        tracing::error!(shard, error = format!("{e:#}"), "shard reader failed; restarting it");
+                        wait = RESTART_DELAY;
+                        continue;
+                    }
+                }
+            }
+        }
+        wait = refresh;
+        let shards = match kinesis::list_shards(&ctx.kinesis, &stream).await {
+            Ok(s) => s,
+            Err(e) => {
+                ctx.metrics.record_read_error(if e.is_transient() { "transient" } else { "fatal" });
+                ctx.healthy.store(false, Ordering::Relaxed);
+                tracing::error!(stream, error = %e, "listing shards failed");
+                wait = RESTART_DELAY;
+                continue;
+            }
+        };
+        let listed: HashSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
+        for s in &shards {
+            if ended.contains(&s.id) || running.contains_key(&s.id) {
+                continue;
+            }
+            if ctx.checkpoints.load(&s.id).await?.ended {
+                ended.insert(s.id.clone());
+            }
+        }
+        for s in &shards {
+            if ended.contains(&s.id) || running.contains_key(&s.id) {
+                continue;
+            }
+            // A parent that aged out of the listing is long finished.
+            let parents_done = s.parents.iter().all(|p| ended.contains(p) || !listed.contains(p.as_str()));
+            if !parents_done {
+                continue;
+            }
+            tracing::info!(shard = s.id, "starting shard reader");
+            let (ctx, shard, cancel, done) = (ctx.clone(), s.id.clone(), cancel.clone(), done_tx.clone());
+            running.insert(
+                s.id.clone(),
+                tokio::spawn(async move {
+                    let result = read_shard(ctx, shard.clone(), cancel).await;
+                    let _ = done.send((shard, result)).await;
+                }),
+            );
+        }
+        ctx.healthy.store(true, Ordering::Relaxed);
+    }
+    drop(done_tx);
+    let mut failed = 0;
+    for (_, handle) in running.drain() {
+        let _ = handle.await;
+    }
+    while let Some((shard, result)) = done_rx.recv().await {
+        if let Err(e) = result {
+            failed += 1;
+            tracing::error!(
+                shard,
+                error = format!("{e:#}"),
+                "final flush failed; the shard resumes from its checkpoint"
+            );
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} shard(s) could not flush at shutdown; their records are read again on restart");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_reports_total_and_largest() {
+        let b = MemoryBudget::new(100);
+        assert_eq!(b.update("a", 30), (30, 30));
+        assert_eq!(b.update("b", 50), (80, 50));
+        assert_eq!(b.update("a", 10), (60, 50));
+        b.remove("b");
+        assert_eq!(b.update("a", 10), (10, 10));
+    }
+}
