@@ -1,0 +1,267 @@
+//! Helpers for the consumer's integration tests: streams on the Kinesis
+//! emulator, a consumer process with a generated config, and lake checks with
+//! our own Parquet reader and DuckDB.
+
+#![allow(dead_code, missing_docs)]
+
+#[path = "../../../tests/common/mod.rs"]
+pub mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
+pub use common::{python, stack_env, unique};
+use shardlake::events::{EVENTS_SCHEMA_TOML, GenOptions, generate};
+
+/// A Kinesis client for the emulator (kinesis-local).
+pub async fn kinesis() -> Client {
+    stack_env("AWS_ENDPOINT_URL_KINESIS");
+    let config = shardlake::aws::sdk_config().await;
+    shardlake::aws::kinesis_client(&config)
+}
+
+/// Polls `check` every 100 ms until it returns `Some` or `limit` passes.
+pub async fn poll<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates a stream with `shards` shards and waits until it is ACTIVE.
+pub async fn create_stream(client: &Client, shards: i32) -> String {
+    let name = unique("stream");
+    client.create_stream().stream_name(&name).shard_count(shards).send().await.expect("create stream");
+    wait_active(client, &name).await;
+    name
+}
+
+/// Waits until the stream is ACTIVE (after create, split, merge).
+pub async fn wait_active(client: &Client, name: &str) {
+    poll("stream ACTIVE", Duration::from_secs(30), || async {
+        let d = client.describe_stream_summary().stream_name(name).send().await.ok()?;
+        (d.stream_description_summary()?.stream_status() == &StreamStatus::Active).then_some(())
+    })
+    .await
+}
+
+/// Puts records (partition key, data) in PutRecords batches of 500, retrying
+/// failed entries; returns each record's shard id.
+pub async fn put_records(client: &Client, stream: &str, records: &[(String, Vec<u8>)]) -> Vec<String> {
+    let mut shards = Vec::with_capacity(records.len());
+    for chunk in records.chunks(500) {
+        let mut pending: Vec<usize> = (0..chunk.len()).collect();
+        let mut out = vec![String::new(); chunk.len()];
+        for _ in 0..20 {
+            if pending.is_empty() {
+                break;
+            }
+            let entries = pending
+                .iter()
+                .map(|&i| {
+                    PutRecordsRequestEntry::builder()
+                        .partition_key(&chunk[i].0)
+                        .data(Blob::new(chunk[i].1.clone()))
+                        .build()
+                        .unwrap()
+                })
+                .collect::<Vec<_>>();
+            let resp = client.put_records().stream_name(stream).set_records(Some(entries)).send().await;
+            let Ok(resp) = resp else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let mut still = Vec::new();
+            for (&i, r) in pending.iter().zip(resp.records()) {
+                match r.shard_id() {
+                    Some(s) if r.error_code().is_none() => out[i] = s.to_string(),
+                    _ => still.push(i),
+                }
+            }
+            pending = still;
+        }
+        assert!(pending.is_empty(), "{} records could not be put", pending.len());
+        shards.extend(out);
+    }
+    shards
+}
+
+/// `count` reference events (hour partitions over `hours` hours), one JSON text each.
+pub fn events(count: u64, seed: u64, hours: u32) -> Vec<Vec<u8>> {
+    let mut buf = Vec::new();
+    generate(&GenOptions { count, seed, hours, ..GenOptions::default() }, &mut buf).unwrap();
+    buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect()
+}
+
+/// Keys the events by their `event_id`.
+pub fn keyed(events: Vec<Vec<u8>>) -> Vec<(String, Vec<u8>)> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let v: serde_json::Value = serde_json::from_slice(&e).map(|v| v).unwrap_or_default();
+            let key = v["event_id"].as_str().map(str::to_string).unwrap_or_else(|| format!("k{i}"));
+            (key, e)
+        })
+        .collect()
+}
+
+/// A test's working folder: the config, the lake and the checkpoints.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub stream: String,
+}
+
+impl Setup {
+    pub fn new(stream: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("schema.toml"), EVENTS_SCHEMA_TOML).unwrap();
+        Setup { dir, stream: stream.to_string() }
+    }
+
+    pub fn lake(&self) -> PathBuf {
+        self.dir.path().join("lake")
+    }
+
+    /// Writes `consumer.toml` with test-friendly timings plus `extra` lines.
+    pub fn config(&self, extra: &str) -> PathBuf {
+        let path = self.dir.path().join("consumer.toml");
+        let text = format!(
+            "stream = \"{}\"\ndestination = \"{}\"\ncheckpoint_store = \"file://{}\"\nschema = \"schema.toml\"\n\
+             time_field = \"ts\"\nshutdown_timeout = \"30s\"\n{extra}\n\
+             [buffer]\nmax_age = \"1s\"\n[polling]\nidle_interval = \"200ms\"\nshard_refresh = \"1s\"\n\
+             [metrics]\naddress = \"127.0.0.1:0\"\n",
+            self.stream,
+            self.lake().display(),
+            self.dir.path().join("checkpoints").display(),
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Starts `shardlake-consumer run` with `env` added.
+    pub fn start(&self, env: &[(&str, &str)]) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("consumer.log")).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_shardlake-consumer"))
+            .args(["run", "--config"])
+            .arg(self.dir.path().join("consumer.toml"))
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "shardlake_consumer=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("consumer.log")).unwrap_or_default()
+    }
+
+    /// Rows in the lake's data files, by our own Parquet reader.
+    pub fn lake_rows(&self) -> u64 {
+        parquet_files(&self.lake())
+            .iter()
+            .map(|p| {
+                let f = std::fs::File::open(p).unwrap();
+                let r = parquet::file::serialized_reader::SerializedFileReader::new(f).unwrap();
+                parquet::file::reader::FileReader::metadata(&r).file_metadata().num_rows() as u64
+            })
+            .sum()
+    }
+
+    /// Error lines in the error prefix, by error type.
+    pub fn error_lines(&self) -> BTreeMap<String, Vec<serde_json::Value>> {
+        let mut out = BTreeMap::new();
+        let root = self.lake().join("errors");
+        let Ok(kinds) = std::fs::read_dir(&root) else { return out };
+        for kind in kinds {
+            let kind = kind.unwrap().path();
+            let mut lines = Vec::new();
+            for f in std::fs::read_dir(&kind).unwrap() {
+                let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+                lines.extend(text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()));
+            }
+            out.insert(kind.file_name().unwrap().to_string_lossy().into_owned(), lines);
+        }
+        out
+    }
+
+    /// Waits until the lake holds `rows` rows (our reader).
+    pub async fn wait_rows(&self, rows: u64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let n = self.lake_rows();
+            if n >= rows {
+                return;
+            }
+            assert!(Instant::now() < deadline, "lake has {n} of {rows} rows after {limit:?}; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// DuckDB over the lake with hive partitioning: total rows, distinct
+    /// event ids, and rows whose partition columns disagree with `ts`.
+    pub fn duckdb_check(&self) -> (u64, u64, u64) {
+        let out = python(
+            r#"
+import sys, duckdb
+q = """
+select count(*), count(distinct event_id),
+       count(*) filter (where year::int <> year(ts at time zone 'UTC') or month::int <> month(ts at time zone 'UTC')
+                        or day::int <> day(ts at time zone 'UTC') or hour::int <> hour(ts at time zone 'UTC'))
+from read_parquet(? , hive_partitioning = true, hive_types_autocast = false)
+"""
+print(*duckdb.sql(q.replace('?', repr(sys.argv[1] + '/year=*/**/*.parquet'))).fetchall()[0])
+"#,
+            &[self.lake().to_str().unwrap()],
+        );
+        let v: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        (v[0], v[1], v[2])
+    }
+}
+
+/// Every `.parquet` file under `root`.
+pub fn parquet_files(root: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, &mut out);
+    out.sort();
+    out
+}
+
+/// Sends SIGTERM (graceful stop) and waits for the exit.
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "consumer did not stop within 60 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
