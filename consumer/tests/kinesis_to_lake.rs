@@ -17,18 +17,19 @@ async fn records_across_four_shards_land_exactly_once_and_survive_sigterm() {
     let setup = Setup::new(&stream);
     setup.config("");
     let records = keyed(events(1200, 7, 6));
-    let shards = put_records(&client, &stream, &records[..800]).await;
-    let used: std::collections::BTreeSet<_> = shards.iter().collect();
+    let landed = put_records(&client, &stream, &records[..800]).await;
+    let used: std::collections::BTreeSet<_> = landed.iter().map(|(shard, _)| shard).collect();
     assert_eq!(used.len(), 4, "records should spread over all 4 shards");
 
     let mut consumer = setup.start(&[]);
-    setup.wait_rows(800, Duration::from_secs(60)).await;
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    assert_eq!(setup.lake_rows(), 800);
     let status = terminate(&mut consumer);
     assert!(status.success(), "consumer exited with {status}; log:\n{}", setup.log());
 
-    put_records(&client, &stream, &records[800..]).await;
+    let landed = put_records(&client, &stream, &records[800..]).await;
     let mut consumer = setup.start(&[]);
-    setup.wait_rows(1200, Duration::from_secs(60)).await;
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
     assert!(terminate(&mut consumer).success());
 
     assert_eq!(setup.lake_rows(), 1200);

@@ -70,7 +70,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
         let entry = entry.map_err(|e| store_err("list", dir, e))?;
         let path = entry.path();
         let name = entry.file_name();
-        if name.to_string_lossy().starts_with(".tmp-") {
+        if is_temp_name(&name.to_string_lossy()) {
             continue;
         }
         if entry.file_type().map_err(|e| store_err("list", &path, e))?.is_dir() {
@@ -82,11 +82,22 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
+fn temp_name(name: &str) -> String {
+    format!(".{name}.tmp")
+}
+
+fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().expect("keys have a parent directory");
     std::fs::create_dir_all(dir).map_err(|e| store_err("put", dir, e))?;
     let name = path.file_name().expect("keys name a file").to_string_lossy();
-    let tmp = dir.join(format!(".tmp-{}-{name}", std::process::id()));
+    // A hidden name that does not end in `.parquet`, so no reader (DuckDB
+    // globs dot files) ever sees a half-written or crash-orphaned file. It is
+    // fixed per key, so the retry or replay that rewrites the key replaces it.
+    let tmp = dir.join(temp_name(&name));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
@@ -117,6 +128,11 @@ mod tests {
         assert_eq!(s.list("b/").await.unwrap(), ["b/y.jsonl"]);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("lake/a=1")).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp file left behind");
+        // A crash-orphaned temp file is hidden from listings and replaced by the next write.
+        std::fs::write(dir.path().join("lake/a=1").join(temp_name("z.parquet")), b"half").unwrap();
+        assert_eq!(s.list("a=1/").await.unwrap(), ["a=1/x.parquet"]);
+        s.put("a=1/z.parquet", b"whole".to_vec()).await.unwrap();
+        assert_eq!(std::fs::read_dir(dir.path().join("lake/a=1")).unwrap().count(), 2);
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
 pub use common::{python, stack_env, unique};
+use shardlake::checkpoint::compare_sequences;
 use shardlake::events::{EVENTS_SCHEMA_TOML, GenOptions, generate};
 
 /// A Kinesis client for the emulator (kinesis-local).
@@ -58,13 +59,16 @@ pub async fn wait_active(client: &Client, name: &str) {
     .await
 }
 
+/// Where a put record landed: shard id and sequence number.
+pub type Landed = (String, String);
+
 /// Puts records (partition key, data) in PutRecords batches of 500, retrying
-/// failed entries; returns each record's shard id.
-pub async fn put_records(client: &Client, stream: &str, records: &[(String, Vec<u8>)]) -> Vec<String> {
+/// failed entries; returns where each record landed.
+pub async fn put_records(client: &Client, stream: &str, records: &[(String, Vec<u8>)]) -> Vec<Landed> {
     let mut shards = Vec::with_capacity(records.len());
     for chunk in records.chunks(500) {
         let mut pending: Vec<usize> = (0..chunk.len()).collect();
-        let mut out = vec![String::new(); chunk.len()];
+        let mut out = vec![(String::new(), String::new()); chunk.len()];
         for _ in 0..20 {
             if pending.is_empty() {
                 break;
@@ -86,8 +90,8 @@ pub async fn put_records(client: &Client, stream: &str, records: &[(String, Vec<
             };
             let mut still = Vec::new();
             for (&i, r) in pending.iter().zip(resp.records()) {
-                match r.shard_id() {
-                    Some(s) if r.error_code().is_none() => out[i] = s.to_string(),
+                match (r.shard_id(), r.sequence_number()) {
+                    (Some(s), Some(q)) if r.error_code().is_none() => out[i] = (s.to_string(), q.to_string()),
                     _ => still.push(i),
                 }
             }
@@ -209,6 +213,38 @@ impl Setup {
             }
             assert!(Instant::now() < deadline, "lake has {n} of {rows} rows after {limit:?}; log:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until every shard's checkpoint is at or past the last record
+    /// put to it: everything is committed, not just uploaded.
+    pub async fn wait_committed(&self, landed: &[Landed], limit: Duration) {
+        let mut last: BTreeMap<&str, &str> = BTreeMap::new();
+        for (shard, seq) in landed {
+            let e = last.entry(shard.as_str()).or_insert(seq.as_str());
+            if compare_sequences(seq, e).is_gt() {
+                *e = seq.as_str();
+            }
+        }
+        let dir = self.dir.path().join("checkpoints/shardlake").join(&self.stream);
+        let deadline = Instant::now() + limit;
+        loop {
+            let behind: Vec<&str> = last
+                .iter()
+                .filter(|(shard, seq)| {
+                    let state = std::fs::read(dir.join(format!("{shard}.json"))).ok();
+                    let checkpoint = state
+                        .and_then(|s| serde_json::from_slice::<serde_json::Value>(&s).ok())
+                        .and_then(|v| v["checkpoint"].as_str().map(str::to_string));
+                    !checkpoint.is_some_and(|c| compare_sequences(&c, seq).is_ge())
+                })
+                .map(|(shard, _)| *shard)
+                .collect();
+            if behind.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "shards {behind:?} not committed after {limit:?}; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -1,0 +1,81 @@
+//! Crash safety: the consumer killed at each step of the exactly-once
+//! protocol (and at random times), then restarted, leaves every record in the
+//! lake exactly once.
+
+mod support;
+
+use std::time::Duration;
+
+use rand::Rng;
+use support::*;
+
+const RECORDS: usize = 600;
+
+/// Puts the records, runs a consumer that aborts at `crash_at`, checks it
+/// died there, restarts it cleanly and checks the lake.
+async fn crash_then_recover(crash_at: &str) {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 2).await;
+    let setup = Setup::new(&stream);
+    // Small files: several per batch, so a crash can fall between two uploads.
+    setup.config("");
+    let records = keyed(events(RECORDS as u64, 11, 8));
+    let landed = put_records(&client, &stream, &records).await;
+
+    let mut crashing = setup.start(&[("SHARDLAKE_CRASH_AT", crash_at)]);
+    let status = tokio::task::spawn_blocking(move || crashing.wait().unwrap()).await.unwrap();
+    assert!(!status.success(), "expected a crash at {crash_at}");
+    assert!(setup.log().contains(&format!("aborting at {}", crash_at.split(':').next().unwrap())), "{}", setup.log());
+    let partial = setup.lake_rows();
+
+    let mut consumer = setup.start(&[]);
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    let status = terminate(&mut consumer);
+    assert!(status.success(), "{status}: {}", setup.log());
+    let files: Vec<_> = parquet_files(&setup.lake()).iter().map(|p| p.strip_prefix(setup.lake()).unwrap().display().to_string()).collect();
+    assert_eq!(
+        setup.duckdb_check(),
+        (RECORDS as u64, RECORDS as u64, 0),
+        "crash at {crash_at}, {partial} rows before restart; files {files:#?}\n{}", setup.log()
+    );
+    assert!(setup.log().contains("replaying a pending batch") || crash_at.starts_with("mid"), "{}", setup.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_intent_before_any_upload() {
+    crash_then_recover("after_intent:1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_two_file_uploads_of_one_batch() {
+    crash_then_recover("after_upload:2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_upload_before_commit() {
+    crash_then_recover("before_commit:2").await;
+}
+
+/// SIGKILL at random moments while records keep arriving (mid-buffer,
+/// mid-flush, whatever the moment is), three times, then a clean run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_times_loses_and_duplicates_nothing() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 2).await;
+    let setup = Setup::new(&stream);
+    setup.config("");
+    let records = keyed(events(RECORDS as u64, 12, 8));
+    let mut rng = rand::rng();
+    let mut landed = Vec::new();
+    for part in records.chunks(RECORDS / 3) {
+        landed.extend(put_records(&client, &stream, part).await);
+        let mut consumer = setup.start(&[]);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..2500))).await;
+        consumer.kill().unwrap();
+        consumer.wait().unwrap();
+    }
+    let mut consumer = setup.start(&[]);
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    assert!(terminate(&mut consumer).success());
+    assert_eq!(setup.duckdb_check(), (RECORDS as u64, RECORDS as u64, 0));
+}
