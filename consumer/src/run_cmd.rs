@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use shardlake::checkpoint::CheckpointStore;
@@ -71,6 +72,10 @@ pub fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
 /// Runs the worker until SIGTERM/SIGINT and its final flush.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = load(&args.config)?;
+    // Signals are handled from the start, so a stop during start-up is graceful too.
+    let cancel = CancellationToken::new();
+    let abort = CancellationToken::new();
+    spawn_signal_handler(cancel.clone(), abort.clone(), settings.config.shutdown_timeout)?;
     let c = &settings.config;
     let sdk = shardlake::aws::sdk_config().await;
     let lake = ObjectStore::open(&c.destination, &settings.s3).await?;
@@ -85,11 +90,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: Arc::new(Metrics::new()),
         budget: MemoryBudget::new(c.buffer.memory_budget_mb << 20),
         crash: CrashPoints::from_env()?,
-        abort: CancellationToken::new(),
+        abort,
         healthy: AtomicBool::new(true),
         settings,
     });
-    let cancel = CancellationToken::new();
     let c = &ctx.settings.config;
     if c.metrics.enabled {
         let bound = crate::http::serve(ctx.clone(), c.metrics.address, ctx.abort.clone()).await?;
@@ -101,7 +105,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         checkpoints = ctx.checkpoints.url(),
         "consumer started"
     );
-    spawn_signal_handler(ctx.clone(), cancel.clone())?;
     let result = crate::worker::run(ctx.clone(), cancel).await;
     ctx.abort.cancel();
     result
@@ -109,7 +112,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// First SIGTERM/SIGINT: stop reading, flush, commit, exit. A second signal,
 /// or `shutdown_timeout` passing, aborts at once with exit code 130 / 1.
-fn spawn_signal_handler(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
+fn spawn_signal_handler(cancel: CancellationToken, abort: CancellationToken, timeout: Duration) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::spawn(async move {
@@ -117,7 +120,6 @@ fn spawn_signal_handler(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow:
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        let timeout = ctx.settings.config.shutdown_timeout;
         eprintln!("shardlake-consumer: stopping: flushing and committing (signal again to abort)");
         cancel.cancel();
         let code = tokio::select! {
@@ -128,7 +130,7 @@ fn spawn_signal_handler(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow:
                 1
             }
         };
-        ctx.abort.cancel();
+        abort.cancel();
         eprintln!("shardlake-consumer: aborted; uncommitted batches are read again on restart");
         std::process::exit(code);
     });

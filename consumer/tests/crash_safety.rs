@@ -32,11 +32,15 @@ async fn crash_then_recover(crash_at: &str) {
     setup.wait_committed(&landed, Duration::from_secs(60)).await;
     let status = terminate(&mut consumer);
     assert!(status.success(), "{status}: {}", setup.log());
-    let files: Vec<_> = parquet_files(&setup.lake()).iter().map(|p| p.strip_prefix(setup.lake()).unwrap().display().to_string()).collect();
+    let files: Vec<_> = parquet_files(&setup.lake())
+        .iter()
+        .map(|p| p.strip_prefix(setup.lake()).unwrap().display().to_string())
+        .collect();
     assert_eq!(
         setup.duckdb_check(),
         (RECORDS as u64, RECORDS as u64, 0),
-        "crash at {crash_at}, {partial} rows before restart; files {files:#?}\n{}", setup.log()
+        "crash at {crash_at}, {partial} rows before restart; files {files:#?}\n{}",
+        setup.log()
     );
     assert!(setup.log().contains("replaying a pending batch") || crash_at.starts_with("mid"), "{}", setup.log());
 }

@@ -156,10 +156,14 @@ impl Setup {
         path
     }
 
-    /// Starts `shardlake-consumer run` with `env` added.
+    /// Starts `shardlake-consumer run` with `env` added, and waits until it
+    /// serves metrics (so it handles signals).
     pub fn start(&self, env: &[(&str, &str)]) -> Child {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("consumer.log")).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_shardlake-consumer"))
+        const READY: &str = "metrics on http://";
+        let before = self.log().matches(READY).count();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("consumer.log")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardlake-consumer"))
             .args(["run", "--config"])
             .arg(self.dir.path().join("consumer.toml"))
             .envs(env.iter().copied())
@@ -167,7 +171,18 @@ impl Setup {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.log().matches(READY).count() == before {
+            if let Some(status) = child.try_wait().unwrap() {
+                // A crash hook may fire before the line appears; the caller checks.
+                assert!(!env.is_empty(), "consumer exited at start with {status}:\n{}", self.log());
+                break;
+            }
+            assert!(Instant::now() < deadline, "consumer not ready after 30 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
     }
 
     pub fn log(&self) -> String {
