@@ -185,6 +185,11 @@ impl<P: Position> Pipeline<P> {
             TimeSource::Field(path) => match event_time_millis(text, path) {
                 Ok(t) => t,
                 Err(bad) => {
+                    // A record cut short before its time field is invalid JSON, not a bad time.
+                    if let Err(e) = Parser::new(text).skip() {
+                        self.errors.push(ErrorKind::InvalidJson, &e.to_string(), None, raw, pos);
+                        return Ok(());
+                    }
                     let msg = format!(
                         "{}: {} is not a time (expected RFC 3339, epoch seconds or epoch millis)",
                         bad.field, bad.value

@@ -275,7 +275,7 @@ select count(*), count(distinct event_id),
                         or day::int <> day(ts at time zone 'UTC') or hour::int <> hour(ts at time zone 'UTC'))
 from read_parquet(? , hive_partitioning = true, hive_types_autocast = false)
 """
-print(*duckdb.sql(q.replace('?', repr(sys.argv[1] + '/year=*/**/*.parquet'))).fetchall()[0])
+print(*duckdb.sql(q.replace('?', repr(sys.argv[1] + '/**/*.parquet'))).fetchall()[0])
 "#,
             &[self.lake().to_str().unwrap()],
         );
