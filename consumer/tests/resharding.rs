@@ -18,7 +18,7 @@ fn first_line(log: &str, parts: &[&str]) -> Option<usize> {
 
 /// Index of the last log line that contains all of `parts`.
 fn last_line(log: &str, parts: &[&str]) -> Option<usize> {
-    log.lines().rposition(|l| parts.iter().all(|p| l.contains(p)))
+    log.lines().enumerate().filter(|(_, l)| parts.iter().all(|p| l.contains(p))).map(|(i, _)| i).last()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
