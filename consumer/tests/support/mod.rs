@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
-pub use common::{python, stack_env, unique};
+pub use common::{new_bucket, python, s3_client, stack_env, unique};
 use shardlake::checkpoint::compare_sequences;
 use shardlake::events::{EVENTS_SCHEMA_TOML, GenOptions, generate};
 
@@ -142,6 +142,11 @@ impl Setup {
 
     /// Writes `consumer.toml` with test-friendly timings plus `extra` lines.
     pub fn config(&self, extra: &str) -> PathBuf {
+        self.config_to(&self.lake().display().to_string(), extra)
+    }
+
+    /// `config` with another destination (`s3://...`).
+    pub fn config_to(&self, destination: &str, extra: &str) -> PathBuf {
         let path = self.dir.path().join("consumer.toml");
         let text = format!(
             "stream = \"{}\"\ndestination = \"{}\"\ncheckpoint_store = \"file://{}\"\nschema = \"schema.toml\"\n\
@@ -149,7 +154,7 @@ impl Setup {
              [buffer]\nmax_age = \"1s\"\n[polling]\nidle_interval = \"200ms\"\nshard_refresh = \"1s\"\n\
              [metrics]\naddress = \"127.0.0.1:0\"\n",
             self.stream,
-            self.lake().display(),
+            destination,
             self.dir.path().join("checkpoints").display(),
         );
         std::fs::write(&path, text).unwrap();
@@ -187,6 +192,30 @@ impl Setup {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("consumer.log")).unwrap_or_default()
+    }
+
+    /// Copies every object under `s3://bucket/prefix` into the local lake
+    /// folder, so the same checks run on it.
+    pub async fn download(&self, s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> usize {
+        let list = s3.list_objects_v2().bucket(bucket).prefix(prefix).send().await.unwrap();
+        let mut n = 0;
+        for o in list.contents() {
+            let key = o.key().unwrap();
+            let body = s3.get_object().bucket(bucket).key(key).send().await.unwrap().body.collect().await.unwrap();
+            let path = self.lake().join(key.strip_prefix(prefix).unwrap());
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, body.into_bytes()).unwrap();
+            n += 1;
+        }
+        assert!(list.next_continuation_token().is_none(), "more than one page of objects");
+        n
+    }
+
+    /// The consumer's `/metrics` and `/healthz` address, from its log.
+    pub fn metrics_address(&self) -> String {
+        let log = self.log();
+        let line = log.lines().rev().find(|l| l.contains("metrics on http://")).expect("metrics line in the log");
+        line.split("http://").nth(1).unwrap().trim_end_matches("/metrics").to_string()
     }
 
     /// Rows in the lake's data files, by our own Parquet reader.

@@ -1,0 +1,67 @@
+//! The consumer writing to S3 (moto): uploads that fail are retried and never
+//! committed; once S3 accepts them the batch commits and the lake is exact.
+//! Also `/metrics` and `/healthz`.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+/// GET over plain HTTP/1.1 with std only (the endpoint is on 127.0.0.1).
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(address).unwrap();
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_uploads_are_retried_and_never_committed_then_land_once() {
+    let client = kinesis().await;
+    let s3 = s3_client().await;
+    let stream = create_stream(&client, 2).await;
+    let setup = Setup::new(&stream);
+    // The bucket does not exist yet: every upload fails.
+    let bucket = unique("late-bucket");
+    setup.config_to(&format!("s3://{bucket}/lake/"), "");
+    let records = keyed(events(400, 41, 4));
+    let landed = put_records(&client, &stream, &records).await;
+    let mut consumer = setup.start(&[]);
+
+    let address = setup.metrics_address();
+    poll("upload failures in /metrics", Duration::from_secs(30), || async {
+        let m = http_get(&address, "/metrics");
+        m.lines().any(|l| l.starts_with("shardlake_consumer_upload_failures_total") && !l.ends_with(" 0")).then_some(())
+    })
+    .await;
+    // Pending intents, but no checkpoint: nothing was committed.
+    let dir = setup.dir.path().join("checkpoints/shardlake").join(&stream);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let state: serde_json::Value = serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
+        assert!(state.get("checkpoint").is_none(), "committed without an upload: {state}");
+        assert!(state["intent"]["first"].is_string(), "{state}");
+    }
+
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    setup.wait_committed(&landed, Duration::from_secs(90)).await;
+
+    let metrics = http_get(&address, "/metrics");
+    for want in [
+        "shardlake_consumer_records_written_total 400",
+        "shardlake_consumer_records_read_total{shard=\"shardId-000000000000\"}",
+        "shardlake_consumer_millis_behind_latest{shard=\"shardId-000000000001\"}",
+        "shardlake_consumer_flush_seconds_count",
+        "shardlake_consumer_shards_reading 2",
+    ] {
+        assert!(metrics.contains(want), "{want} not in\n{metrics}");
+    }
+    assert!(http_get(&address, "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+
+    setup.download(&s3, &bucket, "lake/").await;
+    assert_eq!(setup.lake_rows(), 400);
+    assert_eq!(setup.duckdb_check(), (400, 400, 0));
+}
