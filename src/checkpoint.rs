@@ -114,6 +114,25 @@ impl CheckpointStore {
         }
     }
 
+    /// The schema stored by inferred mode, if any.
+    pub async fn load_schema(&self) -> Result<Option<String>> {
+        match self {
+            CheckpointStore::File(f) => match f.store.get(SCHEMA_KEY).await {
+                Ok(data) => Ok(Some(String::from_utf8_lossy(&data).into_owned())),
+                Err(_) if !f.store.exists(SCHEMA_KEY) => Ok(None),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Stores the inferred schema (TOML). It never changes afterwards, so a
+    /// replayed batch is rebuilt with the schema it was first written with.
+    pub async fn save_schema(&self, toml: &str) -> Result<()> {
+        match self {
+            CheckpointStore::File(f) => f.store.put(SCHEMA_KEY, toml.as_bytes().to_vec()).await,
+        }
+    }
+
     /// A description for logs.
     pub fn url(&self) -> String {
         match self {
@@ -121,6 +140,9 @@ impl CheckpointStore {
         }
     }
 }
+
+/// Where inferred mode keeps its schema, beside the shard files.
+const SCHEMA_KEY: &str = "schema.toml";
 
 /// The `file://` checkpoint store.
 #[derive(Debug, Clone)]

@@ -48,8 +48,14 @@ pub struct ConsumerConfig {
     #[serde(default = "default_checkpoint_store")]
     pub checkpoint_store: String,
     /// Schema file (TOML, or JSON by extension), as written by
-    /// `shardlake-consumer schema infer`. Required.
-    pub schema: PathBuf,
+    /// `shardlake-consumer schema infer`. Without it the schema is inferred
+    /// from the first `infer_sample` records of the stream, stored beside the
+    /// checkpoints and used from then on (new fields then go to `_extra`).
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+    /// Records sampled to infer the schema when `schema` is not set (default 1000).
+    #[serde(default = "default_infer_sample")]
+    pub infer_sample: usize,
     /// What to do with fields the schema does not list: `keep` (as JSON in
     /// `_extra`, default), `error` (record to the error prefix) or `drop`.
     #[serde(default)]
@@ -168,6 +174,9 @@ pub struct MetricsConfig {
 fn default_application() -> String {
     "shardlake".into()
 }
+fn default_infer_sample() -> usize {
+    shardlake::schema::DEFAULT_INFER_SAMPLE
+}
 fn default_checkpoint_store() -> String {
     "file://./.shardlake/checkpoints".into()
 }
@@ -255,6 +264,19 @@ pub struct Settings {
     pub s3: S3Options,
 }
 
+impl Settings {
+    /// Whether the schema is inferred from the stream (no `schema` file).
+    pub fn infers_schema(&self) -> bool {
+        self.config.schema.is_none()
+    }
+
+    /// Sets the schema (the inferred one).
+    pub fn with_schema(mut self, schema: Schema) -> Self {
+        self.table.schema = Arc::new(schema);
+        self
+    }
+}
+
 impl ConsumerConfig {
     /// Parses TOML text; `origin` names the file in messages.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
@@ -295,10 +317,17 @@ impl ConsumerConfig {
         };
         let template = PartitionTemplate::parse(&self.partition).map_err(|e| anyhow::anyhow!("partition: {e}"))?;
         let time_source = TimeSource::parse(&self.time_field).map_err(|e| anyhow::anyhow!("time_field: {e}"))?;
-        if !self.schema.is_absolute() {
-            self.schema = base.join(&self.schema);
-        }
-        let schema = Schema::from_file(&self.schema).map_err(|e| anyhow::anyhow!("schema: {e}"))?;
+        let schema = match &mut self.schema {
+            Some(path) => {
+                if !path.is_absolute() {
+                    *path = base.join(&*path);
+                }
+                Schema::from_file(path).map_err(|e| anyhow::anyhow!("schema: {e}"))?
+            }
+            None if self.infer_sample == 0 => bail!("infer_sample: must be at least 1 (or set schema)"),
+            // Inferred at start-up from the stream; see `Settings::with_schema`.
+            None => Schema::default(),
+        };
         let b = &mut self.buffer;
         if b.max_mb == 0 || b.max_records == 0 {
             bail!("buffer.max_mb and buffer.max_records: must be at least 1");

@@ -7,6 +7,7 @@ mod batch;
 mod config;
 mod convert_cmd;
 mod http;
+mod infer;
 mod kinesis;
 mod metrics;
 mod reader;

@@ -46,12 +46,15 @@ pub fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
     println!("stream            {} (application {}, start {:?})", c.stream, c.application, c.initial_position);
     println!("destination       {}", c.destination);
     println!("checkpoint_store  {}", c.checkpoint_store);
-    println!(
-        "schema            {} ({} columns, unknown fields: {:?})",
-        c.schema.display(),
-        s.table.schema.columns.len(),
-        c.unknown_fields
-    );
+    match &c.schema {
+        Some(path) => println!(
+            "schema            {} ({} columns, unknown fields: {:?})",
+            path.display(),
+            s.table.schema.columns.len(),
+            c.unknown_fields
+        ),
+        None => println!("schema            inferred from the first {} records of the stream", c.infer_sample),
+    }
     println!("partition         {} (time: {})", c.partition, c.time_field);
     println!("errors            {}{}", c.destination.trim_end_matches('/'), format_args!("/{}", s.table.error_prefix));
     println!(
@@ -80,11 +83,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let sdk = shardlake::aws::sdk_config().await;
     let lake = ObjectStore::open(&c.destination, &settings.s3).await?;
     let checkpoints = CheckpointStore::open(&c.checkpoint_store, &c.application, &c.stream)?;
+    let kinesis = shardlake::aws::kinesis_client(&sdk);
+    let settings = if settings.infers_schema() {
+        let Some(schema) = crate::infer::stream_schema(&settings, &kinesis, &checkpoints, &cancel).await? else {
+            return Ok(());
+        };
+        settings.with_schema(schema)
+    } else {
+        settings
+    };
+    let c = &settings.config;
     let thresholds =
         Thresholds { max_bytes: c.buffer.max_mb << 20, max_records: c.buffer.max_records, max_age: c.buffer.max_age };
     let ctx = Arc::new(Context {
         thresholds,
-        kinesis: shardlake::aws::kinesis_client(&sdk),
+        kinesis,
         lake,
         checkpoints,
         metrics: Arc::new(Metrics::new()),

@@ -94,3 +94,28 @@ fn schema_infer_and_ddl() {
     assert!(ddl.contains("CREATE EXTERNAL TABLE IF NOT EXISTS `analytics`.`events`"), "{ddl}");
     assert!(ddl.contains("`ts` timestamp") && ddl.contains("PARTITIONED BY (`year` string"), "{ddl}");
 }
+
+#[test]
+fn config_check_explains_settings_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("schema.toml");
+    std::fs::write(&schema, "[[columns]]\nname = \"id\"\ntype = \"string\"\n").unwrap();
+    let config = dir.path().join("consumer.toml");
+    std::fs::write(&config, "stream = \"events\"\ndestination = \"s3://bucket/lake/\"\nschema = \"schema.toml\"\n")
+        .unwrap();
+    let out = stdout(&consumer(&["config", "check", "--config", config.to_str().unwrap()]));
+    assert!(out.contains(": ok"), "{out}");
+    assert!(out.contains("128 MiB / 1000000 records / 300s per shard"), "{out}");
+    assert!(out.contains("http://127.0.0.1:9898/metrics"), "{out}");
+
+    std::fs::write(&config, "stream = \"events\"\ndestination = \"./lake\"\n[buffer]\nmax_age = \"100ms\"\n").unwrap();
+    let out = consumer(&["config", "check", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("buffer.max_age") && err.contains("\"1s\""), "{err}");
+
+    std::fs::write(&config, "stream = \"events\"\ndestination = \"./lake\"\n[buffer]\nmax_size = 5\n").unwrap();
+    let out = consumer(&["config", "check", "--config", config.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field `max_size`") && err.contains("max_mb"), "{err}");
+}

@@ -38,3 +38,37 @@ async fn records_across_four_shards_land_exactly_once_and_survive_sigterm() {
     let log = setup.log();
     assert!(log.contains("batch committed"), "{log}");
 }
+
+/// Without a schema file the consumer infers one from the stream, stores it
+/// beside the checkpoints, and a restart uses the stored schema: fields that
+/// appear later go to `_extra` instead of changing the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inferred_schema_is_stored_and_reused() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 2).await;
+    let setup = Setup::new(&stream);
+    setup.config("infer_sample = 100");
+    let records = keyed(events(300, 9, 4));
+    let landed = put_records(&client, &stream, &records).await;
+    let mut consumer = setup.start(&[]);
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+    assert_eq!(setup.duckdb_check(), (300, 300, 0));
+    let stored = setup.dir.path().join(format!("checkpoints/shardlake/{stream}/schema.toml"));
+    let schema = std::fs::read_to_string(&stored).unwrap();
+    assert!(schema.contains("name = \"ts\"") && schema.contains("type = \"timestamp\""), "{schema}");
+
+    // A new field after restart: the stored schema stays, the field goes to _extra.
+    let late =
+        vec![("late".to_string(), br#"{"event_id":"late-1","ts":"2024-03-15T01:00:00Z","brand_new":42}"#.to_vec())];
+    let landed = put_records(&client, &stream, &late).await;
+    let mut consumer = setup.start(&[]);
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    assert!(terminate(&mut consumer).success());
+    assert_eq!(std::fs::read_to_string(&stored).unwrap(), schema);
+    let extra = python(
+        "import sys, duckdb\nprint(duckdb.sql(\"select _extra from read_parquet('\" + sys.argv[1] + \"/**/*.parquet', union_by_name = true) where event_id = 'late-1'\").fetchall()[0][0])",
+        &[setup.lake().to_str().unwrap()],
+    );
+    assert_eq!(extra.trim(), r#"{"brand_new":42}"#);
+}

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
-pub use common::{new_bucket, python, s3_client, stack_env, unique};
+// Each test binary uses a different subset.
+#[allow(unused_imports)]
+pub use common::{python, s3_client, stack_env, unique};
 use shardlake::checkpoint::compare_sequences;
 use shardlake::events::{EVENTS_SCHEMA_TOML, GenOptions, generate};
 
@@ -116,7 +118,7 @@ pub fn keyed(events: Vec<Vec<u8>>) -> Vec<(String, Vec<u8>)> {
         .into_iter()
         .enumerate()
         .map(|(i, e)| {
-            let v: serde_json::Value = serde_json::from_slice(&e).map(|v| v).unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_slice(&e).unwrap_or_default();
             let key = v["event_id"].as_str().map(str::to_string).unwrap_or_else(|| format!("k{i}"));
             (key, e)
         })
@@ -149,13 +151,15 @@ impl Setup {
     pub fn config_to(&self, destination: &str, extra: &str) -> PathBuf {
         let path = self.dir.path().join("consumer.toml");
         let text = format!(
-            "stream = \"{}\"\ndestination = \"{}\"\ncheckpoint_store = \"file://{}\"\nschema = \"schema.toml\"\n\
+            "stream = \"{}\"\ndestination = \"{}\"\ncheckpoint_store = \"file://{}\"\n{}\
              time_field = \"ts\"\nshutdown_timeout = \"30s\"\n{extra}\n\
              [buffer]\nmax_age = \"1s\"\n[polling]\nidle_interval = \"200ms\"\nshard_refresh = \"1s\"\n\
              [metrics]\naddress = \"127.0.0.1:0\"\n",
             self.stream,
             destination,
             self.dir.path().join("checkpoints").display(),
+            // `infer_sample` in `extra` means inferred-schema mode.
+            if extra.contains("infer_sample") { "" } else { "schema = \"schema.toml\"\n" },
         );
         std::fs::write(&path, text).unwrap();
         path

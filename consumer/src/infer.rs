@@ -1,0 +1,89 @@
+//! Inferred-schema mode: the schema comes from the first records of the
+//! stream, once, and is stored beside the checkpoints. Every later start (and
+//! every replay) uses the stored schema, so files stay deterministic; fields
+//! that appear later go to `_extra` (or the configured unknown-field policy).
+
+use std::time::Duration;
+
+use shardlake::aggregation::deaggregate;
+use shardlake::checkpoint::CheckpointStore;
+use shardlake::schema::{Schema, SchemaInferrer};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{InitialPosition, Settings};
+use crate::kinesis::{self, StartAt};
+
+/// GetRecords calls per shard while sampling, at most.
+const SAMPLE_CALLS: usize = 20;
+
+/// The stored schema, or one inferred from up to `infer_sample` records read
+/// from the shards' start positions (waiting for records if the stream is
+/// empty). `None` when cancelled first.
+pub async fn stream_schema(
+    settings: &Settings,
+    client: &aws_sdk_kinesis::Client,
+    checkpoints: &CheckpointStore,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<Schema>> {
+    if let Some(text) = checkpoints.load_schema().await? {
+        let schema =
+            Schema::parse(&text, false).map_err(|e| anyhow::anyhow!("stored schema in {}: {e}", checkpoints.url()))?;
+        tracing::info!(columns = schema.columns.len(), "using the stored inferred schema");
+        return Ok(Some(schema));
+    }
+    let c = &settings.config;
+    let mut inferrer = SchemaInferrer::new();
+    let start = match c.initial_position {
+        InitialPosition::TrimHorizon => StartAt::TrimHorizon,
+        InitialPosition::Latest => StartAt::Latest,
+        InitialPosition::AtTimestamp => StartAt::Timestamp(settings.initial_timestamp_ms.unwrap_or(0)),
+    };
+    // Iterators are kept across rounds so LATEST sees records put meanwhile.
+    let mut iterators: Vec<Option<String>> = Vec::new();
+    let mut listed = false;
+    loop {
+        if !listed {
+            for shard in kinesis::list_shards(client, &c.stream).await? {
+                iterators.push(Some(kinesis::shard_iterator(client, &c.stream, &shard.id, &start).await?));
+            }
+            listed = true;
+        }
+        for it in iterators.iter_mut() {
+            for _ in 0..SAMPLE_CALLS {
+                let Some(current) = it.as_deref() else { break };
+                let fetched = kinesis::get_records(client, current, 1000).await?;
+                *it = fetched.next_iterator;
+                for r in &fetched.records {
+                    match deaggregate(&r.data) {
+                        None => inferrer.observe_line(&r.data),
+                        Some(Ok(users)) => users.iter().for_each(|u| inferrer.observe_line(&u.data)),
+                        Some(Err(_)) => {}
+                    }
+                }
+                if fetched.records.is_empty() || inferrer.records() >= c.infer_sample {
+                    break;
+                }
+            }
+        }
+        if let Some(schema) = inferrer.finish().filter(|_| inferrer.records() > 0) {
+            checkpoints.save_schema(&schema.to_toml()).await?;
+            tracing::info!(
+                columns = schema.columns.len(),
+                records = inferrer.records(),
+                store = checkpoints.url(),
+                "inferred the schema from the stream and stored it"
+            );
+            eprintln!(
+                "shardlake-consumer: inferred a schema of {} columns from {} records",
+                schema.columns.len(),
+                inferrer.records()
+            );
+            return Ok(Some(schema));
+        }
+        tracing::info!(stream = c.stream, "no records to infer the schema from yet; waiting");
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(c.polling.idle_interval.max(Duration::from_millis(200))) => {}
+        }
+    }
+}
