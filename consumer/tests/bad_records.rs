@@ -85,7 +85,7 @@ async fn bad_records_go_to_the_error_prefix_and_the_totals_add_up() {
     }
     let mismatch = &errors["type_mismatch"][0];
     assert_eq!(mismatch["field"], "quantity");
-    assert_eq!(errors["too_large"][0]["error_message"].as_str().unwrap().contains("4096"), true);
+    assert!(errors["too_large"][0]["error_message"].as_str().unwrap().contains("4096"));
     assert_eq!(errors["invalid_json"].iter().filter(|l| l.get("raw_base64").is_some()).count(), 1);
 
     // Hostile partition values stay one escaped path segment under the lake
