@@ -175,3 +175,49 @@ pub fn fake_kinesis(
         .build();
     (aws_sdk_kinesis::Client::from_conf(config), fake)
 }
+
+/// A Firehose client whose `PutRecordBatch` fails each entry with the code
+/// `script(call, data)` returns, and stores the rest in `stored`.
+pub fn fake_firehose(
+    script: impl FnMut(usize, &[u8]) -> Option<&'static str> + Send + 'static,
+) -> (aws_sdk_firehose::Client, Arc<Mutex<Vec<Vec<u8>>>>) {
+    use aws_sdk_firehose::operation::put_record_batch::{PutRecordBatchError, PutRecordBatchOutput};
+    use aws_sdk_firehose::types::PutRecordBatchResponseEntry;
+    let stored = Arc::new(Mutex::new(vec![]));
+    let calls = Arc::new(Mutex::new(0usize));
+    let s = stored.clone();
+    let script = Mutex::new(script);
+    let put = mock!(aws_sdk_firehose::Client::put_record_batch).then_compute_response(move |input| {
+        let mut call = calls.lock().unwrap();
+        let mut script = script.lock().unwrap();
+        let script = &mut *script;
+        let mut failed = 0;
+        let entries: Vec<PutRecordBatchResponseEntry> = input
+            .records()
+            .iter()
+            .map(|r| match script(*call, r.data().as_ref()) {
+                Some(code) => {
+                    failed += 1;
+                    PutRecordBatchResponseEntry::builder().error_code(code).error_message("injected").build()
+                }
+                None => {
+                    let mut stored = s.lock().unwrap();
+                    stored.push(r.data().as_ref().to_vec());
+                    PutRecordBatchResponseEntry::builder().record_id(format!("id-{}", stored.len())).build()
+                }
+            })
+            .collect();
+        *call += 1;
+        let out = PutRecordBatchOutput::builder().failed_put_count(failed).set_request_responses(Some(entries));
+        MockResponse::<_, PutRecordBatchError>::Output(out.build().unwrap())
+    });
+    let config = aws_sdk_firehose::Config::builder()
+        .behavior_version(aws_sdk_firehose::config::BehaviorVersion::latest())
+        .region(aws_sdk_firehose::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_firehose::config::Credentials::new("test", "test", None, None, "test"))
+        .http_client(create_mock_http_client())
+        .interceptor(MockResponseInterceptor::new().with_rule(&put))
+        .retry_config(aws_sdk_firehose::config::retry::RetryConfig::disabled())
+        .build();
+    (aws_sdk_firehose::Client::from_conf(config), stored)
+}

@@ -406,3 +406,28 @@ async fn without_a_rate_limit_the_same_records_go_at_once() {
     assert!(results.iter().all(Result::is_ok));
     assert!(start.elapsed() < Duration::from_millis(500), "{:?}", start.elapsed());
 }
+
+#[tokio::test(start_paused = true)]
+async fn firehose_partial_failures_retry_only_the_failed_records() {
+    let (client, stored) = crate::testing::fake_firehose(|call, data| match (call, data) {
+        (0, b"1" | b"4") => Some("ServiceUnavailableException"),
+        (_, b"6") => Some("KMSAccessDeniedException"),
+        _ => None,
+    });
+    let p = Producer::builder(ProducerConfig::firehose("fh")).firehose_client(client).build().await.unwrap();
+    let records = (0..8).map(|i| Record::new("", i.to_string()));
+    let results = wait_all(enqueue_all(&p, records).await).await;
+    for (i, r) in results.iter().enumerate() {
+        match i {
+            6 => assert!(
+                matches!(&r.as_ref().unwrap_err().reason, Error::Rejected { code, .. } if code == "KMSAccessDeniedException")
+            ),
+            1 | 4 => assert_eq!(r.as_ref().unwrap().attempts, 2),
+            _ => assert_eq!(r.as_ref().unwrap().attempts, 1),
+        }
+    }
+    let mut stored: Vec<Vec<u8>> = stored.lock().unwrap().clone();
+    stored.sort();
+    assert_eq!(stored, ["0", "1", "2", "3", "4", "5", "7"].map(|s| s.as_bytes().to_vec()));
+    assert_eq!(p.metrics().throttled.with_label_values(&["record"]).get(), 2);
+}
