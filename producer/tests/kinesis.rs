@@ -139,3 +139,49 @@ async fn building_for_a_missing_stream_says_so() {
     let msg = err.to_string();
     assert!(msg.starts_with("listing the shards of kinesis stream") && msg.contains("ResourceNotFound"), "{msg}");
 }
+
+#[tokio::test]
+async fn a_reshard_mid_run_is_followed() {
+    let (client, stream, sdk) = stream_with_shards(2).await;
+    // With aggregation, a stale map packs records of different shards into
+    // one aggregate, which lands on one shard: the acks below would show it.
+    let mut config = ProducerConfig::kinesis(&stream);
+    config.linger_ms = 20;
+    config.aggregation = true;
+    let producer = Producer::builder(config).sdk_config(sdk).build().await.unwrap();
+    let batch = |from: usize| -> Vec<Record> {
+        (from..from + 100).map(|i| Record::new(format!("user-{i}"), format!("{{\"n\":{i}}}"))).collect()
+    };
+    send_all(&producer, &batch(0)).await;
+
+    client
+        .update_shard_count()
+        .stream_name(&stream)
+        .target_shard_count(4)
+        .scaling_type(aws_sdk_kinesis::types::ScalingType::UniformScaling)
+        .send()
+        .await
+        .unwrap();
+    ensure_stream(&client, &stream, 4, Duration::from_secs(30)).await.unwrap();
+    let new_map = shard_map(&client, &stream).await;
+    assert_eq!(new_map.len(), 4);
+
+    // Records still land; the first ones on shards the old map did not
+    // predict, which makes the producer re-read the map.
+    let mut round = 1;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while producer.metrics().shard_map_refreshes.with_label_values(&["ok"]).get() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the shard map was not refreshed");
+        send_all(&producer, &batch(round * 100)).await;
+        round += 1;
+    }
+    let records = batch(10_000);
+    let acks = send_all(&producer, &records).await;
+    for (record, ack) in records.iter().zip(&acks) {
+        let want = new_map.shard(new_map.lookup(md5_hash_key(&record.partition_key)).unwrap());
+        assert_eq!(ack.shard_id.as_deref(), Some(want.shard_id.as_ref()), "{}", record.partition_key);
+    }
+    assert!(acks.iter().any(|a| a.sub_sequence_number.is_some()), "records were aggregated");
+    producer.shutdown().await;
+    assert_eq!(producer.metrics().records_failed.get_metric_with_label_values(&["expired"]).unwrap().get(), 0);
+}
