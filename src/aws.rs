@@ -33,3 +33,11 @@ pub fn kinesis_client(config: &aws_config::SdkConfig) -> aws_sdk_kinesis::Client
     let conf = aws_sdk_kinesis::config::Builder::from(config).retry_config(RetryConfig::disabled()).build();
     aws_sdk_kinesis::Client::from_conf(conf)
 }
+
+/// A Firehose client. SDK retries are off for the same reason as
+/// [`kinesis_client`]: the producer retries only the failed entries of a
+/// `PutRecordBatch` and classifies whole-request failures itself.
+pub fn firehose_client(config: &aws_config::SdkConfig) -> aws_sdk_firehose::Client {
+    let conf = aws_sdk_firehose::config::Builder::from(config).retry_config(RetryConfig::disabled()).build();
+    aws_sdk_firehose::Client::from_conf(conf)
+}

@@ -1,0 +1,136 @@
+//! The bounded budget of buffered + in-flight records and bytes. A record
+//! holds its share from `send` until its future resolves (delivered, failed
+//! or expired), retries included, so memory stays bounded however slow the
+//! stream is: `send` waits for room, `try_send` fails instead.
+
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+/// Two semaphores: bytes and records.
+#[derive(Debug)]
+pub struct Budget {
+    bytes: Arc<Semaphore>,
+    records: Arc<Semaphore>,
+    max_bytes: usize,
+    max_records: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// A record's share of the budget, given back on drop.
+#[derive(Debug)]
+pub struct BudgetPermit {
+    _bytes: OwnedSemaphorePermit,
+    _records: OwnedSemaphorePermit,
+    size: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for BudgetPermit {
+    fn drop(&mut self) {
+        self.metrics.record_buffered(-1, self.size);
+    }
+}
+
+impl Budget {
+    /// A budget of `max_bytes` (at most `u32::MAX`) and `max_records`.
+    pub fn new(max_bytes: usize, max_records: usize, metrics: Arc<Metrics>) -> Self {
+        Budget {
+            bytes: Arc::new(Semaphore::new(max_bytes)),
+            records: Arc::new(Semaphore::new(max_records)),
+            max_bytes,
+            max_records,
+            metrics,
+        }
+    }
+
+    fn permit(&self, bytes: OwnedSemaphorePermit, records: OwnedSemaphorePermit, size: usize) -> BudgetPermit {
+        self.metrics.record_buffered(1, size);
+        BudgetPermit { _bytes: bytes, _records: records, size, metrics: self.metrics.clone() }
+    }
+
+    /// Waits for room for one record of `size` bytes (`size` is at most the
+    /// byte budget, which config validation ensures).
+    pub async fn acquire(&self, size: usize) -> Result<BudgetPermit, Error> {
+        let records = self.records.clone().acquire_owned().await.map_err(|_| Error::ShutDown)?;
+        let bytes = self.bytes.clone().acquire_many_owned(size as u32).await.map_err(|_| Error::ShutDown)?;
+        Ok(self.permit(bytes, records, size))
+    }
+
+    /// Room for one record of `size` bytes, or [`Error::BufferFull`] now.
+    pub fn try_acquire(&self, size: usize) -> Result<BudgetPermit, Error> {
+        let full = |e: TryAcquireError, limit: String| match e {
+            TryAcquireError::Closed => Error::ShutDown,
+            TryAcquireError::NoPermits => Error::BufferFull { limit },
+        };
+        let records = self
+            .records
+            .clone()
+            .try_acquire_owned()
+            .map_err(|e| full(e, format!("max_buffered_records = {}", self.max_records)))?;
+        let bytes = self
+            .bytes
+            .clone()
+            .try_acquire_many_owned(size as u32)
+            .map_err(|e| full(e, format!("max_buffered_bytes = {}", self.max_bytes)))?;
+        Ok(self.permit(bytes, records, size))
+    }
+
+    /// Refuses every later request (shutdown); permits already held stay valid.
+    pub fn close(&self) {
+        self.bytes.close();
+        self.records.close();
+    }
+
+    /// Bytes in use.
+    pub fn used_bytes(&self) -> usize {
+        self.max_bytes - self.bytes.available_permits()
+    }
+
+    /// Records in use.
+    pub fn used_records(&self) -> usize {
+        self.max_records - self.records.available_permits()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn budget(bytes: usize, records: usize) -> Budget {
+        Budget::new(bytes, records, Arc::new(Metrics::new(&prometheus::Registry::new(), "t").unwrap()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn acquire_waits_until_a_record_is_released() {
+        let b = Arc::new(budget(100, 10));
+        let first = b.acquire(80).await.unwrap();
+        assert_eq!((b.used_bytes(), b.used_records()), (80, 1));
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.acquire(30).await.map(|_| ()) }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!waiter.is_finished(), "no room for 30 more bytes");
+        drop(first);
+        waiter.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn try_acquire_names_the_exhausted_budget() {
+        let b = budget(100, 1);
+        let _held = b.try_acquire(10).unwrap();
+        assert_eq!(b.try_acquire(10).unwrap_err(), Error::BufferFull { limit: "max_buffered_records = 1".into() });
+        let b = budget(100, 5);
+        let _held = b.try_acquire(90).unwrap();
+        assert_eq!(b.try_acquire(20).unwrap_err(), Error::BufferFull { limit: "max_buffered_bytes = 100".into() });
+        assert_eq!(b.used_records(), 1, "the record permit of a refused request is given back");
+        b.close();
+        assert_eq!(b.try_acquire(1).unwrap_err(), Error::ShutDown);
+    }
+}

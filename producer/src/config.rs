@@ -1,0 +1,457 @@
+//! Producer configuration: a serde struct (loadable from TOML) whose doc
+//! comments are the user docs, and [`Settings`], the validated form the
+//! producer runs on. Invalid combinations fail at load time; batch limits are
+//! clamped to the API limits.
+//!
+//! ```
+//! use shardlake_producer::ProducerConfig;
+//! let config = ProducerConfig::from_toml(r#"
+//!     target = { kinesis_stream = "events" }
+//!     linger_ms = 50
+//!     aggregation = true
+//! "#).unwrap();
+//! assert_eq!(config.record_ttl_ms, 30_000);
+//! ```
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use shardlake::retry::RetryPolicy;
+
+use crate::error::{Error, Result};
+
+/// `PutRecords` entries per request.
+pub const KINESIS_MAX_BATCH_RECORDS: usize = 500;
+/// `PutRecords` bytes per request (data + partition keys).
+pub const KINESIS_MAX_BATCH_BYTES: usize = 5 * 1024 * 1024;
+/// Default Kinesis per-record limit (data + partition key).
+pub const KINESIS_DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// Largest per-record limit a Kinesis stream can be raised to.
+pub const KINESIS_MAX_RECORD_BYTES: usize = 10 * 1024 * 1024;
+/// `PutRecordBatch` entries per request.
+pub const FIREHOSE_MAX_BATCH_RECORDS: usize = 500;
+/// `PutRecordBatch` bytes per request.
+pub const FIREHOSE_MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Firehose per-record limit (1,000 KiB).
+pub const FIREHOSE_MAX_RECORD_BYTES: usize = 1000 * 1024;
+/// Smallest `aggregation_max_bytes`: room for the framing and a few records.
+pub const AGGREGATION_MIN_BYTES: usize = 1024;
+/// A Kinesis shard's write limit in records per second.
+pub const SHARD_RECORDS_PER_SEC: u32 = 1000;
+/// A Kinesis shard's write limit in bytes per second.
+pub const SHARD_BYTES_PER_SEC: u32 = 1024 * 1024;
+
+/// Where records go.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Target {
+    /// A Kinesis data stream, written with `PutRecords`.
+    KinesisStream(String),
+    /// A Firehose delivery stream (Direct PUT), written with `PutRecordBatch`.
+    FirehoseDeliveryStream(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::KinesisStream(s) => write!(f, "kinesis stream {s:?}"),
+            Target::FirehoseDeliveryStream(s) => write!(f, "firehose delivery stream {s:?}"),
+        }
+    }
+}
+
+impl Target {
+    /// The stream's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Target::KinesisStream(s) | Target::FirehoseDeliveryStream(s) => s,
+        }
+    }
+}
+
+/// Producer settings. Every field but `target` has a default.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProducerConfig {
+    /// Where records go: `{ kinesis_stream = "name" }` or
+    /// `{ firehose_delivery_stream = "name" }`.
+    pub target: Target,
+
+    /// How long a record may wait for a fuller batch before the batch is sent
+    /// (KPL's `RecordMaxBufferedTime`). Higher means fewer, larger requests.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+
+    /// Time to live from `send`: a record not delivered by then resolves with
+    /// an expired error that carries it (KPL's `RecordTtl`).
+    #[serde(default = "default_record_ttl_ms")]
+    pub record_ttl_ms: u64,
+
+    /// Per-record limit (data + partition key). Default 1 MiB for Kinesis (up
+    /// to 10 MiB for a stream with a raised limit); Firehose is fixed at 1,000
+    /// KiB. A larger record fails at `send`.
+    #[serde(default)]
+    pub max_record_bytes: Option<usize>,
+
+    /// Entries per request, clamped to 500 (the limit of both APIs).
+    #[serde(default = "default_max_batch_records")]
+    pub max_batch_records: usize,
+
+    /// Bytes per request. Default and maximum: 5 MiB for Kinesis, 4 MiB for
+    /// Firehose.
+    #[serde(default)]
+    pub max_batch_bytes: Option<usize>,
+
+    /// Budget of buffered + in-flight bytes. `send` waits and `try_send`
+    /// fails while it is used up, so memory stays bounded when the stream is
+    /// slow or down. At least `max_record_bytes`.
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: usize,
+
+    /// Budget of buffered + in-flight records, as above.
+    #[serde(default = "default_max_buffered_records")]
+    pub max_buffered_records: usize,
+
+    /// Requests in flight at once (KPL's `MaxConnections`).
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+
+    /// A request not answered within this time is retried (KPL's
+    /// `RequestTimeout`). The first may still have landed: delivery is
+    /// at-least-once.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+
+    /// Per-shard rate limit as a percentage of the shard's write limits
+    /// (1,000 records/s and 1 MiB/s), like KPL's `RateLimit`; 0 turns the
+    /// limiter off. Kinesis only.
+    #[serde(default = "default_rate_limit_percent")]
+    pub rate_limit_percent: u32,
+
+    /// How often the shard map is re-read with `ListShards`, in seconds; 0
+    /// re-reads it only when a record lands on a shard other than predicted
+    /// (which is how a reshard shows). Kinesis only.
+    #[serde(default = "default_shard_map_refresh_secs")]
+    pub shard_map_refresh_secs: u64,
+
+    /// Strict per-partition-key order: no record overtakes an earlier one with
+    /// the same key, even across retries. Costs throughput: each key has at
+    /// most one request in flight, so one key gets at most one batch per round
+    /// trip (with `aggregation`, that batch packs many of its records).
+    /// Kinesis only.
+    #[serde(default = "default_ordering")]
+    pub ordering: bool,
+
+    /// Pack records bound for the same shard into KPL-format aggregated
+    /// records, readable by the KCL and shardlake's consumer. Kinesis only.
+    #[serde(default = "default_aggregation")]
+    pub aggregation: bool,
+
+    /// Largest aggregated record in bytes (KPL's `AggregationMaxSize`).
+    #[serde(default = "default_aggregation_max_bytes")]
+    pub aggregation_max_bytes: usize,
+
+    /// Backoff between attempts.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// Full-jitter exponential backoff between attempts of a record.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// The first backoff ceiling, in milliseconds.
+    #[serde(default = "default_retry_base_ms")]
+    pub base_ms: u64,
+    /// The largest backoff ceiling, in milliseconds.
+    #[serde(default = "default_retry_cap_ms")]
+    pub cap_ms: u64,
+    /// Attempts per record in all; the TTL usually ends retries first.
+    #[serde(default = "default_retry_max_attempts")]
+    pub max_attempts: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            base_ms: default_retry_base_ms(),
+            cap_ms: default_retry_cap_ms(),
+            max_attempts: default_retry_max_attempts(),
+        }
+    }
+}
+
+fn default_linger_ms() -> u64 {
+    100
+}
+fn default_record_ttl_ms() -> u64 {
+    30_000
+}
+fn default_max_batch_records() -> usize {
+    500
+}
+fn default_max_buffered_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_max_buffered_records() -> usize {
+    100_000
+}
+fn default_max_concurrent_requests() -> usize {
+    24
+}
+fn default_request_timeout_ms() -> u64 {
+    6_000
+}
+fn default_rate_limit_percent() -> u32 {
+    150
+}
+fn default_shard_map_refresh_secs() -> u64 {
+    60
+}
+fn default_ordering() -> bool {
+    false
+}
+fn default_aggregation() -> bool {
+    false
+}
+fn default_aggregation_max_bytes() -> usize {
+    51_200
+}
+fn default_retry_base_ms() -> u64 {
+    100
+}
+fn default_retry_cap_ms() -> u64 {
+    5_000
+}
+fn default_retry_max_attempts() -> u32 {
+    100
+}
+
+impl ProducerConfig {
+    /// Defaults for a Kinesis data stream.
+    pub fn kinesis(stream: impl Into<String>) -> Self {
+        Self::with_target(Target::KinesisStream(stream.into()))
+    }
+
+    /// Defaults for a Firehose delivery stream.
+    pub fn firehose(delivery_stream: impl Into<String>) -> Self {
+        Self::with_target(Target::FirehoseDeliveryStream(delivery_stream.into()))
+    }
+
+    fn with_target(target: Target) -> Self {
+        ProducerConfig {
+            target,
+            linger_ms: default_linger_ms(),
+            record_ttl_ms: default_record_ttl_ms(),
+            max_record_bytes: None,
+            max_batch_records: default_max_batch_records(),
+            max_batch_bytes: None,
+            max_buffered_bytes: default_max_buffered_bytes(),
+            max_buffered_records: default_max_buffered_records(),
+            max_concurrent_requests: default_max_concurrent_requests(),
+            request_timeout_ms: default_request_timeout_ms(),
+            rate_limit_percent: default_rate_limit_percent(),
+            shard_map_refresh_secs: default_shard_map_refresh_secs(),
+            ordering: default_ordering(),
+            aggregation: default_aggregation(),
+            aggregation_max_bytes: default_aggregation_max_bytes(),
+            retry: RetryConfig::default(),
+        }
+    }
+
+    /// Parses and validates a TOML config.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let config: ProducerConfig = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the settings and returns the form the producer runs on.
+    pub fn validate(&self) -> Result<Settings> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        let kinesis = matches!(self.target, Target::KinesisStream(_));
+        if self.target.name().is_empty() {
+            return bad("target: the stream name is empty".into());
+        }
+        let (record_limit, batch_limit) = if kinesis {
+            (KINESIS_MAX_RECORD_BYTES, KINESIS_MAX_BATCH_BYTES)
+        } else {
+            (FIREHOSE_MAX_RECORD_BYTES, FIREHOSE_MAX_BATCH_BYTES)
+        };
+        let default_record = if kinesis { KINESIS_DEFAULT_MAX_RECORD_BYTES } else { FIREHOSE_MAX_RECORD_BYTES };
+        let max_record_bytes = self.max_record_bytes.unwrap_or(default_record);
+        if max_record_bytes == 0 || max_record_bytes > record_limit {
+            return bad(format!("max_record_bytes = {max_record_bytes}: {} allows 1 to {record_limit}", self.target));
+        }
+        let max_batch_records = self.max_batch_records.min(KINESIS_MAX_BATCH_RECORDS);
+        // A record larger than the request limit goes alone in its request
+        // (only possible for Kinesis streams with a raised record limit).
+        let max_batch_bytes = self.max_batch_bytes.unwrap_or(batch_limit).min(batch_limit);
+        if max_batch_records == 0 || max_batch_bytes == 0 {
+            return bad("max_batch_records and max_batch_bytes must be at least 1".into());
+        }
+        if self.max_buffered_bytes < max_record_bytes {
+            return bad(format!(
+                "max_buffered_bytes = {} is below max_record_bytes = {max_record_bytes}: the largest record could never be buffered",
+                self.max_buffered_bytes
+            ));
+        }
+        if self.max_buffered_bytes > u32::MAX as usize {
+            return bad(format!("max_buffered_bytes = {} is above the 4 GiB maximum", self.max_buffered_bytes));
+        }
+        if self.max_buffered_records == 0 || self.max_buffered_records > u32::MAX as usize {
+            return bad(format!("max_buffered_records = {} must be 1 to 2^32 - 1", self.max_buffered_records));
+        }
+        if self.max_concurrent_requests == 0 {
+            return bad("max_concurrent_requests must be at least 1".into());
+        }
+        if self.record_ttl_ms == 0 || self.request_timeout_ms == 0 {
+            return bad("record_ttl_ms and request_timeout_ms must be at least 1".into());
+        }
+        if !kinesis && (self.ordering || self.aggregation) {
+            return bad(format!(
+                "ordering and aggregation apply to Kinesis streams only; {} neither keeps order nor deaggregates Direct PUT records",
+                self.target
+            ));
+        }
+        if self.aggregation && !(AGGREGATION_MIN_BYTES..=max_record_bytes).contains(&self.aggregation_max_bytes) {
+            return bad(format!(
+                "aggregation_max_bytes = {} must be {} to max_record_bytes ({max_record_bytes})",
+                self.aggregation_max_bytes, AGGREGATION_MIN_BYTES
+            ));
+        }
+        if self.retry.max_attempts == 0 || self.retry.base_ms == 0 || self.retry.cap_ms < self.retry.base_ms {
+            return bad("retry: max_attempts and base_ms must be at least 1, and cap_ms at least base_ms".into());
+        }
+        Ok(Settings {
+            target: self.target.clone(),
+            linger: Duration::from_millis(self.linger_ms),
+            ttl: Duration::from_millis(self.record_ttl_ms),
+            max_record_bytes,
+            max_batch_records,
+            max_batch_bytes,
+            max_buffered_bytes: self.max_buffered_bytes,
+            max_buffered_records: self.max_buffered_records,
+            max_concurrent_requests: self.max_concurrent_requests,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            rate_limit_factor: (kinesis && self.rate_limit_percent > 0).then(|| self.rate_limit_percent as f64 / 100.0),
+            shard_map_refresh: (kinesis && self.shard_map_refresh_secs > 0)
+                .then(|| Duration::from_secs(self.shard_map_refresh_secs)),
+            ordering: self.ordering,
+            aggregation_max_bytes: self.aggregation.then_some(self.aggregation_max_bytes),
+            retry: RetryPolicy {
+                max_attempts: self.retry.max_attempts,
+                base: Duration::from_millis(self.retry.base_ms),
+                cap: Duration::from_millis(self.retry.cap_ms),
+            },
+        })
+    }
+}
+
+/// Validated settings, in the units the producer uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Where records go.
+    pub target: Target,
+    /// Longest wait for a fuller batch.
+    pub linger: Duration,
+    /// Per-record time to live.
+    pub ttl: Duration,
+    /// Per-record limit.
+    pub max_record_bytes: usize,
+    /// Entries per request.
+    pub max_batch_records: usize,
+    /// Bytes per request.
+    pub max_batch_bytes: usize,
+    /// Buffered + in-flight byte budget.
+    pub max_buffered_bytes: usize,
+    /// Buffered + in-flight record budget.
+    pub max_buffered_records: usize,
+    /// Requests in flight.
+    pub max_concurrent_requests: usize,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+    /// Fraction of the shard limits to allow; `None` when off.
+    pub rate_limit_factor: Option<f64>,
+    /// Periodic shard-map refresh; `None` when only on mismatch.
+    pub shard_map_refresh: Option<Duration>,
+    /// Strict per-key ordering.
+    pub ordering: bool,
+    /// Largest aggregate, when aggregation is on.
+    pub aggregation_max_bytes: Option<usize>,
+    /// Backoff between attempts.
+    pub retry: RetryPolicy,
+}
+
+impl Settings {
+    /// Whether the target is a Kinesis stream.
+    pub fn is_kinesis(&self) -> bool {
+        matches!(self.target, Target::KinesisStream(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_kpl_and_the_api_limits() {
+        let s = ProducerConfig::kinesis("s").validate().unwrap();
+        assert_eq!(s.linger, Duration::from_millis(100));
+        assert_eq!(s.ttl, Duration::from_secs(30));
+        assert_eq!((s.max_record_bytes, s.max_batch_records, s.max_batch_bytes), (1 << 20, 500, 5 << 20));
+        assert_eq!(s.rate_limit_factor, Some(1.5));
+        let f = ProducerConfig::firehose("f").validate().unwrap();
+        assert_eq!((f.max_record_bytes, f.max_batch_bytes), (1000 * 1024, 4 << 20));
+        assert_eq!((f.rate_limit_factor, f.shard_map_refresh), (None, None));
+    }
+
+    #[test]
+    fn batch_limits_are_clamped_to_the_api() {
+        let mut c = ProducerConfig::kinesis("s");
+        c.max_batch_records = 10_000;
+        c.max_batch_bytes = Some(100 << 20);
+        let s = c.validate().unwrap();
+        assert_eq!((s.max_batch_records, s.max_batch_bytes), (500, 5 << 20));
+    }
+
+    #[test]
+    fn record_limit_goes_up_to_10_mib_for_kinesis_only() {
+        let mut c = ProducerConfig::kinesis("s");
+        c.max_record_bytes = Some(10 << 20);
+        assert_eq!(c.validate().unwrap().max_record_bytes, 10 << 20);
+        c.max_record_bytes = Some((10 << 20) + 1);
+        assert!(c.validate().unwrap_err().to_string().contains("allows 1 to 10485760"));
+        let mut f = ProducerConfig::firehose("f");
+        f.max_record_bytes = Some(1 << 20);
+        assert!(f.validate().is_err());
+    }
+
+    #[test]
+    fn invalid_combinations_fail_at_load_time() {
+        let err =
+            ProducerConfig::from_toml("target = { firehose_delivery_stream = \"f\" }\nordering = true").unwrap_err();
+        assert!(err.to_string().contains("Kinesis streams only"), "{err}");
+        let err =
+            ProducerConfig::from_toml("target = { kinesis_stream = \"s\" }\nmax_buffered_bytes = 1000").unwrap_err();
+        assert!(err.to_string().contains("below max_record_bytes"), "{err}");
+        let err = ProducerConfig::from_toml("target = { kinesis_stream = \"s\" }\nlinger = 5").unwrap_err();
+        assert!(err.to_string().contains("unknown field `linger`"), "{err}");
+        let err = ProducerConfig::from_toml("target = { kinesis_stream = \"s\" }\n[retry]\nbase_ms = 0").unwrap_err();
+        assert!(err.to_string().contains("retry"), "{err}");
+    }
+
+    #[test]
+    fn toml_overrides_defaults() {
+        let c = ProducerConfig::from_toml(
+            "target = { kinesis_stream = \"s\" }\nrate_limit_percent = 0\nshard_map_refresh_secs = 0\n\
+             aggregation = true\n[retry]\ncap_ms = 1000",
+        )
+        .unwrap();
+        let s = c.validate().unwrap();
+        assert_eq!((s.rate_limit_factor, s.shard_map_refresh), (None, None));
+        assert_eq!(s.aggregation_max_bytes, Some(51_200));
+        assert_eq!(s.retry.cap, Duration::from_secs(1));
+        assert_eq!(c.target, Target::KinesisStream("s".into()));
+    }
+}

@@ -1,0 +1,531 @@
+//! The producer's task: one loop that owns every buffered record. It keeps a
+//! queue per shard (sorted by arrival, so a retried record goes back before
+//! later records of its key), fills the open request from the queues within
+//! each shard's rate limit, sends it when full, when its oldest record has
+//! waited `linger`, or on flush, and sorts each answer into acknowledgements,
+//! retries (only the failed entries, after a full-jitter backoff) and
+//! failures.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::batch::{Batch, Limits, Pending, Refusal, Unit};
+use crate::config::Settings;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::rate::RateLimits;
+use crate::record::Ack;
+use crate::service::{EntryOutcome, ErrorClass, Failure, Service, api};
+use crate::shard_map::ShardMap;
+
+/// Records looked at per queue each time the batch is filled; past them a
+/// queue waits for its head to move (only records in backoff or, with
+/// ordering, behind a busy key are skipped).
+const SCAN_WINDOW: usize = 2048;
+/// Longest sleep of the loop when nothing is due.
+const MAX_IDLE: Duration = Duration::from_secs(1);
+/// Shortest time between two shard map reads.
+const MIN_REFRESH_GAP: Duration = Duration::from_secs(1);
+/// Commands taken from the channel per turn, between two fills.
+const COMMANDS_PER_TURN: usize = 1024;
+
+/// What the producer handles send to the task. Nearly every command is a
+/// record, so boxing `Pending` would only add an allocation per record.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Command {
+    /// A record to send.
+    Record(Pending),
+    /// Send everything now; answer when every record accepted so far is
+    /// resolved.
+    Flush(oneshot::Sender<()>),
+    /// Flush, then end the task.
+    Shutdown,
+}
+
+/// A finished request.
+struct Completion {
+    units: Vec<Unit>,
+    outcome: Result<Vec<EntryOutcome>, Failure>,
+    elapsed: Duration,
+}
+
+/// The task's state.
+pub struct Dispatcher {
+    settings: Arc<Settings>,
+    limits: Limits,
+    service: Service,
+    metrics: Arc<Metrics>,
+    rx: mpsc::Receiver<Command>,
+    /// The open shards; records whose hash no shard covers go to the last
+    /// queue, which has no rate limit.
+    map: Arc<ShardMap>,
+    rate: RateLimits,
+    queues: Vec<VecDeque<Pending>>,
+    batch: Batch,
+    /// Round-robin start among the queues, so no shard starves the others.
+    next_queue: usize,
+    in_flight: JoinSet<Completion>,
+    /// Ordering: records per key in sent requests; such keys wait.
+    keys_in_flight: HashMap<String, usize>,
+    /// Sequence numbers of records accepted and not resolved, for flush.
+    outstanding: BTreeSet<u64>,
+    next_seq: u64,
+    flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
+    shutting_down: bool,
+    rx_closed: bool,
+    refresh_tx: mpsc::Sender<Result<ShardMap, Error>>,
+    refresh_rx: mpsc::Receiver<Result<ShardMap, Error>>,
+    refreshing: bool,
+    last_refresh: Instant,
+    next_refresh: Option<Instant>,
+    rng: StdRng,
+}
+
+impl Dispatcher {
+    /// A task for `service` starting from `map` (empty for Firehose).
+    pub fn new(
+        settings: Arc<Settings>,
+        service: Service,
+        map: ShardMap,
+        metrics: Arc<Metrics>,
+        rx: mpsc::Receiver<Command>,
+        seed: Option<u64>,
+    ) -> Self {
+        let limits = Limits {
+            max_entries: settings.max_batch_records,
+            max_bytes: settings.max_batch_bytes,
+            aggregation_max_bytes: settings.aggregation_max_bytes,
+            ordering: settings.ordering,
+        };
+        let mut rate = RateLimits::new(settings.rate_limit_factor);
+        rate.update(&ShardMap::default(), &map);
+        let (refresh_tx, refresh_rx) = mpsc::channel(1);
+        let now = Instant::now();
+        Dispatcher {
+            limits,
+            queues: (0..=map.len()).map(|_| VecDeque::new()).collect(),
+            map: Arc::new(map),
+            rate,
+            service,
+            metrics,
+            rx,
+            batch: Batch::default(),
+            next_queue: 0,
+            in_flight: JoinSet::new(),
+            keys_in_flight: HashMap::new(),
+            outstanding: BTreeSet::new(),
+            next_seq: 0,
+            flush_waiters: vec![],
+            shutting_down: false,
+            rx_closed: false,
+            refresh_tx,
+            refresh_rx,
+            refreshing: false,
+            last_refresh: now,
+            next_refresh: settings.shard_map_refresh.map(|d| now + d),
+            rng: seed.map_or_else(StdRng::from_os_rng, StdRng::seed_from_u64),
+            settings,
+        }
+    }
+
+    /// Runs until shut down (or every producer handle is dropped) and every
+    /// accepted record is resolved.
+    pub async fn run(mut self) {
+        loop {
+            let wake = self.pump(Instant::now());
+            self.answer_flushes();
+            if (self.shutting_down || self.rx_closed) && self.outstanding.is_empty() && self.in_flight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => match done {
+                    Ok(c) => self.on_completion(c),
+                    // The request task panicked: its records were dropped and
+                    // their futures resolved by `Pending`'s drop guard.
+                    Err(e) => tracing::error!(error = %e, "producer request task failed"),
+                },
+                Some(map) = self.refresh_rx.recv() => self.on_shard_map(map),
+                cmd = self.rx.recv(), if !self.rx_closed => match cmd {
+                    Some(cmd) => {
+                        self.on_command(cmd);
+                        for _ in 1..COMMANDS_PER_TURN {
+                            match self.rx.try_recv() {
+                                Ok(cmd) => self.on_command(cmd),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => self.rx_closed = true,
+                },
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+        // Records that raced the end come back to their callers.
+        self.rx.close();
+        while let Ok(cmd) = self.rx.try_recv() {
+            match cmd {
+                Command::Record(p) => p.fail(Error::ShutDown),
+                Command::Flush(tx) => drop(tx.send(())),
+                Command::Shutdown => {}
+            }
+        }
+        self.answer_flushes();
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Record(mut p) => {
+                p.seq = self.next_seq;
+                self.next_seq += 1;
+                self.outstanding.insert(p.seq);
+                let q = self.queue_of(p.hash);
+                self.queues[q].push_back(p);
+            }
+            Command::Flush(tx) => self.flush_waiters.push((self.next_seq, tx)),
+            Command::Shutdown => self.shutting_down = true,
+        }
+    }
+
+    /// The queue of a hash key: its shard's, or the last one when unmapped.
+    fn queue_of(&self, hash: u128) -> usize {
+        self.map.lookup(hash).unwrap_or(self.map.len())
+    }
+
+    /// Answers the flushes whose records (all accepted before them) are
+    /// resolved.
+    fn answer_flushes(&mut self) {
+        let first_open = self.outstanding.first().copied().unwrap_or(u64::MAX);
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.flush_waiters).into_iter().partition(|(upto, _)| first_open >= *upto);
+        self.flush_waiters = waiting;
+        for (_, tx) in done {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Expires, fills and sends what is due; returns when to look again.
+    fn pump(&mut self, now: Instant) -> Instant {
+        let mut wake = now + MAX_IDLE;
+        if let Some(at) = self.next_refresh {
+            if at <= now {
+                self.start_refresh();
+            } else {
+                wake = wake.min(at);
+            }
+        }
+        self.expire(now, &mut wake);
+        loop {
+            self.fill(now, &mut wake);
+            if self.batch.is_empty() {
+                break;
+            }
+            let flushing = self.shutting_down || self.rx_closed || !self.flush_waiters.is_empty();
+            let ready = self.batch.should_send_by_size(&self.limits)
+                || self.batch.should_send_by_age(now, self.settings.linger)
+                || flushing;
+            if !ready {
+                wake = wake.min(self.batch.send_deadline(self.settings.linger).unwrap_or(wake));
+                break;
+            }
+            if self.in_flight.len() >= self.settings.max_concurrent_requests {
+                break; // a completion wakes the loop
+            }
+            self.send_batch();
+        }
+        wake
+    }
+
+    /// Resolves the records whose TTL ran out. Deadlines grow with arrival
+    /// and queues are sorted by arrival, so expired records are at the front.
+    fn expire(&mut self, now: Instant, wake: &mut Instant) {
+        for q in 0..self.queues.len() {
+            while let Some(front) = self.queues[q].front() {
+                if front.deadline > now {
+                    *wake = (*wake).min(front.deadline);
+                    break;
+                }
+                let p = self.queues[q].pop_front().unwrap();
+                self.expire_record(p, now);
+            }
+        }
+    }
+
+    fn expire_record(&mut self, p: Pending, now: Instant) {
+        self.metrics.record_expired();
+        self.outstanding.remove(&p.seq);
+        let reason = Error::Expired {
+            attempts: p.attempts,
+            age: now - p.enqueued,
+            ttl_ms: self.settings.ttl.as_millis() as u64,
+            last_error: p.last_error.clone().unwrap_or_else(|| "none".into()),
+        };
+        tracing::debug!(partition_key = %p.record.partition_key, attempts = p.attempts, "record expired");
+        p.fail(reason);
+    }
+
+    /// Moves due records from the queues into the open batch, round-robin
+    /// over the shards, taking rate-limit tokens for each.
+    fn fill(&mut self, now: Instant, wake: &mut Instant) {
+        let n = self.queues.len();
+        for k in 0..n {
+            if self.batch.should_send_by_size(&self.limits) {
+                break;
+            }
+            self.fill_from((self.next_queue + k) % n, now, wake);
+        }
+        self.next_queue = (self.next_queue + 1) % n;
+    }
+
+    fn fill_from(&mut self, q: usize, now: Instant, wake: &mut Instant) {
+        let ordering = self.settings.ordering;
+        let mut blocked: HashSet<String> = HashSet::new();
+        let queue = &mut self.queues[q];
+        let shard_id = self.map.shards().get(q).map(|s| s.shard_id.clone());
+        let mut i = 0;
+        let mut scanned = 0;
+        while i < queue.len() && scanned < SCAN_WINDOW {
+            scanned += 1;
+            let p = &queue[i];
+            if ordering
+                && (blocked.contains(&p.record.partition_key)
+                    || self.keys_in_flight.contains_key(&p.record.partition_key))
+            {
+                blocked.insert(p.record.partition_key.clone());
+                i += 1;
+                continue;
+            }
+            if p.not_before > now {
+                *wake = (*wake).min(p.not_before);
+                if ordering {
+                    blocked.insert(p.record.partition_key.clone());
+                }
+                i += 1;
+                continue;
+            }
+            let placement = match self.batch.place(p, q, &self.limits) {
+                Ok(placement) => placement,
+                Err(Refusal::Full) => {
+                    self.batch.mark_full();
+                    return;
+                }
+                Err(Refusal::KeyBusy) => {
+                    blocked.insert(p.record.partition_key.clone());
+                    i += 1;
+                    continue;
+                }
+            };
+            if let Err(wait) = self.rate.try_take(q, p.size) {
+                *wake = (*wake).min(now + wait.max(Duration::from_millis(1)));
+                return;
+            }
+            let p = queue.remove(i).unwrap();
+            self.batch.add(p, q, placement, shard_id.clone(), &self.limits);
+        }
+    }
+
+    fn send_batch(&mut self) {
+        let mut batch = std::mem::take(&mut self.batch);
+        for unit in &mut batch.units {
+            if unit.is_aggregate() {
+                self.metrics.records_per_aggregate.observe(unit.records.len() as f64);
+            }
+            for p in &mut unit.records {
+                p.attempts += 1;
+                if self.settings.ordering {
+                    *self.keys_in_flight.entry(p.record.partition_key.clone()).or_default() += 1;
+                }
+            }
+        }
+        self.metrics.record_request_sent(batch.units.len(), batch.bytes);
+        let service = self.service.clone();
+        let timeout = self.settings.request_timeout;
+        let units = batch.units;
+        self.in_flight.spawn(async move {
+            let started = Instant::now();
+            let entries = units.iter().map(Unit::to_wire).collect();
+            let outcome = service.put(entries, timeout).await;
+            Completion { units, outcome, elapsed: started.elapsed() }
+        });
+    }
+
+    fn on_completion(&mut self, c: Completion) {
+        let now = Instant::now();
+        if self.settings.ordering {
+            for p in c.units.iter().flat_map(|u| &u.records) {
+                if let Some(n) = self.keys_in_flight.get_mut(&p.record.partition_key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.keys_in_flight.remove(&p.record.partition_key);
+                    }
+                }
+            }
+        }
+        let mut retry = vec![];
+        match c.outcome {
+            Ok(outcomes) => {
+                let partial = outcomes.iter().any(|o| matches!(o, EntryOutcome::Failed(_)));
+                self.metrics.record_request_done(if partial { "partial" } else { "ok" }, c.elapsed);
+                let mut stale_map = false;
+                for (unit, outcome) in c.units.into_iter().zip(outcomes) {
+                    match outcome {
+                        EntryOutcome::Stored { shard_id, sequence_number } => {
+                            stale_map |= matches!((&unit.predicted_shard, &shard_id), (Some(p), Some(a)) if p != a);
+                            self.acknowledge(unit, shard_id, &sequence_number, now);
+                        }
+                        EntryOutcome::Failed(f) => {
+                            if f.class == ErrorClass::Throttled {
+                                self.metrics.record_throttled("record");
+                            }
+                            for p in unit.records {
+                                self.retry_or_fail(p, &f, now, &mut retry);
+                            }
+                        }
+                    }
+                }
+                if stale_map {
+                    tracing::info!("a record landed on another shard than predicted; re-reading the shard map");
+                    self.request_refresh(now);
+                }
+            }
+            Err(f) => {
+                self.metrics.record_request_done(if f.class.is_retryable() { "retry" } else { "failed" }, c.elapsed);
+                if f.class == ErrorClass::Throttled {
+                    self.metrics.record_throttled("request");
+                }
+                tracing::debug!(code = %f.code, message = %f.message, "request failed");
+                for p in c.units.into_iter().flat_map(|u| u.records) {
+                    self.retry_or_fail(p, &f, now, &mut retry);
+                }
+            }
+        }
+        self.requeue(retry, now);
+    }
+
+    fn acknowledge(&mut self, unit: Unit, shard_id: Option<Arc<str>>, sequence_number: &str, now: Instant) {
+        let aggregate = unit.is_aggregate();
+        for (i, p) in unit.records.into_iter().enumerate() {
+            let latency = now - p.enqueued;
+            self.metrics.record_sent(p.record.data.len(), latency);
+            self.outstanding.remove(&p.seq);
+            let ack = Ack {
+                shard_id: shard_id.clone(),
+                sequence_number: sequence_number.to_string(),
+                sub_sequence_number: aggregate.then_some(i as u64),
+                attempts: p.attempts,
+                latency,
+            };
+            p.succeed(ack);
+        }
+    }
+
+    /// Puts a failed record back for another attempt, or resolves it when the
+    /// failure is final, its TTL ran out or its attempts are used up.
+    fn retry_or_fail(&mut self, mut p: Pending, f: &Failure, now: Instant, retry: &mut Vec<Pending>) {
+        if f.class.is_retryable() && now < p.deadline && p.attempts < self.settings.retry.max_attempts {
+            self.metrics.record_retried(&f.code);
+            p.last_error = Some(f.to_string());
+            retry.push(p);
+            return;
+        }
+        if !f.class.is_retryable() {
+            self.metrics.record_failed(&f.code);
+            self.outstanding.remove(&p.seq);
+            tracing::warn!(partition_key = %p.record.partition_key, code = %f.code, message = %f.message, "record rejected");
+            let reason = Error::Rejected {
+                target: self.settings.target.to_string(),
+                code: f.code.clone(),
+                message: f.message.clone(),
+            };
+            return p.fail(reason);
+        }
+        p.last_error = Some(f.to_string());
+        if now >= p.deadline {
+            return self.expire_record(p, now);
+        }
+        self.metrics.record_failed("retries_exhausted");
+        self.outstanding.remove(&p.seq);
+        let attempts = p.attempts;
+        p.fail(Error::RetriesExhausted { attempts, last_error: f.to_string() });
+    }
+
+    /// Back into their queues, in arrival order, after one full-jitter
+    /// backoff for the lot (so they are batched together again).
+    fn requeue(&mut self, records: Vec<Pending>, now: Instant) {
+        let Some(attempts) = records.iter().map(|p| p.attempts).max() else { return };
+        let not_before = now + self.settings.retry.delay(attempts, &mut self.rng);
+        for mut p in records {
+            p.not_before = not_before;
+            let q = self.queue_of(p.hash);
+            insert_sorted(&mut self.queues[q], p);
+        }
+    }
+
+    fn request_refresh(&mut self, now: Instant) {
+        let at = (self.last_refresh + MIN_REFRESH_GAP).max(now);
+        self.next_refresh = Some(self.next_refresh.map_or(at, |t| t.min(at)));
+    }
+
+    fn start_refresh(&mut self) {
+        self.next_refresh = None;
+        let Service::Kinesis { client, stream } = &self.service else { return };
+        if self.refreshing {
+            return;
+        }
+        self.refreshing = true;
+        self.last_refresh = Instant::now();
+        let (client, stream, tx) = (client.clone(), stream.clone(), self.refresh_tx.clone());
+        tokio::spawn(async move {
+            let map = api::list_shards(&client, &stream).await.map(|s| ShardMap::from_shards(&s));
+            let _ = tx.send(map).await;
+        });
+    }
+
+    fn on_shard_map(&mut self, map: Result<ShardMap, Error>) {
+        self.refreshing = false;
+        let now = Instant::now();
+        self.next_refresh = self.settings.shard_map_refresh.map(|d| now + d);
+        let map = match map {
+            Ok(map) if !map.is_empty() => map,
+            other => {
+                let error = other.err().map_or_else(|| "no open shard".to_string(), |e| e.to_string());
+                tracing::warn!(%error, "could not refresh the shard map; keeping the old one");
+                self.metrics.record_shard_map_refresh("error");
+                self.request_refresh(now + MIN_REFRESH_GAP);
+                return;
+            }
+        };
+        self.metrics.record_shard_map_refresh("ok");
+        if map == *self.map {
+            return;
+        }
+        tracing::info!(shards = map.len(), "shard map changed");
+        self.rate.update(&self.map, &map);
+        self.map = Arc::new(map);
+        let mut all: Vec<Pending> = self.queues.drain(..).flatten().collect();
+        all.sort_by_key(|p| p.seq);
+        self.queues = (0..=self.map.len()).map(|_| VecDeque::new()).collect();
+        self.next_queue = 0;
+        for p in all {
+            let q = self.queue_of(p.hash);
+            self.queues[q].push_back(p);
+        }
+    }
+}
+
+/// Inserts `p` at its arrival position (retries are near the front).
+fn insert_sorted(queue: &mut VecDeque<Pending>, p: Pending) {
+    let at = queue.partition_point(|q| q.seq < p.seq);
+    queue.insert(at, p);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,206 @@
+//! Prometheus metrics of a producer, registered in a registry the embedding
+//! application exposes (`Producer::registry`), with `record_*` helpers so
+//! every path counts the same way. Each metric carries a `target` label (the
+//! stream name), so several producers can share one registry.
+
+use std::time::Duration;
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, exponential_buckets};
+
+/// The producer's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// User records acknowledged.
+    pub records_sent: IntCounter,
+    /// Payload bytes of the acknowledged user records.
+    pub bytes_sent: IntCounter,
+    /// User records that failed for good, by reason (AWS error code,
+    /// `expired`, `too_large`, `retries_exhausted` ...).
+    pub records_failed: IntCounterVec,
+    /// User records put back for another attempt, by error code.
+    pub records_retried: IntCounterVec,
+    /// User records whose TTL ran out.
+    pub records_expired: IntCounter,
+    /// Throttling answers: `scope="record"` for entries failed with
+    /// `ProvisionedThroughputExceededException`, `scope="request"` for whole
+    /// requests.
+    pub throttled: IntCounterVec,
+    /// Requests by outcome: `ok`, `partial` (some entries failed), `retry`
+    /// (the whole request will be retried), `failed`.
+    pub requests: IntCounterVec,
+    /// Request latency in seconds.
+    pub request_duration: Histogram,
+    /// Entries per request.
+    pub batch_entries: Histogram,
+    /// Bytes per request.
+    pub batch_bytes: Histogram,
+    /// User records per aggregated Kinesis record.
+    pub records_per_aggregate: Histogram,
+    /// Time from `send` to the acknowledgement, in seconds.
+    pub record_latency: Histogram,
+    /// Bytes buffered or in flight (the memory budget in use).
+    pub buffered_bytes: IntGauge,
+    /// Records buffered or in flight.
+    pub buffered_records: IntGauge,
+    /// Requests in flight.
+    pub in_flight_requests: IntGauge,
+    /// Shard map reads, by outcome (`ok`, `error`).
+    pub shard_map_refreshes: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates the metrics for `target` and registers them in `registry`.
+    pub fn new(registry: &Registry, target: &str) -> prometheus::Result<Self> {
+        let opts = |name: &str, help: &str| {
+            Opts::new(format!("shardlake_producer_{name}"), help).const_label("target", target)
+        };
+        let hist = |name: &str, help: &str, buckets: Vec<f64>| {
+            HistogramOpts::new(format!("shardlake_producer_{name}"), help)
+                .const_label("target", target)
+                .buckets(buckets)
+        };
+        let seconds = exponential_buckets(0.001, 2.0, 16)?;
+        let m = Metrics {
+            records_sent: IntCounter::with_opts(opts("records_sent_total", "User records acknowledged."))?,
+            bytes_sent: IntCounter::with_opts(opts("bytes_sent_total", "Payload bytes of acknowledged records."))?,
+            records_failed: IntCounterVec::new(
+                opts("records_failed_total", "User records that failed for good, by reason."),
+                &["reason"],
+            )?,
+            records_retried: IntCounterVec::new(
+                opts("records_retried_total", "User records put back for another attempt, by error code."),
+                &["code"],
+            )?,
+            records_expired: IntCounter::with_opts(opts("records_expired_total", "User records whose TTL ran out."))?,
+            throttled: IntCounterVec::new(opts("throttled_total", "Throttling answers, by scope."), &["scope"])?,
+            requests: IntCounterVec::new(opts("requests_total", "Requests by outcome."), &["outcome"])?,
+            request_duration: Histogram::with_opts(hist(
+                "request_duration_seconds",
+                "Request latency.",
+                seconds.clone(),
+            ))?,
+            batch_entries: Histogram::with_opts(hist(
+                "batch_entries",
+                "Entries per request.",
+                exponential_buckets(1.0, 2.0, 10)?,
+            ))?,
+            batch_bytes: Histogram::with_opts(hist(
+                "batch_bytes",
+                "Bytes per request.",
+                exponential_buckets(1024.0, 4.0, 8)?,
+            ))?,
+            records_per_aggregate: Histogram::with_opts(hist(
+                "records_per_aggregate",
+                "User records per aggregated Kinesis record.",
+                exponential_buckets(1.0, 2.0, 12)?,
+            ))?,
+            record_latency: Histogram::with_opts(hist(
+                "record_latency_seconds",
+                "Time from send to acknowledgement.",
+                seconds,
+            ))?,
+            buffered_bytes: IntGauge::with_opts(opts("buffered_bytes", "Bytes buffered or in flight."))?,
+            buffered_records: IntGauge::with_opts(opts("buffered_records", "Records buffered or in flight."))?,
+            in_flight_requests: IntGauge::with_opts(opts("in_flight_requests", "Requests in flight."))?,
+            shard_map_refreshes: IntCounterVec::new(
+                opts("shard_map_refreshes_total", "Shard map reads, by outcome."),
+                &["outcome"],
+            )?,
+        };
+        registry.register(Box::new(m.records_sent.clone()))?;
+        registry.register(Box::new(m.bytes_sent.clone()))?;
+        registry.register(Box::new(m.records_failed.clone()))?;
+        registry.register(Box::new(m.records_retried.clone()))?;
+        registry.register(Box::new(m.records_expired.clone()))?;
+        registry.register(Box::new(m.throttled.clone()))?;
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.request_duration.clone()))?;
+        registry.register(Box::new(m.batch_entries.clone()))?;
+        registry.register(Box::new(m.batch_bytes.clone()))?;
+        registry.register(Box::new(m.records_per_aggregate.clone()))?;
+        registry.register(Box::new(m.record_latency.clone()))?;
+        registry.register(Box::new(m.buffered_bytes.clone()))?;
+        registry.register(Box::new(m.buffered_records.clone()))?;
+        registry.register(Box::new(m.in_flight_requests.clone()))?;
+        registry.register(Box::new(m.shard_map_refreshes.clone()))?;
+        Ok(m)
+    }
+
+    /// A record was acknowledged.
+    pub fn record_sent(&self, bytes: usize, latency: Duration) {
+        self.records_sent.inc();
+        self.bytes_sent.inc_by(bytes as u64);
+        self.record_latency.observe(latency.as_secs_f64());
+    }
+
+    /// A record failed for good.
+    pub fn record_failed(&self, reason: &str) {
+        self.records_failed.with_label_values(&[reason]).inc();
+    }
+
+    /// A record's TTL ran out.
+    pub fn record_expired(&self) {
+        self.records_expired.inc();
+        self.record_failed("expired");
+    }
+
+    /// A record goes back for another attempt after `code`.
+    pub fn record_retried(&self, code: &str) {
+        self.records_retried.with_label_values(&[code]).inc();
+    }
+
+    /// The service throttled an entry (`record`) or a request (`request`).
+    pub fn record_throttled(&self, scope: &str) {
+        self.throttled.with_label_values(&[scope]).inc();
+    }
+
+    /// A request was sent.
+    pub fn record_request_sent(&self, entries: usize, bytes: usize) {
+        self.batch_entries.observe(entries as f64);
+        self.batch_bytes.observe(bytes as f64);
+        self.in_flight_requests.inc();
+    }
+
+    /// A request finished with `outcome` after `elapsed`.
+    pub fn record_request_done(&self, outcome: &str, elapsed: Duration) {
+        self.in_flight_requests.dec();
+        self.requests.with_label_values(&[outcome]).inc();
+        self.request_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// A record entered (`+1`) or left (`-1`) the buffered + in-flight budget.
+    pub fn record_buffered(&self, sign: i64, bytes: usize) {
+        self.buffered_records.add(sign);
+        self.buffered_bytes.add(sign * bytes as i64);
+    }
+
+    /// The shard map was read (`ok`) or could not be (`error`).
+    pub fn record_shard_map_refresh(&self, outcome: &str) {
+        self.shard_map_refreshes.with_label_values(&[outcome]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn producers_for_different_targets_share_a_registry() {
+        let registry = Registry::new();
+        let a = Metrics::new(&registry, "a").unwrap();
+        let b = Metrics::new(&registry, "b").unwrap();
+        a.record_sent(10, Duration::from_millis(5));
+        b.record_failed("KMSAccessDeniedException");
+        b.record_expired();
+        let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+        assert!(text.contains("shardlake_producer_records_sent_total{target=\"a\"} 1"), "{text}");
+        assert!(text.contains("shardlake_producer_bytes_sent_total{target=\"a\"} 10"), "{text}");
+        assert!(
+            text.contains(
+                "shardlake_producer_records_failed_total{reason=\"KMSAccessDeniedException\",target=\"b\"} 1"
+            )
+        );
+        assert!(text.contains("shardlake_producer_records_expired_total{target=\"b\"} 1"));
+        assert!(Metrics::new(&registry, "a").is_err(), "the same target twice is a registration error");
+    }
+}

@@ -1,0 +1,292 @@
+//! The public handle: [`Producer`], built with [`ProducerBuilder`] from a
+//! [`ProducerConfig`]. `send` checks a record, waits for room in the budget,
+//! hands it to the producer's task and resolves with its [`Ack`] or a
+//! [`ProduceError`] that carries the record back.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use prometheus::Registry;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::batch::{Outcome, Pending};
+use crate::budget::Budget;
+use crate::config::{ProducerConfig, Settings, Target};
+use crate::dispatcher::{Command, Dispatcher};
+use crate::error::{Error, ProduceError, Result};
+use crate::metrics::Metrics;
+use crate::record::{Ack, Record};
+use crate::service::{Service, api};
+use crate::shard_map::ShardMap;
+
+/// Commands in the channel to the producer's task; the budget bounds the
+/// records behind it.
+const CHANNEL_CAPACITY: usize = 1024;
+
+/// Builds a [`Producer`].
+#[derive(Debug)]
+pub struct ProducerBuilder {
+    config: ProducerConfig,
+    sdk_config: Option<aws_config::SdkConfig>,
+    kinesis_client: Option<aws_sdk_kinesis::Client>,
+    firehose_client: Option<aws_sdk_firehose::Client>,
+    registry: Option<Registry>,
+    retry_seed: Option<u64>,
+}
+
+impl ProducerBuilder {
+    /// Uses this SDK config for the client (default: the environment, through
+    /// [`shardlake::aws::sdk_config`]).
+    pub fn sdk_config(mut self, config: aws_config::SdkConfig) -> Self {
+        self.sdk_config = Some(config);
+        self
+    }
+
+    /// Uses this Kinesis client (turn its retries off: the producer retries).
+    pub fn kinesis_client(mut self, client: aws_sdk_kinesis::Client) -> Self {
+        self.kinesis_client = Some(client);
+        self
+    }
+
+    /// Uses this Firehose client (turn its retries off: the producer retries).
+    pub fn firehose_client(mut self, client: aws_sdk_firehose::Client) -> Self {
+        self.firehose_client = Some(client);
+        self
+    }
+
+    /// Registers the metrics in this registry (default: a new one, see
+    /// [`Producer::registry`]).
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Seeds the backoff jitter, for reproducible tests.
+    pub fn retry_seed(mut self, seed: u64) -> Self {
+        self.retry_seed = Some(seed);
+        self
+    }
+
+    /// Validates the config, reads the shard map (Kinesis) and starts the
+    /// producer's task. Fails when the config is invalid or the stream's
+    /// shards cannot be listed (a missing stream, no permission).
+    pub async fn build(self) -> Result<Producer> {
+        let settings = Arc::new(self.config.validate()?);
+        let sdk_config = match (&self.sdk_config, &settings.target, &self.kinesis_client, &self.firehose_client) {
+            (Some(c), ..) => Some(c.clone()),
+            (None, Target::KinesisStream(_), None, _) | (None, Target::FirehoseDeliveryStream(_), _, None) => {
+                Some(shardlake::aws::sdk_config().await)
+            }
+            _ => None,
+        };
+        let registry = self.registry.unwrap_or_default();
+        let metrics = Arc::new(
+            Metrics::new(&registry, settings.target.name())
+                .map_err(|e| Error::Config(format!("registering the producer metrics: {e}")))?,
+        );
+        let (service, map) = match &settings.target {
+            Target::KinesisStream(stream) => {
+                let client = self.kinesis_client.unwrap_or_else(|| {
+                    shardlake::aws::kinesis_client(sdk_config.as_ref().expect("loaded without a client"))
+                });
+                let shards = api::list_shards(&client, stream).await?;
+                metrics.record_shard_map_refresh("ok");
+                let map = ShardMap::from_shards(&shards);
+                tracing::info!(stream, shards = map.len(), "producer started");
+                (Service::Kinesis { client, stream: stream.clone() }, map)
+            }
+            Target::FirehoseDeliveryStream(name) => {
+                let client = self.firehose_client.unwrap_or_else(|| {
+                    shardlake::aws::firehose_client(sdk_config.as_ref().expect("loaded without a client"))
+                });
+                (Service::Firehose { client, delivery_stream: name.clone() }, ShardMap::default())
+            }
+        };
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let dispatcher = Dispatcher::new(settings.clone(), service, map, metrics.clone(), rx, self.retry_seed);
+        let task = tokio::spawn(dispatcher.run());
+        Ok(Producer {
+            inner: Arc::new(Inner {
+                tx,
+                budget: Budget::new(settings.max_buffered_bytes, settings.max_buffered_records, metrics.clone()),
+                settings,
+                metrics,
+                registry,
+                task: Mutex::new(Some(task)),
+            }),
+        })
+    }
+}
+
+/// An embeddable Kinesis / Firehose producer. Cheap to clone; all clones feed
+/// the same task. See the [crate docs](crate) for an example.
+#[derive(Debug, Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tx: mpsc::Sender<Command>,
+    budget: Budget,
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+    registry: Registry,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The future result of an accepted record: its [`Ack`], or a
+/// [`ProduceError`] with the record.
+#[derive(Debug)]
+pub struct AckFuture {
+    rx: oneshot::Receiver<Outcome>,
+}
+
+impl Future for AckFuture {
+    type Output = Result<Ack, ProduceError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx).poll(cx).map(|r| {
+            // `Pending` resolves itself even when dropped, so the sender
+            // cannot vanish silently; keep a clear answer if it ever does.
+            r.unwrap_or_else(|_| Err(ProduceError { record: Record::default(), reason: Error::ShutDown }))
+        })
+    }
+}
+
+impl Producer {
+    /// A builder for `config`.
+    pub fn builder(config: ProducerConfig) -> ProducerBuilder {
+        ProducerBuilder {
+            config,
+            sdk_config: None,
+            kinesis_client: None,
+            firehose_client: None,
+            registry: None,
+            retry_seed: None,
+        }
+    }
+
+    /// Sends a record and waits for its acknowledgement. Waits first for room
+    /// in the budget when it is full. An oversize or invalid record fails at
+    /// once and never enters a batch.
+    pub async fn send(&self, record: Record) -> Result<Ack, ProduceError> {
+        self.enqueue(record).await?.await
+    }
+
+    /// Hands a record to the producer, waiting for room in the budget, and
+    /// returns a future for its result. Use it to keep many records in flight
+    /// from one loop.
+    pub async fn enqueue(&self, record: Record) -> Result<AckFuture, ProduceError> {
+        let enqueued = Instant::now();
+        let (hash, size) = match self.check(&record) {
+            Ok(v) => v,
+            Err(reason) => return Err(self.refuse(record, reason)),
+        };
+        let permit = match self.inner.budget.acquire(size).await {
+            Ok(p) => p,
+            Err(reason) => return Err(self.refuse(record, reason)),
+        };
+        let (pending, rx) = Pending::new(record, hash, size, enqueued, self.inner.settings.ttl, permit);
+        if let Err(mpsc::error::SendError(Command::Record(p))) = self.inner.tx.send(Command::Record(pending)).await {
+            p.fail(Error::ShutDown);
+        }
+        Ok(AckFuture { rx })
+    }
+
+    /// Like [`Producer::enqueue`], but fails with [`Error::BufferFull`]
+    /// instead of waiting when the budget is used up.
+    pub fn try_send(&self, record: Record) -> Result<AckFuture, ProduceError> {
+        let enqueued = Instant::now();
+        let (hash, size) = match self.check(&record) {
+            Ok(v) => v,
+            Err(reason) => return Err(self.refuse(record, reason)),
+        };
+        let permit = match self.inner.budget.try_acquire(size) {
+            Ok(p) => p,
+            Err(reason) => return Err(self.refuse(record, reason)),
+        };
+        let (pending, rx) = Pending::new(record, hash, size, enqueued, self.inner.settings.ttl, permit);
+        match self.inner.tx.try_send(Command::Record(pending)) {
+            Ok(()) => Ok(AckFuture { rx }),
+            Err(mpsc::error::TrySendError::Full(Command::Record(mut p))) => {
+                let record = std::mem::take(&mut p.record);
+                Err(self.refuse(record, Error::BufferFull { limit: "the producer's command channel".into() }))
+            }
+            Err(mpsc::error::TrySendError::Closed(Command::Record(mut p))) => {
+                Err(self.refuse(std::mem::take(&mut p.record), Error::ShutDown))
+            }
+            Err(_) => unreachable!("a record command comes back as sent"),
+        }
+    }
+
+    fn refuse(&self, record: Record, reason: Error) -> ProduceError {
+        self.inner.metrics.record_failed(reason.label());
+        ProduceError { record, reason }
+    }
+
+    /// Validates a record for the target: its hash key and counted size.
+    fn check(&self, record: &Record) -> Result<(u128, usize)> {
+        let settings = &self.inner.settings;
+        let (hash, size) = match settings.target {
+            Target::KinesisStream(_) => (record.validate_for_kinesis()?, record.kinesis_size()),
+            Target::FirehoseDeliveryStream(_) => (0, record.data.len()),
+        };
+        if size > settings.max_record_bytes {
+            return Err(Error::RecordTooLarge {
+                size,
+                limit: settings.max_record_bytes,
+                target: settings.target.to_string(),
+            });
+        }
+        Ok((hash, size))
+    }
+
+    /// Sends everything buffered now, without waiting for `linger`, and
+    /// returns when every record accepted before the call is resolved.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.tx.send(Command::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Stops accepting records (later sends fail with [`Error::ShutDown`]),
+    /// sends everything buffered and returns when every accepted record is
+    /// resolved (delivered, failed, or expired at its TTL).
+    pub async fn shutdown(&self) {
+        self.inner.budget.close();
+        let _ = self.inner.tx.send(Command::Shutdown).await;
+        let task = self.inner.task.lock().unwrap().take();
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            tracing::error!(error = %e, "producer task failed");
+        }
+    }
+
+    /// The registry holding the producer's metrics, for the application's
+    /// `/metrics` endpoint.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The producer's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The validated settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Bytes and records buffered or in flight (the budget in use).
+    pub fn buffered(&self) -> (usize, usize) {
+        (self.inner.budget.used_bytes(), self.inner.budget.used_records())
+    }
+}

@@ -1,0 +1,96 @@
+//! The `shardlake-producer` command line against kinesis-local.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{read_all, stack_env, unique};
+
+fn producer(args: &[&str]) -> std::process::Output {
+    for name in ["AWS_ENDPOINT_URL_KINESIS", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        stack_env(name);
+    }
+    Command::new(env!("CARGO_BIN_EXE_shardlake-producer")).args(args).output().unwrap()
+}
+
+#[tokio::test]
+async fn sends_json_lines_and_reports_failures_with_a_non_zero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let failures = dir.path().join("failures.jsonl");
+    let mut lines: Vec<String> = (0..100).map(|i| format!("{{\"user\":\"u{}\",\"n\":{i}}}", i % 9)).collect();
+    lines.insert(10, format!("{{\"user\":\"big\",\"pad\":\"{}\"}}", "x".repeat(1_100_000)));
+    lines.insert(20, "{\"n\":\"no user field\"}".into());
+    lines.insert(30, String::new());
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let stream = unique("cli");
+    let out = producer(&[
+        "--stream",
+        &stream,
+        "--create-stream",
+        "--shards",
+        "2",
+        "--input",
+        input.to_str().unwrap(),
+        "--partition-key-field",
+        "user",
+        "--failures-file",
+        failures.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((summary["sent"].as_u64(), summary["failed"].as_u64()), (Some(100), Some(2)), "{summary}");
+    assert!(summary["latency_p99_ms"].as_f64().unwrap() > 0.0);
+    let failed: Vec<serde_json::Value> =
+        std::fs::read_to_string(&failures).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(failed.len(), 2);
+    assert_eq!(failed[0]["line"], 11);
+    assert!(failed[0]["reason"].as_str().unwrap().contains("over the 1048576-byte per-record limit"));
+    assert_eq!(failed[1]["line"], 21);
+    assert!(failed[1]["reason"].as_str().unwrap().contains("no partition key field \"user\""), "{}", failed[1]);
+
+    let sdk = common::sdk_config(&["AWS_ENDPOINT_URL_KINESIS"]).await;
+    let read = read_all(&shardlake::aws::kinesis_client(&sdk), &stream, 100, Duration::from_secs(60)).await;
+    assert_eq!(read.len(), 100);
+    assert!(read.iter().all(|r| r.partition_key.starts_with('u')));
+}
+
+#[test]
+fn prints_a_summary_and_exits_0_when_everything_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, (0..50).map(|i| format!("{{\"n\":{i}}}\n")).collect::<String>()).unwrap();
+    let stream = unique("cli-ok");
+    let out = producer(&[
+        "--stream",
+        &stream,
+        "--create-stream",
+        "--input",
+        input.to_str().unwrap(),
+        "--aggregate",
+        "--rate",
+        "500",
+        "--metrics",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("sent        50 records"), "{text}");
+    assert!(text.contains("failed      0") && text.contains("latency     p50 "), "{text}");
+    assert!(text.contains("shardlake_producer_records_sent_total{target=\"cli-ok"), "{text}");
+}
+
+#[test]
+fn rejects_bad_usage() {
+    let out = Command::new(env!("CARGO_BIN_EXE_shardlake-producer")).args(["--input", "-"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--stream"));
+    let out = Command::new(env!("CARGO_BIN_EXE_shardlake-producer"))
+        .args(["--firehose", "f", "--ordered"])
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Kinesis streams only"));
+}

@@ -1,0 +1,101 @@
+//! The producer against Firehose on moto: records sent with
+//! `PutRecordBatch` arrive in the delivery stream's S3 bucket.
+
+mod common;
+
+use std::time::Duration;
+
+use aws_sdk_firehose::types::{CompressionFormat, DeliveryStreamType, ExtendedS3DestinationConfiguration};
+use common::{sdk_config, unique};
+use shardlake_producer::{Error, Producer, ProducerConfig, Record};
+use tokio::time::Instant;
+
+/// A bucket and a Direct PUT delivery stream into it.
+async fn delivery_stream(sdk: &aws_config::SdkConfig) -> (String, String) {
+    let s3 = shardlake::aws::s3_client(sdk);
+    let bucket = unique("producer-fh");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let name = unique("producer-fh");
+    let destination = ExtendedS3DestinationConfiguration::builder()
+        .role_arn("arn:aws:iam::123456789012:role/firehose")
+        .bucket_arn(format!("arn:aws:s3:::{bucket}"))
+        .prefix("events/")
+        // moto omits CompressionFormat in DescribeDeliveryStream unless set.
+        .compression_format(CompressionFormat::Uncompressed)
+        .build()
+        .unwrap();
+    shardlake::aws::firehose_client(sdk)
+        .create_delivery_stream()
+        .delivery_stream_name(&name)
+        .delivery_stream_type(DeliveryStreamType::DirectPut)
+        .extended_s3_destination_configuration(destination)
+        .send()
+        .await
+        .unwrap();
+    (bucket, name)
+}
+
+/// Every object's bytes under the bucket, polled until `want` lines arrived
+/// or the deadline.
+async fn lines_in_bucket(s3: &aws_sdk_s3::Client, bucket: &str, want: usize, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut lines = vec![];
+        let listed = s3.list_objects_v2().bucket(bucket).send().await.unwrap();
+        for obj in listed.contents() {
+            let body = s3.get_object().bucket(bucket).key(obj.key().unwrap()).send().await.unwrap();
+            let bytes = body.body.collect().await.unwrap().into_bytes();
+            lines.extend(String::from_utf8(bytes.to_vec()).unwrap().lines().map(str::to_string));
+        }
+        if lines.len() >= want || Instant::now() >= deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn records_arrive_in_the_delivery_streams_bucket() {
+    let sdk = sdk_config(&["AWS_ENDPOINT_URL_FIREHOSE", "AWS_ENDPOINT_URL_S3"]).await;
+    let (bucket, name) = delivery_stream(&sdk).await;
+    let mut config = ProducerConfig::firehose(&name);
+    config.max_batch_records = 200;
+    let producer = Producer::builder(config).sdk_config(sdk.clone()).build().await.unwrap();
+    let mut acks = vec![];
+    for i in 0..1000 {
+        acks.push(producer.enqueue(Record::new("", format!("{{\"n\":{i}}}\n"))).await.unwrap());
+    }
+    let oversize = producer.send(Record::new("", vec![b'x'; 1000 * 1024 + 1])).await.unwrap_err();
+    assert!(
+        matches!(oversize.reason, Error::RecordTooLarge { limit: 1_024_000, .. }),
+        "Firehose's 1,000 KiB limit: {}",
+        oversize.reason
+    );
+    for ack in acks {
+        let ack = ack.await.unwrap();
+        assert!(ack.shard_id.is_none() && !ack.sequence_number.is_empty(), "{ack:?}");
+    }
+    producer.shutdown().await;
+    let m = producer.metrics();
+    assert_eq!(m.records_sent.get(), 1000);
+    assert!(m.batch_entries.get_sample_count() >= 5, "batches of at most 200");
+
+    let s3 = shardlake::aws::s3_client(&sdk);
+    let mut lines = lines_in_bucket(&s3, &bucket, 1000, Duration::from_secs(30)).await;
+    lines.sort_by_key(|l| l[5..l.len() - 1].parse::<u32>().unwrap());
+    let want: Vec<String> = (0..1000).map(|i| format!("{{\"n\":{i}}}")).collect();
+    assert_eq!(lines, want, "each record exactly once in the bucket");
+}
+
+#[tokio::test]
+async fn a_missing_delivery_stream_fails_each_record_with_the_code() {
+    let sdk = sdk_config(&["AWS_ENDPOINT_URL_FIREHOSE"]).await;
+    let producer =
+        Producer::builder(ProducerConfig::firehose(unique("missing"))).sdk_config(sdk).build().await.unwrap();
+    let err = producer.send(Record::new("", "x")).await.unwrap_err();
+    match &err.reason {
+        Error::Rejected { code, .. } => assert_eq!(code, "ResourceNotFoundException"),
+        other => panic!("expected a rejection, got {other}"),
+    }
+    assert_eq!(err.record.data, "x");
+}

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Runs shardlake-producer and the boto3 put_records loop on the same records
+against kinesalite, interleaved, and reports records/s, CPU seconds per
+million records (user + sys of the client process tree) and the emulator's
+CPU seconds per million records during each run, with same-run ratios.
+
+usage: producer_bench.py --producer BIN --input FILE --records N --runs R --shards S
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import boto3
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def proc_cpu(pid):
+    """User + sys CPU seconds of a process and its live children (emulator)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids += [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            pass
+    return total
+
+
+def listener_pid(port):
+    out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    for part in out.split("pid=")[1:]:
+        return int(part.split(",")[0])
+    return None
+
+
+def make_stream(client, name, shards):
+    client.create_stream(StreamName=name, ShardCount=shards)
+    deadline = time.monotonic() + 60
+    while client.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]["StreamStatus"] != "ACTIVE":
+        if time.monotonic() > deadline:
+            sys.exit(f"stream {name} not ACTIVE after 60 s")
+        time.sleep(0.1)
+
+
+def measure(cmd, env, emulator_pid, timeout):
+    emu0 = proc_cpu(emulator_pid) if emulator_pid else 0.0
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        sys.exit(f"timed out after {timeout} s: {' '.join(cmd)}")
+    wall = time.monotonic() - start
+    emu = (proc_cpu(emulator_pid) - emu0) if emulator_pid else float("nan")
+    # The child is reaped by communicate(); its rusage is in RUSAGE_CHILDREN.
+    return out, wall, emu
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--producer", required=True)
+    ap.add_argument("--input", required=True)
+    ap.add_argument("--records", type=int, required=True)
+    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--timeout", type=int, default=300)
+    a = ap.parse_args()
+
+    endpoint = os.environ["SHARDLAKE_KINESALITE_ENDPOINT"]
+    env = dict(os.environ, AWS_ENDPOINT_URL_KINESIS=endpoint)
+    kinesis = boto3.client("kinesis", endpoint_url=endpoint)
+    emulator_pid = listener_pid(int(endpoint.rsplit(":", 1)[1]))
+    tag = f"{os.getpid()}-{int(time.time())}"
+    tools = {
+        # kinesalite enforces no shard limit and neither does the boto3 loop:
+        # the producer's per-shard limiter is off for a like-for-like run.
+        "shardlake": lambda s: [a.producer, "--stream", s, "--input", a.input, "--rate-limit-percent", "0", "--json"],
+        "boto3": lambda s: [sys.executable, os.path.join(HERE, "boto3_put_records.py"), s, a.input],
+    }
+    results = {name: [] for name in tools}
+    for run in range(a.runs):
+        for name, cmd in tools.items():
+            stream = f"bench-{name}-{tag}-{run}"
+            make_stream(kinesis, stream, a.shards)
+            before = os.times()
+            out, wall, emu = measure(cmd(stream), env, emulator_pid, a.timeout)
+            after = os.times()
+            cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+            summary = json.loads(out.decode().strip().splitlines()[-1])
+            if summary["sent"] != a.records or summary["failed"]:
+                sys.exit(f"{name} sent {summary['sent']} of {a.records}, failed {summary['failed']}")
+            results[name].append({"wall": wall, "cpu": cpu, "emu": emu})
+            kinesis.delete_stream(StreamName=stream)
+
+    rows = {}
+    for name, rs in results.items():
+        wall = statistics.median(r["wall"] for r in rs)
+        cpu = statistics.median(r["cpu"] for r in rs)
+        emu = statistics.median(r["emu"] for r in rs)
+        rows[name] = {
+            "records_per_s": a.records / wall,
+            "wall_s": wall,
+            "cpu_s_per_m": cpu / a.records * 1e6,
+            "emu_cpu_s_per_m": emu / a.records * 1e6,
+        }
+    print(f"{a.records} records ({os.path.getsize(a.input) / 1e6:.1f} MB) into kinesalite, {a.shards} shards, "
+          f"medians of {a.runs} interleaved runs")
+    print(f"{'client':<10} {'records/s':>10} {'wall s':>7} {'client CPU-s/M rec':>19} {'kinesalite CPU-s/M rec':>23}")
+    for name, r in rows.items():
+        print(f"{name:<10} {r['records_per_s']:>10.0f} {r['wall_s']:>7.2f} {r['cpu_s_per_m']:>19.1f} "
+              f"{r['emu_cpu_s_per_m']:>23.1f}")
+    s, b = rows["shardlake"], rows["boto3"]
+    print(f"ratio shardlake/boto3: {s['records_per_s'] / b['records_per_s']:.2f}x records/s, "
+          f"{b['cpu_s_per_m'] / s['cpu_s_per_m']:.1f}x less client CPU per record; "
+          f"shardlake CPU is {s['cpu_s_per_m'] / s['emu_cpu_s_per_m']:.2f}x the emulator's")
+
+
+if __name__ == "__main__":
+    main()
