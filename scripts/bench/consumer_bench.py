@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Consumer benchmark (issue 4), against kinesalite on 127.0.0.1.
+
+Throughput: pre-fills a stream with the generated events, runs `convert` on the
+same events file, then `shardlake-consumer run` until every record is
+committed; prints CPU seconds (user + sys), CPU seconds per GB and MB per
+CPU-second of both, their ratio, and the emulator's own CPU over the consumer
+run (where the time goes).
+
+Latency: a fresh stream, the consumer running with `buffer.max_age = 5s`, and
+events sent at a steady rate with `ts` set to their send time; each row's
+produce-to-lake latency is its data file's mtime (written just before the
+commit) minus its `ts`. Prints p50 / p99 / max.
+
+usage: consumer_bench.py --bin DIR --input FILE --schema FILE --dir DIR
+                         [--shards 4] [--rate 2000] [--seconds 20]
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+import boto3
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid):
+    """user + sys CPU seconds of a running process (and its reaped children)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / TICK
+
+
+def create_stream(kinesis, name, shards):
+    kinesis.create_stream(StreamName=name, ShardCount=shards)
+    kinesis.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 150})
+
+
+def put_all(kinesis, stream, lines, key=lambda i, line: str(i)):
+    for i in range(0, len(lines), 500):
+        entries = [{"Data": l, "PartitionKey": key(i + j, l)} for j, l in enumerate(lines[i:i + 500])]
+        for attempt in range(30):
+            out = kinesis.put_records(StreamName=stream, Records=entries)
+            entries = [e for e, r in zip(entries, out["Records"]) if "ErrorCode" in r]
+            if not entries:
+                break
+            time.sleep(min(2.0, 0.05 * 2 ** attempt))
+        else:
+            sys.exit("records could not be put")
+
+
+def write_config(path, stream, lake, checkpoints, schema, max_age):
+    with open(path, "w") as f:
+        f.write(f'stream = "{stream}"\ndestination = "{lake}"\ncheckpoint_store = "file://{checkpoints}"\n'
+                f'schema = "{schema}"\ntime_field = "ts"\n'
+                f'[buffer]\nmax_age = "{max_age}"\n[polling]\nidle_interval = "200ms"\nshard_refresh = "2s"\n'
+                f'[metrics]\naddress = "127.0.0.1:0"\n')
+
+
+def committed(log):
+    m = re.search(r"metrics on http://([0-9.:]+)", open(log).read())
+    if not m:
+        return 0
+    text = urllib.request.urlopen(f"http://{m.group(1)}/metrics", timeout=5).read().decode()
+    return int(sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(
+        ("shardlake_consumer_records_written_total", "shardlake_consumer_records_errored_total"))))
+
+
+def run_consumer(bin_dir, config, log, want, deadline_s, on_started=None):
+    """Runs the consumer until `want` records are committed; returns
+    (wall seconds to commit all, consumer CPU seconds)."""
+    with open(log, "w") as err:
+        proc = subprocess.Popen([f"{bin_dir}/shardlake-consumer", "run", "--config", config],
+                                stdout=subprocess.DEVNULL, stderr=err)
+    start = time.monotonic()
+    if on_started:
+        on_started()
+    while committed(log) < want:
+        if proc.poll() is not None:
+            sys.exit(f"consumer exited early:\n{open(log).read()}")
+        if time.monotonic() - start > deadline_s:
+            proc.kill()
+            sys.exit(f"timed out: {committed(log)} of {want} committed")
+        time.sleep(0.1)
+    wall = time.monotonic() - start
+    proc.send_signal(signal.SIGTERM)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"consumer failed at shutdown:\n{open(log).read()}")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def throughput(a, kinesis, emu_pid):
+    lines = [l.rstrip(b"\n") for l in open(a.input, "rb") if l.strip()]
+    size = os.path.getsize(a.input)
+    stream = f"bench-{int(time.time())}"
+    create_stream(kinesis, stream, a.shards)
+    t = time.monotonic()
+    put_all(kinesis, stream, lines)
+    print(f"pre-filled {stream}: {len(lines)} records, {size / 1e6:.1f} MB, {a.shards} shards, "
+          f"in {time.monotonic() - t:.1f} s")
+
+    out = os.path.join(a.dir, "convert-lake")
+    subprocess.run(["rm", "-rf", out], check=True)
+    t = time.monotonic()
+    proc = subprocess.Popen([f"{a.bin}/shardlake-consumer", "convert", "--input", a.input, "--destination", out,
+                             "--schema", a.schema, "--time-field", "ts", "--quiet"], stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    convert_cpu, convert_wall = usage.ru_utime + usage.ru_stime, time.monotonic() - t
+
+    lake = os.path.join(a.dir, "consumer-lake")
+    subprocess.run(["rm", "-rf", lake, os.path.join(a.dir, "checkpoints")], check=True)
+    config = os.path.join(a.dir, "consumer.toml")
+    write_config(config, stream, lake, os.path.join(a.dir, "checkpoints"), a.schema, "10s")
+    emu_before = proc_cpu(emu_pid)
+    wall, cpu = run_consumer(a.bin, config, os.path.join(a.dir, "consumer.log"), len(lines), 1800)
+    emu_cpu = proc_cpu(emu_pid) - emu_before
+
+    gb = size / 1e9
+    print()
+    print(f"{'':<22} {'CPU s':>8} {'CPU s/GB':>9} {'MB/CPU-s':>9} {'wall s':>8} {'MB/s wall':>10}")
+    for name, c, w in [("convert (file)", convert_cpu, convert_wall), ("consumer (kinesalite)", cpu, wall)]:
+        print(f"{name:<22} {c:>8.2f} {c / gb:>9.1f} {size / 1e6 / c:>9.1f} {w:>8.1f} {size / 1e6 / w:>10.1f}")
+    print(f"{'kinesalite (emulator)':<22} {emu_cpu:>8.2f} {emu_cpu / gb:>9.1f} {'':>9} {'(during the consumer run)':>19}")
+    print(f"consumer per-core rate vs convert: {convert_cpu / cpu:.2f}x (target >= 0.8x)")
+    print(f"consumer wall time: {wall:.1f} s, of which the emulator was busy {emu_cpu:.1f} CPU s on a "
+          f"{os.cpu_count()}-core machine")
+    return {"records": len(lines), "bytes": size, "convert_cpu": convert_cpu, "consumer_cpu": cpu,
+            "consumer_wall": wall, "emulator_cpu": emu_cpu, "ratio": convert_cpu / cpu}
+
+
+def latency(a, kinesis):
+    import pyarrow.parquet as pq
+    lines = [json.loads(l) for l in open(a.input, "rb") if l.strip()]
+    total = min(len(lines), a.rate * a.seconds)
+    stream = f"latency-{int(time.time())}"
+    create_stream(kinesis, stream, a.shards)
+    lake = os.path.join(a.dir, "latency-lake")
+    cps = os.path.join(a.dir, "latency-checkpoints")
+    subprocess.run(["rm", "-rf", lake, cps], check=True)
+    config = os.path.join(a.dir, "latency.toml")
+    write_config(config, stream, lake, cps, a.schema, "5s")
+    sent = {}
+
+    def send():
+        batch = max(1, a.rate // 20)  # 20 PutRecords calls per second
+        start = time.monotonic()
+        for n, i in enumerate(range(0, total, batch)):
+            target = start + n / 20
+            time.sleep(max(0.0, target - time.monotonic()))
+            now = datetime.datetime.now(datetime.timezone.utc)
+            recs = []
+            for e in lines[i:i + batch]:
+                e = dict(e, ts=now.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+                recs.append(json.dumps(e).encode())
+            put_all(kinesis, stream, recs, key=lambda j, l: str(i + j))
+        sent["seconds"] = time.monotonic() - start
+
+    time.sleep(0.5)
+    run_consumer(a.bin, config, os.path.join(a.dir, "latency.log"), total, 600, on_started=send)
+    lat = []
+    for root, _, names in os.walk(lake):
+        for name in names:
+            if name.endswith(".parquet") and not name.startswith("."):
+                path = os.path.join(root, name)
+                mtime = os.stat(path).st_mtime
+                ts = pq.read_table(path, columns=["ts"]).column("ts").to_pylist()
+                lat.extend(mtime - t.timestamp() for t in ts)
+    lat.sort()
+    p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
+    print()
+    print(f"produce-to-lake latency, {len(lat)} records sent at {total / sent['seconds']:.0f}/s over "
+          f"{sent['seconds']:.1f} s, buffer.max_age = 5s: p50 {p(0.5):.2f} s, p99 {p(0.99):.2f} s, "
+          f"max {lat[-1]:.2f} s")
+    return {"records": len(lat), "p50": p(0.5), "p99": p(0.99), "max": lat[-1]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--input", required=True)
+    ap.add_argument("--schema", required=True)
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--emulator-pid", type=int, required=True)
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--rate", type=int, default=2000)
+    ap.add_argument("--seconds", type=int, default=20)
+    a = ap.parse_args()
+    a.schema = os.path.abspath(a.schema)
+    kinesis = boto3.client("kinesis")
+    results = {"throughput": throughput(a, kinesis, a.emulator_pid), "latency": latency(a, kinesis)}
+    with open(os.path.join(a.dir, "consumer-results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
