@@ -64,37 +64,47 @@ def write_config(path, stream, lake, checkpoints, schema, max_age):
                 f'[metrics]\naddress = "127.0.0.1:0"\n')
 
 
-def committed(log):
+COMMITTED = ("shardlake_consumer_records_written_total", "shardlake_consumer_records_errored_total")
+READ = ("shardlake_consumer_records_read_total",)
+
+
+def metric_sum(log, names):
     m = re.search(r"metrics on http://([0-9.:]+)", open(log).read())
     if not m:
         return 0
     text = urllib.request.urlopen(f"http://{m.group(1)}/metrics", timeout=5).read().decode()
-    return int(sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(
-        ("shardlake_consumer_records_written_total", "shardlake_consumer_records_errored_total"))))
+    return int(sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(names)))
 
 
-def run_consumer(bin_dir, config, log, want, deadline_s, on_started=None):
-    """Runs the consumer until `want` records are committed; returns
-    (wall seconds to commit all, consumer CPU seconds)."""
+def run_consumer(bin_dir, config, log, want, deadline_s, on_started=None, until=COMMITTED):
+    """Runs the consumer until the `until` counters reach `want`, then stops it
+    with SIGTERM (which flushes and commits whatever is buffered); returns
+    (wall seconds until it exited, consumer CPU seconds)."""
     with open(log, "w") as err:
         proc = subprocess.Popen([f"{bin_dir}/shardlake-consumer", "run", "--config", config],
                                 stdout=subprocess.DEVNULL, stderr=err)
     start = time.monotonic()
     if on_started:
         on_started()
-    while committed(log) < want:
+    while metric_sum(log, until) < want:
         if proc.poll() is not None:
             sys.exit(f"consumer exited early:\n{open(log).read()}")
         if time.monotonic() - start > deadline_s:
             proc.kill()
-            sys.exit(f"timed out: {committed(log)} of {want} committed")
+            sys.exit(f"timed out: {metric_sum(log, until)} of {want} records")
         time.sleep(0.1)
-    wall = time.monotonic() - start
     proc.send_signal(signal.SIGTERM)
     _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - start
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"consumer failed at shutdown:\n{open(log).read()}")
     return wall, usage.ru_utime + usage.ru_stime
+
+
+def lake_rows(lake):
+    import pyarrow.parquet as pq
+    return sum(pq.ParquetFile(os.path.join(r, n)).metadata.num_rows
+               for r, _, names in os.walk(lake) for n in names if n.endswith(".parquet") and not n.startswith("."))
 
 
 def throughput(a, kinesis, emu_pid):
@@ -119,9 +129,13 @@ def throughput(a, kinesis, emu_pid):
     lake = os.path.join(a.dir, "consumer-lake")
     subprocess.run(["rm", "-rf", lake, os.path.join(a.dir, "checkpoints")], check=True)
     config = os.path.join(a.dir, "consumer.toml")
-    write_config(config, stream, lake, os.path.join(a.dir, "checkpoints"), a.schema, "10s")
+    # Batches as large as convert's: read everything, then SIGTERM flushes it all.
+    write_config(config, stream, lake, os.path.join(a.dir, "checkpoints"), a.schema, "300s")
     emu_before = proc_cpu(emu_pid)
-    wall, cpu = run_consumer(a.bin, config, os.path.join(a.dir, "consumer.log"), len(lines), 1800)
+    wall, cpu = run_consumer(a.bin, config, os.path.join(a.dir, "consumer.log"), len(lines), 1800, until=READ)
+    rows = lake_rows(lake)
+    if rows != len(lines):
+        sys.exit(f"the consumer's lake has {rows} rows, expected {len(lines)}")
     emu_cpu = proc_cpu(emu_pid) - emu_before
 
     gb = size / 1e9
