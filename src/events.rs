@@ -13,7 +13,7 @@ use std::io::Write;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::time::UtcFields;
+use crate::time::format_rfc3339_millis;
 
 const EVENT_TYPES: [&str; 10] = [
     "page_view",
@@ -186,7 +186,6 @@ pub fn generate(opts: &GenOptions, out: &mut impl Write) -> std::io::Result<()> 
             t -= rng.random_range(0..=7_200_000);
         }
         let t = t.clamp(opts.start_ms, opts.start_ms + span_ms - 1);
-        let f = UtcFields::from_epoch_millis(t);
 
         let mut w = rng.random_range(0..total_weight);
         let mut et = EVENT_TYPES[0];
@@ -236,16 +235,9 @@ pub fn generate(opts: &GenOptions, out: &mut impl Write) -> std::io::Result<()> 
         push_str(&mut line, &s.user_id);
         line.push_str(",\"session_id\":");
         push_str(&mut line, &s.session_id);
-        line.push_str(&format!(
-            ",\"ts\":\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z\"",
-            f.year,
-            f.month,
-            f.day,
-            f.hour,
-            f.minute,
-            f.second,
-            t.rem_euclid(1000)
-        ));
+        line.push_str(",\"ts\":\"");
+        line.push_str(&format_rfc3339_millis(t));
+        line.push('"');
         line.push_str(",\"amount\":");
         match amount {
             // Python's json writes 0.0 where Rust's Display writes 0.

@@ -7,6 +7,7 @@ use aws_sdk_kinesis::config::http::HttpResponse;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::{ShardFilter, ShardFilterType, ShardIteratorType};
+use shardlake::error::error_chain;
 
 /// How a Kinesis call failed, as far as the reader cares.
 #[derive(Debug, thiserror::Error)]
@@ -43,16 +44,6 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
     throttled: impl Fn(&E) -> bool,
     not_found: impl Fn(&E) -> bool,
 ) -> KinesisError {
-    let text = |e: &dyn std::error::Error| {
-        let mut s = e.to_string();
-        let mut src = e.source();
-        while let Some(inner) = src {
-            s.push_str(": ");
-            s.push_str(&inner.to_string());
-            src = inner.source();
-        }
-        s
-    };
     match &err {
         SdkError::ServiceError(service) => {
             let e = service.err();
@@ -70,9 +61,9 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
             }
         }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            KinesisError::Transient(text(&err))
+            KinesisError::Transient(error_chain(&err))
         }
-        _ => KinesisError::Fatal(text(&err)),
+        _ => KinesisError::Fatal(error_chain(&err)),
     }
 }
 

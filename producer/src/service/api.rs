@@ -12,6 +12,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, Shard, StreamStatus};
 
 use crate::error::{Error, Result};
+use shardlake::error::error_chain;
 
 /// How a failure should be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,17 +125,6 @@ where
         _ => (ErrorClass::Transient, "Unknown"),
     };
     Some(Failure { class, code: code.into(), message: error_chain(err) })
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut msg = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 /// Classifies a failed `PutRecords` call by its SDK error type.
