@@ -44,6 +44,9 @@ struct Reader {
     /// The last record read into the batch or committed: an expired iterator
     /// resumes after it.
     last_read: Option<String>,
+    /// Where reading started; an iterator that expires before any record was
+    /// read is renewed from here.
+    start: StartAt,
     /// A pending intent being replayed, and whether its first record was seen.
     replay: Option<(Intent, bool)>,
     last_commit: Instant,
@@ -76,6 +79,7 @@ pub async fn read_shard(ctx: Arc<Context>, shard: String, cancel: CancellationTo
         cancel,
         iterator: String::new(),
         last_read: state.checkpoint,
+        start: start.clone(),
         replay: state.intent.map(|i| (i, false)),
         last_commit: Instant::now(),
         failures: 0,
@@ -188,7 +192,7 @@ impl Reader {
                 m.record_iterator_renewal(&self.shard);
                 let start = match &self.last_read {
                     Some(seq) => StartAt::After(seq.clone()),
-                    None => StartAt::TrimHorizon,
+                    None => self.start.clone(),
                 };
                 tracing::info!(shard = self.shard, "shard iterator expired, renewing");
                 return Ok(match Box::pin(self.iterator_from(start)).await? {
