@@ -65,3 +65,34 @@ async fn failed_uploads_are_retried_and_never_committed_then_land_once() {
     assert_eq!(setup.lake_rows(), 400);
     assert_eq!(setup.duckdb_check(), (400, 400, 0));
 }
+
+/// SIGTERM while uploads keep failing: the consumer keeps retrying rather than
+/// commit; a second signal aborts at once (exit 130) and nothing is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_aborts_a_stuck_final_flush_without_committing() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 1).await;
+    let setup = Setup::new(&stream);
+    setup.config_to(&format!("s3://{}/lake/", unique("missing-bucket")), "");
+    put_records(&client, &stream, &keyed(events(50, 43, 1))).await;
+    let mut consumer = setup.start(&[]);
+    let address = setup.metrics_address();
+    poll("upload failures in /metrics", Duration::from_secs(30), || async {
+        let m = http_get(&address, "/metrics");
+        m.lines().any(|l| l.starts_with("shardlake_consumer_upload_failures_total") && !l.ends_with(" 0")).then_some(())
+    })
+    .await;
+    let signal = |c: &std::process::Child| {
+        assert!(std::process::Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap().success())
+    };
+    signal(&consumer);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(consumer.try_wait().unwrap().is_none(), "the first SIGTERM must not give up on the pending upload");
+    signal(&consumer);
+    let status = terminate_wait(&mut consumer);
+    assert_eq!(status.code(), Some(130), "{}", setup.log());
+    let dir = setup.dir.path().join("checkpoints/shardlake").join(&stream);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("shardId-000000000000.json")).unwrap()).unwrap();
+    assert!(state.get("checkpoint").is_none() && state["intent"].is_object(), "{state}");
+}

@@ -340,6 +340,11 @@ pub fn parquet_files(root: &Path) -> Vec<PathBuf> {
 pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(ok.success());
+    terminate_wait(child)
+}
+
+/// Waits up to 60 s for a signalled consumer to exit.
+pub fn terminate_wait(child: &mut Child) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
