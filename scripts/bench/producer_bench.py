@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Runs shardlake-producer and the boto3 put_records loop on the same records
-against kinesalite, interleaved, and reports records/s, CPU seconds per
+against kinesalite (and, if given, an endpoint that accepts every PutRecords at
+once, to show each client's own ceiling), interleaved, and reports records/s, CPU seconds per
 million records (user + sys of the client process tree) and the emulator's
 CPU seconds per million records during each run, with same-run ratios.
 
@@ -78,9 +79,15 @@ def main():
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--timeout", type=int, default=300)
+    ap.add_argument("--instant-endpoint", help="also measure against scripts/bench/instant_kinesis.py at this URL")
     a = ap.parse_args()
+    bench(a, os.environ["SHARDLAKE_KINESALITE_ENDPOINT"], "kinesalite")
+    if a.instant_endpoint:
+        print()
+        bench(a, a.instant_endpoint, "instant endpoint")
 
-    endpoint = os.environ["SHARDLAKE_KINESALITE_ENDPOINT"]
+
+def bench(a, endpoint, label):
     env = dict(os.environ, AWS_ENDPOINT_URL_KINESIS=endpoint)
     kinesis = boto3.client("kinesis", endpoint_url=endpoint)
     emulator_pid = listener_pid(int(endpoint.rsplit(":", 1)[1]))
@@ -117,16 +124,16 @@ def main():
             "cpu_s_per_m": cpu / a.records * 1e6,
             "emu_cpu_s_per_m": emu / a.records * 1e6,
         }
-    print(f"{a.records} records ({os.path.getsize(a.input) / 1e6:.1f} MB) into kinesalite, {a.shards} shards, "
+    print(f"{a.records} records ({os.path.getsize(a.input) / 1e6:.1f} MB) into {label}, {a.shards} shards, "
           f"medians of {a.runs} interleaved runs")
-    print(f"{'client':<10} {'records/s':>10} {'wall s':>7} {'client CPU-s/M rec':>19} {'kinesalite CPU-s/M rec':>23}")
+    print(f"{'client':<10} {'records/s':>10} {'wall s':>7} {'client CPU-s/M rec':>19} {'server CPU-s/M rec':>23}")
     for name, r in rows.items():
         print(f"{name:<10} {r['records_per_s']:>10.0f} {r['wall_s']:>7.2f} {r['cpu_s_per_m']:>19.1f} "
               f"{r['emu_cpu_s_per_m']:>23.1f}")
     s, b = rows["shardlake"], rows["boto3"]
     print(f"ratio shardlake/boto3: {s['records_per_s'] / b['records_per_s']:.2f}x records/s, "
           f"{b['cpu_s_per_m'] / s['cpu_s_per_m']:.1f}x less client CPU per record; "
-          f"shardlake CPU is {s['cpu_s_per_m'] / s['emu_cpu_s_per_m']:.2f}x the emulator's")
+          f"shardlake CPU is {s['cpu_s_per_m'] / s['emu_cpu_s_per_m']:.2f}x the server's")
 
 
 if __name__ == "__main__":
