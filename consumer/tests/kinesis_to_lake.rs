@@ -72,3 +72,19 @@ async fn inferred_schema_is_stored_and_reused() {
     );
     assert_eq!(extra.trim(), r#"{"brand_new":42}"#);
 }
+
+/// A stream that does not exist is reported at start with the fix, not retried forever.
+#[test]
+fn a_missing_stream_is_an_error_at_start() {
+    stack_env("AWS_ENDPOINT_URL_KINESIS");
+    let setup = Setup::new(&unique("no-such-stream"));
+    setup.config("");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardlake-consumer"))
+        .args(["run", "--config"])
+        .arg(setup.dir.path().join("consumer.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-stream") && err.contains("AWS_ENDPOINT_URL_KINESIS"), "{err}");
+}
