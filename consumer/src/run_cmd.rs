@@ -86,15 +86,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let checkpoints = CheckpointStore::open(&c.checkpoint_store, &c.application, &c.stream)?;
     let kinesis = shardlake::aws::kinesis_client(&sdk);
     // A missing stream or bad credentials are reported at once, not retried forever.
-    match crate::kinesis::list_shards(&kinesis, &c.stream).await {
-        Err(e @ (KinesisError::NotFound(_) | KinesisError::Fatal(_))) => {
-            let region = sdk.region().map_or("(no region)".to_string(), |r| r.to_string());
-            anyhow::bail!(
-                "stream `{}` in {region}: {e}; check `stream`, AWS_REGION and AWS_ENDPOINT_URL_KINESIS (or create the stream)",
-                c.stream
-            );
-        }
-        _ => {}
+    if let Err(e @ (KinesisError::NotFound(_) | KinesisError::Fatal(_))) =
+        crate::kinesis::list_shards(&kinesis, &c.stream).await
+    {
+        let region = sdk.region().map_or("(no region)".to_string(), |r| r.to_string());
+        anyhow::bail!(
+            "stream `{}` in {region}: {e}; check `stream`, AWS_REGION and AWS_ENDPOINT_URL_KINESIS (or create the stream)",
+            c.stream
+        );
     }
     let settings = if settings.infers_schema() {
         let Some(schema) = crate::infer::stream_schema(&settings, &kinesis, &checkpoints, &cancel).await? else {
