@@ -356,3 +356,7 @@ async fn upload(ctx: &Context, shard: &str, object: shardlake::pipeline::OutputO
         }
     }
 }
+
+#[cfg(test)]
+#[path = "reader_tests.rs"]
+mod tests;

@@ -1,0 +1,139 @@
+//! The reader against a scripted Kinesis (aws-smithy-mocks behind the real
+//! SDK client, paused clock): throttled calls back off and are counted, an
+//! expired iterator is renewed after the last record read, and the shard's
+//! records are committed exactly once with the shard marked ended.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_kinesis::operation::get_records::{GetRecordsError, GetRecordsOutput};
+use aws_sdk_kinesis::operation::get_shard_iterator::{GetShardIteratorError, GetShardIteratorOutput};
+use aws_sdk_kinesis::primitives::{Blob, DateTime};
+use aws_sdk_kinesis::types::error::{ExpiredIteratorException, ProvisionedThroughputExceededException};
+use aws_sdk_kinesis::types::{Record, ShardIteratorType};
+use aws_smithy_mocks::{MockResponse, MockResponseInterceptor, RuleMode, create_mock_http_client, mock};
+use shardlake::checkpoint::CheckpointStore;
+use shardlake::store::ObjectStore;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::batch::Thresholds;
+use crate::config::ConsumerConfig;
+use crate::metrics::Metrics;
+use crate::worker::{Context, CrashPoints, MemoryBudget};
+
+const SHARD: &str = "shardId-000000000000";
+
+fn record(seq: u64) -> Record {
+    let data = format!(r#"{{"id":"r{seq}","ts":"2024-03-15T07:00:0{seq}Z"}}"#);
+    Record::builder()
+        .sequence_number(seq.to_string())
+        .data(Blob::new(data))
+        .partition_key("k")
+        .approximate_arrival_timestamp(DateTime::from_millis(1_710_486_000_000))
+        .build()
+        .unwrap()
+}
+
+/// A Kinesis client whose GetRecords answers come from `answers` in order,
+/// and which logs every GetShardIterator request (type, sequence number).
+fn scripted_kinesis(
+    answers: Vec<MockResponse<GetRecordsOutput, GetRecordsError>>,
+) -> (aws_sdk_kinesis::Client, Arc<Mutex<Vec<(ShardIteratorType, Option<String>)>>>) {
+    let iterators = Arc::new(Mutex::new(Vec::new()));
+    let log = iterators.clone();
+    let get_iterator = mock!(aws_sdk_kinesis::Client::get_shard_iterator).then_compute_response(move |input| {
+        let mut log = log.lock().unwrap();
+        log.push((input.shard_iterator_type().unwrap().clone(), input.starting_sequence_number().map(str::to_string)));
+        MockResponse::<_, GetShardIteratorError>::Output(
+            GetShardIteratorOutput::builder().shard_iterator(format!("it-{}", log.len())).build(),
+        )
+    });
+    let answers = Mutex::new(answers.into_iter());
+    let get_records = mock!(aws_sdk_kinesis::Client::get_records)
+        .then_compute_response(move |_| answers.lock().unwrap().next().expect("an answer per GetRecords call"));
+    let interceptor =
+        MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny).with_rule(&get_iterator).with_rule(&get_records);
+    let config = aws_sdk_kinesis::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .http_client(create_mock_http_client())
+        .interceptor(interceptor)
+        .build();
+    (aws_sdk_kinesis::Client::from_conf(config), iterators)
+}
+
+fn context(dir: &std::path::Path, kinesis: aws_sdk_kinesis::Client) -> Arc<Context> {
+    std::fs::write(
+        dir.join("schema.toml"),
+        "[[columns]]\nname = \"id\"\ntype = \"string\"\n[[columns]]\nname = \"ts\"\ntype = \"timestamp\"\n",
+    )
+    .unwrap();
+    let text = format!(
+        "stream = \"s\"\ndestination = \"{}\"\ncheckpoint_store = \"file://{}\"\nschema = \"schema.toml\"\ntime_field = \"ts\"\n",
+        dir.join("lake").display(),
+        dir.join("cp").display()
+    );
+    let settings = ConsumerConfig::parse(&text, "test").unwrap().resolve(dir).unwrap();
+    Arc::new(Context {
+        thresholds: Thresholds { max_bytes: 1 << 20, max_records: 1000, max_age: Duration::from_secs(300) },
+        kinesis,
+        lake: ObjectStore::File(shardlake::store::file::FileStore::new(dir.join("lake"))),
+        checkpoints: CheckpointStore::open(&format!("file://{}", dir.join("cp").display()), "shardlake", "s").unwrap(),
+        metrics: Arc::new(Metrics::new()),
+        budget: MemoryBudget::new(1 << 30),
+        crash: CrashPoints::from_env().unwrap(),
+        abort: CancellationToken::new(),
+        healthy: AtomicBool::new(true),
+        settings,
+    })
+}
+
+fn output(records: Vec<Record>, next: Option<&str>) -> MockResponse<GetRecordsOutput, GetRecordsError> {
+    MockResponse::Output(
+        GetRecordsOutput::builder()
+            .set_records(Some(records))
+            .set_next_shard_iterator(next.map(str::to_string))
+            .millis_behind_latest(0)
+            .build()
+            .unwrap(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_backs_off_and_an_expired_iterator_resumes_after_the_last_record() {
+    let throttled = || {
+        MockResponse::Error(GetRecordsError::ProvisionedThroughputExceededException(
+            ProvisionedThroughputExceededException::builder().message("slow down").build(),
+        ))
+    };
+    let expired =
+        MockResponse::Error(GetRecordsError::ExpiredIteratorException(ExpiredIteratorException::builder().build()));
+    let (kinesis, iterators) = scripted_kinesis(vec![
+        throttled(),
+        throttled(),
+        output(vec![record(1), record(2), record(3)], Some("next")),
+        expired,
+        output(vec![record(4), record(5)], None),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(dir.path(), kinesis);
+    let exit = read_shard(ctx.clone(), SHARD.to_string(), CancellationToken::new()).await.unwrap();
+    assert_eq!(exit, ShardExit::Ended);
+
+    assert_eq!(
+        *iterators.lock().unwrap(),
+        [(ShardIteratorType::TrimHorizon, None), (ShardIteratorType::AfterSequenceNumber, Some("3".to_string()))]
+    );
+    let metrics = ctx.metrics.render();
+    assert!(metrics.contains(&format!("shardlake_consumer_throttles_total{{shard=\"{SHARD}\"}} 2")), "{metrics}");
+    assert!(metrics.contains(&format!("shardlake_consumer_iterator_renewals_total{{shard=\"{SHARD}\"}} 1")));
+    assert!(metrics.contains("shardlake_consumer_records_written_total 5"), "{metrics}");
+    let state = ctx.checkpoints.load(SHARD).await.unwrap();
+    assert_eq!((state.checkpoint.as_deref(), state.intent, state.ended), (Some("5"), None, true));
+    let files = ctx.lake.list("").await.unwrap();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].ends_with("s-shardId-000000000000-1-5.snappy.parquet"), "{files:?}");
+}
