@@ -36,11 +36,14 @@ fn record(seq: u64) -> Record {
         .unwrap()
 }
 
+/// GetShardIterator requests: iterator type and sequence number.
+type IteratorLog = Arc<Mutex<Vec<(ShardIteratorType, Option<String>)>>>;
+
 /// A Kinesis client whose GetRecords answers come from `answers` in order,
 /// and which logs every GetShardIterator request (type, sequence number).
 fn scripted_kinesis(
     answers: Vec<MockResponse<GetRecordsOutput, GetRecordsError>>,
-) -> (aws_sdk_kinesis::Client, Arc<Mutex<Vec<(ShardIteratorType, Option<String>)>>>) {
+) -> (aws_sdk_kinesis::Client, IteratorLog) {
     let iterators = Arc::new(Mutex::new(Vec::new()));
     let log = iterators.clone();
     let get_iterator = mock!(aws_sdk_kinesis::Client::get_shard_iterator).then_compute_response(move |input| {
