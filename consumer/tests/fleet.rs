@@ -1,0 +1,291 @@
+//! Fleet mode: several `shardlake-consumer run` processes share one stream
+//! through DynamoDB leases (kinesis-local + dynalite + a local lake). They
+//! balance the shards, take over from a killed worker within seconds, hand
+//! over at once on SIGTERM, fence a paused worker's stale commits, and the
+//! lake holds every record exactly once (DuckDB).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shardlake::checkpoint::{CheckpointStore, DynamoCheckpoints, FleetOptions, Lease, compare_sequences};
+use support::*;
+
+/// A fleet of workers on one stream, lake and lease table.
+struct Fleet {
+    setup: Setup,
+    table: String,
+    workers: Vec<Option<Child>>,
+    observer: DynamoCheckpoints,
+}
+
+impl Fleet {
+    /// Writes one config per worker (`w0.toml`, ...) with `lease_duration`.
+    async fn new(stream: &str, workers: usize, lease_duration: &str) -> Self {
+        let setup = Setup::new(stream);
+        let table = unique("leases");
+        for i in 0..workers {
+            let text = format!(
+                "stream = \"{stream}\"\ndestination = \"{}\"\ncheckpoint_store = \"dynamodb://{table}\"\n\
+                 schema = \"schema.toml\"\ntime_field = \"ts\"\nshutdown_timeout = \"30s\"\n\
+                 [fleet]\nworker_id = \"w{i}\"\nlease_duration = \"{lease_duration}\"\ncreate_table = true\n\
+                 [buffer]\nmax_age = \"1s\"\n[polling]\nidle_interval = \"200ms\"\nshard_refresh = \"1s\"\n\
+                 [metrics]\naddress = \"127.0.0.1:0\"\n",
+                setup.lake().display(),
+            );
+            std::fs::write(setup.dir.path().join(format!("w{i}.toml")), text).unwrap();
+        }
+        stack_env("AWS_ENDPOINT_URL_DYNAMODB");
+        let options =
+            FleetOptions { worker_id: "observer".into(), lease_duration: Duration::from_secs(10), create_table: true };
+        let store =
+            CheckpointStore::connect(&format!("dynamodb://{table}"), "shardlake", stream, &options).await.unwrap();
+        let observer = store.fleet().unwrap().clone();
+        Fleet { setup, table, workers: (0..workers).map(|_| None).collect(), observer }
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.setup.dir.path().join(format!("w{i}.log"))).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        (0..self.workers.len()).map(|i| format!("--- w{i}\n{}", self.log(i))).collect()
+    }
+
+    /// Starts worker `i` and waits until it serves metrics.
+    fn start(&mut self, i: usize) {
+        const READY: &str = "metrics on http://";
+        let before = self.log(i).matches(READY).count();
+        let dir = self.setup.dir.path();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("w{i}.log"))).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardlake-consumer"))
+            .args(["run", "--config"])
+            .arg(dir.join(format!("w{i}.toml")))
+            .env("RUST_LOG", "shardlake_consumer=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.log(i).matches(READY).count() == before {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("w{i} exited at start with {status}:\n{}", self.log(i));
+            }
+            assert!(Instant::now() < deadline, "w{i} not ready after 30 s:\n{}", self.log(i));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.workers[i] = Some(child);
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.workers[i].as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    }
+
+    /// Shard → owner of every live lease.
+    async fn owners(&self) -> BTreeMap<String, String> {
+        let now = shardlake::checkpoint::dynamodb::now_ms();
+        let leases: Vec<Lease> = self.observer.leases().await.unwrap();
+        leases.into_iter().filter(|l| !l.is_free(now)).filter_map(|l| Some((l.shard, l.owner?))).collect()
+    }
+
+    /// Waits until all `shards` are held, by `workers` workers within one
+    /// shard of each other; returns owner → count.
+    async fn wait_balanced(&self, shards: usize, workers: usize, limit: Duration) -> BTreeMap<String, usize> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let owners = self.owners().await;
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            for o in owners.values() {
+                *counts.entry(o.clone()).or_default() += 1;
+            }
+            let (min, max) = (counts.values().min().copied(), counts.values().max().copied());
+            if owners.len() == shards && counts.len() == workers && max.unwrap() - min.unwrap() <= 1 {
+                return counts;
+            }
+            assert!(Instant::now() < deadline, "not balanced after {limit:?}: {counts:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every shard's checkpoint is at or past the last record put to it.
+    async fn wait_committed(&self, landed: &[Landed], limit: Duration) {
+        let mut last: BTreeMap<&str, &str> = BTreeMap::new();
+        for (shard, seq) in landed {
+            let e = last.entry(shard.as_str()).or_insert(seq.as_str());
+            if compare_sequences(seq, e).is_gt() {
+                *e = seq.as_str();
+            }
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            let leases = self.observer.leases().await.unwrap();
+            let behind: Vec<&str> = last
+                .iter()
+                .filter(|(shard, seq)| {
+                    !leases.iter().any(|l| {
+                        l.shard == **shard && l.checkpoint.as_deref().is_some_and(|c| compare_sequences(c, seq).is_ge())
+                    })
+                })
+                .map(|(s, _)| *s)
+                .collect();
+            if behind.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "shards {behind:?} not committed after {limit:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until no shard is held by `worker` and every one of `shards`
+    /// is held by another live worker; returns the time it took.
+    async fn wait_taken_from(&self, worker: &str, shards: &[String], limit: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let owners = self.owners().await;
+            if shards.iter().all(|s| owners.get(s).is_some_and(|o| o != worker)) {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < limit, "{worker}'s shards not taken over after {limit:?}: {owners:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM to every running worker; each must exit cleanly.
+    fn terminate_all(&mut self) {
+        for i in 0..self.workers.len() {
+            if let Some(mut child) = self.workers[i].take() {
+                let status = terminate(&mut child);
+                assert!(status.success(), "w{i}: {status}\n{}", self.log(i));
+            }
+        }
+    }
+
+    fn check_lake(&self, records: u64) {
+        assert_eq!(self.setup.duckdb_check(), (records, records, 0), "table {}\n{}", self.table, self.logs());
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for child in self.workers.iter_mut().flatten() {
+            let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn shards_of(owners: &BTreeMap<String, String>, worker: &str) -> Vec<String> {
+    owners.iter().filter(|(_, o)| *o == worker).map(|(s, _)| s.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_balance_eight_shards_and_write_each_record_once() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 8).await;
+    let mut fleet = Fleet::new(&stream, 3, "10s").await;
+    let records = keyed(events(800, 31, 4));
+    let mut landed = put_records(&client, &stream, &records[..400]).await;
+    for i in 0..3 {
+        fleet.start(i);
+    }
+    let counts = fleet.wait_balanced(8, 3, Duration::from_secs(60)).await;
+    eprintln!("balanced: {counts:?}");
+    landed.extend(put_records(&client, &stream, &records[400..]).await);
+    fleet.wait_committed(&landed, Duration::from_secs(90)).await;
+    let counts = fleet.wait_balanced(8, 3, Duration::from_secs(5)).await;
+    assert!(counts.values().all(|n| (2..=3).contains(n)), "{counts:?}");
+    fleet.terminate_all();
+    fleet.check_lake(800);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_shards_are_taken_over_within_15_seconds() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 8).await;
+    let mut fleet = Fleet::new(&stream, 3, "10s").await;
+    let records = keyed(events(600, 32, 4));
+    let mut landed = put_records(&client, &stream, &records[..300]).await;
+    for i in 0..3 {
+        fleet.start(i);
+    }
+    fleet.wait_balanced(8, 3, Duration::from_secs(60)).await;
+    landed.extend(put_records(&client, &stream, &records[300..450]).await);
+    let victim = shards_of(&fleet.owners().await, "w0");
+    assert!(!victim.is_empty());
+    let mut child = fleet.workers[0].take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let took = fleet.wait_taken_from("w0", &victim, Duration::from_secs(30)).await;
+    eprintln!("TAKEOVER after SIGKILL: {:.2} s for {} shards (lease 10 s)", took.as_secs_f64(), victim.len());
+    assert!(took < Duration::from_secs(15), "takeover took {took:?}");
+    landed.extend(put_records(&client, &stream, &records[450..]).await);
+    fleet.wait_committed(&landed, Duration::from_secs(90)).await;
+    fleet.terminate_all();
+    fleet.check_lake(600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_shards_over_without_waiting_for_expiry() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 8).await;
+    // A long lease: a hand-over that waited for expiry would take 30 s.
+    let mut fleet = Fleet::new(&stream, 3, "30s").await;
+    let records = keyed(events(600, 33, 4));
+    let mut landed = put_records(&client, &stream, &records[..300]).await;
+    for i in 0..3 {
+        fleet.start(i);
+    }
+    fleet.wait_balanced(8, 3, Duration::from_secs(60)).await;
+    landed.extend(put_records(&client, &stream, &records[300..450]).await);
+    let victim = shards_of(&fleet.owners().await, "w0");
+    let started = Instant::now();
+    let mut child = fleet.workers[0].take().unwrap();
+    let status = terminate(&mut child);
+    assert!(status.success(), "{status}\n{}", fleet.log(0));
+    assert!(fleet.log(0).contains("lease released"), "{}", fleet.log(0));
+    fleet.wait_taken_from("w0", &victim, Duration::from_secs(25)).await;
+    let took = started.elapsed();
+    eprintln!(
+        "HANDOVER after SIGTERM: {:.2} s from the signal ({} shards, lease 30 s)",
+        took.as_secs_f64(),
+        victim.len()
+    );
+    assert!(took < Duration::from_secs(10), "hand-over took {took:?}");
+    landed.extend(put_records(&client, &stream, &records[450..]).await);
+    fleet.wait_committed(&landed, Duration::from_secs(90)).await;
+    fleet.terminate_all();
+    fleet.check_lake(600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_worker_past_its_expiry_never_commits_after_waking() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 4).await;
+    let mut fleet = Fleet::new(&stream, 2, "3s").await;
+    let records = keyed(events(600, 34, 4));
+    let mut landed = put_records(&client, &stream, &records[..200]).await;
+    fleet.start(0);
+    fleet.start(1);
+    fleet.wait_balanced(4, 2, Duration::from_secs(60)).await;
+    fleet.wait_committed(&landed, Duration::from_secs(60)).await;
+    // Records w0 is reading (and buffering, max_age 1 s) when it freezes.
+    landed.extend(put_records(&client, &stream, &records[200..400]).await);
+    let victim = shards_of(&fleet.owners().await, "w0");
+    fleet.signal(0, "-STOP");
+    let took = fleet.wait_taken_from("w0", &victim, Duration::from_secs(30)).await;
+    eprintln!("TAKEOVER after SIGSTOP: {:.2} s for {} shards (lease 3 s)", took.as_secs_f64(), victim.len());
+    landed.extend(put_records(&client, &stream, &records[400..]).await);
+    fleet.wait_committed(&landed, Duration::from_secs(90)).await;
+    fleet.signal(0, "-CONT");
+    // w0 wakes with stale leases: it must find them lost, commit nothing.
+    poll("w0 to notice its lost leases", Duration::from_secs(20), || async {
+        fleet.log(0).contains("lease lost").then_some(())
+    })
+    .await;
+    fleet.terminate_all();
+    fleet.check_lake(600);
+}
