@@ -56,6 +56,11 @@ impl Fleet {
 
     /// Starts worker `i` and waits until it serves metrics.
     fn start(&mut self, i: usize) {
+        self.start_with(i, &[]);
+    }
+
+    /// `start` with `env` added.
+    fn start_with(&mut self, i: usize, env: &[(&str, &str)]) {
         const READY: &str = "metrics on http://";
         let before = self.log(i).matches(READY).count();
         let dir = self.setup.dir.path();
@@ -64,6 +69,7 @@ impl Fleet {
             .args(["run", "--config"])
             .arg(dir.join(format!("w{i}.toml")))
             .env("RUST_LOG", "shardlake_consumer=info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -288,4 +294,54 @@ async fn a_paused_worker_past_its_expiry_never_commits_after_waking() {
     .await;
     fleet.terminate_all();
     fleet.check_lake(600);
+}
+
+/// The deterministic stale commit: w0 freezes between uploading a batch and
+/// committing it, w1 takes its shards after expiry, replays the pending intent
+/// and moves on; when w0 wakes its commit is refused (`LeaseLost`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_frozen_before_its_commit_is_fenced_when_it_wakes() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 2).await;
+    let mut fleet = Fleet::new(&stream, 2, "3s").await;
+    let records = keyed(events(400, 35, 4));
+    let mut landed = put_records(&client, &stream, &records[..200]).await;
+    fleet.start_with(0, &[("SHARDLAKE_STOP_AT", "before_commit:1")]);
+    poll("w0 to freeze before its first commit", Duration::from_secs(30), || async {
+        fleet.log(0).contains("SHARDLAKE_STOP_AT: freezing").then_some(())
+    })
+    .await;
+    let frozen = shards_of(&fleet.owners().await, "w0");
+    fleet.start(1);
+    let took = fleet
+        .wait_taken_from("w0", &["shardId-000000000000".into(), "shardId-000000000001".into()], Duration::from_secs(30))
+        .await;
+    eprintln!("TAKEOVER from a frozen worker: {:.2} s ({} shards, lease 3 s)", took.as_secs_f64(), frozen.len());
+    landed.extend(put_records(&client, &stream, &records[200..]).await);
+    fleet.wait_committed(&landed, Duration::from_secs(90)).await;
+    assert!(fleet.log(1).contains("replaying a pending batch"), "{}", fleet.logs());
+    fleet.signal(0, "-CONT");
+    poll("w0 to find its lease lost", Duration::from_secs(20), || async {
+        fleet.log(0).contains("lease lost").then_some(())
+    })
+    .await;
+    fleet.terminate_all();
+    let w0 = fleet.log(0);
+    let after = &w0[w0.find("SHARDLAKE_STOP_AT").unwrap()..];
+    assert!(after.contains("lease lost: dropped the unflushed batch"), "{w0}");
+    // w0 may take a shard again to rebalance; it commits nothing of a shard
+    // before that (a commit already in flight when it froze may land first:
+    // that one was made under the lease).
+    let mut retaken = std::collections::BTreeSet::new();
+    let mut late_commits = Vec::new();
+    for line in after.lines().skip_while(|l| !l.contains("lease lost")) {
+        let Some(shard) = line.split("shard=").nth(1).and_then(|r| r.split_whitespace().next()) else { continue };
+        if line.contains("lease taken") || line.contains("lease stolen") {
+            retaken.insert(shard.to_string());
+        } else if line.contains("batch committed") && !retaken.contains(shard) {
+            late_commits.push(line);
+        }
+    }
+    assert!(late_commits.is_empty(), "w0 committed without a lease after waking: {late_commits:#?}\n{w0}");
+    fleet.check_lake(400);
 }
