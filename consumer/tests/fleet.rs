@@ -46,8 +46,9 @@ impl Fleet {
         Fleet { setup, table, workers: (0..workers).map(|_| None).collect(), observer }
     }
 
+    /// Worker `i`'s log, without ANSI colours.
     fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.setup.dir.path().join(format!("w{i}.log"))).unwrap_or_default()
+        plain(&std::fs::read_to_string(self.setup.dir.path().join(format!("w{i}.log"))).unwrap_or_default())
     }
 
     fn logs(&self) -> String {
@@ -182,6 +183,46 @@ impl Drop for Fleet {
             let _ = child.wait();
         }
     }
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The shard a log line names (`shard=...`).
+fn shard_of(line: &str) -> Option<&str> {
+    line.split("shard=").nth(1)?.split_whitespace().next().map(|s| s.trim_matches('"'))
+}
+
+/// Timestamps (RFC 3339, which sort as text) of the lines of every worker's
+/// log that contain all of `parts`.
+fn times(fleet: &Fleet, parts: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = (0..fleet.workers.len())
+        .flat_map(|i| {
+            fleet
+                .log(i)
+                .lines()
+                .filter(|l| parts.iter().all(|p| l.contains(p)))
+                .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 fn shards_of(owners: &BTreeMap<String, String>, worker: &str) -> Vec<String> {
@@ -335,13 +376,72 @@ async fn a_worker_frozen_before_its_commit_is_fenced_when_it_wakes() {
     let mut retaken = std::collections::BTreeSet::new();
     let mut late_commits = Vec::new();
     for line in after.lines().skip_while(|l| !l.contains("lease lost")) {
-        let Some(shard) = line.split("shard=").nth(1).and_then(|r| r.split_whitespace().next()) else { continue };
+        let Some(shard) = shard_of(line) else { continue };
         if line.contains("lease taken") || line.contains("lease stolen") {
             retaken.insert(shard.to_string());
         } else if line.contains("batch committed") && !retaken.contains(shard) {
             late_commits.push(line);
         }
     }
+    assert!(after.lines().any(|l| l.contains("lease lost") && shard_of(l).is_some()), "{w0}");
     assert!(late_commits.is_empty(), "w0 committed without a lease after waking: {late_commits:#?}\n{w0}");
     fleet.check_lake(400);
+}
+
+/// Resharding while three workers run: every child starts only after all its
+/// parents ended and were committed, whichever workers held them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_under_three_workers_keeps_parents_first_and_loses_nothing() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 2).await;
+    let mut fleet = Fleet::new(&stream, 3, "10s").await;
+    let records: Vec<(String, Vec<u8>)> =
+        events(900, 36, 6).into_iter().enumerate().map(|(i, e)| (format!("key-{}", i % 24), e)).collect();
+    let mut landed = put_records(&client, &stream, &records[..300]).await;
+    for i in 0..3 {
+        fleet.start(i);
+    }
+    // Split shard 0 in the middle of its hash range: shards 2 and 3.
+    client
+        .split_shard()
+        .stream_name(&stream)
+        .shard_to_split("shardId-000000000000")
+        .new_starting_hash_key((1u128 << 126).to_string())
+        .send()
+        .await
+        .expect("split shard");
+    wait_active(&client, &stream).await;
+    landed.extend(put_records(&client, &stream, &records[300..600]).await);
+    // Merge shard 3 with its neighbour shard 1: shard 4.
+    client
+        .merge_shards()
+        .stream_name(&stream)
+        .shard_to_merge("shardId-000000000003")
+        .adjacent_shard_to_merge("shardId-000000000001")
+        .send()
+        .await
+        .expect("merge shards");
+    wait_active(&client, &stream).await;
+    landed.extend(put_records(&client, &stream, &records[600..]).await);
+    let used: std::collections::BTreeSet<&str> = landed.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(used.len(), 5, "records should land on parents and children: {used:?}");
+    fleet.wait_committed(&landed, Duration::from_secs(120)).await;
+    fleet.terminate_all();
+    fleet.check_lake(900);
+    for (child, parents) in [
+        ("shardId-000000000002", &["shardId-000000000000"][..]),
+        ("shardId-000000000004", &["shardId-000000000001", "shardId-000000000003"][..]),
+    ] {
+        let child_first = times(&fleet, &["batch committed", child]);
+        let child_first = child_first.first().unwrap_or_else(|| panic!("{child} never committed\n{}", fleet.logs()));
+        for parent in parents {
+            let ended = times(&fleet, &["shard ended", parent]);
+            let last_commit = times(&fleet, &["batch committed", parent]);
+            let done = ended.last().max(last_commit.last()).unwrap_or_else(|| panic!("{parent} never ended"));
+            assert!(done < child_first, "{child} committed at {child_first} before {parent} ended at {done}");
+        }
+    }
+    let owners: Vec<String> =
+        (0..3).filter(|i| fleet.log(*i).contains("batch committed")).map(|i| format!("w{i}")).collect();
+    eprintln!("RESHARDING: committed by {owners:?}");
 }
