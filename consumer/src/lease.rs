@@ -106,11 +106,13 @@ impl Leases {
         self.lost.lock().expect("lost lock").entry(shard.to_string()).or_default().clone()
     }
 
-    fn mark_lost(&self, shard: &str) {
+    /// Counts and announces a lost lease once, whichever found it first: the
+    /// renewer, or the reader whose fenced write was refused.
+    pub fn mark_lost(&self, shard: &str) {
+        let Some(token) = self.lost.lock().expect("lost lock").remove(shard) else { return };
+        token.cancel();
         self.metrics.record_lease_lost();
-        if let Some(t) = self.lost.lock().expect("lost lock").remove(shard) {
-            t.cancel();
-        }
+        self.metrics.set_leases_held(self.store.held().len());
         tracing::warn!(shard, worker = self.store.worker_id(), "lease lost to another worker; stopping its reader");
     }
 

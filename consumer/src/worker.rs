@@ -186,7 +186,12 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                             leases.release(&shard).await;
                         }
                     }
-                    Ok(ShardExit::Stopped | ShardExit::Lost) => {}
+                    Ok(ShardExit::Lost) => {
+                        if let Some(leases) = &ctx.leases {
+                            leases.mark_lost(&shard);
+                        }
+                    }
+                    Ok(ShardExit::Stopped) => {}
                     Err(e) => {
                         ctx.healthy.store(false, Ordering::Relaxed);
                         tracing::error!(shard, error = format!("{e:#}"), "shard reader failed; restarting it");

@@ -7,6 +7,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,11 @@ impl Fleet {
         let dir = self.setup.dir.path();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("w{i}.log"))).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardlake-consumer"))
+            // A group of its own, whose parent (this test) is outside it: a
+            // stopped worker is then never in an orphaned process group, which
+            // the kernel would SIGCONT whenever a member (such as the `kill`
+            // behind SHARDLAKE_STOP_AT) exits.
+            .process_group(0)
             .args(["run", "--config"])
             .arg(dir.join(format!("w{i}.toml")))
             .env("RUST_LOG", "shardlake_consumer=info")
@@ -84,6 +90,21 @@ impl Fleet {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.workers[i] = Some(child);
+    }
+
+    /// A metric's value from worker `i`'s `/metrics` (0 when absent).
+    fn metric(&self, i: usize, name: &str) -> f64 {
+        use std::io::{Read, Write};
+        let log = self.log(i);
+        let line = log.lines().rev().find(|l| l.contains("metrics on http://")).expect("metrics line");
+        let address = line.split("http://").nth(1).unwrap().trim_end_matches("/metrics");
+        let mut conn = std::net::TcpStream::connect(address).unwrap();
+        write!(conn, "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        conn.read_to_string(&mut out).unwrap();
+        out.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
     }
 
     fn signal(&self, i: usize, signal: &str) {
@@ -245,6 +266,21 @@ async fn three_workers_balance_eight_shards_and_write_each_record_once() {
     fleet.wait_committed(&landed, Duration::from_secs(90)).await;
     let counts = fleet.wait_balanced(8, 3, Duration::from_secs(5)).await;
     assert!(counts.values().all(|n| (2..=3).contains(n)), "{counts:?}");
+    poll("leases_held to add up to 8", Duration::from_secs(10), || async {
+        let held: f64 = (0..3).map(|i| fleet.metric(i, "shardlake_consumer_leases_held")).sum();
+        (held == 8.0).then_some(())
+    })
+    .await;
+    for i in 0..3 {
+        assert!(fleet.metric(i, "shardlake_consumer_lease_renew_seconds_count") > 0.0, "w{i} renewed nothing");
+    }
+    let taken: f64 = (0..3)
+        .map(|i| {
+            fleet.metric(i, "shardlake_consumer_leases_taken_total")
+                + fleet.metric(i, "shardlake_consumer_leases_stolen_total")
+        })
+        .sum();
+    assert!(taken >= 8.0, "{taken} leases taken or stolen");
     fleet.terminate_all();
     fleet.check_lake(800);
 }
@@ -353,6 +389,12 @@ async fn a_worker_frozen_before_its_commit_is_fenced_when_it_wakes() {
     })
     .await;
     let frozen = shards_of(&fleet.owners().await, "w0");
+    let mut pending = Vec::new();
+    for shard in ["shardId-000000000000", "shardId-000000000001"] {
+        let state = fleet.observer.load(shard).await.unwrap();
+        eprintln!("FROZEN STATE {shard}: {state:?}");
+        pending.extend(state.intent.map(|_| shard));
+    }
     fleet.start(1);
     let took = fleet
         .wait_taken_from("w0", &["shardId-000000000000".into(), "shardId-000000000001".into()], Duration::from_secs(30))
@@ -360,7 +402,6 @@ async fn a_worker_frozen_before_its_commit_is_fenced_when_it_wakes() {
     eprintln!("TAKEOVER from a frozen worker: {:.2} s ({} shards, lease 3 s)", took.as_secs_f64(), frozen.len());
     landed.extend(put_records(&client, &stream, &records[200..]).await);
     fleet.wait_committed(&landed, Duration::from_secs(90)).await;
-    assert!(fleet.log(1).contains("replaying a pending batch"), "{}", fleet.logs());
     fleet.signal(0, "-CONT");
     poll("w0 to find its lease lost", Duration::from_secs(20), || async {
         fleet.log(0).contains("lease lost").then_some(())
@@ -386,6 +427,7 @@ async fn a_worker_frozen_before_its_commit_is_fenced_when_it_wakes() {
     assert!(after.lines().any(|l| l.contains("lease lost") && shard_of(l).is_some()), "{w0}");
     assert!(late_commits.is_empty(), "w0 committed without a lease after waking: {late_commits:#?}\n{w0}");
     fleet.check_lake(400);
+    assert!(pending.is_empty() || fleet.log(1).contains("replaying a pending batch"), "{pending:?}\n{}", fleet.logs());
 }
 
 /// Resharding while three workers run: every child starts only after all its
