@@ -73,7 +73,9 @@ async fn racing_takers_of_one_lease_have_exactly_one_winner() {
     let wins = race(&workers, Some(lease)).await;
     assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
     let holders: Vec<_> = workers.iter().filter(|w| w.holds(SHARD)).map(|w| w.worker_id().to_string()).collect();
-    assert_eq!(holders.len(), 2, "the first winner still believes it holds it until a write fails: {holders:?}");
+    // The first race's winner (if it lost the second) still believes it holds
+    // the lease until one of its writes fails.
+    assert!((1..=2).contains(&holders.len()), "{holders:?}");
     let leases = workers[0].leases().await.unwrap();
     assert_eq!(leases[0].counter, 2);
     assert!(holders.contains(leases[0].owner.as_ref().unwrap()));
