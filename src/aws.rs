@@ -41,3 +41,10 @@ pub fn firehose_client(config: &aws_config::SdkConfig) -> aws_sdk_firehose::Clie
     let conf = aws_sdk_firehose::config::Builder::from(config).retry_config(RetryConfig::disabled()).build();
     aws_sdk_firehose::Client::from_conf(conf)
 }
+
+/// A DynamoDB client for the fleet's lease and checkpoint table. SDK retries
+/// stay on (standard mode): every write is conditional, so a retried write
+/// whose first attempt landed fails its condition instead of applying twice.
+pub fn dynamodb_client(config: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(config)
+}

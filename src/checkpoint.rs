@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::store::file::FileStore;
 
+pub mod dynamodb;
+
+pub use dynamodb::{DynamoCheckpoints, FleetOptions, Lease};
+
 /// Kinesis sequence numbers are decimal strings without leading zeros: order
 /// by length, then lexically.
 pub fn compare_sequences(a: &str, b: &str) -> Ordering {
@@ -55,39 +59,68 @@ pub struct ShardState {
 pub enum CheckpointStore {
     /// One JSON file per shard under a local directory.
     File(FileCheckpoints),
+    /// One DynamoDB item per shard, with its lease: the fleet's store.
+    DynamoDb(DynamoCheckpoints),
 }
 
 impl CheckpointStore {
-    /// Opens the store at `url` (`file:///path` or a plain path) for one
-    /// application reading one stream.
+    /// Opens the store at `url`: `file:///path` (or a plain path) for a
+    /// single worker, `dynamodb://TABLE` for a fleet, whose worker id and
+    /// lease settings come from `fleet`.
+    pub async fn connect(url: &str, application: &str, stream: &str, fleet: &FleetOptions) -> Result<Self> {
+        let Some(table) = url.strip_prefix("dynamodb://") else { return Self::open(url, application, stream) };
+        Self::check_names(application, stream)?;
+        let sdk = crate::aws::sdk_config().await;
+        let client = crate::aws::dynamodb_client(&sdk);
+        let store = DynamoCheckpoints::connect(client, table, application, stream, fleet.clone()).await?;
+        Ok(CheckpointStore::DynamoDb(store))
+    }
+
+    /// Opens the `file://` store at `url` (`file:///path` or a plain path)
+    /// for one application reading one stream; `dynamodb://` needs
+    /// [`CheckpointStore::connect`].
     pub fn open(url: &str, application: &str, stream: &str) -> Result<Self> {
         if let Some(rest) = url.strip_prefix("dynamodb://") {
             return Err(Error::Config(format!(
-                "checkpoint store dynamodb://{rest}: DynamoDB checkpoints come with fleet mode, which is not built \
-                 yet; use file:///path for a single worker"
+                "checkpoint store dynamodb://{rest}: the fleet store is opened with CheckpointStore::connect"
             )));
         }
         if url.contains("://") && !url.starts_with("file://") {
-            return Err(Error::Config(format!("checkpoint store `{url}`: expected file:///path")));
+            return Err(Error::Config(format!("checkpoint store `{url}`: expected file:///path or dynamodb://TABLE")));
         }
         let root = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
+        Self::check_names(application, stream)?;
+        Ok(CheckpointStore::File(FileCheckpoints { store: FileStore::new(root.join(application).join(stream)) }))
+    }
+
+    fn check_names(application: &str, stream: &str) -> Result<()> {
         for (what, name) in [("application", application), ("stream", stream)] {
             crate::store::check_key(name)
                 .ok()
                 .filter(|_| !name.contains('/'))
                 .ok_or_else(|| Error::Config(format!("{what} name `{name}` cannot name a checkpoint folder")))?;
         }
-        Ok(CheckpointStore::File(FileCheckpoints { store: FileStore::new(root.join(application).join(stream)) }))
+        Ok(())
+    }
+
+    /// The fleet store, when this is one (leases live there).
+    pub fn fleet(&self) -> Option<&DynamoCheckpoints> {
+        match self {
+            CheckpointStore::DynamoDb(d) => Some(d),
+            CheckpointStore::File(_) => None,
+        }
     }
 
     /// The state of `shard` (the default when it was never seen).
     pub async fn load(&self, shard: &str) -> Result<ShardState> {
         match self {
             CheckpointStore::File(f) => f.load(shard).await,
+            CheckpointStore::DynamoDb(d) => d.load(shard).await,
         }
     }
 
-    /// Step 1 of a flush: records the range about to be uploaded.
+    /// Step 1 of a flush: records the range about to be uploaded. In a fleet
+    /// it fails with [`Error::LeaseLost`] once the lease moved.
     pub async fn record_intent(&self, shard: &str, intent: &Intent) -> Result<()> {
         match self {
             CheckpointStore::File(f) => {
@@ -95,11 +128,13 @@ impl CheckpointStore {
                 state.intent = Some(intent.clone());
                 f.save(shard, &state).await
             }
+            CheckpointStore::DynamoDb(d) => d.record_intent(shard, intent).await,
         }
     }
 
     /// Step 3 of a flush: checkpoint = `last`, intent cleared, `ended` set
-    /// when the shard is finished, in one atomic write.
+    /// when the shard is finished, in one atomic write. In a fleet it fails
+    /// with [`Error::LeaseLost`] once the lease moved: nothing is committed.
     pub async fn commit(&self, shard: &str, last: Option<&str>, ended: bool) -> Result<()> {
         match self {
             CheckpointStore::File(f) => {
@@ -111,6 +146,7 @@ impl CheckpointStore {
                 state.ended |= ended;
                 f.save(shard, &state).await
             }
+            CheckpointStore::DynamoDb(d) => d.commit(shard, last, ended).await,
         }
     }
 
@@ -122,6 +158,7 @@ impl CheckpointStore {
                 Err(_) if !f.store.exists(SCHEMA_KEY) => Ok(None),
                 Err(e) => Err(e),
             },
+            CheckpointStore::DynamoDb(d) => d.load_schema().await,
         }
     }
 
@@ -130,6 +167,7 @@ impl CheckpointStore {
     pub async fn save_schema(&self, toml: &str) -> Result<()> {
         match self {
             CheckpointStore::File(f) => f.store.put(SCHEMA_KEY, toml.as_bytes().to_vec()).await,
+            CheckpointStore::DynamoDb(d) => d.save_schema(toml).await,
         }
     }
 
@@ -137,6 +175,7 @@ impl CheckpointStore {
     pub fn url(&self) -> String {
         match self {
             CheckpointStore::File(f) => f.store.url(""),
+            CheckpointStore::DynamoDb(d) => d.url(),
         }
     }
 }
@@ -223,7 +262,7 @@ mod tests {
         let err = store.load("shard-1").await.unwrap_err().to_string();
         assert!(err.contains("shard-1.json") && err.contains("corrupt"), "{err}");
         assert!(CheckpointStore::open("s3://b/x", "app", "s").unwrap_err().to_string().contains("file:///path"));
-        assert!(CheckpointStore::open("dynamodb://t", "app", "s").unwrap_err().to_string().contains("fleet"));
+        assert!(CheckpointStore::open("dynamodb://t", "app", "s").unwrap_err().to_string().contains("connect"));
         assert!(CheckpointStore::open("/tmp/x", "app", "../up").is_err());
     }
 }

@@ -35,6 +35,14 @@ pub enum Error {
         /// The underlying error.
         error: parquet::errors::ParquetError,
     },
+    /// A fenced write (intent, commit, renewal) found that this worker no
+    /// longer holds the shard's lease: another worker took it over. Nothing
+    /// was written; the new owner replays any pending intent.
+    #[error("lease on shard {shard} lost to another worker; nothing was committed")]
+    LeaseLost {
+        /// The shard whose lease moved.
+        shard: String,
+    },
     /// Building Arrow arrays failed (a bug: coercion should prevent it).
     #[error("building arrow arrays: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),

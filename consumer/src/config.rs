@@ -44,7 +44,9 @@ pub struct ConsumerConfig {
     pub initial_timestamp: Option<String>,
     /// Lake destination: a directory, `file:///dir` or `s3://bucket/prefix/`. Required.
     pub destination: String,
-    /// Checkpoint store: `file:///path` (default `file://./.shardlake/checkpoints`).
+    /// Checkpoint store: `file:///path` for a single worker (default
+    /// `file://./.shardlake/checkpoints`), or `dynamodb://TABLE` for a fleet
+    /// of workers sharing the stream's shards by leases (see `[fleet]`).
     #[serde(default = "default_checkpoint_store")]
     pub checkpoint_store: String,
     /// Schema file (TOML, or JSON by extension), as written by
@@ -88,6 +90,9 @@ pub struct ConsumerConfig {
     /// `/metrics` and `/healthz`.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Leases, when `checkpoint_store` is `dynamodb://TABLE`.
+    #[serde(default)]
+    pub fleet: FleetConfig,
     /// On SIGTERM/SIGINT, the time allowed for the final flush and commit
     /// before the process gives up and exits non-zero (default 60 s).
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
@@ -156,6 +161,36 @@ pub struct PollingConfig {
     /// How often the shard list is refreshed to find new shards (default 30 s).
     #[serde(default = "default_shard_refresh", with = "humantime_serde")]
     pub shard_refresh: Duration,
+}
+
+/// Fleet mode: how workers share shards through DynamoDB leases.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// This worker's id, the lease owner (default `hostname-pid-random`);
+    /// unique per process, so a restarted worker never inherits the leases
+    /// of its previous life without taking them.
+    #[serde(default)]
+    pub worker_id: Option<String>,
+    /// A lease not renewed for this long is taken over by another worker
+    /// (default 10 s, KCL's failoverTimeMillis; at least 1 s).
+    #[serde(default = "default_lease_duration", with = "humantime_serde")]
+    pub lease_duration: Duration,
+    /// How often leases are renewed and the fleet rebalanced (default a
+    /// third of `lease_duration`, so two renewals can fail before expiry).
+    #[serde(default, with = "humantime_serde")]
+    pub renew_interval: Option<Duration>,
+    /// Create the DynamoDB table when it is missing (default false: create
+    /// it with the README's schema, and grant no `CreateTable` in production).
+    #[serde(default)]
+    pub create_table: bool,
+}
+
+impl FleetConfig {
+    /// The renew interval with its default.
+    pub fn renew_every(&self) -> Duration {
+        self.renew_interval.unwrap_or(self.lease_duration / 3)
+    }
 }
 
 /// The HTTP endpoint for Prometheus and health checks.
@@ -231,6 +266,29 @@ fn default_metrics_address() -> SocketAddr {
 fn default_true() -> bool {
     true
 }
+fn default_lease_duration() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_worker_id() -> Option<String> {
+    None
+}
+fn default_create_table() -> bool {
+    false
+}
+fn default_renew_interval() -> Option<Duration> {
+    None
+}
+
+/// `hostname-pid-random`: unique per process across a fleet.
+pub fn generated_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+}
 
 macro_rules! default_from_fields {
     ($($ty:ident { $($field:ident: $f:ident),* })*) => {$(
@@ -249,6 +307,8 @@ default_from_fields! {
     PollingConfig { max_records_per_call: default_max_records_per_call, interval: default_poll_interval,
                     idle_interval: default_idle_interval, shard_refresh: default_shard_refresh }
     MetricsConfig { address: default_metrics_address, enabled: default_true }
+    FleetConfig { worker_id: default_worker_id, lease_duration: default_lease_duration,
+                  renew_interval: default_renew_interval, create_table: default_create_table }
 }
 
 /// A loaded config with everything parsed: the table spec, start position.
@@ -297,8 +357,21 @@ impl ConsumerConfig {
             bail!("stream: empty; set it to the Kinesis data stream name");
         }
         Location::parse(&self.destination).map_err(|e| anyhow::anyhow!("destination: {e}"))?;
-        shardlake::checkpoint::CheckpointStore::open(&self.checkpoint_store, &self.application, &self.stream)
-            .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
+        if !self.checkpoint_store.starts_with("dynamodb://") {
+            shardlake::checkpoint::CheckpointStore::open(&self.checkpoint_store, &self.application, &self.stream)
+                .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
+        }
+        let f = &mut self.fleet;
+        if f.lease_duration < Duration::from_secs(1) {
+            bail!("fleet.lease_duration: {:?} is below the 1s minimum; use \"1s\" or more", f.lease_duration);
+        }
+        if f.renew_every().is_zero() || f.renew_every() >= f.lease_duration {
+            bail!("fleet.renew_interval: must be above 0 and below fleet.lease_duration (default a third of it)");
+        }
+        if f.worker_id.as_deref().is_some_and(|w| w.trim().is_empty()) {
+            bail!("fleet.worker_id: empty; remove it to get hostname-pid-random");
+        }
+        f.worker_id.get_or_insert_with(generated_worker_id);
         let initial_timestamp_ms = match (self.initial_position, &self.initial_timestamp) {
             (InitialPosition::AtTimestamp, None) => {
                 bail!(
@@ -396,6 +469,11 @@ mod tests {
         assert_eq!(s.table.error_prefix, "errors/");
         assert_eq!(s.table.time_source, TimeSource::Arrival);
         assert_eq!(s.table.writer.memory_budget, 128 << 20);
+        assert_eq!(c.fleet.lease_duration, Duration::from_secs(10));
+        assert_eq!(c.fleet.renew_every(), Duration::from_secs(10) / 3);
+        assert!(!c.fleet.create_table);
+        let id = c.fleet.worker_id.as_deref().unwrap();
+        assert!(id.contains(&format!("-{}-", std::process::id())), "{id}");
     }
 
     #[test]
@@ -420,6 +498,9 @@ mod tests {
             (format!("{MINIMAL}partition = \"x=!{{nope}}\"\n"), "partition:"),
             (format!("{MINIMAL}[buffer]\nmax_mb = 600\n"), "memory_budget_mb"),
             (MINIMAL.replace("./lake", "gs://x"), "destination:"),
+            (format!("{MINIMAL}[fleet]\nlease_duration = \"500ms\"\n"), "fleet.lease_duration"),
+            (format!("{MINIMAL}[fleet]\nrenew_interval = \"20s\"\n"), "fleet.renew_interval"),
+            (format!("{MINIMAL}[fleet]\nleases = 3\n"), "unknown field `leases`"),
             (MINIMAL.replace("schema.toml", "missing.toml"), "schema:"),
             ("destination = \"./lake\"\nschema = \"s.toml\"\n".to_string(), "missing field `stream`"),
         ];

@@ -67,6 +67,11 @@ pub async fn stream_schema(
         }
         if let Some(schema) = inferrer.finish().filter(|_| inferrer.records() > 0) {
             checkpoints.save_schema(&schema.to_toml()).await?;
+            // In a fleet another worker may have stored its schema first; every
+            // worker must use the stored one, so replays rebuild identical files.
+            let stored = checkpoints.load_schema().await?.unwrap_or_else(|| schema.to_toml());
+            let schema = Schema::parse(&stored, false)
+                .map_err(|e| anyhow::anyhow!("stored schema in {}: {e}", checkpoints.url()))?;
             tracing::info!(
                 columns = schema.columns.len(),
                 records = inferrer.records(),

@@ -9,6 +9,7 @@ mod convert_cmd;
 mod http;
 mod infer;
 mod kinesis;
+mod lease;
 mod metrics;
 mod reader;
 mod run_cmd;

@@ -28,6 +28,13 @@ pub struct Metrics {
     unreplayable_ranges: IntCounterVec,
     shards_reading: IntGauge,
     get_records_seconds: HistogramVec,
+    leases_held: IntGauge,
+    leases_taken: IntCounter,
+    leases_stolen: IntCounter,
+    leases_lost: IntCounter,
+    leases_released: IntCounter,
+    lease_renew_seconds: Histogram,
+    lease_takeover_seconds: Histogram,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -69,7 +76,39 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(get_records_seconds.clone())).expect("unique metric");
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+            r.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
         Metrics {
+            leases_held: gauge("shardlake_consumer_leases_held", "Shard leases this worker holds (fleet mode)."),
+            leases_taken: counter(
+                "shardlake_consumer_leases_taken_total",
+                "Free or expired shard leases this worker took.",
+            ),
+            leases_stolen: counter(
+                "shardlake_consumer_leases_stolen_total",
+                "Live leases this worker took from the most loaded worker to balance the fleet.",
+            ),
+            leases_lost: counter(
+                "shardlake_consumer_leases_lost_total",
+                "Leases this worker found taken by another (its unflushed batch dropped, uncommitted).",
+            ),
+            leases_released: counter(
+                "shardlake_consumer_leases_released_total",
+                "Leases given up: at shutdown or when the shard ended.",
+            ),
+            lease_renew_seconds: histogram(
+                "shardlake_consumer_lease_renew_seconds",
+                "Latency of one lease renewal (a conditional DynamoDB write).",
+                vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+            ),
+            lease_takeover_seconds: histogram(
+                "shardlake_consumer_lease_takeover_seconds",
+                "Time from a lease's expiry to its takeover by this worker.",
+                vec![0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0],
+            ),
             records_read: counter_vec(&r, "shardlake_consumer_records_read_total", "Kinesis records read.", &["shard"]),
             bytes_read: counter_vec(
                 &r,
@@ -206,6 +245,39 @@ impl Metrics {
         self.shards_reading.add(delta);
     }
 
+    /// Leases held now.
+    pub fn set_leases_held(&self, n: usize) {
+        self.leases_held.set(n as i64);
+    }
+
+    /// A lease taken: free (`expired_for` None), expired for some seconds,
+    /// or stolen from a live worker.
+    pub fn record_lease_taken(&self, stolen: bool, expired_for: Option<f64>) {
+        if stolen {
+            self.leases_stolen.inc();
+        } else {
+            self.leases_taken.inc();
+        }
+        if let Some(s) = expired_for {
+            self.lease_takeover_seconds.observe(s);
+        }
+    }
+
+    /// A lease found lost.
+    pub fn record_lease_lost(&self) {
+        self.leases_lost.inc();
+    }
+
+    /// A lease released.
+    pub fn record_lease_released(&self) {
+        self.leases_released.inc();
+    }
+
+    /// One renewal's latency.
+    pub fn record_lease_renew(&self, seconds: f64) {
+        self.lease_renew_seconds.observe(seconds);
+    }
+
     /// Drops the per-shard series of a finished shard.
     pub fn forget_shard(&self, shard: &str) {
         for v in [&self.millis_behind_latest, &self.checkpoint_age_seconds] {
@@ -231,6 +303,11 @@ mod tests {
         let mut stats = PipelineStats { records: 5, ..Default::default() };
         stats.errors.insert(shardlake::error_output::ErrorKind::InvalidJson, 2);
         m.record_flush("age", &stats, &[(true, 100), (false, 20)], 0.2);
+        m.set_leases_held(3);
+        m.record_lease_taken(true, None);
+        m.record_lease_taken(false, Some(1.5));
+        m.record_lease_lost();
+        m.record_lease_renew(0.004);
         let text = m.render();
         for want in [
             "shardlake_consumer_records_read_total{shard=\"shardId-000000000001\"} 3",
@@ -240,6 +317,12 @@ mod tests {
             "shardlake_consumer_files_flushed_total{kind=\"data\"} 1",
             "shardlake_consumer_bytes_flushed_total 120",
             "shardlake_consumer_flushes_total{reason=\"age\"} 1",
+            "shardlake_consumer_leases_held 3",
+            "shardlake_consumer_leases_stolen_total 1",
+            "shardlake_consumer_leases_taken_total 1",
+            "shardlake_consumer_leases_lost_total 1",
+            "shardlake_consumer_lease_renew_seconds_count 1",
+            "shardlake_consumer_lease_takeover_seconds_sum 1.5",
         ] {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }

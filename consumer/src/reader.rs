@@ -33,12 +33,18 @@ pub enum ShardExit {
     Ended,
     /// The worker is stopping; everything read is committed.
     Stopped,
+    /// Fleet mode: another worker took the shard's lease. The unflushed
+    /// batch was dropped uncommitted; the new owner reads it again.
+    Lost,
 }
 
 struct Reader {
     ctx: Arc<Context>,
     shard: String,
     cancel: CancellationToken,
+    /// Cancelled when the shard's lease is found lost (fleet mode): stop at
+    /// once, commit nothing.
+    lost: CancellationToken,
     batch: ShardBatch,
     iterator: String,
     /// The last record read into the batch or committed: an expired iterator
@@ -54,8 +60,14 @@ struct Reader {
     failures: u32,
 }
 
-/// Reads `shard` until it ends or `cancel` fires.
-pub async fn read_shard(ctx: Arc<Context>, shard: String, cancel: CancellationToken) -> anyhow::Result<ShardExit> {
+/// Reads `shard` until it ends, `cancel` fires (final flush) or `lost` fires
+/// (no flush).
+pub async fn read_shard(
+    ctx: Arc<Context>,
+    shard: String,
+    cancel: CancellationToken,
+    lost: CancellationToken,
+) -> anyhow::Result<ShardExit> {
     let state = ctx.checkpoints.load(&shard).await?;
     if state.ended {
         return Ok(ShardExit::Ended);
@@ -77,6 +89,7 @@ pub async fn read_shard(ctx: Arc<Context>, shard: String, cancel: CancellationTo
         ctx,
         shard,
         cancel,
+        lost,
         iterator: String::new(),
         last_read: state.checkpoint,
         start: start.clone(),
@@ -85,7 +98,10 @@ pub async fn read_shard(ctx: Arc<Context>, shard: String, cancel: CancellationTo
         failures: 0,
     };
     reader.ctx.metrics.add_shards_reading(1);
-    let result = reader.run(start).await;
+    let result = match reader.run(start).await {
+        Err(e) if crate::lease::Leases::is_lost(&e) => Ok(reader.dropped_on_lost_lease()),
+        r => r,
+    };
     reader.ctx.metrics.add_shards_reading(-1);
     reader.ctx.budget.remove(&reader.shard);
     result
@@ -97,6 +113,9 @@ impl Reader {
         self.iterator = iterator;
         let polling = self.ctx.settings.config.polling.clone();
         loop {
+            if self.lost.is_cancelled() {
+                return Ok(self.dropped_on_lost_lease());
+            }
             if self.cancel.is_cancelled() {
                 return self.stop().await;
             }
@@ -147,6 +166,7 @@ impl Reader {
             let pause = wait.saturating_sub(called.elapsed());
             tokio::select! {
                 _ = self.cancel.cancelled() => {}
+                _ = self.lost.cancelled() => {}
                 _ = tokio::time::sleep(pause) => {}
             }
         }
@@ -215,6 +235,7 @@ impl Reader {
         tracing::warn!(shard = self.shard, error = %e, delay_ms = delay.as_millis() as u64, "kinesis call failed, backing off");
         tokio::select! {
             _ = self.cancel.cancelled() => Ok(false),
+            _ = self.lost.cancelled() => Ok(false),
             _ = tokio::time::sleep(delay) => Ok(true),
         }
     }
@@ -265,9 +286,26 @@ impl Reader {
         ShardBatch::new(&self.ctx.settings.table, &self.ctx.settings.config.stream, &self.shard)
     }
 
+    /// The lease moved: the batch is dropped, never committed (the store
+    /// would refuse it); the new owner reads it again from the checkpoint or
+    /// replays the pending intent.
+    fn dropped_on_lost_lease(&mut self) -> ShardExit {
+        let dropped = self.batch.range().map_or(0, |(_, _, records)| records);
+        self.batch = self.empty_batch();
+        tracing::warn!(
+            shard = self.shard,
+            dropped_records = dropped,
+            "lease lost: dropped the unflushed batch uncommitted"
+        );
+        ShardExit::Lost
+    }
+
     /// Final flush on shutdown. A replay cut short is dropped: its intent
     /// stays, and the next start replays the whole range.
     async fn stop(&mut self) -> anyhow::Result<ShardExit> {
+        if self.lost.is_cancelled() {
+            return Ok(self.dropped_on_lost_lease());
+        }
         if self.replay.is_some() {
             tracing::info!(shard = self.shard, "stopping during a replay; the next start replays it again");
         } else {

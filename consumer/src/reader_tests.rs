@@ -90,6 +90,7 @@ fn context(dir: &std::path::Path, kinesis: aws_sdk_kinesis::Client) -> Arc<Conte
         crash: CrashPoints::from_env().unwrap(),
         abort: CancellationToken::new(),
         healthy: AtomicBool::new(true),
+        leases: None,
         settings,
     })
 }
@@ -123,7 +124,8 @@ async fn throttling_backs_off_and_an_expired_iterator_resumes_after_the_last_rec
     ]);
     let dir = tempfile::tempdir().unwrap();
     let ctx = context(dir.path(), kinesis);
-    let exit = read_shard(ctx.clone(), SHARD.to_string(), CancellationToken::new()).await.unwrap();
+    let exit =
+        read_shard(ctx.clone(), SHARD.to_string(), CancellationToken::new(), CancellationToken::new()).await.unwrap();
     assert_eq!(exit, ShardExit::Ended);
 
     assert_eq!(

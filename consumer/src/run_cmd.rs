@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use shardlake::checkpoint::CheckpointStore;
+use shardlake::checkpoint::{CheckpointStore, FleetOptions};
 use shardlake::store::ObjectStore;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::Thresholds;
 use crate::config::{ConsumerConfig, Settings};
 use crate::kinesis::KinesisError;
+use crate::lease::Leases;
 use crate::metrics::Metrics;
 use crate::worker::{Context, CrashPoints, MemoryBudget};
 
@@ -47,6 +48,15 @@ pub fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
     println!("stream            {} (application {}, start {:?})", c.stream, c.application, c.initial_position);
     println!("destination       {}", c.destination);
     println!("checkpoint_store  {}", c.checkpoint_store);
+    if c.checkpoint_store.starts_with("dynamodb://") {
+        println!(
+            "fleet             worker {}, leases of {:?} renewed every {:?}{}",
+            c.fleet.worker_id.as_deref().unwrap_or("-"),
+            c.fleet.lease_duration,
+            c.fleet.renew_every(),
+            if c.fleet.create_table { ", table created when missing" } else { "" }
+        );
+    }
     match &c.schema {
         Some(path) => println!(
             "schema            {} ({} columns, unknown fields: {:?})",
@@ -83,7 +93,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let c = &settings.config;
     let sdk = shardlake::aws::sdk_config().await;
     let lake = ObjectStore::open(&c.destination, &settings.s3).await?;
-    let checkpoints = CheckpointStore::open(&c.checkpoint_store, &c.application, &c.stream)?;
+    let fleet = FleetOptions {
+        worker_id: c.fleet.worker_id.clone().unwrap_or_else(crate::config::generated_worker_id),
+        lease_duration: c.fleet.lease_duration,
+        create_table: c.fleet.create_table,
+    };
+    let checkpoints = CheckpointStore::connect(&c.checkpoint_store, &c.application, &c.stream, &fleet)
+        .await
+        .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
     let kinesis = shardlake::aws::kinesis_client(&sdk);
     // A missing stream or bad credentials are reported at once, not retried forever.
     if let Err(e @ (KinesisError::NotFound(_) | KinesisError::Fatal(_))) =
@@ -106,12 +123,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let c = &settings.config;
     let thresholds =
         Thresholds { max_bytes: c.buffer.max_mb << 20, max_records: c.buffer.max_records, max_age: c.buffer.max_age };
+    let metrics = Arc::new(Metrics::new());
+    let leases = checkpoints.fleet().map(|store| Leases::new(store.clone(), metrics.clone()));
+    if leases.is_some() {
+        eprintln!("shardlake-consumer: fleet mode, worker {}", fleet.worker_id);
+    }
     let ctx = Arc::new(Context {
+        leases,
         thresholds,
         kinesis,
         lake,
         checkpoints,
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         budget: MemoryBudget::new(c.buffer.memory_budget_mb << 20),
         crash: CrashPoints::from_env()?,
         abort,

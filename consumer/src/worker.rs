@@ -1,6 +1,9 @@
 //! The worker: discovers shards, runs one reader task per shard (children
 //! only after all their parents ended and committed), shares the memory
-//! budget between their batches, and stops them all on shutdown.
+//! budget between their batches, and stops them all on shutdown. In fleet
+//! mode it reads only the shards it holds leases on: a renewer task keeps
+//! them, each interval the worker takes its fair share, and on shutdown it
+//! releases them after the final commits.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::Thresholds;
 use crate::config::Settings;
-use crate::kinesis;
+use crate::kinesis::{self, ShardInfo};
+use crate::lease::Leases;
 use crate::metrics::Metrics;
 use crate::reader::{ShardExit, read_shard};
 
@@ -33,6 +37,9 @@ pub struct Context {
     pub lake: ObjectStore,
     /// Checkpoints and intents.
     pub checkpoints: CheckpointStore,
+    /// Fleet mode (`dynamodb://` store): this worker's leases; `None` for a
+    /// single worker, which reads every shard.
+    pub leases: Option<Leases>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// The memory budget shared by all batches.
@@ -77,30 +84,42 @@ impl MemoryBudget {
     }
 }
 
-/// Test hook: `SHARDLAKE_CRASH_AT=point:n` aborts the process (like SIGKILL:
-/// no flush, no cleanup) the n-th time it reaches `point` (`after_intent`,
-/// `after_upload`, `before_commit`). Crash-safety tests use it to stop the
-/// process at exact steps of the exactly-once protocol.
+/// Test hooks: `SHARDLAKE_CRASH_AT=point:n` aborts the process (like
+/// SIGKILL: no flush, no cleanup) the n-th time it reaches `point`
+/// (`after_intent`, `after_upload`, `before_commit`); `SHARDLAKE_STOP_AT`
+/// instead freezes it there with SIGSTOP (like a long GC pause or a network
+/// partition) until the test sends SIGCONT. Crash-safety and fencing tests
+/// use them to stop the process at exact steps of the exactly-once protocol.
 pub struct CrashPoints {
     target: Option<(String, u64)>,
     hits: AtomicU64,
+    stop: Option<(String, u64)>,
+    stop_hits: AtomicU64,
+}
+
+fn hook_from_env(var: &str) -> anyhow::Result<Option<(String, u64)>> {
+    match std::env::var(var) {
+        Ok(spec) => {
+            let (point, n) = spec.split_once(':').unwrap_or((spec.as_str(), "1"));
+            let n = n.parse().map_err(|_| anyhow::anyhow!("{var}={spec}: expected point:count"))?;
+            Ok(Some((point.to_string(), n)))
+        }
+        Err(_) => Ok(None),
+    }
 }
 
 impl CrashPoints {
-    /// Reads `SHARDLAKE_CRASH_AT`.
+    /// Reads `SHARDLAKE_CRASH_AT` and `SHARDLAKE_STOP_AT`.
     pub fn from_env() -> anyhow::Result<Self> {
-        let target = match std::env::var("SHARDLAKE_CRASH_AT") {
-            Ok(spec) => {
-                let (point, n) = spec.split_once(':').unwrap_or((spec.as_str(), "1"));
-                let n = n.parse().map_err(|_| anyhow::anyhow!("SHARDLAKE_CRASH_AT={spec}: expected point:count"))?;
-                Some((point.to_string(), n))
-            }
-            Err(_) => None,
-        };
-        Ok(CrashPoints { target, hits: AtomicU64::new(0) })
+        Ok(CrashPoints {
+            target: hook_from_env("SHARDLAKE_CRASH_AT")?,
+            hits: AtomicU64::new(0),
+            stop: hook_from_env("SHARDLAKE_STOP_AT")?,
+            stop_hits: AtomicU64::new(0),
+        })
     }
 
-    /// Marks `point` reached; aborts when it is the configured hit.
+    /// Marks `point` reached; aborts or freezes when it is the configured hit.
     pub fn hit(&self, point: &str) {
         if let Some((p, n)) = &self.target
             && p == point
@@ -109,6 +128,15 @@ impl CrashPoints {
             eprintln!("SHARDLAKE_CRASH_AT: aborting at {point} #{n}");
             std::process::abort();
         }
+        if let Some((p, n)) = &self.stop
+            && p == point
+            && self.stop_hits.fetch_add(1, Ordering::SeqCst) + 1 == *n
+        {
+            eprintln!("SHARDLAKE_STOP_AT: freezing at {point} #{n} until SIGCONT");
+            // The whole process stops, renewals included; a test hook, so a
+            // blocking call on this thread is fine.
+            let _ = std::process::Command::new("kill").args(["-STOP", &std::process::id().to_string()]).status();
+        }
     }
 }
 
@@ -116,7 +144,30 @@ impl CrashPoints {
 /// final flushes.
 pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
     let stream = ctx.settings.config.stream.clone();
-    let refresh = ctx.settings.config.polling.shard_refresh;
+    let renew_every = ctx.settings.config.fleet.renew_every();
+    let refresh = match &ctx.leases {
+        Some(_) => ctx.settings.config.polling.shard_refresh.min(renew_every),
+        None => ctx.settings.config.polling.shard_refresh,
+    };
+    // Renewals run on their own task, so a slow ListShards or balance never
+    // lets a held lease expire; it stops only after the final commits.
+    let renew_stop = CancellationToken::new();
+    let renewer = ctx.leases.as_ref().map(|_| {
+        let (ctx, stop) = (ctx.clone(), renew_stop.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(renew_every);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = every.tick() => {}
+                }
+                if let Some(leases) = &ctx.leases {
+                    leases.renew_all().await;
+                }
+            }
+        })
+    });
     let (done_tx, mut done_rx) = mpsc::channel::<(String, anyhow::Result<ShardExit>)>(64);
     let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut ended: HashSet<String> = HashSet::new();
@@ -131,6 +182,14 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                     Ok(ShardExit::Ended) => {
                         ended.insert(shard.clone());
                         ctx.metrics.forget_shard(&shard);
+                        if let Some(leases) = &ctx.leases {
+                            leases.release(&shard).await;
+                        }
+                    }
+                    Ok(ShardExit::Lost) => {
+                        if let Some(leases) = &ctx.leases {
+                            leases.mark_lost(&shard);
+                        }
                     }
                     Ok(ShardExit::Stopped) => {}
                     Err(e) => {
@@ -162,21 +221,31 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                 ended.insert(s.id.clone());
             }
         }
+        // A parent that aged out of the listing is long finished.
+        let ready = |s: &ShardInfo| {
+            !ended.contains(&s.id) && s.parents.iter().all(|p| ended.contains(p) || !listed.contains(p.as_str()))
+        };
+        if let Some(leases) = &ctx.leases {
+            let eligible: Vec<&ShardInfo> = shards.iter().filter(|s| ready(s)).collect();
+            if let Err(e) = leases.balance(&eligible).await {
+                tracing::error!(stream, error = %e, "taking leases failed; retrying next interval");
+            }
+        }
         for s in &shards {
-            if ended.contains(&s.id) || running.contains_key(&s.id) {
+            if running.contains_key(&s.id) || !ready(s) {
                 continue;
             }
-            // A parent that aged out of the listing is long finished.
-            let parents_done = s.parents.iter().all(|p| ended.contains(p) || !listed.contains(p.as_str()));
-            if !parents_done {
-                continue;
-            }
+            let lost = match &ctx.leases {
+                Some(leases) if !leases.holds(&s.id) => continue,
+                Some(leases) => leases.lost_token(&s.id),
+                None => CancellationToken::new(),
+            };
             tracing::info!(shard = s.id, "starting shard reader");
             let (ctx, shard, cancel, done) = (ctx.clone(), s.id.clone(), cancel.clone(), done_tx.clone());
             running.insert(
                 s.id.clone(),
                 tokio::spawn(async move {
-                    let result = read_shard(ctx, shard.clone(), cancel).await;
+                    let result = read_shard(ctx, shard.clone(), cancel, lost).await;
                     let _ = done.send((shard, result)).await;
                 }),
             );
@@ -197,6 +266,15 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                 "final flush failed; the shard resumes from its checkpoint"
             );
         }
+    }
+    if let Some(renewer) = renewer {
+        renew_stop.cancel();
+        let _ = renewer.await;
+    }
+    if let Some(leases) = &ctx.leases {
+        // After the final commits: the next owners start from them at once,
+        // without waiting for the leases to expire.
+        leases.release_all().await;
     }
     if failed > 0 {
         anyhow::bail!("{failed} shard(s) could not flush at shutdown; their records are read again on restart");

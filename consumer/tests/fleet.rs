@@ -1,0 +1,489 @@
+//! Fleet mode: several `shardlake-consumer run` processes share one stream
+//! through DynamoDB leases (kinesis-local + dynalite + a local lake). They
+//! balance the shards, take over from a killed worker within seconds, hand
+//! over at once on SIGTERM, fence a paused worker's stale commits, and the
+//! lake holds every record exactly once (DuckDB).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shardlake::checkpoint::{CheckpointStore, DynamoCheckpoints, FleetOptions, Lease, compare_sequences};
+use support::*;
+
+/// A fleet of workers on one stream, lake and lease table.
+struct Fleet {
+    setup: Setup,
+    table: String,
+    workers: Vec<Option<Child>>,
+    observer: DynamoCheckpoints,
+}
+
+impl Fleet {
+    /// Writes one config per worker (`w0.toml`, ...) with `lease_duration`.
+    async fn new(stream: &str, workers: usize, lease_duration: &str) -> Self {
+        let setup = Setup::new(stream);
+        let table = unique("leases");
+        for i in 0..workers {
+            let text = format!(
+                "stream = \"{stream}\"\ndestination = \"{}\"\ncheckpoint_store = \"dynamodb://{table}\"\n\
+                 schema = \"schema.toml\"\ntime_field = \"ts\"\nshutdown_timeout = \"30s\"\n\
+                 [fleet]\nworker_id = \"w{i}\"\nlease_duration = \"{lease_duration}\"\ncreate_table = true\n\
+                 [buffer]\nmax_age = \"1s\"\n[polling]\nidle_interval = \"200ms\"\nshard_refresh = \"1s\"\n\
+                 [metrics]\naddress = \"127.0.0.1:0\"\n",
+                setup.lake().display(),
+            );
+            std::fs::write(setup.dir.path().join(format!("w{i}.toml")), text).unwrap();
+        }
+        stack_env("AWS_ENDPOINT_URL_DYNAMODB");
+        let options =
+            FleetOptions { worker_id: "observer".into(), lease_duration: Duration::from_secs(10), create_table: true };
+        let store =
+            CheckpointStore::connect(&format!("dynamodb://{table}"), "shardlake", stream, &options).await.unwrap();
+        let observer = store.fleet().unwrap().clone();
+        Fleet { setup, table, workers: (0..workers).map(|_| None).collect(), observer }
+    }
+
+    /// Worker `i`'s log, without ANSI colours.
+    fn log(&self, i: usize) -> String {
+        plain(&std::fs::read_to_string(self.setup.dir.path().join(format!("w{i}.log"))).unwrap_or_default())
+    }
+
+    fn logs(&self) -> String {
+        (0..self.workers.len()).map(|i| format!("--- w{i}\n{}", self.log(i))).collect()
+    }
+
+    /// Starts worker `i` and waits until it serves metrics.
+    fn start(&mut self, i: usize) {
+        self.start_with(i, &[]);
+    }
+
+    /// `start` with `env` added.
+    fn start_with(&mut self, i: usize, env: &[(&str, &str)]) {
+        const READY: &str = "metrics on http://";
+        let before = self.log(i).matches(READY).count();
+        let dir = self.setup.dir.path();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("w{i}.log"))).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardlake-consumer"))
+            // A group of its own, whose parent (this test) is outside it: a
+            // stopped worker is then never in an orphaned process group, which
+            // the kernel would SIGCONT whenever a member (such as the `kill`
+            // behind SHARDLAKE_STOP_AT) exits.
+            .process_group(0)
+            .args(["run", "--config"])
+            .arg(dir.join(format!("w{i}.toml")))
+            .env("RUST_LOG", "shardlake_consumer=info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.log(i).matches(READY).count() == before {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("w{i} exited at start with {status}:\n{}", self.log(i));
+            }
+            assert!(Instant::now() < deadline, "w{i} not ready after 30 s:\n{}", self.log(i));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.workers[i] = Some(child);
+    }
+
+    /// A metric's value from worker `i`'s `/metrics` (0 when absent).
+    fn metric(&self, i: usize, name: &str) -> f64 {
+        use std::io::{Read, Write};
+        let log = self.log(i);
+        let line = log.lines().rev().find(|l| l.contains("metrics on http://")).expect("metrics line");
+        let address = line.split("http://").nth(1).unwrap().trim_end_matches("/metrics");
+        let mut conn = std::net::TcpStream::connect(address).unwrap();
+        write!(conn, "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        conn.read_to_string(&mut out).unwrap();
+        out.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.workers[i].as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    }
+
+    /// Shard → owner of every live lease.
+    async fn owners(&self) -> BTreeMap<String, String> {
+        let now = shardlake::checkpoint::dynamodb::now_ms();
+        let leases: Vec<Lease> = self.observer.leases().await.unwrap();
+        leases.into_iter().filter(|l| !l.is_free(now)).filter_map(|l| Some((l.shard, l.owner?))).collect()
+    }
+
+    /// Waits until all `shards` are held, by `workers` workers within one
+    /// shard of each other; returns owner → count.
+    async fn wait_balanced(&self, shards: usize, workers: usize, limit: Duration) -> BTreeMap<String, usize> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let owners = self.owners().await;
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            for o in owners.values() {
+                *counts.entry(o.clone()).or_default() += 1;
+            }
+            let (min, max) = (counts.values().min().copied(), counts.values().max().copied());
+            if owners.len() == shards && counts.len() == workers && max.unwrap() - min.unwrap() <= 1 {
+                return counts;
+            }
+            assert!(Instant::now() < deadline, "not balanced after {limit:?}: {counts:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every shard's checkpoint is at or past the last record put to it.
+    async fn wait_committed(&self, landed: &[Landed], limit: Duration) {
+        let mut last: BTreeMap<&str, &str> = BTreeMap::new();
+        for (shard, seq) in landed {
+            let e = last.entry(shard.as_str()).or_insert(seq.as_str());
+            if compare_sequences(seq, e).is_gt() {
+                *e = seq.as_str();
+            }
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            let leases = self.observer.leases().await.unwrap();
+            let behind: Vec<&str> = last
+                .iter()
+                .filter(|(shard, seq)| {
+                    !leases.iter().any(|l| {
+                        l.shard == **shard && l.checkpoint.as_deref().is_some_and(|c| compare_sequences(c, seq).is_ge())
+                    })
+                })
+                .map(|(s, _)| *s)
+                .collect();
+            if behind.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "shards {behind:?} not committed after {limit:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until no shard is held by `worker` and every one of `shards`
+    /// is held by another live worker; returns the time it took.
+    async fn wait_taken_from(&self, worker: &str, shards: &[String], limit: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let owners = self.owners().await;
+            if shards.iter().all(|s| owners.get(s).is_some_and(|o| o != worker)) {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < limit, "{worker}'s shards not taken over after {limit:?}: {owners:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM to every running worker; each must exit cleanly.
+    fn terminate_all(&mut self) {
+        for i in 0..self.workers.len() {
+            if let Some(mut child) = self.workers[i].take() {
+                let status = terminate(&mut child);
+                assert!(status.success(), "w{i}: {status}\n{}", self.log(i));
+            }
+        }
+    }
+
+    fn check_lake(&self, records: u64) {
+        assert_eq!(self.setup.duckdb_check(), (records, records, 0), "table {}\n{}", self.table, self.logs());
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for child in self.workers.iter_mut().flatten() {
+            let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The shard a log line names (`shard=...`).
+fn shard_of(line: &str) -> Option<&str> {
+    line.split("shard=").nth(1)?.split_whitespace().next().map(|s| s.trim_matches('"'))
+}
+
+/// Timestamps (RFC 3339, which sort as text) of the lines of every worker's
+/// log that contain all of `parts`.
+fn times(fleet: &Fleet, parts: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = (0..fleet.workers.len())
+        .flat_map(|i| {
+            fleet
+                .log(i)
+                .lines()
+                .filter(|l| parts.iter().all(|p| l.contains(p)))
+                .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn shards_of(owners: &BTreeMap<String, String>, worker: &str) -> Vec<String> {
+    owners.iter().filter(|(_, o)| *o == worker).map(|(s, _)| s.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_balance_eight_shards_and_write_each_record_once() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 8).await;
+    let mut fleet = Fleet::new(&stream, 3, "10s").await;
+    let records = keyed(events(800, 31, 4));
+    let mut landed = put_records(&client, &stream, &records[..400]).await;
+    for i in 0..3 {
+        fleet.start(i);
+    }
+    let counts = fleet.wait_balanced(8, 3, Duration::from_secs(60)).await;
+    eprintln!("balanced: {counts:?}");
+    landed.extend(put_records(&client, &stream, &records[400..]).await);
+    fleet.wait_committed(&landed, Duration::from_secs(90)).await;
+    let counts = fleet.wait_balanced(8, 3, Duration::from_secs(5)).await;
+    assert!(counts.values().all(|n| (2..=3).contains(n)), "{counts:?}");
+    poll("leases_held to add up to 8", Duration::from_secs(10), || async {
+        let held: f64 = (0..3).map(|i| fleet.metric(i, "shardlake_consumer_leases_held")).sum();
+        (held == 8.0).then_some(())
+    })
+    .await;
+    for i in 0..3 {
+        assert!(fleet.metric(i, "shardlake_consumer_lease_renew_seconds_count") > 0.0, "w{i} renewed nothing");
+    }
+    let taken: f64 = (0..3)
+        .map(|i| {
+            fleet.metric(i, "shardlake_consumer_leases_taken_total")
+                + fleet.metric(i, "shardlake_consumer_leases_stolen_total")
+        })
+        .sum();
+    assert!(taken >= 8.0, "{taken} leases taken or stolen");
+    fleet.terminate_all();
+    fleet.check_lake(800);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_shards_are_taken_over_within_15_seconds() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 8).await;
+    let mut fleet = Fleet::new(&stream, 3, "10s").await;
+    let records = keyed(events(600, 32, 4));
+    let mut landed = put_records(&client, &stream, &records[..300]).await;
+    for i in 0..3 {
+        fleet.start(i);
+    }
+    fleet.wait_balanced(8, 3, Duration::from_secs(60)).await;
+    landed.extend(put_records(&client, &stream, &records[300..450]).await);
+    let victim = shards_of(&fleet.owners().await, "w0");
+    assert!(!victim.is_empty());
+    let mut child = fleet.workers[0].take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let took = fleet.wait_taken_from("w0", &victim, Duration::from_secs(30)).await;
+    eprintln!("TAKEOVER after SIGKILL: {:.2} s for {} shards (lease 10 s)", took.as_secs_f64(), victim.len());
+    assert!(took < Duration::from_secs(15), "takeover took {took:?}");
+    landed.extend(put_records(&client, &stream, &records[450..]).await);
+    fleet.wait_committed(&landed, Duration::from_secs(90)).await;
+    fleet.terminate_all();
+    fleet.check_lake(600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_shards_over_without_waiting_for_expiry() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 8).await;
+    // A long lease: a hand-over that waited for expiry would take 30 s.
+    let mut fleet = Fleet::new(&stream, 3, "30s").await;
+    let records = keyed(events(600, 33, 4));
+    let mut landed = put_records(&client, &stream, &records[..300]).await;
+    for i in 0..3 {
+        fleet.start(i);
+    }
+    fleet.wait_balanced(8, 3, Duration::from_secs(60)).await;
+    landed.extend(put_records(&client, &stream, &records[300..450]).await);
+    let victim = shards_of(&fleet.owners().await, "w0");
+    let started = Instant::now();
+    let mut child = fleet.workers[0].take().unwrap();
+    let status = terminate(&mut child);
+    assert!(status.success(), "{status}\n{}", fleet.log(0));
+    assert!(fleet.log(0).contains("lease released"), "{}", fleet.log(0));
+    fleet.wait_taken_from("w0", &victim, Duration::from_secs(25)).await;
+    let took = started.elapsed();
+    eprintln!(
+        "HANDOVER after SIGTERM: {:.2} s from the signal ({} shards, lease 30 s)",
+        took.as_secs_f64(),
+        victim.len()
+    );
+    assert!(took < Duration::from_secs(10), "hand-over took {took:?}");
+    landed.extend(put_records(&client, &stream, &records[450..]).await);
+    fleet.wait_committed(&landed, Duration::from_secs(90)).await;
+    fleet.terminate_all();
+    fleet.check_lake(600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_worker_past_its_expiry_never_commits_after_waking() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 4).await;
+    let mut fleet = Fleet::new(&stream, 2, "3s").await;
+    let records = keyed(events(600, 34, 4));
+    let mut landed = put_records(&client, &stream, &records[..200]).await;
+    fleet.start(0);
+    fleet.start(1);
+    fleet.wait_balanced(4, 2, Duration::from_secs(60)).await;
+    fleet.wait_committed(&landed, Duration::from_secs(60)).await;
+    // Records w0 is reading (and buffering, max_age 1 s) when it freezes.
+    landed.extend(put_records(&client, &stream, &records[200..400]).await);
+    let victim = shards_of(&fleet.owners().await, "w0");
+    fleet.signal(0, "-STOP");
+    let took = fleet.wait_taken_from("w0", &victim, Duration::from_secs(30)).await;
+    eprintln!("TAKEOVER after SIGSTOP: {:.2} s for {} shards (lease 3 s)", took.as_secs_f64(), victim.len());
+    landed.extend(put_records(&client, &stream, &records[400..]).await);
+    fleet.wait_committed(&landed, Duration::from_secs(90)).await;
+    fleet.signal(0, "-CONT");
+    // w0 wakes with stale leases: it must find them lost, commit nothing.
+    poll("w0 to notice its lost leases", Duration::from_secs(20), || async {
+        fleet.log(0).contains("lease lost").then_some(())
+    })
+    .await;
+    fleet.terminate_all();
+    fleet.check_lake(600);
+}
+
+/// The deterministic stale commit: w0 freezes between uploading a batch and
+/// committing it, w1 takes its shards after expiry, replays the pending intent
+/// and moves on; when w0 wakes its commit is refused (`LeaseLost`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_frozen_before_its_commit_is_fenced_when_it_wakes() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 2).await;
+    let mut fleet = Fleet::new(&stream, 2, "3s").await;
+    let records = keyed(events(400, 35, 4));
+    let mut landed = put_records(&client, &stream, &records[..200]).await;
+    fleet.start_with(0, &[("SHARDLAKE_STOP_AT", "before_commit:1")]);
+    poll("w0 to freeze before its first commit", Duration::from_secs(30), || async {
+        fleet.log(0).contains("SHARDLAKE_STOP_AT: freezing").then_some(())
+    })
+    .await;
+    let frozen = shards_of(&fleet.owners().await, "w0");
+    let mut pending = Vec::new();
+    for shard in ["shardId-000000000000", "shardId-000000000001"] {
+        let state = fleet.observer.load(shard).await.unwrap();
+        eprintln!("FROZEN STATE {shard}: {state:?}");
+        pending.extend(state.intent.map(|_| shard));
+    }
+    fleet.start(1);
+    let took = fleet
+        .wait_taken_from("w0", &["shardId-000000000000".into(), "shardId-000000000001".into()], Duration::from_secs(30))
+        .await;
+    eprintln!("TAKEOVER from a frozen worker: {:.2} s ({} shards, lease 3 s)", took.as_secs_f64(), frozen.len());
+    landed.extend(put_records(&client, &stream, &records[200..]).await);
+    fleet.wait_committed(&landed, Duration::from_secs(90)).await;
+    fleet.signal(0, "-CONT");
+    poll("w0 to find its lease lost", Duration::from_secs(20), || async {
+        fleet.log(0).contains("lease lost").then_some(())
+    })
+    .await;
+    fleet.terminate_all();
+    let w0 = fleet.log(0);
+    let after = &w0[w0.find("SHARDLAKE_STOP_AT").unwrap()..];
+    assert!(after.contains("lease lost: dropped the unflushed batch"), "{w0}");
+    // w0 may take a shard again to rebalance; it commits nothing of a shard
+    // before that (a commit already in flight when it froze may land first:
+    // that one was made under the lease).
+    let mut retaken = std::collections::BTreeSet::new();
+    let mut late_commits = Vec::new();
+    for line in after.lines().skip_while(|l| !l.contains("lease lost")) {
+        let Some(shard) = shard_of(line) else { continue };
+        if line.contains("lease taken") || line.contains("lease stolen") {
+            retaken.insert(shard.to_string());
+        } else if line.contains("batch committed") && !retaken.contains(shard) {
+            late_commits.push(line);
+        }
+    }
+    assert!(after.lines().any(|l| l.contains("lease lost") && shard_of(l).is_some()), "{w0}");
+    assert!(late_commits.is_empty(), "w0 committed without a lease after waking: {late_commits:#?}\n{w0}");
+    fleet.check_lake(400);
+    assert!(pending.is_empty() || fleet.log(1).contains("replaying a pending batch"), "{pending:?}\n{}", fleet.logs());
+}
+
+/// Resharding while three workers run: every child starts only after all its
+/// parents ended and were committed, whichever workers held them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_under_three_workers_keeps_parents_first_and_loses_nothing() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 2).await;
+    let mut fleet = Fleet::new(&stream, 3, "10s").await;
+    let records: Vec<(String, Vec<u8>)> =
+        events(900, 36, 6).into_iter().enumerate().map(|(i, e)| (format!("key-{}", i % 24), e)).collect();
+    let mut landed = put_records(&client, &stream, &records[..300]).await;
+    for i in 0..3 {
+        fleet.start(i);
+    }
+    // Split shard 0 in the middle of its hash range: shards 2 and 3.
+    client
+        .split_shard()
+        .stream_name(&stream)
+        .shard_to_split("shardId-000000000000")
+        .new_starting_hash_key((1u128 << 126).to_string())
+        .send()
+        .await
+        .expect("split shard");
+    wait_active(&client, &stream).await;
+    landed.extend(put_records(&client, &stream, &records[300..600]).await);
+    // Merge shard 3 with its neighbour shard 1: shard 4.
+    client
+        .merge_shards()
+        .stream_name(&stream)
+        .shard_to_merge("shardId-000000000003")
+        .adjacent_shard_to_merge("shardId-000000000001")
+        .send()
+        .await
+        .expect("merge shards");
+    wait_active(&client, &stream).await;
+    landed.extend(put_records(&client, &stream, &records[600..]).await);
+    let used: std::collections::BTreeSet<&str> = landed.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(used.len(), 5, "records should land on parents and children: {used:?}");
+    fleet.wait_committed(&landed, Duration::from_secs(120)).await;
+    fleet.terminate_all();
+    fleet.check_lake(900);
+    for (child, parents) in [
+        ("shardId-000000000002", &["shardId-000000000000"][..]),
+        ("shardId-000000000004", &["shardId-000000000001", "shardId-000000000003"][..]),
+    ] {
+        let child_first = times(&fleet, &["batch committed", child]);
+        let child_first = child_first.first().unwrap_or_else(|| panic!("{child} never committed\n{}", fleet.logs()));
+        for parent in parents {
+            let ended = times(&fleet, &["shard ended", parent]);
+            let last_commit = times(&fleet, &["batch committed", parent]);
+            let done = ended.last().max(last_commit.last()).unwrap_or_else(|| panic!("{parent} never ended"));
+            assert!(done < child_first, "{child} committed at {child_first} before {parent} ended at {done}");
+        }
+    }
+    let owners: Vec<String> =
+        (0..3).filter(|i| fleet.log(*i).contains("batch committed")).map(|i| format!("w{i}")).collect();
+    eprintln!("RESHARDING: committed by {owners:?}");
+}

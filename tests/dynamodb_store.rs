@@ -1,0 +1,145 @@
+//! The fleet's DynamoDB checkpoint store against dynalite: leases are taken
+//! by exactly one of racing workers, and every write of a worker that lost
+//! its lease fails with `LeaseLost` instead of landing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{stack_env, unique};
+use shardlake::Error;
+use shardlake::checkpoint::dynamodb::now_ms;
+use shardlake::checkpoint::{CheckpointStore, DynamoCheckpoints, FleetOptions, Intent, Lease, ShardState};
+
+const SHARD: &str = "shardId-000000000000";
+
+async fn worker(table: &str, stream: &str, id: &str, lease: Duration) -> DynamoCheckpoints {
+    stack_env("AWS_ENDPOINT_URL_DYNAMODB");
+    let options = FleetOptions { worker_id: id.to_string(), lease_duration: lease, create_table: true };
+    let store = CheckpointStore::connect(&format!("dynamodb://{table}"), "app", stream, &options).await.unwrap();
+    store.fleet().unwrap().clone()
+}
+
+fn is_lost(e: &Error) -> bool {
+    matches!(e, Error::LeaseLost { shard } if shard == SHARD)
+}
+
+#[tokio::test]
+async fn intent_commit_and_schema_round_trip_under_a_held_lease() {
+    let table = unique("leases");
+    let a = worker(&table, "events", "a", Duration::from_secs(10)).await;
+    assert_eq!(a.load(SHARD).await.unwrap(), ShardState::default());
+    assert!(a.take(SHARD, None, &["shardId-parent".into()]).await.unwrap());
+    let intent = Intent { first: "100".into(), last: "250".into(), records: 7 };
+    a.record_intent(SHARD, &intent).await.unwrap();
+    assert_eq!(a.load(SHARD).await.unwrap().intent, Some(intent));
+    a.commit(SHARD, Some("250"), false).await.unwrap();
+    assert_eq!(a.load(SHARD).await.unwrap(), ShardState { checkpoint: Some("250".into()), intent: None, ended: false });
+    a.commit(SHARD, None, true).await.unwrap();
+    assert!(a.load(SHARD).await.unwrap().ended);
+
+    assert_eq!(a.load_schema().await.unwrap(), None);
+    a.save_schema("first").await.unwrap();
+    a.save_schema("second").await.unwrap();
+    assert_eq!(a.load_schema().await.unwrap().as_deref(), Some("first"), "the first stored schema wins");
+    // Another stream of the same application shares the table, not the items.
+    let other = worker(&table, "other", "a", Duration::from_secs(10)).await;
+    assert_eq!(other.load(SHARD).await.unwrap(), ShardState::default());
+    assert_eq!(other.leases().await.unwrap(), vec![]);
+    assert_eq!(a.leases().await.unwrap().len(), 1, "the schema item is not a lease");
+}
+
+#[tokio::test]
+async fn a_worker_without_the_lease_cannot_write() {
+    let table = unique("leases");
+    let a = worker(&table, "events", "a", Duration::from_secs(10)).await;
+    let intent = Intent { first: "1".into(), last: "2".into(), records: 2 };
+    assert!(is_lost(&a.record_intent(SHARD, &intent).await.unwrap_err()), "never taken");
+    assert!(is_lost(&a.commit(SHARD, Some("2"), false).await.unwrap_err()));
+    assert_eq!(a.load(SHARD).await.unwrap(), ShardState::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_takers_of_one_lease_have_exactly_one_winner() {
+    let table = unique("leases");
+    let mut workers = Vec::new();
+    for i in 0..8 {
+        workers.push(worker(&table, "events", &format!("w{i}"), Duration::from_secs(10)).await);
+    }
+    let wins = race(&workers, None).await;
+    assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
+    // Again on the existing item: all racers observed the same lease.
+    let lease = workers[0].leases().await.unwrap().remove(0);
+    let wins = race(&workers, Some(lease)).await;
+    assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
+    let holders: Vec<_> = workers.iter().filter(|w| w.holds(SHARD)).map(|w| w.worker_id().to_string()).collect();
+    // The first race's winner (if it lost the second) still believes it holds
+    // the lease until one of its writes fails.
+    assert!((1..=2).contains(&holders.len()), "{holders:?}");
+    let leases = workers[0].leases().await.unwrap();
+    assert_eq!(leases[0].counter, 2);
+    assert!(holders.contains(leases[0].owner.as_ref().unwrap()));
+}
+
+/// Every worker tries to take the shard at once (as observed: `lease`).
+async fn race(workers: &[DynamoCheckpoints], lease: Option<Lease>) -> Vec<bool> {
+    let handles: Vec<_> = workers
+        .iter()
+        .map(|w| {
+            let (w, lease) = (w.clone(), lease.clone());
+            tokio::spawn(async move { w.take(SHARD, lease.as_ref(), &[]).await.unwrap() })
+        })
+        .collect();
+    let mut wins = Vec::new();
+    for h in handles {
+        wins.push(h.await.unwrap());
+    }
+    wins
+}
+
+#[tokio::test]
+async fn a_stale_worker_is_fenced_after_its_lease_expired_and_moved() {
+    let table = unique("leases");
+    let a = worker(&table, "events", "a", Duration::from_millis(300)).await;
+    let b = worker(&table, "events", "b", Duration::from_millis(300)).await;
+    assert!(a.take(SHARD, None, &[]).await.unwrap());
+    let first = Intent { first: "10".into(), last: "20".into(), records: 3 };
+    a.record_intent(SHARD, &first).await.unwrap();
+    // `a` pauses past its expiry; `b` sees the lease free and takes it.
+    let lease = b.leases().await.unwrap().remove(0);
+    assert!(!lease.is_free(now_ms()));
+    assert!(!b.take(SHARD, Some(&Lease { counter: 0, ..lease.clone() }), &[]).await.unwrap(), "stale observation");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let lease = b.leases().await.unwrap().remove(0);
+    assert!(lease.is_free(now_ms()));
+    assert!(b.take(SHARD, Some(&lease), &[]).await.unwrap());
+    // `b` finds the pending intent, replays and commits it.
+    assert_eq!(b.load(SHARD).await.unwrap().intent, Some(first.clone()));
+    b.commit(SHARD, Some("20"), false).await.unwrap();
+    // `a` wakes up: its commit, intent and renewal are all refused.
+    assert!(is_lost(&a.commit(SHARD, Some("99"), false).await.unwrap_err()));
+    assert!(!a.holds(SHARD), "a lost lease is forgotten");
+    assert!(is_lost(&a.record_intent(SHARD, &first).await.unwrap_err()));
+    assert!(is_lost(&a.renew(SHARD).await.unwrap_err()));
+    assert_eq!(b.load(SHARD).await.unwrap(), ShardState { checkpoint: Some("20".into()), intent: None, ended: false });
+    b.renew(SHARD).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_released_lease_is_free_at_once_and_a_steal_fences_the_victim() {
+    let table = unique("leases");
+    let a = worker(&table, "events", "a", Duration::from_secs(30)).await;
+    let b = worker(&table, "events", "b", Duration::from_secs(30)).await;
+    assert!(a.take(SHARD, None, &[]).await.unwrap());
+    a.release(SHARD).await.unwrap();
+    let lease = b.leases().await.unwrap().remove(0);
+    assert_eq!(lease.owner, None);
+    assert!(lease.is_free(now_ms()), "no wait for the 30 s expiry");
+    assert!(b.take(SHARD, Some(&lease), &[]).await.unwrap());
+    // `a` steals it back while `b` holds it (not expired).
+    let lease = a.leases().await.unwrap().remove(0);
+    assert_eq!(lease.owner.as_deref(), Some("b"));
+    assert!(a.take(SHARD, Some(&lease), &[]).await.unwrap());
+    assert!(is_lost(&b.commit(SHARD, Some("5"), false).await.unwrap_err()));
+    assert_eq!(a.load(SHARD).await.unwrap().checkpoint, None);
+}
