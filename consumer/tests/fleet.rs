@@ -443,28 +443,7 @@ async fn resharding_under_three_workers_keeps_parents_first_and_loses_nothing() 
     for i in 0..3 {
         fleet.start(i);
     }
-    // Split shard 0 in the middle of its hash range: shards 2 and 3.
-    client
-        .split_shard()
-        .stream_name(&stream)
-        .shard_to_split("shardId-000000000000")
-        .new_starting_hash_key((1u128 << 126).to_string())
-        .send()
-        .await
-        .expect("split shard");
-    wait_active(&client, &stream).await;
-    landed.extend(put_records(&client, &stream, &records[300..600]).await);
-    // Merge shard 3 with its neighbour shard 1: shard 4.
-    client
-        .merge_shards()
-        .stream_name(&stream)
-        .shard_to_merge("shardId-000000000003")
-        .adjacent_shard_to_merge("shardId-000000000001")
-        .send()
-        .await
-        .expect("merge shards");
-    wait_active(&client, &stream).await;
-    landed.extend(put_records(&client, &stream, &records[600..]).await);
+    landed.extend(split_and_merge_while_putting(&client, &stream, &records[300..600], &records[600..]).await);
     let used: std::collections::BTreeSet<&str> = landed.iter().map(|(s, _)| s.as_str()).collect();
     assert_eq!(used.len(), 5, "records should land on parents and children: {used:?}");
     fleet.wait_committed(&landed, Duration::from_secs(120)).await;

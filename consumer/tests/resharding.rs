@@ -31,30 +31,7 @@ async fn split_and_merge_during_consumption_lose_nothing_and_keep_parents_first(
     let mut landed = put_records(&client, &stream, &records[..300]).await;
     let mut consumer = setup.start(&[]);
 
-    // Split shard 0 in the middle of its hash range: shards 2 and 3.
-    let half_of_first = (1u128 << 126).to_string();
-    client
-        .split_shard()
-        .stream_name(&stream)
-        .shard_to_split("shardId-000000000000")
-        .new_starting_hash_key(half_of_first)
-        .send()
-        .await
-        .expect("split shard");
-    wait_active(&client, &stream).await;
-    landed.extend(put_records(&client, &stream, &records[300..600]).await);
-
-    // Merge shard 3 ([2^126, 2^127)) with its neighbour shard 1 ([2^127, 2^128)): shard 4.
-    client
-        .merge_shards()
-        .stream_name(&stream)
-        .shard_to_merge("shardId-000000000003")
-        .adjacent_shard_to_merge("shardId-000000000001")
-        .send()
-        .await
-        .expect("merge shards");
-    wait_active(&client, &stream).await;
-    landed.extend(put_records(&client, &stream, &records[600..]).await);
+    landed.extend(split_and_merge_while_putting(&client, &stream, &records[300..600], &records[600..]).await);
     let used: std::collections::BTreeSet<&str> = landed.iter().map(|(s, _)| s.as_str()).collect();
     assert_eq!(used.len(), 5, "records should land on parents and children: {used:?}");
 

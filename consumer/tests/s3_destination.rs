@@ -18,6 +18,15 @@ fn http_get(address: &str, path: &str) -> String {
     out
 }
 
+/// Waits until the consumer at `address` has counted a failed upload.
+async fn wait_for_upload_failures(address: &str) {
+    poll("upload failures in /metrics", Duration::from_secs(30), || async {
+        let m = http_get(address, "/metrics");
+        m.lines().any(|l| l.starts_with("shardlake_consumer_upload_failures_total") && !l.ends_with(" 0")).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_uploads_are_retried_and_never_committed_then_land_once() {
     let client = kinesis().await;
@@ -32,11 +41,7 @@ async fn failed_uploads_are_retried_and_never_committed_then_land_once() {
     let mut consumer = setup.start(&[]);
 
     let address = setup.metrics_address();
-    poll("upload failures in /metrics", Duration::from_secs(30), || async {
-        let m = http_get(&address, "/metrics");
-        m.lines().any(|l| l.starts_with("shardlake_consumer_upload_failures_total") && !l.ends_with(" 0")).then_some(())
-    })
-    .await;
+    wait_for_upload_failures(&address).await;
     // Pending intents, but no checkpoint: nothing was committed.
     let dir = setup.dir.path().join("checkpoints/shardlake").join(&stream);
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -77,11 +82,7 @@ async fn a_second_signal_aborts_a_stuck_final_flush_without_committing() {
     put_records(&client, &stream, &keyed(events(50, 43, 1))).await;
     let mut consumer = setup.start(&[]);
     let address = setup.metrics_address();
-    poll("upload failures in /metrics", Duration::from_secs(30), || async {
-        let m = http_get(&address, "/metrics");
-        m.lines().any(|l| l.starts_with("shardlake_consumer_upload_failures_total") && !l.ends_with(" 0")).then_some(())
-    })
-    .await;
+    wait_for_upload_failures(&address).await;
     let signal = |c: &std::process::Child| {
         assert!(std::process::Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap().success())
     };

@@ -105,6 +105,39 @@ pub async fn put_records(client: &Client, stream: &str, records: &[(String, Vec<
     shards
 }
 
+/// On a 2-shard stream: splits shard 0 in the middle of its hash range
+/// (children 2 and 3), puts `after_split`, merges shard 3 with its neighbour
+/// shard 1 (child 4), puts `after_merge`. Returns where those records landed,
+/// which must cover parents and children alike.
+pub async fn split_and_merge_while_putting(
+    client: &Client,
+    stream: &str,
+    after_split: &[(String, Vec<u8>)],
+    after_merge: &[(String, Vec<u8>)],
+) -> Vec<Landed> {
+    client
+        .split_shard()
+        .stream_name(stream)
+        .shard_to_split("shardId-000000000000")
+        .new_starting_hash_key((1u128 << 126).to_string())
+        .send()
+        .await
+        .expect("split shard");
+    wait_active(client, stream).await;
+    let mut landed = put_records(client, stream, after_split).await;
+    client
+        .merge_shards()
+        .stream_name(stream)
+        .shard_to_merge("shardId-000000000003")
+        .adjacent_shard_to_merge("shardId-000000000001")
+        .send()
+        .await
+        .expect("merge shards");
+    wait_active(client, stream).await;
+    landed.extend(put_records(client, stream, after_merge).await);
+    landed
+}
+
 /// `count` reference events (hour partitions over `hours` hours), one JSON text each.
 pub fn events(count: u64, seed: u64, hours: u32) -> Vec<Vec<u8>> {
     let mut buf = Vec::new();
