@@ -285,18 +285,30 @@ async fn three_workers_balance_eight_shards_and_write_each_record_once() {
     fleet.check_lake(800);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_workers_shards_are_taken_over_within_15_seconds() {
-    let client = kinesis().await;
-    let stream = create_stream(&client, 8).await;
-    let mut fleet = Fleet::new(&stream, 3, "10s").await;
-    let records = keyed(events(600, 32, 4));
-    let mut landed = put_records(&client, &stream, &records[..300]).await;
+/// An 8-shard stream read by 3 balanced workers with `lease`, after 450 of
+/// 600 events (seeded) were put: the stream, the fleet, the events and where
+/// the first 450 landed.
+async fn three_balanced_workers_on_eight_shards(
+    client: &aws_sdk_kinesis::Client,
+    lease: &str,
+    seed: u64,
+) -> (String, Fleet, Vec<(String, Vec<u8>)>, Vec<Landed>) {
+    let stream = create_stream(client, 8).await;
+    let mut fleet = Fleet::new(&stream, 3, lease).await;
+    let records = keyed(events(600, seed, 4));
+    let mut landed = put_records(client, &stream, &records[..300]).await;
     for i in 0..3 {
         fleet.start(i);
     }
     fleet.wait_balanced(8, 3, Duration::from_secs(60)).await;
-    landed.extend(put_records(&client, &stream, &records[300..450]).await);
+    landed.extend(put_records(client, &stream, &records[300..450]).await);
+    (stream, fleet, records, landed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_shards_are_taken_over_within_15_seconds() {
+    let client = kinesis().await;
+    let (stream, mut fleet, records, mut landed) = three_balanced_workers_on_eight_shards(&client, "10s", 32).await;
     let victim = shards_of(&fleet.owners().await, "w0");
     assert!(!victim.is_empty());
     let mut child = fleet.workers[0].take().unwrap();
@@ -314,16 +326,8 @@ async fn a_killed_workers_shards_are_taken_over_within_15_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_shards_over_without_waiting_for_expiry() {
     let client = kinesis().await;
-    let stream = create_stream(&client, 8).await;
     // A long lease: a hand-over that waited for expiry would take 30 s.
-    let mut fleet = Fleet::new(&stream, 3, "30s").await;
-    let records = keyed(events(600, 33, 4));
-    let mut landed = put_records(&client, &stream, &records[..300]).await;
-    for i in 0..3 {
-        fleet.start(i);
-    }
-    fleet.wait_balanced(8, 3, Duration::from_secs(60)).await;
-    landed.extend(put_records(&client, &stream, &records[300..450]).await);
+    let (stream, mut fleet, records, mut landed) = three_balanced_workers_on_eight_shards(&client, "30s", 33).await;
     let victim = shards_of(&fleet.owners().await, "w0");
     let started = Instant::now();
     let mut child = fleet.workers[0].take().unwrap();
