@@ -119,23 +119,26 @@ impl CheckpointStore {
         }
     }
 
-    /// Step 1 of a flush: records the range about to be uploaded. In a fleet
-    /// it fails with [`Error::LeaseLost`] once the lease moved.
-    pub async fn record_intent(&self, shard: &str, intent: &Intent) -> Result<()> {
+    /// Step 1 of a flush: records the range about to be uploaded. `lease` is
+    /// the counter the writer took the shard's lease at (fleet; `None` for
+    /// the file store): the write fails with [`Error::LeaseLost`] once that
+    /// lease moved, even if this worker has taken the shard again since.
+    pub async fn record_intent(&self, shard: &str, lease: Option<u64>, intent: &Intent) -> Result<()> {
         match self {
             CheckpointStore::File(f) => {
                 let mut state = f.load(shard).await?;
                 state.intent = Some(intent.clone());
                 f.save(shard, &state).await
             }
-            CheckpointStore::DynamoDb(d) => d.record_intent(shard, intent).await,
+            CheckpointStore::DynamoDb(d) => d.record_intent(shard, Self::fence(shard, lease)?, intent).await,
         }
     }
 
     /// Step 3 of a flush: checkpoint = `last`, intent cleared, `ended` set
     /// when the shard is finished, in one atomic write. In a fleet it fails
-    /// with [`Error::LeaseLost`] once the lease moved: nothing is committed.
-    pub async fn commit(&self, shard: &str, last: Option<&str>, ended: bool) -> Result<()> {
+    /// with [`Error::LeaseLost`] once the lease at `lease` moved: nothing is
+    /// committed.
+    pub async fn commit(&self, shard: &str, lease: Option<u64>, last: Option<&str>, ended: bool) -> Result<()> {
         match self {
             CheckpointStore::File(f) => {
                 let mut state = f.load(shard).await?;
@@ -146,8 +149,13 @@ impl CheckpointStore {
                 state.ended |= ended;
                 f.save(shard, &state).await
             }
-            CheckpointStore::DynamoDb(d) => d.commit(shard, last, ended).await,
+            CheckpointStore::DynamoDb(d) => d.commit(shard, Self::fence(shard, lease)?, last, ended).await,
         }
+    }
+
+    /// A fleet write needs the lease it is made under.
+    fn fence(shard: &str, lease: Option<u64>) -> Result<u64> {
+        lease.ok_or_else(|| Error::LeaseLost { shard: shard.to_string() })
     }
 
     /// The schema stored by inferred mode, if any.
@@ -240,15 +248,15 @@ mod tests {
         let store = CheckpointStore::open(&url, "app", "events").unwrap();
         assert_eq!(store.load("shardId-000000000000").await.unwrap(), ShardState::default());
         let intent = Intent { first: "100".into(), last: "250".into(), records: 7 };
-        store.record_intent("shardId-000000000000", &intent).await.unwrap();
+        store.record_intent("shardId-000000000000", None, &intent).await.unwrap();
         let reopened = CheckpointStore::open(&url, "app", "events").unwrap();
         let state = reopened.load("shardId-000000000000").await.unwrap();
         assert_eq!(state.intent.as_ref(), Some(&intent));
         assert_eq!(state.checkpoint, None);
-        reopened.commit("shardId-000000000000", Some("250"), false).await.unwrap();
+        reopened.commit("shardId-000000000000", None, Some("250"), false).await.unwrap();
         let state = store.load("shardId-000000000000").await.unwrap();
         assert_eq!(state, ShardState { checkpoint: Some("250".into()), intent: None, ended: false });
-        store.commit("shardId-000000000000", None, true).await.unwrap();
+        store.commit("shardId-000000000000", None, None, true).await.unwrap();
         assert!(store.load("shardId-000000000000").await.unwrap().ended);
         assert!(dir.path().join("app/events/shardId-000000000000.json").exists());
     }

@@ -29,13 +29,13 @@ async fn intent_commit_and_schema_round_trip_under_a_held_lease() {
     let table = unique("leases");
     let a = worker(&table, "events", "a", Duration::from_secs(10)).await;
     assert_eq!(a.load(SHARD).await.unwrap(), ShardState::default());
-    assert!(a.take(SHARD, None, &["shardId-parent".into()]).await.unwrap());
+    let lease = a.take(SHARD, None, &["shardId-parent".into()]).await.unwrap().unwrap();
     let intent = Intent { first: "100".into(), last: "250".into(), records: 7 };
-    a.record_intent(SHARD, &intent).await.unwrap();
+    a.record_intent(SHARD, lease, &intent).await.unwrap();
     assert_eq!(a.load(SHARD).await.unwrap().intent, Some(intent));
-    a.commit(SHARD, Some("250"), false).await.unwrap();
+    a.commit(SHARD, lease, Some("250"), false).await.unwrap();
     assert_eq!(a.load(SHARD).await.unwrap(), ShardState { checkpoint: Some("250".into()), intent: None, ended: false });
-    a.commit(SHARD, None, true).await.unwrap();
+    a.commit(SHARD, lease, None, true).await.unwrap();
     assert!(a.load(SHARD).await.unwrap().ended);
 
     assert_eq!(a.load_schema().await.unwrap(), None);
@@ -54,8 +54,8 @@ async fn a_worker_without_the_lease_cannot_write() {
     let table = unique("leases");
     let a = worker(&table, "events", "a", Duration::from_secs(10)).await;
     let intent = Intent { first: "1".into(), last: "2".into(), records: 2 };
-    assert!(is_lost(&a.record_intent(SHARD, &intent).await.unwrap_err()), "never taken");
-    assert!(is_lost(&a.commit(SHARD, Some("2"), false).await.unwrap_err()));
+    assert!(is_lost(&a.record_intent(SHARD, 1, &intent).await.unwrap_err()), "never taken");
+    assert!(is_lost(&a.commit(SHARD, 1, Some("2"), false).await.unwrap_err()));
     assert_eq!(a.load(SHARD).await.unwrap(), ShardState::default());
 }
 
@@ -87,7 +87,7 @@ async fn race(workers: &[DynamoCheckpoints], lease: Option<Lease>) -> Vec<bool> 
         .iter()
         .map(|w| {
             let (w, lease) = (w.clone(), lease.clone());
-            tokio::spawn(async move { w.take(SHARD, lease.as_ref(), &[]).await.unwrap() })
+            tokio::spawn(async move { w.take(SHARD, lease.as_ref(), &[]).await.unwrap().is_some() })
         })
         .collect();
     let mut wins = Vec::new();
@@ -102,27 +102,31 @@ async fn a_stale_worker_is_fenced_after_its_lease_expired_and_moved() {
     let table = unique("leases");
     let a = worker(&table, "events", "a", Duration::from_millis(300)).await;
     let b = worker(&table, "events", "b", Duration::from_millis(300)).await;
-    assert!(a.take(SHARD, None, &[]).await.unwrap());
+    let a_lease = a.take(SHARD, None, &[]).await.unwrap().unwrap();
     let first = Intent { first: "10".into(), last: "20".into(), records: 3 };
-    a.record_intent(SHARD, &first).await.unwrap();
+    a.record_intent(SHARD, a_lease, &first).await.unwrap();
     // `a` pauses past its expiry; `b` sees the lease free and takes it.
     let lease = b.leases().await.unwrap().remove(0);
     assert!(!lease.is_free(now_ms()));
-    assert!(!b.take(SHARD, Some(&Lease { counter: 0, ..lease.clone() }), &[]).await.unwrap(), "stale observation");
+    assert_eq!(
+        b.take(SHARD, Some(&Lease { counter: 0, ..lease.clone() }), &[]).await.unwrap(),
+        None,
+        "stale observation"
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     let lease = b.leases().await.unwrap().remove(0);
     assert!(lease.is_free(now_ms()));
-    assert!(b.take(SHARD, Some(&lease), &[]).await.unwrap());
+    let b_lease = b.take(SHARD, Some(&lease), &[]).await.unwrap().unwrap();
     // `b` finds the pending intent, replays and commits it.
     assert_eq!(b.load(SHARD).await.unwrap().intent, Some(first.clone()));
-    b.commit(SHARD, Some("20"), false).await.unwrap();
+    b.commit(SHARD, b_lease, Some("20"), false).await.unwrap();
     // `a` wakes up: its commit, intent and renewal are all refused.
-    assert!(is_lost(&a.commit(SHARD, Some("99"), false).await.unwrap_err()));
+    assert!(is_lost(&a.commit(SHARD, a_lease, Some("99"), false).await.unwrap_err()));
     assert!(!a.holds(SHARD), "a lost lease is forgotten");
-    assert!(is_lost(&a.record_intent(SHARD, &first).await.unwrap_err()));
-    assert!(is_lost(&a.renew(SHARD).await.unwrap_err()));
+    assert!(is_lost(&a.record_intent(SHARD, a_lease, &first).await.unwrap_err()));
+    assert!(is_lost(&a.renew(SHARD, a_lease).await.unwrap_err()));
     assert_eq!(b.load(SHARD).await.unwrap(), ShardState { checkpoint: Some("20".into()), intent: None, ended: false });
-    b.renew(SHARD).await.unwrap();
+    b.renew(SHARD, b_lease).await.unwrap();
 }
 
 #[tokio::test]
@@ -130,16 +134,40 @@ async fn a_released_lease_is_free_at_once_and_a_steal_fences_the_victim() {
     let table = unique("leases");
     let a = worker(&table, "events", "a", Duration::from_secs(30)).await;
     let b = worker(&table, "events", "b", Duration::from_secs(30)).await;
-    assert!(a.take(SHARD, None, &[]).await.unwrap());
+    assert_eq!(a.take(SHARD, None, &[]).await.unwrap(), Some(1));
     a.release(SHARD).await.unwrap();
     let lease = b.leases().await.unwrap().remove(0);
     assert_eq!(lease.owner, None);
     assert!(lease.is_free(now_ms()), "no wait for the 30 s expiry");
-    assert!(b.take(SHARD, Some(&lease), &[]).await.unwrap());
+    let b_lease = b.take(SHARD, Some(&lease), &[]).await.unwrap().unwrap();
     // `a` steals it back while `b` holds it (not expired).
     let lease = a.leases().await.unwrap().remove(0);
     assert_eq!(lease.owner.as_deref(), Some("b"));
-    assert!(a.take(SHARD, Some(&lease), &[]).await.unwrap());
-    assert!(is_lost(&b.commit(SHARD, Some("5"), false).await.unwrap_err()));
+    assert!(a.take(SHARD, Some(&lease), &[]).await.unwrap().is_some());
+    assert!(is_lost(&b.commit(SHARD, b_lease, Some("5"), false).await.unwrap_err()));
     assert_eq!(a.load(SHARD).await.unwrap().checkpoint, None);
+}
+
+/// A worker that lost a lease and took it back holds it at a new counter: a
+/// write made under the old one (a reader that slept through the move, with
+/// a batch read before it) is refused, and the lease stays held.
+#[tokio::test]
+async fn a_write_under_an_old_lease_is_refused_after_the_worker_took_it_back() {
+    let table = unique("leases");
+    let a = worker(&table, "events", "a", Duration::from_secs(30)).await;
+    let b = worker(&table, "events", "b", Duration::from_secs(30)).await;
+    let old = a.take(SHARD, None, &[]).await.unwrap().unwrap();
+    let lease = b.leases().await.unwrap().remove(0);
+    let b_lease = b.take(SHARD, Some(&lease), &[]).await.unwrap().unwrap();
+    b.commit(SHARD, b_lease, Some("40"), false).await.unwrap();
+    let lease = a.leases().await.unwrap().remove(0);
+    let new = a.take(SHARD, Some(&lease), &[]).await.unwrap().unwrap();
+    assert!(new > old);
+    let stale = Intent { first: "10".into(), last: "20".into(), records: 3 };
+    assert!(is_lost(&a.record_intent(SHARD, old, &stale).await.unwrap_err()));
+    assert!(is_lost(&a.commit(SHARD, old, Some("20"), false).await.unwrap_err()));
+    assert_eq!(a.lease_counter(SHARD), Some(new), "the refused old write does not drop the new lease");
+    assert_eq!(a.load(SHARD).await.unwrap(), ShardState { checkpoint: Some("40".into()), intent: None, ended: false });
+    a.commit(SHARD, new, Some("50"), false).await.unwrap();
+    assert_eq!(a.load(SHARD).await.unwrap().checkpoint.as_deref(), Some("50"));
 }

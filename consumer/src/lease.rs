@@ -83,11 +83,12 @@ pub fn plan(leases: &[Lease], eligible: &[&str], me: &str, now_ms: u64) -> Plan 
     plan
 }
 
-/// This worker's leases and the `lost` token of each held shard's reader.
+/// This worker's leases and, for each held shard, the counter it holds the
+/// lease at and the `lost` token of the reader working under it.
 pub struct Leases {
     store: DynamoCheckpoints,
     metrics: Arc<Metrics>,
-    lost: Mutex<HashMap<String, CancellationToken>>,
+    lost: Mutex<HashMap<String, (u64, CancellationToken)>>,
 }
 
 impl Leases {
@@ -96,33 +97,58 @@ impl Leases {
         Leases { store, metrics, lost: Mutex::new(HashMap::new()) }
     }
 
-    /// Whether this worker holds `shard`.
-    pub fn holds(&self, shard: &str) -> bool {
-        self.store.holds(shard)
+    /// The lease counter `shard` is held at and the token cancelled when that
+    /// lease is found lost; `None` when this worker does not hold it. A
+    /// reader writes under this counter only (see [`Leases::track`]).
+    pub fn lease_for_reader(&self, shard: &str) -> Option<(u64, CancellationToken)> {
+        let counter = self.store.lease_counter(shard)?;
+        let mut lost = self.lost.lock().expect("lost lock");
+        let entry = lost.entry(shard.to_string()).or_insert_with(|| (counter, CancellationToken::new()));
+        (entry.0 == counter).then(|| entry.clone())
     }
 
-    /// The token cancelled when `shard`'s lease is found lost.
-    pub fn lost_token(&self, shard: &str) -> CancellationToken {
-        self.lost.lock().expect("lost lock").entry(shard.to_string()).or_default().clone()
+    /// Starts tracking a lease just taken at `counter`. A reader still
+    /// running under an older lease of the same shard (this worker lost it
+    /// and took it back before that reader noticed) is stopped: its writes
+    /// are fenced on the old counter and its batch predates the move.
+    fn track(&self, shard: &str, counter: u64) {
+        let old = self.lost.lock().expect("lost lock").insert(shard.to_string(), (counter, CancellationToken::new()));
+        if let Some((old, token)) = old {
+            self.announce_lost(shard, old, token);
+        }
     }
 
-    /// Counts and announces a lost lease once, whichever found it first: the
-    /// renewer, or the reader whose fenced write was refused.
-    pub fn mark_lost(&self, shard: &str) {
-        let Some(token) = self.lost.lock().expect("lost lock").remove(shard) else { return };
+    /// Counts and announces the loss of the lease at `counter` once,
+    /// whichever found it first: the renewer, the reader whose fenced write
+    /// was refused, or a take of the shard at a newer counter.
+    pub fn mark_lost(&self, shard: &str, counter: u64) {
+        let mut lost = self.lost.lock().expect("lost lock");
+        if lost.get(shard).is_some_and(|(c, _)| *c == counter) {
+            let (_, token) = lost.remove(shard).expect("checked");
+            drop(lost);
+            self.announce_lost(shard, counter, token);
+        }
+    }
+
+    fn announce_lost(&self, shard: &str, counter: u64, token: CancellationToken) {
         token.cancel();
         self.metrics.record_lease_lost();
         self.metrics.set_leases_held(self.store.held().len());
-        tracing::warn!(shard, worker = self.store.worker_id(), "lease lost to another worker; stopping its reader");
+        tracing::warn!(
+            shard,
+            worker = self.store.worker_id(),
+            counter,
+            "lease lost to another worker; stopping its reader"
+        );
     }
 
     /// Renews every held lease once; marks the lost ones.
     pub async fn renew_all(&self) {
-        for shard in self.store.held() {
+        for (shard, counter) in self.store.held() {
             let started = Instant::now();
-            match self.store.renew(&shard).await {
+            match self.store.renew(&shard, counter).await {
                 Ok(()) => self.metrics.record_lease_renew(started.elapsed().as_secs_f64()),
-                Err(Error::LeaseLost { .. }) => self.mark_lost(&shard),
+                Err(Error::LeaseLost { .. }) => self.mark_lost(&shard, counter),
                 Err(e) => tracing::warn!(shard, error = %e, "lease renewal failed; retrying next interval"),
             }
         }
@@ -142,13 +168,13 @@ impl Leases {
                 // Ours, but its renewal is failing: the renewer keeps at it.
                 continue;
             }
-            if self.store.take(shard, observed.as_ref(), &parents(shard)).await? {
+            if let Some(counter) = self.store.take(shard, observed.as_ref(), &parents(shard)).await? {
+                self.track(shard, counter);
                 let expired_for = observed
                     .as_ref()
                     .filter(|l| l.owner.is_some())
                     .map(|l| now.saturating_sub(l.expiry_ms) as f64 / 1000.0);
                 self.metrics.record_lease_taken(false, expired_for);
-                self.lost.lock().expect("lost lock").insert(shard.clone(), CancellationToken::new());
                 tracing::info!(
                     shard,
                     worker = self.store.worker_id(),
@@ -158,10 +184,10 @@ impl Leases {
             }
         }
         if let Some(victim) = &plan.steal
-            && self.store.take(&victim.shard, Some(victim), &parents(&victim.shard)).await?
+            && let Some(counter) = self.store.take(&victim.shard, Some(victim), &parents(&victim.shard)).await?
         {
+            self.track(&victim.shard, counter);
             self.metrics.record_lease_taken(true, None);
-            self.lost.lock().expect("lost lock").insert(victim.shard.clone(), CancellationToken::new());
             tracing::info!(
                 shard = victim.shard,
                 worker = self.store.worker_id(),
@@ -189,7 +215,7 @@ impl Leases {
 
     /// Releases every held lease (graceful shutdown, after the final flushes).
     pub async fn release_all(&self) {
-        for shard in self.store.held() {
+        for (shard, _) in self.store.held() {
             self.release(&shard).await;
         }
     }
@@ -278,6 +304,57 @@ mod tests {
         let p = plan(&leases, &["other"], "me", NOW);
         assert_eq!(p.take.len(), 1);
         assert_eq!(live_workers(&leases, &["other"], "me", NOW).len(), 1);
+    }
+
+    /// The bug a frozen worker showed: on waking, it stole back one of the
+    /// shards it had lost before its old reader noticed, and that reader
+    /// committed its stale batch under the new lease. Taking a shard back
+    /// must stop the old reader, and hand the new one the new counter.
+    #[tokio::test]
+    async fn taking_a_shard_back_stops_the_reader_of_the_lost_lease() {
+        let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
+            .expect("AWS_ENDPOINT_URL_DYNAMODB is not set: run the tests with scripts/test");
+        assert!(endpoint.starts_with("http://127.0.0.1"), "{endpoint}");
+        let table = format!("lease-unit-{}", std::process::id());
+        let connect = |id: &str| {
+            let options = shardlake::checkpoint::FleetOptions {
+                worker_id: id.to_string(),
+                lease_duration: std::time::Duration::from_secs(30),
+                create_table: true,
+            };
+            let table = table.clone();
+            async move {
+                let store = shardlake::checkpoint::CheckpointStore::connect(
+                    &format!("dynamodb://{table}"),
+                    "app",
+                    "events",
+                    &options,
+                )
+                .await
+                .unwrap();
+                Leases::new(store.fleet().unwrap().clone(), Arc::new(Metrics::new()))
+            }
+        };
+        let (a, b) = (connect("a").await, connect("b").await);
+        let shard = |id: &str| ShardInfo { id: id.to_string(), parents: vec![] };
+        let (s0, s1) = (shard("s0"), shard("s1"));
+        a.balance(&[&s0, &s1]).await.unwrap();
+        let (old, old_lost) = a.lease_for_reader("s1").unwrap();
+        // `b` takes both while `a` sleeps.
+        for lease in b.store.leases().await.unwrap() {
+            assert!(b.store.take(&lease.shard, Some(&lease), &[]).await.unwrap().is_some());
+        }
+        // `a` wakes and balances before its renewer ran: 0 against 2, it
+        // steals s1 back.
+        a.balance(&[&s0, &s1]).await.unwrap();
+        let (new, new_lost) = a.lease_for_reader("s1").expect("a holds s1 again");
+        assert!(new > old);
+        assert!(old_lost.is_cancelled(), "the reader under the old lease is stopped");
+        assert!(!new_lost.is_cancelled());
+        // The old reader reports its exit: the new lease is not marked lost.
+        a.mark_lost("s1", old);
+        assert!(!new_lost.is_cancelled());
+        assert_eq!(a.lease_for_reader("s1").map(|(c, _)| c), Some(new));
     }
 
     #[test]

@@ -38,12 +38,23 @@ pub enum ShardExit {
     Lost,
 }
 
+/// The lease a reader works under (fleet mode).
+pub struct ShardLease {
+    /// The lease counter its writes are fenced on; `None` for a single
+    /// worker. Never the worker's current counter: if the worker loses the
+    /// shard and takes it back, this reader's batch predates the move.
+    pub counter: Option<u64>,
+    /// Cancelled when that lease is found lost: stop at once, commit nothing.
+    pub lost: CancellationToken,
+}
+
 struct Reader {
     ctx: Arc<Context>,
     shard: String,
     cancel: CancellationToken,
-    /// Cancelled when the shard's lease is found lost (fleet mode): stop at
-    /// once, commit nothing.
+    /// The lease counter writes are fenced on (fleet mode).
+    lease: Option<u64>,
+    /// Cancelled when that lease is found lost.
     lost: CancellationToken,
     batch: ShardBatch,
     iterator: String,
@@ -60,13 +71,13 @@ struct Reader {
     failures: u32,
 }
 
-/// Reads `shard` until it ends, `cancel` fires (final flush) or `lost` fires
-/// (no flush).
+/// Reads `shard` until it ends, `cancel` fires (final flush) or the lease is
+/// lost (no flush).
 pub async fn read_shard(
     ctx: Arc<Context>,
     shard: String,
+    lease: ShardLease,
     cancel: CancellationToken,
-    lost: CancellationToken,
 ) -> anyhow::Result<ShardExit> {
     let state = ctx.checkpoints.load(&shard).await?;
     if state.ended {
@@ -89,7 +100,8 @@ pub async fn read_shard(
         ctx,
         shard,
         cancel,
-        lost,
+        lease: lease.counter,
+        lost: lease.lost,
         iterator: String::new(),
         last_read: state.checkpoint,
         start: start.clone(),
@@ -319,10 +331,10 @@ impl Reader {
         let empty = self.empty_batch();
         let batch = std::mem::replace(&mut self.batch, empty);
         let ctx = self.ctx.clone();
-        let shard = self.shard.clone();
+        let (shard, lease) = (self.shard.clone(), self.lease);
         let Some((first, last, records)) = batch.range() else {
             if ended {
-                ctx.checkpoints.commit(&shard, None, true).await?;
+                ctx.checkpoints.commit(&shard, lease, None, true).await?;
             }
             return Ok(());
         };
@@ -337,7 +349,7 @@ impl Reader {
                 "the replayed batch differs from its intent; the stream no longer holds all of its records"
             ),
             Some(_) => {}
-            None => ctx.checkpoints.record_intent(&shard, &intent).await?,
+            None => ctx.checkpoints.record_intent(&shard, lease, &intent).await?,
         }
         ctx.crash.hit("after_intent");
         let files: Vec<(bool, usize)> =
@@ -351,7 +363,7 @@ impl Reader {
         }
         ctx.crash.hit("before_commit");
         ctx.checkpoints
-            .commit(&shard, Some(&last), ended)
+            .commit(&shard, lease, Some(&last), ended)
             .await
             .with_context(|| format!("committing shard {shard}"))?;
         self.last_commit = Instant::now();

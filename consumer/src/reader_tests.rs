@@ -124,8 +124,14 @@ async fn throttling_backs_off_and_an_expired_iterator_resumes_after_the_last_rec
     ]);
     let dir = tempfile::tempdir().unwrap();
     let ctx = context(dir.path(), kinesis);
-    let exit =
-        read_shard(ctx.clone(), SHARD.to_string(), CancellationToken::new(), CancellationToken::new()).await.unwrap();
+    let exit = read_shard(
+        ctx.clone(),
+        SHARD.to_string(),
+        ShardLease { counter: None, lost: CancellationToken::new() },
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(exit, ShardExit::Ended);
 
     assert_eq!(

@@ -20,7 +20,7 @@ use crate::config::Settings;
 use crate::kinesis::{self, ShardInfo};
 use crate::lease::Leases;
 use crate::metrics::Metrics;
-use crate::reader::{ShardExit, read_shard};
+use crate::reader::{ShardExit, ShardLease, read_shard};
 
 /// Delay before a reader that failed is started again.
 const RESTART_DELAY: Duration = Duration::from_secs(2);
@@ -168,7 +168,9 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
             }
         })
     });
-    let (done_tx, mut done_rx) = mpsc::channel::<(String, anyhow::Result<ShardExit>)>(64);
+    // Each reader reports its shard, the lease counter it read under (fleet)
+    // and how it ended.
+    let (done_tx, mut done_rx) = mpsc::channel::<(String, Option<u64>, anyhow::Result<ShardExit>)>(64);
     let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut ended: HashSet<String> = HashSet::new();
     let mut wait = Duration::ZERO;
@@ -176,7 +178,7 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
-            Some((shard, result)) = done_rx.recv() => {
+            Some((shard, lease, result)) = done_rx.recv() => {
                 running.remove(&shard);
                 match result {
                     Ok(ShardExit::Ended) => {
@@ -187,8 +189,8 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                         }
                     }
                     Ok(ShardExit::Lost) => {
-                        if let Some(leases) = &ctx.leases {
-                            leases.mark_lost(&shard);
+                        if let (Some(leases), Some(counter)) = (&ctx.leases, lease) {
+                            leases.mark_lost(&shard, counter);
                         }
                     }
                     Ok(ShardExit::Stopped) => {}
@@ -235,18 +237,20 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
             if running.contains_key(&s.id) || !ready(s) {
                 continue;
             }
-            let lost = match &ctx.leases {
-                Some(leases) if !leases.holds(&s.id) => continue,
-                Some(leases) => leases.lost_token(&s.id),
-                None => CancellationToken::new(),
+            let (lease, lost) = match &ctx.leases {
+                Some(leases) => match leases.lease_for_reader(&s.id) {
+                    Some((counter, lost)) => (Some(counter), lost),
+                    None => continue,
+                },
+                None => (None, CancellationToken::new()),
             };
-            tracing::info!(shard = s.id, "starting shard reader");
+            tracing::info!(shard = s.id, lease, "starting shard reader");
             let (ctx, shard, cancel, done) = (ctx.clone(), s.id.clone(), cancel.clone(), done_tx.clone());
             running.insert(
                 s.id.clone(),
                 tokio::spawn(async move {
-                    let result = read_shard(ctx, shard.clone(), cancel, lost).await;
-                    let _ = done.send((shard, result)).await;
+                    let result = read_shard(ctx, shard.clone(), ShardLease { counter: lease, lost }, cancel).await;
+                    let _ = done.send((shard, lease, result)).await;
                 }),
             );
         }
@@ -257,7 +261,7 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
     for (_, handle) in running.drain() {
         let _ = handle.await;
     }
-    while let Some((shard, result)) = done_rx.recv().await {
+    while let Some((shard, _, result)) = done_rx.recv().await {
         if let Err(e) = result {
             failed += 1;
             tracing::error!(

@@ -381,7 +381,6 @@ async fn a_paused_worker_past_its_expiry_never_commits_after_waking() {
 /// committing it, w1 takes its shards after expiry, replays the pending intent
 /// and moves on; when w0 wakes its commit is refused (`LeaseLost`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails about 1 run in 10 on the exactly-once lake check (see issue 5 note); run with --ignored while fixing"]
 async fn a_worker_frozen_before_its_commit_is_fenced_when_it_wakes() {
     let client = kinesis().await;
     let stream = create_stream(&client, 2).await;

@@ -248,11 +248,17 @@ impl DynamoCheckpoints {
         }
     }
 
-    /// Shards this worker holds.
-    pub fn held(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.held.lock().expect("lease lock").keys().cloned().collect();
+    /// Shards this worker holds, with the counter it holds each at.
+    pub fn held(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> =
+            self.held.lock().expect("lease lock").iter().map(|(s, c)| (s.clone(), *c)).collect();
         v.sort();
         v
+    }
+
+    /// The counter this worker holds `shard` at, if it holds it.
+    pub fn lease_counter(&self, shard: &str) -> Option<u64> {
+        self.held.lock().expect("lease lock").get(shard).copied()
     }
 
     /// Whether this worker holds `shard`.
@@ -260,17 +266,18 @@ impl DynamoCheckpoints {
         self.held.lock().expect("lease lock").contains_key(shard)
     }
 
-    /// A conditional update by the lease holder: `Err(LeaseLost)` when the
-    /// condition fails (the lease moved), and the lease is forgotten.
+    /// A conditional update by the holder of the lease at `counter`:
+    /// `Err(LeaseLost)` when the condition fails (the lease moved), and the
+    /// lease is forgotten unless this worker has since taken it again.
     async fn held_update(
         &self,
         op: &'static str,
         shard: &str,
+        counter: u64,
         update: &str,
         names: &[(&str, &str)],
         values: Vec<(&str, AttributeValue)>,
     ) -> Result<()> {
-        let counter = self.held_counter(shard)?;
         let mut req = self
             .client
             .update_item()
@@ -322,14 +329,15 @@ impl DynamoCheckpoints {
         Ok(out.item)
     }
 
-    /// Records the intent, fenced by the lease.
-    pub async fn record_intent(&self, shard: &str, intent: &Intent) -> Result<()> {
-        self.held_update("record intent", shard, "SET #i = :i", &[("#i", "intent")], vec![(":i", intent_value(intent))])
-            .await
+    /// Records the intent, fenced on the lease at `counter`.
+    pub async fn record_intent(&self, shard: &str, counter: u64, intent: &Intent) -> Result<()> {
+        let value = vec![(":i", intent_value(intent))];
+        self.held_update("record intent", shard, counter, "SET #i = :i", &[("#i", "intent")], value).await
     }
 
-    /// Checkpoint = `last`, intent cleared, `ended` set, in one fenced write.
-    pub async fn commit(&self, shard: &str, last: Option<&str>, ended: bool) -> Result<()> {
+    /// Checkpoint = `last`, intent cleared, `ended` set, in one write fenced
+    /// on the lease at `counter`.
+    pub async fn commit(&self, shard: &str, counter: u64, last: Option<&str>, ended: bool) -> Result<()> {
         // DynamoDB rejects expression names and values that are not used.
         let mut values = Vec::new();
         let mut sets = Vec::new();
@@ -346,7 +354,7 @@ impl DynamoCheckpoints {
         }
         let update =
             if sets.is_empty() { "REMOVE #i".to_string() } else { format!("SET {} REMOVE #i", sets.join(", ")) };
-        self.held_update("commit", shard, &update, &names, values).await
+        self.held_update("commit", shard, counter, &update, &names, values).await
     }
 
     /// Every lease of this application and stream (consistent scan).
@@ -388,8 +396,9 @@ impl DynamoCheckpoints {
 
     /// Takes `shard`: `observed` is its lease as last read (`None`: no item
     /// yet). The write is conditional on that owner and counter, so of two
-    /// racing takers exactly one wins. `Ok(false)` when another won.
-    pub async fn take(&self, shard: &str, observed: Option<&Lease>, parents: &[String]) -> Result<bool> {
+    /// racing takers exactly one wins: `Ok(Some(counter))` with the counter
+    /// now held, `Ok(None)` when another won.
+    pub async fn take(&self, shard: &str, observed: Option<&Lease>, parents: &[String]) -> Result<Option<u64>> {
         let expiry = now_ms() + self.options.lease_duration.as_millis() as u64;
         let counter = observed.map_or(0, |l| l.counter) + 1;
         let result = match observed {
@@ -452,30 +461,33 @@ impl DynamoCheckpoints {
         match result {
             Ok(()) => {
                 self.held.lock().expect("lease lock").insert(shard.to_string(), counter);
-                Ok(true)
+                Ok(Some(counter))
             }
-            Err(None) => Ok(false),
+            Err(None) => Ok(None),
             Err(Some(e)) => Err(e),
         }
     }
 
-    /// Extends a held lease by the lease duration. `LeaseLost` when it moved.
-    pub async fn renew(&self, shard: &str) -> Result<()> {
+    /// Extends the lease held at `counter` by the lease duration.
+    /// `LeaseLost` when it moved.
+    pub async fn renew(&self, shard: &str, counter: u64) -> Result<()> {
         let expiry = now_ms() + self.options.lease_duration.as_millis() as u64;
-        self.held_update("renew lease", shard, "SET #x = :x", &[("#x", "expiry")], vec![(":x", n(expiry))]).await
+        let value = vec![(":x", n(expiry))];
+        self.held_update("renew lease", shard, counter, "SET #x = :x", &[("#x", "expiry")], value).await
     }
 
     /// Gives a held lease up (owner removed, counter bumped) so another
     /// worker takes it at once instead of waiting for it to expire.
     pub async fn release(&self, shard: &str) -> Result<()> {
-        let next = self.held_counter(shard)? + 1;
+        let counter = self.held_counter(shard)?;
         let result = self
             .held_update(
                 "release lease",
                 shard,
+                counter,
                 "SET #c = :next, #x = :zero REMOVE #o",
                 &[("#x", "expiry")],
-                vec![(":next", n(next)), (":zero", n(0))],
+                vec![(":next", n(counter + 1)), (":zero", n(0))],
             )
             .await;
         self.held.lock().expect("lease lock").remove(shard);
