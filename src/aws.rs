@@ -30,8 +30,17 @@ pub fn s3_client(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
 /// each failure (expired iterator, throttling, partial failure) themselves and
 /// back off with [`crate::retry::RetryPolicy`].
 pub fn kinesis_client(config: &aws_config::SdkConfig) -> aws_sdk_kinesis::Client {
-    let conf = aws_sdk_kinesis::config::Builder::from(config).retry_config(RetryConfig::disabled()).build();
-    aws_sdk_kinesis::Client::from_conf(conf)
+    kinesis_client_at(config, None)
+}
+
+/// [`kinesis_client`] with its endpoint set in code (over any environment
+/// setting): the load-test harness points it at a fault-injecting proxy.
+pub fn kinesis_client_at(config: &aws_config::SdkConfig, endpoint: Option<&str>) -> aws_sdk_kinesis::Client {
+    let mut conf = aws_sdk_kinesis::config::Builder::from(config).retry_config(RetryConfig::disabled());
+    if let Some(endpoint) = endpoint {
+        conf = conf.endpoint_url(endpoint);
+    }
+    aws_sdk_kinesis::Client::from_conf(conf.build())
 }
 
 /// A Firehose client. SDK retries are off for the same reason as

@@ -1,5 +1,17 @@
-//! `shardlake-loadtest`: the load-test harness. Today: `gen`, the
-//! deterministic reference event generator.
+//! `shardlake-loadtest`: the load-test harness. `run` drives producers at a
+//! rate against a stream, runs consumer workers (with chaos: kills, freezes,
+//! S3 faults, Kinesis throttling, a reshard), verifies that every
+//! acknowledged event is in the lake exactly once, and reports figures and
+//! charts. `gen` writes the deterministic reference events.
+
+mod drive;
+mod events;
+mod http;
+mod lake;
+mod report;
+mod run;
+mod scenario;
+mod workers;
 
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -18,6 +30,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a load test: produce at a rate, consume with chaos, verify, report.
+    /// Exits 1 when an acknowledged event is lost, duplicated or misrouted.
+    Run {
+        /// A scenario TOML file (same keys as the flags, in snake_case).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        #[command(flatten)]
+        args: Box<scenario::ScenarioArgs>,
+    },
     /// Write N deterministic clickstream/sales events as JSON Lines (`-` for stdout).
     Gen {
         /// Number of events.
@@ -40,7 +61,26 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
+        Command::Run { scenario, args } => {
+            let file = match scenario {
+                Some(path) => scenario::ScenarioArgs::from_file(&path)?,
+                None => scenario::ScenarioArgs::default(),
+            };
+            let scenario = scenario::Scenario::resolve((*args).over(file), run::new_run_id())?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = runtime.block_on(run::run(scenario))?;
+            println!("{}", report.table());
+            println!("  report: {}", report.scenario.out.join("report.html").display());
+            if !report.passed() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Gen { count, out, seed, hours, start, schema_out } => {
             let start_ms = shardlake::time::parse_rfc3339_millis(&start)
                 .with_context(|| format!("--start {start}: expected RFC 3339 like 2024-03-15T00:00:00Z"))?;
