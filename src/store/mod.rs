@@ -80,6 +80,8 @@ impl ObjectStore {
             Location::File(dir) => ObjectStore::File(FileStore::new(dir)),
             Location::S3 { bucket, prefix } => {
                 let config = crate::aws::sdk_config().await;
+                // A store's URL names a folder: `s3://b/lake` holds `lake/…`, not `lake…`.
+                let prefix = crate::pipeline::folder_prefix(&prefix);
                 ObjectStore::S3(S3Store::new(crate::aws::s3_client(&config), bucket, prefix, s3.clone()))
             }
         })
@@ -127,6 +129,16 @@ mod tests {
     fn parses_locations() {
         assert_eq!(Location::parse("s3://b/p/q/").unwrap(), Location::S3 { bucket: "b".into(), prefix: "p/q/".into() });
         assert_eq!(Location::parse("s3://b").unwrap(), Location::S3 { bucket: "b".into(), prefix: String::new() });
+    }
+
+    #[tokio::test]
+    async fn an_s3_store_url_names_a_folder_with_or_without_its_slash() {
+        for url in ["s3://b/lake", "s3://b/lake/"] {
+            let store = ObjectStore::open(url, &S3Options::default()).await.unwrap();
+            assert_eq!(store.url("year=2026/a.parquet"), "s3://b/lake/year=2026/a.parquet");
+        }
+        let root = ObjectStore::open("s3://b", &S3Options::default()).await.unwrap();
+        assert_eq!(root.url("a.parquet"), "s3://b/a.parquet");
         assert_eq!(Location::parse("file:///tmp/x").unwrap(), Location::File("/tmp/x".into()));
         assert_eq!(Location::parse("./lake").unwrap(), Location::File("./lake".into()));
         assert!(Location::parse("gs://x").unwrap_err().to_string().contains("only file:// and s3://"));
