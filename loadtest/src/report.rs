@@ -190,10 +190,14 @@ impl Report {
             ],
             &marks,
         );
+        // Only intervals in which events became readable have a latency.
+        let seen = |f: &dyn Fn(&Point) -> f64| {
+            pts.iter().filter(|p| p.lake_per_s > 0.0).map(|p| (p.t, f(p))).collect::<Vec<_>>()
+        };
         let latency = chart(
             "End-to-end latency (send → readable in the lake)",
             "seconds",
-            &[("p50", "#2ca02c", series(&|p| p.e2e_p50_ms / 1e3)), ("p99", "#d62728", series(&|p| p.e2e_p99_ms / 1e3))],
+            &[("p50", "#2ca02c", seen(&|p| p.e2e_p50_ms / 1e3)), ("p99", "#d62728", seen(&|p| p.e2e_p99_ms / 1e3))],
             &marks,
         );
         let lag = chart(
@@ -226,7 +230,7 @@ impl Report {
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1100px; }}
 h1 {{ font-size: 1.5em; }} pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 .pass {{ color: #1a7f37; }} .fail {{ color: #cf222e; }}
-.charts {{ display: grid; grid-template-columns: 1fr 1fr; gap: 1em; }}
+.charts {{ display: grid; grid-template-columns: 1fr 1fr; gap: 1em; }} figure {{ margin: 0; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ddd; padding: 0.2em 0.6em; }}
 </style></head><body>
 <h1>shardlake load test <code>{run}</code></h1>
@@ -270,7 +274,7 @@ pub fn chart(title: &str, unit: &str, series: &[Series], marks: &[(f64, String)]
     let x = |v: f64| left + v / x_max * (w - left - right);
     let y = |v: f64| h - bottom - v / y_max * (h - top - bottom);
     let mut s = format!(
-        r##"<figure><svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{t}">
+        r##"<figure><svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="{t}">
 <text x="{left}" y="18" font-size="13" font-weight="bold">{t}</text>
 <line x1="{left}" y1="{y0}" x2="{xr}" y2="{y0}" stroke="#888"/><line x1="{left}" y1="{top}" x2="{left}" y2="{y0}" stroke="#888"/>
 "##,

@@ -188,11 +188,11 @@ pub async fn run(s: Scenario) -> anyhow::Result<Report> {
     let mut watcher = Watcher::new(lake.clone(), "errors/");
     let mut chaos = Chaos::new(&s, start);
     let mut timeline: Vec<Point> = Vec::new();
-    let mut last = (0u64, 0u64, 0usize, Instant::now());
+    let mut last = (0u64, 0u64, 0usize, start);
     let mut driven = None;
     let mut produced_at = None;
     let mut drained_at = None;
-    let mut ticker = tokio::time::interval(TICK);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::from_std(start) + TICK, TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -131,9 +131,36 @@ fn kills_and_s3_faults_lose_and_duplicate_nothing() {
     // An independent reader agrees.
     let run_id = report["scenario"]["run_id"].as_str().unwrap();
     assert_eq!(pyarrow_count(&destination, run_id), (acked, acked));
-    // The HTML report has its charts.
+    // The HTML report has its charts, and renders in a real browser.
     let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
     assert!(html.contains("PASS") && html.matches("<svg").count() == 4, "{html}");
+    check_screenshot(&dir.path().join("report.html"), &dir.path().join("report.png"));
+}
+
+/// Renders `html` with headless Chromium into `png` and checks the picture:
+/// the page's size, ink on it (charts and text, not a blank or error page),
+/// and the green of the PASS verdict.
+fn check_screenshot(html: &Path, png_path: &Path) {
+    let chromium = std::env::var("SHARDLAKE_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let out = Command::new(&chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,1400"])
+        .arg(format!("--screenshot={}", png_path.display()))
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .unwrap_or_else(|e| panic!("{chromium}: {e}: the report test needs Chromium (scripts/test installs it)"));
+    assert!(out.status.success() && png_path.exists(), "{}", String::from_utf8_lossy(&out.stderr));
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(png_path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (1200, 1400));
+    let channels = info.color_type.samples();
+    let pixels: Vec<&[u8]> = buf[..info.buffer_size()].chunks(channels).collect();
+    let ink = pixels.iter().filter(|p| p[..3].iter().any(|c| *c < 200)).count();
+    let green = pixels.iter().filter(|p| p[1] > 100 && p[0] < 80 && p[2] < 100).count();
+    let share = ink as f64 / pixels.len() as f64;
+    assert!((0.01..0.5).contains(&share), "ink on {:.1}% of the page", share * 100.0);
+    assert!(green > 500, "the green PASS heading is missing ({green} green pixels)");
 }
 
 /// One worker on kinesis-local (the emulator that reshards), SIGSTOPped past
