@@ -12,6 +12,7 @@ pub mod error;
 pub mod error_output;
 pub mod events;
 pub mod json;
+pub mod metrics;
 pub mod partition;
 pub mod pipeline;
 pub mod record;

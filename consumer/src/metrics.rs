@@ -327,4 +327,39 @@ mod tests {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }
     }
+
+    /// Every metric the Grafana dashboard and the alert rules in `ops/`
+    /// use is one this binary exports.
+    #[test]
+    fn the_ops_assets_use_only_exported_metrics() {
+        let m = Metrics::new();
+        let shard = "shardId-000000000000";
+        m.record_read(shard, 1, 10, Some(0), 0.01);
+        let mut stats = PipelineStats { records: 1, ..Default::default() };
+        stats.errors.insert(shardlake::error_output::ErrorKind::TypeMismatch, 1);
+        m.record_flush("size", &stats, &[(true, 10), (false, 5)], 0.1);
+        m.record_checkpoint_age(shard, 3);
+        m.record_iterator_renewal(shard);
+        m.record_throttle(shard);
+        m.record_read_error("transient");
+        m.record_upload_failure();
+        m.record_unreplayable(shard);
+        m.set_buffered_bytes(1);
+        m.add_shards_reading(1);
+        m.set_leases_held(1);
+        m.record_lease_taken(true, None);
+        m.record_lease_taken(false, Some(2.0));
+        m.record_lease_lost();
+        m.record_lease_released();
+        m.record_lease_renew(0.01);
+        let exposition = m.render();
+        let ops = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops");
+        for file in
+            ["grafana/shardlake.json", "prometheus/shardlake-alerts.yml", "prometheus/shardlake-alerts_test.yml"]
+        {
+            let text = std::fs::read_to_string(ops.join(file)).unwrap();
+            let missing = shardlake::metrics::missing_metrics(&exposition, &text, "shardlake_consumer_");
+            assert!(missing.is_empty(), "ops/{file} uses metrics the consumer does not export: {missing:?}");
+        }
+    }
 }

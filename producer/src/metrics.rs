@@ -203,4 +203,30 @@ mod tests {
         assert!(text.contains("shardlake_producer_records_expired_total{target=\"b\"} 1"));
         assert!(Metrics::new(&registry, "a").is_err(), "the same target twice is a registration error");
     }
+
+    /// Every producer metric the Grafana dashboard and the alert rules in
+    /// `ops/` use is one the producer exports.
+    #[test]
+    fn the_ops_assets_use_only_exported_metrics() {
+        let registry = Registry::new();
+        let m = Metrics::new(&registry, "events").unwrap();
+        m.record_sent(10, Duration::from_millis(5));
+        m.record_failed("expired");
+        m.record_expired();
+        m.record_retried("InternalFailure");
+        m.record_throttled("shard");
+        m.record_request_sent(2, 20);
+        m.record_request_done("ok", Duration::from_millis(3));
+        m.record_buffered(1, 10);
+        m.record_shard_map_refresh("ok");
+        let exposition = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+        let ops = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops");
+        for file in
+            ["grafana/shardlake.json", "prometheus/shardlake-alerts.yml", "prometheus/shardlake-alerts_test.yml"]
+        {
+            let text = std::fs::read_to_string(ops.join(file)).unwrap();
+            let missing = shardlake::metrics::missing_metrics(&exposition, &text, "shardlake_producer_");
+            assert!(missing.is_empty(), "ops/{file} uses metrics the producer does not export: {missing:?}");
+        }
+    }
 }
