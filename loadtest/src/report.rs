@@ -341,18 +341,31 @@ fn nice_ceiling(v: f64) -> f64 {
 }
 
 fn short(v: f64) -> String {
+    let trim = |x: f64, digits: usize| {
+        let text = format!("{x:.digits$}");
+        if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.').to_string() } else { text }
+    };
     if v >= 10_000.0 {
-        format!("{:.0}k", v / 1000.0)
-    } else if v >= 10.0 {
-        format!("{v:.0}")
+        format!("{}k", trim(v / 1000.0, 1))
+    } else if v >= 1.0 {
+        trim(v, 1)
     } else {
-        format!("{v:.1}")
+        trim(v, 2)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn axis_labels_are_short() {
+        assert_eq!(short(37_500.0), "37.5k");
+        assert_eq!(short(50_000.0), "50k");
+        assert_eq!(short(12.5), "12.5");
+        assert_eq!(short(0.0), "0");
+        assert_eq!(short(0.125), "0.13");
+    }
 
     #[test]
     fn axis_maxima_are_round() {
