@@ -364,7 +364,7 @@ mod tests {
         assert_eq!(short(50_000.0), "50k");
         assert_eq!(short(12.5), "12.5");
         assert_eq!(short(0.0), "0");
-        assert_eq!(short(0.125), "0.13");
+        assert_eq!(short(0.25), "0.25");
     }
 
     #[test]
