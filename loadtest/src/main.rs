@@ -39,6 +39,9 @@ enum Command {
         #[command(flatten)]
         args: Box<scenario::ScenarioArgs>,
     },
+    /// Print the schema of `run`'s events (reference columns + the load-test
+    /// ones), for a fleet `run` attaches to (`--workers 0`).
+    Schema,
     /// Write N deterministic clickstream/sales events as JSON Lines (`-` for stdout).
     Gen {
         /// Number of events.
@@ -79,6 +82,10 @@ fn main() -> anyhow::Result<()> {
             if !report.passed() {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::Schema => {
+            print!("{}", events::schema_toml());
             Ok(())
         }
         Command::Gen { count, out, seed, hours, start, schema_out } => {

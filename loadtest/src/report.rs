@@ -102,6 +102,8 @@ pub struct Report {
 #[derive(Debug, Default, Serialize)]
 pub struct Consumers {
     pub workers: usize,
+    /// Workers of a running fleet watched through their `/metrics`.
+    pub attached: usize,
     pub restarts: u32,
     pub cpu_seconds: f64,
     pub max_rss_mib: f64,
@@ -138,8 +140,9 @@ impl Report {
         row(
             "consumers",
             format!(
-                "{} workers, {} restarts, {:.1} CPU s, max RSS {:.0} MiB, max lag {:.1} s",
+                "{} workers (+{} attached), {} restarts, {:.1} CPU s, max RSS {:.0} MiB, max lag {:.1} s",
                 c.workers,
+                c.attached,
                 c.restarts,
                 c.cpu_seconds,
                 c.max_rss_mib,

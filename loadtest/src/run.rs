@@ -264,6 +264,7 @@ pub async fn run(s: Scenario) -> anyhow::Result<Report> {
         verdict,
         consumers: Consumers {
             workers: workers.len(),
+            attached: s.attach_metrics.len(),
             restarts: workers.restarts,
             cpu_seconds: timeline.last().map_or(0.0, |p| p.fleet.cpu_seconds),
             max_rss_mib: max(&|f| f.rss_mib),

@@ -211,3 +211,78 @@ fn freeze_throttling_and_a_reshard_lose_and_duplicate_nothing() {
     let lake = dir.path().join("lake");
     assert_eq!(pyarrow_count(lake.to_str().unwrap(), run_id), (acked, acked));
 }
+
+/// Attach mode (`--workers 0`): the harness drives a consumer it did not
+/// start, watches its `/metrics` and verifies its lake.
+#[test]
+fn attaches_to_a_running_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = unique("attach");
+    let bins = Path::new(env!("CARGO_BIN_EXE_shardlake-loadtest")).parent().unwrap().to_path_buf();
+    let producer = bins.join("shardlake-producer");
+    if !producer.exists() {
+        let ok = Command::new(env!("CARGO")).args(["build", "-q", "-p", "shardlake-producer"]).status().unwrap();
+        assert!(ok.success());
+    }
+    let kinesis = stack_env("SHARDLAKE_KINESALITE_ENDPOINT");
+    let created = Command::new(&producer)
+        .args(["--stream", &stream, "--create-stream", "--shards", "2", "--input", "/dev/null"])
+        .env("AWS_ENDPOINT_URL_KINESIS", &kinesis)
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let schema = Command::new(env!("CARGO_BIN_EXE_shardlake-loadtest")).arg("schema").output().unwrap();
+    std::fs::write(dir.path().join("schema.toml"), schema.stdout).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let lake = dir.path().join("lake");
+    std::fs::write(
+        dir.path().join("consumer.toml"),
+        format!(
+            "stream = \"{stream}\"\ndestination = \"{}\"\ncheckpoint_store = \"file://{}\"\nschema = \"schema.toml\"\n\
+             time_field = \"ts\"\n[buffer]\nmax_age = \"1s\"\n[polling]\nidle_interval = \"200ms\"\n\
+             [metrics]\naddress = \"127.0.0.1:{port}\"\n",
+            lake.display(),
+            dir.path().join("checkpoints").display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("consumer.log")).unwrap();
+    let mut consumer = Command::new(consumer_bin())
+        .args(["run", "--config"])
+        .arg(dir.path().join("consumer.toml"))
+        .env("AWS_ENDPOINT_URL_KINESIS", &kinesis)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let out = dir.path().join("out");
+    let report = run(
+        &out,
+        &kinesis,
+        &[
+            "--workers",
+            "0",
+            "--attach-metrics",
+            &format!("http://127.0.0.1:{port}/metrics"),
+            "--stream",
+            &stream,
+            "--create-stream",
+            "false",
+            "--destination",
+            lake.to_str().unwrap(),
+            "--rate",
+            "500",
+            "--duration",
+            "6s",
+        ],
+    );
+    let _ = Command::new("kill").args(["-TERM", &consumer.id().to_string()]).status();
+    consumer.wait().unwrap();
+    let v = &report["verdict"];
+    assert!(v["acked"].as_u64().unwrap() >= 2_500, "{v}");
+    assert_eq!((v["lost"].as_u64(), v["duplicated"].as_u64()), (Some(0), Some(0)), "{v}");
+    assert_eq!((report["consumers"]["workers"].as_u64(), report["consumers"]["attached"].as_u64()), (Some(0), Some(1)));
+    let watched = report["timeline"].as_array().unwrap().iter().filter(|p| p["fleet"]["up"] == 1).count();
+    assert!(watched > 3, "the consumer's /metrics were not read");
+    let committed = report["timeline"].as_array().unwrap().last().unwrap()["fleet"]["committed"].as_f64().unwrap();
+    assert!(committed >= v["acked"].as_f64().unwrap(), "{committed}");
+}
