@@ -25,7 +25,7 @@ fn consumer_bin() -> std::path::PathBuf {
 /// Runs the harness with `args` and the Kinesis endpoint `kinesis`; returns
 /// the report.
 fn run(out: &Path, kinesis: &str, args: &[&str]) -> serde_json::Value {
-    let status = Command::new(env!("CARGO_BIN_EXE_shardlake-loadtest"))
+    let output = Command::new(env!("CARGO_BIN_EXE_shardlake-loadtest"))
         .arg("run")
         .args(args)
         .arg("--out")
@@ -33,11 +33,14 @@ fn run(out: &Path, kinesis: &str, args: &[&str]) -> serde_json::Value {
         .arg("--consumer-bin")
         .arg(consumer_bin())
         .env("AWS_ENDPOINT_URL_KINESIS", kinesis)
-        .status()
+        .output()
         .unwrap();
-    let report = std::fs::read(out.join("report.json")).unwrap_or_else(|_| panic!("no report.json ({status})"));
+    // The live progress goes to stderr: shown only when something fails.
+    let log = format!("{}{}", String::from_utf8_lossy(&output.stderr), String::from_utf8_lossy(&output.stdout));
+    let report =
+        std::fs::read(out.join("report.json")).unwrap_or_else(|_| panic!("no report.json ({}):\n{log}", output.status));
     let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
-    assert!(status.success(), "the harness found a problem: {:#}", report["verdict"]);
+    assert!(output.status.success(), "the harness found a problem: {:#}\n{log}", report["verdict"]);
     report
 }
 
