@@ -1,5 +1,5 @@
 //! Fleet mode: several `shardlake-consumer run` processes share one stream
-//! through DynamoDB leases (kinesis-local + dynalite + a local lake). They
+//! through DynamoDB leases (kinesis-local + dynalite + a moto S3 lake). They
 //! balance the shards, take over from a killed worker within seconds, hand
 //! over at once on SIGTERM, fence a paused worker's stale commits, and the
 //! lake holds every record exactly once (DuckDB).
@@ -18,6 +18,8 @@ use support::*;
 struct Fleet {
     setup: Setup,
     table: String,
+    /// The lake: `s3://{bucket}/lake/` on the S3 emulator.
+    bucket: String,
     workers: Vec<Option<Child>>,
     observer: DynamoCheckpoints,
 }
@@ -27,14 +29,15 @@ impl Fleet {
     async fn new(stream: &str, workers: usize, lease_duration: &str) -> Self {
         let setup = Setup::new(stream);
         let table = unique("leases");
+        let bucket = unique("fleet-lake").to_lowercase();
+        s3_client().await.create_bucket().bucket(&bucket).send().await.unwrap();
         for i in 0..workers {
             let text = format!(
-                "stream = \"{stream}\"\ndestination = \"{}\"\ncheckpoint_store = \"dynamodb://{table}\"\n\
+                "stream = \"{stream}\"\ndestination = \"s3://{bucket}/lake/\"\ncheckpoint_store = \"dynamodb://{table}\"\n\
                  schema = \"schema.toml\"\ntime_field = \"ts\"\nshutdown_timeout = \"30s\"\n\
                  [fleet]\nworker_id = \"w{i}\"\nlease_duration = \"{lease_duration}\"\ncreate_table = true\n\
                  [buffer]\nmax_age = \"1s\"\n[polling]\nidle_interval = \"200ms\"\nshard_refresh = \"1s\"\n\
                  [metrics]\naddress = \"127.0.0.1:0\"\n",
-                setup.lake().display(),
             );
             std::fs::write(setup.dir.path().join(format!("w{i}.toml")), text).unwrap();
         }
@@ -44,7 +47,7 @@ impl Fleet {
         let store =
             CheckpointStore::connect(&format!("dynamodb://{table}"), "shardlake", stream, &options).await.unwrap();
         let observer = store.fleet().unwrap().clone();
-        Fleet { setup, table, workers: (0..workers).map(|_| None).collect(), observer }
+        Fleet { setup, table, bucket, workers: (0..workers).map(|_| None).collect(), observer }
     }
 
     /// Worker `i`'s log, without ANSI colours.
@@ -191,7 +194,10 @@ impl Fleet {
         }
     }
 
-    fn check_lake(&self, records: u64) {
+    /// Downloads the S3 lake and checks it with DuckDB: `records` rows,
+    /// as many distinct ids, none in a wrong partition.
+    async fn check_lake(&self, records: u64) {
+        self.setup.download(&s3_client().await, &self.bucket, "lake/").await;
         assert_eq!(self.setup.duckdb_check(), (records, records, 0), "table {}\n{}", self.table, self.logs());
     }
 }
@@ -282,7 +288,7 @@ async fn three_workers_balance_eight_shards_and_write_each_record_once() {
         .sum();
     assert!(taken >= 8.0, "{taken} leases taken or stolen");
     fleet.terminate_all();
-    fleet.check_lake(800);
+    fleet.check_lake(800).await;
 }
 
 /// An 8-shard stream read by 3 balanced workers with `lease`, after 450 of
@@ -320,7 +326,7 @@ async fn a_killed_workers_shards_are_taken_over_within_15_seconds() {
     landed.extend(put_records(&client, &stream, &records[450..]).await);
     fleet.wait_committed(&landed, Duration::from_secs(90)).await;
     fleet.terminate_all();
-    fleet.check_lake(600);
+    fleet.check_lake(600).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,7 +351,7 @@ async fn sigterm_hands_shards_over_without_waiting_for_expiry() {
     landed.extend(put_records(&client, &stream, &records[450..]).await);
     fleet.wait_committed(&landed, Duration::from_secs(90)).await;
     fleet.terminate_all();
-    fleet.check_lake(600);
+    fleet.check_lake(600).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,7 +380,7 @@ async fn a_paused_worker_past_its_expiry_never_commits_after_waking() {
     })
     .await;
     fleet.terminate_all();
-    fleet.check_lake(600);
+    fleet.check_lake(600).await;
 }
 
 /// The deterministic stale commit: w0 freezes between uploading a batch and
@@ -430,7 +436,7 @@ async fn a_worker_frozen_before_its_commit_is_fenced_when_it_wakes() {
     }
     assert!(after.lines().any(|l| l.contains("lease lost") && shard_of(l).is_some()), "{w0}");
     assert!(late_commits.is_empty(), "w0 committed without a lease after waking: {late_commits:#?}\n{w0}");
-    fleet.check_lake(400);
+    fleet.check_lake(400).await;
     assert!(pending.is_empty() || fleet.log(1).contains("replaying a pending batch"), "{pending:?}\n{}", fleet.logs());
 }
 
@@ -452,7 +458,7 @@ async fn resharding_under_three_workers_keeps_parents_first_and_loses_nothing() 
     assert_eq!(used.len(), 5, "records should land on parents and children: {used:?}");
     fleet.wait_committed(&landed, Duration::from_secs(120)).await;
     fleet.terminate_all();
-    fleet.check_lake(900);
+    fleet.check_lake(900).await;
     for (child, parents) in [
         ("shardId-000000000002", &["shardId-000000000000"][..]),
         ("shardId-000000000004", &["shardId-000000000001", "shardId-000000000003"][..]),
