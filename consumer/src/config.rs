@@ -87,6 +87,9 @@ pub struct ConsumerConfig {
     /// How shards are read.
     #[serde(default)]
     pub polling: PollingConfig,
+    /// Polling (GetRecords) or enhanced fan-out (SubscribeToShard).
+    #[serde(default)]
+    pub retrieval: RetrievalConfig,
     /// `/metrics` and `/healthz`.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -161,6 +164,38 @@ pub struct PollingConfig {
     /// How often the shard list is refreshed to find new shards (default 30 s).
     #[serde(default = "default_shard_refresh", with = "humantime_serde")]
     pub shard_refresh: Duration,
+}
+
+/// How records are retrieved.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrievalConfig {
+    /// `polling` (GetRecords, the default; shared 2 MiB/s per shard) or
+    /// `fan-out` (enhanced fan-out: a registered stream consumer gets its
+    /// own 2 MiB/s per shard, pushed over SubscribeToShard; costs extra on AWS).
+    #[serde(default)]
+    pub mode: RetrievalMode,
+    /// The registered consumer's name in fan-out mode (default: the
+    /// application name). Every worker of a fleet uses the same consumer.
+    pub consumer_name: Option<String>,
+}
+
+/// `[retrieval] mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetrievalMode {
+    /// GetRecords polling.
+    #[default]
+    Polling,
+    /// Enhanced fan-out (SubscribeToShard).
+    FanOut,
+}
+
+impl RetrievalConfig {
+    /// The consumer name to register in fan-out mode.
+    pub fn consumer_name<'a>(&'a self, application: &'a str) -> &'a str {
+        self.consumer_name.as_deref().unwrap_or(application)
+    }
 }
 
 /// Fleet mode: how workers share shards through DynamoDB leases.
@@ -361,6 +396,15 @@ impl ConsumerConfig {
             shardlake::checkpoint::CheckpointStore::open(&self.checkpoint_store, &self.application, &self.stream)
                 .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
         }
+        let name = self.retrieval.consumer_name(&self.application);
+        if !(1..=128).contains(&name.len())
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        {
+            bail!(
+                "retrieval.consumer_name: `{name}` must be 1 to 128 letters, digits, `_`, `.` or `-` \
+                 (the default is the application name)"
+            );
+        }
         let f = &mut self.fleet;
         if f.lease_duration < Duration::from_secs(1) {
             bail!("fleet.lease_duration: {:?} is below the 1s minimum; use \"1s\" or more", f.lease_duration);
@@ -501,6 +545,8 @@ mod tests {
             (format!("{MINIMAL}[fleet]\nlease_duration = \"500ms\"\n"), "fleet.lease_duration"),
             (format!("{MINIMAL}[fleet]\nrenew_interval = \"20s\"\n"), "fleet.renew_interval"),
             (format!("{MINIMAL}[fleet]\nleases = 3\n"), "unknown field `leases`"),
+            (format!("{MINIMAL}[retrieval]\nmode = \"push\"\n"), "fan-out"),
+            (format!("{MINIMAL}[retrieval]\nmode = \"fan-out\"\nconsumer_name = \"a b\"\n"), "retrieval.consumer_name"),
             (MINIMAL.replace("schema.toml", "missing.toml"), "schema:"),
             ("destination = \"./lake\"\nschema = \"s.toml\"\n".to_string(), "missing field `stream`"),
         ];

@@ -52,7 +52,7 @@ pub async fn stream_schema(
             for _ in 0..SAMPLE_CALLS {
                 let Some(current) = it.as_deref() else { break };
                 let fetched = kinesis::get_records(client, current, 1000).await?;
-                *it = fetched.next_iterator;
+                *it = fetched.next;
                 for r in &fetched.records {
                     match deaggregate(&r.data) {
                         None => inferrer.observe_line(&r.data),

@@ -6,7 +6,9 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::config::http::HttpResponse;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::DateTime;
-use aws_sdk_kinesis::types::{ShardFilter, ShardFilterType, ShardIteratorType};
+use aws_sdk_kinesis::types::{
+    ConsumerStatus, ShardFilter, ShardFilterType, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
+};
 use shardlake::error::error_chain;
 
 /// How a Kinesis call failed, as far as the reader cares.
@@ -152,6 +154,126 @@ pub async fn shard_iterator(
         .ok_or_else(|| KinesisError::Fatal("GetShardIterator returned no iterator".into()))
 }
 
+/// Enhanced fan-out: registers the stream consumer `name` (or finds it
+/// registered, by another worker of the fleet or an earlier run) and waits
+/// until it is ACTIVE; returns its ARN.
+pub async fn register_consumer(client: &Client, stream: &str, name: &str) -> Result<String, KinesisError> {
+    let summary = client.describe_stream_summary().stream_name(stream).send().await.map_err(|e| {
+        classify(e, |_| false, |e| e.is_limit_exceeded_exception(), |e| e.is_resource_not_found_exception())
+    })?;
+    let stream_arn = summary
+        .stream_description_summary()
+        .map(|s| s.stream_arn().to_string())
+        .ok_or_else(|| KinesisError::Fatal("DescribeStreamSummary returned no stream ARN".into()))?;
+    match client.register_stream_consumer().stream_arn(&stream_arn).consumer_name(name).send().await {
+        Ok(_) => tracing::info!(stream, consumer = name, "registered the enhanced fan-out consumer"),
+        Err(e) if e.as_service_error().is_some_and(|e| e.is_resource_in_use_exception()) => {}
+        Err(e) => {
+            return Err(match e.as_service_error() {
+                Some(s) if s.is_limit_exceeded_exception() => {
+                    KinesisError::Fatal(format!("{} (a stream has at most 20 fan-out consumers)", error_chain(&e)))
+                }
+                _ => {
+                    classify(e, |_| false, |e| e.is_limit_exceeded_exception(), |e| e.is_resource_not_found_exception())
+                }
+            });
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let out = client.describe_stream_consumer().stream_arn(&stream_arn).consumer_name(name).send().await.map_err(
+            |e| classify(e, |_| false, |e| e.is_limit_exceeded_exception(), |e| e.is_resource_not_found_exception()),
+        )?;
+        if let Some(d) = out.consumer_description()
+            && d.consumer_status() == &ConsumerStatus::Active
+        {
+            return Ok(d.consumer_arn().to_string());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(KinesisError::Fatal(format!("consumer `{name}` not ACTIVE after 120 s")));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// One SubscribeToShard call, whose `event_stream` delivers the events
+/// (it ends after 5 minutes).
+pub type Subscription = aws_sdk_kinesis::operation::subscribe_to_shard::SubscribeToShardOutput;
+
+/// Subscribes the fan-out consumer `consumer_arn` to `shard` from `start`
+/// (SubscribeToShard; once per 5 s per shard and consumer).
+pub async fn subscribe(
+    client: &Client,
+    consumer_arn: &str,
+    shard: &str,
+    start: &StartAt,
+) -> Result<Subscription, KinesisError> {
+    let position = match start {
+        StartAt::TrimHorizon => StartingPosition::builder().r#type(ShardIteratorType::TrimHorizon),
+        StartAt::Latest => StartingPosition::builder().r#type(ShardIteratorType::Latest),
+        StartAt::Timestamp(ms) => {
+            StartingPosition::builder().r#type(ShardIteratorType::AtTimestamp).timestamp(DateTime::from_millis(*ms))
+        }
+        StartAt::At(seq) => {
+            StartingPosition::builder().r#type(ShardIteratorType::AtSequenceNumber).sequence_number(seq)
+        }
+        StartAt::After(seq) => {
+            StartingPosition::builder().r#type(ShardIteratorType::AfterSequenceNumber).sequence_number(seq)
+        }
+    };
+    let position = position.build().map_err(|e| KinesisError::Fatal(e.to_string()))?;
+    let out = client
+        .subscribe_to_shard()
+        .consumer_arn(consumer_arn)
+        .shard_id(shard)
+        .starting_position(position)
+        .send()
+        .await
+        .map_err(|e| {
+            classify(
+                e,
+                |_| false,
+                // Another subscription (this consumer's previous one, or the
+                // previous lease holder's) is still open, or the call limit.
+                |e| e.is_resource_in_use_exception() || e.is_limit_exceeded_exception(),
+                |e| e.is_resource_not_found_exception(),
+            )
+        })?;
+    Ok(out)
+}
+
+/// Waits for the next event of a subscription: `Ok(None)` when it ended (after
+/// 5 minutes, or closed by the service), to be renewed from where it left off.
+pub async fn next_event(subscription: &mut Subscription) -> Result<Option<Fetched>, KinesisError> {
+    loop {
+        let event = match subscription.event_stream.recv().await {
+            Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(e))) => e,
+            Ok(Some(_)) => continue,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                let message = format!("subscription: {}", error_chain(&e));
+                return Err(match e.as_service_error() {
+                    // Still held by an earlier subscription (a restarted worker,
+                    // the previous lease holder): wait for it to end.
+                    Some(s) if s.is_resource_in_use_exception() => KinesisError::Throttled(message),
+                    Some(s) if s.is_resource_not_found_exception() => KinesisError::NotFound(message),
+                    Some(s) if !s.is_internal_failure_exception() => KinesisError::Fatal(message),
+                    _ => KinesisError::Transient(message),
+                });
+            }
+        };
+        let ended = event.continuation_sequence_number.is_empty()
+            || event.child_shards.as_ref().is_some_and(|c| !c.is_empty()) && event.records.is_empty();
+        let (records, bytes) = records_of(event.records);
+        return Ok(Some(Fetched {
+            records,
+            bytes,
+            next: (!ended).then_some(event.continuation_sequence_number),
+            millis_behind_latest: Some(event.millis_behind_latest),
+        }));
+    }
+}
+
 /// One record as read.
 #[derive(Debug, Clone)]
 pub struct KinesisRecord {
@@ -170,8 +292,10 @@ pub struct Fetched {
     pub records: Vec<KinesisRecord>,
     /// Payload bytes of `records`.
     pub bytes: usize,
-    /// The iterator for the next call; `None` once a closed shard is read to its end.
-    pub next_iterator: Option<String>,
+    /// Where reading goes on: the next shard iterator (GetRecords) or the
+    /// continuation sequence number (fan-out); `None` once a closed shard is
+    /// read to its end.
+    pub next: Option<String>,
     /// How far behind the tip of the shard this response is.
     pub millis_behind_latest: Option<i64>,
 }
@@ -188,10 +312,15 @@ pub async fn get_records(client: &Client, iterator: &str, limit: i32) -> Result<
         )
     })?;
     let millis_behind_latest = out.millis_behind_latest();
-    let next_iterator = out.next_shard_iterator().map(str::to_string);
+    let next = out.next_shard_iterator().map(str::to_string);
+    let (records, bytes) = records_of(out.records);
+    Ok(Fetched { records, bytes, next, millis_behind_latest })
+}
+
+/// The SDK's records as ours, with their payload bytes.
+fn records_of(records: Vec<aws_sdk_kinesis::types::Record>) -> (Vec<KinesisRecord>, usize) {
     let mut bytes = 0;
-    let records = out
-        .records
+    let records = records
         .into_iter()
         .map(|r| {
             let data = r.data.into_inner();
@@ -203,5 +332,5 @@ pub async fn get_records(client: &Client, iterator: &str, limit: i32) -> Result<
             }
         })
         .collect();
-    Ok(Fetched { records, bytes, next_iterator, millis_behind_latest })
+    (records, bytes)
 }

@@ -26,6 +26,7 @@ pub struct Metrics {
     read_errors: IntCounterVec,
     upload_failures: IntCounter,
     unreplayable_ranges: IntCounterVec,
+    subscriptions: IntCounterVec,
     shards_reading: IntGauge,
     get_records_seconds: HistogramVec,
     leases_held: IntGauge,
@@ -168,6 +169,13 @@ impl Metrics {
                 "Pending intents whose records aged out of the stream before they could be replayed.",
                 &["shard"],
             ),
+            subscriptions: counter_vec(
+                &r,
+                "shardlake_consumer_fan_out_subscriptions_total",
+                "Enhanced fan-out SubscribeToShard calls and subscription ends, by outcome \
+                 (subscribed, failed, fallback to polling).",
+                &["outcome"],
+            ),
             shards_reading: gauge("shardlake_consumer_shards_reading", "Shards with a running reader."),
             get_records_seconds,
             registry: r,
@@ -233,6 +241,11 @@ impl Metrics {
     /// A pending range that could not be replayed.
     pub fn record_unreplayable(&self, shard: &str) {
         self.unreplayable_ranges.with_label_values(&[shard]).inc();
+    }
+
+    /// A fan-out subscription `subscribed`, `failed`, or a `fallback` to polling.
+    pub fn record_subscription(&self, outcome: &str) {
+        self.subscriptions.with_label_values(&[outcome]).inc();
     }
 
     /// Total bytes held by batches.
@@ -344,6 +357,7 @@ mod tests {
         m.record_read_error("transient");
         m.record_upload_failure();
         m.record_unreplayable(shard);
+        m.record_subscription("subscribed");
         m.set_buffered_bytes(1);
         m.add_shards_reading(1);
         m.set_leases_held(1);

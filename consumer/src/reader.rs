@@ -1,7 +1,8 @@
-//! One task per shard: read it with GetRecords, feed the shard batch, and
-//! flush by the exactly-once protocol (intent, upload, commit). A pending
-//! intent found at start is replayed first: exactly its range is re-read and
-//! rebuilt into the identical files before reading goes on.
+//! One task per shard: read it with GetRecords (or, with enhanced fan-out,
+//! from SubscribeToShard events), feed the shard batch, and flush by the
+//! exactly-once protocol (intent, upload, commit). A pending intent found at
+//! start is replayed first: exactly its range is re-read and rebuilt into the
+//! identical files before reading goes on.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::{FlushReason, ShardBatch, should_flush_by_memory};
 use crate::config::InitialPosition;
-use crate::kinesis::{self, KinesisError, KinesisRecord, StartAt};
+use crate::kinesis::{self, Fetched, KinesisError, KinesisRecord, StartAt};
 use crate::worker::Context;
 
 /// Objects of one batch uploaded at once.
@@ -25,6 +26,10 @@ const UPLOAD_CONCURRENCY: usize = 4;
 /// succeed or the worker stops.
 const BACKOFF: RetryPolicy =
     RetryPolicy { max_attempts: u32::MAX, base: Duration::from_millis(200), cap: Duration::from_secs(30) };
+
+/// Failed subscriptions in a row after which a shard is read with
+/// GetRecords instead (until its reader restarts).
+const FAN_OUT_FALLBACK_AFTER: u32 = 5;
 
 /// How a shard reader ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +53,19 @@ pub struct ShardLease {
     pub lost: CancellationToken,
 }
 
+/// A reader's enhanced fan-out subscription.
+struct FanOut {
+    /// The registered stream consumer.
+    consumer_arn: String,
+    /// The open subscription; `None` until (re)subscribed.
+    subscription: Option<kinesis::Subscription>,
+    /// Where the next subscription starts: the reader's start, then after
+    /// each event's continuation sequence number (no gap, no overlap).
+    next_start: StartAt,
+    /// Subscriptions that failed in a row.
+    failures: u32,
+}
+
 struct Reader {
     ctx: Arc<Context>,
     shard: String,
@@ -57,7 +75,10 @@ struct Reader {
     /// Cancelled when that lease is found lost.
     lost: CancellationToken,
     batch: ShardBatch,
+    /// The shard iterator of the next GetRecords call (polling).
     iterator: String,
+    /// Enhanced fan-out state; `None` when polling.
+    fan_out: Option<FanOut>,
     /// The last record read into the batch or committed: an expired iterator
     /// resumes after it.
     last_read: Option<String>,
@@ -103,6 +124,7 @@ pub async fn read_shard(
         lease: lease.counter,
         lost: lease.lost,
         iterator: String::new(),
+        fan_out: None,
         last_read: state.checkpoint,
         start: start.clone(),
         replay: state.intent.map(|i| (i, false)),
@@ -121,8 +143,15 @@ pub async fn read_shard(
 
 impl Reader {
     async fn run(&mut self, start: StartAt) -> anyhow::Result<ShardExit> {
-        let Some(iterator) = self.iterator_from(start).await? else { return Ok(ShardExit::Stopped) };
-        self.iterator = iterator;
+        match self.ctx.fan_out.clone() {
+            Some(consumer_arn) => {
+                self.fan_out = Some(FanOut { consumer_arn, subscription: None, next_start: start, failures: 0 });
+            }
+            None => {
+                let Some(iterator) = self.iterator_from(start).await? else { return Ok(ShardExit::Stopped) };
+                self.iterator = iterator;
+            }
+        }
         let polling = self.ctx.settings.config.polling.clone();
         loop {
             if self.lost.is_cancelled() {
@@ -132,19 +161,7 @@ impl Reader {
                 return self.stop().await;
             }
             let called = Instant::now();
-            let fetched =
-                match kinesis::get_records(&self.ctx.kinesis, &self.iterator, polling.max_records_per_call).await {
-                    Ok(f) => {
-                        self.failures = 0;
-                        f
-                    }
-                    Err(e) => {
-                        if !self.handle_read_error(e).await? {
-                            return self.stop().await;
-                        }
-                        continue;
-                    }
-                };
+            let Some(fetched) = self.fetch(polling.max_records_per_call).await? else { return self.stop().await };
             let m = self.ctx.metrics.clone();
             m.record_read(
                 &self.shard,
@@ -155,12 +172,15 @@ impl Reader {
             );
             let had_records = !fetched.records.is_empty();
             self.push(fetched.records).await?;
-            let Some(next) = fetched.next_iterator else {
+            let Some(next) = fetched.next else {
                 tracing::info!(shard = self.shard, "shard ended");
                 self.flush(FlushReason::ShardEnd, true).await?;
                 return Ok(ShardExit::Ended);
             };
-            self.iterator = next;
+            match &mut self.fan_out {
+                Some(f) => f.next_start = StartAt::After(next),
+                None => self.iterator = next,
+            }
             if self.replay.is_none() {
                 let reason = self.batch.due(&self.ctx.thresholds).or_else(|| {
                     let (total, largest) = self.ctx.budget.update(&self.shard, self.batch.memory());
@@ -173,6 +193,10 @@ impl Reader {
                 }
             }
             m.record_checkpoint_age(&self.shard, self.last_commit.elapsed().as_secs());
+            if self.fan_out.is_some() {
+                // Events are pushed at the service's pace: no polling interval.
+                continue;
+            }
             let caught_up = fetched.millis_behind_latest == Some(0) || !had_records;
             let wait = if caught_up { polling.idle_interval } else { polling.interval };
             let pause = wait.saturating_sub(called.elapsed());
@@ -182,6 +206,103 @@ impl Reader {
                 _ = tokio::time::sleep(pause) => {}
             }
         }
+    }
+
+    /// The next records: one GetRecords call, or the next fan-out event.
+    /// Failures are backed off and retried; `None` when stopped meanwhile.
+    async fn fetch(&mut self, limit: i32) -> anyhow::Result<Option<Fetched>> {
+        loop {
+            if self.cancel.is_cancelled() || self.lost.is_cancelled() {
+                return Ok(None);
+            }
+            let result = match self.fan_out {
+                Some(_) => self.fan_out_event().await,
+                None => kinesis::get_records(&self.ctx.kinesis, &self.iterator, limit).await.map(Some),
+            };
+            match result {
+                Ok(Some(fetched)) => {
+                    self.failures = 0;
+                    return Ok(Some(fetched));
+                }
+                // A subscription ended (they last 5 minutes): renew it at once.
+                Ok(None) => {}
+                Err(e) => {
+                    let give_up = self.fan_out.as_ref().is_some_and(|f| {
+                        f.failures >= FAN_OUT_FALLBACK_AFTER
+                            || matches!(e, KinesisError::Fatal(_) | KinesisError::NotFound(_))
+                    });
+                    let went_on =
+                        if give_up { self.fall_back_to_polling(&e).await? } else { self.handle_read_error(e).await? };
+                    if !went_on {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the next event of the shard's subscription, subscribing
+    /// first when there is none. `Ok(None)`: the subscription ended, or the
+    /// reader is stopping.
+    async fn fan_out_event(&mut self) -> Result<Option<Fetched>, KinesisError> {
+        let ctx = self.ctx.clone();
+        let f = self.fan_out.as_mut().expect("fan-out mode");
+        if f.subscription.is_none() {
+            match kinesis::subscribe(&ctx.kinesis, &f.consumer_arn, &self.shard, &f.next_start).await {
+                Ok(subscription) => {
+                    ctx.metrics.record_subscription("subscribed");
+                    f.subscription = Some(subscription);
+                }
+                Err(e) => {
+                    ctx.metrics.record_subscription("failed");
+                    f.failures += 1;
+                    return Err(e);
+                }
+            }
+        }
+        let subscription = f.subscription.as_mut().expect("subscribed above");
+        let event = tokio::select! {
+            event = kinesis::next_event(subscription) => event,
+            _ = self.cancel.cancelled() => return Ok(None),
+            _ = self.lost.cancelled() => return Ok(None),
+        };
+        match event {
+            Ok(Some(fetched)) => {
+                f.failures = 0;
+                Ok(Some(fetched))
+            }
+            Ok(None) => {
+                f.subscription = None;
+                Ok(None)
+            }
+            Err(e) => {
+                ctx.metrics.record_subscription("failed");
+                f.subscription = None;
+                f.failures += 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// Enhanced fan-out keeps failing for this shard: read it with
+    /// GetRecords from where the subscription would have started.
+    /// `Ok(false)` when stopped meanwhile.
+    async fn fall_back_to_polling(&mut self, why: &KinesisError) -> anyhow::Result<bool> {
+        let f = self.fan_out.take().expect("fan-out mode");
+        self.ctx.metrics.record_subscription("fallback");
+        tracing::warn!(
+            shard = self.shard,
+            failures = f.failures,
+            error = %why,
+            "enhanced fan-out keeps failing; reading this shard with GetRecords until its reader restarts"
+        );
+        Ok(match self.iterator_from(f.next_start).await? {
+            Some(iterator) => {
+                self.iterator = iterator;
+                true
+            }
+            None => false,
+        })
     }
 
     /// A shard iterator, retried with back-off; `None` when cancelled.

@@ -83,6 +83,7 @@ fn context(dir: &std::path::Path, kinesis: aws_sdk_kinesis::Client) -> Arc<Conte
     Arc::new(Context {
         thresholds: Thresholds { max_bytes: 1 << 20, max_records: 1000, max_age: Duration::from_secs(300) },
         kinesis,
+        fan_out: None,
         lake: ObjectStore::File(shardlake::store::file::FileStore::new(dir.join("lake"))),
         checkpoints: CheckpointStore::open(&format!("file://{}", dir.join("cp").display()), "shardlake", "s").unwrap(),
         metrics: Arc::new(Metrics::new()),

@@ -12,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::Thresholds;
-use crate::config::{ConsumerConfig, Settings};
+use crate::config::{ConsumerConfig, RetrievalMode, Settings};
 use crate::kinesis::KinesisError;
 use crate::lease::Leases;
 use crate::metrics::Metrics;
@@ -112,6 +112,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             c.stream
         );
     }
+    let fan_out = match c.retrieval.mode {
+        RetrievalMode::Polling => None,
+        RetrievalMode::FanOut => {
+            let name = c.retrieval.consumer_name(&c.application);
+            let arn = crate::kinesis::register_consumer(&kinesis, &c.stream, name)
+                .await
+                .map_err(|e| anyhow::anyhow!("retrieval: registering fan-out consumer `{name}`: {e}"))?;
+            eprintln!("shardlake-consumer: enhanced fan-out as {arn}");
+            Some(arn)
+        }
+    };
     let settings = if settings.infers_schema() {
         let Some(schema) = crate::infer::stream_schema(&settings, &kinesis, &checkpoints, &cancel).await? else {
             return Ok(());
@@ -132,6 +143,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         leases,
         thresholds,
         kinesis,
+        fan_out,
         lake,
         checkpoints,
         metrics,

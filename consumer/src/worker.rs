@@ -33,6 +33,8 @@ pub struct Context {
     pub thresholds: Thresholds,
     /// Kinesis client (SDK retries off; the readers back off themselves).
     pub kinesis: aws_sdk_kinesis::Client,
+    /// Enhanced fan-out: the registered consumer's ARN; `None` when polling.
+    pub fan_out: Option<String>,
     /// The lake.
     pub lake: ObjectStore,
     /// Checkpoints and intents.

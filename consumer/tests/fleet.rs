@@ -27,6 +27,11 @@ struct Fleet {
 impl Fleet {
     /// Writes one config per worker (`w0.toml`, ...) with `lease_duration`.
     async fn new(stream: &str, workers: usize, lease_duration: &str) -> Self {
+        Self::with_config(stream, workers, lease_duration, "").await
+    }
+
+    /// `new` with `extra` config lines (tables) at the end of each config.
+    async fn with_config(stream: &str, workers: usize, lease_duration: &str, extra: &str) -> Self {
         let setup = Setup::new(stream);
         let table = unique("leases");
         let bucket = unique("fleet-lake").to_lowercase();
@@ -37,7 +42,7 @@ impl Fleet {
                  schema = \"schema.toml\"\ntime_field = \"ts\"\nshutdown_timeout = \"30s\"\n\
                  [fleet]\nworker_id = \"w{i}\"\nlease_duration = \"{lease_duration}\"\ncreate_table = true\n\
                  [buffer]\nmax_age = \"1s\"\n[polling]\nidle_interval = \"200ms\"\nshard_refresh = \"1s\"\n\
-                 [metrics]\naddress = \"127.0.0.1:0\"\n",
+                 [metrics]\naddress = \"127.0.0.1:0\"\n{extra}",
             );
             std::fs::write(setup.dir.path().join(format!("w{i}.toml")), text).unwrap();
         }
@@ -277,9 +282,11 @@ async fn three_workers_balance_eight_shards_and_write_each_record_once() {
         (held == 8.0).then_some(())
     })
     .await;
-    for i in 0..3 {
-        assert!(fleet.metric(i, "shardlake_consumer_lease_renew_seconds_count") > 0.0, "w{i} renewed nothing");
-    }
+    // Renewals run every lease_duration / 3 (3.3 s): each worker renews soon.
+    poll("every worker to renew its leases", Duration::from_secs(10), || async {
+        (0..3).all(|i| fleet.metric(i, "shardlake_consumer_lease_renew_seconds_count") > 0.0).then_some(())
+    })
+    .await;
     let taken: f64 = (0..3)
         .map(|i| {
             fleet.metric(i, "shardlake_consumer_leases_taken_total")
@@ -289,6 +296,34 @@ async fn three_workers_balance_eight_shards_and_write_each_record_once() {
     assert!(taken >= 8.0, "{taken} leases taken or stolen");
     fleet.terminate_all();
     fleet.check_lake(800).await;
+}
+
+/// Enhanced fan-out in a fleet: three workers share one registered stream
+/// consumer and read their shards over SubscribeToShard; every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_with_enhanced_fan_out_write_each_record_once() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 8).await;
+    let mut fleet = Fleet::with_config(&stream, 3, "10s", "[retrieval]\nmode = \"fan-out\"\n").await;
+    let records = keyed(events(600, 37, 4));
+    let mut landed = put_records(&client, &stream, &records[..300]).await;
+    for i in 0..3 {
+        fleet.start(i);
+    }
+    fleet.wait_balanced(8, 3, Duration::from_secs(60)).await;
+    landed.extend(put_records(&client, &stream, &records[300..]).await);
+    fleet.wait_committed(&landed, Duration::from_secs(90)).await;
+    let subscribed: f64 =
+        (0..3).map(|i| fleet.metric(i, "shardlake_consumer_fan_out_subscriptions_total{outcome=\"subscribed\"}")).sum();
+    assert!(subscribed >= 8.0, "{subscribed} subscriptions\n{}", fleet.logs());
+    let fallbacks: f64 =
+        (0..3).map(|i| fleet.metric(i, "shardlake_consumer_fan_out_subscriptions_total{outcome=\"fallback\"}")).sum();
+    eprintln!("FAN-OUT FLEET: {subscribed} subscriptions, {fallbacks} fallbacks to polling");
+    for i in 0..3 {
+        assert!(fleet.log(i).contains("enhanced fan-out as arn:"), "{}", fleet.log(i));
+    }
+    fleet.terminate_all();
+    fleet.check_lake(600).await;
 }
 
 /// An 8-shard stream read by 3 balanced workers with `lease`, after 450 of

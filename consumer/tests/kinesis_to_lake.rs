@@ -12,10 +12,33 @@ use support::*;
 /// resumes with no gap and no duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_across_four_shards_land_exactly_once_and_survive_sigterm() {
+    let log = four_shards_exactly_once_across_a_restart("").await;
+    assert!(!log.contains("fan-out"), "{log}");
+}
+
+/// The same with enhanced fan-out: a registered stream consumer reads every
+/// shard over SubscribeToShard, and resubscribes after a restart from its
+/// checkpoints, with no gap and no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enhanced_fan_out_lands_every_record_exactly_once_across_a_restart() {
+    let log = four_shards_exactly_once_across_a_restart("[retrieval]\nmode = \"fan-out\"\n").await;
+    assert_eq!(log.matches("enhanced fan-out as arn:").count(), 2, "{log}");
+    // The first run reads every shard over its subscriptions. After the
+    // restart kinesis-local still holds those subscriptions (it ends them
+    // after 5 minutes, not when the connection closes), so the readers may
+    // fall back to GetRecords from the same checkpoints: no gap, no duplicate.
+    let first_run = &log[..log.find("stopping: flushing").unwrap()];
+    assert!(!first_run.contains("keeps failing"), "fell back to polling:\n{log}");
+    assert!(first_run.contains("batch committed"), "{log}");
+}
+
+/// N records over 4 shards, a SIGTERM, more records, a restart: exactly N
+/// rows (our reader and DuckDB). Returns the consumer's log.
+async fn four_shards_exactly_once_across_a_restart(extra: &str) -> String {
     let client = kinesis().await;
     let stream = create_stream(&client, 4).await;
     let setup = Setup::new(&stream);
-    setup.config("");
+    setup.config(extra);
     let records = keyed(events(1200, 7, 6));
     let landed = put_records(&client, &stream, &records[..800]).await;
     let used: std::collections::BTreeSet<_> = landed.iter().map(|(shard, _)| shard).collect();
@@ -37,6 +60,7 @@ async fn records_across_four_shards_land_exactly_once_and_survive_sigterm() {
     assert!(setup.error_lines().is_empty());
     let log = setup.log();
     assert!(log.contains("batch committed"), "{log}");
+    log
 }
 
 /// Without a schema file the consumer infers one from the stream, stores it
