@@ -460,6 +460,26 @@ mod tests {
     }
 
     #[test]
+    fn should_delta_encode_mostly_distinct_integers_and_keep_dictionaries_for_repeated_values() {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let mut w = writer(usize::MAX, usize::MAX);
+        // The decision is taken on the first encoded batch: make it large enough.
+        w.settings.encode_rows = 2_000;
+        for i in 0..3_000u64 {
+            w.push("p/", &record(i), &i, None).unwrap();
+            w.maintain().unwrap();
+        }
+        w.finish_all().unwrap();
+        let file = w.take_ready().pop().unwrap();
+        let reader = SerializedFileReader::new(bytes::Bytes::from(file.data)).unwrap();
+        let row_group = reader.metadata().row_group(0);
+        let (id, text) = (row_group.column(0), row_group.column(1));
+        assert!(id.dictionary_page_offset().is_none(), "distinct ids get no dictionary");
+        assert!(id.encodings().any(|e| e == Encoding::DELTA_BINARY_PACKED));
+        assert!(text.dictionary_page_offset().is_some(), "97 distinct texts keep their dictionary");
+    }
+
+    #[test]
     fn writer_properties_set_snappy_explicitly() {
         let props = WriterSettings::default().writer_properties();
         assert_eq!(props.compression(&ColumnPath::from("any")), Compression::SNAPPY);
