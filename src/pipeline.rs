@@ -165,7 +165,9 @@ impl<P: Position> Pipeline<P> {
             self.errors.push(ErrorKind::TooLarge, &msg, None, raw, pos);
             return Ok(());
         }
-        let Ok(text) = std::str::from_utf8(raw) else {
+        // SIMD validation: several times faster than `std::str::from_utf8` on
+        // the long, mostly-ASCII lines seen here.
+        let Ok(text) = simdutf8::basic::from_utf8(raw) else {
             self.errors.push(ErrorKind::InvalidJson, "record is not valid UTF-8", None, raw, pos);
             return Ok(());
         };

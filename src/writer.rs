@@ -17,7 +17,7 @@ use crate::schema::{FileLayout, Schema, UnknownFieldPolicy};
 use arrow_array::cast::AsArray;
 use arrow_array::{ArrayRef, RecordBatch};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
+use parquet::basic::{Compression, Encoding};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
@@ -288,7 +288,7 @@ fn encode<P>(p: &mut OpenPartition<P>, props: &WriterProperties) -> Result<()> {
     let writer = match &mut p.writer {
         Some(w) => w,
         None => {
-            let props = without_dictionary_for_unique_strings(props.clone(), &batch);
+            let props = without_dictionary_for_unique_values(props.clone(), &batch);
             p.writer.insert(ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props)).map_err(parquet_err)?)
         }
     };
@@ -306,41 +306,82 @@ const DICTIONARY_SAMPLE_MIN: usize = 1000;
 /// Values sampled per column to decide.
 const DICTIONARY_SAMPLE_MAX: usize = 2000;
 
-/// Turns dictionary encoding off for the string columns (top level or in
-/// structs) whose values in the file's first batch are mostly distinct, such
-/// as ids: hashing every value into a dictionary that Parquet abandons once
-/// it outgrows its page costs time and saves no space. Depends only on the
-/// data, so files stay reproducible.
-fn without_dictionary_for_unique_strings(props: WriterProperties, batch: &RecordBatch) -> WriterProperties {
+/// How a mostly-distinct column is written instead of with a dictionary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Undictionary {
+    /// Plain values (strings, floats).
+    Plain,
+    /// `DELTA_BINARY_PACKED` (integers and timestamps): roughly ordered
+    /// values such as event times take a fraction of their plain size.
+    Delta,
+}
+
+/// Turns dictionary encoding off for the columns (top level or in structs)
+/// whose values in the file's first batch are mostly distinct, such as ids
+/// and event times: hashing every value into a dictionary that is as large
+/// as the values themselves (or that Parquet abandons once it outgrows its
+/// page) costs time and saves no space. Integer and timestamp columns are
+/// delta-encoded then. Depends only on the data, so files stay reproducible.
+fn without_dictionary_for_unique_values(props: WriterProperties, batch: &RecordBatch) -> WriterProperties {
     let mut unique = Vec::new();
     for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        collect_unique_strings(vec![field.name().clone()], column, &mut unique);
+        collect_unique_values(vec![field.name().clone()], column, &mut unique);
     }
     if unique.is_empty() {
         return props;
     }
     let mut builder = props.into_builder();
-    for path in unique {
-        builder = builder.set_column_dictionary_enabled(ColumnPath::new(path), false);
+    for (path, how) in unique {
+        let path = ColumnPath::new(path);
+        builder = builder.set_column_dictionary_enabled(path.clone(), false);
+        if how == Undictionary::Delta {
+            builder = builder.set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+        }
     }
     builder.build()
 }
 
-fn collect_unique_strings(path: Vec<String>, column: &ArrayRef, out: &mut Vec<Vec<String>>) {
-    if let Some(strings) = column.as_string_opt::<i32>() {
-        let sample: Vec<&str> = strings.iter().flatten().take(DICTIONARY_SAMPLE_MAX).collect();
-        if sample.len() >= DICTIONARY_SAMPLE_MIN {
-            let distinct: HashSet<&str> = sample.iter().copied().collect();
-            if distinct.len() * 2 > sample.len() {
-                out.push(path);
-            }
-        }
+/// Whether the non-null values sampled from `values` are mostly distinct.
+fn mostly_distinct<T: Eq + std::hash::Hash>(values: impl Iterator<Item = T>) -> bool {
+    let sample: Vec<T> = values.take(DICTIONARY_SAMPLE_MAX).collect();
+    if sample.len() < DICTIONARY_SAMPLE_MIN {
+        return false;
+    }
+    let n = sample.len();
+    let distinct: HashSet<T> = sample.into_iter().collect();
+    distinct.len() * 2 > n
+}
+
+fn collect_unique_values(path: Vec<String>, column: &ArrayRef, out: &mut Vec<(Vec<String>, Undictionary)>) {
+    use arrow_array::types::{Date32Type, Float32Type, Float64Type, Int32Type, Int64Type, TimestampMillisecondType};
+    let plain = |distinct: bool| distinct.then_some(Undictionary::Plain);
+    let delta = |distinct: bool| distinct.then_some(Undictionary::Delta);
+    let how = if let Some(strings) = column.as_string_opt::<i32>() {
+        plain(mostly_distinct(strings.iter().flatten()))
+    } else if let Some(a) = column.as_primitive_opt::<TimestampMillisecondType>() {
+        delta(mostly_distinct(a.iter().flatten()))
+    } else if let Some(a) = column.as_primitive_opt::<Int64Type>() {
+        delta(mostly_distinct(a.iter().flatten()))
+    } else if let Some(a) = column.as_primitive_opt::<Int32Type>() {
+        delta(mostly_distinct(a.iter().flatten()))
+    } else if let Some(a) = column.as_primitive_opt::<Date32Type>() {
+        delta(mostly_distinct(a.iter().flatten()))
+    } else if let Some(a) = column.as_primitive_opt::<Float64Type>() {
+        plain(mostly_distinct(a.iter().flatten().map(f64::to_bits)))
+    } else if let Some(a) = column.as_primitive_opt::<Float32Type>() {
+        plain(mostly_distinct(a.iter().flatten().map(f32::to_bits)))
     } else if let Some(s) = column.as_struct_opt() {
         for (field, child) in s.fields().iter().zip(s.columns()) {
             let mut p = path.clone();
             p.push(field.name().clone());
-            collect_unique_strings(p, child, out);
+            collect_unique_values(p, child, out);
         }
+        None
+    } else {
+        None
+    };
+    if let Some(how) = how {
+        out.push((path, how));
     }
 }
 
@@ -416,6 +457,26 @@ mod tests {
         w.finish_all().unwrap();
         let files = w.take_ready();
         assert_eq!(files.iter().map(|f| f.partition.as_str()).collect::<Vec<_>>(), ["good/"]);
+    }
+
+    #[test]
+    fn should_delta_encode_mostly_distinct_integers_and_keep_dictionaries_for_repeated_values() {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let mut w = writer(usize::MAX, usize::MAX);
+        // The decision is taken on the first encoded batch: make it large enough.
+        w.settings.encode_rows = 2_000;
+        for i in 0..3_000u64 {
+            w.push("p/", &record(i), &i, None).unwrap();
+            w.maintain().unwrap();
+        }
+        w.finish_all().unwrap();
+        let file = w.take_ready().pop().unwrap();
+        let reader = SerializedFileReader::new(bytes::Bytes::from(file.data)).unwrap();
+        let row_group = reader.metadata().row_group(0);
+        let (id, text) = (row_group.column(0), row_group.column(1));
+        assert!(id.dictionary_page_offset().is_none(), "distinct ids get no dictionary");
+        assert!(id.encodings().any(|e| e == Encoding::DELTA_BINARY_PACKED));
+        assert!(text.dictionary_page_offset().is_some(), "97 distinct texts keep their dictionary");
     }
 
     #[test]
