@@ -36,11 +36,17 @@ pub fn kinesis_client(config: &aws_config::SdkConfig) -> aws_sdk_kinesis::Client
 /// [`kinesis_client`] with its endpoint set in code (over any environment
 /// setting): the load-test harness points it at a fault-injecting proxy.
 pub fn kinesis_client_at(config: &aws_config::SdkConfig, endpoint: Option<&str>) -> aws_sdk_kinesis::Client {
-    let mut conf = aws_sdk_kinesis::config::Builder::from(config).retry_config(RetryConfig::disabled());
-    if let Some(endpoint) = endpoint {
-        conf = conf.endpoint_url(endpoint);
+    aws_sdk_kinesis::Client::from_conf(kinesis_config(config, endpoint).build())
+}
+
+/// The configuration of [`kinesis_client_at`], to extend (the consumer adds
+/// its own GetRecords decoding).
+pub fn kinesis_config(config: &aws_config::SdkConfig, endpoint: Option<&str>) -> aws_sdk_kinesis::config::Builder {
+    let conf = aws_sdk_kinesis::config::Builder::from(config).retry_config(RetryConfig::disabled());
+    match endpoint {
+        Some(endpoint) => conf.endpoint_url(endpoint),
+        None => conf,
     }
-    aws_sdk_kinesis::Client::from_conf(conf.build())
 }
 
 /// A Firehose client. SDK retries are off for the same reason as

@@ -51,7 +51,7 @@ pub async fn stream_schema(
         for it in iterators.iter_mut() {
             for _ in 0..SAMPLE_CALLS {
                 let Some(current) = it.as_deref() else { break };
-                let fetched = kinesis::get_records(client, current, 1000).await?;
+                let fetched = kinesis::get_records(client, current, 1000, &Default::default()).await?;
                 *it = fetched.next;
                 for r in &fetched.records {
                     match deaggregate(&r.data) {

@@ -9,7 +9,10 @@ use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::{
     ConsumerStatus, ShardFilter, ShardFilterType, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
 };
+use bytes::Bytes;
 use shardlake::error::error_chain;
+
+use crate::get_records::RecordsSlot;
 
 /// How a Kinesis call failed, as far as the reader cares.
 #[derive(Debug, thiserror::Error)]
@@ -280,7 +283,7 @@ pub struct KinesisRecord {
     /// Sequence number.
     pub sequence: String,
     /// The payload (possibly a KPL aggregate).
-    pub data: Vec<u8>,
+    pub data: Bytes,
     /// ApproximateArrivalTimestamp, epoch millis.
     pub arrival_ms: i64,
 }
@@ -301,9 +304,18 @@ pub struct Fetched {
 }
 
 /// Reads up to `limit` records (GetRecords: ≤ 10,000 records or 10 MiB per
-/// call, 5 calls/s and 2 MiB/s per shard).
-pub async fn get_records(client: &Client, iterator: &str, limit: i32) -> Result<Fetched, KinesisError> {
-    let out = client.get_records().shard_iterator(iterator).limit(limit).send().await.map_err(|e| {
+/// call, 5 calls/s and 2 MiB/s per shard). With a client from
+/// [`crate::get_records::kinesis_client`] the records are decoded into
+/// `slot`'s reused buffers rather than by the SDK.
+pub async fn get_records(
+    client: &Client,
+    iterator: &str,
+    limit: i32,
+    slot: &RecordsSlot,
+) -> Result<Fetched, KinesisError> {
+    let attach = slot.clone();
+    let request = client.get_records().shard_iterator(iterator).limit(limit).customize();
+    let out = request.mutate_request(move |r| r.add_extension(attach.clone())).send().await.map_err(|e| {
         classify(
             e,
             |e| e.is_expired_iterator_exception(),
@@ -313,7 +325,7 @@ pub async fn get_records(client: &Client, iterator: &str, limit: i32) -> Result<
     })?;
     let millis_behind_latest = out.millis_behind_latest();
     let next = out.next_shard_iterator().map(str::to_string);
-    let (records, bytes) = records_of(out.records);
+    let (records, bytes) = slot.take().unwrap_or_else(|| records_of(out.records));
     Ok(Fetched { records, bytes, next, millis_behind_latest })
 }
 
@@ -323,7 +335,7 @@ fn records_of(records: Vec<aws_sdk_kinesis::types::Record>) -> (Vec<KinesisRecor
     let records = records
         .into_iter()
         .map(|r| {
-            let data = r.data.into_inner();
+            let data = Bytes::from(r.data.into_inner());
             bytes += data.len();
             KinesisRecord {
                 arrival_ms: r.approximate_arrival_timestamp.map(|t| t.to_millis().unwrap_or(0)).unwrap_or(0),

@@ -6,6 +6,7 @@
 mod batch;
 mod config;
 mod convert_cmd;
+mod get_records;
 mod http;
 mod infer;
 mod kinesis;

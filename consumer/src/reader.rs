@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::{FlushReason, ShardBatch, should_flush_by_memory};
 use crate::config::InitialPosition;
+use crate::get_records::RecordsSlot;
 use crate::kinesis::{self, Fetched, KinesisError, KinesisRecord, StartAt};
 use crate::worker::Context;
 
@@ -77,6 +78,8 @@ struct Reader {
     batch: ShardBatch,
     /// The shard iterator of the next GetRecords call (polling).
     iterator: String,
+    /// Buffers reused by every GetRecords call of this reader.
+    records: RecordsSlot,
     /// Enhanced fan-out state; `None` when polling.
     fan_out: Option<FanOut>,
     /// The last record read into the batch or committed: an expired iterator
@@ -124,6 +127,7 @@ pub async fn read_shard(
         lease: lease.counter,
         lost: lease.lost,
         iterator: String::new(),
+        records: RecordsSlot::default(),
         fan_out: None,
         last_read: state.checkpoint,
         start: start.clone(),
@@ -217,7 +221,7 @@ impl Reader {
             }
             let result = match self.fan_out {
                 Some(_) => self.fan_out_event().await,
-                None => kinesis::get_records(&self.ctx.kinesis, &self.iterator, limit).await.map(Some),
+                None => kinesis::get_records(&self.ctx.kinesis, &self.iterator, limit, &self.records).await.map(Some),
             };
             match result {
                 Ok(Some(fetched)) => {

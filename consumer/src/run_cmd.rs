@@ -101,7 +101,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let checkpoints = CheckpointStore::connect(&c.checkpoint_store, &c.application, &c.stream, &fleet)
         .await
         .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
-    let kinesis = shardlake::aws::kinesis_client(&sdk);
+    let kinesis = crate::get_records::kinesis_client(&sdk);
     // A missing stream or bad credentials are reported at once, not retried forever.
     if let Err(e @ (KinesisError::NotFound(_) | KinesisError::Fatal(_))) =
         crate::kinesis::list_shards(&kinesis, &c.stream).await

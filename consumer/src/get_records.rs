@@ -1,0 +1,383 @@
+//! GetRecords responses decoded by shardlake instead of the SDK.
+//!
+//! The SDK's generic JSON deserializer allocates a buffer and two strings for
+//! every record, and the profile of the consumer benchmark (issue 4) showed
+//! that churn (the deserializer, malloc, copies and the page faults of
+//! short-lived 10 MB responses) costing more CPU than the JSON → Parquet work
+//! itself. The SDK still does everything else for GetRecords: endpoints,
+//! credentials, signing, TLS, time-outs and error responses. Only a
+//! successful body is read here: an HTTP connector wrapper reads it into the
+//! shard reader's reusable [`RecordsSlot`], decodes the records (base64 into
+//! one arena that is reused call after call, each record a `Bytes` slice of
+//! it), and hands the SDK the same response with an empty `Records` array,
+//! from which it reads the next iterator, the lag and the child shards as
+//! before. A body this decoder rejects goes to the SDK untouched.
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, SharedHttpClient, SharedHttpConnector, http_client_fn,
+};
+use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
+use aws_smithy_runtime_api::client::result::ConnectorError;
+use aws_smithy_types::body::SdkBody;
+use bytes::BytesMut;
+use http_body_util::BodyExt;
+use shardlake::json::{Parser, SyntaxError};
+
+use crate::kinesis::KinesisRecord;
+
+/// A shard reader's buffers for its GetRecords calls, and the records of
+/// the last call. Attached to each call's request (see
+/// [`crate::kinesis::get_records`]); the connector fills it.
+#[derive(Debug, Clone, Default)]
+pub struct RecordsSlot(Arc<Mutex<Slot>>);
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// The last response body; its allocation is reused.
+    body: Vec<u8>,
+    /// Decoded payloads; reclaimed once the last call's records are dropped.
+    arena: BytesMut,
+    /// The last call's records and their payload bytes, until taken.
+    decoded: Option<(Vec<KinesisRecord>, usize)>,
+}
+
+impl RecordsSlot {
+    /// The records the last call decoded, if it decoded them here.
+    pub fn take(&self) -> Option<(Vec<KinesisRecord>, usize)> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).decoded.take()
+    }
+
+    /// Reads a successful GetRecords response body, keeps its records and
+    /// leaves the response with an empty `Records` array.
+    async fn decode_response(&self, response: &mut HttpResponse) -> Result<(), ConnectorError> {
+        let (mut body, mut arena) = {
+            let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            slot.decoded = None;
+            (std::mem::take(&mut slot.body), std::mem::take(&mut slot.arena))
+        };
+        body.clear();
+        let mut stream = std::mem::replace(response.body_mut(), SdkBody::taken());
+        while let Some(frame) = stream.frame().await {
+            if let Ok(data) = frame.map_err(ConnectorError::io)?.into_data() {
+                body.extend_from_slice(&data);
+            }
+        }
+        let decoded = decode(&body, &mut arena);
+        *response.body_mut() = SdkBody::from(match &decoded {
+            Ok(page) => [&body[..page.records_span.start], b"[]", &body[page.records_span.end..]].concat(),
+            Err(e) => {
+                tracing::debug!(error = %e, "GetRecords body left to the SDK");
+                body.clone()
+            }
+        });
+        response.headers_mut().remove("content-length");
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.decoded = decoded.ok().map(|page| (page.records, page.bytes));
+        slot.body = body;
+        slot.arena = arena;
+        Ok(())
+    }
+}
+
+/// The consumer's Kinesis client: [`shardlake::aws::kinesis_config`] with
+/// GetRecords bodies decoded here.
+pub fn kinesis_client(config: &aws_config::SdkConfig) -> aws_sdk_kinesis::Client {
+    let inner = config.http_client().unwrap_or_else(default_https_client);
+    let conf = shardlake::aws::kinesis_config(config, None).http_client(decoding_http_client(inner));
+    aws_sdk_kinesis::Client::from_conf(conf.build())
+}
+
+/// The SDK's default HTTPS client (rustls with aws-lc, proxies from the
+/// environment), which it builds only when no client is given.
+fn default_https_client() -> SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    use aws_smithy_http_client::{Builder, ConnectorBuilder, proxy::ProxyConfig};
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut builder = ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::AwsLc));
+        builder.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            builder.set_sleep_impl(components.sleep_impl());
+        }
+        builder.set_proxy_config(Some(ProxyConfig::from_env()));
+        builder.build()
+    })
+}
+
+/// An HTTP client for the Kinesis SDK client that decodes the bodies of
+/// GetRecords calls carrying a [`RecordsSlot`]; every other call passes
+/// through `inner` unchanged.
+fn decoding_http_client(inner: SharedHttpClient) -> SharedHttpClient {
+    http_client_fn(move |settings, components| {
+        SharedHttpConnector::new(DecodingConnector { inner: inner.http_connector(settings, components) })
+    })
+}
+
+#[derive(Debug)]
+struct DecodingConnector {
+    inner: SharedHttpConnector,
+}
+
+impl HttpConnector for DecodingConnector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let Some(slot) = request.extension::<RecordsSlot>().cloned() else {
+            return self.inner.call(request);
+        };
+        let response = self.inner.call(request);
+        HttpConnectorFuture::new(async move {
+            let mut response = response.await?;
+            if response.status().is_success() {
+                slot.decode_response(&mut response).await?;
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// Why a body was left to the SDK.
+#[derive(Debug, thiserror::Error)]
+enum DecodeError {
+    #[error("not UTF-8")]
+    Utf8,
+    #[error("{0}")]
+    Syntax(SyntaxError),
+    #[error("record {0}: Data is not base64")]
+    Base64(usize),
+    #[error("record {0}: {1} is missing")]
+    Missing(usize, &'static str),
+    #[error("no Records array")]
+    NoRecords,
+}
+
+impl From<SyntaxError> for DecodeError {
+    fn from(e: SyntaxError) -> Self {
+        DecodeError::Syntax(e)
+    }
+}
+
+/// The records of one response.
+#[derive(Debug)]
+struct Page {
+    records: Vec<KinesisRecord>,
+    /// Payload bytes of `records`.
+    bytes: usize,
+    /// Where the `Records` array is in the body, brackets included.
+    records_span: Range<usize>,
+}
+
+/// Decodes the `Records` of a GetRecords response body, payloads into
+/// `arena` (whose space is reused once earlier records are dropped).
+fn decode(body: &[u8], arena: &mut BytesMut) -> Result<Page, DecodeError> {
+    let text = simdutf8::basic::from_utf8(body).map_err(|_| DecodeError::Utf8)?;
+    let mut p = Parser::new(text);
+    let mut scratch = String::new();
+    let mut page = None;
+    p.object_start()?;
+    let mut first = true;
+    while p.next_field(first)? {
+        first = false;
+        if p.key_is(b"Records") {
+            p.peek()?;
+            let start = p.offset();
+            let (records, bytes) = decode_records(&mut p, arena, &mut scratch)?;
+            page = Some(Page { records, bytes, records_span: start..p.offset() });
+        } else {
+            p.key(&mut scratch)?;
+            p.skip()?;
+        }
+    }
+    page.ok_or(DecodeError::NoRecords)
+}
+
+/// One record's fields; the payload as a range of the arena.
+struct Fields {
+    data: Option<Range<usize>>,
+    sequence: Option<String>,
+    arrival_ms: i64,
+}
+
+fn decode_records(
+    p: &mut Parser<'_>,
+    arena: &mut BytesMut,
+    scratch: &mut String,
+) -> Result<(Vec<KinesisRecord>, usize), DecodeError> {
+    arena.clear();
+    let mut fields = Vec::new();
+    p.array_start()?;
+    let mut first = true;
+    while p.next_element(first)? {
+        first = false;
+        let index = fields.len();
+        let mut f = Fields { data: None, sequence: None, arrival_ms: 0 };
+        p.object_start()?;
+        let mut first_key = true;
+        while p.next_field(first_key)? {
+            first_key = false;
+            if p.key_is(b"Data") {
+                let encoded = p.string(scratch)?.as_bytes();
+                let start = arena.len();
+                arena.resize(start + base64_simd::STANDARD.estimated_decoded_length(encoded.len()), 0);
+                let n = base64_simd::STANDARD
+                    .decode(encoded, base64_simd::Out::from_slice(&mut arena[start..]))
+                    .map_err(|_| DecodeError::Base64(index))?
+                    .len();
+                arena.truncate(start + n);
+                f.data = Some(start..start + n);
+            } else if p.key_is(b"SequenceNumber") {
+                f.sequence = Some(p.string(scratch)?.to_string());
+            } else if p.key_is(b"ApproximateArrivalTimestamp") {
+                // Epoch seconds with a fraction, converted as the SDK does
+                // (fan-out events), so both paths agree to the millisecond.
+                let seconds = p.number()?.parse::<f64>().unwrap_or(0.0);
+                f.arrival_ms = aws_smithy_types::DateTime::from_secs_f64(seconds).to_millis().unwrap_or(0);
+            } else {
+                p.key(scratch)?;
+                p.skip()?;
+            }
+        }
+        fields.push(f);
+    }
+    let payloads = arena.split().freeze();
+    let mut bytes = 0;
+    let records = fields
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let data = f.data.ok_or(DecodeError::Missing(i, "Data"))?;
+            bytes += data.len();
+            Ok(KinesisRecord {
+                sequence: f.sequence.ok_or(DecodeError::Missing(i, "SequenceNumber"))?,
+                data: payloads.slice(data),
+                arrival_ms: f.arrival_ms,
+            })
+        })
+        .collect::<Result<_, DecodeError>>()?;
+    Ok((records, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against both emulators: the records decoded here equal the SDK's,
+    /// and the SDK still reads the iterator and lag of the rewritten body.
+    #[tokio::test]
+    async fn get_records_from_the_emulators_decodes_the_same_records_as_the_sdk() {
+        for var in ["AWS_ENDPOINT_URL_KINESIS", "SHARDLAKE_KINESALITE_ENDPOINT"] {
+            let endpoint = std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run scripts/test"));
+            assert!(endpoint.starts_with("http://127.0.0.1"), "{endpoint}");
+            let sdk = shardlake::aws::sdk_config().await;
+            let plain = shardlake::aws::kinesis_client_at(&sdk, Some(&endpoint));
+            let conf = shardlake::aws::kinesis_config(&sdk, Some(&endpoint))
+                .http_client(decoding_http_client(sdk.http_client().unwrap_or_else(default_https_client)));
+            let decoding = aws_sdk_kinesis::Client::from_conf(conf.build());
+
+            let stream = format!("decode-{}-{}", var.len(), std::process::id());
+            plain.create_stream().stream_name(&stream).shard_count(1).send().await.unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while plain.describe_stream_summary().stream_name(&stream).send().await.ok().and_then(|d| {
+                d.stream_description_summary.map(|s| s.stream_status == aws_sdk_kinesis::types::StreamStatus::Active)
+            }) != Some(true)
+            {
+                assert!(std::time::Instant::now() < deadline, "{stream} never became active");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            let payloads: Vec<Vec<u8>> =
+                vec![b"{\"id\":1}".to_vec(), vec![0xff, 0xfe, 0, b'/', b'?'], vec![b'x'; 300_000]];
+            for p in &payloads {
+                let put = plain.put_record().stream_name(&stream).partition_key("k");
+                put.data(aws_sdk_kinesis::primitives::Blob::new(p.clone())).send().await.unwrap();
+            }
+            let shard = crate::kinesis::list_shards(&plain, &stream).await.unwrap().remove(0).id;
+            let start = crate::kinesis::StartAt::TrimHorizon;
+            let iterator = crate::kinesis::shard_iterator(&plain, &stream, &shard, &start).await.unwrap();
+
+            let slot = RecordsSlot::default();
+            let ours = crate::kinesis::get_records(&decoding, &iterator, 100, &slot).await.unwrap();
+            assert!(!slot.0.lock().unwrap().body.is_empty(), "{var}: the body was not read here");
+            let sdk_read = crate::kinesis::get_records(&plain, &iterator, 100, &RecordsSlot::default()).await.unwrap();
+            let view = |f: &crate::kinesis::Fetched| {
+                f.records.iter().map(|r| (r.data.to_vec(), r.sequence.clone(), r.arrival_ms)).collect::<Vec<_>>()
+            };
+            assert_eq!(view(&ours), view(&sdk_read), "{var}");
+            assert_eq!(ours.records.iter().map(|r| r.data.to_vec()).collect::<Vec<_>>(), payloads, "{var}");
+            assert_eq!(ours.bytes, payloads.iter().map(Vec::len).sum::<usize>());
+            assert!(ours.next.is_some() && ours.millis_behind_latest.is_some(), "{var}: {ours:?}");
+            plain.delete_stream().stream_name(&stream).send().await.unwrap();
+        }
+    }
+
+    fn body(records: &[(&[u8], &str)]) -> String {
+        use base64::Engine;
+        let records: Vec<String> = records
+            .iter()
+            .map(|(data, seq)| {
+                format!(
+                    r#"{{"SequenceNumber":"{seq}","ApproximateArrivalTimestamp":1.795200000124E9,"Data":"{}","PartitionKey":"k","EncryptionType":"NONE"}}"#,
+                    base64::engine::general_purpose::STANDARD.encode(data)
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"MillisBehindLatest":0,"Records": [{}],"NextShardIterator":"AAA/x=","ChildShards":[]}}"#,
+            records.join(",")
+        )
+    }
+
+    #[test]
+    fn decodes_payloads_sequences_and_arrival_times_and_finds_the_records_array() {
+        let text = body(&[(b"{\"a\":1}", "495"), (b"", "496"), (&[0xff, 0, 7], "497")]);
+        let mut arena = BytesMut::new();
+        let page = decode(text.as_bytes(), &mut arena).unwrap();
+        let got: Vec<(&[u8], &str, i64)> =
+            page.records.iter().map(|r| (&r.data[..], r.sequence.as_str(), r.arrival_ms)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (&b"{\"a\":1}"[..], "495", 1_795_200_000_124),
+                (&b""[..], "496", 1_795_200_000_124),
+                (&[0xff, 0, 7][..], "497", 1_795_200_000_124)
+            ]
+        );
+        assert_eq!(page.bytes, 10);
+        let rest = [&text[..page.records_span.start], "[]", &text[page.records_span.end..]].concat();
+        assert_eq!(rest, r#"{"MillisBehindLatest":0,"Records": [],"NextShardIterator":"AAA/x=","ChildShards":[]}"#);
+    }
+
+    #[test]
+    fn escaped_slashes_in_base64_are_decoded() {
+        // `/` may be written `\/` in JSON; base64 of 0xff 0xff 0xff is `////`.
+        let text = r#"{"Records":[{"Data":"\/\/\/\/","SequenceNumber":"1"}]}"#;
+        let page = decode(text.as_bytes(), &mut BytesMut::new()).unwrap();
+        assert_eq!(&page.records[0].data[..], &[0xff, 0xff, 0xff]);
+    }
+
+    #[test]
+    fn the_arena_is_reused_once_the_records_are_dropped() {
+        let text = body(&[(&[1; 3000], "1"), (&[2; 3000], "2")]);
+        let mut arena = BytesMut::new();
+        let page = decode(text.as_bytes(), &mut arena).unwrap();
+        let first = page.records[0].data.as_ptr();
+        drop(page);
+        let page = decode(text.as_bytes(), &mut arena).unwrap();
+        assert_eq!(page.records[0].data.as_ptr(), first, "a new allocation for the second response");
+        assert_eq!(&page.records[1].data[..], &[2; 3000][..]);
+    }
+
+    #[test]
+    fn bodies_it_cannot_decode_are_refused() {
+        let mut arena = BytesMut::new();
+        for (text, why) in [
+            (r#"{"Records":[{"Data":"!!","SequenceNumber":"1"}]}"#, "record 0: Data is not base64"),
+            (r#"{"Records":[{"Data":"AA=="}]}"#, "record 0: SequenceNumber is missing"),
+            (r#"{"NextShardIterator":"x"}"#, "no Records array"),
+            (r#"{"Records":[{"Data":"AA==","#, "expected"),
+        ] {
+            let err = decode(text.as_bytes(), &mut arena).unwrap_err().to_string();
+            assert!(err.contains(why), "{text}: {err}");
+        }
+        assert!(matches!(decode(b"{\"Records\":[\xff]}", &mut arena), Err(DecodeError::Utf8)));
+    }
+}
