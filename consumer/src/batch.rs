@@ -148,7 +148,7 @@ impl ShardBatch {
     /// Adds one Kinesis record, unpacking a KPL aggregate. CPU-bound: call it
     /// off the async threads.
     pub fn push(&mut self, record: &KinesisRecord) -> shardlake::Result<()> {
-        let sequence: Arc<str> = Arc::from(record.sequence.as_str());
+        let sequence = record.sequence.clone();
         let mut pos = RecordPosition { sequence: sequence.clone(), sub_sequence: None, arrival_ms: record.arrival_ms };
         match deaggregate(&record.data) {
             None => {

@@ -194,7 +194,7 @@ fn decode(body: &[u8], arena: &mut BytesMut) -> Result<Page, DecodeError> {
 /// One record's fields; the payload as a range of the arena.
 struct Fields {
     data: Option<Range<usize>>,
-    sequence: Option<String>,
+    sequence: Option<Arc<str>>,
     arrival_ms: i64,
 }
 
@@ -226,7 +226,7 @@ fn decode_records(
                 arena.truncate(start + n);
                 f.data = Some(start..start + n);
             } else if p.key_is(b"SequenceNumber") {
-                f.sequence = Some(p.string(scratch)?.to_string());
+                f.sequence = Some(Arc::from(p.string(scratch)?));
             } else if p.key_is(b"ApproximateArrivalTimestamp") {
                 // Epoch seconds with a fraction, converted as the SDK does
                 // (fan-out events), so both paths agree to the millisecond.
@@ -332,7 +332,7 @@ mod tests {
         let mut arena = BytesMut::new();
         let page = decode(text.as_bytes(), &mut arena).unwrap();
         let got: Vec<(&[u8], &str, i64)> =
-            page.records.iter().map(|r| (&r.data[..], r.sequence.as_str(), r.arrival_ms)).collect();
+            page.records.iter().map(|r| (&r.data[..], &*r.sequence, r.arrival_ms)).collect();
         assert_eq!(
             got,
             vec![

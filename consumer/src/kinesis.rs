@@ -9,6 +9,8 @@ use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::{
     ConsumerStatus, ShardFilter, ShardFilterType, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
 };
+use std::sync::Arc;
+
 use bytes::Bytes;
 use shardlake::error::error_chain;
 
@@ -280,8 +282,8 @@ pub async fn next_event(subscription: &mut Subscription) -> Result<Option<Fetche
 /// One record as read.
 #[derive(Debug, Clone)]
 pub struct KinesisRecord {
-    /// Sequence number.
-    pub sequence: String,
+    /// Sequence number (shared with the batch positions that name it).
+    pub sequence: Arc<str>,
     /// The payload (possibly a KPL aggregate).
     pub data: Bytes,
     /// ApproximateArrivalTimestamp, epoch millis.
@@ -339,7 +341,7 @@ fn records_of(records: Vec<aws_sdk_kinesis::types::Record>) -> (Vec<KinesisRecor
             bytes += data.len();
             KinesisRecord {
                 arrival_ms: r.approximate_arrival_timestamp.map(|t| t.to_millis().unwrap_or(0)).unwrap_or(0),
-                sequence: r.sequence_number,
+                sequence: Arc::from(r.sequence_number),
                 data,
             }
         })

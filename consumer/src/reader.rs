@@ -386,11 +386,11 @@ impl Reader {
             if let Some((intent, seen_first)) = &mut self.replay {
                 if !*seen_first {
                     *seen_first = true;
-                    if records[0].sequence != intent.first {
+                    if *records[0].sequence != *intent.first {
                         tracing::error!(
                             shard = self.shard,
                             expected = intent.first,
-                            found = records[0].sequence,
+                            found = &*records[0].sequence,
                             "the pending batch's first records aged out of the stream; its files cannot be rebuilt \
                              exactly and the lake may hold some of them twice"
                         );
@@ -404,7 +404,7 @@ impl Reader {
             }
             let empty = self.empty_batch();
             let mut batch = std::mem::replace(&mut self.batch, empty);
-            self.last_read = records.last().map(|r| r.sequence.clone()).or(self.last_read.take());
+            self.last_read = records.last().map(|r| r.sequence.to_string()).or(self.last_read.take());
             let batch =
                 tokio::task::spawn_blocking(move || records.iter().try_for_each(|r| batch.push(r)).map(|()| batch))
                     .await
