@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Consumer benchmark (issue 4), against kinesalite on 127.0.0.1.
 
-Throughput: pre-fills a stream with the generated events, runs `convert` on the
-same events file, then `shardlake-consumer run` until every record is
-committed; prints CPU seconds (user + sys), CPU seconds per GB and MB per
-CPU-second of both, their ratio, and the emulator's own CPU over the consumer
-run (where the time goes).
+Throughput: pre-fills a stream with the generated events, then, interleaved
+`--runs` times, runs `convert` on the same events file, `shardlake-consumer
+run` from kinesalite until every record is read, and the consumer again from
+scripts/bench/instant_kinesis.py replaying the same file from memory (the
+emulator out of the way); prints medians of CPU seconds (user + sys), CPU
+seconds per GB and MB per CPU-second, the ratios, and the emulator's own CPU
+over the consumer run (where the time goes).
 
 Latency: a fresh stream, the consumer running with `buffer.max_age = 5s`, and
 events sent at a steady rate with `ts` set to their send time; each row's
@@ -13,7 +15,7 @@ produce-to-lake latency is its data file's mtime (written just before the
 commit) minus its `ts`. Prints p50 / p99 / max.
 
 usage: consumer_bench.py --bin DIR --input FILE --schema FILE --dir DIR
-                         [--shards 4] [--rate 2000] [--seconds 20]
+                         [--shards 4] [--rate 2000] [--seconds 20] [--runs 3]
 """
 import argparse
 import datetime
@@ -76,13 +78,13 @@ def metric_sum(log, names):
     return int(sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(names)))
 
 
-def run_consumer(bin_dir, config, log, want, deadline_s, on_started=None, until=COMMITTED):
+def run_consumer(bin_dir, config, log, want, deadline_s, on_started=None, until=COMMITTED, env=None):
     """Runs the consumer until the `until` counters reach `want`, then stops it
     with SIGTERM (which flushes and commits whatever is buffered); returns
     (wall seconds until it exited, consumer CPU seconds)."""
     with open(log, "w") as err:
         proc = subprocess.Popen([f"{bin_dir}/shardlake-consumer", "run", "--config", config],
-                                stdout=subprocess.DEVNULL, stderr=err)
+                                stdout=subprocess.DEVNULL, stderr=err, env=env)
     start = time.monotonic()
     if on_started:
         on_started()
@@ -107,6 +109,43 @@ def lake_rows(lake):
                for r, _, names in os.walk(lake) for n in names if n.endswith(".parquet") and not n.startswith("."))
 
 
+def start_replay_endpoint(a):
+    """scripts/bench/instant_kinesis.py serving the input file from memory;
+    returns (process, endpoint URL) once it answers."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.Popen([sys.executable, os.path.join(here, "instant_kinesis.py"), str(port),
+                             "--replay", a.input, "--shards", str(a.shards)])
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                sys.exit("the replay endpoint did not start")
+            time.sleep(0.2)
+
+
+def consume_all(a, stream, want, name, env=None):
+    """One consumer run over a whole stream (fresh lake and checkpoints):
+    (wall, CPU seconds); the lake's row count is checked."""
+    lake = os.path.join(a.dir, f"{name}-lake")
+    checkpoints = os.path.join(a.dir, f"{name}-checkpoints")
+    subprocess.run(["rm", "-rf", lake, checkpoints], check=True)
+    config = os.path.join(a.dir, f"{name}.toml")
+    # Batches as large as convert's: read everything, then SIGTERM flushes it all.
+    write_config(config, stream, lake, checkpoints, a.schema, "300s")
+    wall, cpu = run_consumer(a.bin, config, os.path.join(a.dir, f"{name}.log"), want, 1800, until=READ, env=env)
+    rows = lake_rows(lake)
+    if rows != want:
+        sys.exit(f"the consumer's lake ({name}) has {rows} rows, expected {want}")
+    return wall, cpu
+
+
 def throughput(a, kinesis, emu_pid):
     lines = [l.rstrip(b"\n") for l in open(a.input, "rb") if l.strip()]
     size = os.path.getsize(a.input)
@@ -116,39 +155,48 @@ def throughput(a, kinesis, emu_pid):
     put_all(kinesis, stream, lines)
     print(f"pre-filled {stream}: {len(lines)} records, {size / 1e6:.1f} MB, {a.shards} shards, "
           f"in {time.monotonic() - t:.1f} s")
+    replay, endpoint = start_replay_endpoint(a)
+    runs = {"convert": [], "kinesalite": [], "emulator": [], "replay": []}
+    try:
+        for _ in range(a.runs):
+            out = os.path.join(a.dir, "convert-lake")
+            subprocess.run(["rm", "-rf", out], check=True)
+            t = time.monotonic()
+            proc = subprocess.Popen([f"{a.bin}/shardlake-consumer", "convert", "--input", a.input, "--destination",
+                                     out, "--schema", a.schema, "--time-field", "ts", "--quiet"],
+                                    stdout=subprocess.DEVNULL)
+            _, status, usage = os.wait4(proc.pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            runs["convert"].append((time.monotonic() - t, usage.ru_utime + usage.ru_stime))
 
-    out = os.path.join(a.dir, "convert-lake")
-    subprocess.run(["rm", "-rf", out], check=True)
-    t = time.monotonic()
-    proc = subprocess.Popen([f"{a.bin}/shardlake-consumer", "convert", "--input", a.input, "--destination", out,
-                             "--schema", a.schema, "--time-field", "ts", "--quiet"], stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    convert_cpu, convert_wall = usage.ru_utime + usage.ru_stime, time.monotonic() - t
+            emu_before = proc_cpu(emu_pid)
+            runs["kinesalite"].append(consume_all(a, stream, len(lines), "consumer"))
+            runs["emulator"].append(proc_cpu(emu_pid) - emu_before)
+            runs["replay"].append(consume_all(a, "replay", len(lines), "replay",
+                                              env=dict(os.environ, AWS_ENDPOINT_URL_KINESIS=endpoint)))
+    finally:
+        replay.terminate()
+        replay.wait()
 
-    lake = os.path.join(a.dir, "consumer-lake")
-    subprocess.run(["rm", "-rf", lake, os.path.join(a.dir, "checkpoints")], check=True)
-    config = os.path.join(a.dir, "consumer.toml")
-    # Batches as large as convert's: read everything, then SIGTERM flushes it all.
-    write_config(config, stream, lake, os.path.join(a.dir, "checkpoints"), a.schema, "300s")
-    emu_before = proc_cpu(emu_pid)
-    wall, cpu = run_consumer(a.bin, config, os.path.join(a.dir, "consumer.log"), len(lines), 1800, until=READ)
-    rows = lake_rows(lake)
-    if rows != len(lines):
-        sys.exit(f"the consumer's lake has {rows} rows, expected {len(lines)}")
-    emu_cpu = proc_cpu(emu_pid) - emu_before
-
+    med = lambda pairs, i: statistics.median(p[i] for p in pairs)
+    convert_cpu, cpu, replay_cpu = med(runs["convert"], 1), med(runs["kinesalite"], 1), med(runs["replay"], 1)
+    emu_cpu = statistics.median(runs["emulator"])
     gb = size / 1e9
     print()
-    print(f"{'':<22} {'CPU s':>8} {'CPU s/GB':>9} {'MB/CPU-s':>9} {'wall s':>8} {'MB/s wall':>10}")
-    for name, c, w in [("convert (file)", convert_cpu, convert_wall), ("consumer (kinesalite)", cpu, wall)]:
-        print(f"{name:<22} {c:>8.2f} {c / gb:>9.1f} {size / 1e6 / c:>9.1f} {w:>8.1f} {size / 1e6 / w:>10.1f}")
-    print(f"{'kinesalite (emulator)':<22} {emu_cpu:>8.2f} {emu_cpu / gb:>9.1f} {'':>9} {'(during the consumer run)':>19}")
-    print(f"consumer per-core rate vs convert: {convert_cpu / cpu:.2f}x (target >= 0.8x)")
-    print(f"consumer wall time: {wall:.1f} s, of which the emulator was busy {emu_cpu:.1f} CPU s on a "
-          f"{os.cpu_count()}-core machine")
-    return {"records": len(lines), "bytes": size, "convert_cpu": convert_cpu, "consumer_cpu": cpu,
-            "consumer_wall": wall, "emulator_cpu": emu_cpu, "ratio": convert_cpu / cpu}
+    print(f"medians of {a.runs} interleaved runs")
+    print(f"{'':<28} {'CPU s':>8} {'CPU s/GB':>9} {'MB/CPU-s':>9} {'wall s':>8} {'MB/s wall':>10}")
+    for name, key in [("convert (file)", "convert"), ("consumer (kinesalite)", "kinesalite"),
+                      ("consumer (replay endpoint)", "replay")]:
+        c, w = med(runs[key], 1), med(runs[key], 0)
+        print(f"{name:<28} {c:>8.2f} {c / gb:>9.1f} {size / 1e6 / c:>9.1f} {w:>8.1f} {size / 1e6 / w:>10.1f}")
+    print(f"{'kinesalite (emulator)':<28} {emu_cpu:>8.2f} {emu_cpu / gb:>9.1f} {'':>9} {'(during the consumer run)':>19}")
+    print(f"consumer per-core rate vs convert: {convert_cpu / cpu:.2f}x from kinesalite, "
+          f"{convert_cpu / replay_cpu:.2f}x from the replay endpoint (target >= 0.8x)")
+    print(f"consumer wall time: {med(runs['kinesalite'], 0):.1f} s from kinesalite, which was busy {emu_cpu:.1f} "
+          f"CPU s meanwhile on a {os.cpu_count()}-core machine")
+    return {"records": len(lines), "bytes": size, "runs": runs, "convert_cpu": convert_cpu, "consumer_cpu": cpu,
+            "replay_cpu": replay_cpu, "emulator_cpu": emu_cpu, "ratio": convert_cpu / cpu,
+            "ratio_replay": convert_cpu / replay_cpu}
 
 
 def latency(a, kinesis):
@@ -207,6 +255,7 @@ def main():
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--rate", type=int, default=2000)
     ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--runs", type=int, default=3)
     a = ap.parse_args()
     a.schema = os.path.abspath(a.schema)
     kinesis = boto3.client("kinesis")

@@ -1,16 +1,25 @@
 #!/usr/bin/env python3
-"""A Kinesis endpoint that accepts every PutRecords at once, for measuring a
-client's own ceiling when the emulator is the wall (kinesalite tops out near
-17-20k records/s on 2 cores). It answers the calls bench-producer makes:
-CreateStream, DeleteStream, DescribeStreamSummary, ListShards (one shard
-covering the whole hash range) and PutRecords (every entry stored, sequence
-numbers counting up). Nothing is kept. Binds 127.0.0.1 only.
+"""A Kinesis endpoint that answers at once, for measuring a client's own
+ceiling when the emulator is the wall (kinesalite tops out near 17-20k
+records/s on 2 cores and keeps a core busy while it serves GetRecords).
 
-usage: instant_kinesis.py PORT
+Without --replay it accepts every PutRecords: it answers the calls
+bench-producer makes (CreateStream, DeleteStream, DescribeStreamSummary,
+ListShards with one shard covering the whole hash range, PutRecords with
+sequence numbers counting up) and keeps nothing.
+
+With --replay FILE --shards N it serves the lines of a JSON Lines file to a
+consumer: the lines are dealt round-robin to N shards and encoded once at
+start-up, and ListShards, GetShardIterator (TRIM_HORIZON, AT/AFTER_SEQUENCE_NUMBER,
+LATEST) and GetRecords (up to Limit records, MillisBehindLatest 0 once a shard
+is read to its end) answer from memory. Binds 127.0.0.1 only.
+
+usage: instant_kinesis.py PORT [--replay FILE --shards N]
 """
+import argparse
+import base64
 import itertools
 import json
-import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SHARD = {
@@ -19,6 +28,41 @@ SHARD = {
     "SequenceNumberRange": {"StartingSequenceNumber": "1"},
 }
 SEQ = itertools.count(10**20)
+# Replay mode: per shard, each record's encoded JSON object, in order.
+REPLAY = []
+ARRIVAL = 1795000000.0
+
+
+def sequence(i):
+    return str(10**20 + i)
+
+
+def replay_shards():
+    step = 2**128 // len(REPLAY)
+    return [{"ShardId": f"shardId-{n:012d}",
+             "HashKeyRange": {"StartingHashKey": str(n * step),
+                              "EndingHashKey": str(2**128 - 1 if n == len(REPLAY) - 1 else (n + 1) * step - 1)},
+             "SequenceNumberRange": {"StartingSequenceNumber": sequence(0)}} for n in range(len(REPLAY))]
+
+
+def replay(op, req):
+    """The answer to a consumer's call in replay mode, or None."""
+    if op == "ListShards":
+        return {"Shards": replay_shards()}
+    if op == "GetShardIterator":
+        shard = int(req["ShardId"].rsplit("-", 1)[1])
+        kind = req["ShardIteratorType"]
+        pos = {"TRIM_HORIZON": 0, "AT_TIMESTAMP": 0, "LATEST": len(REPLAY[shard])}.get(kind)
+        if pos is None:
+            pos = int(req["StartingSequenceNumber"]) - 10**20 + (kind == "AFTER_SEQUENCE_NUMBER")
+        return {"ShardIterator": f"{shard}:{pos}"}
+    if op == "GetRecords":
+        shard, pos = map(int, req["ShardIterator"].split(":"))
+        records = REPLAY[shard][pos:pos + req.get("Limit", 10000)]
+        end = pos + len(records)
+        return ('{"Records":[' + ",".join(records) + '],"NextShardIterator":"%d:%d","MillisBehindLatest":%d}'
+                % (shard, end, 0 if end == len(REPLAY[shard]) else 1000))
+    return None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -31,7 +75,10 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         op = self.headers.get("X-Amz-Target", "").rsplit(".", 1)[-1]
-        if op == "PutRecords":
+        answer = replay(op, json.loads(body)) if REPLAY else None
+        if answer is not None:
+            out = (answer if isinstance(answer, str) else json.dumps(answer)).encode()
+        elif op == "PutRecords":
             # Counting entries is enough: one PartitionKey per entry.
             n = body.count(b'"PartitionKey"')
             first = next(SEQ)
@@ -65,4 +112,16 @@ class Handler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
-    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("port", type=int)
+    ap.add_argument("--replay")
+    ap.add_argument("--shards", type=int, default=1)
+    a = ap.parse_args()
+    if a.replay:
+        REPLAY.extend([] for _ in range(a.shards))
+        with open(a.replay, "rb") as f:
+            for i, line in enumerate(l for l in f if l.strip()):
+                shard = REPLAY[i % a.shards]
+                shard.append('{"SequenceNumber":"%s","ApproximateArrivalTimestamp":%.3f,"Data":"%s","PartitionKey":"%d"}'
+                             % (sequence(len(shard)), ARRIVAL, base64.b64encode(line.rstrip(b"\n")).decode(), i))
+    ThreadingHTTPServer(("127.0.0.1", a.port), Handler).serve_forever()
