@@ -216,7 +216,11 @@ fn decode_records(
         while p.next_field(first_key)? {
             first_key = false;
             if p.key_is(b"Data") {
-                let encoded = p.string(scratch)?.as_bytes();
+                let encoded = match p.unescaped_string()? {
+                    Some(plain) => plain,
+                    None => p.string(scratch)?,
+                }
+                .as_bytes();
                 let start = arena.len();
                 arena.resize(start + base64_simd::STANDARD.estimated_decoded_length(encoded.len()), 0);
                 let n = base64_simd::STANDARD
