@@ -390,6 +390,18 @@ impl ColumnBuilder {
         }
     }
 
+    /// The value of the last row of a `timestamp` column (`None` when null,
+    /// empty, or another type).
+    pub fn last_timestamp(&self) -> Option<i64> {
+        match self {
+            ColumnBuilder::Timestamp(p) => {
+                let n = p.values.len();
+                (n > 0 && p.valid.is_valid(n - 1)).then(|| p.values[n - 1])
+            }
+            _ => None,
+        }
+    }
+
     /// Appends an already parsed timestamp (epoch ms) to a timestamp column.
     pub fn push_timestamp(&mut self, ms: i64) {
         match self {

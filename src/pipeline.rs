@@ -181,6 +181,17 @@ impl<P: Position> Pipeline<P> {
             self.errors.push(kind, &msg, None, raw, pos);
             return Ok(());
         }
+        // Records mostly arrive in runs of one time bucket: decode this one into
+        // the last record's partition, reading its time on the way, which saves
+        // a separate scan for the time field. Anything else (another bucket, no
+        // time, a duplicate time key, an error) is undone and goes the full way.
+        if let (Some(ms), Some(Some(bucket))) = (self.time_bucket_ms, self.last_bucket)
+            && self.lake.reads_time_column()
+            && let Ok(true) =
+                self.lake.push_if_time(&self.partition, text, pos, |t| t.is_some_and(|t| t.div_euclid(ms) == bucket))
+        {
+            return self.lake.maintain();
+        }
         let time = match &self.spec.time_source {
             _ if !self.spec.template.uses_time() => None,
             TimeSource::Arrival => arrival_ms,

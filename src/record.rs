@@ -76,25 +76,47 @@ impl RecordDecoder {
     /// unchanged and says why not. `event_time` is the value of the time
     /// column, when the caller has parsed it already.
     pub fn push(&mut self, record: &str, event_time: Option<i64>) -> Result<(), DecodeError> {
-        let rows = self.rows;
-        let dropped = self.ctx.dropped_fields;
-        match self.push_inner(record, event_time) {
-            Ok(()) => {
-                self.rows += 1;
-                Ok(())
-            }
-            Err(e) => {
-                self.builders.iter_mut().for_each(|b| b.truncate(rows));
-                if let Some(x) = &mut self.extra {
-                    x.truncate(rows);
-                }
-                self.ctx.dropped_fields = dropped;
-                Err(e)
-            }
-        }
+        self.push_checked(record, event_time, None).map(|_| ())
     }
 
-    fn push_inner(&mut self, record: &str, event_time: Option<i64>) -> Result<(), DecodeError> {
+    /// Appends one record whose event time is read from the time column on
+    /// the way, only if `accept` takes that time (`None`: null or missing; a
+    /// time key that appears twice is refused): `Ok(false)` leaves the batch
+    /// unchanged, and decoding stops as soon as the time is refused. Saves the
+    /// caller a separate scan for the time when the record most likely
+    /// belongs here.
+    pub fn push_if_time(&mut self, record: &str, accept: impl Fn(Option<i64>) -> bool) -> Result<bool, DecodeError> {
+        self.push_checked(record, None, Some(&accept))
+    }
+
+    fn push_checked(
+        &mut self,
+        record: &str,
+        event_time: Option<i64>,
+        accept: Option<&dyn Fn(Option<i64>) -> bool>,
+    ) -> Result<bool, DecodeError> {
+        let rows = self.rows;
+        let dropped = self.ctx.dropped_fields;
+        let result = self.push_inner(record, event_time, accept);
+        if let Ok(true) = result {
+            self.rows += 1;
+        } else {
+            self.builders.iter_mut().for_each(|b| b.truncate(rows));
+            if let Some(x) = &mut self.extra {
+                x.truncate(rows);
+            }
+            self.ctx.dropped_fields = dropped;
+        }
+        result
+    }
+
+    /// `Ok(false)`: `accept` refused the record's time.
+    fn push_inner(
+        &mut self,
+        record: &str,
+        event_time: Option<i64>,
+        accept: Option<&dyn Fn(Option<i64>) -> bool>,
+    ) -> Result<bool, DecodeError> {
         let rows = self.rows;
         self.present.fill(false);
         self.seen.fill(false);
@@ -136,7 +158,15 @@ impl RecordDecoder {
                             p.skip()?;
                             builder.push_timestamp(ms);
                         }
-                        _ => builder.push(&mut p, &mut self.ctx).map_err(|e| e.under(&self.names[c]))?,
+                        _ => {
+                            builder.push(&mut p, &mut self.ctx).map_err(|e| e.under(&self.names[c]))?;
+                            if let Some(accept) = accept
+                                && self.time_column == Some(c)
+                                && (duplicate || !accept(builder.last_timestamp()))
+                            {
+                                return Ok(false);
+                            }
+                        }
                     }
                 }
                 Slot::InPath => {
@@ -146,6 +176,12 @@ impl RecordDecoder {
         }
         if !p.at_end() {
             return Err(DecodeError::Syntax(SyntaxError { offset: p.offset(), expected: "the end of the record" }));
+        }
+        if let (Some(accept), Some(t)) = (accept, self.time_column)
+            && !self.seen[t]
+            && !accept(None)
+        {
+            return Ok(false);
         }
         for c in 0..self.names.len() {
             if self.required[c] && !self.present[c] {
@@ -169,7 +205,7 @@ impl RecordDecoder {
                 x.push(&self.ctx.extra);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Approximate bytes buffered.

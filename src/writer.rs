@@ -190,11 +190,43 @@ impl<P: Clone> LakeWriter<P> {
     /// error nothing is appended.
     pub fn push(&mut self, partition: &str, record: &str, pos: &P, event_time: Option<i64>) -> Result<(), DecodeError> {
         let slot = self.slot_of(partition, pos);
-        self.last = Some(slot);
         let p = self.slots[slot].as_mut().expect("slot_of returns an open slot");
         let dropped = p.decoder.dropped_fields();
         p.decoder.push(record, event_time)?;
-        self.dropped_fields += p.decoder.dropped_fields() - dropped;
+        self.pushed(slot, record, pos, dropped);
+        Ok(())
+    }
+
+    /// Appends a record to `partition` only if `accept` takes its event
+    /// time, read from the time column as it is decoded (see
+    /// [`RecordDecoder::push_if_time`]); `Ok(false)` appends nothing.
+    pub fn push_if_time(
+        &mut self,
+        partition: &str,
+        record: &str,
+        pos: &P,
+        accept: impl Fn(Option<i64>) -> bool,
+    ) -> Result<bool, DecodeError> {
+        let slot = self.slot_of(partition, pos);
+        let p = self.slots[slot].as_mut().expect("slot_of returns an open slot");
+        let dropped = p.decoder.dropped_fields();
+        let accepted = p.decoder.push_if_time(record, accept)?;
+        if accepted {
+            self.pushed(slot, record, pos, dropped);
+        }
+        Ok(accepted)
+    }
+
+    /// Whether the event time is a stored column the decoder can read.
+    pub fn reads_time_column(&self) -> bool {
+        self.time_column.is_some_and(|c| self.layout.stored.contains(&c))
+    }
+
+    /// Bookkeeping after a record was appended to `slot`.
+    fn pushed(&mut self, slot: usize, record: &str, pos: &P, dropped_before: u64) {
+        self.last = Some(slot);
+        let p = self.slots[slot].as_mut().expect("pushed to an open slot");
+        self.dropped_fields += p.decoder.dropped_fields() - dropped_before;
         if p.rows == 0 {
             p.first = pos.clone();
         }
@@ -202,7 +234,6 @@ impl<P: Clone> LakeWriter<P> {
         p.rows += 1;
         p.buffered += record.len();
         self.memory += record.len();
-        Ok(())
     }
 
     /// Encodes the last pushed partition when its buffer is full, finishes

@@ -7,6 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use arrow_array::Array;
+use arrow_array::cast::AsArray;
 use common::*;
 use shardlake::convert::{ConvertOptions, SchemaSource, convert};
 use shardlake::error_output::ErrorKind;
@@ -173,4 +175,79 @@ async fn inferred_schema_converts_gzip_input() {
     assert_eq!(ty("tags"), "array<string>");
     assert!(ty("properties").starts_with("struct<page:string"));
     assert!(read_tree(&lake).keys().all(|k| k.contains("/events-")), "file names use the input stem");
+}
+
+/// Records in a run of one hour are decoded straight into that hour's
+/// partition, reading the time on the way; this checks every way out of that
+/// shortcut (another hour, epoch numbers, null or missing times, duplicate
+/// time keys, a bad value in another column) against where each record must
+/// go and the time it must store.
+#[tokio::test]
+async fn records_land_in_the_hour_of_their_first_time_value_whatever_came_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        r#"{"id":"a","ts":"2024-03-15T07:10:00Z"}"#,
+        r#"{"id":"b","ts":"2024-03-15T07:20:00Z"}"#,
+        r#"{"id":"c","ts":"2024-03-15T08:00:00Z"}"#,
+        r#"{"id":"d","ts":1710489600}"#,
+        r#"{"id":"e","ts":"2024-03-15T08:30:00Z","ts":"2024-03-15T09:30:00Z"}"#,
+        r#"{"id":"f","ts":null}"#,
+        r#"{"id":"g"}"#,
+        r#"{"id":"h","ts":"2024-03-15T07:59:59.999Z"}"#,
+        r#"{"id":"i","ts":"2024-03-15T07:00:00Z","n":"x"}"#,
+        r#"{"id":"j","ts":"2024-03-15T07:30:00Z","ts":"2024-03-15T07:40:00Z"}"#,
+        r#"{"id":"k","ts":"2024-03-15T07:45:00Z"}"#,
+    ];
+    let input = dir.path().join("runs.jsonl");
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let lake = dir.path().join("lake");
+    let mut o = event_options(&input, lake.to_str().unwrap());
+    o.schema = SchemaSource::Given(
+        Schema::parse(
+            "[[columns]]\nname = \"id\"\ntype = \"string\"\n[[columns]]\nname = \"ts\"\ntype = \"timestamp\"\n\
+             [[columns]]\nname = \"n\"\ntype = \"bigint\"\n",
+            false,
+        )
+        .unwrap(),
+    );
+    o.template = "hour=!{timestamp:HH}/".into();
+    let s = convert(&o, Arc::new(AtomicU64::new(0))).await.unwrap();
+    assert_eq!((s.rows, s.stats.error_records()), (10, 1));
+    assert_eq!(error_lines(&lake, "type_mismatch")[0]["field"], "n");
+
+    let mut got = std::collections::BTreeMap::new();
+    for (key, bytes) in read_tree(&lake).into_iter().filter(|(k, _)| k.ends_with(".parquet")) {
+        let hour = key.split('/').next().unwrap().to_string();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let ids = batch.column(0).as_string::<i32>();
+            let ts = batch.column(1).as_primitive::<arrow_array::types::TimestampMillisecondType>();
+            for r in 0..batch.num_rows() {
+                let t = ts.is_valid(r).then(|| shardlake::time::format_rfc3339_millis(ts.value(r)));
+                got.insert(ids.value(r).to_string(), (hour.clone(), t));
+            }
+        }
+    }
+    let want = |h: &str, t: Option<&str>| (format!("hour={h}"), t.map(|t| format!("2024-03-15T{t}Z")));
+    let none = "__HIVE_DEFAULT_PARTITION__";
+    let expected: std::collections::BTreeMap<String, (String, Option<String>)> = [
+        ("a", want("07", Some("07:10:00.000"))),
+        ("b", want("07", Some("07:20:00.000"))),
+        ("c", want("08", Some("08:00:00.000"))),
+        ("d", want("08", Some("08:00:00.000"))),
+        ("e", want("08", Some("08:30:00.000"))),
+        ("f", want(none, None)),
+        ("g", want(none, None)),
+        ("h", want("07", Some("07:59:59.999"))),
+        ("j", want("07", Some("07:30:00.000"))),
+        ("k", want("07", Some("07:45:00.000"))),
+    ]
+    .into_iter()
+    .map(|(id, v)| (id.to_string(), v))
+    .collect();
+    assert_eq!(got, expected);
 }
