@@ -14,7 +14,7 @@ use arrow_array::{ArrayRef, BooleanArray, ListArray, MapArray, PrimitiveArray, S
 use arrow_buffer::{BooleanBufferBuilder, Buffer, NullBufferBuilder, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, FieldRef, Fields};
 
-use crate::json::{Kind, Parser, SyntaxError, short_eq};
+use crate::json::{Kind, MemberToken, Parser, SyntaxError, short_eq};
 use crate::schema::{HiveType, LIST_ITEM_NAME, StructField, UnknownFieldPolicy, map_entries_field, struct_fields};
 use crate::time::{epoch_number_to_millis, parse_date_days, parse_rfc3339_millis, parse_timestamp_str_millis};
 
@@ -195,6 +195,7 @@ impl Default for Utf8 {
 
 impl Utf8 {
     /// Appends a string.
+    #[inline]
     pub fn push(&mut self, s: &str) {
         self.data.extend_from_slice(s.as_bytes());
         self.offsets.push(self.data.len() as i32);
@@ -276,6 +277,8 @@ pub enum ColumnBuilder {
         path: String,
         /// The declared fields.
         ty: Vec<StructField>,
+        /// Their members `,"name":`, for the in-order fast path.
+        tokens: Vec<MemberToken>,
         /// Arrow fields.
         fields: Fields,
         /// Validity.
@@ -326,6 +329,7 @@ impl ColumnBuilder {
             HiveType::Struct(fields) => ColumnBuilder::Struct {
                 path: path.to_string(),
                 ty: fields.clone(),
+                tokens: fields.iter().map(|f| MemberToken::new(&f.name)).collect(),
                 fields: struct_fields(fields),
                 valid: NullBufferBuilder::new(0),
                 children: fields.iter().map(|f| ColumnBuilder::new(&f.ty, &join_path(path, &f.name))).collect(),
@@ -413,7 +417,22 @@ impl ColumnBuilder {
     /// Reads the next value from `p` and appends it coerced to this column's
     /// type (`null` appends a null). On error the builder may hold a partial
     /// value: the caller truncates.
+    #[inline]
     pub fn push(&mut self, p: &mut Parser<'_>, ctx: &mut RecordContext) -> Result<(), DecodeError> {
+        // Most values are strings into string columns: inlined into the
+        // caller, without the frame of the general case.
+        if let ColumnBuilder::String(b) = self
+            && p.peek() == Ok(Kind::String)
+        {
+            let mut buf = String::new();
+            b.push(p.string(&mut buf)?);
+            return Ok(());
+        }
+        self.push_any(p, ctx)
+    }
+
+    #[inline(never)]
+    fn push_any(&mut self, p: &mut Parser<'_>, ctx: &mut RecordContext) -> Result<(), DecodeError> {
         let kind = p.peek()?;
         if kind == Kind::Null {
             p.null()?;
@@ -498,7 +517,7 @@ impl ColumnBuilder {
                 offsets.push(item.len() as i32);
                 valid.append_non_null();
             }
-            ColumnBuilder::Struct { path, ty, valid, children, .. } => {
+            ColumnBuilder::Struct { path, ty, tokens, valid, children, .. } => {
                 if kind != Kind::Object {
                     return Err(mismatch(&HiveType::Struct(ty.clone()), p, start, "").into());
                 }
@@ -509,10 +528,14 @@ impl ColumnBuilder {
                 let mut seen = 0u64;
                 let mut next = 0;
                 let mut first = true;
-                while p.next_field(first)? {
-                    first = false;
-                    // Keys usually arrive in declared order: try the next field first.
-                    let i = if ty.get(next).is_some_and(|f| p.key_is(f.name.as_bytes())) {
+                loop {
+                    // Keys usually arrive compact and in declared order: try
+                    // the next field's `,"name":` first.
+                    let i = if tokens.get(next).is_some_and(|t| p.member_is(t, first)) {
+                        next
+                    } else if !p.next_field(first)? {
+                        break;
+                    } else if ty.get(next).is_some_and(|f| p.key_is(f.name.as_bytes())) {
                         next
                     } else {
                         let k = p.key(&mut buf)?;
@@ -522,10 +545,12 @@ impl ColumnBuilder {
                                 let key = k.to_string();
                                 let raw = p.skip()?;
                                 ctx.unknown(path, &key, raw)?;
+                                first = false;
                                 continue;
                             }
                         }
                     };
+                    first = false;
                     next = i + 1;
                     let child = &mut children[i];
                     let duplicate = if few { seen & (1 << i) != 0 } else { child.len() > row };

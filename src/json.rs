@@ -47,11 +47,33 @@ fn zero_bytes(x: u64) -> u64 {
     x.wrapping_sub(ONES) & !x & HIGHS
 }
 
+/// Bits set for the bytes of `chunk` that are `"`, `\` or control
+/// characters, with SSE2 (part of every x86_64 CPU).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn special_mask16(chunk: [u8; 16]) -> u32 {
+    use safe_arch::{bitor_m128i, cmp_eq_mask_i8_m128i, m128i, min_u8_m128i, move_mask_i8_m128i, set_splat_i8_m128i};
+    let v = m128i::from(chunk);
+    let quote = cmp_eq_mask_i8_m128i(v, set_splat_i8_m128i(b'"' as i8));
+    let backslash = cmp_eq_mask_i8_m128i(v, set_splat_i8_m128i(b'\\' as i8));
+    // c <= 0x1f exactly when min(c, 0x1f) == c (unsigned).
+    let control = cmp_eq_mask_i8_m128i(min_u8_m128i(v, set_splat_i8_m128i(0x1f)), v);
+    move_mask_i8_m128i(bitor_m128i(bitor_m128i(quote, backslash), control)) as u32
+}
+
 /// Offset of the first `"`, `\` or control character at or after `from`
-/// (or the length of `b`), eight bytes at a time.
+/// (or the length of `b`), sixteen bytes at a time on x86_64, then eight.
 #[inline]
 fn special_byte(b: &[u8], from: usize) -> usize {
     let mut i = from;
+    #[cfg(target_arch = "x86_64")]
+    while let Some(chunk) = b.get(i..i + 16) {
+        let mask = special_mask16(chunk.try_into().expect("16 bytes"));
+        if mask != 0 {
+            return i + mask.trailing_zeros() as usize;
+        }
+        i += 16;
+    }
     while let Some(chunk) = b.get(i..i + 8) {
         let x = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
         let mask = zero_bytes(x ^ (ONES * u64::from(b'"')))
@@ -81,17 +103,40 @@ pub fn short_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     if n >= 8 {
-        if n > 16 {
-            return a == b;
-        }
         let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
-        return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
+        return match n {
+            8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+            17..=32 => {
+                word(a, 0) == word(b, 0)
+                    && word(a, 8) == word(b, 8)
+                    && word(a, n - 16) == word(b, n - 16)
+                    && word(a, n - 8) == word(b, n - 8)
+            }
+            _ => a == b,
+        };
     }
     if n >= 4 {
         let word = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("4 bytes"));
         return word(a, 0) == word(b, 0) && word(a, n - 4) == word(b, n - 4);
     }
     a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+/// An object member's key as compact JSON writes it, `,"name":`, so that the
+/// separator, the key and the colon of the expected next member are matched
+/// in one comparison (`Parser::member_is`).
+#[derive(Debug, Clone)]
+pub struct MemberToken(Box<[u8]>);
+
+impl MemberToken {
+    /// The token of the key `name`. A name that JSON writes escaped gets a
+    /// token that never matches (such keys take the general path).
+    pub fn new(name: &str) -> Self {
+        if special_byte(name.as_bytes(), 0) < name.len() {
+            return MemberToken(Box::default());
+        }
+        MemberToken(format!(",\"{name}\":").into_bytes().into_boxed_slice())
+    }
 }
 
 /// A pull parser over one record.
@@ -406,6 +451,22 @@ impl<'a> Parser<'a> {
         self.next_member(first, b'}', "`,` or `}`")
     }
 
+    /// Whether the next member of an object (after `{` or a value) starts
+    /// with `token`'s key, written compactly; if so, up to its `:` is
+    /// consumed. The fastest path for keys in their usual order: `false`
+    /// says nothing, and the caller goes on with `next_field`.
+    #[inline]
+    pub fn member_is(&mut self, token: &MemberToken, first: bool) -> bool {
+        let Some(t) = token.0.get(usize::from(first)..).filter(|t| t.len() > 2) else {
+            return false;
+        };
+        if self.b.get(self.i..self.i + t.len()).is_some_and(|here| short_eq(here, t)) {
+            self.i += t.len();
+            return true;
+        }
+        false
+    }
+
     /// Whether the key here is `name` written without escapes; if so it is
     /// consumed with its `:`. The fast path for keys in their usual order.
     #[inline]
@@ -674,6 +735,53 @@ mod tests {
         assert!(!short_eq(b"abc", b"abcd"));
         let long = "a_rather_long_field_name";
         assert!(short_eq(long.as_bytes(), long.as_bytes()));
+        // Every length, with a difference at every position.
+        for n in 0..40usize {
+            let a: Vec<u8> = (0..n as u8).collect();
+            assert!(short_eq(&a, &a.clone()), "{n}");
+            for at in 0..n {
+                let mut b = a.clone();
+                b[at] ^= 0x40;
+                assert!(!short_eq(&a, &b), "length {n}, difference at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn member_tokens_match_compact_keys_only() {
+        let id = MemberToken::new("id");
+        let mut p = Parser::new(r#"{"id":1,"id":2, "id":3,"idx":4}"#);
+        p.object_start().unwrap();
+        assert!(p.member_is(&id, true));
+        assert_eq!(p.number().unwrap(), "1");
+        assert!(!p.member_is(&id, true), "the first member has no comma");
+        assert!(p.member_is(&id, false));
+        assert_eq!(p.number().unwrap(), "2");
+        assert!(!p.member_is(&id, false), "a space after the comma takes the general path");
+        assert!(p.next_field(false).unwrap() && p.key_is(b"id"));
+        assert_eq!(p.number().unwrap(), "3");
+        assert!(!p.member_is(&id, false), "a longer key");
+        let mut p = Parser::new(r#"{"a\"b":1}"#);
+        p.object_start().unwrap();
+        assert!(!p.member_is(&MemberToken::new("a\"b"), true), "escaped names never match");
+    }
+
+    #[test]
+    fn special_byte_finds_every_byte_value_at_every_offset() {
+        let reference = |b: &[u8], from: usize| {
+            b[from..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).map_or(b.len(), |p| from + p)
+        };
+        for len in [1, 7, 8, 15, 16, 17, 31, 32, 40] {
+            for at in 0..len {
+                for byte in 0..=255u8 {
+                    let mut b = vec![b'a'; len];
+                    b[at] = byte;
+                    for from in [0, 1, 3].into_iter().filter(|&f| f <= at) {
+                        assert_eq!(special_byte(&b, from), reference(&b, from), "byte {byte:#x} at {at} of {len}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::SchemaRef;
 
 use crate::columns::{CoerceError, ColumnBuilder, DecodeError, RecordContext, Utf8};
-use crate::json::{Kind, Parser, SyntaxError, short_eq};
+use crate::json::{Kind, MemberToken, Parser, SyntaxError, short_eq};
 use crate::schema::{FileLayout, Schema, UnknownFieldPolicy};
 
 /// Where a field of a record goes.
@@ -20,6 +20,8 @@ enum Slot {
 #[derive(Debug)]
 pub struct RecordDecoder {
     names: Vec<String>,
+    /// The members `,"name":` of `names`, for the in-order fast path.
+    tokens: Vec<MemberToken>,
     slots: Vec<Slot>,
     required: Vec<bool>,
     builders: Vec<ColumnBuilder>,
@@ -45,6 +47,7 @@ impl RecordDecoder {
         }
         RecordDecoder {
             names: schema.columns.iter().map(|c| c.name.clone()).collect(),
+            tokens: schema.columns.iter().map(|c| MemberToken::new(&c.name)).collect(),
             slots,
             required: schema.columns.iter().map(|c| c.required).collect(),
             builders: layout
@@ -125,11 +128,15 @@ impl RecordDecoder {
         p.object_start()?;
         let mut key_buf = String::new();
         let mut first = true;
-        // Keys usually arrive in schema order, so try the next column first.
         let mut next = 0;
-        while p.next_field(first)? {
-            first = false;
-            let c = if self.names.get(next).is_some_and(|n| p.key_is(n.as_bytes())) {
+        loop {
+            // Keys usually arrive compact and in schema order: try the next
+            // column's `,"name":` first.
+            let c = if self.tokens.get(next).is_some_and(|t| p.member_is(t, first)) {
+                next
+            } else if !p.next_field(first)? {
+                break;
+            } else if self.names.get(next).is_some_and(|n| p.key_is(n.as_bytes())) {
                 next
             } else {
                 let k = p.key(&mut key_buf)?;
@@ -139,10 +146,12 @@ impl RecordDecoder {
                         let key = k.to_string();
                         let raw = p.skip()?;
                         self.ctx.unknown("", &key, raw)?;
+                        first = false;
                         continue;
                     }
                 }
             };
+            first = false;
             next = c + 1;
             self.present[c] = p.peek()? != Kind::Null;
             let duplicate = std::mem::replace(&mut self.seen[c], true);
