@@ -11,7 +11,7 @@ use arrow_array::types::{
     TimestampMillisecondType,
 };
 use arrow_array::{ArrayRef, BooleanArray, ListArray, MapArray, PrimitiveArray, StringArray, StructArray};
-use arrow_buffer::{BooleanBufferBuilder, Buffer, NullBufferBuilder, OffsetBuffer, ScalarBuffer};
+use arrow_buffer::{BooleanBuffer, BooleanBufferBuilder, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, FieldRef, Fields};
 
 use crate::json::{Kind, MemberToken, Parser, SyntaxError, short_eq};
@@ -143,20 +143,98 @@ impl RecordContext {
     }
 }
 
+/// The validity bits of a column being built. Like Arrow's
+/// `NullBufferBuilder`, but a value costs one bit operation whether it is
+/// null or not (that builder grows its bitmap a byte at a time once a column
+/// has a null, which sparse fields pay on every row).
+#[derive(Debug, Default)]
+pub struct Validity {
+    words: Vec<u64>,
+    len: usize,
+    nulls: usize,
+}
+
+impl Validity {
+    #[inline(always)]
+    fn append(&mut self, valid: bool) {
+        let bit = self.len % 64;
+        if bit == 0 {
+            self.words.push(0);
+        }
+        if let Some(word) = self.words.last_mut() {
+            *word |= u64::from(valid) << bit;
+        }
+        self.nulls += usize::from(!valid);
+        self.len += 1;
+    }
+
+    /// Appends a valid value's bit.
+    #[inline(always)]
+    pub fn append_non_null(&mut self) {
+        self.append(true);
+    }
+
+    /// Appends a null's bit.
+    #[inline(always)]
+    pub fn append_null(&mut self) {
+        self.append(false);
+    }
+
+    /// Values so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether value `i` is valid.
+    pub fn is_valid(&self, i: usize) -> bool {
+        i < self.len && self.words[i / 64] >> (i % 64) & 1 == 1
+    }
+
+    /// Drops values after the first `len`.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        self.nulls -= (len..self.len).filter(|&i| !self.is_valid(i)).count();
+        self.words.truncate(len.div_ceil(64));
+        if !len.is_multiple_of(64)
+            && let Some(word) = self.words.last_mut()
+        {
+            *word &= (1u64 << (len % 64)) - 1;
+        }
+        self.len = len;
+    }
+
+    /// Takes the bits as a null buffer (`None` when nothing is null) and
+    /// starts over with room for as many values.
+    pub fn finish(&mut self) -> Option<NullBuffer> {
+        let room = self.words.len();
+        let words = std::mem::replace(&mut self.words, Vec::with_capacity(room));
+        let (len, nulls) = (std::mem::take(&mut self.len), std::mem::take(&mut self.nulls));
+        (nulls > 0).then(|| NullBuffer::new(BooleanBuffer::new(Buffer::from_vec(words), 0, len)))
+    }
+}
+
 /// Values and validity of a fixed-width column.
 #[derive(Debug)]
 pub struct Prim<T: ArrowPrimitiveType> {
     values: Vec<T::Native>,
-    valid: NullBufferBuilder,
+    valid: Validity,
 }
 
 impl<T: ArrowPrimitiveType> Default for Prim<T> {
     fn default() -> Self {
-        Prim { values: Vec::new(), valid: NullBufferBuilder::new(0) }
+        Prim { values: Vec::new(), valid: Validity::default() }
     }
 }
 
 impl<T: ArrowPrimitiveType> Prim<T> {
+    #[inline]
     fn push(&mut self, v: T::Native) {
         self.values.push(v);
         self.valid.append_non_null();
@@ -184,18 +262,18 @@ impl<T: ArrowPrimitiveType> Prim<T> {
 pub struct Utf8 {
     offsets: Vec<i32>,
     data: Vec<u8>,
-    valid: NullBufferBuilder,
+    valid: Validity,
 }
 
 impl Default for Utf8 {
     fn default() -> Self {
-        Utf8 { offsets: vec![0], data: Vec::new(), valid: NullBufferBuilder::new(0) }
+        Utf8 { offsets: vec![0], data: Vec::new(), valid: Validity::default() }
     }
 }
 
 impl Utf8 {
     /// Appends a string.
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, s: &str) {
         self.data.extend_from_slice(s.as_bytes());
         self.offsets.push(self.data.len() as i32);
@@ -242,7 +320,7 @@ pub enum ColumnBuilder {
         /// Values.
         values: BooleanBufferBuilder,
         /// Validity.
-        valid: NullBufferBuilder,
+        valid: Validity,
     },
     /// `int`
     Int(Prim<Int32Type>),
@@ -267,7 +345,7 @@ pub enum ColumnBuilder {
         /// End offset of each list.
         offsets: Vec<i32>,
         /// Validity.
-        valid: NullBufferBuilder,
+        valid: Validity,
         /// Elements.
         item: Box<ColumnBuilder>,
     },
@@ -282,7 +360,7 @@ pub enum ColumnBuilder {
         /// Arrow fields.
         fields: Fields,
         /// Validity.
-        valid: NullBufferBuilder,
+        valid: Validity,
         /// One builder per field.
         children: Vec<ColumnBuilder>,
     },
@@ -295,7 +373,7 @@ pub enum ColumnBuilder {
         /// End offset of each map.
         offsets: Vec<i32>,
         /// Validity.
-        valid: NullBufferBuilder,
+        valid: Validity,
         /// Keys.
         keys: Utf8,
         /// Values.
@@ -310,7 +388,7 @@ impl ColumnBuilder {
         match ty {
             HiveType::String => ColumnBuilder::String(Utf8::default()),
             HiveType::Boolean => {
-                ColumnBuilder::Boolean { values: BooleanBufferBuilder::new(0), valid: NullBufferBuilder::new(0) }
+                ColumnBuilder::Boolean { values: BooleanBufferBuilder::new(0), valid: Validity::default() }
             }
             HiveType::Int => ColumnBuilder::Int(Prim::default()),
             HiveType::BigInt => ColumnBuilder::BigInt(Prim::default()),
@@ -323,7 +401,7 @@ impl ColumnBuilder {
                 ty: (**item).clone(),
                 field: Arc::new(Field::new(LIST_ITEM_NAME, item.to_arrow(), true)),
                 offsets: vec![0],
-                valid: NullBufferBuilder::new(0),
+                valid: Validity::default(),
                 item: Box::new(ColumnBuilder::new(item, &format!("{path}[]"))),
             },
             HiveType::Struct(fields) => ColumnBuilder::Struct {
@@ -331,14 +409,14 @@ impl ColumnBuilder {
                 ty: fields.clone(),
                 tokens: fields.iter().map(|f| MemberToken::new(&f.name)).collect(),
                 fields: struct_fields(fields),
-                valid: NullBufferBuilder::new(0),
+                valid: Validity::default(),
                 children: fields.iter().map(|f| ColumnBuilder::new(&f.ty, &join_path(path, &f.name))).collect(),
             },
             HiveType::Map(value) => ColumnBuilder::Map {
                 ty: (**value).clone(),
                 entries: Arc::new(map_entries_field(value)),
                 offsets: vec![0],
-                valid: NullBufferBuilder::new(0),
+                valid: Validity::default(),
                 keys: Utf8::default(),
                 values: Box::new(ColumnBuilder::new(value, &join_path(path, "*"))),
             },
@@ -417,7 +495,7 @@ impl ColumnBuilder {
     /// Reads the next value from `p` and appends it coerced to this column's
     /// type (`null` appends a null). On error the builder may hold a partial
     /// value: the caller truncates.
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, p: &mut Parser<'_>, ctx: &mut RecordContext) -> Result<(), DecodeError> {
         // Most values are strings into string columns: inlined into the
         // caller, without the frame of the general case.
@@ -530,9 +608,9 @@ impl ColumnBuilder {
                 let mut first = true;
                 loop {
                     // Keys usually arrive compact and in declared order: try
-                    // the next field's `,"name":` first.
-                    let i = if tokens.get(next).is_some_and(|t| p.member_is(t, first)) {
-                        next
+                    // the next fields' `,"name":` first.
+                    let i = if let Some(i) = p.member_among(tokens, next, first) {
+                        i
                     } else if !p.next_field(first)? {
                         break;
                     } else if ty.get(next).is_some_and(|f| p.key_is(f.name.as_bytes())) {
@@ -758,6 +836,45 @@ mod tests {
     use super::*;
     use arrow_array::Array;
     use arrow_array::cast::AsArray;
+
+    proptest::proptest! {
+        /// Appends and truncations against a `Vec<bool>`, across word
+        /// boundaries, then the null buffer Arrow gets.
+        #[test]
+        fn validity_matches_a_vector_of_bools(ops in proptest::collection::vec((proptest::bool::ANY, 0usize..150), 1..40)) {
+            let mut v = Validity::default();
+            let mut model: Vec<bool> = Vec::new();
+            for (valid, n) in ops {
+                if n < 20 {
+                    let len = model.len().saturating_sub(n);
+                    v.truncate(len);
+                    model.truncate(len);
+                } else {
+                    for i in 0..n {
+                        let bit = valid ^ (i % 3 == 0);
+                        if bit { v.append_non_null() } else { v.append_null() }
+                        model.push(bit);
+                    }
+                }
+                proptest::prop_assert_eq!(v.len(), model.len());
+                for (i, &bit) in model.iter().enumerate() {
+                    proptest::prop_assert_eq!(v.is_valid(i), bit);
+                }
+            }
+            let nulls = v.finish();
+            proptest::prop_assert!(v.is_empty());
+            match nulls {
+                None => proptest::prop_assert!(model.iter().all(|&b| b)),
+                Some(n) => {
+                    proptest::prop_assert_eq!(n.len(), model.len());
+                    proptest::prop_assert_eq!(n.null_count(), model.iter().filter(|&&b| !b).count());
+                    for (i, &bit) in model.iter().enumerate() {
+                        proptest::prop_assert_eq!(n.is_valid(i), bit);
+                    }
+                }
+            }
+        }
+    }
 
     fn build(ty: &str, values: &[&str]) -> (ArrayRef, Vec<Option<CoerceError>>) {
         let ty: HiveType = ty.parse().unwrap();

@@ -139,6 +139,10 @@ impl MemberToken {
     }
 }
 
+/// How many declared keys past the expected one `Parser::member_among`
+/// tries: sparse records skip a few optional fields.
+const MEMBER_LOOKAHEAD: usize = 4;
+
 /// A pull parser over one record.
 #[derive(Debug)]
 pub struct Parser<'a> {
@@ -270,8 +274,26 @@ impl<'a> Parser<'a> {
 
     /// Consumes a string. Without escapes it is borrowed from the record;
     /// with escapes it is decoded into `scratch`, which is returned.
-    #[inline]
+    #[inline(always)]
     pub fn string<'s>(&mut self, scratch: &'s mut String) -> R<&'s str>
+    where
+        'a: 's,
+    {
+        // Inlined: most strings have no escape and follow their `:` or `,`
+        // directly.
+        if self.b.get(self.i) == Some(&b'"') {
+            let start = self.i + 1;
+            let end = special_byte(self.b, start);
+            if self.b.get(end) == Some(&b'"') {
+                self.i = end + 1;
+                return Ok(&self.text[start..end]);
+            }
+        }
+        self.string_general(scratch)
+    }
+
+    #[inline(never)]
+    fn string_general<'s>(&mut self, scratch: &'s mut String) -> R<&'s str>
     where
         'a: 's,
     {
@@ -455,7 +477,7 @@ impl<'a> Parser<'a> {
     /// with `token`'s key, written compactly; if so, up to its `:` is
     /// consumed. The fastest path for keys in their usual order: `false`
     /// says nothing, and the caller goes on with `next_field`.
-    #[inline]
+    #[inline(always)]
     pub fn member_is(&mut self, token: &MemberToken, first: bool) -> bool {
         let Some(t) = token.0.get(usize::from(first)..).filter(|t| t.len() > 2) else {
             return false;
@@ -465,6 +487,14 @@ impl<'a> Parser<'a> {
             return true;
         }
         false
+    }
+
+    /// Which of `tokens[next..]` (looking a few ahead: keys in order, some
+    /// absent) the next member is, consumed as by `member_is`.
+    #[inline(always)]
+    pub fn member_among(&mut self, tokens: &[MemberToken], next: usize, first: bool) -> Option<usize> {
+        let ahead = tokens.len().min(next + MEMBER_LOOKAHEAD);
+        (next..ahead).find(|&j| self.member_is(&tokens[j], first))
     }
 
     /// Whether the key here is `name` written without escapes; if so it is

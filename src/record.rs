@@ -131,9 +131,9 @@ impl RecordDecoder {
         let mut next = 0;
         loop {
             // Keys usually arrive compact and in schema order: try the next
-            // column's `,"name":` first.
-            let c = if self.tokens.get(next).is_some_and(|t| p.member_is(t, first)) {
-                next
+            // columns' `,"name":` first.
+            let c = if let Some(c) = p.member_among(&self.tokens, next, first) {
+                c
             } else if !p.next_field(first)? {
                 break;
             } else if self.names.get(next).is_some_and(|n| p.key_is(n.as_bytes())) {
