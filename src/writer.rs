@@ -372,35 +372,48 @@ fn without_dictionary_for_unique_values(props: WriterProperties, batch: &RecordB
     builder.build()
 }
 
-/// Whether the non-null values sampled from `values` are mostly distinct.
-fn mostly_distinct<T: Eq + std::hash::Hash>(values: impl Iterator<Item = T>) -> bool {
-    let sample: Vec<T> = values.take(DICTIONARY_SAMPLE_MAX).collect();
-    if sample.len() < DICTIONARY_SAMPLE_MIN {
+/// Whether the first `DICTIONARY_SAMPLE_MAX` of a column's `non_null`
+/// values are mostly distinct. Stops as soon as the answer is certain (half
+/// the sample distinct, or too few values left to get there): the consumer
+/// decides this for every partition file of every flush.
+fn mostly_distinct<T: Eq + std::hash::Hash>(values: impl Iterator<Item = T>, non_null: usize) -> bool {
+    let n = non_null.min(DICTIONARY_SAMPLE_MAX);
+    if n < DICTIONARY_SAMPLE_MIN {
         return false;
     }
-    let n = sample.len();
-    let distinct: HashSet<T> = sample.into_iter().collect();
-    distinct.len() * 2 > n
+    // A fixed seed: the answer never depends on it, and the run stays reproducible.
+    let mut distinct = HashSet::with_capacity_and_hasher(n / 2 + 1, foldhash::fast::FixedState::with_seed(0));
+    for (seen, value) in values.take(n).enumerate() {
+        distinct.insert(value);
+        if distinct.len() * 2 > n {
+            return true;
+        }
+        if (distinct.len() + (n - seen - 1)) * 2 <= n {
+            return false;
+        }
+    }
+    false
 }
 
 fn collect_unique_values(path: Vec<String>, column: &ArrayRef, out: &mut Vec<(Vec<String>, Undictionary)>) {
     use arrow_array::types::{Date32Type, Float32Type, Float64Type, Int32Type, Int64Type, TimestampMillisecondType};
     let plain = |distinct: bool| distinct.then_some(Undictionary::Plain);
     let delta = |distinct: bool| distinct.then_some(Undictionary::Delta);
+    let non_null = column.len() - column.null_count();
     let how = if let Some(strings) = column.as_string_opt::<i32>() {
-        plain(mostly_distinct(strings.iter().flatten()))
+        plain(mostly_distinct(strings.iter().flatten(), non_null))
     } else if let Some(a) = column.as_primitive_opt::<TimestampMillisecondType>() {
-        delta(mostly_distinct(a.iter().flatten()))
+        delta(mostly_distinct(a.iter().flatten(), non_null))
     } else if let Some(a) = column.as_primitive_opt::<Int64Type>() {
-        delta(mostly_distinct(a.iter().flatten()))
+        delta(mostly_distinct(a.iter().flatten(), non_null))
     } else if let Some(a) = column.as_primitive_opt::<Int32Type>() {
-        delta(mostly_distinct(a.iter().flatten()))
+        delta(mostly_distinct(a.iter().flatten(), non_null))
     } else if let Some(a) = column.as_primitive_opt::<Date32Type>() {
-        delta(mostly_distinct(a.iter().flatten()))
+        delta(mostly_distinct(a.iter().flatten(), non_null))
     } else if let Some(a) = column.as_primitive_opt::<Float64Type>() {
-        plain(mostly_distinct(a.iter().flatten().map(f64::to_bits)))
+        plain(mostly_distinct(a.iter().flatten().map(f64::to_bits), non_null))
     } else if let Some(a) = column.as_primitive_opt::<Float32Type>() {
-        plain(mostly_distinct(a.iter().flatten().map(f32::to_bits)))
+        plain(mostly_distinct(a.iter().flatten().map(f32::to_bits), non_null))
     } else if let Some(s) = column.as_struct_opt() {
         for (field, child) in s.fields().iter().zip(s.columns()) {
             let mut p = path.clone();
@@ -508,6 +521,22 @@ mod tests {
         assert!(id.dictionary_page_offset().is_none(), "distinct ids get no dictionary");
         assert!(id.encodings().any(|e| e == Encoding::DELTA_BINARY_PACKED));
         assert!(text.dictionary_page_offset().is_some(), "97 distinct texts keep their dictionary");
+    }
+
+    proptest::proptest! {
+        /// The early exits give the answer of counting the whole sample.
+        #[test]
+        fn mostly_distinct_stops_early_with_the_whole_sample_s_answer(
+            values in proptest::collection::vec(proptest::option::of(0u16..3_000), 0..4_000),
+            modulus in 1u16..3_000,
+        ) {
+            let values: Vec<Option<u16>> = values.into_iter().map(|v| v.map(|v| v % modulus)).collect();
+            let sample: Vec<u16> = values.iter().flatten().copied().take(DICTIONARY_SAMPLE_MAX).collect();
+            let whole = sample.len() >= DICTIONARY_SAMPLE_MIN
+                && sample.iter().collect::<std::collections::HashSet<_>>().len() * 2 > sample.len();
+            let non_null = values.iter().flatten().count();
+            proptest::prop_assert_eq!(mostly_distinct(values.iter().flatten(), non_null), whole);
+        }
     }
 
     #[test]
