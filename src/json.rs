@@ -168,6 +168,11 @@ impl<'a> Parser<'a> {
         self.i
     }
 
+    /// Bytes left after the current offset.
+    pub fn remaining(&self) -> usize {
+        self.b.len() - self.i
+    }
+
     /// The text between two offsets.
     pub fn slice(&self, from: usize, to: usize) -> &'a str {
         &self.text[from..to]

@@ -22,7 +22,7 @@ use aws_smithy_runtime_api::client::http::{
 use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
 use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_types::body::SdkBody;
-use bytes::BytesMut;
+use bytes::Bytes;
 use http_body_util::BodyExt;
 use shardlake::json::{Parser, SyntaxError};
 
@@ -39,7 +39,7 @@ struct Slot {
     /// The last response body; its allocation is reused.
     body: Vec<u8>,
     /// Decoded payloads; reclaimed once the last call's records are dropped.
-    arena: BytesMut,
+    arena: Arena,
     /// The last call's records and their payload bytes, until taken.
     decoded: Option<(Vec<KinesisRecord>, usize)>,
 }
@@ -167,9 +167,40 @@ struct Page {
     records_span: Range<usize>,
 }
 
+/// Where a reader's decoded payloads live: one allocation per page, handed
+/// out as `Bytes` slices and taken back for the next page once every record
+/// of the last one is dropped (the usual case: a batch keeps no payloads).
+#[derive(Debug, Default)]
+struct Arena {
+    /// A handle on the last page's payloads, to take their allocation back.
+    last: Bytes,
+}
+
+impl Arena {
+    /// An empty buffer with room for `capacity` bytes, in the last page's
+    /// allocation when nothing holds it any more.
+    fn buffer(&mut self, capacity: usize) -> Vec<u8> {
+        let mut buffer = match std::mem::take(&mut self.last).try_into_mut() {
+            Ok(mut reclaimed) => {
+                reclaimed.clear();
+                Vec::from(reclaimed)
+            }
+            Err(_) => Vec::new(),
+        };
+        buffer.reserve(capacity);
+        buffer
+    }
+
+    /// The page's payloads, kept for [`Arena::buffer`].
+    fn freeze(&mut self, buffer: Vec<u8>) -> Bytes {
+        self.last = Bytes::from(buffer);
+        self.last.clone()
+    }
+}
+
 /// Decodes the `Records` of a GetRecords response body, payloads into
-/// `arena` (whose space is reused once earlier records are dropped).
-fn decode(body: &[u8], arena: &mut BytesMut) -> Result<Page, DecodeError> {
+/// `arena`.
+fn decode(body: &[u8], arena: &mut Arena) -> Result<Page, DecodeError> {
     let text = simdutf8::basic::from_utf8(body).map_err(|_| DecodeError::Utf8)?;
     let mut p = Parser::new(text);
     let mut scratch = String::new();
@@ -200,10 +231,12 @@ struct Fields {
 
 fn decode_records(
     p: &mut Parser<'_>,
-    arena: &mut BytesMut,
+    arena: &mut Arena,
     scratch: &mut String,
 ) -> Result<(Vec<KinesisRecord>, usize), DecodeError> {
-    arena.clear();
+    // Base64 decodes to 3/4 of its length: the body's 3/4 holds every payload,
+    // so appending never reallocates (nor zero-fills).
+    let mut buffer = arena.buffer(p.remaining() / 4 * 3 + 3);
     let mut fields = Vec::new();
     p.array_start()?;
     let mut first = true;
@@ -221,14 +254,9 @@ fn decode_records(
                     None => p.string(scratch)?,
                 }
                 .as_bytes();
-                let start = arena.len();
-                arena.resize(start + base64_simd::STANDARD.estimated_decoded_length(encoded.len()), 0);
-                let n = base64_simd::STANDARD
-                    .decode(encoded, base64_simd::Out::from_slice(&mut arena[start..]))
-                    .map_err(|_| DecodeError::Base64(index))?
-                    .len();
-                arena.truncate(start + n);
-                f.data = Some(start..start + n);
+                let start = buffer.len();
+                base64_simd::STANDARD.decode_append(encoded, &mut buffer).map_err(|_| DecodeError::Base64(index))?;
+                f.data = Some(start..buffer.len());
             } else if p.key_is(b"SequenceNumber") {
                 f.sequence = Some(Arc::from(p.string(scratch)?));
             } else if p.key_is(b"ApproximateArrivalTimestamp") {
@@ -243,7 +271,7 @@ fn decode_records(
         }
         fields.push(f);
     }
-    let payloads = arena.split().freeze();
+    let payloads = arena.freeze(buffer);
     let mut bytes = 0;
     let records = fields
         .into_iter()
@@ -333,7 +361,7 @@ mod tests {
     #[test]
     fn decodes_payloads_sequences_and_arrival_times_and_finds_the_records_array() {
         let text = body(&[(b"{\"a\":1}", "495"), (b"", "496"), (&[0xff, 0, 7], "497")]);
-        let mut arena = BytesMut::new();
+        let mut arena = Arena::default();
         let page = decode(text.as_bytes(), &mut arena).unwrap();
         let got: Vec<(&[u8], &str, i64)> =
             page.records.iter().map(|r| (&r.data[..], &*r.sequence, r.arrival_ms)).collect();
@@ -354,14 +382,14 @@ mod tests {
     fn escaped_slashes_in_base64_are_decoded() {
         // `/` may be written `\/` in JSON; base64 of 0xff 0xff 0xff is `////`.
         let text = r#"{"Records":[{"Data":"\/\/\/\/","SequenceNumber":"1"}]}"#;
-        let page = decode(text.as_bytes(), &mut BytesMut::new()).unwrap();
+        let page = decode(text.as_bytes(), &mut Arena::default()).unwrap();
         assert_eq!(&page.records[0].data[..], &[0xff, 0xff, 0xff]);
     }
 
     #[test]
     fn the_arena_is_reused_once_the_records_are_dropped() {
         let text = body(&[(&[1; 3000], "1"), (&[2; 3000], "2")]);
-        let mut arena = BytesMut::new();
+        let mut arena = Arena::default();
         let page = decode(text.as_bytes(), &mut arena).unwrap();
         let first = page.records[0].data.as_ptr();
         drop(page);
@@ -372,7 +400,7 @@ mod tests {
 
     #[test]
     fn bodies_it_cannot_decode_are_refused() {
-        let mut arena = BytesMut::new();
+        let mut arena = Arena::default();
         for (text, why) in [
             (r#"{"Records":[{"Data":"!!","SequenceNumber":"1"}]}"#, "record 0: Data is not base64"),
             (r#"{"Records":[{"Data":"AA=="}]}"#, "record 0: SequenceNumber is missing"),
