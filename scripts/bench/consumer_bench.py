@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -130,12 +131,23 @@ def start_replay_endpoint(a):
             time.sleep(0.2)
 
 
+def fresh_dir(a, name):
+    """A new directory for one run's lake or checkpoints. Nothing is deleted
+    until the benchmark ends: on a journal-less ext4 (as on the CI machines)
+    creating a file scans the inodes deleted in the last 30 s, so deleting
+    the last run's lake just before a run made each new file cost ~1 ms of
+    kernel CPU, most of all for the consumer, which writes a file per shard
+    and partition."""
+    a.fresh += 1
+    path = os.path.join(a.dir, "runs", f"{a.fresh}-{name}")
+    os.makedirs(path)
+    return path
+
+
 def consume_all(a, stream, want, name, env=None):
     """One consumer run over a whole stream (fresh lake and checkpoints):
     (wall, CPU seconds); the lake's row count is checked."""
-    lake = os.path.join(a.dir, f"{name}-lake")
-    checkpoints = os.path.join(a.dir, f"{name}-checkpoints")
-    subprocess.run(["rm", "-rf", lake, checkpoints], check=True)
+    lake, checkpoints = fresh_dir(a, f"{name}-lake"), fresh_dir(a, f"{name}-checkpoints")
     config = os.path.join(a.dir, f"{name}.toml")
     # Batches as large as convert's: read everything, then SIGTERM flushes it all.
     write_config(config, stream, lake, checkpoints, a.schema, "300s")
@@ -159,8 +171,7 @@ def throughput(a, kinesis, emu_pid):
     runs = {"convert": [], "kinesalite": [], "emulator": [], "replay": []}
     try:
         for _ in range(a.runs):
-            out = os.path.join(a.dir, "convert-lake")
-            subprocess.run(["rm", "-rf", out], check=True)
+            out = fresh_dir(a, "convert-lake")
             t = time.monotonic()
             proc = subprocess.Popen([f"{a.bin}/shardlake-consumer", "convert", "--input", a.input, "--destination",
                                      out, "--schema", a.schema, "--time-field", "ts", "--quiet"],
@@ -205,9 +216,7 @@ def latency(a, kinesis):
     total = min(len(lines), a.rate * a.seconds)
     stream = f"latency-{int(time.time())}"
     create_stream(kinesis, stream, a.shards)
-    lake = os.path.join(a.dir, "latency-lake")
-    cps = os.path.join(a.dir, "latency-checkpoints")
-    subprocess.run(["rm", "-rf", lake, cps], check=True)
+    lake, cps = fresh_dir(a, "latency-lake"), fresh_dir(a, "latency-checkpoints")
     config = os.path.join(a.dir, "latency.toml")
     write_config(config, stream, lake, cps, a.schema, "5s")
     sent = {}
@@ -259,7 +268,12 @@ def main():
     a = ap.parse_args()
     a.schema = os.path.abspath(a.schema)
     kinesis = boto3.client("kinesis")
-    results = {"throughput": throughput(a, kinesis, a.emulator_pid), "latency": latency(a, kinesis)}
+    a.fresh = 0
+    shutil.rmtree(os.path.join(a.dir, "runs"), ignore_errors=True)
+    try:
+        results = {"throughput": throughput(a, kinesis, a.emulator_pid), "latency": latency(a, kinesis)}
+    finally:
+        shutil.rmtree(os.path.join(a.dir, "runs"), ignore_errors=True)
     with open(os.path.join(a.dir, "consumer-results.json"), "w") as f:
         json.dump(results, f, indent=2)
 
