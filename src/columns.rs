@@ -14,7 +14,7 @@ use arrow_array::{ArrayRef, BooleanArray, ListArray, MapArray, PrimitiveArray, S
 use arrow_buffer::{BooleanBuffer, BooleanBufferBuilder, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, FieldRef, Fields};
 
-use crate::json::{Kind, MemberToken, Parser, SyntaxError, short_eq};
+use crate::json::{DeclaredKey, Kind, Member, Parser, SyntaxError};
 use crate::schema::{HiveType, LIST_ITEM_NAME, StructField, UnknownFieldPolicy, map_entries_field, struct_fields};
 use crate::time::{epoch_number_to_millis, parse_date_days, parse_rfc3339_millis, parse_timestamp_str_millis};
 
@@ -355,8 +355,8 @@ pub enum ColumnBuilder {
         path: String,
         /// The declared fields.
         ty: Vec<StructField>,
-        /// Their members `,"name":`, for the in-order fast path.
-        tokens: Vec<MemberToken>,
+        /// Their names as keys to match records' keys against.
+        keys: Vec<DeclaredKey>,
         /// Arrow fields.
         fields: Fields,
         /// Validity.
@@ -407,7 +407,7 @@ impl ColumnBuilder {
             HiveType::Struct(fields) => ColumnBuilder::Struct {
                 path: path.to_string(),
                 ty: fields.clone(),
-                tokens: fields.iter().map(|f| MemberToken::new(&f.name)).collect(),
+                keys: fields.iter().map(|f| DeclaredKey::new(&f.name)).collect(),
                 fields: struct_fields(fields),
                 valid: Validity::default(),
                 children: fields.iter().map(|f| ColumnBuilder::new(&f.ty, &join_path(path, &f.name))).collect(),
@@ -595,7 +595,7 @@ impl ColumnBuilder {
                 offsets.push(item.len() as i32);
                 valid.append_non_null();
             }
-            ColumnBuilder::Struct { path, ty, tokens, valid, children, .. } => {
+            ColumnBuilder::Struct { path, ty, keys, valid, children, .. } => {
                 if kind != Kind::Object {
                     return Err(mismatch(&HiveType::Struct(ty.clone()), p, start, "").into());
                 }
@@ -606,29 +606,18 @@ impl ColumnBuilder {
                 let mut seen = 0u64;
                 let mut next = 0;
                 let mut first = true;
-                loop {
-                    // Keys usually arrive compact and in declared order: try
-                    // the next fields' `,"name":` first.
-                    let i = if let Some(i) = p.member_among(tokens, next, first) {
-                        i
-                    } else if !p.next_field(first)? {
-                        break;
-                    } else if ty.get(next).is_some_and(|f| p.key_is(f.name.as_bytes())) {
-                        next
-                    } else {
-                        let k = p.key(&mut buf)?;
-                        match ty.iter().position(|f| short_eq(f.name.as_bytes(), k.as_bytes())) {
-                            Some(i) => i,
-                            None => {
-                                let key = k.to_string();
-                                let raw = p.skip()?;
-                                ctx.unknown(path, &key, raw)?;
-                                first = false;
-                                continue;
-                            }
+                // Keys usually arrive compact and in declared order (see `next_declared`).
+                while let Some(member) = p.next_declared(keys, next, first, &mut buf)? {
+                    first = false;
+                    let i = match member {
+                        Member::Declared(i) => i,
+                        Member::Unknown(key) => {
+                            let key = key.to_string();
+                            let raw = p.skip()?;
+                            ctx.unknown(path, &key, raw)?;
+                            continue;
                         }
                     };
-                    first = false;
                     next = i + 1;
                     let child = &mut children[i];
                     let duplicate = if few { seen & (1 << i) != 0 } else { child.len() > row };

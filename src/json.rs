@@ -122,24 +122,44 @@ pub fn short_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).all(|(x, y)| x == y)
 }
 
-/// An object member's key as compact JSON writes it, `,"name":`, so that the
-/// separator, the key and the colon of the expected next member are matched
-/// in one comparison (`Parser::member_is`).
+/// A key an object is declared to have (a schema column or struct field):
+/// its name, and its member as compact JSON writes it, `,"name":`, so that
+/// the separator, the key and the colon of the expected next member are
+/// matched in one comparison (`Parser::member_is`).
 #[derive(Debug, Clone)]
-pub struct MemberToken(Box<[u8]>);
+pub struct DeclaredKey {
+    name: Box<str>,
+    member: Box<[u8]>,
+}
 
-impl MemberToken {
-    /// The token of the key `name`. A name that JSON writes escaped gets a
-    /// token that never matches (such keys take the general path).
+impl DeclaredKey {
+    /// The key `name`. A name that JSON writes escaped gets a member that
+    /// never matches (such keys take the general path).
     pub fn new(name: &str) -> Self {
-        if special_byte(name.as_bytes(), 0) < name.len() {
-            return MemberToken(Box::default());
-        }
-        MemberToken(format!(",\"{name}\":").into_bytes().into_boxed_slice())
+        let member = if special_byte(name.as_bytes(), 0) < name.len() {
+            Box::default()
+        } else {
+            format!(",\"{name}\":").into_bytes().into_boxed_slice()
+        };
+        DeclaredKey { name: name.into(), member }
+    }
+
+    /// The key's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 }
 
-/// How many declared keys past the expected one `Parser::member_among`
+/// The next member of an object, as [`Parser::next_declared`] finds it.
+#[derive(Debug, PartialEq)]
+pub enum Member<'s> {
+    /// The declared key at this index; the parser is at its value.
+    Declared(usize),
+    /// A key that is not declared; the parser is at its value.
+    Unknown(&'s str),
+}
+
+/// How many declared keys past the expected one `Parser::next_declared`
 /// tries: sparse records skip a few optional fields.
 const MEMBER_LOOKAHEAD: usize = 4;
 
@@ -483,8 +503,8 @@ impl<'a> Parser<'a> {
     /// consumed. The fastest path for keys in their usual order: `false`
     /// says nothing, and the caller goes on with `next_field`.
     #[inline(always)]
-    pub fn member_is(&mut self, token: &MemberToken, first: bool) -> bool {
-        let Some(t) = token.0.get(usize::from(first)..).filter(|t| t.len() > 2) else {
+    pub fn member_is(&mut self, key: &DeclaredKey, first: bool) -> bool {
+        let Some(t) = key.member.get(usize::from(first)..).filter(|t| t.len() > 2) else {
             return false;
         };
         if self.b.get(self.i..self.i + t.len()).is_some_and(|here| short_eq(here, t)) {
@@ -494,12 +514,44 @@ impl<'a> Parser<'a> {
         false
     }
 
-    /// Which of `tokens[next..]` (looking a few ahead: keys in order, some
+    /// Which of `keys[next..]` (looking a few ahead: keys in order, some
     /// absent) the next member is, consumed as by `member_is`.
     #[inline(always)]
-    pub fn member_among(&mut self, tokens: &[MemberToken], next: usize, first: bool) -> Option<usize> {
-        let ahead = tokens.len().min(next + MEMBER_LOOKAHEAD);
-        (next..ahead).find(|&j| self.member_is(&tokens[j], first))
+    fn member_among(&mut self, keys: &[DeclaredKey], next: usize, first: bool) -> Option<usize> {
+        let ahead = keys.len().min(next + MEMBER_LOOKAHEAD);
+        (next..ahead).find(|&j| self.member_is(&keys[j], first))
+    }
+
+    /// Moves to the next member of an object (after `{`, `first`, or a
+    /// value) and reads its key, matched against the declared `keys`: first
+    /// the compact members of the keys after the last one found (`next`),
+    /// then the key after it written with spaces, then by name (an escaped
+    /// key is decoded into `scratch`). `None` at the end of the object.
+    #[inline(always)]
+    pub fn next_declared<'s>(
+        &mut self,
+        keys: &[DeclaredKey],
+        next: usize,
+        first: bool,
+        scratch: &'s mut String,
+    ) -> R<Option<Member<'s>>>
+    where
+        'a: 's,
+    {
+        if let Some(i) = self.member_among(keys, next, first) {
+            return Ok(Some(Member::Declared(i)));
+        }
+        if !self.next_field(first)? {
+            return Ok(None);
+        }
+        if keys.get(next).is_some_and(|k| self.key_is(k.name.as_bytes())) {
+            return Ok(Some(Member::Declared(next)));
+        }
+        let key = self.key(scratch)?;
+        Ok(Some(match keys.iter().position(|k| short_eq(k.name.as_bytes(), key.as_bytes())) {
+            Some(i) => Member::Declared(i),
+            None => Member::Unknown(key),
+        }))
     }
 
     /// Whether the key here is `name` written without escapes; if so it is
@@ -784,7 +836,7 @@ mod tests {
 
     #[test]
     fn member_tokens_match_compact_keys_only() {
-        let id = MemberToken::new("id");
+        let id = DeclaredKey::new("id");
         let mut p = Parser::new(r#"{"id":1,"id":2, "id":3,"idx":4}"#);
         p.object_start().unwrap();
         assert!(p.member_is(&id, true));
@@ -798,7 +850,7 @@ mod tests {
         assert!(!p.member_is(&id, false), "a longer key");
         let mut p = Parser::new(r#"{"a\"b":1}"#);
         p.object_start().unwrap();
-        assert!(!p.member_is(&MemberToken::new("a\"b"), true), "escaped names never match");
+        assert!(!p.member_is(&DeclaredKey::new("a\"b"), true), "escaped names never match");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::SchemaRef;
 
 use crate::columns::{CoerceError, ColumnBuilder, DecodeError, RecordContext, Utf8};
-use crate::json::{Kind, MemberToken, Parser, SyntaxError, short_eq};
+use crate::json::{DeclaredKey, Kind, Member, Parser, SyntaxError};
 use crate::schema::{FileLayout, Schema, UnknownFieldPolicy};
 
 /// Where a field of a record goes.
@@ -19,9 +19,8 @@ enum Slot {
 /// Builds the columns of one batch from JSON objects.
 #[derive(Debug)]
 pub struct RecordDecoder {
-    names: Vec<String>,
-    /// The members `,"name":` of `names`, for the in-order fast path.
-    tokens: Vec<MemberToken>,
+    /// The columns' names, as keys to match records' keys against.
+    keys: Vec<DeclaredKey>,
     slots: Vec<Slot>,
     required: Vec<bool>,
     builders: Vec<ColumnBuilder>,
@@ -46,8 +45,7 @@ impl RecordDecoder {
             slots[i] = Slot::Stored(b);
         }
         RecordDecoder {
-            names: schema.columns.iter().map(|c| c.name.clone()).collect(),
-            tokens: schema.columns.iter().map(|c| MemberToken::new(&c.name)).collect(),
+            keys: schema.columns.iter().map(|c| DeclaredKey::new(&c.name)).collect(),
             slots,
             required: schema.columns.iter().map(|c| c.required).collect(),
             builders: layout
@@ -129,29 +127,18 @@ impl RecordDecoder {
         let mut key_buf = String::new();
         let mut first = true;
         let mut next = 0;
-        loop {
-            // Keys usually arrive compact and in schema order: try the next
-            // columns' `,"name":` first.
-            let c = if let Some(c) = p.member_among(&self.tokens, next, first) {
-                c
-            } else if !p.next_field(first)? {
-                break;
-            } else if self.names.get(next).is_some_and(|n| p.key_is(n.as_bytes())) {
-                next
-            } else {
-                let k = p.key(&mut key_buf)?;
-                match self.names.iter().position(|n| short_eq(n.as_bytes(), k.as_bytes())) {
-                    Some(c) => c,
-                    None => {
-                        let key = k.to_string();
-                        let raw = p.skip()?;
-                        self.ctx.unknown("", &key, raw)?;
-                        first = false;
-                        continue;
-                    }
+        // Keys usually arrive compact and in schema order (see `next_declared`).
+        while let Some(member) = p.next_declared(&self.keys, next, first, &mut key_buf)? {
+            first = false;
+            let c = match member {
+                Member::Declared(c) => c,
+                Member::Unknown(key) => {
+                    let key = key.to_string();
+                    let raw = p.skip()?;
+                    self.ctx.unknown("", &key, raw)?;
+                    continue;
                 }
             };
-            first = false;
             next = c + 1;
             self.present[c] = p.peek()? != Kind::Null;
             let duplicate = std::mem::replace(&mut self.seen[c], true);
@@ -168,7 +155,7 @@ impl RecordDecoder {
                             builder.push_timestamp(ms);
                         }
                         _ => {
-                            builder.push(&mut p, &mut self.ctx).map_err(|e| e.under(&self.names[c]))?;
+                            builder.push(&mut p, &mut self.ctx).map_err(|e| e.under(self.keys[c].name()))?;
                             if let Some(accept) = accept
                                 && self.time_column == Some(c)
                                 && (duplicate || !accept(builder.last_timestamp()))
@@ -192,10 +179,10 @@ impl RecordDecoder {
         {
             return Ok(false);
         }
-        for c in 0..self.names.len() {
+        for c in 0..self.keys.len() {
             if self.required[c] && !self.present[c] {
                 return Err(DecodeError::Coerce(CoerceError::Mismatch {
-                    path: self.names[c].clone(),
+                    path: self.keys[c].name().to_string(),
                     expected: "a value (the column is required)".into(),
                     found: "missing or null".into(),
                 }));

@@ -27,6 +27,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -133,15 +134,14 @@ def start_replay_endpoint(a):
 
 def fresh_dir(a, name):
     """A new directory for one run's lake or checkpoints. Nothing is deleted
-    until the benchmark ends: on a journal-less ext4 (as on the CI machines)
-    creating a file scans the inodes deleted in the last 30 s, so deleting
-    the last run's lake just before a run made each new file cost ~1 ms of
-    kernel CPU, most of all for the consumer, which writes a file per shard
-    and partition."""
-    a.fresh += 1
-    path = os.path.join(a.dir, "runs", f"{a.fresh}-{name}")
-    os.makedirs(path)
-    return path
+    until the benchmark ends: on a journal-less ext4 (as on the 2-core dev
+    machine) creating a file scans the inodes deleted in the last 30 s, so
+    deleting the last run's lake just before a run made each new file cost
+    ~1 ms of kernel CPU, most of all for the consumer, which writes a file per
+    shard and partition."""
+    runs = os.path.join(a.dir, "runs")
+    os.makedirs(runs, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f"{name}-", dir=runs)
 
 
 def consume_all(a, stream, want, name, env=None):
@@ -268,7 +268,6 @@ def main():
     a = ap.parse_args()
     a.schema = os.path.abspath(a.schema)
     kinesis = boto3.client("kinesis")
-    a.fresh = 0
     shutil.rmtree(os.path.join(a.dir, "runs"), ignore_errors=True)
     try:
         results = {"throughput": throughput(a, kinesis, a.emulator_pid), "latency": latency(a, kinesis)}
