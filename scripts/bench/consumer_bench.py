@@ -2,12 +2,16 @@
 """Consumer benchmark (issue 4), against kinesalite on 127.0.0.1.
 
 Throughput: pre-fills a stream with the generated events, then, interleaved
-`--runs` times, runs `convert` on the same events file, `shardlake-consumer
-run` from kinesalite until every record is read, and the consumer again from
+`--runs` times, runs `convert` on the same events file, `convert` on each
+shard's records separately (the files the consumer writes: one per shard and
+partition, without Kinesis), `shardlake-consumer run` from kinesalite until
+every record is read, and the consumer again from
 scripts/bench/instant_kinesis.py replaying the same file from memory (the
 emulator out of the way); prints medians of CPU seconds (user + sys), CPU
-seconds per GB and MB per CPU-second, the ratios, and the emulator's own CPU
-over the consumer run (where the time goes).
+seconds per GB and MB per CPU-second, the ratios, the emulator's own CPU over
+the consumer run, and how the consumer's extra CPU splits between per-shard
+files and reading Kinesis (where the time goes). `--replay-only` skips
+kinesalite and the latency run (for inputs too large to pre-fill it).
 
 Latency: a fresh stream, the consumer running with `buffer.max_age = 5s`, and
 events sent at a steady rate with `ts` set to their send time; each row's
@@ -16,6 +20,7 @@ commit) minus its `ts`. Prints p50 / p99 / max.
 
 usage: consumer_bench.py --bin DIR --input FILE --schema FILE --dir DIR
                          [--shards 4] [--rate 2000] [--seconds 20] [--runs 3]
+                         [--replay-only]
 """
 import argparse
 import datetime
@@ -158,55 +163,96 @@ def consume_all(a, stream, want, name, env=None):
     return wall, cpu
 
 
+def run_convert(a, inputs):
+    """`convert` of each input into its own fresh lake, one after another:
+    (wall seconds, CPU seconds) summed."""
+    wall = cpu = 0.0
+    for path in inputs:
+        out = fresh_dir(a, "convert-lake")
+        t = time.monotonic()
+        proc = subprocess.Popen([f"{a.bin}/shardlake-consumer", "convert", "--input", path, "--destination",
+                                 out, "--schema", a.schema, "--time-field", "ts", "--quiet"],
+                                stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        wall += time.monotonic() - t
+        cpu += usage.ru_utime + usage.ru_stime
+    return wall, cpu
+
+
+def split_by_shard(a, lines):
+    """The input dealt round-robin to `a.shards` files, as the replay
+    endpoint deals it to shards: `convert` of each gives the consumer's files
+    (one per shard and partition) without Kinesis."""
+    paths = [os.path.join(a.dir, f"shard-{n}-of-{a.shards}.jsonl") for n in range(a.shards)]
+    for n, path in enumerate(paths):
+        with open(path, "wb") as f:
+            f.writelines(l + b"\n" for l in lines[n::a.shards])
+    return paths
+
+
 def throughput(a, kinesis, emu_pid):
     lines = [l.rstrip(b"\n") for l in open(a.input, "rb") if l.strip()]
     size = os.path.getsize(a.input)
+    shard_inputs = split_by_shard(a, lines)
     stream = f"bench-{int(time.time())}"
-    create_stream(kinesis, stream, a.shards)
-    t = time.monotonic()
-    put_all(kinesis, stream, lines)
-    print(f"pre-filled {stream}: {len(lines)} records, {size / 1e6:.1f} MB, {a.shards} shards, "
-          f"in {time.monotonic() - t:.1f} s")
+    if not a.replay_only:
+        create_stream(kinesis, stream, a.shards)
+        t = time.monotonic()
+        put_all(kinesis, stream, lines)
+        print(f"pre-filled {stream}: {len(lines)} records, {size / 1e6:.1f} MB, {a.shards} shards, "
+              f"in {time.monotonic() - t:.1f} s")
     replay, endpoint = start_replay_endpoint(a)
-    runs = {"convert": [], "kinesalite": [], "emulator": [], "replay": []}
+    runs = {"convert": [], "convert_shards": [], "kinesalite": [], "emulator": [], "replay": []}
     try:
         for _ in range(a.runs):
-            out = fresh_dir(a, "convert-lake")
-            t = time.monotonic()
-            proc = subprocess.Popen([f"{a.bin}/shardlake-consumer", "convert", "--input", a.input, "--destination",
-                                     out, "--schema", a.schema, "--time-field", "ts", "--quiet"],
-                                    stdout=subprocess.DEVNULL)
-            _, status, usage = os.wait4(proc.pid, 0)
-            assert os.waitstatus_to_exitcode(status) == 0
-            runs["convert"].append((time.monotonic() - t, usage.ru_utime + usage.ru_stime))
-
-            emu_before = proc_cpu(emu_pid)
-            runs["kinesalite"].append(consume_all(a, stream, len(lines), "consumer"))
-            runs["emulator"].append(proc_cpu(emu_pid) - emu_before)
+            runs["convert"].append(run_convert(a, [a.input]))
+            runs["convert_shards"].append(run_convert(a, shard_inputs))
+            if not a.replay_only:
+                emu_before = proc_cpu(emu_pid)
+                runs["kinesalite"].append(consume_all(a, stream, len(lines), "consumer"))
+                runs["emulator"].append(proc_cpu(emu_pid) - emu_before)
             runs["replay"].append(consume_all(a, "replay", len(lines), "replay",
                                               env=dict(os.environ, AWS_ENDPOINT_URL_KINESIS=endpoint)))
     finally:
         replay.terminate()
         replay.wait()
+        for path in shard_inputs:
+            os.remove(path)
 
-    med = lambda pairs, i: statistics.median(p[i] for p in pairs)
-    convert_cpu, cpu, replay_cpu = med(runs["convert"], 1), med(runs["kinesalite"], 1), med(runs["replay"], 1)
-    emu_cpu = statistics.median(runs["emulator"])
+    med = lambda key, i: statistics.median(p[i] for p in runs[key]) if runs[key] else None
+    convert_cpu, shards_cpu, cpu, replay_cpu = (med(k, 1) for k in ("convert", "convert_shards", "kinesalite", "replay"))
+    emu_cpu = statistics.median(runs["emulator"]) if runs["emulator"] else None
     gb = size / 1e9
     print()
-    print(f"medians of {a.runs} interleaved runs")
-    print(f"{'':<28} {'CPU s':>8} {'CPU s/GB':>9} {'MB/CPU-s':>9} {'wall s':>8} {'MB/s wall':>10}")
-    for name, key in [("convert (file)", "convert"), ("consumer (kinesalite)", "kinesalite"),
-                      ("consumer (replay endpoint)", "replay")]:
-        c, w = med(runs[key], 1), med(runs[key], 0)
-        print(f"{name:<28} {c:>8.2f} {c / gb:>9.1f} {size / 1e6 / c:>9.1f} {w:>8.1f} {size / 1e6 / w:>10.1f}")
-    print(f"{'kinesalite (emulator)':<28} {emu_cpu:>8.2f} {emu_cpu / gb:>9.1f} {'':>9} {'(during the consumer run)':>19}")
-    print(f"consumer per-core rate vs convert: {convert_cpu / cpu:.2f}x from kinesalite, "
-          f"{convert_cpu / replay_cpu:.2f}x from the replay endpoint (target >= 0.8x)")
-    print(f"consumer wall time: {med(runs['kinesalite'], 0):.1f} s from kinesalite, which was busy {emu_cpu:.1f} "
-          f"CPU s meanwhile on a {os.cpu_count()}-core machine")
-    return {"records": len(lines), "bytes": size, "runs": runs, "convert_cpu": convert_cpu, "consumer_cpu": cpu,
-            "replay_cpu": replay_cpu, "emulator_cpu": emu_cpu, "ratio": convert_cpu / cpu,
+    print(f"{len(lines)} events, {size / 1e6:.1f} MB, {a.shards} shards; medians of {a.runs} interleaved runs")
+    print(f"{'':<32} {'CPU s':>8} {'CPU s/GB':>9} {'MB/CPU-s':>9} {'wall s':>8} {'MB/s wall':>10}")
+    rows = [("convert (file)", "convert"), ("convert, each shard's records", "convert_shards"),
+            ("consumer (kinesalite)", "kinesalite"), ("consumer (replay endpoint)", "replay")]
+    for name, key in rows:
+        if runs[key]:
+            c, w = med(key, 1), med(key, 0)
+            print(f"{name:<32} {c:>8.2f} {c / gb:>9.1f} {size / 1e6 / c:>9.1f} {w:>8.1f} {size / 1e6 / w:>10.1f}")
+    if not a.replay_only:
+        print(f"{'kinesalite (emulator)':<32} {emu_cpu:>8.2f} {emu_cpu / gb:>9.1f} {'':>9} "
+              f"{'(during the consumer run)':>19}")
+        print(f"consumer per-core rate vs convert: {convert_cpu / cpu:.2f}x from kinesalite, "
+              f"{convert_cpu / replay_cpu:.2f}x from the replay endpoint (target >= 0.8x)")
+        print(f"consumer wall time: {med('kinesalite', 0):.1f} s from kinesalite, which was busy {emu_cpu:.1f} "
+              f"CPU s meanwhile on a {os.cpu_count()}-core machine")
+    else:
+        print(f"consumer per-core rate vs convert: {convert_cpu / replay_cpu:.2f}x from the replay endpoint "
+              f"(target >= 0.8x)")
+    # Where the consumer's extra CPU goes: writing a file per shard and
+    # partition (the exactly-once contract), then reading Kinesis.
+    extra = replay_cpu - convert_cpu
+    print(f"of the consumer's extra {extra:.2f} CPU s over convert (replay endpoint): "
+          f"{shards_cpu - convert_cpu:.2f} s writing a file per shard and partition "
+          f"(convert of each shard's records: {convert_cpu / shards_cpu:.2f}x of convert's rate), "
+          f"{replay_cpu - shards_cpu:.2f} s reading Kinesis and running the shard readers")
+    return {"records": len(lines), "bytes": size, "runs": runs, "convert_cpu": convert_cpu,
+            "convert_shards_cpu": shards_cpu, "consumer_cpu": cpu, "replay_cpu": replay_cpu,
+            "emulator_cpu": emu_cpu, "ratio": convert_cpu / cpu if runs["kinesalite"] else None,
             "ratio_replay": convert_cpu / replay_cpu}
 
 
@@ -265,12 +311,16 @@ def main():
     ap.add_argument("--rate", type=int, default=2000)
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--replay-only", action="store_true",
+                    help="throughput from the replay endpoint only: no kinesalite runs, no latency")
     a = ap.parse_args()
     a.schema = os.path.abspath(a.schema)
     kinesis = boto3.client("kinesis")
     shutil.rmtree(os.path.join(a.dir, "runs"), ignore_errors=True)
     try:
-        results = {"throughput": throughput(a, kinesis, a.emulator_pid), "latency": latency(a, kinesis)}
+        results = {"throughput": throughput(a, kinesis, a.emulator_pid)}
+        if not a.replay_only:
+            results["latency"] = latency(a, kinesis)
     finally:
         shutil.rmtree(os.path.join(a.dir, "runs"), ignore_errors=True)
     with open(os.path.join(a.dir, "consumer-results.json"), "w") as f:
