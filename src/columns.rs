@@ -125,12 +125,13 @@ impl RecordContext {
         RecordContext { policy, extra: String::new(), dropped_fields: 0 }
     }
 
-    /// Handles a field the schema does not list, at `prefix` + `key`, whose
-    /// value has the JSON text `raw`.
-    pub fn unknown(&mut self, prefix: &str, key: &str, raw: &str) -> Result<(), CoerceError> {
+    /// Handles a field the schema does not list, at `prefix` + `key`: reads
+    /// past its value (the parser is at it) and applies the policy.
+    pub fn unknown(&mut self, p: &mut Parser<'_>, prefix: &str, key: &str) -> Result<(), DecodeError> {
+        let raw = p.skip()?;
         match self.policy {
             // The path grows with the parents' names as the error unwinds.
-            UnknownFieldPolicy::Error => return Err(CoerceError::Unknown { path: key.to_string() }),
+            UnknownFieldPolicy::Error => return Err(CoerceError::Unknown { path: key.to_string() }.into()),
             UnknownFieldPolicy::Drop => self.dropped_fields += 1,
             UnknownFieldPolicy::Keep => {
                 self.extra.push(if self.extra.is_empty() { '{' } else { ',' });
@@ -612,9 +613,7 @@ impl ColumnBuilder {
                     let i = match member {
                         Member::Declared(i) => i,
                         Member::Unknown(key) => {
-                            let key = key.to_string();
-                            let raw = p.skip()?;
-                            ctx.unknown(path, &key, raw)?;
+                            ctx.unknown(p, path, key)?;
                             continue;
                         }
                     };

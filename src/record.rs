@@ -133,9 +133,7 @@ impl RecordDecoder {
             let c = match member {
                 Member::Declared(c) => c,
                 Member::Unknown(key) => {
-                    let key = key.to_string();
-                    let raw = p.skip()?;
-                    self.ctx.unknown("", &key, raw)?;
+                    self.ctx.unknown(&mut p, "", key)?;
                     continue;
                 }
             };

@@ -20,7 +20,7 @@ commit) minus its `ts`. Prints p50 / p99 / max.
 
 usage: consumer_bench.py --bin DIR --input FILE --schema FILE --dir DIR
                          [--shards 4] [--rate 2000] [--seconds 20] [--runs 3]
-                         [--replay-only]
+                         [--emulator-pid PID | --replay-only]
 """
 import argparse
 import datetime
@@ -217,8 +217,6 @@ def throughput(a, kinesis, emu_pid):
     finally:
         replay.terminate()
         replay.wait()
-        for path in shard_inputs:
-            os.remove(path)
 
     med = lambda key, i: statistics.median(p[i] for p in runs[key]) if runs[key] else None
     convert_cpu, shards_cpu, cpu, replay_cpu = (med(k, 1) for k in ("convert", "convert_shards", "kinesalite", "replay"))
@@ -306,7 +304,7 @@ def main():
     ap.add_argument("--input", required=True)
     ap.add_argument("--schema", required=True)
     ap.add_argument("--dir", required=True)
-    ap.add_argument("--emulator-pid", type=int, required=True)
+    ap.add_argument("--emulator-pid", type=int, help="kinesalite's pid (not with --replay-only)")
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--rate", type=int, default=2000)
     ap.add_argument("--seconds", type=int, default=20)
@@ -314,6 +312,8 @@ def main():
     ap.add_argument("--replay-only", action="store_true",
                     help="throughput from the replay endpoint only: no kinesalite runs, no latency")
     a = ap.parse_args()
+    if a.emulator_pid is None and not a.replay_only:
+        ap.error("--emulator-pid is required unless --replay-only")
     a.schema = os.path.abspath(a.schema)
     kinesis = boto3.client("kinesis")
     shutil.rmtree(os.path.join(a.dir, "runs"), ignore_errors=True)
