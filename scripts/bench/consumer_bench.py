@@ -191,7 +191,7 @@ def split_by_shard(a, lines):
     return paths
 
 
-def throughput(a, kinesis, emu_pid):
+def throughput(a, kinesis):
     lines = [l.rstrip(b"\n") for l in open(a.input, "rb") if l.strip()]
     size = os.path.getsize(a.input)
     shard_inputs = split_by_shard(a, lines)
@@ -209,9 +209,9 @@ def throughput(a, kinesis, emu_pid):
             runs["convert"].append(run_convert(a, [a.input]))
             runs["convert_shards"].append(run_convert(a, shard_inputs))
             if not a.replay_only:
-                emu_before = proc_cpu(emu_pid)
+                emu_before = proc_cpu(a.emulator_pid)
                 runs["kinesalite"].append(consume_all(a, stream, len(lines), "consumer"))
-                runs["emulator"].append(proc_cpu(emu_pid) - emu_before)
+                runs["emulator"].append(proc_cpu(a.emulator_pid) - emu_before)
             runs["replay"].append(consume_all(a, "replay", len(lines), "replay",
                                               env=dict(os.environ, AWS_ENDPOINT_URL_KINESIS=endpoint)))
     finally:
@@ -318,7 +318,7 @@ def main():
     kinesis = boto3.client("kinesis")
     shutil.rmtree(os.path.join(a.dir, "runs"), ignore_errors=True)
     try:
-        results = {"throughput": throughput(a, kinesis, a.emulator_pid)}
+        results = {"throughput": throughput(a, kinesis)}
         if not a.replay_only:
             results["latency"] = latency(a, kinesis)
     finally:
