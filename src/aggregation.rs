@@ -18,6 +18,9 @@
 //! assert!(deaggregate(b"{\"n\":1}").is_none());
 //! ```
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use md5::{Digest, Md5};
 use prost::Message;
 
@@ -33,10 +36,12 @@ pub const FRAMING_BYTES: usize = MAGIC.len() + DIGEST_LEN;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
     /// The record's own partition key (the aggregate's Kinesis partition key
-    /// is usually the first record's).
-    pub partition_key: String,
-    /// The record's explicit hash key, if it had one.
-    pub explicit_hash_key: Option<String>,
+    /// is usually the first record's). Shared with every record of the
+    /// aggregate that names the same key-table entry, so that thousands of
+    /// records pointing at one huge key cost one copy of it.
+    pub partition_key: Arc<str>,
+    /// The record's explicit hash key, if it had one (shared likewise).
+    pub explicit_hash_key: Option<Arc<str>>,
     /// The payload.
     pub data: Vec<u8>,
 }
@@ -120,18 +125,21 @@ fn unpack(data: &[u8]) -> Result<Vec<UserRecord>, AggregationError> {
         return Err(AggregationError::Digest);
     }
     let agg = AggregatedRecord::decode(body).map_err(|e| AggregationError::Protobuf(e.to_string()))?;
-    let lookup = |record: usize, table: &'static str, entries: &[String], index: u64| {
-        entries.get(index as usize).cloned().ok_or(AggregationError::Index { record, table, index, len: entries.len() })
+    let shared = |table: Vec<String>| table.into_iter().map(Arc::<str>::from).collect::<Vec<_>>();
+    let (partition_keys, hash_keys) = (shared(agg.partition_key_table), shared(agg.explicit_hash_key_table));
+    let lookup = |record: usize, table: &'static str, entries: &[Arc<str>], index: u64| {
+        let found = usize::try_from(index).ok().and_then(|i| entries.get(i));
+        found.cloned().ok_or(AggregationError::Index { record, table, index, len: entries.len() })
     };
     agg.records
         .into_iter()
         .enumerate()
         .map(|(i, r)| {
             Ok(UserRecord {
-                partition_key: lookup(i, "partition_key_table", &agg.partition_key_table, r.partition_key_index)?,
+                partition_key: lookup(i, "partition_key_table", &partition_keys, r.partition_key_index)?,
                 explicit_hash_key: r
                     .explicit_hash_key_index
-                    .map(|h| lookup(i, "explicit_hash_key_table", &agg.explicit_hash_key_table, h))
+                    .map(|h| lookup(i, "explicit_hash_key_table", &hash_keys, h))
                     .transpose()?,
                 data: r.data,
             })
@@ -143,17 +151,18 @@ fn unpack(data: &[u8]) -> Result<Vec<UserRecord>, AggregationError> {
 /// and hash keys through the key tables.
 pub fn aggregate(records: &[UserRecord]) -> Vec<u8> {
     let mut agg = AggregatedRecord::default();
-    let index_of = |table: &mut Vec<String>, key: &str| match table.iter().position(|k| k == key) {
-        Some(i) => i as u64,
-        None => {
+    // Key -> table index, so each record costs one hash of its key.
+    fn index_of<'r>(table: &mut Vec<String>, index: &mut HashMap<&'r str, u64>, key: &'r str) -> u64 {
+        *index.entry(key).or_insert_with(|| {
             table.push(key.to_string());
             table.len() as u64 - 1
-        }
-    };
+        })
+    }
+    let (mut partition_index, mut hash_index) = (HashMap::new(), HashMap::new());
     for r in records {
-        let partition_key_index = index_of(&mut agg.partition_key_table, &r.partition_key);
+        let partition_key_index = index_of(&mut agg.partition_key_table, &mut partition_index, &r.partition_key);
         let explicit_hash_key_index =
-            r.explicit_hash_key.as_deref().map(|h| index_of(&mut agg.explicit_hash_key_table, h));
+            r.explicit_hash_key.as_deref().map(|h| index_of(&mut agg.explicit_hash_key_table, &mut hash_index, h));
         agg.records.push(Record { partition_key_index, explicit_hash_key_index, data: r.data.clone(), tags: vec![] });
     }
     let body = agg.encode_to_vec();
@@ -202,6 +211,20 @@ mod tests {
         assert_eq!(err.to_string(), "user record 0 refers to partition_key_table index 3, but the table has 0 entries");
     }
 
+    #[test]
+    fn records_share_one_copy_of_a_huge_partition_key() {
+        // 400 KB key, 20,000 empty records: a copy per record would be 8 GB.
+        let key: Arc<str> = "k".repeat(400_000).into();
+        let records: Vec<UserRecord> = (0..20_000)
+            .map(|_| UserRecord { partition_key: key.clone(), explicit_hash_key: None, data: vec![] })
+            .collect();
+        let packed = aggregate(&records);
+        assert!(packed.len() < 400_000 + 20_000 * 8, "one key, a few bytes a record: {}", packed.len());
+        let users = deaggregate(&packed).unwrap().unwrap();
+        assert_eq!(users.len(), 20_000);
+        assert!(users.iter().all(|u| Arc::ptr_eq(&u.partition_key, &users[0].partition_key)));
+    }
+
     proptest! {
         #[test]
         fn round_trips(records in prop::collection::vec(
@@ -209,7 +232,7 @@ mod tests {
         ) {
             let records: Vec<UserRecord> = records
                 .into_iter()
-                .map(|(k, h, d)| UserRecord { partition_key: k, explicit_hash_key: h, data: d })
+                .map(|(k, h, d)| UserRecord { partition_key: k.into(), explicit_hash_key: h.map(Into::into), data: d })
                 .collect();
             prop_assert_eq!(deaggregate(&aggregate(&records)).unwrap().unwrap(), records);
         }

@@ -549,10 +549,15 @@ impl ColumnBuilder {
             }
             ColumnBuilder::Float(b) => {
                 let f = float(p, kind, &mut buf)?.ok_or_else(|| mismatch(&HiveType::Float, p, start, ""))?;
-                b.push(f as f32);
+                // Out of f32's range (`1e39`), or a string `"inf"`: JSON has no infinity.
+                let f = Some(f as f32).filter(|f| f.is_finite());
+                b.push(f.ok_or_else(|| mismatch(&HiveType::Float, p, start, "out of range for float"))?);
             }
             ColumnBuilder::Double(b) => {
-                b.push(float(p, kind, &mut buf)?.ok_or_else(|| mismatch(&HiveType::Double, p, start, ""))?);
+                let f = float(p, kind, &mut buf)?.ok_or_else(|| mismatch(&HiveType::Double, p, start, ""))?;
+                // `1e400` parses as infinity: refused rather than stored as a value nobody sent.
+                let f = Some(f).filter(|f| f.is_finite());
+                b.push(f.ok_or_else(|| mismatch(&HiveType::Double, p, start, "out of range for double"))?);
             }
             ColumnBuilder::Decimal(b, precision, scale) => {
                 let ty = HiveType::Decimal { precision: *precision, scale: *scale };
@@ -778,10 +783,11 @@ fn float(p: &mut Parser<'_>, kind: Kind, buf: &mut String) -> Result<Option<f64>
 }
 
 /// Parses decimal text (`-12.345`, `1e3`) into an unscaled i128 at `scale`,
-/// refusing to round away non-zero digits or to exceed `precision`.
+/// refusing to round away non-zero digits or to exceed `precision`. Costs
+/// time in proportion to the text, whatever its exponent (`1e2000000000`).
 pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Result<i128, &'static str> {
     let (mantissa, exp) = match text.find(['e', 'E']) {
-        Some(i) => (&text[..i], text[i + 1..].parse::<i32>().map_err(|_| "not a number")?),
+        Some(i) => (&text[..i], parse_exponent(&text[i + 1..]).ok_or("not a number")?),
         None => (text, 0),
     };
     let (neg, m) = match mantissa.strip_prefix('-') {
@@ -794,29 +800,43 @@ pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Result<i128, &'sta
     {
         return Err("not a number");
     }
-    // digits * 10^(exp - frac_len) is the value; we want it * 10^scale.
-    let shift = exp - frac_part.len() as i32 + i32::from(scale);
-    let mut digits: Vec<u8> = int_part.bytes().chain(frac_part.bytes()).map(|c| c - b'0').collect();
-    if shift < 0 {
-        let cut = (-shift) as usize;
-        let keep = digits.len().saturating_sub(cut);
-        if digits[keep..].iter().any(|&d| d != 0) {
-            return Err("more decimal places than the column's scale");
-        }
-        digits.truncate(keep);
-    } else {
-        digits.extend(std::iter::repeat_n(0, shift as usize));
+    // The value is digits * 10^(exp - frac_len); we want it * 10^scale, as
+    // significant digits (no leading or trailing zeros) * 10^zeros.
+    let digits = || int_part.bytes().chain(frac_part.bytes());
+    let Some(first) = digits().position(|d| d != b'0') else { return Ok(0) };
+    let last = digits().count() - 1 - digits().rev().position(|d| d != b'0').expect("a non-zero digit");
+    let trailing = (digits().count() - 1 - last) as i64;
+    let zeros = trailing + exp - frac_part.len() as i64 + i64::from(scale);
+    if zeros < 0 {
+        // Some non-zero digit would sit past the scale.
+        return Err("more decimal places than the column's scale");
     }
-    let first = digits.iter().position(|&d| d != 0).unwrap_or(digits.len());
-    let sig = &digits[first..];
-    if sig.len() > usize::from(precision) {
+    if (last + 1 - first) as i64 + zeros > i64::from(precision) {
         return Err("too many digits for the column's precision");
     }
     let mut n: i128 = 0;
-    for &d in sig {
-        n = n * 10 + i128::from(d);
+    for d in digits().skip(first).take(last + 1 - first) {
+        n = n * 10 + i128::from(d - b'0');
+    }
+    for _ in 0..zeros {
+        n *= 10;
     }
     Ok(if neg { -n } else { n })
+}
+
+/// An exponent's value, saturated far beyond any decimal's range (so that
+/// `1e99999999999999999999` is "too many digits", not "not a number").
+fn parse_exponent(text: &str) -> Option<i64> {
+    let (neg, digits) = match text.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    const FAR: i64 = 1 << 40;
+    let v = digits.bytes().fold(0i64, |v, d| (v * 10 + i64::from(d - b'0')).min(FAR));
+    Some(if neg { -v } else { v })
 }
 
 #[cfg(test)]
@@ -901,6 +921,17 @@ mod tests {
         let (a, e) = build("boolean", &["true", "\"FALSE\"", "1"]);
         assert_eq!(a.len(), 2);
         assert!(e[2].is_some());
+        // JSON has no infinity: values out of range are refused, not stored as inf.
+        let (a, e) = build("double", &["1e308", "1e400", "-1e400", "\"inf\"", "\"NaN\""]);
+        assert_eq!(a.len(), 1);
+        assert!(
+            e[1..]
+                .iter()
+                .all(|e| matches!(e, Some(CoerceError::Mismatch { found, .. }) if found.contains("out of range")))
+        );
+        let (a, e) = build("float", &["3.4e38", "1e39"]);
+        assert_eq!(a.len(), 1);
+        assert!(e[1].is_some());
     }
 
     #[test]
@@ -912,6 +943,22 @@ mod tests {
         assert!(parse_decimal("12.345", 10, 2).is_err());
         assert!(parse_decimal("123456789", 8, 0).is_err());
         assert!(parse_decimal("abc", 8, 0).is_err());
+        assert_eq!(parse_decimal("0.000e2000000000", 10, 2), Ok(0));
+        assert_eq!(parse_decimal("10e-1", 10, 0), Ok(1));
+        assert_eq!(parse_decimal("-1.50E+1", 10, 2), Ok(-1500));
+        assert_eq!(parse_decimal("99999999999999999999999999999999999999", 38, 0), Ok(10i128.pow(38) - 1));
+        // Huge exponents cost nothing: refused by counting digits, never by building them.
+        for (text, why) in [
+            ("1e2000000000", "precision"),
+            ("1e99999999999999999999999999", "precision"),
+            ("1e-2000000000", "scale"),
+            ("1e-99999999999999999999999999", "scale"),
+        ] {
+            let started = std::time::Instant::now();
+            assert!(parse_decimal(text, 10, 2).unwrap_err().contains(why), "{text}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(1), "{text}");
+        }
+        assert!(parse_decimal("1e", 10, 2).is_err() && parse_decimal("1e+", 10, 2).is_err());
         let (a, _) = build("decimal(10,2)", &["19.99", "\"0.01\""]);
         assert_eq!(a.as_primitive::<Decimal128Type>().values().as_ref(), &[1999, 1]);
     }

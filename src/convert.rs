@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::error::{Error, Result};
 use crate::error_output::{ErrorKind, Line};
 use crate::partition::{PartitionTemplate, TimeSource};
-use crate::pipeline::{OutputKind, OutputObject, Pipeline, PipelineStats, TableSpec};
+use crate::pipeline::{DEFAULT_MAX_RECORD_BYTES, OutputKind, OutputObject, Pipeline, PipelineStats, TableSpec};
 use crate::schema::{Schema, SchemaInferrer, UnknownFieldPolicy};
 use crate::store::{Location, ObjectStore, S3Options};
 use crate::writer::WriterSettings;
@@ -105,6 +105,12 @@ impl ConvertSummary {
     }
 }
 
+/// The longest file name stem `input_stem` gives.
+const MAX_STEM_BYTES: usize = 120;
+
+/// The most digits a line number has (`u64`).
+const LINE_NUMBER_BYTES: usize = 20;
+
 /// File name stem for output keys: the input's name without `.gz`/`.jsonl`,
 /// reduced to characters that are safe in every store and reader.
 pub fn input_stem(input: &str) -> String {
@@ -117,8 +123,12 @@ pub fn input_stem(input: &str) -> String {
             name = s.to_string();
         }
     }
-    let stem: String =
-        name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect();
+    // ASCII only, and short enough that `{stem}-{first line}-{last line}.snappy.parquet` is a valid file name.
+    let stem: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .take(MAX_STEM_BYTES)
+        .collect();
     if stem.is_empty() || stem.chars().all(|c| c == '.') { "input".into() } else { stem }
 }
 
@@ -216,6 +226,15 @@ fn table_spec(opts: &ConvertOptions, schema: Schema) -> Result<TableSpec> {
         None => TimeSource::Arrival,
     };
     let error_prefix = crate::pipeline::folder_prefix(&opts.error_prefix);
+    let prefix_bytes = Location::parse(&opts.destination)?.key_prefix_bytes();
+    let max_partition_bytes = crate::pipeline::partition_budget(
+        prefix_bytes,
+        &input_stem(&opts.input),
+        LINE_NUMBER_BYTES,
+        &error_prefix,
+        &template,
+    )
+    .map_err(|e| Error::Config(format!("output keys too long: {e}")))?;
     Ok(TableSpec {
         schema: Arc::new(schema),
         template,
@@ -224,26 +243,51 @@ fn table_spec(opts: &ConvertOptions, schema: Schema) -> Result<TableSpec> {
         max_record_bytes: opts.max_record_bytes,
         error_prefix,
         writer: opts.writer.clone(),
+        max_partition_bytes,
     })
 }
 
-fn read_line(reader: &mut dyn BufRead, buf: &mut Vec<u8>, input: &str) -> Result<usize> {
+/// Reads one line into `buf` (without its `\n` or `\r\n`), keeping at most
+/// `keep` bytes of it: the rest of a longer line is read past, not held, so
+/// a 10 GB line without a newline costs `keep` bytes of memory. Returns the
+/// bytes read and the line's whole length (more than `buf.len()` when cut).
+pub fn read_line(reader: &mut dyn BufRead, buf: &mut Vec<u8>, input: &str, keep: usize) -> Result<(usize, usize)> {
+    let io_err = |error| Error::Input { source_name: input.to_string(), error };
     buf.clear();
-    let n = reader.read_until(b'\n', buf).map_err(|error| Error::Input { source_name: input.to_string(), error })?;
-    while matches!(buf.last(), Some(b'\n' | b'\r')) {
-        buf.pop();
+    let (mut consumed, mut len) = (0, 0);
+    loop {
+        let available = reader.fill_buf().map_err(io_err)?;
+        if available.is_empty() {
+            break;
+        }
+        let end = memchr::memchr(b'\n', available);
+        let chunk = &available[..end.unwrap_or(available.len())];
+        buf.extend_from_slice(&chunk[..chunk.len().min(keep - buf.len().min(keep))]);
+        len += chunk.len();
+        let used = chunk.len() + usize::from(end.is_some());
+        reader.consume(used);
+        consumed += used;
+        if end.is_some() {
+            break;
+        }
     }
-    Ok(n)
+    if buf.len() == len && buf.last() == Some(&b'\r') {
+        buf.pop();
+        len -= 1;
+    }
+    Ok((consumed, len))
 }
 
-/// Calls `f` with each line (without `\n` or `\r\n`), straight from the
-/// reader's buffer when the line is whole in it (nearly always), so lines are
-/// not copied. Returns the bytes read.
+/// Calls `f` with each line (without `\n` or `\r\n`) and its whole length,
+/// straight from the reader's buffer when the line is whole in it (nearly
+/// always), so lines are not copied; longer lines are cut to `keep` bytes
+/// (see [`read_line`]). Returns the bytes read.
 fn for_each_line(
     reader: &mut dyn BufRead,
     input: &str,
     spill: &mut Vec<u8>,
-    mut f: impl FnMut(&[u8]) -> Result<()>,
+    keep: usize,
+    mut f: impl FnMut(&[u8], usize) -> Result<()>,
 ) -> Result<u64> {
     let io_err = |error| Error::Input { source_name: input.to_string(), error };
     let mut total = 0u64;
@@ -253,16 +297,17 @@ fn for_each_line(
             return Ok(total);
         }
         match memchr::memchr(b'\n', available) {
-            Some(n) => {
+            Some(n) if n <= keep => {
                 let line = &available[..n];
-                f(line.strip_suffix(b"\r").unwrap_or(line))?;
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                f(line, line.len())?;
                 reader.consume(n + 1);
                 total += n as u64 + 1;
             }
-            None => {
-                // The line runs past the buffer: copy it whole.
-                let n = read_line(reader, spill, input)?;
-                f(spill)?;
+            _ => {
+                // The line runs past the buffer (or the limit): copy what is kept.
+                let (n, len) = read_line(reader, spill, input, keep)?;
+                f(spill, len)?;
                 total += n as u64;
             }
         }
@@ -289,20 +334,24 @@ pub async fn convert(opts: &ConvertOptions, progress: Arc<AtomicU64>) -> Result<
         let mut buf = Vec::with_capacity(64 << 10);
         let mut bytes_in = 0u64;
         // Inference samples the first records and keeps them for conversion.
-        let mut sampled: Vec<Vec<u8>> = Vec::new();
+        let mut sampled: Vec<(Vec<u8>, usize)> = Vec::new();
+        // Longer lines are too large anyway: their error lines keep this much.
+        let keep = opts.max_record_bytes.max(DEFAULT_MAX_RECORD_BYTES);
         let schema = match &opts.schema {
             SchemaSource::File(p) => Schema::from_file(p)?,
             SchemaSource::Given(s) => s.clone(),
             SchemaSource::Infer { sample } => {
                 let mut inferrer = SchemaInferrer::new();
                 while inferrer.records() < *sample {
-                    let n = read_line(&mut *reader, &mut buf, input)?;
+                    let (n, len) = read_line(&mut *reader, &mut buf, input, keep)?;
                     if n == 0 {
                         break;
                     }
                     bytes_in += n as u64;
-                    inferrer.observe_line(&buf);
-                    sampled.push(buf.clone());
+                    if len == buf.len() {
+                        inferrer.observe_line(&buf);
+                    }
+                    sampled.push((buf.clone(), len));
                 }
                 inferrer.finish().ok_or_else(|| {
                     Error::Config(format!(
@@ -330,15 +379,21 @@ pub async fn convert(opts: &ConvertOptions, progress: Arc<AtomicU64>) -> Result<
             }
             Ok(())
         };
-        for line in &sampled {
+        let mut push = |pipeline: &mut Pipeline<Line>, line: &[u8], len: usize| -> Result<()> {
             line_no += 1;
-            pipeline.push(line, &Line(line_no), None)?;
+            if len > line.len() {
+                pipeline.push_cut(line, len, &Line(line_no));
+                return Ok(());
+            }
+            pipeline.push(line, &Line(line_no), None)
+        };
+        for (line, len) in &sampled {
+            push(&mut pipeline, line, *len)?;
             send(&mut pipeline)?;
         }
         drop(sampled);
-        bytes_in += for_each_line(&mut *reader, input, &mut buf, |line| {
-            line_no += 1;
-            pipeline.push(line, &Line(line_no), None)?;
+        bytes_in += for_each_line(&mut *reader, input, &mut buf, keep, |line, len| {
+            push(&mut pipeline, line, len)?;
             send(&mut pipeline)
         })?;
         pipeline.finish_all()?;
@@ -401,5 +456,6 @@ mod tests {
         assert_eq!(input_stem("-"), "stdin");
         assert_eq!(input_stem("s3://b/k/a b?.json"), "a_b_");
         assert_eq!(input_stem("..jsonl"), "input");
+        assert_eq!(input_stem(&format!("{}.jsonl", "é".repeat(300))).len(), MAX_STEM_BYTES);
     }
 }

@@ -21,19 +21,27 @@ pub enum ErrorKind {
     UnknownField,
     /// Larger than the maximum record size.
     TooLarge,
-    /// Starts with the KPL aggregation magic but cannot be unpacked.
+    /// Starts with the KPL aggregation magic but cannot be unpacked, or
+    /// holds no user records.
     UndecodableAggregate,
+    /// Arrays and objects nested deeper than [`crate::json::MAX_DEPTH`].
+    TooDeep,
+    /// Its partition path cannot be stored: a path segment over the 255
+    /// bytes of a file name, or a key over S3's 1,024 bytes.
+    PartitionTooLong,
 }
 
 impl ErrorKind {
     /// Every kind, in folder-name order.
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::InvalidJson,
         ErrorKind::NotObject,
         ErrorKind::TypeMismatch,
         ErrorKind::UnknownField,
         ErrorKind::TooLarge,
         ErrorKind::UndecodableAggregate,
+        ErrorKind::TooDeep,
+        ErrorKind::PartitionTooLong,
     ];
 
     /// The folder name (`type_mismatch`).
@@ -45,6 +53,8 @@ impl ErrorKind {
             ErrorKind::UnknownField => "unknown_field",
             ErrorKind::TooLarge => "too_large",
             ErrorKind::UndecodableAggregate => "undecodable_aggregate",
+            ErrorKind::TooDeep => "too_deep",
+            ErrorKind::PartitionTooLong => "partition_too_long",
         }
     }
 }
@@ -111,6 +121,24 @@ impl<P: Position> ErrorOutput<P> {
 
     /// Records one failed record.
     pub fn push(&mut self, kind: ErrorKind, message: &str, field: Option<&str>, raw: &[u8], pos: &P) {
+        self.push_line(kind, message, field, raw, None, pos);
+    }
+
+    /// Records one failed record of `len` bytes, of which only `kept` (its
+    /// start) could be held: the line says so with `raw_length`.
+    pub fn push_cut(&mut self, kind: ErrorKind, message: &str, kept: &[u8], len: usize, pos: &P) {
+        self.push_line(kind, message, None, kept, Some(len), pos);
+    }
+
+    fn push_line(
+        &mut self,
+        kind: ErrorKind,
+        message: &str,
+        field: Option<&str>,
+        raw: &[u8],
+        cut_from: Option<usize>,
+        pos: &P,
+    ) {
         let mut line = self.common.clone();
         line.insert("error_type".into(), Json::from(kind.as_str()));
         line.insert("error_message".into(), Json::from(message));
@@ -120,10 +148,18 @@ impl<P: Position> ErrorOutput<P> {
         pos.describe(&mut line);
         match std::str::from_utf8(raw) {
             Ok(s) => line.insert("raw".into(), Json::from(s)),
+            // A cut can split a character: keep the whole characters before it.
+            Err(e) if cut_from.is_some() && e.error_len().is_none() => {
+                line.insert("raw".into(), Json::from(std::str::from_utf8(&raw[..e.valid_up_to()]).unwrap_or_default()))
+            }
             Err(_) => {
                 line.insert("raw_base64".into(), Json::from(base64::engine::general_purpose::STANDARD.encode(raw)))
             }
         };
+        if let Some(len) = cut_from {
+            line.insert("raw_length".into(), Json::from(len));
+            line.insert("raw_truncated".into(), Json::from(true));
+        }
         let open = self.open.entry(kind).or_insert_with(|| OpenErrors {
             first: pos.clone(),
             last: pos.clone(),

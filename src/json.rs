@@ -6,6 +6,17 @@
 
 use std::fmt;
 
+/// How deeply arrays and objects may nest in a record (the record itself is
+/// level 1), as in serde_json. Every recursion over a record's values (the
+/// parser's skip, the column builders, `_extra`, schema inference) is driven
+/// by the parser's opening brackets, so this one limit bounds the stack they
+/// use; a record nested deeper goes to the error output as `too_deep`.
+pub const MAX_DEPTH: usize = 128;
+
+/// What [`SyntaxError::expected`] says when a record nests deeper than
+/// [`MAX_DEPTH`].
+const TOO_DEEP: &str = "at most 128 levels of nested arrays and objects (MAX_DEPTH)";
+
 /// A JSON syntax error at a byte offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyntaxError {
@@ -15,8 +26,23 @@ pub struct SyntaxError {
     pub expected: &'static str,
 }
 
+impl SyntaxError {
+    /// Whether the record is nested deeper than [`MAX_DEPTH`] (it may be
+    /// valid JSON; it is refused before it can cost more stack).
+    pub fn is_too_deep(&self) -> bool {
+        self.expected == TOO_DEEP
+    }
+}
+
 impl fmt::Display for SyntaxError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_too_deep() {
+            return write!(
+                f,
+                "nesting deeper than {MAX_DEPTH} levels of arrays and objects at byte {}; flatten the record",
+                self.offset
+            );
+        }
         write!(f, "invalid JSON at byte {}: expected {}", self.offset, self.expected)
     }
 }
@@ -169,6 +195,8 @@ pub struct Parser<'a> {
     text: &'a str,
     b: &'a [u8],
     i: usize,
+    /// Arrays and objects open at `i`, at most [`MAX_DEPTH`].
+    depth: usize,
 }
 
 type R<T> = Result<T, SyntaxError>;
@@ -176,7 +204,7 @@ type R<T> = Result<T, SyntaxError>;
 impl<'a> Parser<'a> {
     /// A parser at the start of `text`.
     pub fn new(text: &'a str) -> Self {
-        Parser { text, b: text.as_bytes(), i: 0 }
+        Parser { text, b: text.as_bytes(), i: 0, depth: 0 }
     }
 
     fn err<T>(&self, expected: &'static str) -> R<T> {
@@ -431,16 +459,19 @@ impl<'a> Parser<'a> {
         self.string(scratch).map(|_| ())
     }
 
-    /// Consumes the byte `open` (`{` or `[`).
+    /// Consumes the byte `open` (`{` or `[`), one level deeper.
     #[inline]
     fn open(&mut self, open: u8, expected: &'static str) -> R<()> {
         self.ws();
-        if self.b.get(self.i) == Some(&open) {
-            self.i += 1;
-            Ok(())
-        } else {
-            self.err(expected)
+        if self.b.get(self.i) != Some(&open) {
+            return self.err(expected);
         }
+        if self.depth == MAX_DEPTH {
+            return self.err(TOO_DEEP);
+        }
+        self.depth += 1;
+        self.i += 1;
+        Ok(())
     }
 
     /// Moves past the `,` before the next member of an object or array, or
@@ -452,6 +483,7 @@ impl<'a> Parser<'a> {
         match self.b.get(self.i) {
             Some(&c) if c == close => {
                 self.i += 1;
+                self.depth = self.depth.saturating_sub(1);
                 Ok(false)
             }
             Some(b',') if !first => {
@@ -650,8 +682,11 @@ impl<'a> Parser<'a> {
 }
 
 /// Finds the value at a dotted path in an object record and returns its text
-/// (`None` when missing, or when the record is not an object there). This is
-/// a pre-scan, not a validator: the full decode of the record checks syntax.
+/// (`None` when missing, or when the record is not an object there). Of keys
+/// that appear more than once (also written with escapes, `"\u0074s"`), the
+/// last wins at every level, as when the record is decoded into its columns,
+/// so a record is partitioned by the value it stores. The objects on the
+/// path are read whole, so a syntax error in them is an error here.
 pub fn find_path<'a>(text: &'a str, path: &[String]) -> R<Option<&'a str>> {
     if let [key] = path
         && let Some(found) = find_top_level_fast(text, key.as_bytes())
@@ -660,31 +695,34 @@ pub fn find_path<'a>(text: &'a str, path: &[String]) -> R<Option<&'a str>> {
     }
     let mut p = Parser::new(text);
     let mut scratch = String::new();
-    'levels: for (depth, key) in path.iter().enumerate() {
+    for (level, key) in path.iter().enumerate() {
         if p.peek()? != Kind::Object {
             return Ok(None);
         }
         p.object_start()?;
+        let mut found = None;
         let mut first = true;
         while let Some(k) = p.next_key(first, &mut scratch)? {
             first = false;
-            if short_eq(k.as_bytes(), key.as_bytes()) {
-                if depth + 1 == path.len() {
-                    // The last duplicate would win in a full parse; the first is
-                    // kept here, which only differs for records with duplicate keys.
-                    return p.skip().map(Some);
-                }
-                continue 'levels;
+            let is_key = short_eq(k.as_bytes(), key.as_bytes());
+            let at = p.offset();
+            let value = p.skip()?;
+            if is_key {
+                found = Some((at, value));
             }
-            p.skip()?;
         }
-        return Ok(None);
+        let Some((at, value)) = found else { return Ok(None) };
+        if level + 1 == path.len() {
+            return Ok(Some(value));
+        }
+        // Descend into the winning value (its own depth counts from there).
+        p = Parser { text, b: text.as_bytes(), i: at, depth: 0 };
     }
     Ok(None)
 }
 
-/// The common case of [`find_path`] without the general parser: a top-level
-/// key preceded only by string, number and literal values. `None` means "not
+/// The common case of [`find_path`] without the general parser: an object of
+/// string, number and literal values with unescaped keys. `None` means "not
 /// decided here" (an escape, a nested value, odd syntax): use the parser.
 fn find_top_level_fast<'a>(text: &'a str, key: &[u8]) -> Option<Option<&'a str>> {
     let b = text.as_bytes();
@@ -702,6 +740,7 @@ fn find_top_level_fast<'a>(text: &'a str, key: &[u8]) -> Option<Option<&'a str>>
     if b.get(i) == Some(&b'}') {
         return Some(None);
     }
+    let mut found = None;
     loop {
         if b.get(i) != Some(&b'"') {
             return None;
@@ -734,13 +773,14 @@ fn find_top_level_fast<'a>(text: &'a str, key: &[u8]) -> Option<Option<&'a str>>
         }
         if short_eq(k, key) {
             // Only ASCII delimiters were crossed, so these are char boundaries.
-            return Some(Some(&text[start..i]));
+            // A later duplicate replaces it.
+            found = Some(&text[start..i]);
         }
         i = ws(i);
         match b.get(i) {
             Some(b',') => i = ws(i + 1),
-            // Every value was a scalar: the key is certainly not in the record.
-            Some(b'}') => return Some(None),
+            // Every key and value was read: the last match is the answer.
+            Some(b'}') => return Some(found),
             _ => return None,
         }
     }
@@ -888,7 +928,13 @@ mod tests {
         assert_eq!(find_path(rec, &["x".into(), "ts".into()]).unwrap(), None);
         assert!(find_path(r#"{"a":[tru]}"#, &["b".into()]).is_err());
         // The fast path and the parser agree.
-        for rec in [r#"{"a":"x","b":-1.5e3,"c":null,"ts":"t"}"#, r#"{ "a" : true , "ts" : 5 }"#, r#"{"a":1}"#, "{}"] {
+        for rec in [
+            r#"{"a":"x","b":-1.5e3,"c":null,"ts":"t"}"#,
+            r#"{ "a" : true , "ts" : 5 }"#,
+            r#"{"a":1}"#,
+            "{}",
+            r#"{"ts":1,"a":2,"ts":3}"#,
+        ] {
             let slow = {
                 let mut p = Parser::new(rec);
                 let mut scratch = String::new();
@@ -899,7 +945,7 @@ mod tests {
                     first = false;
                     let is_ts = k == "ts";
                     let v = p.skip().unwrap();
-                    if is_ts && found.is_none() {
+                    if is_ts {
                         found = Some(v);
                     }
                 }
@@ -908,6 +954,50 @@ mod tests {
             assert_eq!(find_top_level_fast(rec, b"ts"), Some(slow), "{rec}");
         }
         assert_eq!(find_top_level_fast(r#"{"a":{"ts":1},"ts":2}"#, b"ts"), None, "nested values defer to the parser");
+    }
+
+    #[test]
+    fn the_last_of_duplicate_keys_wins_at_every_level() {
+        let path = |p: &str| p.split('.').map(str::to_string).collect::<Vec<_>>();
+        for (rec, want) in [
+            (r#"{"ts":1,"ts":2}"#, Some("2")),
+            (r#"{"ts":1,"\u0074s":2}"#, Some("2")),
+            (r#"{"\u0074s":1,"ts":2}"#, Some("2")),
+            (r#"{"ts":1,"x":{},"ts":2}"#, Some("2")),
+        ] {
+            assert_eq!(find_path(rec, &path("ts")).unwrap(), want, "{rec}");
+        }
+        for (rec, want) in [
+            (r#"{"meta":{"t":"A","t":"B"}}"#, Some("\"B\"")),
+            (r#"{"meta":{"t":"A"},"meta":{"t":"B"}}"#, Some("\"B\"")),
+            (r#"{"meta":{"t":"A"},"meta":{"x":1}}"#, None),
+            (r#"{"meta":{"\u0074":"A","t":"B","\u0074":"C"}}"#, Some("\"C\"")),
+        ] {
+            assert_eq!(find_path(rec, &path("meta.t")).unwrap(), want, "{rec}");
+        }
+    }
+
+    #[test]
+    fn nesting_is_limited_on_every_path() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(skip_all(&deep(MAX_DEPTH)).is_ok());
+        let err = skip_all(&deep(MAX_DEPTH + 1)).unwrap_err();
+        assert!(err.is_too_deep() && err.to_string().contains("deeper than 128"), "{err}");
+        // Closed or not, 20,000 levels fail fast without using the stack.
+        for rec in [
+            format!(r#"{{"event_id":"a","ts":"2024-03-15T01:00:00Z","x":{}"#, "[".repeat(20_000)),
+            format!(r#"{{"x":{}}}"#, deep(20_000)),
+            "{\"a\":".repeat(20_000),
+        ] {
+            assert!(skip_all(&rec).unwrap_err().is_too_deep());
+            assert!(find_path(&rec, &["ts".to_string()]).unwrap_err().is_too_deep());
+        }
+        // Objects and arrays count alike; depth returns as they close.
+        let ok = format!("[{},{}]", deep(MAX_DEPTH - 1), deep(MAX_DEPTH - 1));
+        assert!(skip_all(&ok).is_ok());
+        let mixed = format!("{}1{}", "{\"a\":[".repeat(64), "]}".repeat(64));
+        assert!(skip_all(&mixed).is_ok(), "128 levels");
+        assert!(skip_all(&format!("[{mixed}]")).unwrap_err().is_too_deep(), "129 levels");
     }
 
     proptest::proptest! {

@@ -11,9 +11,10 @@ use serde_json::{Map, Value as Json};
 use crate::columns::{CoerceError, DecodeError};
 use crate::error::Result;
 use crate::error_output::{ErrorKind, ErrorOutput, Position};
-use crate::json::{Kind, Parser};
+use crate::json::{Kind, Parser, SyntaxError};
 use crate::partition::{PartitionTemplate, TimeSource, event_time_millis};
 use crate::schema::{FileLayout, Schema, UnknownFieldPolicy};
+use crate::store::{MAX_KEY_BYTES, MAX_SEGMENT_BYTES, key_length_problem};
 use crate::writer::{LakeWriter, WriterSettings};
 
 /// Kinesis' largest record (1 MiB); also the default for files.
@@ -48,6 +49,70 @@ pub struct TableSpec {
     pub error_prefix: String,
     /// Parquet and memory settings.
     pub writer: WriterSettings,
+    /// Bytes a rendered partition path may take (see [`partition_budget`]);
+    /// a record whose path is longer, or has a level longer than a file
+    /// name, goes to `partition_too_long`.
+    pub max_partition_bytes: usize,
+}
+
+/// The suffix of data file names.
+const DATA_SUFFIX: &str = ".snappy.parquet";
+
+/// The bytes a rendered partition path may take so that every key a
+/// pipeline makes stays within the stores' limits ([`MAX_KEY_BYTES`] with the
+/// destination's `prefix_bytes`, [`MAX_SEGMENT_BYTES`] per level), given its
+/// file name stem and positions (`{stem}-{first}-{last}`) of at most
+/// `position_bytes` each. An error, naming the setting to change, when the
+/// fixed parts alone cannot fit.
+pub fn partition_budget(
+    prefix_bytes: usize,
+    stem: &str,
+    position_bytes: usize,
+    error_prefix: &str,
+    template: &PartitionTemplate,
+) -> std::result::Result<usize, String> {
+    let name = stem.len() + 2 + 2 * position_bytes + DATA_SUFFIX.len();
+    if name > MAX_SEGMENT_BYTES {
+        return Err(format!(
+            "object names `{stem}-{{first}}-{{last}}{DATA_SUFFIX}` would be up to {name} bytes, over the \
+             {MAX_SEGMENT_BYTES}-byte limit of file names; use a shorter stream (or input file) name"
+        ));
+    }
+    if let Some(why) = key_length_problem(error_prefix) {
+        return Err(format!("error_prefix: {why}"));
+    }
+    let longest_kind = ErrorKind::ALL.iter().map(|k| k.as_str().len() + 1).max().unwrap_or(0);
+    let fixed = prefix_bytes + name + error_prefix.len() + longest_kind;
+    // A partition path needs room for at least a few levels of dates and values.
+    const MIN_PARTITION_BYTES: usize = 128;
+    let budget = MAX_KEY_BYTES.saturating_sub(prefix_bytes + name);
+    if fixed > MAX_KEY_BYTES || budget < MIN_PARTITION_BYTES {
+        return Err(format!(
+            "keys would leave {budget} bytes for the partition path within S3's {MAX_KEY_BYTES}-byte key limit \
+             (prefix {prefix_bytes} bytes, file names up to {name}); shorten the destination prefix, the \
+             error_prefix or the stream name"
+        ));
+    }
+    // The template's own text, with every value missing, must fit already.
+    let mut path = String::new();
+    template.render(None, "{}", &mut path);
+    if let Some(why) = partition_problem(&path, budget) {
+        return Err(format!("partition `{}`: {why}", template.source()));
+    }
+    Ok(budget)
+}
+
+/// Why a rendered partition path cannot be stored within `budget` bytes.
+pub fn partition_problem(partition: &str, budget: usize) -> Option<String> {
+    if let Some(why) = key_length_problem(partition) {
+        return Some(format!("partition path {why}"));
+    }
+    (partition.len() > budget).then(|| {
+        format!(
+            "partition path is {} bytes; with the destination prefix and file name, keys allow {budget}",
+            partition.len()
+        )
+    })
 }
 
 /// What kind of object an [`OutputObject`] is.
@@ -176,7 +241,7 @@ impl<P: Position> Pipeline<P> {
             let (kind, msg) = match probe.skip().map(|_| probe.at_end()) {
                 Ok(true) => (ErrorKind::NotObject, "record is JSON but not an object".to_string()),
                 Ok(false) => (ErrorKind::InvalidJson, "invalid JSON: text after the value".to_string()),
-                Err(e) => (ErrorKind::InvalidJson, e.to_string()),
+                Err(e) => (syntax_kind(&e), e.to_string()),
             };
             self.errors.push(kind, &msg, None, raw, pos);
             return Ok(());
@@ -199,8 +264,8 @@ impl<P: Position> Pipeline<P> {
                 Ok(t) => t,
                 Err(bad) => {
                     // A record cut short before its time field is invalid JSON, not a bad time.
-                    if let Err(e) = Parser::new(text).skip() {
-                        self.errors.push(ErrorKind::InvalidJson, &e.to_string(), None, raw, pos);
+                    if let Some(e) = syntax_error(text) {
+                        self.errors.push(syntax_kind(&e), &e.to_string(), None, raw, pos);
                         return Ok(());
                     }
                     let msg = format!(
@@ -218,6 +283,16 @@ impl<P: Position> Pipeline<P> {
         if bucket.is_none() || bucket != self.last_bucket {
             self.spec.template.render(time, text, &mut self.partition);
             self.last_bucket = bucket;
+            if let Some(why) = partition_problem(&self.partition, self.spec.max_partition_bytes) {
+                self.last_bucket = None;
+                // Broken JSON further on is the first thing to fix.
+                let (kind, msg) = match syntax_error(text) {
+                    Some(e) => (syntax_kind(&e), e.to_string()),
+                    None => (ErrorKind::PartitionTooLong, format!("{why}; shorten the values of !{{field:...}}")),
+                };
+                self.errors.push(kind, &msg, None, raw, pos);
+                return Ok(());
+            }
         }
         match self.lake.push(&self.partition, text, pos, time) {
             Ok(()) => self.lake.maintain()?,
@@ -227,6 +302,18 @@ impl<P: Position> Pipeline<P> {
             }
         }
         Ok(())
+    }
+
+    /// Sends a record of `len` bytes of which only the first `kept` were
+    /// read (a line too long to hold) to `too_large`, with its length.
+    pub fn push_cut(&mut self, kept: &[u8], len: usize, pos: &P) {
+        self.records += 1;
+        let msg = format!(
+            "record is {len} bytes, over the {} byte limit (max_record_bytes); its first {} bytes are kept",
+            self.spec.max_record_bytes,
+            kept.len()
+        );
+        self.errors.push_cut(ErrorKind::TooLarge, &msg, kept, len, pos);
     }
 
     /// Sends a record that failed before JSON decoding (an undecodable
@@ -295,16 +382,30 @@ impl<P: Position> Pipeline<P> {
     }
 }
 
+/// The first syntax error of a record, text after its value included.
+fn syntax_error(text: &str) -> Option<SyntaxError> {
+    let mut p = Parser::new(text);
+    match p.skip() {
+        Err(e) => Some(e),
+        Ok(_) if !p.at_end() => Some(SyntaxError { offset: p.offset(), expected: "the end of the record" }),
+        Ok(_) => None,
+    }
+}
+
+/// The error kind of a record that is not JSON, or too deep to read.
+fn syntax_kind(e: &SyntaxError) -> ErrorKind {
+    if e.is_too_deep() { ErrorKind::TooDeep } else { ErrorKind::InvalidJson }
+}
+
 /// The error kind, message and field of a record that failed to decode. A
 /// coercion error in a record that is also invalid JSON further on counts as
 /// invalid JSON.
 fn classify(text: &str, e: DecodeError) -> (ErrorKind, String, Option<String>) {
-    let syntax = |e: crate::json::SyntaxError| (ErrorKind::InvalidJson, e.to_string(), None);
+    let syntax = |e: SyntaxError| (syntax_kind(&e), e.to_string(), None);
     match e {
         DecodeError::Syntax(s) => syntax(s),
         DecodeError::Coerce(c) => {
-            let mut p = Parser::new(text);
-            if let Err(s) = p.skip() {
+            if let Some(s) = syntax_error(text) {
                 return syntax(s);
             }
             match c {
@@ -318,5 +419,40 @@ fn classify(text: &str, e: DecodeError) -> (ErrorKind, String, Option<String>) {
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(t: &str) -> PartitionTemplate {
+        PartitionTemplate::parse(t).unwrap()
+    }
+
+    #[test]
+    fn budget_leaves_room_for_prefix_and_file_names() {
+        let t = template("country=!{field:c}/");
+        // 1024 - 10 (prefix) - (6 + 2 + 2 * 20 + 15) (name).
+        assert_eq!(partition_budget(10, "events", 20, "errors/", &t), Ok(1024 - 10 - 63));
+        let err = partition_budget(0, &"s".repeat(200), 63, "errors/", &t).unwrap_err();
+        assert!(err.contains("over the 255-byte limit of file names"), "{err}");
+        let err = partition_budget(950, "events", 20, "errors/", &t).unwrap_err();
+        assert!(err.contains("1024-byte key limit"), "{err}");
+        let err = partition_budget(0, "events", 20, &format!("{}/", "e".repeat(300)), &t).unwrap_err();
+        assert!(err.starts_with("error_prefix:"), "{err}");
+        let err =
+            partition_budget(0, "events", 20, "errors/", &template(&format!("{}=!{{field:c}}/", "k".repeat(240))))
+                .unwrap_err();
+        assert!(err.starts_with("partition `"), "{err}");
+    }
+
+    #[test]
+    fn partition_paths_within_limits() {
+        assert_eq!(partition_problem("a=1/b=2/", 100), None);
+        let level = format!("a={}/", "v".repeat(300));
+        assert!(partition_problem(&level, 2000).unwrap().contains("302 bytes, over the 255-byte limit"));
+        let wide = "a=1/".repeat(100);
+        assert!(partition_problem(&wide, 300).unwrap().contains("keys allow 300"));
     }
 }

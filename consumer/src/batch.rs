@@ -153,13 +153,19 @@ impl ShardBatch {
         match deaggregate(&record.data) {
             None => {
                 self.user_records += 1;
-                self.pipeline.push(&record.data, &pos, Some(record.arrival_ms))?;
+                self.push_user_record(&record.data, &pos, record.arrival_ms)?;
+            }
+            Some(Ok(users)) if users.is_empty() => {
+                // Valid, but nothing in it would otherwise leave a trace.
+                self.user_records += 1;
+                let why = "aggregated record holds no user records";
+                self.pipeline.push_error(ErrorKind::UndecodableAggregate, why, &record.data, &pos);
             }
             Some(Ok(users)) => {
                 for (i, user) in users.iter().enumerate() {
                     pos.sub_sequence = Some(i as u64);
                     self.user_records += 1;
-                    self.pipeline.push(&user.data, &pos, Some(record.arrival_ms))?;
+                    self.push_user_record(&user.data, &pos, record.arrival_ms)?;
                 }
             }
             Some(Err(e)) => {
@@ -176,6 +182,18 @@ impl ShardBatch {
         self.kinesis_records += 1;
         self.started.get_or_insert_with(Instant::now);
         Ok(())
+    }
+
+    /// One user record into the pipeline. An empty or whitespace-only record
+    /// is an error here (in a file it is a blank line, skipped): a producer
+    /// sent it, so it must be accounted for.
+    fn push_user_record(&mut self, data: &[u8], pos: &RecordPosition, arrival_ms: i64) -> shardlake::Result<()> {
+        if data.iter().all(u8::is_ascii_whitespace) {
+            let why = "record is empty or only whitespace";
+            self.pipeline.push_error(ErrorKind::InvalidJson, why, data, pos);
+            return Ok(());
+        }
+        self.pipeline.push(data, pos, Some(arrival_ms))
     }
 
     /// No records yet.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use shardlake::partition::{DEFAULT_TEMPLATE, PartitionTemplate, TimeSource};
-use shardlake::pipeline::{DEFAULT_MAX_RECORD_BYTES, TableSpec, folder_prefix};
+use shardlake::pipeline::{DEFAULT_MAX_RECORD_BYTES, TableSpec, folder_prefix, partition_budget};
 use shardlake::schema::{Schema, UnknownFieldPolicy};
 use shardlake::store::{Location, S3Options};
 use shardlake::writer::WriterSettings;
@@ -23,6 +23,14 @@ pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Firehose's smallest buffer interval is 0 s, but a 1 s floor keeps files
 /// from shrinking to a handful of rows.
 pub const MIN_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// Room for a shard id in object names: Kinesis names shards
+/// `shardId-000000000000` (20 bytes); a few more for safety.
+const MAX_SHARD_ID_BYTES: usize = 28;
+
+/// Room for a position in object names: a Kinesis sequence number (56
+/// digits) and, for aggregated records, `-` and a sub-sequence number.
+const MAX_POSITION_BYTES: usize = 56 + 1 + 6;
 
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -391,7 +399,7 @@ impl ConsumerConfig {
         if self.stream.trim().is_empty() {
             bail!("stream: empty; set it to the Kinesis data stream name");
         }
-        Location::parse(&self.destination).map_err(|e| anyhow::anyhow!("destination: {e}"))?;
+        let destination = Location::parse(&self.destination).map_err(|e| anyhow::anyhow!("destination: {e}"))?;
         if !self.checkpoint_store.starts_with("dynamodb://") {
             shardlake::checkpoint::CheckpointStore::open(&self.checkpoint_store, &self.application, &self.stream)
                 .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
@@ -474,14 +482,21 @@ impl ConsumerConfig {
             row_group_rows: self.writer.row_group_rows,
             ..WriterSettings::default()
         };
+        let error_prefix = folder_prefix(&self.error_prefix);
+        // Files are named `{stream}-{shard id}-{first}-{last}`.
+        let stem = format!("{}-{}", self.stream, "s".repeat(MAX_SHARD_ID_BYTES));
+        let max_partition_bytes =
+            partition_budget(destination.key_prefix_bytes(), &stem, MAX_POSITION_BYTES, &error_prefix, &template)
+                .map_err(|e| anyhow::anyhow!("stream, destination, error_prefix or partition: {e}"))?;
         let table = TableSpec {
             schema: Arc::new(schema),
             template,
             time_source,
             unknown_fields: self.unknown_fields,
             max_record_bytes: self.max_record_bytes,
-            error_prefix: folder_prefix(&self.error_prefix),
+            error_prefix,
             writer,
+            max_partition_bytes,
         };
         let s3 = S3Options { sse_kms_key_id: self.sse_kms_key_id.clone(), ..S3Options::default() }.validate();
         Ok(Settings { config: self, table, initial_timestamp_ms, s3 })
@@ -549,6 +564,12 @@ mod tests {
             (format!("{MINIMAL}[retrieval]\nmode = \"fan-out\"\nconsumer_name = \"a b\"\n"), "retrieval.consumer_name"),
             (MINIMAL.replace("schema.toml", "missing.toml"), "schema:"),
             ("destination = \"./lake\"\nschema = \"s.toml\"\n".to_string(), "missing field `stream`"),
+            (
+                MINIMAL.replace("\"events\"", &format!("\"{}\"", "e".repeat(128))),
+                "over the 255-byte limit of file names",
+            ),
+            (MINIMAL.replace("./lake", &format!("s3://b/{}/", "p/".repeat(400))), "S3's 1024-byte key limit"),
+            (format!("{MINIMAL}partition = \"{}=!{{field:a}}\"\n", "k".repeat(240)), "partition `"),
         ];
         for (text, want) in cases {
             let err = format!("{:#}", resolve(&text).unwrap_err());

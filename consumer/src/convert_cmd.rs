@@ -135,7 +135,7 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
     }
     let summary = result.with_context(|| format!("converting {} into {}", args.input, args.destination))?;
     if args.json {
-        println!("{}", summary_json(&summary));
+        outln!("{}", summary_json(&summary));
     } else {
         print_summary(&args.input, &args.destination, &summary);
         if args.print_partitions {
@@ -172,30 +172,30 @@ fn summary_json(s: &ConvertSummary) -> String {
 }
 
 fn print_summary(input: &str, destination: &str, s: &ConvertSummary) {
-    println!("converted {input} -> {destination}");
-    println!("  records   {:>12}", s.stats.records);
-    println!("  rows      {:>12}  in {} data files, {} partitions", s.rows, s.data_files, s.partitions.len());
+    outln!("converted {input} -> {destination}");
+    outln!("  records   {:>12}", s.stats.records);
+    outln!("  rows      {:>12}  in {} data files, {} partitions", s.rows, s.data_files, s.partitions.len());
     let errors = s.stats.error_records();
     if errors > 0 {
-        println!("  errors    {:>12}  in {} error files ({})", errors, s.error_files, error_breakdown(&s.stats));
+        outln!("  errors    {:>12}  in {} error files ({})", errors, s.error_files, error_breakdown(&s.stats));
     } else {
-        println!("  errors    {:>12}", 0);
+        outln!("  errors    {:>12}", 0);
     }
     if s.stats.dropped_fields > 0 {
-        println!("  dropped   {:>12}  unknown fields (--unknown-fields drop)", s.stats.dropped_fields);
+        outln!("  dropped   {:>12}  unknown fields (--unknown-fields drop)", s.stats.dropped_fields);
     }
-    println!("  bytes in  {:>12.1} MB", s.bytes_in as f64 / 1e6);
-    println!("  bytes out {:>12.1} MB", s.bytes_out as f64 / 1e6);
-    println!("  time      {:>12.2} s  ({:.1} MB/s)", s.elapsed.as_secs_f64(), s.mb_per_s());
+    outln!("  bytes in  {:>12.1} MB", s.bytes_in as f64 / 1e6);
+    outln!("  bytes out {:>12.1} MB", s.bytes_out as f64 / 1e6);
+    outln!("  time      {:>12.2} s  ({:.1} MB/s)", s.elapsed.as_secs_f64(), s.mb_per_s());
 }
 
 fn print_partitions(s: &ConvertSummary) {
     let width = s.partitions.keys().map(String::len).max().unwrap_or(9).max(9);
-    println!();
-    println!("{:<width$}  {:>10}  {:>5}  {:>12}", "partition", "rows", "files", "bytes");
+    outln!("");
+    outln!("{:<width$}  {:>10}  {:>5}  {:>12}", "partition", "rows", "files", "bytes");
     for (p, v) in &s.partitions {
-        println!("{p:<width$}  {:>10}  {:>5}  {:>12}", v.rows, v.files, v.bytes);
+        outln!("{p:<width$}  {:>10}  {:>5}  {:>12}", v.rows, v.files, v.bytes);
     }
     let bytes: u64 = s.partitions.values().map(|v| v.bytes).sum();
-    println!("{:<width$}  {:>10}  {:>5}  {:>12}", "total", s.rows, s.data_files, bytes);
+    outln!("{:<width$}  {:>10}  {:>5}  {:>12}", "total", s.rows, s.data_files, bytes);
 }

@@ -138,7 +138,7 @@ impl HttpConnector for DecodingConnector {
 
 /// Why a body was left to the SDK.
 #[derive(Debug, thiserror::Error)]
-enum DecodeError {
+pub(crate) enum DecodeError {
     #[error("not UTF-8")]
     Utf8,
     #[error("{0}")]
@@ -159,19 +159,19 @@ impl From<SyntaxError> for DecodeError {
 
 /// The records of one response.
 #[derive(Debug)]
-struct Page {
-    records: Vec<KinesisRecord>,
+pub(crate) struct Page {
+    pub(crate) records: Vec<KinesisRecord>,
     /// Payload bytes of `records`.
-    bytes: usize,
+    pub(crate) bytes: usize,
     /// Where the `Records` array is in the body, brackets included.
-    records_span: Range<usize>,
+    pub(crate) records_span: Range<usize>,
 }
 
 /// Where a reader's decoded payloads live: one allocation per page, handed
 /// out as `Bytes` slices and taken back for the next page once every record
 /// of the last one is dropped (the usual case: a batch keeps no payloads).
 #[derive(Debug, Default)]
-struct Arena {
+pub(crate) struct Arena {
     /// A handle on the last page's payloads, to take their allocation back.
     last: Bytes,
 }
@@ -200,7 +200,7 @@ impl Arena {
 
 /// Decodes the `Records` of a GetRecords response body, payloads into
 /// `arena`.
-fn decode(body: &[u8], arena: &mut Arena) -> Result<Page, DecodeError> {
+pub(crate) fn decode(body: &[u8], arena: &mut Arena) -> Result<Page, DecodeError> {
     let text = simdutf8::basic::from_utf8(body).map_err(|_| DecodeError::Utf8)?;
     let mut p = Parser::new(text);
     let mut scratch = String::new();

@@ -3,21 +3,8 @@
 //! `schema` infers schemas and prints Athena DDL; `config check` explains a
 //! config file.
 
-mod batch;
-mod config;
-mod convert_cmd;
-mod get_records;
-mod http;
-mod infer;
-mod kinesis;
-mod lease;
-mod metrics;
-mod reader;
-mod run_cmd;
-mod schema_cmd;
-mod worker;
-
 use clap::{Parser, Subcommand, ValueEnum};
+use shardlake_consumer::{convert_cmd, run_cmd, schema_cmd};
 
 /// Command line of `shardlake-consumer`.
 #[derive(Debug, Parser)]

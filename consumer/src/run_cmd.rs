@@ -44,12 +44,12 @@ pub fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
     let ConfigCommand::Check(args) = cmd;
     let s = load(&args.config)?;
     let c = &s.config;
-    println!("{}: ok", args.config.display());
-    println!("stream            {} (application {}, start {:?})", c.stream, c.application, c.initial_position);
-    println!("destination       {}", c.destination);
-    println!("checkpoint_store  {}", c.checkpoint_store);
+    outln!("{}: ok", args.config.display());
+    outln!("stream            {} (application {}, start {:?})", c.stream, c.application, c.initial_position);
+    outln!("destination       {}", c.destination);
+    outln!("checkpoint_store  {}", c.checkpoint_store);
     if c.checkpoint_store.starts_with("dynamodb://") {
-        println!(
+        outln!(
             "fleet             worker {}, leases of {:?} renewed every {:?}{}",
             c.fleet.worker_id.as_deref().unwrap_or("-"),
             c.fleet.lease_duration,
@@ -58,25 +58,31 @@ pub fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
         );
     }
     match &c.schema {
-        Some(path) => println!(
+        Some(path) => outln!(
             "schema            {} ({} columns, unknown fields: {:?})",
             path.display(),
             s.table.schema.columns.len(),
             c.unknown_fields
         ),
-        None => println!("schema            inferred from the first {} records of the stream", c.infer_sample),
+        None => outln!("schema            inferred from the first {} records of the stream", c.infer_sample),
     }
-    println!("partition         {} (time: {})", c.partition, c.time_field);
-    println!("errors            {}{}", c.destination.trim_end_matches('/'), format_args!("/{}", s.table.error_prefix));
-    println!(
+    outln!("partition         {} (time: {})", c.partition, c.time_field);
+    outln!("errors            {}{}", c.destination.trim_end_matches('/'), format_args!("/{}", s.table.error_prefix));
+    outln!(
         "buffer            {} MiB / {} records / {:?} per shard; {} MiB shared budget",
-        c.buffer.max_mb, c.buffer.max_records, c.buffer.max_age, c.buffer.memory_budget_mb
+        c.buffer.max_mb,
+        c.buffer.max_records,
+        c.buffer.max_age,
+        c.buffer.memory_budget_mb
     );
-    println!(
+    outln!(
         "polling           {} records/call every {:?} ({:?} when idle); shards refreshed every {:?}",
-        c.polling.max_records_per_call, c.polling.interval, c.polling.idle_interval, c.polling.shard_refresh
+        c.polling.max_records_per_call,
+        c.polling.interval,
+        c.polling.idle_interval,
+        c.polling.shard_refresh
     );
-    println!(
+    outln!(
         "metrics           {}",
         if c.metrics.enabled { format!("http://{}/metrics", c.metrics.address) } else { "off".into() }
     );

@@ -1,12 +1,12 @@
 //! `shardlake-consumer schema infer | ddl`.
 
-use std::io::BufRead;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
-use shardlake::convert::line_reader;
+use shardlake::convert::{line_reader, read_line};
 use shardlake::partition::{DEFAULT_TEMPLATE, PartitionTemplate};
+use shardlake::pipeline::DEFAULT_MAX_RECORD_BYTES;
 use shardlake::schema::{
     DEFAULT_INFER_SAMPLE, DdlOptions, Schema, SchemaInferrer, UnknownFieldPolicy, create_table_ddl,
 };
@@ -75,17 +75,22 @@ pub fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
             } else {
                 Box::new(std::fs::File::open(&file).with_context(|| format!("opening {file}"))?)
             };
-            let reader = line_reader(raw, &file)?;
+            let mut reader = line_reader(raw, &file)?;
             let mut inferrer = SchemaInferrer::new();
-            for line in reader.split(b'\n') {
-                if inferrer.records() >= sample {
+            let mut line = Vec::new();
+            while inferrer.records() < sample {
+                // Lines are held up to the largest Kinesis record; longer ones are not sampled.
+                let (read, len) = read_line(&mut *reader, &mut line, &file, DEFAULT_MAX_RECORD_BYTES)?;
+                if read == 0 {
                     break;
                 }
-                inferrer.observe_line(&line.with_context(|| format!("reading {file}"))?);
+                if len == line.len() {
+                    inferrer.observe_line(&line);
+                }
             }
             let schema =
                 inferrer.finish().with_context(|| format!("no JSON object found among the first lines of {file}"))?;
-            print!("# inferred by shardlake from {} records of {file}\n{}", inferrer.records(), schema.to_toml());
+            out!("# inferred by shardlake from {} records of {file}\n{}", inferrer.records(), schema.to_toml());
             Ok(())
         }
         SchemaCommand::Ddl { schema, table, location, partition, unknown_fields, first_year } => {
@@ -97,7 +102,7 @@ pub fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
                 unknown_fields: unknown_fields.into(),
                 first_year,
             };
-            print!("{}", create_table_ddl(&schema, &opts)?);
+            out!("{}", create_table_ddl(&schema, &opts)?);
             Ok(())
         }
     }

@@ -35,9 +35,9 @@ async fn bad_records_go_to_the_error_prefix_and_the_totals_add_up() {
     for chunk in good[200..].chunks(25) {
         let users: Vec<UserRecord> = chunk
             .iter()
-            .map(|v| UserRecord { partition_key: plain(v).0, explicit_hash_key: None, data: plain(v).1 })
+            .map(|v| UserRecord { partition_key: plain(v).0.into(), explicit_hash_key: None, data: plain(v).1 })
             .collect();
-        records.push((users[0].partition_key.clone(), aggregate(&users)));
+        records.push((users[0].partition_key.to_string(), aggregate(&users)));
     }
     let mut wrong_type = good[0].clone();
     wrong_type["event_id"] = json!("wrong-type");

@@ -155,8 +155,8 @@ impl Unit {
             .records
             .iter()
             .map(|p| UserRecord {
-                partition_key: p.record.partition_key.clone(),
-                explicit_hash_key: p.record.explicit_hash_key.clone(),
+                partition_key: p.record.partition_key.as_str().into(),
+                explicit_hash_key: p.record.explicit_hash_key.as_deref().map(Into::into),
                 data: p.record.data.to_vec(),
             })
             .collect();

@@ -2,11 +2,24 @@
 //! int + float -> double, any two other scalar kinds -> string, objects merge
 //! their keys (first-seen order), strings that all look like RFC 3339
 //! timestamps (or dates) become `timestamp` (or `date`).
+//!
+//! Whatever the samples hold, the schema it gives loads, converts and is
+//! accepted by Athena: values nested deeper than [`MAX_TYPE_DEPTH`] become
+//! `string` (their JSON text), a key that differs from an earlier one only in
+//! case (Athena folds case) and empty keys are left out (their values land in
+//! `_extra`), as are keys past [`MAX_INFERRED_FIELDS`] in one object.
+
+use std::collections::HashMap;
 
 use sonic_rs::{JsonContainerTrait, JsonType, JsonValueTrait, Value};
 
-use super::{Column, HiveType, Schema, StructField};
+use super::{Column, HiveType, MAX_TYPE_DEPTH, Schema, StructField};
+use crate::json::Parser;
 use crate::time::{parse_date_days, parse_rfc3339_millis};
+
+/// The most fields inference gives one object (the table, or a struct);
+/// later keys are left to `_extra`.
+pub const MAX_INFERRED_FIELDS: usize = 1000;
 
 /// How many records `--infer-schema` samples by default.
 pub const DEFAULT_INFER_SAMPLE: usize = 1000;
@@ -23,13 +36,57 @@ enum Seen {
         all_dates: bool,
     },
     Array(Box<Seen>),
-    Object(Vec<(String, Seen)>),
+    Object(Fields),
     /// Scalars of different kinds, or containers mixed with scalars.
     Text,
 }
 
+/// The keys of an object seen so far, in first-seen order, with an index by
+/// lower-cased name (one lookup per key, however many keys a record has).
+#[derive(Debug, Clone, Default)]
+struct Fields {
+    list: Vec<(String, Seen)>,
+    by_folded_name: HashMap<String, usize>,
+}
+
+impl PartialEq for Fields {
+    fn eq(&self, other: &Self) -> bool {
+        self.list == other.list
+    }
+}
+
+impl Fields {
+    /// Merges what one more sample of `key` looked like. Keys that only
+    /// differ in case from a known one, empty keys and keys past the limit
+    /// are left out.
+    fn merge(&mut self, key: &str, seen: Seen) {
+        if key.is_empty() {
+            return;
+        }
+        let folded = key.to_lowercase();
+        match self.by_folded_name.get(&folded) {
+            Some(&i) if self.list[i].0 == key => {
+                let old = &mut self.list[i].1;
+                *old = std::mem::replace(old, Seen::Null).merge(seen);
+            }
+            Some(_) => {}
+            None if self.list.len() < MAX_INFERRED_FIELDS => {
+                self.by_folded_name.insert(folded, self.list.len());
+                self.list.push((key.to_string(), seen));
+            }
+            None => {}
+        }
+    }
+}
+
 impl Seen {
-    fn of(v: &Value) -> Seen {
+    /// What `v` looks like, `depth` levels of types down (the top-level
+    /// column's own type is level 1); from [`MAX_TYPE_DEPTH`] on, containers
+    /// are text.
+    fn of(v: &Value, depth: usize) -> Seen {
+        if depth >= MAX_TYPE_DEPTH && (v.is_array() || v.is_object()) {
+            return Seen::Text;
+        }
         match v.get_type() {
             JsonType::Null => Seen::Null,
             JsonType::Boolean => Seen::Bool,
@@ -47,14 +104,14 @@ impl Seen {
             JsonType::Array => {
                 let mut item = Seen::Null;
                 for x in v.as_array().into_iter().flat_map(|a| a.iter()) {
-                    item = item.merge(Seen::of(x));
+                    item = item.merge(Seen::of(x, depth + 1));
                 }
                 Seen::Array(Box::new(item))
             }
             JsonType::Object => {
-                let mut fields = Vec::new();
+                let mut fields = Fields::default();
                 for (k, x) in v.as_object().into_iter().flat_map(|o| o.iter()) {
-                    merge_field(&mut fields, k, Seen::of(x));
+                    fields.merge(k, Seen::of(x, depth + 1));
                 }
                 Seen::Object(fields)
             }
@@ -72,8 +129,8 @@ impl Seen {
             }
             (Seen::Array(a), Seen::Array(b)) => Seen::Array(Box::new(a.merge(*b))),
             (Seen::Object(mut a), Seen::Object(b)) => {
-                for (k, x) in b {
-                    merge_field(&mut a, &k, x);
+                for (k, x) in b.list {
+                    a.merge(&k, x);
                 }
                 Seen::Object(a)
             }
@@ -92,25 +149,18 @@ impl Seen {
             Seen::Str { .. } => HiveType::String,
             Seen::Array(item) => HiveType::Array(Box::new(item.to_hive())),
             // `{}` alone says nothing about its keys: a map keeps whatever comes.
-            Seen::Object(fields) if fields.is_empty() => HiveType::Map(Box::new(HiveType::String)),
+            Seen::Object(fields) if fields.list.is_empty() => HiveType::Map(Box::new(HiveType::String)),
             Seen::Object(fields) => HiveType::Struct(
-                fields.iter().map(|(name, s)| StructField { name: name.clone(), ty: s.to_hive() }).collect(),
+                fields.list.iter().map(|(name, s)| StructField { name: name.clone(), ty: s.to_hive() }).collect(),
             ),
         }
-    }
-}
-
-fn merge_field(fields: &mut Vec<(String, Seen)>, key: &str, seen: Seen) {
-    match fields.iter_mut().find(|(k, _)| k == key) {
-        Some((_, old)) => *old = std::mem::replace(old, Seen::Null).merge(seen),
-        None => fields.push((key.to_string(), seen)),
     }
 }
 
 /// Accumulates sample records and yields the widened schema.
 #[derive(Debug, Default)]
 pub struct SchemaInferrer {
-    fields: Vec<(String, Seen)>,
+    fields: Fields,
     records: usize,
 }
 
@@ -126,12 +176,23 @@ impl SchemaInferrer {
         let Some(obj) = record.as_object() else { return };
         self.records += 1;
         for (k, v) in obj.iter() {
-            merge_field(&mut self.fields, k, Seen::of(v));
+            // `_extra` is the column of unknown fields, never a column of its own.
+            if k != super::EXTRA_COLUMN {
+                self.fields.merge(k, Seen::of(v, 1));
+            }
         }
     }
 
-    /// Parses a JSON line and observes it; unparsable lines are skipped.
+    /// Parses a JSON line and observes it; lines that are not JSON, or are
+    /// nested deeper than [`crate::json::MAX_DEPTH`] (they go to the error
+    /// output anyway), are skipped.
     pub fn observe_line(&mut self, line: &[u8]) {
+        // Our parser first: it bounds the depth before anything recurses.
+        let Ok(text) = std::str::from_utf8(line) else { return };
+        let mut p = Parser::new(text);
+        if p.skip().is_err() || !p.at_end() {
+            return;
+        }
         if let Ok(v) = sonic_rs::from_slice::<Value>(line) {
             self.observe(&v);
         }
@@ -145,13 +206,13 @@ impl SchemaInferrer {
     /// The inferred schema (columns in first-seen order), or `None` when no
     /// object record was seen.
     pub fn finish(&self) -> Option<Schema> {
-        if self.fields.is_empty() {
+        if self.fields.list.is_empty() {
             return None;
         }
         let columns = self
             .fields
+            .list
             .iter()
-            .filter(|(name, _)| name != super::EXTRA_COLUMN && !name.is_empty())
             .map(|(name, s)| Column { name: name.clone(), ty: s.to_hive(), required: false })
             .collect();
         Some(Schema { columns })
@@ -186,5 +247,69 @@ mod tests {
     #[test]
     fn skips_non_objects_and_garbage() {
         assert_eq!(infer(&["[1]", "not json", r#"{"x":[]}"#]), "x:array<string>");
+    }
+
+    /// The schema inferred from `lines` loads back from its TOML, and every
+    /// line then converts (into a row or an error record, never a crash).
+    fn infer_and_load(lines: &[String]) -> Schema {
+        let mut inf = SchemaInferrer::new();
+        for l in lines {
+            inf.observe_line(l.as_bytes());
+        }
+        let schema = inf.finish().unwrap();
+        assert_eq!(Schema::parse(&schema.to_toml(), false).unwrap(), schema, "{}", schema.to_toml());
+        let layout = super::super::FileLayout::new(&schema, &[], super::super::UnknownFieldPolicy::Keep);
+        let mut d = crate::record::RecordDecoder::new(&schema, &layout, super::super::UnknownFieldPolicy::Keep, None);
+        for l in lines {
+            let _ = d.push(l, None);
+        }
+        let _ = d.finish();
+        schema
+    }
+
+    #[test]
+    fn deep_values_become_text_at_the_type_depth_limit() {
+        // A few hundred levels of arrays from a 600-byte record.
+        let deep = format!(r#"{{"a":{}1{}}}"#, "[".repeat(300), "]".repeat(300));
+        let deep_objects = format!(r#"{{"o":{}1{}}}"#, r#"{"x":"#.repeat(100), "}".repeat(100));
+        let schema = infer_and_load(&[deep, deep_objects, r#"{"b":1}"#.into()]);
+        let names: Vec<_> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["o", "b"], "records deeper than MAX_DEPTH are not sampled");
+        let want = format!("{}string{}", "struct<x:".repeat(MAX_TYPE_DEPTH - 1), ">".repeat(MAX_TYPE_DEPTH - 1));
+        assert_eq!(schema.columns[0].ty.to_string(), want);
+        let deep = format!(r#"{{"a":{}1{}}}"#, "[".repeat(100), "]".repeat(100));
+        let schema = infer_and_load(&[deep]);
+        let ty = schema.columns[0].ty.to_string();
+        assert_eq!(ty, format!("{}string{}", "array<".repeat(MAX_TYPE_DEPTH - 1), ">".repeat(MAX_TYPE_DEPTH - 1)));
+        assert!(ty.parse::<HiveType>().is_ok());
+    }
+
+    #[test]
+    fn keys_equal_but_for_case_are_left_to_extra() {
+        let schema = infer_and_load(&[
+            r#"{"device":{"os":"x","OS":"y","":"e"},"id":1,"ID":2,"":3,"_extra":4}"#.into(),
+            r#"{"Id":"z","device":{"Os":1}}"#.into(),
+        ]);
+        let toml = schema.columns.iter().map(|c| format!("{}:{}", c.name, c.ty)).collect::<Vec<_>>().join(" ");
+        assert_eq!(toml, "device:struct<os:string> id:bigint");
+    }
+
+    #[test]
+    fn odd_names_are_quoted_and_escaped() {
+        let schema = infer_and_load(&[r#"{"a`b":{"c`d":1,"e f":2,"g:h":3,"i<j>":4,"k,l":5}}"#.into()]);
+        assert_eq!(schema.columns[0].name, "a`b");
+        assert_eq!(
+            schema.columns[0].ty.to_string(),
+            "struct<`c``d`:bigint,`e f`:bigint,`g:h`:bigint,`i<j>`:bigint,`k,l`:bigint>"
+        );
+    }
+
+    #[test]
+    fn many_keys_cost_one_lookup_each_and_stop_at_the_limit() {
+        let record = format!("{{{}}}", (0..50_000).map(|i| format!(r#""k{i}":{i}"#)).collect::<Vec<_>>().join(","));
+        let started = std::time::Instant::now();
+        let schema = infer_and_load(&[record]);
+        assert_eq!(schema.columns.len(), MAX_INFERRED_FIELDS);
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
 }

@@ -23,9 +23,10 @@ use arrow_schema::{DataType, Field};
 use serde::{Deserialize, Serialize};
 
 pub use ddl::{DdlOptions, create_table_ddl};
-pub use infer::{DEFAULT_INFER_SAMPLE, SchemaInferrer};
+pub use infer::{DEFAULT_INFER_SAMPLE, MAX_INFERRED_FIELDS, SchemaInferrer};
 pub use types::{
-    HiveType, LIST_ITEM_NAME, MAX_DECIMAL_PRECISION, StructField, TypeParseError, map_entries_field, struct_fields,
+    HiveType, LIST_ITEM_NAME, MAX_DECIMAL_PRECISION, MAX_TYPE_DEPTH, StructField, TypeParseError, map_entries_field,
+    struct_fields,
 };
 
 use crate::error::{Error, Result};

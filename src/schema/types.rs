@@ -9,6 +9,12 @@ use arrow_schema::{DataType, Field, Fields, TimeUnit};
 /// Largest decimal precision Athena accepts (and Arrow's Decimal128 holds).
 pub const MAX_DECIMAL_PRECISION: u8 = 38;
 
+/// How deeply types may nest (`array<array<...>>` is two levels). Deeper
+/// types are refused in schema files and inferred as `string`: every
+/// recursion over a type (Arrow, Parquet, builders, DDL) stays shallow, and
+/// no realistic event nests this deep.
+pub const MAX_TYPE_DEPTH: usize = 32;
+
 /// A column type with its Athena / Hive name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HiveType {
@@ -69,7 +75,7 @@ impl std::str::FromStr for HiveType {
     type Err = TypeParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut p = TypeParser { s, pos: 0 };
+        let mut p = TypeParser { s, pos: 0, depth: 0 };
         let ty = p.parse_type()?;
         p.skip_ws();
         if p.pos != s.len() {
@@ -82,6 +88,8 @@ impl std::str::FromStr for HiveType {
 struct TypeParser<'a> {
     s: &'a str,
     pos: usize,
+    /// Types open at `pos`, at most [`MAX_TYPE_DEPTH`].
+    depth: usize,
 }
 
 impl TypeParser<'_> {
@@ -116,21 +124,32 @@ impl TypeParser<'_> {
     }
 
     /// A word: letters, digits and `_` (type names and struct field names).
-    /// Struct field names may also be back-quoted to allow other characters.
-    fn word(&mut self) -> Result<&str, TypeParseError> {
+    /// Struct field names may also be back-quoted to allow other characters,
+    /// with a back-quote in the name doubled (as Hive writes it).
+    fn word(&mut self) -> Result<String, TypeParseError> {
         self.skip_ws();
         let rest = &self.s[self.pos..];
         if let Some(quoted) = rest.strip_prefix('`') {
-            let end = quoted.find('`').ok_or_else(|| self.error("unterminated back-quote"))?;
-            self.pos += end + 2;
-            return Ok(&quoted[..end]);
+            let mut name = String::new();
+            let mut i = 0;
+            loop {
+                let end = quoted[i..].find('`').ok_or_else(|| self.error("unterminated back-quote"))? + i;
+                name.push_str(&quoted[i..end]);
+                if quoted[end + 1..].starts_with('`') {
+                    name.push('`');
+                    i = end + 2;
+                } else {
+                    self.pos += end + 2;
+                    return Ok(name);
+                }
+            }
         }
         let len = rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len());
         if len == 0 {
             return Err(self.error("expected a name"));
         }
         self.pos += len;
-        Ok(&rest[..len])
+        Ok(rest[..len].to_string())
     }
 
     fn number(&mut self) -> Result<u32, TypeParseError> {
@@ -139,6 +158,16 @@ impl TypeParser<'_> {
     }
 
     fn parse_type(&mut self) -> Result<HiveType, TypeParseError> {
+        if self.depth == MAX_TYPE_DEPTH {
+            return Err(self.error(&format!("types nest at most {MAX_TYPE_DEPTH} levels deep")));
+        }
+        self.depth += 1;
+        let ty = self.parse_type_here();
+        self.depth -= 1;
+        ty
+    }
+
+    fn parse_type_here(&mut self) -> Result<HiveType, TypeParseError> {
         let name = self.word()?.to_ascii_lowercase();
         Ok(match name.as_str() {
             "string" | "varchar" | "char" => {
@@ -191,7 +220,10 @@ impl TypeParser<'_> {
                 self.expect('<')?;
                 let mut fields: Vec<StructField> = Vec::new();
                 loop {
-                    let name = self.word()?.to_string();
+                    let name = self.word()?;
+                    if name.is_empty() {
+                        return Err(self.error("struct field names cannot be empty"));
+                    }
                     self.expect(':')?;
                     let ty = self.parse_type()?;
                     if fields.iter().any(|f| f.name.eq_ignore_ascii_case(&name)) {
@@ -235,7 +267,7 @@ impl fmt::Display for HiveType {
                         f.write_str(",")?;
                     }
                     if needs_quotes(&field.name) {
-                        write!(f, "`{}`:{}", field.name, field.ty)?;
+                        write!(f, "`{}`:{}", field.name.replace('`', "``"), field.ty)?;
                     } else {
                         write!(f, "{}:{}", field.name, field.ty)?;
                     }
@@ -308,10 +340,21 @@ mod tests {
             "struct<os:string,browser:string,version:string>",
             "array<struct<a:int,b:array<map<string,double>>>>",
             "struct<`odd name`:int>",
+            "struct<`a``b`:int,`c:d`:string,`e<f>`:string>",
         ] {
             let t: HiveType = s.parse().unwrap();
             assert_eq!(t.to_string(), s);
         }
+    }
+
+    #[test]
+    fn types_nest_at_most_max_type_depth() {
+        let nested = |n: usize| format!("{}int{}", "array<".repeat(n - 1), ">".repeat(n - 1));
+        assert!(nested(MAX_TYPE_DEPTH).parse::<HiveType>().is_ok());
+        let err = nested(MAX_TYPE_DEPTH + 1).parse::<HiveType>().unwrap_err().to_string();
+        assert!(err.contains("at most 32 levels"), "{err}");
+        // Fails fast, without recursing through the whole text.
+        assert!(nested(100_000).parse::<HiveType>().is_err());
     }
 
     #[test]
@@ -330,6 +373,8 @@ mod tests {
             ("map<int,string>", "map keys must be string"),
             ("struct<a:int,A:int>", "duplicate struct field `A`"),
             ("int int", "unexpected text"),
+            ("struct<``:int>", "cannot be empty"),
+            ("struct<`a:int>", "unterminated back-quote"),
         ] {
             let err = s.parse::<HiveType>().unwrap_err().to_string();
             assert!(err.contains(want), "{s}: {err}");

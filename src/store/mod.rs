@@ -26,6 +26,16 @@ pub enum Location {
 }
 
 impl Location {
+    /// The bytes this location adds in front of every key that count
+    /// against [`MAX_KEY_BYTES`]: an S3 prefix (a folder's own path is not
+    /// part of the key).
+    pub fn key_prefix_bytes(&self) -> usize {
+        match self {
+            Location::File(_) => 0,
+            Location::S3 { prefix, .. } => prefix.len() + usize::from(!prefix.is_empty() && !prefix.ends_with('/')),
+        }
+    }
+
     /// Parses `file:///abs/dir`, `s3://bucket/prefix/`, or a plain local path.
     pub fn parse(url: &str) -> Result<Self> {
         if let Some(rest) = url.strip_prefix("s3://") {
@@ -51,7 +61,30 @@ impl Location {
     }
 }
 
-/// Rejects keys that could leave the store's root or confuse readers.
+/// The longest file or directory name of common local filesystems (ext4,
+/// XFS, APFS, NTFS): no level of a key may be longer, so that a lake can be
+/// written to, or copied to, a folder.
+pub const MAX_SEGMENT_BYTES: usize = 255;
+
+/// The longest S3 object key, prefix included.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Why `key` (with the destination prefix, for S3) cannot be stored: a level
+/// longer than [`MAX_SEGMENT_BYTES`] or the whole longer than [`MAX_KEY_BYTES`].
+pub fn key_length_problem(key: &str) -> Option<String> {
+    if let Some(long) = key.split('/').find(|s| s.len() > MAX_SEGMENT_BYTES) {
+        let start: String = long.chars().take(40).collect();
+        return Some(format!(
+            "level `{start}...` is {} bytes, over the {MAX_SEGMENT_BYTES}-byte limit of file names",
+            long.len()
+        ));
+    }
+    (key.len() > MAX_KEY_BYTES)
+        .then(|| format!("key is {} bytes, over S3's {MAX_KEY_BYTES}-byte limit for object keys", key.len()))
+}
+
+/// Rejects keys that could leave the store's root, confuse readers, or
+/// exceed the stores' length limits.
 pub fn check_key(key: &str) -> Result<()> {
     let bad = key.is_empty()
         || key.starts_with('/')
@@ -60,6 +93,9 @@ pub fn check_key(key: &str) -> Result<()> {
         || key.split('/').any(|s| s == "." || s == "..");
     if bad {
         return Err(Error::Store { op: "put", url: key.to_string(), message: "unsafe object key".into() });
+    }
+    if let Some(why) = key_length_problem(key) {
+        return Err(Error::Store { op: "put", url: key.to_string(), message: why });
     }
     Ok(())
 }
@@ -151,5 +187,10 @@ mod tests {
             assert!(check_key(k).is_err(), "{k:?}");
         }
         assert!(check_key("year=2024/x-1-2.snappy.parquet").is_ok());
+        let long = "x".repeat(MAX_SEGMENT_BYTES + 1);
+        assert!(check_key(&format!("a={long}/f.parquet")).unwrap_err().to_string().contains("258 bytes"));
+        assert!(check_key(&format!("a={}/f", "x".repeat(MAX_SEGMENT_BYTES - 2))).is_ok());
+        let deep = "y/".repeat(MAX_KEY_BYTES / 2) + "f";
+        assert!(check_key(&deep).unwrap_err().to_string().contains("1024-byte"));
     }
 }

@@ -182,11 +182,17 @@ impl Setup {
 
     /// `config` with another destination (`s3://...`).
     pub fn config_to(&self, destination: &str, extra: &str) -> PathBuf {
+        self.config_with_buffer(destination, extra, "")
+    }
+
+    /// `config_to` with `buffer` lines added to the `[buffer]` table
+    /// (`memory_budget_mb = 64`).
+    pub fn config_with_buffer(&self, destination: &str, extra: &str, buffer: &str) -> PathBuf {
         let path = self.dir.path().join("consumer.toml");
         let text = format!(
             "stream = \"{}\"\ndestination = \"{}\"\ncheckpoint_store = \"file://{}\"\n{}\
              time_field = \"ts\"\nshutdown_timeout = \"30s\"\n{extra}\n\
-             [buffer]\nmax_age = \"1s\"\n[polling]\nidle_interval = \"200ms\"\nshard_refresh = \"1s\"\n\
+             [buffer]\nmax_age = \"1s\"\n{buffer}\n[polling]\nidle_interval = \"200ms\"\nshard_refresh = \"1s\"\n\
              [metrics]\naddress = \"127.0.0.1:0\"\n",
             self.stream,
             destination,
@@ -255,6 +261,17 @@ impl Setup {
         line.split("http://").nth(1).unwrap().trim_end_matches("/metrics").to_string()
     }
 
+    /// The consumer's `/metrics` text (plain HTTP/1.1 with std only).
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let address = self.metrics_address();
+        let mut conn = std::net::TcpStream::connect(&address).unwrap();
+        write!(conn, "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        conn.read_to_string(&mut out).unwrap();
+        out
+    }
+
     /// Rows in the lake's data files, by our own Parquet reader.
     pub fn lake_rows(&self) -> u64 {
         parquet_files(&self.lake())
@@ -297,9 +314,8 @@ impl Setup {
         }
     }
 
-    /// Waits until every shard's checkpoint is at or past the last record
-    /// put to it: everything is committed, not just uploaded.
-    pub async fn wait_committed(&self, landed: &[Landed], limit: Duration) {
+    /// Shards whose checkpoint is not yet at or past the last record put to them.
+    pub fn behind(&self, landed: &[Landed]) -> Vec<String> {
         let mut last: BTreeMap<&str, &str> = BTreeMap::new();
         for (shard, seq) in landed {
             let e = last.entry(shard.as_str()).or_insert(seq.as_str());
@@ -308,19 +324,24 @@ impl Setup {
             }
         }
         let dir = self.dir.path().join("checkpoints/shardlake").join(&self.stream);
+        last.iter()
+            .filter(|(shard, seq)| {
+                let state = std::fs::read(dir.join(format!("{shard}.json"))).ok();
+                let checkpoint = state
+                    .and_then(|s| serde_json::from_slice::<serde_json::Value>(&s).ok())
+                    .and_then(|v| v["checkpoint"].as_str().map(str::to_string));
+                !checkpoint.is_some_and(|c| compare_sequences(&c, seq).is_ge())
+            })
+            .map(|(shard, _)| shard.to_string())
+            .collect()
+    }
+
+    /// Waits until every shard's checkpoint is at or past the last record
+    /// put to it: everything is committed, not just uploaded.
+    pub async fn wait_committed(&self, landed: &[Landed], limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
-            let behind: Vec<&str> = last
-                .iter()
-                .filter(|(shard, seq)| {
-                    let state = std::fs::read(dir.join(format!("{shard}.json"))).ok();
-                    let checkpoint = state
-                        .and_then(|s| serde_json::from_slice::<serde_json::Value>(&s).ok())
-                        .and_then(|v| v["checkpoint"].as_str().map(str::to_string));
-                    !checkpoint.is_some_and(|c| compare_sequences(&c, seq).is_ge())
-                })
-                .map(|(shard, _)| *shard)
-                .collect();
+            let behind = self.behind(landed);
             if behind.is_empty() {
                 return;
             }
@@ -366,6 +387,42 @@ pub fn parquet_files(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     walk(root, &mut out);
     out.sort();
+    out
+}
+
+/// A process's peak resident set size in MiB (`VmHWM` in `/proc/PID/status`).
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc/PID/status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib / 1024.0
+}
+
+/// The sum of every series of metric `name` (any labels) in Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = if rest.starts_with('{') { rest.split_once("} ")?.1 } else { rest.strip_prefix(' ')? };
+            value.trim().parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// Each series of metric `name` by the value of its label `label`.
+pub fn metric_by_label(text: &str, name: &str, label: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = l.strip_prefix(name).and_then(|r| r.strip_prefix('{')) else { continue };
+        let Some((labels, value)) = rest.split_once("} ") else { continue };
+        let want = format!("{label}=\"");
+        let Some(v) = labels.split(',').find_map(|kv| kv.strip_prefix(want.as_str())) else { continue };
+        *out.entry(v.trim_end_matches('"').to_string()).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
     out
 }
 

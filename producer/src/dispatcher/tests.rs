@@ -366,7 +366,7 @@ async fn a_reshard_mid_run_refreshes_the_shard_map() {
                 let shard = fake.shards.iter().find(|r| r.shard_id.as_ref() == s.shard_id).unwrap().clone();
                 let users = deaggregate(&s.entry.data).map_or_else(
                     || vec![s.entry.partition_key.clone()],
-                    |u| u.unwrap().into_iter().map(|u| u.partition_key).collect(),
+                    |u| u.unwrap().into_iter().map(|u| u.partition_key.to_string()).collect(),
                 );
                 users.into_iter().map(move |k| (md5_hash_key(&k), shard.clone()))
             })
