@@ -95,8 +95,9 @@ fn parse_time_pattern(pattern: &str) -> std::result::Result<Vec<TimeToken>, Stri
         out.push(tok);
         rest = &rest[len..];
     }
-    if out.is_empty() {
-        return Err("empty timestamp pattern; write e.g. !{timestamp:yyyy}".into());
+    // Separators alone (`!{timestamp:..}`) could render a `.` or `..` level.
+    if out.iter().all(|t| matches!(t, TimeToken::Literal(_))) {
+        return Err(format!("timestamp pattern `{pattern}` has no yyyy, yy, MM, dd, HH, mm or ss; write e.g. yyyy"));
     }
     Ok(out)
 }
@@ -318,6 +319,12 @@ pub fn escape_partition_value(value: &str, out: &mut String) {
     for c in value.chars() {
         if hive_escapes(c) || (all_dots && c == '.') {
             let _ = write!(out, "%{:02X}", c as u32);
+        } else if c.is_control() {
+            // C1 controls (U+0080..U+009F), which no store or reader wants in a
+            // path: each UTF-8 byte, as readers that decode bytes expect.
+            for b in c.encode_utf8(&mut [0; 4]).bytes() {
+                let _ = write!(out, "%{b:02X}");
+            }
         } else {
             out.push(c);
         }
@@ -329,12 +336,13 @@ pub fn unescape_partition_value(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
+    let hex = |c: u8| (c as char).to_digit(16);
     while i < b.len() {
+        // Bytes, not `&str` slices: the two after a `%` may be inside a character.
         if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+            && let (Some(hi), Some(lo)) = (b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c)))
         {
-            out.push(v);
+            out.push((hi * 16 + lo) as u8);
             i += 3;
             continue;
         }
@@ -472,6 +480,33 @@ mod tests {
             let err = PartitionTemplate::parse(t).unwrap_err().to_string();
             assert!(err.contains(want), "{t}: {err}");
         }
+    }
+
+    /// Inputs the fuzzer (`scripts/fuzz partition_template`, `record_decoder`)
+    /// found; their files are in `fuzz/regressions/`.
+    #[test]
+    fn fuzzer_findings_stay_fixed() {
+        // A C1 control character (U+009F, U+0085) made a key the store refused,
+        // so the upload was retried for ever: now escaped as its UTF-8 bytes.
+        for value in ["\u{9f}", "a\u{85}b"] {
+            let rec = serde_json::json!({ "v": value }).to_string();
+            let path = render("v=!{field:v}", None, &rec);
+            assert!(!path.chars().any(char::is_control), "{path:?}");
+            assert!(crate::store::check_key(&format!("{path}f.parquet")).is_ok(), "{path:?}");
+            assert_eq!(unescape_partition_value(path.trim_start_matches("v=").trim_end_matches('/')), value);
+        }
+        assert_eq!(render("v=!{field:v}", None, r#"{"v":"\u0085"}"#), "v=%C2%85/");
+        // Time patterns of separators only rendered `.` and `..` levels.
+        for t in ["x/!{timestamp:.}/y", "!{timestamp:..}/", "!{timestamp: - }"] {
+            let err = PartitionTemplate::parse(t).unwrap_err().to_string();
+            assert!(err.contains("has no yyyy"), "{t}: {err}");
+        }
+        assert!(PartitionTemplate::parse("!{timestamp:yyyy.MM}").is_ok());
+        // `%` followed by part of a multi-byte character panicked.
+        for s in ["%\u{aa}", "%a\u{e9}", "%", "%4", "100%"] {
+            assert_eq!(unescape_partition_value(s), s);
+        }
+        assert_eq!(unescape_partition_value("%41%2f"), "A/");
     }
 
     #[test]

@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use shardlake::retry::RetryPolicy;
+use tokio::time::Instant;
+
 use shardlake::checkpoint::CheckpointStore;
 use shardlake::store::ObjectStore;
 use tokio::sync::mpsc;
@@ -22,8 +25,30 @@ use crate::lease::Leases;
 use crate::metrics::Metrics;
 use crate::reader::{ShardExit, ShardLease, read_shard};
 
-/// Delay before a reader that failed is started again.
-const RESTART_DELAY: Duration = Duration::from_secs(2);
+/// Back-off of a shard reader that failed (and of the worker loop after a
+/// failed listing or checkpoint load): exponential from 1 s to 60 s, so a
+/// dependency that is down for minutes is not hammered, and a reader is not
+/// restarted into the same failure (re-reading its shard) every 2 s.
+const RESTART_BACKOFF: RetryPolicy =
+    RetryPolicy { max_attempts: u32::MAX, base: Duration::from_secs(1), cap: Duration::from_secs(60) };
+
+/// A reader that ran this long before failing starts its back-off afresh.
+const RESTART_RESET_AFTER: Duration = Duration::from_secs(300);
+
+/// The wait before the next try after `failures` failures in a row: between
+/// half and all of the back-off ceiling ("equal jitter": never near zero, so
+/// failures never turn into a tight loop, and a fleet does not retry in step).
+fn restart_delay(failures: u32) -> Duration {
+    let ceiling = RESTART_BACKOFF.ceiling(failures);
+    ceiling / 2 + RESTART_BACKOFF.delay(failures, &mut rand::rng()) / 2
+}
+
+/// Consecutive failures of one shard's reader, and when it may start again.
+#[derive(Debug, Clone, Copy)]
+struct Restart {
+    failures: u32,
+    not_before: Instant,
+}
 
 /// Everything the shard readers share.
 pub struct Context {
@@ -173,15 +198,21 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
     // Each reader reports its shard, the lease counter it read under (fleet)
     // and how it ended.
     let (done_tx, mut done_rx) = mpsc::channel::<(String, Option<u64>, anyhow::Result<ShardExit>)>(64);
-    let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut running: HashMap<String, (tokio::task::JoinHandle<()>, Instant)> = HashMap::new();
     let mut ended: HashSet<String> = HashSet::new();
+    let mut restarts: HashMap<String, Restart> = HashMap::new();
+    // Failed listings or checkpoint loads in a row (the loop's own back-off).
+    let mut loop_failures = 0u32;
     let mut wait = Duration::ZERO;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
             Some((shard, lease, result)) = done_rx.recv() => {
-                running.remove(&shard);
+                let started = running.remove(&shard).map(|(_, started)| started);
+                if result.is_ok() {
+                    restarts.remove(&shard);
+                }
                 match result {
                     Ok(ShardExit::Ended) => {
                         ended.insert(shard.clone());
@@ -198,8 +229,21 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                     Ok(ShardExit::Stopped) => {}
                     Err(e) => {
                         ctx.healthy.store(false, Ordering::Relaxed);
-                        tracing::error!(shard, error = format!("{e:#}"), "shard reader failed; restarting it");
-                        wait = RESTART_DELAY;
+                        let ran_long = started.is_some_and(|s| s.elapsed() >= RESTART_RESET_AFTER);
+                        let failures = match restarts.get(&shard) {
+                            Some(r) if !ran_long => r.failures + 1,
+                            _ => 1,
+                        };
+                        let delay = restart_delay(failures);
+                        restarts.insert(shard.clone(), Restart { failures, not_before: Instant::now() + delay });
+                        tracing::error!(
+                            shard,
+                            failures,
+                            retry_in_ms = delay.as_millis() as u64,
+                            error = format!("{e:#}"),
+                            "shard reader failed; restarting it after a back-off"
+                        );
+                        wait = delay.min(refresh);
                         continue;
                     }
                 }
@@ -211,20 +255,39 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
             Err(e) => {
                 ctx.metrics.record_read_error(if e.is_transient() { "transient" } else { "fatal" });
                 ctx.healthy.store(false, Ordering::Relaxed);
-                tracing::error!(stream, error = %e, "listing shards failed");
-                wait = RESTART_DELAY;
+                loop_failures += 1;
+                wait = restart_delay(loop_failures);
+                tracing::error!(stream, error = %e, retry_in_ms = wait.as_millis() as u64, "listing shards failed");
                 continue;
             }
         };
         let listed: HashSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
+        // A checkpoint store that fails for a while (DynamoDB 5xx, a read-only
+        // disk) delays the readers it concerns; it never ends the worker.
+        let mut load_failed = None;
         for s in &shards {
             if ended.contains(&s.id) || running.contains_key(&s.id) {
                 continue;
             }
-            if ctx.checkpoints.load(&s.id).await?.ended {
-                ended.insert(s.id.clone());
+            match ctx.checkpoints.load(&s.id).await {
+                Ok(c) if c.ended => {
+                    ended.insert(s.id.clone());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    load_failed = Some(e);
+                    break;
+                }
             }
         }
+        if let Some(e) = load_failed {
+            ctx.healthy.store(false, Ordering::Relaxed);
+            loop_failures += 1;
+            wait = restart_delay(loop_failures);
+            tracing::error!(stream, error = %e, retry_in_ms = wait.as_millis() as u64, "loading checkpoints failed");
+            continue;
+        }
+        loop_failures = 0;
         // A parent that aged out of the listing is long finished.
         let ready = |s: &ShardInfo| {
             !ended.contains(&s.id) && s.parents.iter().all(|p| ended.contains(p) || !listed.contains(p.as_str()))
@@ -239,6 +302,13 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
             if running.contains_key(&s.id) || !ready(s) {
                 continue;
             }
+            if let Some(r) = restarts.get(&s.id)
+                && r.not_before > Instant::now()
+            {
+                // Look again when its back-off ends.
+                wait = wait.min(r.not_before - Instant::now());
+                continue;
+            }
             let (lease, lost) = match &ctx.leases {
                 Some(leases) => match leases.lease_for_reader(&s.id) {
                     Some((counter, lost)) => (Some(counter), lost),
@@ -250,17 +320,20 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
             let (ctx, shard, cancel, done) = (ctx.clone(), s.id.clone(), cancel.clone(), done_tx.clone());
             running.insert(
                 s.id.clone(),
-                tokio::spawn(async move {
-                    let result = read_shard(ctx, shard.clone(), ShardLease { counter: lease, lost }, cancel).await;
-                    let _ = done.send((shard, lease, result)).await;
-                }),
+                (
+                    tokio::spawn(async move {
+                        let result = read_shard(ctx, shard.clone(), ShardLease { counter: lease, lost }, cancel).await;
+                        let _ = done.send((shard, lease, result)).await;
+                    }),
+                    Instant::now(),
+                ),
             );
         }
         ctx.healthy.store(true, Ordering::Relaxed);
     }
     drop(done_tx);
     let mut failed = 0;
-    for (_, handle) in running.drain() {
+    for (_, (handle, _)) in running.drain() {
         let _ = handle.await;
     }
     while let Some((shard, _, result)) = done_rx.recv().await {
@@ -291,6 +364,20 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restarts_back_off_exponentially_and_never_near_zero() {
+        for failures in 1..=12 {
+            let ceiling = RESTART_BACKOFF.ceiling(failures);
+            for _ in 0..50 {
+                let d = restart_delay(failures);
+                assert!(d >= ceiling / 2 && d <= ceiling, "{failures}: {d:?} of {ceiling:?}");
+            }
+        }
+        assert_eq!(RESTART_BACKOFF.ceiling(1), Duration::from_secs(1));
+        assert_eq!(RESTART_BACKOFF.ceiling(4), Duration::from_secs(8));
+        assert_eq!(RESTART_BACKOFF.ceiling(20), Duration::from_secs(60));
+    }
 
     #[test]
     fn budget_reports_total_and_largest() {

@@ -118,4 +118,32 @@ fn config_check_explains_settings_and_errors() {
     let out = consumer(&["config", "check", "--config", config.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown field `max_size`") && err.contains("max_mb"), "{err}");
+
+    // Settings that can only make keys over the stores' limits are refused up front.
+    let long_stream = format!("stream = \"{}\"\ndestination = \"./lake\"\nschema = \"schema.toml\"\n", "s".repeat(128));
+    std::fs::write(&config, long_stream).unwrap();
+    let err = stderr(&consumer(&["config", "check", "--config", config.to_str().unwrap()]));
+    assert!(err.contains("over the 255-byte limit of file names") && err.contains("shorter stream"), "{err}");
+}
+
+/// `convert ... | head -1`: a reader that goes away early ends the output
+/// quietly (as SIGPIPE would), never with a panic.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, schema) = events(dir.path(), 200);
+    let lake = dir.path().join("lake");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardlake-consumer"))
+        .args(["convert", "--input", &input, "--destination", lake.to_str().unwrap(), "--schema", &schema])
+        .args(["--time-field", "ts", "--print-partitions"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(std::fs::read_dir(&lake).unwrap().count() > 0, "the lake was written before the summary");
 }
