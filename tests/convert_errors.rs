@@ -67,15 +67,6 @@ fn options(input: &std::path::Path, lake: &std::path::Path, policy: UnknownField
     o
 }
 
-fn error_lines(lake: &std::path::Path, kind: &str) -> Vec<serde_json::Value> {
-    read_tree(&lake.join("errors").join(kind))
-        .values()
-        .flat_map(|b| {
-            String::from_utf8(b.clone()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn every_bad_record_lands_in_the_error_output_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();

@@ -44,15 +44,6 @@ fn options(input: &std::path::Path, lake: &std::path::Path) -> ConvertOptions {
     o
 }
 
-fn error_lines(lake: &std::path::Path, kind: &str) -> Vec<serde_json::Value> {
-    read_tree(&lake.join("errors").join(kind))
-        .values()
-        .flat_map(|b| {
-            String::from_utf8(b.clone()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// Event ids by the partition they were written to, with their stored time.
 fn rows_by_partition(lake: &std::path::Path) -> Vec<(String, String, Option<i64>)> {
     let mut out = Vec::new();

@@ -93,3 +93,13 @@ pub async fn new_bucket(client: &aws_sdk_s3::Client) -> String {
     client.create_bucket().bucket(&bucket).send().await.expect("create bucket on the S3 emulator");
     bucket
 }
+
+/// The lines of the error files of one error type under `{lake}/errors/`.
+pub fn error_lines(lake: &Path, kind: &str) -> Vec<serde_json::Value> {
+    read_tree(&lake.join("errors").join(kind))
+        .values()
+        .flat_map(|b| {
+            String::from_utf8(b.clone()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>()
+        })
+        .collect()
+}
