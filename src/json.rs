@@ -721,9 +721,10 @@ pub fn find_path<'a>(text: &'a str, path: &[String]) -> R<Option<&'a str>> {
     Ok(None)
 }
 
-/// The common case of [`find_path`] without the general parser: an object of
-/// string, number and literal values with unescaped keys. `None` means "not
-/// decided here" (an escape, a nested value, odd syntax): use the parser.
+/// The common case of [`find_path`] for a top-level key: unescaped keys,
+/// string values without escapes, numbers, literals and nested values (read
+/// past with the parser). `None` means "not decided here" (an escape, odd
+/// syntax): use the parser.
 fn find_top_level_fast<'a>(text: &'a str, key: &[u8]) -> Option<Option<&'a str>> {
     let b = text.as_bytes();
     let ws = |mut i: usize| {
@@ -768,6 +769,13 @@ fn find_top_level_fast<'a>(text: &'a str, key: &[u8]) -> Option<Option<&'a str>>
                 while b.get(i).is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'+' | b'.')) {
                     i += 1;
                 }
+            }
+            // A nested value: skipped by the parser (depth-limited), so that a
+            // key after it is still found in one pass over the record.
+            b'{' | b'[' => {
+                let mut p = Parser { text, b, i, depth: 0 };
+                p.skip().ok()?;
+                i = p.offset();
             }
             _ => return None,
         }
@@ -953,7 +961,14 @@ mod tests {
             };
             assert_eq!(find_top_level_fast(rec, b"ts"), Some(slow), "{rec}");
         }
-        assert_eq!(find_top_level_fast(r#"{"a":{"ts":1},"ts":2}"#, b"ts"), None, "nested values defer to the parser");
+        assert_eq!(
+            find_top_level_fast(r#"{"a":{"ts":1},"ts":2}"#, b"ts"),
+            Some(Some("2")),
+            "nested values are skipped"
+        );
+        assert_eq!(find_top_level_fast(r#"{"a":[1,{"b":"\u0074"}],"ts":2}"#, b"ts"), Some(Some("2")));
+        assert_eq!(find_top_level_fast(r#"{"a":[1,2,"ts":2}"#, b"ts"), None, "broken values defer to the parser");
+        assert_eq!(find_top_level_fast(r#"{"a":"\u0074","ts":2}"#, b"ts"), None, "escapes defer to the parser");
     }
 
     #[test]
