@@ -91,11 +91,8 @@ impl Seen {
             JsonType::Null => Seen::Null,
             JsonType::Boolean => Seen::Bool,
             JsonType::Number => {
-                if v.is_i64() || v.is_u64() {
-                    Seen::Int
-                } else {
-                    Seen::Float
-                }
+                // Integers past i64 (`9348844073709551616`) do not fit `bigint`.
+                if v.is_i64() { Seen::Int } else { Seen::Float }
             }
             JsonType::String => {
                 let s = v.as_str().unwrap_or_default();
@@ -292,6 +289,20 @@ mod tests {
         ]);
         let toml = schema.columns.iter().map(|c| format!("{}:{}", c.name, c.ty)).collect::<Vec<_>>().join(" ");
         assert_eq!(toml, "device:struct<os:string> id:bigint");
+    }
+
+    /// Found by `scripts/fuzz schema_infer` (fuzz/regressions/schema_infer/):
+    /// an integer past i64 was inferred as `bigint`, which it does not fit.
+    #[test]
+    fn integers_past_bigint_are_doubles() {
+        let line = r#"{"a":9348844073709551616,"b":-9223372036854775808,"c":1}"#;
+        let schema = infer_and_load(&[line.into()]);
+        let types: Vec<String> = schema.columns.iter().map(|c| c.ty.to_string()).collect();
+        assert_eq!(types, ["double", "bigint", "bigint"]);
+        let policy = super::super::UnknownFieldPolicy::Keep;
+        let layout = super::super::FileLayout::new(&schema, &[], policy);
+        let mut d = crate::record::RecordDecoder::new(&schema, &layout, policy, None);
+        assert_eq!(d.push(line, None), Ok(()), "the sample loads with its own schema");
     }
 
     #[test]
