@@ -803,9 +803,10 @@ pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Result<i128, &'sta
     // The value is digits * 10^(exp - frac_len); we want it * 10^scale, as
     // significant digits (no leading or trailing zeros) * 10^zeros.
     let digits = || int_part.bytes().chain(frac_part.bytes());
+    let len = int_part.len() + frac_part.len();
     let Some(first) = digits().position(|d| d != b'0') else { return Ok(0) };
-    let last = digits().count() - 1 - digits().rev().position(|d| d != b'0').expect("a non-zero digit");
-    let trailing = (digits().count() - 1 - last) as i64;
+    let last = len - 1 - digits().rev().position(|d| d != b'0').expect("a non-zero digit");
+    let trailing = (len - 1 - last) as i64;
     let zeros = trailing + exp - frac_part.len() as i64 + i64::from(scale);
     if zeros < 0 {
         // Some non-zero digit would sit past the scale.

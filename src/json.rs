@@ -204,7 +204,13 @@ type R<T> = Result<T, SyntaxError>;
 impl<'a> Parser<'a> {
     /// A parser at the start of `text`.
     pub fn new(text: &'a str) -> Self {
-        Parser { text, b: text.as_bytes(), i: 0, depth: 0 }
+        Self::at(text, 0)
+    }
+
+    /// A parser at byte `offset` of `text`, as if at the top level (its depth
+    /// counts from there).
+    fn at(text: &'a str, offset: usize) -> Self {
+        Parser { text, b: text.as_bytes(), i: offset, depth: 0 }
     }
 
     fn err<T>(&self, expected: &'static str) -> R<T> {
@@ -716,7 +722,7 @@ pub fn find_path<'a>(text: &'a str, path: &[String]) -> R<Option<&'a str>> {
             return Ok(Some(value));
         }
         // Descend into the winning value (its own depth counts from there).
-        p = Parser { text, b: text.as_bytes(), i: at, depth: 0 };
+        p = Parser::at(text, at);
     }
     Ok(None)
 }
@@ -773,7 +779,7 @@ fn find_top_level_fast<'a>(text: &'a str, key: &[u8]) -> Option<Option<&'a str>>
             // A nested value: skipped by the parser (depth-limited), so that a
             // key after it is still found in one pass over the record.
             b'{' | b'[' => {
-                let mut p = Parser { text, b, i, depth: 0 };
+                let mut p = Parser::at(text, i);
                 p.skip().ok()?;
                 i = p.offset();
             }

@@ -210,12 +210,7 @@ async fn records_land_in_the_hour_of_their_last_time_value_whatever_came_before(
     let mut got = std::collections::BTreeMap::new();
     for (key, bytes) in read_tree(&lake).into_iter().filter(|(k, _)| k.ends_with(".parquet")) {
         let hour = key.split('/').next().unwrap().to_string();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-            .unwrap()
-            .build()
-            .unwrap();
-        for batch in reader {
-            let batch = batch.unwrap();
+        for batch in parquet_batches(bytes) {
             let ids = batch.column(0).as_string::<i32>();
             let ts = batch.column(1).as_primitive::<arrow_array::types::TimestampMillisecondType>();
             for r in 0..batch.num_rows() {

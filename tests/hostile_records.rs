@@ -49,12 +49,7 @@ fn rows_by_partition(lake: &std::path::Path) -> Vec<(String, String, Option<i64>
     let mut out = Vec::new();
     for (key, bytes) in read_tree(lake).into_iter().filter(|(k, _)| k.ends_with(".parquet")) {
         let partition = key.rsplit_once('/').unwrap().0.to_string();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-            .unwrap()
-            .build()
-            .unwrap();
-        for batch in reader {
-            let batch = batch.unwrap();
+        for batch in parquet_batches(bytes) {
             let ids = batch.column(0).as_string::<i32>();
             let meta = batch.column(1).as_struct();
             let t = meta.column(0).as_primitive::<arrow_array::types::TimestampMillisecondType>();

@@ -103,3 +103,13 @@ pub fn error_lines(lake: &Path, kind: &str) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// The record batches of a Parquet file, read by the parquet crate.
+pub fn parquet_batches(bytes: Vec<u8>) -> Vec<arrow_array::RecordBatch> {
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
