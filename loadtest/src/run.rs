@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::drive::{Counters, drive, producer_counter};
 use crate::events::EventMaker;
-use crate::http::{FaultProxy, Faults};
 use crate::lake::{Watcher, verify};
 use crate::report::{ChaosEvent, Consumers, Injected, Percentiles, Point, Produced, Report};
 use crate::scenario::Scenario;
 use crate::workers::{Sample, Workers};
+use faultproxy::{FaultProxy, Flavor};
 
 /// How often the harness samples, watches and prints.
 const TICK: Duration = Duration::from_secs(1);
@@ -140,22 +140,17 @@ pub async fn run(s: Scenario) -> anyhow::Result<Report> {
         std::env::var(var)
             .with_context(|| format!("fault injection needs {var} (the emulator to put a proxy in front of)"))
     };
-    let s3_proxy = match s.s3_fault_rate > 0.0 {
-        true => Some(FaultProxy::start(&endpoint("AWS_ENDPOINT_URL_S3")?, Faults::S3, s.s3_fault_rate, s.seed).await?),
-        false => None,
+    // Random faults the way each service fails under load, seeded.
+    let faulty = |var: &'static str, flavor: Flavor, rate: f64| async move {
+        if rate <= 0.0 {
+            return anyhow::Ok(None);
+        }
+        let proxy = FaultProxy::start(&endpoint(var)?, flavor).await?;
+        proxy.set_random_faults(rate, s.seed);
+        Ok(Some(proxy))
     };
-    let kinesis_proxy = match s.kinesis_throttle_rate > 0.0 {
-        true => Some(
-            FaultProxy::start(
-                &endpoint("AWS_ENDPOINT_URL_KINESIS")?,
-                Faults::KinesisThrottle,
-                s.kinesis_throttle_rate,
-                s.seed,
-            )
-            .await?,
-        ),
-        false => None,
-    };
+    let s3_proxy = faulty("AWS_ENDPOINT_URL_S3", Flavor::S3, s.s3_fault_rate).await?;
+    let kinesis_proxy = faulty("AWS_ENDPOINT_URL_KINESIS", Flavor::Kinesis, s.kinesis_throttle_rate).await?;
     if let Some(p) = &s3_proxy {
         worker_env.push(("AWS_ENDPOINT_URL_S3".to_string(), p.endpoint.clone()));
     }
