@@ -2,8 +2,50 @@
 //! standard endpoint variables (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_S3`, ...),
 //! so the same binary runs against AWS or the local emulators.
 
+use std::time::Duration;
+
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+
+/// Time limits of AWS calls, so a connection that accepts and never answers
+/// (a black-holed route, a hung proxy, a stalled endpoint) ends in a timeout
+/// error, which callers treat as transient and back off from, instead of
+/// holding a reader, a lease renewal or an upload for ever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Opening a connection (TCP and TLS).
+    pub connect: Duration,
+    /// One attempt of a Kinesis or DynamoDB call, from sending the request to
+    /// the last byte of its answer (a GetRecords page reaches 10 MB).
+    pub call: Duration,
+    /// One attempt of an S3 call: a put or a multipart part (16 MiB by default).
+    pub upload: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { connect: Duration::from_secs(3), call: Duration::from_secs(10), upload: Duration::from_secs(60) }
+    }
+}
+
+impl Timeouts {
+    /// The SDK timeouts of Kinesis and DynamoDB clients.
+    pub fn call_config(&self) -> TimeoutConfig {
+        Self::config(self.connect, self.call)
+    }
+
+    /// The SDK timeouts of S3 clients.
+    pub fn upload_config(&self) -> TimeoutConfig {
+        Self::config(self.connect, self.upload)
+    }
+
+    fn config(connect: Duration, attempt: Duration) -> TimeoutConfig {
+        // No separate read timeout: the attempt timeout bounds the whole
+        // answer, and a body streaming slowly but steadily is fine.
+        TimeoutConfig::builder().connect_timeout(connect).operation_attempt_timeout(attempt).build()
+    }
+}
 
 /// Loads the shared SDK config from the environment and profile files.
 pub async fn sdk_config() -> aws_config::SdkConfig {
@@ -16,12 +58,19 @@ pub fn endpoint_overridden(service: &str) -> bool {
     std::env::var_os(format!("AWS_ENDPOINT_URL_{service}")).is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some()
 }
 
-/// An S3 client. SDK retries are off because [`crate::retry::RetryPolicy`]
-/// retries whole operations (an upload part, a put) with full jitter.
+/// An S3 client with the default [`Timeouts`]. SDK retries are off because
+/// [`crate::retry::RetryPolicy`] retries whole operations (an upload part, a
+/// put) with full jitter.
 pub fn s3_client(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    s3_client_with(config, &Timeouts::default())
+}
+
+/// [`s3_client`] with the given timeouts.
+pub fn s3_client_with(config: &aws_config::SdkConfig, timeouts: &Timeouts) -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::config::Builder::from(config)
         .force_path_style(endpoint_overridden("S3"))
         .retry_config(RetryConfig::disabled())
+        .timeout_config(timeouts.upload_config())
         .build();
     aws_sdk_s3::Client::from_conf(conf)
 }
@@ -60,6 +109,8 @@ pub fn firehose_client(config: &aws_config::SdkConfig) -> aws_sdk_firehose::Clie
 /// A DynamoDB client for the fleet's lease and checkpoint table. SDK retries
 /// stay on (standard mode): every write is conditional, so a retried write
 /// whose first attempt landed fails its condition instead of applying twice.
-pub fn dynamodb_client(config: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
-    aws_sdk_dynamodb::Client::new(config)
+/// Each attempt is bounded by `timeouts.call`.
+pub fn dynamodb_client(config: &aws_config::SdkConfig, timeouts: &Timeouts) -> aws_sdk_dynamodb::Client {
+    let conf = aws_sdk_dynamodb::config::Builder::from(config).timeout_config(timeouts.call_config()).build();
+    aws_sdk_dynamodb::Client::from_conf(conf)
 }

@@ -71,7 +71,7 @@ impl CheckpointStore {
         let Some(table) = url.strip_prefix("dynamodb://") else { return Self::open(url, application, stream) };
         Self::check_names(application, stream)?;
         let sdk = crate::aws::sdk_config().await;
-        let client = crate::aws::dynamodb_client(&sdk);
+        let client = crate::aws::dynamodb_client(&sdk, &fleet.timeouts);
         let store = DynamoCheckpoints::connect(client, table, application, stream, fleet.clone()).await?;
         Ok(CheckpointStore::DynamoDb(store))
     }

@@ -175,7 +175,12 @@ async fn open_input(input: &str, s3: &S3Options) -> Result<Box<dyn Read + Send>>
     if input.starts_with("s3://") {
         let Location::S3 { bucket, prefix: key } = Location::parse(input)? else { unreachable!("s3 url") };
         let config = crate::aws::sdk_config().await;
-        let store = crate::store::S3Store::new(crate::aws::s3_client(&config), bucket, String::new(), s3.clone());
+        let store = crate::store::S3Store::new(
+            crate::aws::s3_client_with(&config, &s3.timeouts),
+            bucket,
+            String::new(),
+            s3.clone(),
+        );
         let mut body = store.get_stream(&key).await?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(async move {

@@ -15,7 +15,12 @@ const SHARD: &str = "shardId-000000000000";
 
 async fn worker(table: &str, stream: &str, id: &str, lease: Duration) -> DynamoCheckpoints {
     stack_env("AWS_ENDPOINT_URL_DYNAMODB");
-    let options = FleetOptions { worker_id: id.to_string(), lease_duration: lease, create_table: true };
+    let options = FleetOptions {
+        worker_id: id.to_string(),
+        lease_duration: lease,
+        create_table: true,
+        timeouts: Default::default(),
+    };
     let store = CheckpointStore::connect(&format!("dynamodb://{table}"), "app", stream, &options).await.unwrap();
     store.fleet().unwrap().clone()
 }

@@ -104,6 +104,12 @@ pub struct ConsumerConfig {
     /// Leases, when `checkpoint_store` is `dynamodb://TABLE`.
     #[serde(default)]
     pub fleet: FleetConfig,
+    /// Time limits of every AWS call.
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// When `/healthz` answers 503.
+    #[serde(default)]
+    pub health: HealthConfig,
     /// On SIGTERM/SIGINT, the time allowed for the final flush and commit
     /// before the process gives up and exits non-zero (default 60 s).
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
@@ -236,6 +242,48 @@ impl FleetConfig {
     }
 }
 
+/// Time limits of AWS calls. A call past its limit fails as a timeout, which
+/// is retried with back-off like any transient failure, so a connection that
+/// never answers cannot hold a reader, a lease or an upload.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// Opening a connection to Kinesis, DynamoDB or S3 (default 3 s).
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect: Duration,
+    /// One attempt of a Kinesis or DynamoDB call, answer included (default
+    /// 10 s; a GetRecords page reaches 10 MB, so allow for the link).
+    #[serde(default = "default_call_timeout", with = "humantime_serde")]
+    pub call: Duration,
+    /// One attempt of an S3 upload: a whole object or one multipart part
+    /// (default 60 s, for a 16 MiB part at well under 1 MB/s).
+    #[serde(default = "default_upload_timeout", with = "humantime_serde")]
+    pub upload: Duration,
+}
+
+impl TimeoutsConfig {
+    /// The timeouts as the AWS clients take them.
+    pub fn aws(&self) -> shardlake::aws::Timeouts {
+        shardlake::aws::Timeouts { connect: self.connect, call: self.call, upload: self.upload }
+    }
+}
+
+/// When `/healthz` answers 503 (the body names each shard or dependency and why).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// A shard is stalled when no read of it succeeded for this long, or its
+    /// oldest buffered record waits this long past `buffer.max_age` without
+    /// a commit (default 120 s).
+    #[serde(default = "default_stall_after", with = "humantime_serde")]
+    pub stall_after: Duration,
+    /// A dependency failing this long without a success (uploads, checkpoint
+    /// writes or loads, shard listing, lease renewals) makes the worker
+    /// unhealthy (default 60 s).
+    #[serde(default = "default_failing_after", with = "humantime_serde")]
+    pub failing_after: Duration,
+}
+
 /// The HTTP endpoint for Prometheus and health checks.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -303,6 +351,21 @@ fn default_idle_interval() -> Duration {
 fn default_shard_refresh() -> Duration {
     Duration::from_secs(30)
 }
+fn default_connect_timeout() -> Duration {
+    shardlake::aws::Timeouts::default().connect
+}
+fn default_call_timeout() -> Duration {
+    shardlake::aws::Timeouts::default().call
+}
+fn default_upload_timeout() -> Duration {
+    shardlake::aws::Timeouts::default().upload
+}
+fn default_stall_after() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_failing_after() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_metrics_address() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9898))
 }
@@ -350,6 +413,8 @@ default_from_fields! {
     PollingConfig { max_records_per_call: default_max_records_per_call, interval: default_poll_interval,
                     idle_interval: default_idle_interval, shard_refresh: default_shard_refresh }
     MetricsConfig { address: default_metrics_address, enabled: default_true }
+    TimeoutsConfig { connect: default_connect_timeout, call: default_call_timeout, upload: default_upload_timeout }
+    HealthConfig { stall_after: default_stall_after, failing_after: default_failing_after }
     FleetConfig { worker_id: default_worker_id, lease_duration: default_lease_duration,
                   renew_interval: default_renew_interval, create_table: default_create_table }
 }
@@ -467,6 +532,18 @@ impl ConsumerConfig {
                 b.max_mb
             );
         }
+        let t = &self.timeouts;
+        for (key, value, min) in [
+            ("timeouts.connect", t.connect, Duration::from_millis(100)),
+            ("timeouts.call", t.call, Duration::from_millis(500)),
+            ("timeouts.upload", t.upload, Duration::from_secs(1)),
+            ("health.stall_after", self.health.stall_after, Duration::from_secs(1)),
+            ("health.failing_after", self.health.failing_after, Duration::from_secs(1)),
+        ] {
+            if value < min {
+                bail!("{key}: {value:?} is below the {min:?} minimum");
+            }
+        }
         let p = &mut self.polling;
         p.max_records_per_call = p.max_records_per_call.clamp(1, MAX_GET_RECORDS);
         p.interval = p.interval.max(MIN_POLL_INTERVAL);
@@ -498,7 +575,12 @@ impl ConsumerConfig {
             writer,
             max_partition_bytes,
         };
-        let s3 = S3Options { sse_kms_key_id: self.sse_kms_key_id.clone(), ..S3Options::default() }.validate();
+        let s3 = S3Options {
+            sse_kms_key_id: self.sse_kms_key_id.clone(),
+            timeouts: self.timeouts.aws(),
+            ..S3Options::default()
+        }
+        .validate();
         Ok(Settings { config: self, table, initial_timestamp_ms, s3 })
     }
 }
@@ -531,6 +613,9 @@ mod tests {
         assert_eq!(c.fleet.lease_duration, Duration::from_secs(10));
         assert_eq!(c.fleet.renew_every(), Duration::from_secs(10) / 3);
         assert!(!c.fleet.create_table);
+        assert_eq!(s.s3.timeouts, shardlake::aws::Timeouts::default());
+        assert_eq!(c.timeouts.call, Duration::from_secs(10));
+        assert_eq!(c.health.failing_after, Duration::from_secs(60));
         let id = c.fleet.worker_id.as_deref().unwrap();
         assert!(id.contains(&format!("-{}-", std::process::id())), "{id}");
     }
@@ -560,6 +645,8 @@ mod tests {
             (format!("{MINIMAL}[fleet]\nlease_duration = \"500ms\"\n"), "fleet.lease_duration"),
             (format!("{MINIMAL}[fleet]\nrenew_interval = \"20s\"\n"), "fleet.renew_interval"),
             (format!("{MINIMAL}[fleet]\nleases = 3\n"), "unknown field `leases`"),
+            (format!("{MINIMAL}[timeouts]\ncall = \"0s\"\n"), "timeouts.call: 0ns is below the 500ms minimum"),
+            (format!("{MINIMAL}[health]\nstall_after = \"0s\"\n"), "health.stall_after"),
             (format!("{MINIMAL}[retrieval]\nmode = \"push\"\n"), "fan-out"),
             (format!("{MINIMAL}[retrieval]\nmode = \"fan-out\"\nconsumer_name = \"a b\"\n"), "retrieval.consumer_name"),
             (MINIMAL.replace("schema.toml", "missing.toml"), "schema:"),

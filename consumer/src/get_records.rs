@@ -83,10 +83,12 @@ impl RecordsSlot {
 }
 
 /// The consumer's Kinesis client: [`shardlake::aws::kinesis_config`] with
-/// GetRecords bodies decoded here.
-pub fn kinesis_client(config: &aws_config::SdkConfig) -> aws_sdk_kinesis::Client {
+/// GetRecords bodies decoded here, each attempt bounded by `timeouts.call`.
+pub fn kinesis_client(config: &aws_config::SdkConfig, timeouts: &shardlake::aws::Timeouts) -> aws_sdk_kinesis::Client {
     let inner = config.http_client().unwrap_or_else(default_https_client);
-    let conf = shardlake::aws::kinesis_config(config, None).http_client(decoding_http_client(inner));
+    let conf = shardlake::aws::kinesis_config(config, None)
+        .http_client(decoding_http_client(inner))
+        .timeout_config(timeouts.call_config());
     aws_sdk_kinesis::Client::from_conf(conf.build())
 }
 

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
@@ -30,13 +29,17 @@ pub async fn serve(ctx: Arc<Context>, address: SocketAddr, cancel: CancellationT
 }
 
 async fn metrics(State(ctx): State<Arc<Context>>) -> String {
+    // Ages and lag as of now, not as of the last call that returned.
+    ctx.metrics.set_shard_gauges(&ctx.health.gauges());
     ctx.metrics.render()
 }
 
-async fn healthz(State(ctx): State<Arc<Context>>) -> (StatusCode, &'static str) {
-    if ctx.healthy.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok\n")
+/// 200 `ok`, or 503 with one line per stalled shard or failing dependency.
+async fn healthz(State(ctx): State<Arc<Context>>) -> (StatusCode, String) {
+    let problems = ctx.health.problems();
+    if problems.is_empty() {
+        (StatusCode::OK, "ok\n".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "a shard reader or the shard listing is failing; see the logs\n")
+        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
     }
 }

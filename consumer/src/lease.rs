@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use futures::StreamExt;
 use shardlake::Error;
 use shardlake::checkpoint::dynamodb::now_ms;
 use shardlake::checkpoint::{DynamoCheckpoints, Lease};
@@ -89,12 +90,18 @@ pub struct Leases {
     store: DynamoCheckpoints,
     metrics: Arc<Metrics>,
     lost: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    /// When each held lease was last taken or renewed: one not renewed for
+    /// a lease duration may be another worker's by now.
+    renewed: Mutex<HashMap<String, Instant>>,
 }
+
+/// Lease renewals in flight at once.
+const RENEW_CONCURRENCY: usize = 32;
 
 impl Leases {
     /// Leases kept in `store`.
     pub fn new(store: DynamoCheckpoints, metrics: Arc<Metrics>) -> Self {
-        Leases { store, metrics, lost: Mutex::new(HashMap::new()) }
+        Leases { store, metrics, lost: Mutex::new(HashMap::new()), renewed: Mutex::new(HashMap::new()) }
     }
 
     /// The lease counter `shard` is held at and the token cancelled when that
@@ -112,6 +119,7 @@ impl Leases {
     /// and took it back before that reader noticed) is stopped: its writes
     /// are fenced on the old counter and its batch predates the move.
     fn track(&self, shard: &str, counter: u64) {
+        self.renewed.lock().expect("renewed lock").insert(shard.to_string(), Instant::now());
         let old = self.lost.lock().expect("lost lock").insert(shard.to_string(), (counter, CancellationToken::new()));
         if let Some((old, token)) = old {
             self.announce_lost(shard, old, token);
@@ -142,17 +150,47 @@ impl Leases {
         );
     }
 
-    /// Renews every held lease once; marks the lost ones.
-    pub async fn renew_all(&self) {
-        for (shard, counter) in self.store.held() {
+    /// Renews every held lease once, each renewal given at most `limit`
+    /// (the renew interval, so a hung call never outlives its lease); marks
+    /// the lost ones. A lease whose renewals kept failing for a whole lease
+    /// duration has expired in the table and may be another worker's: it is
+    /// given up like a lost one (its reader stops, commits nothing) and
+    /// taken again, at a new counter, once renewals work. `Err` names the
+    /// last failure when any renewal failed.
+    pub async fn renew_all(&self, limit: std::time::Duration) -> Result<(), String> {
+        let renewals = self.store.held().into_iter().map(|(shard, counter)| async move {
             let started = Instant::now();
-            match self.store.renew(&shard, counter).await {
-                Ok(()) => self.metrics.record_lease_renew(started.elapsed().as_secs_f64()),
-                Err(Error::LeaseLost { .. }) => self.mark_lost(&shard, counter),
-                Err(e) => tracing::warn!(shard, error = %e, "lease renewal failed; retrying next interval"),
+            let result = match tokio::time::timeout(limit, self.store.renew(&shard, counter)).await {
+                Ok(result) => result.map_err(Some),
+                Err(_) => Err(None),
+            };
+            (shard, counter, started, result)
+        });
+        let results: Vec<_> = futures::stream::iter(renewals).buffer_unordered(RENEW_CONCURRENCY).collect().await;
+        let mut failure = None;
+        for (shard, counter, started, result) in results {
+            match result {
+                Ok(()) => {
+                    self.metrics.record_lease_renew(started.elapsed().as_secs_f64());
+                    self.renewed.lock().expect("renewed lock").insert(shard, Instant::now());
+                }
+                Err(Some(Error::LeaseLost { .. })) => self.mark_lost(&shard, counter),
+                Err(e) => {
+                    let error = e.map_or_else(|| format!("no answer within {limit:?}"), |e| e.to_string());
+                    let unrenewed = self.renewed.lock().expect("renewed lock").get(&shard).map(Instant::elapsed);
+                    if unrenewed.is_some_and(|d| d >= self.store.lease_duration()) {
+                        tracing::warn!(shard, error, "lease expired: renewals failed for a whole lease duration");
+                        self.store.forget(&shard, counter);
+                        self.mark_lost(&shard, counter);
+                    } else {
+                        tracing::warn!(shard, error, "lease renewal failed; retrying next interval");
+                    }
+                    failure = Some(format!("renewing the lease of {shard}: {error}"));
+                }
             }
         }
         self.metrics.set_leases_held(self.store.held().len());
+        failure.map_or(Ok(()), Err)
     }
 
     /// Takes free and expired leases up to the fair share, or steals one.
@@ -202,6 +240,7 @@ impl Leases {
     /// Gives up `shard` (ended, or at shutdown after its final commit).
     pub async fn release(&self, shard: &str) {
         self.lost.lock().expect("lost lock").remove(shard);
+        self.renewed.lock().expect("renewed lock").remove(shard);
         match self.store.release(shard).await {
             Ok(()) => {
                 self.metrics.record_lease_released();
@@ -321,6 +360,7 @@ mod tests {
                 worker_id: id.to_string(),
                 lease_duration: std::time::Duration::from_secs(30),
                 create_table: true,
+                timeouts: Default::default(),
             };
             let table = table.clone();
             async move {

@@ -35,6 +35,7 @@ mod batch;
 mod config;
 pub mod convert_cmd;
 mod get_records;
+mod health;
 mod http;
 mod infer;
 mod kinesis;

@@ -25,6 +25,7 @@ pub struct Metrics {
     throttles: IntCounterVec,
     read_errors: IntCounterVec,
     upload_failures: IntCounter,
+    checkpoint_failures: IntCounter,
     unreplayable_ranges: IntCounterVec,
     subscriptions: IntCounterVec,
     shards_reading: IntGauge,
@@ -120,7 +121,7 @@ impl Metrics {
             millis_behind_latest: gauge_vec(
                 &r,
                 "shardlake_consumer_millis_behind_latest",
-                "MillisBehindLatest of the last GetRecords response.",
+                "MillisBehindLatest of the last successful read, plus the time since it (so it grows while reads fail).",
                 &["shard"],
             ),
             records_written: counter(
@@ -163,6 +164,10 @@ impl Metrics {
                 &["kind"],
             ),
             upload_failures: counter("shardlake_consumer_upload_failures_total", "Failed batch uploads (retried)."),
+            checkpoint_failures: counter(
+                "shardlake_consumer_checkpoint_failures_total",
+                "Failed checkpoint writes, intents and commits (retried while the batch waits in memory).",
+            ),
             unreplayable_ranges: counter_vec(
                 &r,
                 "shardlake_consumer_unreplayable_ranges_total",
@@ -190,12 +195,9 @@ impl Metrics {
     }
 
     /// One GetRecords response.
-    pub fn record_read(&self, shard: &str, records: usize, bytes: usize, behind: Option<i64>, seconds: f64) {
+    pub fn record_read(&self, shard: &str, records: usize, bytes: usize, seconds: f64) {
         self.records_read.with_label_values(&[shard]).inc_by(records as u64);
         self.bytes_read.with_label_values(&[shard]).inc_by(bytes as u64);
-        if let Some(b) = behind {
-            self.millis_behind_latest.with_label_values(&[shard]).set(b);
-        }
         self.get_records_seconds.with_label_values(&[shard]).observe(seconds);
     }
 
@@ -213,9 +215,14 @@ impl Metrics {
         }
     }
 
-    /// Seconds since a shard's last commit.
-    pub fn record_checkpoint_age(&self, shard: &str, seconds: u64) {
-        self.checkpoint_age_seconds.with_label_values(&[shard]).set(seconds as i64);
+    /// Each reading shard's checkpoint age and lag, as of now.
+    pub fn set_shard_gauges(&self, gauges: &[(String, crate::health::ShardGauges)]) {
+        for (shard, g) in gauges {
+            self.checkpoint_age_seconds.with_label_values(&[shard]).set(g.checkpoint_age_secs as i64);
+            if let Some(lag) = g.millis_behind {
+                self.millis_behind_latest.with_label_values(&[shard]).set(lag);
+            }
+        }
     }
 
     /// An expired iterator renewed.
@@ -231,6 +238,11 @@ impl Metrics {
     /// A failed Kinesis call (`transient`, `not_found`, `fatal`).
     pub fn record_read_error(&self, kind: &str) {
         self.read_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// A failed checkpoint write.
+    pub fn record_checkpoint_failure(&self) {
+        self.checkpoint_failures.inc();
     }
 
     /// A failed upload attempt.
@@ -312,7 +324,9 @@ mod tests {
     #[test]
     fn renders_recorded_values() {
         let m = Metrics::new();
-        m.record_read("shardId-000000000001", 3, 120, Some(42), 0.01);
+        m.record_read("shardId-000000000001", 3, 120, 0.01);
+        let gauges = crate::health::ShardGauges { checkpoint_age_secs: 7, millis_behind: Some(42) };
+        m.set_shard_gauges(&[("shardId-000000000001".to_string(), gauges)]);
         let mut stats = PipelineStats { records: 5, ..Default::default() };
         stats.errors.insert(shardlake::error_output::ErrorKind::InvalidJson, 2);
         m.record_flush("age", &stats, &[(true, 100), (false, 20)], 0.2);
@@ -325,6 +339,7 @@ mod tests {
         for want in [
             "shardlake_consumer_records_read_total{shard=\"shardId-000000000001\"} 3",
             "shardlake_consumer_millis_behind_latest{shard=\"shardId-000000000001\"} 42",
+            "shardlake_consumer_checkpoint_age_seconds{shard=\"shardId-000000000001\"} 7",
             "shardlake_consumer_records_written_total 3",
             "shardlake_consumer_records_errored_total{error_type=\"invalid_json\"} 2",
             "shardlake_consumer_files_flushed_total{kind=\"data\"} 1",
@@ -347,15 +362,17 @@ mod tests {
     fn the_ops_assets_use_only_exported_metrics() {
         let m = Metrics::new();
         let shard = "shardId-000000000000";
-        m.record_read(shard, 1, 10, Some(0), 0.01);
+        m.record_read(shard, 1, 10, 0.01);
         let mut stats = PipelineStats { records: 1, ..Default::default() };
         stats.errors.insert(shardlake::error_output::ErrorKind::TypeMismatch, 1);
         m.record_flush("size", &stats, &[(true, 10), (false, 5)], 0.1);
-        m.record_checkpoint_age(shard, 3);
+        let gauges = crate::health::ShardGauges { checkpoint_age_secs: 3, millis_behind: Some(0) };
+        m.set_shard_gauges(&[(shard.to_string(), gauges)]);
         m.record_iterator_renewal(shard);
         m.record_throttle(shard);
         m.record_read_error("transient");
         m.record_upload_failure();
+        m.record_checkpoint_failure();
         m.record_unreplayable(shard);
         m.record_subscription("subscribed");
         m.set_buffered_bytes(1);

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use futures::StreamExt;
 use shardlake::checkpoint::{Intent, compare_sequences};
 use shardlake::pipeline::OutputKind;
@@ -90,7 +89,6 @@ struct Reader {
     start: StartAt,
     /// A pending intent being replayed, and whether its first record was seen.
     replay: Option<(Intent, bool)>,
-    last_commit: Instant,
     /// Consecutive failed calls, for the back-off.
     failures: u32,
 }
@@ -103,7 +101,10 @@ pub async fn read_shard(
     lease: ShardLease,
     cancel: CancellationToken,
 ) -> anyhow::Result<ShardExit> {
-    let state = ctx.checkpoints.load(&shard).await?;
+    let state = tokio::select! {
+        state = ctx.checkpoints.load(&shard) => state?,
+        _ = cancel.cancelled() => return Ok(ShardExit::Stopped),
+    };
     if state.ended {
         return Ok(ShardExit::Ended);
     }
@@ -132,10 +133,10 @@ pub async fn read_shard(
         last_read: state.checkpoint,
         start: start.clone(),
         replay: state.intent.map(|i| (i, false)),
-        last_commit: Instant::now(),
         failures: 0,
     };
     reader.ctx.metrics.add_shards_reading(1);
+    reader.ctx.health.reader_started(&reader.shard);
     let result = match reader.run(start).await {
         Err(e) if crate::lease::Leases::is_lost(&e) => Ok(reader.dropped_on_lost_lease()),
         r => r,
@@ -152,7 +153,7 @@ impl Reader {
                 self.fan_out = Some(FanOut { consumer_arn, subscription: None, next_start: start, failures: 0 });
             }
             None => {
-                let Some(iterator) = self.iterator_from(start).await? else { return Ok(ShardExit::Stopped) };
+                let Some(iterator) = self.iterator_from(start).await? else { return self.stop().await };
                 self.iterator = iterator;
             }
         }
@@ -167,14 +168,9 @@ impl Reader {
             let called = Instant::now();
             let Some(fetched) = self.fetch(polling.max_records_per_call).await? else { return self.stop().await };
             let m = self.ctx.metrics.clone();
-            m.record_read(
-                &self.shard,
-                fetched.records.len(),
-                fetched.bytes,
-                fetched.millis_behind_latest,
-                called.elapsed().as_secs_f64(),
-            );
+            m.record_read(&self.shard, fetched.records.len(), fetched.bytes, called.elapsed().as_secs_f64());
             let had_records = !fetched.records.is_empty();
+            self.ctx.health.read_ok(&self.shard, fetched.millis_behind_latest, had_records);
             self.push(fetched.records).await?;
             let Some(next) = fetched.next else {
                 tracing::info!(shard = self.shard, "shard ended");
@@ -196,7 +192,6 @@ impl Reader {
                     self.flush(reason, false).await?;
                 }
             }
-            m.record_checkpoint_age(&self.shard, self.last_commit.elapsed().as_secs());
             if self.fan_out.is_some() {
                 // Events are pushed at the service's pace: no polling interval.
                 continue;
@@ -221,7 +216,16 @@ impl Reader {
             }
             let result = match self.fan_out {
                 Some(_) => self.fan_out_event().await,
-                None => kinesis::get_records(&self.ctx.kinesis, &self.iterator, limit, &self.records).await.map(Some),
+                None => {
+                    // A call in flight is abandoned on shutdown: nothing of it
+                    // was read into the batch, and the iterator stays.
+                    let call = kinesis::get_records(&self.ctx.kinesis, &self.iterator, limit, &self.records);
+                    tokio::select! {
+                        result = call => result.map(Some),
+                        _ = self.cancel.cancelled() => return Ok(None),
+                        _ = self.lost.cancelled() => return Ok(None),
+                    }
+                }
             };
             match result {
                 Ok(Some(fetched)) => {
@@ -315,7 +319,13 @@ impl Reader {
         let stream = &ctx.settings.config.stream;
         let mut start = start;
         loop {
-            match kinesis::shard_iterator(&ctx.kinesis, stream, &self.shard, &start).await {
+            let call = kinesis::shard_iterator(&ctx.kinesis, stream, &self.shard, &start);
+            let result = tokio::select! {
+                result = call => result,
+                _ = self.cancel.cancelled() => return Ok(None),
+                _ = self.lost.cancelled() => return Ok(None),
+            };
+            match result {
                 Ok(it) => {
                     self.failures = 0;
                     return Ok(Some(it));
@@ -367,6 +377,7 @@ impl Reader {
                 return Err(anyhow::Error::new(e).context(format!("reading shard {}", self.shard)));
             }
         }
+        self.ctx.health.failed(&self.shard, "read", &e);
         self.failures += 1;
         let delay = BACKOFF.delay(self.failures, &mut rand::rng());
         tracing::warn!(shard = self.shard, error = %e, delay_ms = delay.as_millis() as u64, "kinesis call failed, backing off");
@@ -459,7 +470,8 @@ impl Reader {
         let (shard, lease) = (self.shard.clone(), self.lease);
         let Some((first, last, records)) = batch.range() else {
             if ended {
-                ctx.checkpoints.commit(&shard, lease, None, true).await?;
+                let write = || ctx.checkpoints.commit(&shard, lease, None, true);
+                write_checkpoint(&ctx, &shard, &self.lost, "commit", write).await?;
             }
             return Ok(());
         };
@@ -474,7 +486,10 @@ impl Reader {
                 "the replayed batch differs from its intent; the stream no longer holds all of its records"
             ),
             Some(_) => {}
-            None => ctx.checkpoints.record_intent(&shard, lease, &intent).await?,
+            None => {
+                let write = || ctx.checkpoints.record_intent(&shard, lease, &intent);
+                write_checkpoint(&ctx, &shard, &self.lost, "record intent", write).await?
+            }
         }
         ctx.crash.hit("after_intent");
         let files: Vec<(bool, usize)> =
@@ -487,11 +502,9 @@ impl Reader {
             anyhow::bail!("shard {shard}: upload abandoned at shutdown; the batch {} stays pending", intent.first);
         }
         ctx.crash.hit("before_commit");
-        ctx.checkpoints
-            .commit(&shard, lease, Some(&last), ended)
-            .await
-            .with_context(|| format!("committing shard {shard}"))?;
-        self.last_commit = Instant::now();
+        let write = || ctx.checkpoints.commit(&shard, lease, Some(&last), ended);
+        write_checkpoint(&ctx, &shard, &self.lost, "commit", write).await?;
+        ctx.health.committed(&shard);
         ctx.budget.update(&shard, 0);
         ctx.metrics.record_flush(reason.as_str(), &finished.stats, &files, started.elapsed().as_secs_f64());
         tracing::info!(
@@ -508,6 +521,44 @@ impl Reader {
     }
 }
 
+/// A checkpoint write (intent or commit) retried with back-off until it
+/// lands, so a checkpoint store that fails for a while (DynamoDB 5xx, a
+/// read-only disk) holds the batch in memory instead of restarting the
+/// reader into re-reading it. A lost lease is returned at once (the write is
+/// fenced and never lands); the worker aborting gives up.
+async fn write_checkpoint<F, Fut>(
+    ctx: &Context,
+    shard: &str,
+    lost: &CancellationToken,
+    what: &'static str,
+    write: F,
+) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = shardlake::Result<()>>,
+{
+    let mut attempt = 0;
+    loop {
+        let e = match write().await {
+            Ok(()) => return Ok(()),
+            Err(e @ shardlake::Error::LeaseLost { .. }) => return Err(e.into()),
+            Err(e) => e,
+        };
+        attempt += 1;
+        ctx.metrics.record_checkpoint_failure();
+        ctx.health.failed(shard, "checkpoint", &e);
+        let delay = BACKOFF.delay(attempt, &mut rand::rng());
+        tracing::error!(shard, attempt, error = %e, delay_ms = delay.as_millis() as u64, "checkpoint {what} failed, retrying");
+        tokio::select! {
+            _ = ctx.abort.cancelled() => {
+                return Err(anyhow::Error::new(e).context(format!("shard {shard}: checkpoint {what} abandoned at abort")));
+            }
+            _ = lost.cancelled() => return Err(shardlake::Error::LeaseLost { shard: shard.to_string() }.into()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
 /// Uploads one object, retrying with back-off until it succeeds. `false`
 /// only when the process is aborting (the upload is then never committed).
 async fn upload(ctx: &Context, shard: &str, object: shardlake::pipeline::OutputObject) -> bool {
@@ -516,11 +567,13 @@ async fn upload(ctx: &Context, shard: &str, object: shardlake::pipeline::OutputO
         match ctx.lake.put(&object.key, object.data.clone()).await {
             Ok(()) => {
                 ctx.crash.hit("after_upload");
+                ctx.health.uploaded(shard);
                 return true;
             }
             Err(e) => {
                 attempt += 1;
                 ctx.metrics.record_upload_failure();
+                ctx.health.failed(shard, "upload", &e);
                 let delay = BACKOFF.delay(attempt, &mut rand::rng());
                 tracing::error!(shard, key = object.key, attempt, error = %e, "upload failed, retrying");
                 tokio::select! {

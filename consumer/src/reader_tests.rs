@@ -3,7 +3,6 @@
 //! expired iterator is renewed after the last record read, and the shard's
 //! records are committed exactly once with the shard marked ended.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
@@ -90,7 +89,7 @@ fn context(dir: &std::path::Path, kinesis: aws_sdk_kinesis::Client) -> Arc<Conte
         budget: MemoryBudget::new(1 << 30),
         crash: CrashPoints::from_env().unwrap(),
         abort: CancellationToken::new(),
-        healthy: AtomicBool::new(true),
+        health: crate::health::Health::new(Duration::from_secs(120), Duration::from_secs(60), Duration::from_secs(300)),
         leases: None,
         settings,
     })

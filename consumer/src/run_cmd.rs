@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -13,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::Thresholds;
 use crate::config::{ConsumerConfig, RetrievalMode, Settings};
+use crate::health::Health;
 use crate::kinesis::KinesisError;
 use crate::lease::Leases;
 use crate::metrics::Metrics;
@@ -103,11 +103,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         worker_id: c.fleet.worker_id.clone().unwrap_or_else(crate::config::generated_worker_id),
         lease_duration: c.fleet.lease_duration,
         create_table: c.fleet.create_table,
+        timeouts: c.timeouts.aws(),
     };
     let checkpoints = CheckpointStore::connect(&c.checkpoint_store, &c.application, &c.stream, &fleet)
         .await
         .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
-    let kinesis = crate::get_records::kinesis_client(&sdk);
+    let kinesis = crate::get_records::kinesis_client(&sdk, &c.timeouts.aws());
     // A missing stream or bad credentials are reported at once, not retried forever.
     if let Err(e @ (KinesisError::NotFound(_) | KinesisError::Fatal(_))) =
         crate::kinesis::list_shards(&kinesis, &c.stream).await
@@ -156,7 +157,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         budget: MemoryBudget::new(c.buffer.memory_budget_mb << 20),
         crash: CrashPoints::from_env()?,
         abort,
-        healthy: AtomicBool::new(true),
+        health: Health::new(c.health.stall_after, c.health.failing_after, c.buffer.max_age),
         settings,
     });
     let c = &ctx.settings.config;

@@ -6,7 +6,7 @@
 //! releases them after the final commits.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::Thresholds;
 use crate::config::Settings;
+use crate::health::Health;
 use crate::kinesis::{self, ShardInfo};
 use crate::lease::Leases;
 use crate::metrics::Metrics;
@@ -76,8 +77,8 @@ pub struct Context {
     /// Fired when the process gives up waiting (second signal, shutdown
     /// timeout): uploads stop retrying and nothing more is committed.
     pub abort: CancellationToken,
-    /// False once a reader failed and has not recovered.
-    pub healthy: AtomicBool,
+    /// What `/healthz` and the time-based gauges are computed from.
+    pub health: Health,
 }
 
 /// Bytes held by each shard's batch, against one global budget.
@@ -190,7 +191,10 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                     _ = every.tick() => {}
                 }
                 if let Some(leases) = &ctx.leases {
-                    leases.renew_all().await;
+                    match leases.renew_all(renew_every).await {
+                        Ok(()) => ctx.health.worker_ok("lease_renewal"),
+                        Err(e) => ctx.health.worker_failed("lease_renewal", &e),
+                    }
                 }
             }
         })
@@ -212,11 +216,12 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                 let started = running.remove(&shard).map(|(_, started)| started);
                 if result.is_ok() {
                     restarts.remove(&shard);
+                    ctx.health.reader_stopped(&shard);
+                    ctx.metrics.forget_shard(&shard);
                 }
                 match result {
                     Ok(ShardExit::Ended) => {
                         ended.insert(shard.clone());
-                        ctx.metrics.forget_shard(&shard);
                         if let Some(leases) = &ctx.leases {
                             leases.release(&shard).await;
                         }
@@ -228,7 +233,7 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                     }
                     Ok(ShardExit::Stopped) => {}
                     Err(e) => {
-                        ctx.healthy.store(false, Ordering::Relaxed);
+                        ctx.health.reader_failed(&shard, &format!("{e:#}"));
                         let ran_long = started.is_some_and(|s| s.elapsed() >= RESTART_RESET_AFTER);
                         let failures = match restarts.get(&shard) {
                             Some(r) if !ran_long => r.failures + 1,
@@ -254,13 +259,14 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
             Ok(s) => s,
             Err(e) => {
                 ctx.metrics.record_read_error(if e.is_transient() { "transient" } else { "fatal" });
-                ctx.healthy.store(false, Ordering::Relaxed);
+                ctx.health.worker_failed("listing", &e);
                 loop_failures += 1;
                 wait = restart_delay(loop_failures);
                 tracing::error!(stream, error = %e, retry_in_ms = wait.as_millis() as u64, "listing shards failed");
                 continue;
             }
         };
+        ctx.health.worker_ok("listing");
         let listed: HashSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
         // A checkpoint store that fails for a while (DynamoDB 5xx, a read-only
         // disk) delays the readers it concerns; it never ends the worker.
@@ -281,12 +287,13 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
             }
         }
         if let Some(e) = load_failed {
-            ctx.healthy.store(false, Ordering::Relaxed);
+            ctx.health.worker_failed("checkpoint_load", &e);
             loop_failures += 1;
             wait = restart_delay(loop_failures);
             tracing::error!(stream, error = %e, retry_in_ms = wait.as_millis() as u64, "loading checkpoints failed");
             continue;
         }
+        ctx.health.worker_ok("checkpoint_load");
         loop_failures = 0;
         // A parent that aged out of the listing is long finished.
         let ready = |s: &ShardInfo| {
@@ -294,8 +301,12 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
         };
         if let Some(leases) = &ctx.leases {
             let eligible: Vec<&ShardInfo> = shards.iter().filter(|s| ready(s)).collect();
-            if let Err(e) = leases.balance(&eligible).await {
-                tracing::error!(stream, error = %e, "taking leases failed; retrying next interval");
+            match leases.balance(&eligible).await {
+                Ok(()) => ctx.health.worker_ok("lease_balance"),
+                Err(e) => {
+                    ctx.health.worker_failed("lease_balance", &e);
+                    tracing::error!(stream, error = %e, "taking leases failed; retrying next interval");
+                }
             }
         }
         for s in &shards {
@@ -329,7 +340,6 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                 ),
             );
         }
-        ctx.healthy.store(true, Ordering::Relaxed);
     }
     drop(done_tx);
     let mut failed = 0;

@@ -47,8 +47,12 @@ impl Fleet {
             std::fs::write(setup.dir.path().join(format!("w{i}.toml")), text).unwrap();
         }
         stack_env("AWS_ENDPOINT_URL_DYNAMODB");
-        let options =
-            FleetOptions { worker_id: "observer".into(), lease_duration: Duration::from_secs(10), create_table: true };
+        let options = FleetOptions {
+            worker_id: "observer".into(),
+            lease_duration: Duration::from_secs(10),
+            create_table: true,
+            timeouts: Default::default(),
+        };
         let store =
             CheckpointStore::connect(&format!("dynamodb://{table}"), "shardlake", stream, &options).await.unwrap();
         let observer = store.fleet().unwrap().clone();

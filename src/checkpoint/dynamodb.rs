@@ -47,6 +47,8 @@ pub struct FleetOptions {
     pub lease_duration: Duration,
     /// Create the table when it is missing.
     pub create_table: bool,
+    /// Time limits of the DynamoDB calls.
+    pub timeouts: crate::aws::Timeouts,
 }
 
 /// One shard's lease as read from the table.
@@ -240,8 +242,9 @@ impl DynamoCheckpoints {
             .ok_or_else(|| Error::LeaseLost { shard: shard.to_string() })
     }
 
-    /// Forgets a lease this worker found it no longer holds.
-    fn forget(&self, shard: &str, counter: u64) {
+    /// Forgets a lease this worker found it no longer holds (taken by
+    /// another, or expired because its renewals kept failing).
+    pub fn forget(&self, shard: &str, counter: u64) {
         let mut held = self.held.lock().expect("lease lock");
         if held.get(shard) == Some(&counter) {
             held.remove(shard);

@@ -118,7 +118,12 @@ impl ObjectStore {
                 let config = crate::aws::sdk_config().await;
                 // A store's URL names a folder: `s3://b/lake` holds `lake/…`, not `lake…`.
                 let prefix = crate::pipeline::folder_prefix(&prefix);
-                ObjectStore::S3(S3Store::new(crate::aws::s3_client(&config), bucket, prefix, s3.clone()))
+                ObjectStore::S3(S3Store::new(
+                    crate::aws::s3_client_with(&config, &s3.timeouts),
+                    bucket,
+                    prefix,
+                    s3.clone(),
+                ))
             }
         })
     }

@@ -30,6 +30,8 @@ pub struct S3Options {
     pub sse_kms_key_id: Option<String>,
     /// Retries of each call.
     pub retry: RetryPolicy,
+    /// Time limits of each call.
+    pub timeouts: crate::aws::Timeouts,
 }
 
 impl Default for S3Options {
@@ -40,6 +42,7 @@ impl Default for S3Options {
             part_concurrency: 4,
             sse_kms_key_id: None,
             retry: RetryPolicy::default(),
+            timeouts: crate::aws::Timeouts::default(),
         }
     }
 }
