@@ -156,8 +156,11 @@ impl Leases {
     /// duration has expired in the table and may be another worker's: it is
     /// given up like a lost one (its reader stops, commits nothing) and
     /// taken again, at a new counter, once renewals work. `Err` names the
-    /// last failure when any renewal failed.
-    pub async fn renew_all(&self, limit: std::time::Duration) -> Result<(), String> {
+    /// last failure when any renewal failed; `None` when nothing is held.
+    pub async fn renew_all(&self, limit: std::time::Duration) -> Option<Result<(), String>> {
+        if self.store.held().is_empty() {
+            return None;
+        }
         let renewals = self.store.held().into_iter().map(|(shard, counter)| async move {
             let started = Instant::now();
             let result = match tokio::time::timeout(limit, self.store.renew(&shard, counter)).await {
@@ -190,7 +193,7 @@ impl Leases {
             }
         }
         self.metrics.set_leases_held(self.store.held().len());
-        failure.map_or(Ok(()), Err)
+        Some(failure.map_or(Ok(()), Err))
     }
 
     /// Takes free and expired leases up to the fair share, or steals one.

@@ -191,9 +191,11 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                     _ = every.tick() => {}
                 }
                 if let Some(leases) = &ctx.leases {
+                    // With nothing held, a failure run goes on until a renewal works.
                     match leases.renew_all(renew_every).await {
-                        Ok(()) => ctx.health.worker_ok("lease_renewal"),
-                        Err(e) => ctx.health.worker_failed("lease_renewal", &e),
+                        Some(Ok(())) => ctx.health.worker_ok("lease_renewal"),
+                        Some(Err(e)) => ctx.health.worker_failed("lease_renewal", &e),
+                        None => {}
                     }
                 }
             }
@@ -208,7 +210,9 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
     // Failed listings or checkpoint loads in a row (the loop's own back-off).
     let mut loop_failures = 0u32;
     let mut wait = Duration::ZERO;
-    loop {
+    // The loop's own calls are abandoned at shutdown like the readers' reads:
+    // a hung listing must not hold the final flushes' exit.
+    'run: loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
@@ -255,7 +259,11 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
             }
         }
         wait = refresh;
-        let shards = match kinesis::list_shards(&ctx.kinesis, &stream).await {
+        let listing = tokio::select! {
+            listing = kinesis::list_shards(&ctx.kinesis, &stream) => listing,
+            _ = cancel.cancelled() => break,
+        };
+        let shards = match listing {
             Ok(s) => s,
             Err(e) => {
                 ctx.metrics.record_read_error(if e.is_transient() { "transient" } else { "fatal" });
@@ -275,7 +283,11 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
             if ended.contains(&s.id) || running.contains_key(&s.id) {
                 continue;
             }
-            match ctx.checkpoints.load(&s.id).await {
+            let loaded = tokio::select! {
+                loaded = ctx.checkpoints.load(&s.id) => loaded,
+                _ = cancel.cancelled() => break 'run,
+            };
+            match loaded {
                 Ok(c) if c.ended => {
                     ended.insert(s.id.clone());
                 }
@@ -301,7 +313,11 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
         };
         if let Some(leases) = &ctx.leases {
             let eligible: Vec<&ShardInfo> = shards.iter().filter(|s| ready(s)).collect();
-            match leases.balance(&eligible).await {
+            let balanced = tokio::select! {
+                balanced = leases.balance(&eligible) => balanced,
+                _ = cancel.cancelled() => break,
+            };
+            match balanced {
                 Ok(()) => ctx.health.worker_ok("lease_balance"),
                 Err(e) => {
                     ctx.health.worker_failed("lease_balance", &e);

@@ -119,6 +119,22 @@ impl Fleet {
             .map_or(0.0, |v| v.trim().parse().unwrap())
     }
 
+    /// Worker `i`'s `/healthz` answer (status line, headers, body).
+    fn healthz(&self, i: usize) -> String {
+        let log = self.log(i);
+        let line = log.lines().rev().find(|l| l.contains("metrics on http://")).expect("metrics line");
+        http_get(line.split("http://").nth(1).unwrap().trim_end_matches("/metrics"), "/healthz")
+    }
+
+    /// Panics when a worker has exited.
+    fn assert_running(&mut self) {
+        for i in 0..self.workers.len() {
+            if let Some(status) = self.workers[i].as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("w{i} exited with {status}:\n{}", self.log(i));
+            }
+        }
+    }
+
     fn signal(&self, i: usize, signal: &str) {
         let pid = self.workers[i].as_ref().unwrap().id().to_string();
         assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
@@ -514,4 +530,65 @@ async fn resharding_under_three_workers_keeps_parents_first_and_loses_nothing() 
     let owners: Vec<String> =
         (0..3).filter(|i| fleet.log(*i).contains("batch committed")).map(|i| format!("w{i}")).collect();
     eprintln!("RESHARDING: committed by {owners:?}");
+}
+
+/// DynamoDB failing under a two-worker fleet, through a fault proxy: 500s
+/// for 10 s, then connections refused for 30 s (leases expire meanwhile).
+/// No worker exits; a worker whose renewals fail for a lease duration gives
+/// its leases up and says so on `/healthz`; once DynamoDB answers, the fleet
+/// balances again and the lake holds every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_500s_and_refusals_never_end_a_worker_and_leases_recover() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 4).await;
+    let extra = "[timeouts]\ncall = \"5s\"\n[health]\nfailing_after = \"5s\"\n";
+    let mut fleet = Fleet::with_config(&stream, 2, "6s", extra).await;
+    let dynamodb = faultproxy::FaultProxy::start(
+        &std::env::var("AWS_ENDPOINT_URL_DYNAMODB").unwrap(),
+        faultproxy::Flavor::DynamoDb,
+    )
+    .await
+    .unwrap();
+    let records = keyed(events(600, 35, 3));
+    let mut landed = put_records(&client, &stream, &records[..200]).await;
+    for i in 0..2 {
+        fleet.start_with(i, &[("AWS_ENDPOINT_URL_DYNAMODB", &dynamodb.endpoint)]);
+    }
+    fleet.wait_balanced(4, 2, Duration::from_secs(60)).await;
+    fleet.wait_committed(&landed, Duration::from_secs(60)).await;
+
+    dynamodb.set(faultproxy::Mode::ServerError);
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        fleet.assert_running();
+    }
+    dynamodb.set(faultproxy::Mode::Pass);
+    landed.extend(put_records(&client, &stream, &records[200..400]).await);
+    fleet.wait_committed(&landed, Duration::from_secs(60)).await;
+
+    dynamodb.set(faultproxy::Mode::Refuse);
+    let refused = Instant::now();
+    poll("both workers to give their expired leases up", Duration::from_secs(25), || async {
+        (0..2).all(|i| fleet.metric(i, "shardlake_consumer_leases_held") == 0.0).then_some(())
+    })
+    .await;
+    poll("both workers to answer /healthz 503 naming the renewals", Duration::from_secs(15), || async {
+        (0..2)
+            .all(|i| {
+                let answer = fleet.healthz(i);
+                answer.starts_with("HTTP/1.1 503") && answer.contains("lease_renewal failing")
+            })
+            .then_some(())
+    })
+    .await;
+    while refused.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        fleet.assert_running();
+    }
+    dynamodb.set(faultproxy::Mode::Pass);
+    landed.extend(put_records(&client, &stream, &records[400..]).await);
+    fleet.wait_balanced(4, 2, Duration::from_secs(60)).await;
+    fleet.wait_committed(&landed, Duration::from_secs(90)).await;
+    fleet.terminate_all();
+    fleet.check_lake(600).await;
 }

@@ -8,16 +8,6 @@ use std::time::Duration;
 
 use support::*;
 
-/// GET over plain HTTP/1.1 with std only (the endpoint is on 127.0.0.1).
-fn http_get(address: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(address).unwrap();
-    write!(conn, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    conn.read_to_string(&mut out).unwrap();
-    out
-}
-
 /// Waits until the consumer at `address` has counted a failed upload.
 async fn wait_for_upload_failures(address: &str) {
     poll("upload failures in /metrics", Duration::from_secs(30), || async {

@@ -186,19 +186,20 @@ impl Setup {
     }
 
     /// `config_to` with `buffer` lines added to the `[buffer]` table
-    /// (`memory_budget_mb = 64`).
+    /// (`memory_budget_mb = 64`; a `max_age` there replaces the 1 s default).
     pub fn config_with_buffer(&self, destination: &str, extra: &str, buffer: &str) -> PathBuf {
         let path = self.dir.path().join("consumer.toml");
         let text = format!(
             "stream = \"{}\"\ndestination = \"{}\"\ncheckpoint_store = \"file://{}\"\n{}\
              time_field = \"ts\"\nshutdown_timeout = \"30s\"\n{extra}\n\
-             [buffer]\nmax_age = \"1s\"\n{buffer}\n[polling]\nidle_interval = \"200ms\"\nshard_refresh = \"1s\"\n\
+             [buffer]\n{}{buffer}\n[polling]\nidle_interval = \"200ms\"\nshard_refresh = \"1s\"\n\
              [metrics]\naddress = \"127.0.0.1:0\"\n",
             self.stream,
             destination,
             self.dir.path().join("checkpoints").display(),
             // `infer_sample` in `extra` means inferred-schema mode.
             if extra.contains("infer_sample") { "" } else { "schema = \"schema.toml\"\n" },
+            if buffer.contains("max_age") { "" } else { "max_age = \"1s\"\n" },
         );
         std::fs::write(&path, text).unwrap();
         path
@@ -261,15 +262,14 @@ impl Setup {
         line.split("http://").nth(1).unwrap().trim_end_matches("/metrics").to_string()
     }
 
-    /// The consumer's `/metrics` text (plain HTTP/1.1 with std only).
+    /// The consumer's `/metrics` text.
     pub fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let address = self.metrics_address();
-        let mut conn = std::net::TcpStream::connect(&address).unwrap();
-        write!(conn, "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
-        let mut out = String::new();
-        conn.read_to_string(&mut out).unwrap();
-        out
+        http_get(&self.metrics_address(), "/metrics")
+    }
+
+    /// The consumer's `/healthz` answer: status line, headers and body.
+    pub fn healthz(&self) -> String {
+        http_get(&self.metrics_address(), "/healthz")
     }
 
     /// Rows in the lake's data files, by our own Parquet reader.
@@ -369,6 +369,17 @@ print(*duckdb.sql(q.replace('?', repr(sys.argv[1] + '/**/*.parquet'))).fetchall(
         let v: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
         (v[0], v[1], v[2])
     }
+}
+
+/// GET over plain HTTP/1.1 with std only (the endpoint is on 127.0.0.1).
+pub fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(address).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).unwrap();
+    out
 }
 
 /// Every `.parquet` file under `root`.

@@ -1,0 +1,179 @@
+//! The consumer against a network that fails: a fault proxy (`faultproxy`)
+//! between the worker and S3 or Kinesis black-holes requests (accepted,
+//! never answered) and then heals; the checkpoint store breaks for a while;
+//! SIGTERM arrives while every read hangs. In each case the worker neither
+//! exits nor stalls for ever, `/healthz` turns 503 naming what fails, and
+//! the lake ends with every record exactly once (DuckDB).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use faultproxy::{FaultProxy, Flavor, Mode};
+use support::*;
+
+/// Waits until `/healthz` answers 503 with a body containing `want`; returns the answer.
+async fn wait_unhealthy(setup: &Setup, want: &str, limit: Duration) -> String {
+    poll(&format!("/healthz 503 with `{want}`"), limit, || async {
+        let answer = setup.healthz();
+        (answer.starts_with("HTTP/1.1 503") && answer.contains(want)).then_some(answer)
+    })
+    .await
+}
+
+/// Waits until `/healthz` answers 200.
+async fn wait_healthy(setup: &Setup, limit: Duration) {
+    poll("/healthz 200", limit, || async { setup.healthz().starts_with("HTTP/1.1 200").then_some(()) }).await
+}
+
+/// The lake (local, or downloaded from S3 first) holds exactly `n` rows, one per event.
+fn assert_exactly_once(setup: &Setup, n: u64) {
+    let (rows, distinct, misplaced) = setup.duckdb_check();
+    assert_eq!((rows, distinct, misplaced), (n, n, 0), "log:\n{}", setup.log());
+}
+
+/// A proxy in front of the emulator named by `var`.
+async fn proxy(var: &str, flavor: Flavor) -> FaultProxy {
+    stack_env(var);
+    FaultProxy::start(&std::env::var(var).unwrap(), flavor).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_black_holed_then_healthy_every_shard_resumes() {
+    let client = kinesis().await;
+    let s3 = s3_client().await;
+    let bucket = unique("faults-s3").to_lowercase();
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let s3_proxy = proxy("AWS_ENDPOINT_URL_S3", Flavor::S3).await;
+    let stream = create_stream(&client, 4).await;
+    let setup = Setup::new(&stream);
+    setup.config_to(
+        &format!("s3://{bucket}/lake/"),
+        "[timeouts]\nupload = \"2s\"\n[health]\nfailing_after = \"3s\"\nstall_after = \"5s\"\n",
+    );
+    let records = keyed(events(800, 71, 3));
+    let mut landed = put_records(&client, &stream, &records[..400]).await;
+    let mut consumer = setup.start(&[("AWS_ENDPOINT_URL_S3", &s3_proxy.endpoint)]);
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    wait_healthy(&setup, Duration::from_secs(10)).await;
+
+    s3_proxy.set(Mode::BlackHole);
+    landed.extend(put_records(&client, &stream, &records[400..]).await);
+    let answer = wait_unhealthy(&setup, "upload failing", Duration::from_secs(30)).await;
+    assert!(answer.contains("shard shardId-"), "{answer}");
+    let metrics = setup.metrics();
+    assert!(metric_sum(&metrics, "shardlake_consumer_upload_failures_total") > 0.0);
+    assert!(metric_sum(&metrics, "shardlake_consumer_checkpoint_age_seconds") > 0.0);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(consumer.try_wait().unwrap().is_none(), "the worker exited:\n{}", setup.log());
+
+    s3_proxy.set(Mode::Pass);
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    wait_healthy(&setup, Duration::from_secs(10)).await;
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+    assert!(s3_proxy.counts.hung.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    setup.download(&s3, &bucket, "lake/").await;
+    assert_exactly_once(&setup, 800);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinesis_black_holed_then_healthy_every_shard_resumes() {
+    let client = kinesis().await;
+    let kinesis_proxy = proxy("AWS_ENDPOINT_URL_KINESIS", Flavor::Kinesis).await;
+    let stream = create_stream(&client, 8).await;
+    let setup = Setup::new(&stream);
+    setup.config("[timeouts]\ncall = \"3s\"\n[health]\nfailing_after = \"4s\"\nstall_after = \"5s\"\n");
+    let records = keyed(events(800, 72, 3));
+    let mut landed = put_records(&client, &stream, &records[..400]).await;
+    let mut consumer = setup.start(&[("AWS_ENDPOINT_URL_KINESIS", &kinesis_proxy.endpoint)]);
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+
+    kinesis_proxy.set(Mode::BlackHole);
+    // Written straight to the emulator while the worker cannot read.
+    landed.extend(put_records(&client, &stream, &records[400..]).await);
+    let answer = wait_unhealthy(&setup, "shard shardId-", Duration::from_secs(30)).await;
+    assert!(answer.contains("read failing") || answer.contains("no successful read"), "{answer}");
+    // MillisBehindLatest grows with the clock while nothing is read.
+    let lag = |m: &str| metric_by_label(m, "shardlake_consumer_millis_behind_latest", "shard");
+    let before = lag(&setup.metrics());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = lag(&setup.metrics());
+    assert!(before.iter().all(|(shard, ms)| after[shard] >= ms + 1000.0), "{before:?} then {after:?}");
+    assert!(consumer.try_wait().unwrap().is_none(), "the worker exited:\n{}", setup.log());
+
+    kinesis_proxy.set(Mode::Pass);
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    wait_healthy(&setup, Duration::from_secs(10)).await;
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+    assert_exactly_once(&setup, 800);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_every_read_hung_commits_every_batch_at_once() {
+    let client = kinesis().await;
+    let kinesis_proxy = proxy("AWS_ENDPOINT_URL_KINESIS", Flavor::Kinesis).await;
+    let stream = create_stream(&client, 64).await;
+    let setup = Setup::new(&stream);
+    // Batches wait for the shutdown flush; reads would hang 60 s each.
+    setup.config_with_buffer(
+        &setup.lake().display().to_string(),
+        "[timeouts]\ncall = \"60s\"\n",
+        "max_age = \"300s\"\n",
+    );
+    let records = keyed(events(640, 73, 2));
+    let landed = put_records(&client, &stream, &records).await;
+    let mut consumer = setup.start(&[("AWS_ENDPOINT_URL_KINESIS", &kinesis_proxy.endpoint)]);
+    poll("every record read", Duration::from_secs(90), || async {
+        (metric_sum(&setup.metrics(), "shardlake_consumer_records_read_total") >= 640.0).then_some(())
+    })
+    .await;
+    assert_eq!(setup.lake_rows(), 0, "nothing is flushed before shutdown");
+
+    kinesis_proxy.set(Mode::BlackHole);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let hung = kinesis_proxy.counts.hung.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(hung >= 32, "only {hung} reads hung");
+    let stopping = Instant::now();
+    let status = terminate(&mut consumer);
+    let took = stopping.elapsed();
+    // Within `shutdown_timeout` (30 s), which would end it with exit code 1.
+    assert!(status.success(), "{status} after {took:?}:\n{}", setup.log());
+    assert!(took < Duration::from_secs(20), "shutdown took {took:?}");
+    assert!(setup.behind(&landed).is_empty(), "uncommitted: {:?}", setup.behind(&landed));
+    assert_exactly_once(&setup, 640);
+    eprintln!("SIGTERM with {hung} hung reads on 64 shards: exited 0 in {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_checkpoint_store_holds_batches_without_a_reread_storm() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 4).await;
+    let setup = Setup::new(&stream);
+    setup.config("[health]\nfailing_after = \"3s\"\n");
+    let records = keyed(events(2000, 74, 3));
+    let mut landed = put_records(&client, &stream, &records[..1000]).await;
+    let mut consumer = setup.start(&[]);
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+
+    // A file where the checkpoint folder was: every load and write fails
+    // (as on a disk remounted read-only, which root would not notice).
+    let store = setup.dir.path().join("checkpoints");
+    let away = setup.dir.path().join("checkpoints.away");
+    std::fs::rename(&store, &away).unwrap();
+    std::fs::write(&store, "not a folder").unwrap();
+    landed.extend(put_records(&client, &stream, &records[1000..]).await);
+    let answer = wait_unhealthy(&setup, "checkpoint failing", Duration::from_secs(30)).await;
+    assert!(answer.contains("shard shardId-"), "{answer}");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(consumer.try_wait().unwrap().is_none(), "the worker exited:\n{}", setup.log());
+
+    std::fs::remove_file(&store).unwrap();
+    std::fs::rename(&away, &store).unwrap();
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    wait_healthy(&setup, Duration::from_secs(10)).await;
+    let read = metric_sum(&setup.metrics(), "shardlake_consumer_records_read_total");
+    assert!(read <= 1.2 * 2000.0, "{read} records read for 2000 written");
+    assert!(metric_sum(&setup.metrics(), "shardlake_consumer_checkpoint_failures_total") > 0.0);
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+    assert_exactly_once(&setup, 2000);
+}
