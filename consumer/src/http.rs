@@ -31,6 +31,7 @@ pub async fn serve(ctx: Arc<Context>, address: SocketAddr, cancel: CancellationT
 async fn metrics(State(ctx): State<Arc<Context>>) -> String {
     // Ages and lag as of now, not as of the last call that returned.
     ctx.metrics.set_shard_gauges(&ctx.health.gauges());
+    ctx.metrics.set_health_problems(ctx.health.problems().len());
     ctx.metrics.render()
 }
 

@@ -26,6 +26,7 @@ pub struct Metrics {
     read_errors: IntCounterVec,
     upload_failures: IntCounter,
     checkpoint_failures: IntCounter,
+    health_problems: IntGauge,
     unreplayable_ranges: IntCounterVec,
     subscriptions: IntCounterVec,
     shards_reading: IntGauge,
@@ -164,6 +165,10 @@ impl Metrics {
                 &["kind"],
             ),
             upload_failures: counter("shardlake_consumer_upload_failures_total", "Failed batch uploads (retried)."),
+            health_problems: gauge(
+                "shardlake_consumer_health_problems",
+                "Stalled shards and failing dependencies now: the lines of a 503 /healthz (0 when healthy).",
+            ),
             checkpoint_failures: counter(
                 "shardlake_consumer_checkpoint_failures_total",
                 "Failed checkpoint writes, intents and commits (retried while the batch waits in memory).",
@@ -213,6 +218,11 @@ impl Metrics {
             self.files_flushed.with_label_values(&[if data { "data" } else { "errors" }]).inc();
             self.bytes_flushed.inc_by(bytes as u64);
         }
+    }
+
+    /// The number of problems `/healthz` reports now.
+    pub fn set_health_problems(&self, problems: usize) {
+        self.health_problems.set(problems as i64);
     }
 
     /// Each reading shard's checkpoint age and lag, as of now.
@@ -373,6 +383,7 @@ mod tests {
         m.record_read_error("transient");
         m.record_upload_failure();
         m.record_checkpoint_failure();
+        m.set_health_problems(1);
         m.record_unreplayable(shard);
         m.record_subscription("subscribed");
         m.set_buffered_bytes(1);
