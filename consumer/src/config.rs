@@ -147,6 +147,11 @@ pub struct BufferConfig {
     /// reached, the largest batch flushes early.
     #[serde(default = "default_memory_budget_mb")]
     pub memory_budget_mb: usize,
+    /// Memory for GetRecords responses, shared by all shard readers, MiB
+    /// (default 64, at least 25: one 10 MiB page needs about 25). Readers
+    /// wait for their share, so it bounds read memory at any shard count.
+    #[serde(default = "default_read_buffer_mb")]
+    pub read_buffer_mb: usize,
 }
 
 /// Parquet file settings.
@@ -333,6 +338,9 @@ fn default_max_age() -> Duration {
 fn default_memory_budget_mb() -> usize {
     512
 }
+fn default_read_buffer_mb() -> usize {
+    64
+}
 fn default_target_file_mb() -> usize {
     128
 }
@@ -408,7 +416,7 @@ macro_rules! default_from_fields {
 
 default_from_fields! {
     BufferConfig { max_mb: default_max_mb, max_records: default_max_records, max_age: default_max_age,
-                   memory_budget_mb: default_memory_budget_mb }
+                   memory_budget_mb: default_memory_budget_mb, read_buffer_mb: default_read_buffer_mb }
     WriterConfig { target_file_mb: default_target_file_mb, row_group_rows: default_row_group_rows }
     PollingConfig { max_records_per_call: default_max_records_per_call, interval: default_poll_interval,
                     idle_interval: default_idle_interval, shard_refresh: default_shard_refresh }
@@ -530,6 +538,13 @@ impl ConsumerConfig {
                 "buffer.memory_budget_mb ({}) is smaller than buffer.max_mb ({}); raise the budget or lower max_mb",
                 b.memory_budget_mb,
                 b.max_mb
+            );
+        }
+        let min_read = crate::get_records::MAX_CALL_BYTES >> 20;
+        if b.read_buffer_mb < min_read {
+            bail!(
+                "buffer.read_buffer_mb: {} is below {min_read}, what one 10 MiB GetRecords page needs",
+                b.read_buffer_mb
             );
         }
         let t = &self.timeouts;

@@ -16,6 +16,8 @@
 use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, SharedHttpClient, SharedHttpConnector, http_client_fn,
 };
@@ -27,6 +29,41 @@ use http_body_util::BodyExt;
 use shardlake::json::{Parser, SyntaxError};
 
 use crate::kinesis::KinesisRecord;
+
+/// The most one GetRecords call can need: a 10 MiB page is about 14 MiB of
+/// JSON (base64 and the record fields), plus its 10 MiB of decoded payloads.
+pub const MAX_CALL_BYTES: usize = 25 << 20;
+/// The least a call reserves (an idle reader keeps far less between calls).
+const MIN_CALL_BYTES: usize = 64 << 10;
+/// Pool permits are KiB.
+const KIB: usize = 1024;
+
+/// The memory of every reader's GetRecords responses (`[buffer]
+/// read_buffer_mb`): the bodies in flight and the buffers kept between
+/// calls. A reader reserves its next call's need before the call (twice its
+/// last page), and a body that outgrows the reservation takes more while it
+/// arrives. A reader never waits while it holds permits (it gives them back
+/// first), so readers cannot deadlock on the pool; and a body that finds the
+/// pool empty is dropped and fetched again with a full reservation.
+#[derive(Debug, Clone)]
+pub struct ReadBuffers {
+    pool: Arc<Semaphore>,
+    /// The pool's size.
+    bytes: usize,
+}
+
+impl ReadBuffers {
+    /// A pool of `bytes` (at least [`MAX_CALL_BYTES`], so any page fits).
+    pub fn new(bytes: usize) -> Self {
+        let bytes = bytes.max(MAX_CALL_BYTES);
+        ReadBuffers { pool: Arc::new(Semaphore::new(bytes / KIB)), bytes }
+    }
+
+    /// Bytes reserved by readers now.
+    pub fn in_use(&self) -> usize {
+        self.bytes - self.pool.available_permits() * KIB
+    }
+}
 
 /// A shard reader's buffers for its GetRecords calls, and the records of
 /// the last call. Attached to each call's request (see
@@ -42,17 +79,128 @@ struct Slot {
     arena: Arena,
     /// The last call's records and their payload bytes, until taken.
     decoded: Option<(Vec<KinesisRecord>, usize)>,
+    /// The pool, and this reader's share of it (covering `body`, `arena` and
+    /// the call in flight); `None` without a pool (tests, `schema infer`).
+    pool: Option<Arc<Semaphore>>,
+    held: Option<OwnedSemaphorePermit>,
+    /// What the last page needed (body and payloads).
+    last_need: usize,
+    /// The last call's body outgrew its share and the pool had no more.
+    overflowed: bool,
+}
+
+impl Slot {
+    fn held_bytes(&self) -> usize {
+        self.held.as_ref().map_or(0, |p| p.num_permits() * KIB)
+    }
+
+    /// Takes `bytes` more from the pool if it has them now.
+    fn try_grow(&mut self, bytes: usize) -> bool {
+        let Some(pool) = &self.pool else { return true };
+        let want = bytes.div_ceil(KIB) as u32;
+        match pool.clone().try_acquire_many_owned(want) {
+            Ok(more) => {
+                match &mut self.held {
+                    Some(held) => held.merge(more),
+                    None => self.held = Some(more),
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// What a page of `body_len` bytes of JSON needs: the body and its decoded
+/// payloads (3/4 of the base64, at most).
+fn need_of(body_len: usize) -> usize {
+    body_len + body_len / 4 * 3
 }
 
 impl RecordsSlot {
+    /// A slot whose buffers come from `pool`.
+    pub fn with_pool(pool: &ReadBuffers) -> Self {
+        let slot = Slot { pool: Some(pool.pool.clone()), ..Slot::default() };
+        RecordsSlot(Arc::new(Mutex::new(slot)))
+    }
+
     /// The records the last call decoded, if it decoded them here.
     pub fn take(&self) -> Option<(Vec<KinesisRecord>, usize)> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).decoded.take()
     }
 
+    /// Whether the last call failed because its body outgrew the pool (it
+    /// is then fetched again at once, with [`RecordsSlot::reserve_full`]).
+    pub fn take_overflow(&self) -> bool {
+        std::mem::take(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner).overflowed)
+    }
+
+    /// Reserves what the next call likely needs: twice the last page.
+    pub async fn reserve(&self) {
+        let need = {
+            let slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            (slot.last_need * 2).clamp(MIN_CALL_BYTES, MAX_CALL_BYTES)
+        };
+        self.reserve_bytes(need).await;
+    }
+
+    /// Reserves what any page may need.
+    pub async fn reserve_full(&self) {
+        self.reserve_bytes(MAX_CALL_BYTES).await;
+    }
+
+    async fn reserve_bytes(&self, need: usize) {
+        let pool = {
+            let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(pool) = slot.pool.clone() else { return };
+            let held = slot.held_bytes();
+            if held >= need || slot.try_grow(need - held) {
+                return;
+            }
+            // Never wait while holding permits: give them (and the buffers
+            // they cover) back, then wait for the whole need.
+            slot.held = None;
+            slot.body = Vec::new();
+            slot.arena = Arena::default();
+            pool
+        };
+        let permit = pool.acquire_many_owned(need.div_ceil(KIB) as u32).await.expect("the pool is never closed");
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).held = Some(permit);
+    }
+
+    /// After the last page's records went into the batch: keeps buffers
+    /// (and permits) for a page like the last one, and gives the rest back,
+    /// so an idle reader holds little.
+    pub fn settle(&self) {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.pool.is_none() {
+            return;
+        }
+        let keep = slot.last_need;
+        slot.body.clear();
+        slot.body.shrink_to(keep);
+        if slot.arena.capacity() > keep {
+            slot.arena = Arena::default();
+        }
+        let keep_permits = (slot.body.capacity() + slot.arena.capacity()).div_ceil(KIB);
+        if keep_permits == 0 {
+            slot.held = None;
+        } else if let Some(held) = &mut slot.held
+            && held.num_permits() > keep_permits
+        {
+            drop(held.split(held.num_permits() - keep_permits));
+        }
+    }
+
     /// Reads a successful GetRecords response body, keeps its records and
     /// leaves the response with an empty `Records` array.
     async fn decode_response(&self, response: &mut HttpResponse) -> Result<(), ConnectorError> {
+        let expected = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(MAX_CALL_BYTES);
         let (mut body, mut arena) = {
             let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
             slot.decoded = None;
@@ -60,8 +208,24 @@ impl RecordsSlot {
         };
         body.clear();
         let mut stream = std::mem::replace(response.body_mut(), SdkBody::taken());
+        let mut covered = 0;
         while let Some(frame) = stream.frame().await {
             if let Ok(data) = frame.map_err(ConnectorError::io)?.into_data() {
+                let need = need_of(expected.max(body.len() + data.len()));
+                if need > covered {
+                    // Before the bytes are kept: the page must fit the share.
+                    let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+                    let held = slot.held_bytes();
+                    if need > held && !slot.try_grow(need - held) {
+                        slot.overflowed = true;
+                        slot.held = None;
+                        return Err(ConnectorError::other("read_buffer_mb is used up by other readers".into(), None));
+                    }
+                    covered = slot.held_bytes().max(need);
+                    if slot.pool.is_some() && body.capacity() < expected {
+                        body.reserve_exact(expected - body.len());
+                    }
+                }
                 body.extend_from_slice(&data);
             }
         }
@@ -75,6 +239,7 @@ impl RecordsSlot {
         });
         response.headers_mut().remove("content-length");
         let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.last_need = need_of(body.len());
         slot.decoded = decoded.ok().map(|page| (page.records, page.bytes));
         slot.body = body;
         slot.arena = arena;
@@ -176,6 +341,8 @@ pub(crate) struct Page {
 pub(crate) struct Arena {
     /// A handle on the last page's payloads, to take their allocation back.
     last: Bytes,
+    /// The size of that allocation.
+    capacity: usize,
 }
 
 impl Arena {
@@ -193,8 +360,14 @@ impl Arena {
         buffer
     }
 
+    /// Bytes allocated for payloads.
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// The page's payloads, kept for [`Arena::buffer`].
     fn freeze(&mut self, buffer: Vec<u8>) -> Bytes {
+        self.capacity = buffer.capacity();
         self.last = Bytes::from(buffer);
         self.last.clone()
     }
@@ -294,6 +467,52 @@ fn decode_records(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A successful GetRecords answer of about `kib` KiB with one record.
+    fn answer(kib: usize) -> HttpResponse {
+        let data = "A".repeat(kib * 1024 / 4 * 4);
+        let body = format!(
+            r#"{{"Records":[{{"Data":"{data}","SequenceNumber":"1","ApproximateArrivalTimestamp":1.5}}],"NextShardIterator":"i","MillisBehindLatest":0}}"#
+        );
+        let mut response = HttpResponse::new(200u16.try_into().unwrap(), SdkBody::from(body.clone()));
+        response.headers_mut().insert("content-length", body.len().to_string());
+        response
+    }
+
+    #[tokio::test]
+    async fn readers_share_the_pool_and_a_page_that_does_not_fit_is_fetched_again() {
+        const MIB: usize = 1 << 20;
+        let pool = ReadBuffers::new(26 * MIB);
+        let (a, b) = (RecordsSlot::with_pool(&pool), RecordsSlot::with_pool(&pool));
+        b.reserve_full().await;
+        assert_eq!(pool.in_use(), MAX_CALL_BYTES);
+        a.reserve().await;
+        assert_eq!(pool.in_use(), MAX_CALL_BYTES + MIN_CALL_BYTES);
+
+        // 1 MiB of JSON needs 1.75 MiB; the pool has 1 MiB left: refused.
+        assert!(a.decode_response(&mut answer(1024)).await.is_err());
+        assert!(a.take_overflow() && !a.take_overflow());
+        assert_eq!(pool.in_use(), MAX_CALL_BYTES, "a gave its share back");
+
+        // b's page was small: it keeps a small share, and a gets a full one.
+        b.decode_response(&mut answer(4)).await.unwrap();
+        b.take().unwrap();
+        b.settle();
+        let small = pool.in_use();
+        assert!(small < 16 * 1024, "{small}");
+        a.reserve_full().await;
+        a.decode_response(&mut answer(1024)).await.unwrap();
+        let (records, bytes) = a.take().unwrap();
+        assert_eq!((records.len(), bytes), (1, 768 * 1024));
+        drop(records);
+        a.settle();
+        // a keeps what its page needed, for the next one like it.
+        let kept = pool.in_use() - small;
+        assert!((1700 * 1024..2 * MIB).contains(&kept), "{kept}");
+        // The next reservation is twice the last page, within the pool.
+        a.reserve().await;
+        assert!(pool.in_use() - small >= 2 * 1700 * 1024);
+    }
 
     /// Against both emulators: the records decoded here equal the SDK's,
     /// and the SDK still reads the iterator and lag of the rewritten body.

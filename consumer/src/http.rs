@@ -32,6 +32,7 @@ async fn metrics(State(ctx): State<Arc<Context>>) -> String {
     // Ages and lag as of now, not as of the last call that returned.
     ctx.metrics.set_shard_gauges(&ctx.health.gauges());
     ctx.metrics.set_health_problems(ctx.health.problems().len());
+    ctx.metrics.set_read_buffer_bytes(ctx.read_buffers.in_use());
     ctx.metrics.render()
 }
 

@@ -27,6 +27,7 @@ pub struct Metrics {
     upload_failures: IntCounter,
     checkpoint_failures: IntCounter,
     health_problems: IntGauge,
+    read_buffer_bytes: IntGauge,
     unreplayable_ranges: IntCounterVec,
     subscriptions: IntCounterVec,
     shards_reading: IntGauge,
@@ -165,6 +166,10 @@ impl Metrics {
                 &["kind"],
             ),
             upload_failures: counter("shardlake_consumer_upload_failures_total", "Failed batch uploads (retried)."),
+            read_buffer_bytes: gauge(
+                "shardlake_consumer_read_buffer_bytes",
+                "Bytes of read_buffer_mb that shard readers hold now (responses in flight and buffers kept).",
+            ),
             health_problems: gauge(
                 "shardlake_consumer_health_problems",
                 "Stalled shards and failing dependencies now: the lines of a 503 /healthz (0 when healthy).",
@@ -218,6 +223,11 @@ impl Metrics {
             self.files_flushed.with_label_values(&[if data { "data" } else { "errors" }]).inc();
             self.bytes_flushed.inc_by(bytes as u64);
         }
+    }
+
+    /// Bytes of the read buffers in use now.
+    pub fn set_read_buffer_bytes(&self, bytes: usize) {
+        self.read_buffer_bytes.set(bytes as i64);
     }
 
     /// The number of problems `/healthz` reports now.
@@ -384,6 +394,7 @@ mod tests {
         m.record_upload_failure();
         m.record_checkpoint_failure();
         m.set_health_problems(1);
+        m.set_read_buffer_bytes(1);
         m.record_unreplayable(shard);
         m.record_subscription("subscribed");
         m.set_buffered_bytes(1);

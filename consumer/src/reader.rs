@@ -122,13 +122,13 @@ pub async fn read_shard(
     };
     let mut reader = Reader {
         batch: ShardBatch::new(&ctx.settings.table, &ctx.settings.config.stream, &shard),
+        records: RecordsSlot::with_pool(&ctx.read_buffers),
         ctx,
         shard,
         cancel,
         lease: lease.counter,
         lost: lease.lost,
         iterator: String::new(),
-        records: RecordsSlot::default(),
         fan_out: None,
         last_read: state.checkpoint,
         start: start.clone(),
@@ -172,6 +172,7 @@ impl Reader {
             let had_records = !fetched.records.is_empty();
             self.ctx.health.read_ok(&self.shard, fetched.millis_behind_latest, had_records);
             self.push(fetched.records).await?;
+            self.records.settle();
             let Some(next) = fetched.next else {
                 tracing::info!(shard = self.shard, "shard ended");
                 self.flush(FlushReason::ShardEnd, true).await?;
@@ -219,12 +220,26 @@ impl Reader {
                 None => {
                     // A call in flight is abandoned on shutdown: nothing of it
                     // was read into the batch, and the iterator stays.
-                    let call = kinesis::get_records(&self.ctx.kinesis, &self.iterator, limit, &self.records);
-                    tokio::select! {
+                    let call = async {
+                        self.records.reserve().await;
+                        kinesis::get_records(&self.ctx.kinesis, &self.iterator, limit, &self.records).await
+                    };
+                    let result = tokio::select! {
                         result = call => result.map(Some),
                         _ = self.cancel.cancelled() => return Ok(None),
                         _ = self.lost.cancelled() => return Ok(None),
+                    };
+                    if result.is_err() && self.records.take_overflow() {
+                        // The page outgrew the reader's share of the read
+                        // buffers: wait for a full share and fetch it again.
+                        tokio::select! {
+                            _ = self.records.reserve_full() => {}
+                            _ = self.cancel.cancelled() => return Ok(None),
+                            _ = self.lost.cancelled() => return Ok(None),
+                        }
+                        continue;
                     }
+                    result
                 }
             };
             match result {

@@ -87,6 +87,7 @@ fn context(dir: &std::path::Path, kinesis: aws_sdk_kinesis::Client) -> Arc<Conte
         checkpoints: CheckpointStore::open(&format!("file://{}", dir.join("cp").display()), "shardlake", "s").unwrap(),
         metrics: Arc::new(Metrics::new()),
         budget: MemoryBudget::new(1 << 30),
+        read_buffers: crate::get_records::ReadBuffers::new(64 << 20),
         crash: CrashPoints::from_env().unwrap(),
         abort: CancellationToken::new(),
         health: crate::health::Health::new(Duration::from_secs(120), Duration::from_secs(60), Duration::from_secs(300)),

@@ -155,6 +155,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         checkpoints,
         metrics,
         budget: MemoryBudget::new(c.buffer.memory_budget_mb << 20),
+        read_buffers: crate::get_records::ReadBuffers::new(c.buffer.read_buffer_mb << 20),
         crash: CrashPoints::from_env()?,
         abort,
         health: Health::new(c.health.stall_after, c.health.failing_after, c.buffer.max_age),

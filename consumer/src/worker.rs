@@ -72,6 +72,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The memory budget shared by all batches.
     pub budget: MemoryBudget,
+    /// The memory of GetRecords responses, shared by all readers.
+    pub read_buffers: crate::get_records::ReadBuffers,
     /// Test hook for crash points.
     pub crash: CrashPoints,
     /// Fired when the process gives up waiting (second signal, shutdown
