@@ -12,7 +12,7 @@ use shardlake::aggregation::{self, UserRecord};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::budget::BudgetPermit;
+use crate::budget::{BacklogEntry, BudgetPermit};
 use crate::error::{Error, ProduceError};
 use crate::record::{Ack, Record};
 use crate::service::WireEntry;
@@ -34,7 +34,8 @@ pub struct Pending {
     pub size: usize,
     /// When `send` was called.
     pub enqueued: Instant,
-    /// `enqueued + record_ttl`.
+    /// When the TTL runs out: `enqueued + record_ttl`, or with
+    /// `ttl_start = "first_attempt"` far away until the first send.
     pub deadline: Instant,
     /// Backoff: not to be sent before this.
     pub not_before: Instant,
@@ -42,6 +43,11 @@ pub struct Pending {
     pub attempts: u32,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
+    /// A request carrying the record went unanswered (timed out): it may
+    /// have been stored, so giving it up is an unknown outcome.
+    pub maybe_stored: bool,
+    /// Its place in the queue of records not sent yet, left on first send.
+    pub unsent: Option<BacklogEntry>,
     /// Where the result goes; taken when resolved.
     tx: Option<oneshot::Sender<Outcome>>,
     /// Its share of the buffered + in-flight budget, released on drop.
@@ -69,6 +75,8 @@ impl Pending {
             not_before: enqueued,
             attempts: 0,
             last_error: None,
+            maybe_stored: false,
+            unsent: None,
             tx: Some(tx),
             _permit: permit,
         };
@@ -211,6 +219,8 @@ pub struct Batch {
     pub records: usize,
     /// When the oldest record in the batch was sent.
     pub oldest: Option<Instant>,
+    /// When the first record joined the batch.
+    pub opened: Option<Instant>,
     /// A record was refused for room: nothing more fits.
     full: bool,
     /// Per shard queue, the aggregate still open for more records.
@@ -231,14 +241,19 @@ impl Batch {
     }
 
     /// Send rule: the oldest record has waited `linger` (a retried record has
-    /// waited long already, so it goes at once).
-    pub fn should_send_by_age(&self, now: Instant, linger: Duration) -> bool {
-        self.oldest.is_some_and(|t| t + linger <= now)
+    /// waited long already, so it goes at once). When the rate limit held the
+    /// last fill back, its records are old because they waited for tokens:
+    /// the batch then also fills for `linger` from its first record, instead
+    /// of going out with the few records each refill allows.
+    pub fn should_send_by_age(&self, now: Instant, linger: Duration, rate_limited: bool) -> bool {
+        self.send_deadline(linger, rate_limited).is_some_and(|t| t <= now)
     }
 
     /// When the age rule fires.
-    pub fn send_deadline(&self, linger: Duration) -> Option<Instant> {
-        self.oldest.map(|t| t + linger)
+    pub fn send_deadline(&self, linger: Duration, rate_limited: bool) -> Option<Instant> {
+        let by_oldest = self.oldest? + linger;
+        let by_opening = self.opened? + linger;
+        Some(if rate_limited { by_oldest.max(by_opening) } else { by_oldest })
     }
 
     /// Where `p` (bound for shard queue `queue`) would go, without changing
@@ -274,6 +289,7 @@ impl Batch {
         limits: &Limits,
     ) {
         self.oldest = Some(self.oldest.map_or(p.enqueued, |t| t.min(p.enqueued)));
+        self.opened.get_or_insert_with(Instant::now);
         self.records += 1;
         let key = limits.ordering.then(|| p.record.partition_key.clone());
         let index = match placement {
@@ -377,11 +393,28 @@ mod tests {
     fn the_age_rule_fires_after_linger() {
         let budget = budget();
         let mut batch = Batch::default();
-        assert!(!batch.should_send_by_age(Instant::now() + Duration::from_secs(9), Duration::from_millis(100)));
+        let linger = Duration::from_millis(100);
+        assert!(!batch.should_send_by_age(Instant::now() + Duration::from_secs(9), linger, false));
         fill(&mut batch, &budget, &[10], &PLAIN);
         let t = batch.oldest.unwrap();
-        assert!(!batch.should_send_by_age(t + Duration::from_millis(99), Duration::from_millis(100)));
-        assert!(batch.should_send_by_age(t + Duration::from_millis(100), Duration::from_millis(100)));
+        assert!(!batch.should_send_by_age(t + Duration::from_millis(99), linger, false));
+        assert!(batch.should_send_by_age(t + Duration::from_millis(100), linger, false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limited_batch_fills_for_linger_from_its_opening() {
+        let budget = budget();
+        let linger = Duration::from_millis(100);
+        // A record that waited 5 s in the queue for rate-limit tokens.
+        let old = pending(&budget, "k", 10);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let mut batch = Batch::default();
+        let placement = batch.place(&old, 0, &PLAIN).unwrap();
+        batch.add(old, 0, placement, None, &PLAIN);
+        let now = Instant::now();
+        assert!(batch.should_send_by_age(now, linger, false), "old records go at once");
+        assert!(!batch.should_send_by_age(now, linger, true), "unless the rate limit holds the batch");
+        assert!(batch.should_send_by_age(now + linger, linger, true));
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! stream is: `send` waits for room, `try_send` fails instead.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -96,6 +97,72 @@ impl Budget {
     }
 }
 
+/// Records accepted and not sent yet (the producer's own queue), for
+/// [`crate::Producer::ready`]: a feeder that waits for it keeps the queue at
+/// about one round of requests, so records do not age in it.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    count: AtomicUsize,
+    /// Set by the producer's task: what the current concurrency limit sends
+    /// in one round of requests, plus one request.
+    target: AtomicUsize,
+    notify: Notify,
+}
+
+/// A record's place in the [`Backlog`], left on its first send (or when it
+/// resolves unsent).
+#[derive(Debug)]
+pub struct BacklogEntry(Arc<Backlog>);
+
+impl Drop for BacklogEntry {
+    fn drop(&mut self) {
+        let before = self.0.count.fetch_sub(1, Ordering::AcqRel);
+        if before <= self.0.target.load(Ordering::Acquire) {
+            self.0.notify.notify_waiters();
+        }
+    }
+}
+
+impl Backlog {
+    /// Counts a record in until the returned entry is dropped.
+    pub fn enter(self: &Arc<Self>) -> BacklogEntry {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        BacklogEntry(self.clone())
+    }
+
+    /// Records accepted and not sent yet.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Whether no record waits for its first send.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sets the queue length [`Backlog::wait_for_room`] waits for.
+    pub fn set_target(&self, target: usize) {
+        let old = self.target.swap(target, Ordering::AcqRel);
+        if target > old {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Waits until fewer records than the target wait for their first send.
+    pub async fn wait_for_room(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a drop in between still wakes us.
+            notified.as_mut().enable();
+            if self.len() < self.target.load(Ordering::Acquire).max(1) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -119,6 +186,31 @@ mod tests {
         assert!(!waiter.is_finished(), "no room for 30 more bytes");
         drop(first);
         waiter.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_for_room_waits_until_the_backlog_is_below_its_target() {
+        let backlog = Arc::new(Backlog::default());
+        backlog.set_target(2);
+        let first = backlog.enter();
+        let _second = backlog.enter();
+        let waiter = tokio::spawn({
+            let backlog = backlog.clone();
+            async move { backlog.wait_for_room().await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiter.is_finished(), "two records wait for a target of two");
+        drop(first);
+        waiter.await.unwrap();
+        let _third = backlog.enter();
+        let waiter = tokio::spawn({
+            let backlog = backlog.clone();
+            async move { backlog.wait_for_room().await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiter.is_finished());
+        backlog.set_target(3);
+        waiter.await.unwrap();
     }
 
     #[test]

@@ -82,10 +82,20 @@ pub struct ProducerConfig {
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
 
-    /// Time to live from `send`: a record not delivered by then resolves with
-    /// an expired error that carries it (KPL's `RecordTtl`).
+    /// Time to live: a record not delivered by then resolves with an expired
+    /// error that carries it (KPL's `RecordTtl`). It runs from the moment
+    /// `send`, `enqueue` or `try_send` is called (time spent waiting for room
+    /// in the budget counts), or from the record's first attempt with
+    /// `ttl_start = "first_attempt"`.
     #[serde(default = "default_record_ttl_ms")]
     pub record_ttl_ms: u64,
+
+    /// When `record_ttl_ms` starts: `"send"` (default, as in the KPL) bounds
+    /// the whole wait of a caller; `"first_attempt"` bounds only the time
+    /// spent retrying, so a record never expires waiting in the producer's
+    /// own queue behind a slow stream (the buffer budget still bounds memory).
+    #[serde(default)]
+    pub ttl_start: TtlStart,
 
     /// Per-record limit (data + partition key). Default 1 MiB for Kinesis (up
     /// to 10 MiB for a stream with a raised limit); Firehose is fixed at 1,000
@@ -112,15 +122,30 @@ pub struct ProducerConfig {
     #[serde(default = "default_max_buffered_records")]
     pub max_buffered_records: usize,
 
-    /// Requests in flight at once (KPL's `MaxConnections`).
+    /// The most requests in flight at once (KPL's `MaxConnections`). The
+    /// producer starts at 1 and adapts below this ceiling: it adds one while
+    /// answers come back as fast as usual, and cuts by 10% on timeouts,
+    /// throttling or rising latency (see [`crate::concurrency`]). Lower it to
+    /// cap the load one producer may put on the stream; 1 sends one request
+    /// at a time.
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: usize,
 
-    /// A request not answered within this time is retried (KPL's
-    /// `RequestTimeout`). The first may still have landed: delivery is
-    /// at-least-once.
+    /// The longest a request may go unanswered before it is retried (KPL's
+    /// `RequestTimeout`). The timeout in force follows the observed latency
+    /// (4 × the RTT baseline, doubled after each timeout) between
+    /// `min_request_timeout_ms` and this ceiling; before the first answer it
+    /// is this ceiling. A timed-out request may still have been stored: its
+    /// records are resent (possible duplicates) and, if given up, reported
+    /// with an unknown outcome.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+
+    /// The shortest request timeout, however fast answers come: room for a
+    /// slow answer now and then without a resend. At most
+    /// `request_timeout_ms`.
+    #[serde(default = "default_min_request_timeout_ms")]
+    pub min_request_timeout_ms: u64,
 
     /// Per-shard rate limit as a percentage of the shard's write limits
     /// (1,000 records/s and 1 MiB/s), like KPL's `RateLimit`; 0 turns the
@@ -139,6 +164,13 @@ pub struct ProducerConfig {
     /// most one request in flight, so one key gets at most one batch per round
     /// trip (with `aggregation`, that batch packs many of its records).
     /// Kinesis only.
+    ///
+    /// The guarantee holds for requests that get an answer. A request that
+    /// times out may still be applied later, after its resend and after later
+    /// records of its keys: the stream can then read A, B, A (the late copy)
+    /// or A, A, B. Order of first occurrences holds only if no request of the
+    /// key timed out; readers that need it exactly dedupe by a record id and
+    /// keep the first copy. Adaptive timeouts make this rare.
     #[serde(default = "default_ordering")]
     pub ordering: bool,
 
@@ -154,6 +186,17 @@ pub struct ProducerConfig {
     /// Backoff between attempts.
     #[serde(default)]
     pub retry: RetryConfig,
+}
+
+/// When a record's time to live starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TtlStart {
+    /// When `send`, `enqueue` or `try_send` is called.
+    #[default]
+    Send,
+    /// When the record is first put in a request.
+    FirstAttempt,
 }
 
 /// Full-jitter exponential backoff between attempts of a record.
@@ -200,7 +243,10 @@ fn default_max_concurrent_requests() -> usize {
     24
 }
 fn default_request_timeout_ms() -> u64 {
-    6_000
+    10_000
+}
+fn default_min_request_timeout_ms() -> u64 {
+    2_000
 }
 fn default_rate_limit_percent() -> u32 {
     150
@@ -243,6 +289,7 @@ impl ProducerConfig {
             target,
             linger_ms: default_linger_ms(),
             record_ttl_ms: default_record_ttl_ms(),
+            ttl_start: TtlStart::default(),
             max_record_bytes: None,
             max_batch_records: default_max_batch_records(),
             max_batch_bytes: None,
@@ -250,6 +297,7 @@ impl ProducerConfig {
             max_buffered_records: default_max_buffered_records(),
             max_concurrent_requests: default_max_concurrent_requests(),
             request_timeout_ms: default_request_timeout_ms(),
+            min_request_timeout_ms: default_min_request_timeout_ms(),
             rate_limit_percent: default_rate_limit_percent(),
             shard_map_refresh_secs: default_shard_map_refresh_secs(),
             ordering: default_ordering(),
@@ -327,6 +375,7 @@ impl ProducerConfig {
             target: self.target.clone(),
             linger: Duration::from_millis(self.linger_ms),
             ttl: Duration::from_millis(self.record_ttl_ms),
+            ttl_start: self.ttl_start,
             max_record_bytes,
             max_batch_records,
             max_batch_bytes,
@@ -334,6 +383,7 @@ impl ProducerConfig {
             max_buffered_records: self.max_buffered_records,
             max_concurrent_requests: self.max_concurrent_requests,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
+            min_request_timeout: Duration::from_millis(self.min_request_timeout_ms.min(self.request_timeout_ms)),
             rate_limit_factor: (kinesis && self.rate_limit_percent > 0).then(|| self.rate_limit_percent as f64 / 100.0),
             shard_map_refresh: (kinesis && self.shard_map_refresh_secs > 0)
                 .then(|| Duration::from_secs(self.shard_map_refresh_secs)),
@@ -357,6 +407,8 @@ pub struct Settings {
     pub linger: Duration,
     /// Per-record time to live.
     pub ttl: Duration,
+    /// When the time to live starts.
+    pub ttl_start: TtlStart,
     /// Per-record limit.
     pub max_record_bytes: usize,
     /// Entries per request.
@@ -367,10 +419,12 @@ pub struct Settings {
     pub max_buffered_bytes: usize,
     /// Buffered + in-flight record budget.
     pub max_buffered_records: usize,
-    /// Requests in flight.
+    /// Ceiling of the adaptive concurrency limit.
     pub max_concurrent_requests: usize,
-    /// Per-request timeout.
+    /// Ceiling of the adaptive request timeout.
     pub request_timeout: Duration,
+    /// Floor of the adaptive request timeout (at most the ceiling).
+    pub min_request_timeout: Duration,
     /// Fraction of the shard limits to allow; `None` when off.
     pub rate_limit_factor: Option<f64>,
     /// Periodic shard-map refresh; `None` when only on mismatch.

@@ -2,9 +2,11 @@
 //! queue per shard (sorted by arrival, so a retried record goes back before
 //! later records of its key), fills the open request from the queues within
 //! each shard's rate limit, sends it when full, when its oldest record has
-//! waited `linger`, or on flush, and sorts each answer into acknowledgements,
+//! waited `linger` (held back by the rate limit: when it has been filling for
+//! `linger`), or on flush, and sorts each answer into acknowledgements,
 //! retries (only the failed entries, after a full-jitter backoff) and
-//! failures.
+//! failures. How many requests fly at once, and how long each may take, is
+//! up to the adaptive [`Controller`].
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -16,8 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::batch::{Batch, Limits, Pending, Refusal, Unit};
-use crate::config::Settings;
+use crate::batch::{Batch, Limits, Pending, Placement, Refusal, Unit, aggregated_size};
+use crate::budget::Backlog;
+use crate::concurrency::{Change, Controller, Signal};
+use crate::config::{Settings, TtlStart};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::rate::RateLimits;
@@ -35,6 +39,9 @@ const MAX_IDLE: Duration = Duration::from_secs(1);
 const MIN_REFRESH_GAP: Duration = Duration::from_secs(1);
 /// Commands taken from the channel per turn, between two fills.
 const COMMANDS_PER_TURN: usize = 1024;
+/// The deadline of a record whose TTL has not started (`ttl_start =
+/// "first_attempt"` and never sent): later than any run.
+const NOT_STARTED: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// What the producer handles send to the task. Nearly every command is a
 /// record, so boxing `Pending` would only add an allocation per record.
@@ -72,7 +79,14 @@ pub struct Dispatcher {
     batch: Batch,
     /// Round-robin start among the queues, so no shard starves the others.
     next_queue: usize,
+    /// The last fill stopped at a shard's rate limit (see
+    /// [`Batch::should_send_by_age`]).
+    rate_limited: bool,
     in_flight: JoinSet<Completion>,
+    /// How many requests may be in flight, and their timeout.
+    concurrency: Controller,
+    /// Records not sent yet, shared with the handles for `ready`.
+    backlog: Arc<Backlog>,
     /// Ordering: records per key in sent requests; such keys wait.
     keys_in_flight: HashMap<String, usize>,
     /// Sequence numbers of records accepted and not resolved, for flush.
@@ -97,6 +111,7 @@ impl Dispatcher {
         map: ShardMap,
         metrics: Arc<Metrics>,
         rx: mpsc::Receiver<Command>,
+        backlog: Arc<Backlog>,
         seed: Option<u64>,
     ) -> Self {
         let limits = Limits {
@@ -109,7 +124,17 @@ impl Dispatcher {
         rate.update(&ShardMap::default(), &map);
         let (refresh_tx, refresh_rx) = mpsc::channel(1);
         let now = Instant::now();
+        let concurrency = Controller::new(
+            settings.max_concurrent_requests,
+            settings.min_request_timeout,
+            settings.request_timeout,
+            now,
+        );
+        metrics.record_concurrency(concurrency.limit(), None, concurrency.request_timeout(), None);
+        backlog.set_target(backlog_target(&settings, concurrency.limit()));
         Dispatcher {
+            concurrency,
+            backlog,
             limits,
             queues: (0..=map.len()).map(|_| VecDeque::new()).collect(),
             map: Arc::new(map),
@@ -119,6 +144,7 @@ impl Dispatcher {
             rx,
             batch: Batch::default(),
             next_queue: 0,
+            rate_limited: false,
             in_flight: JoinSet::new(),
             keys_in_flight: HashMap::new(),
             outstanding: BTreeSet::new(),
@@ -184,6 +210,9 @@ impl Dispatcher {
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Record(mut p) => {
+                if self.settings.ttl_start == TtlStart::FirstAttempt {
+                    p.deadline = p.enqueued + NOT_STARTED;
+                }
                 p.seq = self.next_seq;
                 self.next_seq += 1;
                 self.outstanding.insert(p.seq);
@@ -230,13 +259,13 @@ impl Dispatcher {
             }
             let flushing = self.shutting_down || self.rx_closed || !self.flush_waiters.is_empty();
             let ready = self.batch.should_send_by_size(&self.limits)
-                || self.batch.should_send_by_age(now, self.settings.linger)
+                || self.batch.should_send_by_age(now, self.settings.linger, self.rate_limited)
                 || flushing;
             if !ready {
-                wake = wake.min(self.batch.send_deadline(self.settings.linger).unwrap_or(wake));
+                wake = wake.min(self.batch.send_deadline(self.settings.linger, self.rate_limited).unwrap_or(wake));
                 break;
             }
-            if self.in_flight.len() >= self.settings.max_concurrent_requests {
+            if self.in_flight.len() >= self.concurrency.limit() {
                 break; // a completion wakes the loop
             }
             self.send_batch();
@@ -244,8 +273,11 @@ impl Dispatcher {
         wake
     }
 
-    /// Resolves the records whose TTL ran out. Deadlines grow with arrival
-    /// and queues are sorted by arrival, so expired records are at the front.
+    /// Resolves the records whose TTL ran out. With the TTL from `send`,
+    /// deadlines grow with arrival and queues are sorted by arrival, so
+    /// expired records are at the front. From the first attempt, a record
+    /// sent (and back for a retry) may sit behind unsent ones, so the window
+    /// that `fill` looks at is scanned.
     fn expire(&mut self, now: Instant, wake: &mut Instant) {
         for q in 0..self.queues.len() {
             while let Some(front) = self.queues[q].front() {
@@ -256,25 +288,46 @@ impl Dispatcher {
                 let p = self.queues[q].pop_front().unwrap();
                 self.expire_record(p, now);
             }
+            if self.settings.ttl_start == TtlStart::FirstAttempt {
+                let mut i = 0;
+                while i < self.queues[q].len().min(SCAN_WINDOW) {
+                    let deadline = self.queues[q][i].deadline;
+                    if deadline > now {
+                        *wake = (*wake).min(deadline);
+                        i += 1;
+                        continue;
+                    }
+                    let p = self.queues[q].remove(i).unwrap();
+                    self.expire_record(p, now);
+                }
+            }
         }
     }
 
     fn expire_record(&mut self, p: Pending, now: Instant) {
-        self.metrics.record_expired();
+        self.metrics.records_expired.inc();
         self.outstanding.remove(&p.seq);
-        let reason = Error::Expired {
-            attempts: p.attempts,
-            age: now - p.enqueued,
-            ttl_ms: self.settings.ttl.as_millis() as u64,
-            last_error: p.last_error.clone().unwrap_or_else(|| "none".into()),
+        let ttl_ms = self.settings.ttl.as_millis() as u64;
+        let last_error = p.last_error.clone().unwrap_or_else(|| "none".into());
+        let reason = if p.maybe_stored {
+            Error::UnknownOutcome {
+                attempts: p.attempts,
+                age: now - p.enqueued,
+                given_up: format!("record_ttl_ms = {ttl_ms} ran out"),
+                last_error,
+            }
+        } else {
+            Error::Expired { attempts: p.attempts, age: now - p.enqueued, ttl_ms, last_error }
         };
-        tracing::debug!(partition_key = %p.record.partition_key, attempts = p.attempts, "record expired");
+        self.metrics.record_failed(reason.label());
+        tracing::debug!(partition_key = %p.record.partition_key, attempts = p.attempts, reason = reason.label(), "record expired");
         p.fail(reason);
     }
 
     /// Moves due records from the queues into the open batch, round-robin
     /// over the shards, taking rate-limit tokens for each.
     fn fill(&mut self, now: Instant, wake: &mut Instant) {
+        self.rate_limited = false;
         let n = self.queues.len();
         for k in 0..n {
             if self.batch.should_send_by_size(&self.limits) {
@@ -323,7 +376,14 @@ impl Dispatcher {
                     continue;
                 }
             };
-            if let Err(wait) = self.rate.try_take(q, p.size) {
+            // Kinesis counts an aggregate as one record of its bytes: a record
+            // joining one adds bytes only.
+            let (records, bytes) = match placement {
+                Placement::Aggregate(_) => (0, aggregated_size(&p.record)),
+                Placement::NewUnit => (1, p.size),
+            };
+            if let Err(wait) = self.rate.try_take(q, records, bytes) {
+                self.rate_limited = true;
                 *wake = (*wake).min(now + wait.max(Duration::from_millis(1)));
                 return;
             }
@@ -333,12 +393,19 @@ impl Dispatcher {
     }
 
     fn send_batch(&mut self) {
+        let now = Instant::now();
         let mut batch = std::mem::take(&mut self.batch);
         for unit in &mut batch.units {
             if unit.is_aggregate() {
                 self.metrics.records_per_aggregate.observe(unit.records.len() as f64);
             }
             for p in &mut unit.records {
+                if p.attempts == 0 {
+                    p.unsent = None;
+                    if self.settings.ttl_start == TtlStart::FirstAttempt {
+                        p.deadline = now + self.settings.ttl;
+                    }
+                }
                 p.attempts += 1;
                 if self.settings.ordering {
                     *self.keys_in_flight.entry(p.record.partition_key.clone()).or_default() += 1;
@@ -346,8 +413,9 @@ impl Dispatcher {
             }
         }
         self.metrics.record_request_sent(batch.units.len(), batch.bytes);
+        self.concurrency.on_send();
         let service = self.service.clone();
-        let timeout = self.settings.request_timeout;
+        let timeout = self.concurrency.request_timeout();
         let units = batch.units;
         self.in_flight.spawn(async move {
             let started = Instant::now();
@@ -369,6 +437,7 @@ impl Dispatcher {
                 }
             }
         }
+        self.adapt_concurrency(&c, now);
         let mut retry = vec![];
         match c.outcome {
             Ok(outcomes) => {
@@ -397,17 +466,51 @@ impl Dispatcher {
                 }
             }
             Err(f) => {
-                self.metrics.record_request_done(if f.class.is_retryable() { "retry" } else { "failed" }, c.elapsed);
+                let outcome = match f.class {
+                    _ if f.code == "Timeout" => "timeout",
+                    class if class.is_retryable() => "retry",
+                    _ => "failed",
+                };
+                self.metrics.record_request_done(outcome, c.elapsed);
                 if f.class == ErrorClass::Throttled {
                     self.metrics.record_throttled("request");
                 }
                 tracing::debug!(code = %f.code, message = %f.message, "request failed");
-                for p in c.units.into_iter().flat_map(|u| u.records) {
+                let maybe_stored = f.may_have_been_applied();
+                for mut p in c.units.into_iter().flat_map(|u| u.records) {
+                    p.maybe_stored |= maybe_stored;
                     self.retry_or_fail(p, &f, now, &mut retry);
                 }
             }
         }
         self.requeue(retry, now);
+    }
+
+    /// Feeds a finished request to the concurrency controller: its RTT when
+    /// answered, and whether it pushed back (a timeout, a whole-request
+    /// retryable failure, a throttled entry).
+    fn adapt_concurrency(&mut self, c: &Completion, now: Instant) {
+        let signal = match &c.outcome {
+            Ok(outcomes) => Signal::Answered {
+                rtt: c.elapsed,
+                back_pressure: outcomes
+                    .iter()
+                    .any(|o| matches!(o, EntryOutcome::Failed(f) if f.class == ErrorClass::Throttled)),
+            },
+            Err(f) if f.code == "Timeout" => Signal::TimedOut,
+            Err(f) if f.class.is_retryable() => Signal::Failed,
+            // A final rejection (a missing stream, no permission) is an
+            // answer, not a sign of load.
+            Err(_) => Signal::Answered { rtt: c.elapsed, back_pressure: false },
+        };
+        let change = self.concurrency.on_finish(now, signal);
+        let (limit, timeout) = (self.concurrency.limit(), self.concurrency.request_timeout());
+        self.metrics.record_concurrency(limit, change, timeout, self.concurrency.baseline());
+        if let Some(change) = change {
+            let direction = if matches!(change, Change::Increased(_)) { "up" } else { "down" };
+            tracing::debug!(limit, direction, ?timeout, ?signal, "concurrency limit changed");
+            self.backlog.set_target(backlog_target(&self.settings, limit));
+        }
     }
 
     fn acknowledge(&mut self, unit: Unit, shard_id: Option<Arc<str>>, sequence_number: &str, now: Instant) {
@@ -451,10 +554,20 @@ impl Dispatcher {
         if now >= p.deadline {
             return self.expire_record(p, now);
         }
-        self.metrics.record_failed("retries_exhausted");
         self.outstanding.remove(&p.seq);
         let attempts = p.attempts;
-        p.fail(Error::RetriesExhausted { attempts, last_error: f.to_string() });
+        let reason = if p.maybe_stored {
+            Error::UnknownOutcome {
+                attempts,
+                age: now - p.enqueued,
+                given_up: format!("retry.max_attempts = {} were used", self.settings.retry.max_attempts),
+                last_error: f.to_string(),
+            }
+        } else {
+            Error::RetriesExhausted { attempts, last_error: f.to_string() }
+        };
+        self.metrics.record_failed(reason.label());
+        p.fail(reason);
     }
 
     /// Back into their queues, in arrival order, after one full-jitter
@@ -519,6 +632,13 @@ impl Dispatcher {
             self.queues[q].push_back(p);
         }
     }
+}
+
+/// Records to keep queued for `limit` requests in flight: one round of full
+/// requests plus one, so the next request can fill as soon as there is room,
+/// and no record waits in the queue much longer than a round trip.
+fn backlog_target(settings: &Settings, limit: usize) -> usize {
+    settings.max_batch_records * (limit + 1)
 }
 
 /// Inserts `p` at its arrival position (retries are near the front).

@@ -60,6 +60,25 @@ pub enum Error {
         last_error: String,
     },
 
+    /// The record was given up (at its TTL or after `retry.max_attempts`)
+    /// after a request carrying it went unanswered: the service may have
+    /// stored it, so it is neither delivered nor known to be lost. Resending
+    /// it may duplicate it; dropping it may lose it.
+    #[error(
+        "outcome unknown after {attempts} attempt(s) and {age:?}: a request carrying the record timed out, \
+         so it may have been stored; given up because {given_up}; last error: {last_error}"
+    )]
+    UnknownOutcome {
+        /// Sends attempted.
+        attempts: u32,
+        /// Time since `send`.
+        age: Duration,
+        /// Why it was given up, e.g. `record_ttl_ms = 30000 ran out`.
+        given_up: String,
+        /// Why the last attempt failed.
+        last_error: String,
+    },
+
     /// The service rejected the record with an error code that retrying
     /// cannot fix (KMS access, missing stream, invalid argument ...).
     #[error("{target} rejected the record with {code}: {message}")]
@@ -112,6 +131,7 @@ impl Error {
             Error::InvalidPartitionKey { .. } => "invalid_partition_key",
             Error::InvalidExplicitHashKey { .. } => "invalid_explicit_hash_key",
             Error::Expired { .. } => "expired",
+            Error::UnknownOutcome { .. } => "unknown_outcome",
             Error::Rejected { code, .. } => code,
             Error::RetriesExhausted { .. } => "retries_exhausted",
             Error::BufferFull { .. } => "buffer_full",
@@ -119,11 +139,29 @@ impl Error {
             Error::ListShards { .. } => "list_shards",
         }
     }
+
+    /// Sends attempted, when the error is about a record that was tried.
+    pub fn attempts(&self) -> Option<u32> {
+        match self {
+            Error::Expired { attempts, .. }
+            | Error::UnknownOutcome { attempts, .. }
+            | Error::RetriesExhausted { attempts, .. } => Some(*attempts),
+            _ => None,
+        }
+    }
+
+    /// Whether the record may have been stored after all (see
+    /// [`Error::UnknownOutcome`]).
+    pub fn is_unknown_outcome(&self) -> bool {
+        matches!(self, Error::UnknownOutcome { .. })
+    }
 }
 
-/// A record that was not delivered, handed back with the reason.
+/// A record that was not delivered, or whose outcome is unknown
+/// ([`Error::UnknownOutcome`]), handed back with the reason.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
-#[error("record with partition key {:?} not delivered: {reason}", record.partition_key)]
+#[error("record with partition key {:?} {}: {reason}", record.partition_key,
+    if reason.is_unknown_outcome() { "may or may not have been stored" } else { "not delivered" })]
 pub struct ProduceError {
     /// The record, unchanged, for a dead-letter queue or a later retry.
     pub record: Record,
@@ -144,6 +182,21 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("2000000 bytes") && msg.contains("1048576-byte") && msg.contains("max_record_bytes"));
         assert_eq!(e.label(), "too_large");
+    }
+
+    #[test]
+    fn an_unknown_outcome_does_not_claim_the_record_was_lost() {
+        let e = Error::UnknownOutcome {
+            attempts: 2,
+            age: Duration::from_secs(30),
+            given_up: "record_ttl_ms = 30000 ran out".into(),
+            last_error: "Timeout: no answer within 2s".into(),
+        };
+        assert_eq!((e.label(), e.attempts()), ("unknown_outcome", Some(2)));
+        let err = ProduceError { record: Record::new("k", "x"), reason: e };
+        let msg = err.to_string();
+        assert!(msg.contains("may or may not have been stored") && !msg.contains("not delivered"), "{msg}");
+        assert!(msg.contains("may have been stored; given up because record_ttl_ms = 30000 ran out"), "{msg}");
     }
 
     #[test]

@@ -8,7 +8,13 @@
 //!   retried whole; full-jitter backoff; every record has a TTL.
 //! - **Per-shard rate limits** from the `ListShards` hash-key map, refreshed
 //!   on reshard.
-//! - **Backpressure**: a bounded budget of buffered + in-flight records.
+//! - **Adaptive request concurrency** ([`concurrency`]): starts at one
+//!   request in flight, grows while answers stay fast, cuts on timeouts,
+//!   throttles and rising latency; timeouts follow the observed latency.
+//! - **Backpressure**: a bounded budget of buffered + in-flight records, and
+//!   [`Producer::ready`] to feed only as fast as the stream takes records.
+//! - **Honest outcomes**: a record given up after a timed-out request is
+//!   reported as [`Error::UnknownOutcome`] (it may have been stored).
 //! - Optional **strict per-key ordering** and **KPL aggregation**.
 //! - **Prometheus metrics** in a registry the application exposes.
 //!
@@ -42,6 +48,7 @@
 
 pub mod batch;
 pub mod budget;
+pub mod concurrency;
 pub mod config;
 pub mod dispatcher;
 pub mod error;
@@ -54,7 +61,7 @@ pub mod shard_map;
 #[cfg(test)]
 mod testing;
 
-pub use config::{ProducerConfig, RetryConfig, Settings, Target};
+pub use config::{ProducerConfig, RetryConfig, Settings, Target, TtlStart};
 pub use error::{Error, ProduceError};
 pub use metrics::Metrics;
 pub use producer::{AckFuture, Producer, ProducerBuilder};

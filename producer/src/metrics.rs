@@ -5,7 +5,11 @@
 
 use std::time::Duration;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, exponential_buckets};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, exponential_buckets,
+};
+
+use crate::concurrency::Change;
 
 /// The producer's metrics.
 #[derive(Debug, Clone)]
@@ -15,8 +19,17 @@ pub struct Metrics {
     /// Payload bytes of the acknowledged user records.
     pub bytes_sent: IntCounter,
     /// User records that failed for good, by reason (AWS error code,
-    /// `expired`, `too_large`, `retries_exhausted` ...).
+    /// `expired`, `too_large`, `retries_exhausted` ...), and those given up
+    /// with `reason="unknown_outcome"`: a request carrying them timed out, so
+    /// they may have been stored.
     pub records_failed: IntCounterVec,
+    /// `try_send` refusals because the budget was full: backpressure, not
+    /// failures (the caller still holds the record).
+    pub buffer_full: IntCounter,
+    /// Records still buffered or in flight when the last producer handle
+    /// was dropped without `shutdown`: they are sent in the background, and
+    /// lost if the runtime stops first.
+    pub records_buffered_at_drop: IntCounter,
     /// User records put back for another attempt, by error code.
     pub records_retried: IntCounterVec,
     /// User records whose TTL ran out.
@@ -25,9 +38,18 @@ pub struct Metrics {
     /// `ProvisionedThroughputExceededException`, `scope="request"` for whole
     /// requests.
     pub throttled: IntCounterVec,
-    /// Requests by outcome: `ok`, `partial` (some entries failed), `retry`
-    /// (the whole request will be retried), `failed`.
+    /// Requests by outcome: `ok`, `partial` (some entries failed), `timeout`
+    /// (no answer within the request timeout), `retry` (another retryable
+    /// failure of the whole request), `failed`.
     pub requests: IntCounterVec,
+    /// The adaptive limit of requests in flight.
+    pub concurrency_limit: IntGauge,
+    /// Changes of the concurrency limit, by `direction` (`up`, `down`).
+    pub concurrency_limit_changes: IntCounterVec,
+    /// The request timeout in force, in seconds.
+    pub request_timeout: Gauge,
+    /// The RTT baseline the concurrency limit is judged against, in seconds.
+    pub rtt_baseline: Gauge,
     /// Request latency in seconds.
     pub request_duration: Histogram,
     /// Entries per request.
@@ -67,6 +89,14 @@ impl Metrics {
                 opts("records_failed_total", "User records that failed for good, by reason."),
                 &["reason"],
             )?,
+            buffer_full: IntCounter::with_opts(opts(
+                "buffer_full_total",
+                "try_send refusals because the budget was full (backpressure, not failures).",
+            ))?,
+            records_buffered_at_drop: IntCounter::with_opts(opts(
+                "records_buffered_at_drop_total",
+                "Records buffered or in flight when the producer was dropped without shutdown.",
+            ))?,
             records_retried: IntCounterVec::new(
                 opts("records_retried_total", "User records put back for another attempt, by error code."),
                 &["code"],
@@ -74,6 +104,19 @@ impl Metrics {
             records_expired: IntCounter::with_opts(opts("records_expired_total", "User records whose TTL ran out."))?,
             throttled: IntCounterVec::new(opts("throttled_total", "Throttling answers, by scope."), &["scope"])?,
             requests: IntCounterVec::new(opts("requests_total", "Requests by outcome."), &["outcome"])?,
+            concurrency_limit: IntGauge::with_opts(opts(
+                "concurrency_limit",
+                "The adaptive limit of requests in flight.",
+            ))?,
+            concurrency_limit_changes: IntCounterVec::new(
+                opts("concurrency_limit_changes_total", "Changes of the concurrency limit, by direction."),
+                &["direction"],
+            )?,
+            request_timeout: Gauge::with_opts(opts("request_timeout_seconds", "The request timeout in force."))?,
+            rtt_baseline: Gauge::with_opts(opts(
+                "rtt_baseline_seconds",
+                "The RTT baseline the concurrency limit is judged against.",
+            ))?,
             request_duration: Histogram::with_opts(hist(
                 "request_duration_seconds",
                 "Request latency.",
@@ -110,6 +153,12 @@ impl Metrics {
         registry.register(Box::new(m.records_sent.clone()))?;
         registry.register(Box::new(m.bytes_sent.clone()))?;
         registry.register(Box::new(m.records_failed.clone()))?;
+        registry.register(Box::new(m.buffer_full.clone()))?;
+        registry.register(Box::new(m.records_buffered_at_drop.clone()))?;
+        registry.register(Box::new(m.concurrency_limit.clone()))?;
+        registry.register(Box::new(m.concurrency_limit_changes.clone()))?;
+        registry.register(Box::new(m.request_timeout.clone()))?;
+        registry.register(Box::new(m.rtt_baseline.clone()))?;
         registry.register(Box::new(m.records_retried.clone()))?;
         registry.register(Box::new(m.records_expired.clone()))?;
         registry.register(Box::new(m.throttled.clone()))?;
@@ -138,10 +187,25 @@ impl Metrics {
         self.records_failed.with_label_values(&[reason]).inc();
     }
 
-    /// A record's TTL ran out.
-    pub fn record_expired(&self) {
-        self.records_expired.inc();
-        self.record_failed("expired");
+    /// The concurrency controller's state after a request finished: its
+    /// limit, the change if any, the timeout and baseline in force.
+    pub fn record_concurrency(
+        &self,
+        limit: usize,
+        change: Option<Change>,
+        timeout: Duration,
+        baseline: Option<Duration>,
+    ) {
+        self.concurrency_limit.set(limit as i64);
+        match change {
+            Some(Change::Increased(_)) => self.concurrency_limit_changes.with_label_values(&["up"]).inc(),
+            Some(Change::Decreased(_)) => self.concurrency_limit_changes.with_label_values(&["down"]).inc(),
+            None => {}
+        }
+        self.request_timeout.set(timeout.as_secs_f64());
+        if let Some(b) = baseline {
+            self.rtt_baseline.set(b.as_secs_f64());
+        }
     }
 
     /// A record goes back for another attempt after `code`.
@@ -191,7 +255,7 @@ mod tests {
         let b = Metrics::new(&registry, "b").unwrap();
         a.record_sent(10, Duration::from_millis(5));
         b.record_failed("KMSAccessDeniedException");
-        b.record_expired();
+        b.records_expired.inc();
         let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
         assert!(text.contains("shardlake_producer_records_sent_total{target=\"a\"} 1"), "{text}");
         assert!(text.contains("shardlake_producer_bytes_sent_total{target=\"a\"} 10"), "{text}");
@@ -212,7 +276,7 @@ mod tests {
         let m = Metrics::new(&registry, "events").unwrap();
         m.record_sent(10, Duration::from_millis(5));
         m.record_failed("expired");
-        m.record_expired();
+        m.records_expired.inc();
         m.record_retried("InternalFailure");
         m.record_throttled("shard");
         m.record_request_sent(2, 20);

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::batch::{Outcome, Pending};
-use crate::budget::Budget;
+use crate::budget::{Backlog, Budget};
 use crate::config::{ProducerConfig, Settings, Target};
 use crate::dispatcher::{Command, Dispatcher};
 use crate::error::{Error, ProduceError, Result};
@@ -107,12 +107,15 @@ impl ProducerBuilder {
             }
         };
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let dispatcher = Dispatcher::new(settings.clone(), service, map, metrics.clone(), rx, self.retry_seed);
+        let backlog = Arc::new(Backlog::default());
+        let dispatcher =
+            Dispatcher::new(settings.clone(), service, map, metrics.clone(), rx, backlog.clone(), self.retry_seed);
         let task = tokio::spawn(dispatcher.run());
         Ok(Producer {
             inner: Arc::new(Inner {
                 tx,
                 budget: Budget::new(settings.max_buffered_bytes, settings.max_buffered_records, metrics.clone()),
+                backlog,
                 settings,
                 metrics,
                 registry,
@@ -124,6 +127,11 @@ impl ProducerBuilder {
 
 /// An embeddable Kinesis / Firehose producer. Cheap to clone; all clones feed
 /// the same task. See the [crate docs](crate) for an example.
+///
+/// Call [`Producer::shutdown`] before the end: dropping the last handle
+/// without it leaves the buffered records to a background task that dies
+/// with the runtime, so it logs an error and counts them in
+/// `shardlake_producer_records_buffered_at_drop_total`.
 #[derive(Debug, Clone)]
 pub struct Producer {
     inner: Arc<Inner>,
@@ -133,10 +141,31 @@ pub struct Producer {
 struct Inner {
     tx: mpsc::Sender<Command>,
     budget: Budget,
+    /// Records accepted and not sent yet, for `ready`.
+    backlog: Arc<Backlog>,
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
     registry: Registry,
     task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    /// The last handle is gone. Without `shutdown`, records may still be
+    /// buffered: the task keeps sending them, but nobody waits for it, and
+    /// they are lost if the runtime stops first (e.g. `main` returns).
+    fn drop(&mut self) {
+        let task_running = self.task.get_mut().map(|t| t.is_some()).unwrap_or(false);
+        let records = self.budget.used_records();
+        if task_running && records > 0 {
+            self.metrics.records_buffered_at_drop.inc_by(records as u64);
+            tracing::error!(
+                target = self.settings.target.name(),
+                records,
+                "producer dropped without shutdown() while records were buffered or in flight; \
+                 they are lost if the runtime stops before they are sent: call producer.shutdown().await"
+            );
+        }
+    }
 }
 
 /// The future result of an accepted record: its [`Ack`], or a
@@ -178,9 +207,21 @@ impl Producer {
         self.enqueue(record).await?.await
     }
 
+    /// Waits until the producer can take more records without them queueing:
+    /// until fewer records wait for their first send than one round of
+    /// requests at the current (adaptive) concurrency holds. A feeder that
+    /// calls it before each [`Producer::enqueue`] goes as fast as the stream
+    /// takes records, and its records spend their TTL on the stream rather
+    /// than in the producer's queue.
+    pub async fn ready(&self) {
+        self.inner.backlog.wait_for_room().await;
+    }
+
     /// Hands a record to the producer, waiting for room in the budget, and
     /// returns a future for its result. Use it to keep many records in flight
-    /// from one loop.
+    /// from one loop (see [`Producer::ready`] to pace the loop). The record's
+    /// TTL starts now (unless `ttl_start = "first_attempt"`), including any
+    /// wait for room.
     pub async fn enqueue(&self, record: Record) -> Result<AckFuture, ProduceError> {
         let enqueued = Instant::now();
         let (hash, size) = match self.check(&record) {
@@ -191,7 +232,8 @@ impl Producer {
             Ok(p) => p,
             Err(reason) => return Err(self.refuse(record, reason)),
         };
-        let (pending, rx) = Pending::new(record, hash, size, enqueued, self.inner.settings.ttl, permit);
+        let (mut pending, rx) = Pending::new(record, hash, size, enqueued, self.inner.settings.ttl, permit);
+        pending.unsent = Some(self.inner.backlog.enter());
         if let Err(mpsc::error::SendError(Command::Record(p))) = self.inner.tx.send(Command::Record(pending)).await {
             p.fail(Error::ShutDown);
         }
@@ -210,7 +252,8 @@ impl Producer {
             Ok(p) => p,
             Err(reason) => return Err(self.refuse(record, reason)),
         };
-        let (pending, rx) = Pending::new(record, hash, size, enqueued, self.inner.settings.ttl, permit);
+        let (mut pending, rx) = Pending::new(record, hash, size, enqueued, self.inner.settings.ttl, permit);
+        pending.unsent = Some(self.inner.backlog.enter());
         match self.inner.tx.try_send(Command::Record(pending)) {
             Ok(()) => Ok(AckFuture { rx }),
             Err(mpsc::error::TrySendError::Full(Command::Record(mut p))) => {
@@ -225,7 +268,13 @@ impl Producer {
     }
 
     fn refuse(&self, record: Record, reason: Error) -> ProduceError {
-        self.inner.metrics.record_failed(reason.label());
+        // A full buffer is backpressure: the caller holds the record and
+        // decides, so it is no failure of the producer.
+        if matches!(reason, Error::BufferFull { .. }) {
+            self.inner.metrics.buffer_full.inc();
+        } else {
+            self.inner.metrics.record_failed(reason.label());
+        }
         ProduceError { record, reason }
     }
 

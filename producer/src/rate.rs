@@ -1,7 +1,9 @@
 //! Per-shard rate limits: two `governor` token buckets per shard, one for
 //! records and one for bytes, refilled at the shard's write limits (1,000
 //! records/s and 1 MiB/s) times `rate_limit_percent`, like KPL's `RateLimit`.
-//! Retries take tokens too, so a throttled stream cannot be hammered.
+//! They charge what Kinesis counts: one record token per Kinesis record (an
+//! aggregate of many user records is one) and its bytes. Retries take tokens
+//! too, so a throttled stream cannot be hammered.
 //!
 //! The buckets run on tokio's clock, so tests with `tokio::time::pause()`
 //! control them like every other timer.
@@ -63,10 +65,11 @@ impl ShardLimiter {
         }
     }
 
-    /// Takes tokens for one record of `size` bytes, or says how long until
-    /// the shard has room. A record larger than the byte burst (possible with
-    /// a raised record limit) takes the whole burst.
-    pub fn try_take(&self, size: usize) -> Result<(), Duration> {
+    /// Takes tokens for `records` Kinesis records (0 when bytes join an
+    /// aggregate already charged, else 1) of `size` bytes, or says how long
+    /// until the shard has room. A record larger than the byte burst
+    /// (possible with a raised record limit) takes the whole burst.
+    pub fn try_take(&self, records: u32, size: usize) -> Result<(), Duration> {
         let now = self.clock.now();
         // Bytes first: the byte bucket is the one that usually binds, and a
         // denial there then costs no record token.
@@ -76,7 +79,11 @@ impl ShardLimiter {
             Ok(Err(not_until)) => return Err(not_until.wait_time_from(now)),
             Err(_) => unreachable!("n is clamped to the burst"),
         }
-        self.records.check().map_err(|not_until| not_until.wait_time_from(now))
+        let Some(records) = NonZeroU32::new(records) else { return Ok(()) };
+        match self.records.check_n(records) {
+            Ok(result) => result.map_err(|not_until| not_until.wait_time_from(now)),
+            Err(_) => unreachable!("one record is within any burst"),
+        }
     }
 }
 
@@ -110,11 +117,12 @@ impl RateLimits {
             .collect();
     }
 
-    /// Takes tokens for a record on shard `index`; `Ok` when limits are off or
+    /// Takes tokens for `records` Kinesis records of `size` bytes on shard
+    /// `index` (see [`ShardLimiter::try_take`]); `Ok` when limits are off or
     /// the shard is unknown.
-    pub fn try_take(&self, index: usize, size: usize) -> Result<(), Duration> {
+    pub fn try_take(&self, index: usize, records: u32, size: usize) -> Result<(), Duration> {
         match self.by_shard.get(index) {
-            Some(limiter) => limiter.try_take(size),
+            Some(limiter) => limiter.try_take(records, size),
             None => Ok(()),
         }
     }
@@ -128,31 +136,43 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_shard_takes_1000_records_a_second_at_100_percent() {
         let limiter = ShardLimiter::new(1.0, TokioClock::default());
-        let taken = (0..5000).take_while(|_| limiter.try_take(10).is_ok()).count();
+        let taken = (0..5000).take_while(|_| limiter.try_take(1, 10).is_ok()).count();
         assert_eq!(taken, 1000);
-        let wait = limiter.try_take(10).unwrap_err();
+        let wait = limiter.try_take(1, 10).unwrap_err();
         assert!(wait > Duration::ZERO && wait <= Duration::from_millis(1), "{wait:?}");
         tokio::time::advance(Duration::from_millis(100)).await;
-        let taken = (0..5000).take_while(|_| limiter.try_take(10).is_ok()).count();
+        let taken = (0..5000).take_while(|_| limiter.try_take(1, 10).is_ok()).count();
         assert_eq!(taken, 100);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_shard_takes_1_mib_a_second_at_100_percent() {
         let limiter = ShardLimiter::new(1.0, TokioClock::default());
-        assert_eq!((0..100).take_while(|_| limiter.try_take(128 * 1024).is_ok()).count(), 8);
-        let wait = limiter.try_take(128 * 1024).unwrap_err();
+        assert_eq!((0..100).take_while(|_| limiter.try_take(1, 128 * 1024).is_ok()).count(), 8);
+        let wait = limiter.try_take(1, 128 * 1024).unwrap_err();
         assert!(wait > Duration::from_millis(120) && wait <= Duration::from_millis(125), "{wait:?}");
         // A record above the burst (10 MiB streams) takes the whole bucket.
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(limiter.try_take(10 << 20).is_ok());
-        assert!(limiter.try_take(1).is_err());
+        assert!(limiter.try_take(1, 10 << 20).is_ok());
+        assert!(limiter.try_take(1, 1).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_joining_an_aggregate_take_no_record_token() {
+        let limiter = ShardLimiter::new(1.0, TokioClock::default());
+        // 10,000 user records of 50 bytes packed 10 to an aggregate: 1,000
+        // Kinesis records and 500 KB, within one second's limits.
+        for i in 0..10_000 {
+            limiter.try_take(u32::from(i % 10 == 0), 50).unwrap();
+        }
+        assert!(limiter.try_take(1, 1).is_err(), "the 1,000 record tokens are used");
+        assert!(limiter.try_take(0, 1000).is_ok(), "bytes are left");
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_factor_scales_both_buckets() {
         let limiter = ShardLimiter::new(1.5, TokioClock::default());
-        assert_eq!((0..5000).take_while(|_| limiter.try_take(1).is_ok()).count(), 1500);
+        assert_eq!((0..5000).take_while(|_| limiter.try_take(1, 1).is_ok()).count(), 1500);
     }
 
     #[tokio::test(start_paused = true)]
@@ -162,10 +182,10 @@ mod tests {
         let new = ShardMap::from_ranges(vec![range("b", 10), range("c", 20)]);
         let mut limits = RateLimits::new(Some(1.0));
         limits.update(&ShardMap::default(), &old);
-        while limits.try_take(1, 1).is_ok() {}
+        while limits.try_take(1, 1, 1).is_ok() {}
         limits.update(&old, &new);
-        assert!(limits.try_take(0, 1).is_err(), "shard b keeps its empty bucket at its new index");
-        assert!(limits.try_take(1, 1).is_ok(), "shard c starts full");
-        assert!(RateLimits::new(None).try_take(0, 1 << 30).is_ok());
+        assert!(limits.try_take(0, 1, 1).is_err(), "shard b keeps its empty bucket at its new index");
+        assert!(limits.try_take(1, 1, 1).is_ok(), "shard c starts full");
+        assert!(RateLimits::new(None).try_take(0, 1, 1 << 30).is_ok());
     }
 }

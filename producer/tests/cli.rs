@@ -94,3 +94,62 @@ fn rejects_bad_usage() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Kinesis streams only"));
 }
+
+#[test]
+fn help_explains_the_concurrency_timeout_and_ttl_flags() {
+    let out = Command::new(env!("CARGO_BIN_EXE_shardlake-producer")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--max-concurrent-requests",
+        "--request-timeout-ms",
+        "--record-ttl-ms",
+        "--ttl-from-first-attempt",
+        "--no-newline",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+    }
+    assert!(help.contains("adapts below this ceiling"), "{help}");
+    let out = Command::new(env!("CARGO_BIN_EXE_shardlake-producer"))
+        .args(["--stream", "s", "--no-newline"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "--no-newline is for Firehose");
+}
+
+#[test]
+fn the_flags_reach_the_producer_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"n\":1}\n").unwrap();
+    let stream = unique("cli-flags");
+    let out = producer(&[
+        "--stream",
+        &stream,
+        "--create-stream",
+        "--input",
+        input.to_str().unwrap(),
+        "--max-concurrent-requests",
+        "3",
+        "--request-timeout-ms",
+        "1500",
+        "--min-request-timeout-ms",
+        "500",
+        "--record-ttl-ms",
+        "5000",
+        "--ttl-from-first-attempt",
+        "--metrics",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("unknown     0") && text.contains("failed      0"), "{text}");
+    let timeout = text
+        .lines()
+        .find(|l| l.starts_with("shardlake_producer_request_timeout_seconds"))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse::<f64>().unwrap())
+        .unwrap();
+    assert!((0.5..=1.5).contains(&timeout), "the timeout stays within the flags' floor and ceiling: {timeout}");
+    let bad = producer(&["--stream", &stream, "--input", input.to_str().unwrap(), "--max-concurrent-requests", "0"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("max_concurrent_requests must be at least 1"));
+}

@@ -99,3 +99,45 @@ async fn a_missing_delivery_stream_fails_each_record_with_the_code() {
     }
     assert_eq!(err.record.data, "x");
 }
+
+/// Runs the CLI into a new delivery stream and returns the lines of the
+/// bucket's objects, and the objects' raw bytes.
+async fn cli_to_firehose(extra: &[&str], records: usize) -> (Vec<String>, Vec<String>) {
+    let sdk = sdk_config(&["AWS_ENDPOINT_URL_FIREHOSE", "AWS_ENDPOINT_URL_S3"]).await;
+    let (bucket, name) = delivery_stream(&sdk).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, (0..records).map(|i| format!("{{\"n\":{i}}}\n")).collect::<String>()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardlake-producer"))
+        .args(["--firehose", &name, "--input", input.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let s3 = shardlake::aws::s3_client(&sdk);
+    let mut raw = vec![];
+    let listed = s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
+    for obj in listed.contents() {
+        let body = s3.get_object().bucket(&bucket).key(obj.key().unwrap()).send().await.unwrap();
+        raw.push(String::from_utf8(body.body.collect().await.unwrap().into_bytes().to_vec()).unwrap());
+    }
+    let lines = raw.iter().flat_map(|o| o.lines().map(str::to_string)).collect();
+    (lines, raw)
+}
+
+#[tokio::test]
+async fn the_cli_keeps_each_lines_newline_so_s3_objects_are_json_lines() {
+    let (lines, raw) = cli_to_firehose(&[], 300).await;
+    assert!(!raw.is_empty() && raw.iter().all(|o| o.ends_with('\n')), "{raw:?}");
+    let mut ns: Vec<u64> =
+        lines.iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["n"].as_u64().unwrap()).collect();
+    ns.sort();
+    assert_eq!(ns, (0..300).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn no_newline_sends_the_lines_bare() {
+    let (_, raw) = cli_to_firehose(&["--no-newline"], 20).await;
+    let all = raw.concat();
+    assert!(!all.contains('\n') && all.contains("}{"), "{all}");
+}

@@ -1,6 +1,8 @@
 //! Backpressure against a stalled endpoint: a local TCP server that accepts
 //! connections and never answers. Memory stays within the budget, `send`
-//! waits, `try_send` refuses, and every record comes back at its TTL.
+//! waits, `try_send` refuses (backpressure, not a failure), and every record
+//! comes back at its TTL with an unknown outcome: its requests timed out, so
+//! the endpoint may have stored it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -63,15 +65,21 @@ async fn a_stalled_endpoint_holds_memory_to_the_budget_and_send_waits() {
     for h in held {
         let err = tokio::time::timeout(Duration::from_secs(10), h).await.expect("resolved at the TTL").unwrap_err();
         match &err.reason {
-            Error::Expired { last_error, attempts, .. } => {
+            Error::UnknownOutcome { last_error, attempts, given_up, .. } => {
                 assert!(last_error.starts_with("Timeout"), "{last_error}");
+                assert_eq!(given_up, "record_ttl_ms = 2000 ran out");
                 assert!(*attempts >= 1);
             }
-            other => panic!("expected an expiry, got {other}"),
+            other => panic!("expected an unknown outcome, got {other}"),
         }
         assert!(err.record.data.starts_with(b"{\"n\":"));
     }
     assert_eq!(producer.buffered(), (0, 0));
-    assert_eq!(producer.metrics().records_expired.get(), 40);
+    let m = producer.metrics();
+    assert_eq!(m.records_expired.get(), 40);
+    assert_eq!(m.records_failed.with_label_values(&["unknown_outcome"]).get(), 40);
+    assert_eq!(m.records_failed.with_label_values(&["buffer_full"]).get(), 0, "a refusal is no failure");
+    assert_eq!(m.buffer_full.get(), 1);
+    assert!(m.requests.with_label_values(&["timeout"]).get() >= 1);
     server.abort();
 }

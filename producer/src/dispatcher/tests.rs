@@ -431,3 +431,156 @@ async fn firehose_partial_failures_retry_only_the_failed_records() {
     assert_eq!(stored, ["0", "1", "2", "3", "4", "5", "7"].map(|s| s.as_bytes().to_vec()));
     assert_eq!(p.metrics().throttled.with_label_values(&["record"]).get(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_ttl_runs_from_send_by_default_and_from_the_first_attempt_on_request() {
+    // 30 records on a shard limited to 10 records/s: the last ones wait in
+    // the queue for about 2 s, longer than their 1 s TTL.
+    let run = |ttl_start| async move {
+        let (client, fake) = fake_kinesis(even_ranges(1, 0), |_, _| Inject::Ok);
+        let mut c = config();
+        c.rate_limit_percent = 1;
+        c.record_ttl_ms = 1_000;
+        c.ttl_start = ttl_start;
+        let p = producer(c, client).await;
+        let results = wait_all(enqueue_all(&p, numbered(30)).await).await;
+        let stored = fake.lock().unwrap().stored.len();
+        (results, stored)
+    };
+    let (results, stored) = run(crate::TtlStart::Send).await;
+    let expired_unsent = results
+        .iter()
+        .filter(|r| matches!(r, Err(e) if matches!(e.reason, Error::Expired { attempts: 0, .. })))
+        .count();
+    assert!(expired_unsent >= 5, "{expired_unsent} expired in the queue");
+    assert_eq!(stored + expired_unsent, 30);
+    let (results, stored) = run(crate::TtlStart::FirstAttempt).await;
+    assert!(results.iter().all(Result::is_ok), "waiting in the queue does not use the TTL");
+    assert_eq!(stored, 30);
+}
+
+#[tokio::test(start_paused = true)]
+async fn from_the_first_attempt_a_retried_record_still_expires_at_its_ttl() {
+    let (client, fake) = fake_kinesis(even_ranges(1, 0), |_, _| Inject::Request(throttled()));
+    let mut c = config();
+    c.ttl_start = crate::TtlStart::FirstAttempt;
+    c.record_ttl_ms = 3_000;
+    let p = producer(c, client).await;
+    let start = Instant::now();
+    let err = p.send(Record::new("k", "x")).await.unwrap_err();
+    assert!(matches!(err.reason, Error::Expired { .. }), "{}", err.reason);
+    assert!(start.elapsed() >= Duration::from_secs(3) && start.elapsed() < Duration::from_secs(4));
+    assert!(fake.lock().unwrap().calls.len() > 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_starts_at_one_request_and_grows_while_answers_stay_fast() {
+    let (client, fake) = fake_kinesis(even_ranges(4, 0), |_, _| Inject::Ok);
+    let p = producer(config(), client).await;
+    let m = p.metrics().clone();
+    assert_eq!(m.concurrency_limit.get(), 1);
+    let results = wait_all(enqueue_all(&p, numbered(20_000)).await).await;
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(fake.lock().unwrap().stored.len(), 20_000);
+    assert!(m.concurrency_limit.get() > 1, "limit {}", m.concurrency_limit.get());
+    assert!(m.concurrency_limit_changes.with_label_values(&["up"]).get() > 0);
+    assert_eq!(m.concurrency_limit_changes.with_label_values(&["down"]).get(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_cuts_the_concurrency_limit_to_one() {
+    // Fast answers let the limit grow, then the stream throttles for good.
+    let (client, _fake) =
+        fake_kinesis(even_ranges(4, 0), |call, _| if call < 40 { Inject::Ok } else { Inject::Request(throttled()) });
+    let mut c = config();
+    c.record_ttl_ms = 10_000;
+    let p = producer(c, client).await;
+    let results = wait_all(enqueue_all(&p, numbered(40_000)).await).await;
+    assert!(results.iter().any(Result::is_ok) && results.iter().any(Result::is_err));
+    let m = p.metrics();
+    assert!(m.concurrency_limit_changes.with_label_values(&["up"]).get() > 0);
+    assert!(m.concurrency_limit_changes.with_label_values(&["down"]).get() > 0);
+    assert_eq!(m.concurrency_limit.get(), 1, "throttled at every turn, the limit ends at its floor");
+}
+
+#[tokio::test(start_paused = true)]
+async fn ready_holds_a_feeder_to_one_round_of_requests() {
+    // 10 records/s: the queue fills, and `ready` stops the feeder at the
+    // backlog target of limit 1: 2 × 500 records.
+    let (client, _fake) = fake_kinesis(even_ranges(1, 0), |_, _| Inject::Ok);
+    let mut c = config();
+    c.rate_limit_percent = 1;
+    let p = producer(c, client).await;
+    let mut acks = vec![];
+    for i in 0..5_000 {
+        if tokio::time::timeout(Duration::from_millis(1), p.ready()).await.is_err() {
+            break;
+        }
+        acks.push(p.enqueue(Record::new("k", i.to_string())).await.unwrap());
+    }
+    assert!((1_000..1_050).contains(&acks.len()), "{} records fed", acks.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_aggregation_the_rate_limit_charges_kinesis_records_not_user_records() {
+    // 10,000 user records of ~60 bytes: ~600 KB, packed into aggregates of
+    // ~50 KB, are a dozen Kinesis records, well within one second's limits
+    // of a shard. Charged per user record they would take 9 s.
+    let (client, fake) = fake_kinesis(even_ranges(1, 0), |_, _| Inject::Ok);
+    let mut c = config();
+    c.rate_limit_percent = 100;
+    c.aggregation = true;
+    let p = producer(c, client).await;
+    let start = Instant::now();
+    let records = (0..10_000)
+        .map(|i| Record::new(format!("key-{i}"), format!("{{\"n\":{i:08},\"pad\":\"{}\"}}", "x".repeat(30))));
+    let results = wait_all(enqueue_all(&p, records).await).await;
+    assert!(results.iter().all(Result::is_ok));
+    assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+    let fake = fake.lock().unwrap();
+    assert!(fake.stored.len() <= 20, "{} Kinesis records", fake.stored.len());
+    assert!(fake.calls.len() <= 5, "{} requests", fake.calls.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_producer_without_shutdown_counts_the_buffered_records() {
+    let (client, _fake) = fake_kinesis(even_ranges(1, 0), |_, _| Inject::Request(throttled()));
+    let registry = prometheus::Registry::new();
+    let p = Producer::builder(config()).kinesis_client(client).registry(registry.clone()).build().await.unwrap();
+    let acks = enqueue_all(&p, numbered(10)).await;
+    let clone = p.clone();
+    drop(p);
+    let text = || prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+    assert!(
+        text().contains("shardlake_producer_records_buffered_at_drop_total{target=\"fake\"} 0"),
+        "a clone lives on"
+    );
+    drop(clone);
+    assert!(text().contains("shardlake_producer_records_buffered_at_drop_total{target=\"fake\"} 10"), "{}", text());
+    // The task still resolves them: here at their TTL, on the throttled stream.
+    assert!(wait_all(acks).await.iter().all(|r| matches!(r, Err(e) if matches!(e.reason, Error::Expired { .. }))));
+
+    let (client, _fake) = fake_kinesis(even_ranges(1, 0), |_, _| Inject::Ok);
+    let registry = prometheus::Registry::new();
+    let p = Producer::builder(config()).kinesis_client(client).registry(registry.clone()).build().await.unwrap();
+    let acks = enqueue_all(&p, numbered(10)).await;
+    p.shutdown().await;
+    drop(p);
+    assert!(wait_all(acks).await.iter().all(Result::is_ok));
+    let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+    assert!(text.contains("shardlake_producer_records_buffered_at_drop_total{target=\"fake\"} 0"), "{text}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limited_batches_fill_for_linger_instead_of_going_out_with_a_few_records() {
+    // 3,000 records at 1,000/s: after the burst, a batch fills for 100 ms
+    // (about 100 records) rather than going with the tokens of one refill.
+    let (client, fake) = fake_kinesis(even_ranges(1, 0), |_, _| Inject::Ok);
+    let mut c = config();
+    c.rate_limit_percent = 100;
+    let p = producer(c, client).await;
+    let results = wait_all(enqueue_all(&p, numbered(3000)).await).await;
+    assert!(results.iter().all(Result::is_ok));
+    let calls = fake.lock().unwrap().calls.len();
+    assert!(calls <= 30, "{calls} requests for 3,000 records");
+}

@@ -68,6 +68,15 @@ pub struct Failure {
     pub message: String,
 }
 
+impl Failure {
+    /// Whether the request may have been applied although it failed: it was
+    /// sent and no answer was read (a timeout, a broken response). A
+    /// connection refused or a service error means it was not.
+    pub fn may_have_been_applied(&self) -> bool {
+        matches!(self.code.as_str(), "Timeout" | "Response")
+    }
+}
+
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.code, self.message)

@@ -1,0 +1,460 @@
+//! Adaptive request concurrency (after Vector's ARC,
+//! `src/sinks/util/adaptive_concurrency`): how many requests may be in flight
+//! at once, and how long each may go unanswered.
+//!
+//! The limit follows AIMD. It starts at 1; once per round trip (one
+//! "window", the length of the RTT baseline) it
+//! - grows by 1 when the window's mean RTT is at or below the baseline (an
+//!   EWMA of past windows), the limit was reached (there is demand for more)
+//!   and nothing pushed back;
+//! - shrinks to `limit × 0.9` (rounded down, at least 1 less) on back
+//!   pressure (a timeout, a whole-request throttle or 5xx, an entry throttled
+//!   with `ProvisionedThroughputExceededException`) or when the window's RTT
+//!   rose above the baseline by more than 2.5 standard deviations (and 5%): the
+//!   endpoint is queueing requests, and more of them only adds latency.
+//!
+//! One addition to Vector's rules: the EWMA baseline follows the RTT up as
+//! the limit grows, so against an endpoint that queues, a slow climb (each
+//! step adding 1/limit to the RTT) never looks like rising latency. The
+//! controller also keeps the lowest recent window RTT (the unloaded latency)
+//! and cuts when a window takes 1.5 times that plus 10 ms. A window at limit
+//! 1 resets it, so an endpoint that got slower for good is relearned.
+//!
+//! `max_concurrent_requests` is the ceiling. Against an endpoint that
+//! serves one request at a time, a second concurrent request doubles the RTT
+//! and the limit comes back down; against a fast one it climbs to the ceiling.
+//!
+//! The request timeout follows the baseline too: `4 × (mean + 2 × deviation)`,
+//! clamped to `[min_request_timeout_ms, request_timeout_ms]`, doubled after
+//! each timeout in a row, and the ceiling until the first answer.
+//!
+//! The controller is a plain state machine fed with times, so it is tested on
+//! tokio's paused clock without a network.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Weight of the newest window in the RTT baseline (Vector's `ewma_alpha`).
+const EWMA_ALPHA: f64 = 0.4;
+/// A window whose RTT exceeds the baseline by this many standard deviations
+/// counts as back pressure (Vector's `rtt_deviation_scale`).
+const RTT_DEVIATION_SCALE: f64 = 2.5;
+/// Latency within this fraction of the baseline is never "rising", so a
+/// perfectly steady endpoint (no deviation) is not cut for rounding noise.
+const RTT_TOLERANCE: f64 = 0.05;
+/// RTTs within this of the baseline (seconds) count as at the baseline.
+const RTT_EPSILON: f64 = 1e-6;
+/// A window whose RTT exceeds the unloaded RTT (the lowest recent window)
+/// by this factor plus [`QUEUEING_SLACK`] means requests wait in a queue at
+/// the endpoint about as long as they are served: cut.
+const QUEUEING_FACTOR: f64 = 1.5;
+/// Absolute slack over the unloaded RTT, so scheduling noise of a few
+/// milliseconds on a fast endpoint does not count as queueing.
+const QUEUEING_SLACK: f64 = 0.010;
+/// Multiplicative decrease (Vector's `decrease_ratio`).
+const DECREASE_RATIO: f64 = 0.9;
+/// Requests may take this many times the baseline (plus two deviations)
+/// before they time out: generous, because a timed-out request may still be
+/// applied and its resend then duplicates its records.
+const TIMEOUT_RTT_FACTOR: f64 = 4.0;
+
+/// What a finished request tells the controller.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Signal {
+    /// The endpoint answered after `rtt`; `back_pressure` when it throttled
+    /// some or all of the request.
+    Answered {
+        /// Time from sending to the answer.
+        rtt: Duration,
+        /// The answer throttled the request or some of its entries.
+        back_pressure: bool,
+    },
+    /// No answer within the request timeout.
+    TimedOut,
+    /// No usable answer for another reason (a connection error, a 5xx):
+    /// back pressure without an RTT sample.
+    Failed,
+}
+
+/// A change of the limit, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The limit grew to this value.
+    Increased(usize),
+    /// The limit shrank to this value.
+    Decreased(usize),
+}
+
+/// An exponentially weighted mean and variance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Ewma {
+    mean: f64,
+    variance: f64,
+}
+
+impl Ewma {
+    fn update(this: &mut Option<Ewma>, x: f64) {
+        *this = Some(match *this {
+            None => Ewma { mean: x, variance: 0.0 },
+            Some(Ewma { mean, variance }) => {
+                let diff = x - mean;
+                let incr = EWMA_ALPHA * diff;
+                Ewma { mean: mean + incr, variance: (1.0 - EWMA_ALPHA) * (variance + diff * incr) }
+            }
+        });
+    }
+
+    fn deviation(&self) -> f64 {
+        self.variance.sqrt()
+    }
+}
+
+/// The concurrency limit and request timeout of one producer.
+#[derive(Debug)]
+pub struct Controller {
+    /// Requests allowed in flight now.
+    limit: usize,
+    /// `max_concurrent_requests`.
+    ceiling: usize,
+    /// Requests sent and not finished, to see whether the limit was reached.
+    in_flight: usize,
+    /// RTT baseline in seconds, from past windows; `None` before any answer.
+    baseline: Option<Ewma>,
+    /// The lowest recent window RTT in seconds: the endpoint's latency
+    /// without queueing.
+    unloaded: f64,
+    /// Sum and count of the current window's RTTs, in seconds.
+    window_sum: f64,
+    window_count: u32,
+    /// When the current window closes.
+    window_end: Instant,
+    /// When the limit last changed: answers to requests sent before it
+    /// measure the old limit, so they are left out of the window's RTT.
+    last_change: Option<Instant>,
+    /// Something pushed back during the current window.
+    back_pressure: bool,
+    /// `in_flight` reached `limit` during the current window.
+    reached_limit: bool,
+    /// Timeouts since the last answer; each doubles the request timeout.
+    timeouts_in_a_row: u32,
+    timeout_floor: Duration,
+    timeout_ceiling: Duration,
+}
+
+impl Controller {
+    /// A controller that allows 1 request at first and at most `ceiling`,
+    /// with request timeouts between `timeout_floor` and `timeout_ceiling`
+    /// (the floor is lowered to the ceiling if above it).
+    pub fn new(ceiling: usize, timeout_floor: Duration, timeout_ceiling: Duration, now: Instant) -> Self {
+        Controller {
+            limit: 1,
+            ceiling: ceiling.max(1),
+            in_flight: 0,
+            baseline: None,
+            unloaded: f64::MAX,
+            window_sum: 0.0,
+            window_count: 0,
+            window_end: now,
+            last_change: None,
+            back_pressure: false,
+            reached_limit: false,
+            timeouts_in_a_row: 0,
+            timeout_floor: timeout_floor.min(timeout_ceiling),
+            timeout_ceiling,
+        }
+    }
+
+    /// Requests allowed in flight now.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The RTT baseline, once an answer came.
+    pub fn baseline(&self) -> Option<Duration> {
+        self.baseline.map(|b| Duration::from_secs_f64(b.mean))
+    }
+
+    /// How long the next request may go unanswered.
+    pub fn request_timeout(&self) -> Duration {
+        let Some(b) = self.baseline else { return self.timeout_ceiling };
+        let base = TIMEOUT_RTT_FACTOR * (b.mean + 2.0 * b.deviation());
+        let base = Duration::try_from_secs_f64(base).unwrap_or(self.timeout_ceiling);
+        let backed_off = base.saturating_mul(1 << self.timeouts_in_a_row.min(16));
+        backed_off.clamp(self.timeout_floor, self.timeout_ceiling)
+    }
+
+    /// A request was sent.
+    pub fn on_send(&mut self) {
+        self.in_flight += 1;
+        if self.in_flight >= self.limit {
+            self.reached_limit = true;
+        }
+    }
+
+    /// A request finished; returns the change of the limit, if any. At most
+    /// one change per window.
+    pub fn on_finish(&mut self, now: Instant, signal: Signal) -> Option<Change> {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        match signal {
+            Signal::Answered { rtt, back_pressure } => {
+                self.timeouts_in_a_row = 0;
+                self.back_pressure |= back_pressure;
+                if self.last_change.is_none_or(|changed| now.checked_sub(rtt).is_none_or(|sent| sent >= changed)) {
+                    self.window_sum += rtt.as_secs_f64();
+                    self.window_count += 1;
+                }
+            }
+            Signal::TimedOut => {
+                self.timeouts_in_a_row = self.timeouts_in_a_row.saturating_add(1);
+                self.back_pressure = true;
+            }
+            Signal::Failed => self.back_pressure = true,
+        }
+        let window_rtt = (self.window_count > 0).then(|| self.window_sum / self.window_count as f64);
+        let Some(baseline) = self.baseline else {
+            // The first answer sets the baseline and opens the first window;
+            // back pressure before it still cuts the limit.
+            if let Some(rtt) = window_rtt {
+                Ewma::update(&mut self.baseline, rtt);
+                self.unloaded = rtt;
+                self.start_window(now, rtt);
+            }
+            return None;
+        };
+        if now < self.window_end {
+            return None;
+        }
+        let change = self.adjust(baseline, window_rtt);
+        if change.is_some() {
+            self.last_change = Some(now);
+        }
+        if let Some(rtt) = window_rtt {
+            Ewma::update(&mut self.baseline, rtt);
+            // One request at a time cannot queue behind our own: that RTT is
+            // the unloaded one, even if the endpoint got slower for good.
+            self.unloaded = if self.limit == 1 { rtt } else { rtt.min(self.unloaded) };
+        }
+        let mean = self.baseline.map_or(0.0, |b| b.mean);
+        self.start_window(now, mean);
+        change
+    }
+
+    fn adjust(&mut self, baseline: Ewma, window_rtt: Option<f64>) -> Option<Change> {
+        let allowance = (RTT_DEVIATION_SCALE * baseline.deviation()).max(RTT_TOLERANCE * baseline.mean);
+        let threshold = baseline.mean + allowance;
+        let queueing = self.unloaded * QUEUEING_FACTOR + QUEUEING_SLACK;
+        let rising = window_rtt.is_some_and(|rtt| rtt > threshold || rtt > queueing);
+        if self.limit > 1 && (self.back_pressure || rising) {
+            let lower = ((self.limit as f64 * DECREASE_RATIO) as usize).clamp(1, self.limit - 1);
+            self.limit = lower;
+            return Some(Change::Decreased(lower));
+        }
+        let fast = window_rtt.is_some_and(|rtt| rtt <= baseline.mean + RTT_EPSILON);
+        if self.limit < self.ceiling && self.reached_limit && !self.back_pressure && fast {
+            self.limit += 1;
+            return Some(Change::Increased(self.limit));
+        }
+        None
+    }
+
+    fn start_window(&mut self, now: Instant, rtt_secs: f64) {
+        self.window_end = now + Duration::try_from_secs_f64(rtt_secs).unwrap_or(Duration::ZERO);
+        self.window_sum = 0.0;
+        self.window_count = 0;
+        self.back_pressure = false;
+        self.reached_limit = self.in_flight >= self.limit;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FLOOR: Duration = Duration::from_secs(1);
+    const CEILING: Duration = Duration::from_secs(10);
+
+    /// An endpoint that serves `capacity` requests at a time, each in
+    /// `service` time, and queues the rest (first come, first served), like a
+    /// server whose worker pool or link is the bottleneck.
+    struct Endpoint {
+        capacity: usize,
+        service: Duration,
+        /// Per server slot, when it is free again.
+        free_at: Vec<Instant>,
+    }
+
+    impl Endpoint {
+        fn new(capacity: usize, service: Duration) -> Self {
+            Endpoint { capacity, service, free_at: vec![Instant::now(); capacity] }
+        }
+
+        /// When a request sent at `now` is answered.
+        fn answer_at(&mut self, now: Instant) -> Instant {
+            let slot = (0..self.capacity).min_by_key(|&i| self.free_at[i]).unwrap();
+            let done = self.free_at[slot].max(now) + self.service;
+            self.free_at[slot] = done;
+            done
+        }
+    }
+
+    /// Drives a controller against `endpoint` with unlimited demand for
+    /// `duration` of paused time; returns the limit after each finished
+    /// request, and whether that request timed out. A timed-out request still holds
+    /// its server slot, as a real server keeps working on it.
+    async fn drive(
+        controller: &mut Controller,
+        endpoint: &mut Endpoint,
+        duration: Duration,
+    ) -> (Vec<usize>, Vec<bool>) {
+        let end = Instant::now() + duration;
+        // In flight: (finished at, sent at, timed out).
+        let mut in_flight: Vec<(Instant, Instant, bool)> = vec![];
+        let (mut limits, mut timeouts) = (vec![], vec![]);
+        // Bounded: each turn finishes one request.
+        for _ in 0..1_000_000 {
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            while in_flight.len() < controller.limit() {
+                let answer = endpoint.answer_at(now);
+                let deadline = now + controller.request_timeout();
+                in_flight.push((answer.min(deadline), now, deadline < answer));
+                controller.on_send();
+            }
+            let next = (0..in_flight.len()).min_by_key(|&i| in_flight[i].0).unwrap();
+            let (at, sent, timed_out) = in_flight.swap_remove(next);
+            tokio::time::sleep_until(at).await;
+            timeouts.push(timed_out);
+            let signal =
+                if timed_out { Signal::TimedOut } else { Signal::Answered { rtt: at - sent, back_pressure: false } };
+            controller.on_finish(Instant::now(), signal);
+            limits.push(controller.limit());
+        }
+        (limits, timeouts)
+    }
+
+    fn steady<T>(xs: &[T]) -> &[T] {
+        &xs[xs.len() / 2..]
+    }
+
+    fn mean(xs: &[usize]) -> f64 {
+        xs.iter().sum::<usize>() as f64 / xs.len() as f64
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn against_a_one_at_a_time_endpoint_the_limit_stays_near_1() {
+        // kinesis-local's case: it applies one request at a time.
+        let mut c = Controller::new(24, FLOOR, CEILING, Instant::now());
+        let mut e = Endpoint::new(1, Duration::from_millis(600));
+        let (limits, _) = drive(&mut c, &mut e, Duration::from_secs(600)).await;
+        let m = mean(steady(&limits));
+        assert!(m <= 2.0, "mean limit {m} in the second half");
+        assert!(c.request_timeout() >= Duration::from_millis(2_400), "{:?}", c.request_timeout());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn from_an_overloading_limit_timeouts_bring_it_down_and_stop() {
+        // The field report: 24 requests of 600 ms against an endpoint that
+        // serves one at a time, with a 6 s timeout, all time out. Started
+        // there, the controller comes down and the timeouts stop.
+        let mut c = Controller::new(24, FLOOR, Duration::from_secs(6), Instant::now());
+        c.limit = 24;
+        let mut e = Endpoint::new(1, Duration::from_millis(600));
+        let (limits, timeouts) = drive(&mut c, &mut e, Duration::from_secs(600)).await;
+        assert!(timeouts[..50].contains(&true), "the overload shows as timeouts at first");
+        assert!(!steady(&timeouts).contains(&true), "no timeout in the second half");
+        assert!(mean(steady(&limits)) <= 2.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_limit_converges_near_the_endpoint_capacity() {
+        let mut c = Controller::new(64, FLOOR, CEILING, Instant::now());
+        let mut e = Endpoint::new(8, Duration::from_millis(50));
+        let (limits, timeouts) = drive(&mut c, &mut e, Duration::from_secs(600)).await;
+        // Every slot stays busy (the limit stays at or above the capacity)
+        // while requests queue for at most about one service time.
+        let s = steady(&limits);
+        let (low, high) = (*s.iter().min().unwrap(), *s.iter().max().unwrap());
+        assert!(low >= 8 && high <= 16, "limits {low}..={high} for a capacity of 8");
+        assert!(!timeouts.contains(&true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn against_a_fast_endpoint_the_limit_climbs_to_the_ceiling() {
+        let mut c = Controller::new(24, FLOOR, CEILING, Instant::now());
+        let mut e = Endpoint::new(1000, Duration::from_millis(20));
+        let (limits, _) = drive(&mut c, &mut e, Duration::from_secs(60)).await;
+        assert_eq!(*limits.last().unwrap(), 24);
+        assert_eq!(c.request_timeout(), FLOOR, "80 ms of RTT asks for less than the floor");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeouts_and_throttles_cut_the_limit_multiplicatively() {
+        let mut c = Controller::new(100, FLOOR, CEILING, Instant::now());
+        c.limit = 50;
+        let rtt = Duration::from_millis(100);
+        c.on_send();
+        c.on_finish(Instant::now(), Signal::Answered { rtt, back_pressure: false });
+        tokio::time::advance(rtt).await;
+        c.on_send();
+        assert_eq!(c.on_finish(Instant::now(), Signal::TimedOut), Some(Change::Decreased(45)));
+        // One change per window: a second timeout at once changes nothing.
+        c.on_send();
+        assert_eq!(c.on_finish(Instant::now(), Signal::TimedOut), None);
+        tokio::time::advance(rtt).await;
+        c.on_send();
+        let throttled = Signal::Answered { rtt, back_pressure: true };
+        assert_eq!(c.on_finish(Instant::now(), throttled), Some(Change::Decreased(40)));
+        tokio::time::advance(rtt).await;
+        c.on_send();
+        assert_eq!(c.on_finish(Instant::now(), Signal::Failed), Some(Change::Decreased(36)));
+        // Small limits still go down by at least one, and never below 1.
+        c.limit = 2;
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            c.on_send();
+            c.on_finish(Instant::now(), Signal::TimedOut);
+        }
+        assert_eq!(c.limit(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rising_latency_cuts_the_limit() {
+        let mut c = Controller::new(100, FLOOR, CEILING, Instant::now());
+        c.limit = 10;
+        let fast = Duration::from_millis(100);
+        for _ in 0..10 {
+            c.on_send();
+            c.on_finish(Instant::now(), Signal::Answered { rtt: fast, back_pressure: false });
+            tokio::time::advance(fast).await;
+        }
+        assert_eq!(c.limit(), 10, "steady latency without demand changes nothing");
+        c.on_send();
+        let slow = Signal::Answered { rtt: fast * 3, back_pressure: false };
+        assert_eq!(c.on_finish(Instant::now(), slow), Some(Change::Decreased(9)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_timeout_follows_the_rtt_within_floor_and_ceiling_and_backs_off() {
+        let mut c = Controller::new(4, FLOOR, CEILING, Instant::now());
+        assert_eq!(c.request_timeout(), CEILING, "no answer yet: the ceiling");
+        c.on_send();
+        c.on_finish(Instant::now(), Signal::Answered { rtt: Duration::from_millis(500), back_pressure: false });
+        assert_eq!(c.request_timeout(), Duration::from_secs(2), "4 × 500 ms");
+        c.on_send();
+        c.on_finish(Instant::now(), Signal::TimedOut);
+        assert_eq!(c.request_timeout(), Duration::from_secs(4), "doubled after a timeout");
+        for _ in 0..5 {
+            c.on_send();
+            c.on_finish(Instant::now(), Signal::TimedOut);
+        }
+        assert_eq!(c.request_timeout(), CEILING);
+        c.on_send();
+        c.on_finish(Instant::now(), Signal::Answered { rtt: Duration::from_millis(500), back_pressure: false });
+        assert_eq!(c.request_timeout(), Duration::from_secs(2), "an answer ends the backoff");
+        let tight = Controller::new(4, Duration::from_secs(5), Duration::from_millis(300), Instant::now());
+        assert_eq!(tight.timeout_floor, Duration::from_millis(300), "the floor never exceeds the ceiling");
+    }
+}
