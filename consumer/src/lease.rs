@@ -151,7 +151,7 @@ impl Leases {
     }
 
     /// Renews every held lease once, each renewal given at most `limit`
-    /// (the renew interval, so a hung call never outlives its lease); marks
+    /// (the lease duration: a renewal that takes longer is useless); marks
     /// the lost ones. A lease whose renewals kept failing for a whole lease
     /// duration has expired in the table and may be another worker's: it is
     /// given up like a lost one (its reader stops, commits nothing) and
@@ -175,7 +175,8 @@ impl Leases {
             match result {
                 Ok(()) => {
                     self.metrics.record_lease_renew(started.elapsed().as_secs_f64());
-                    self.renewed.lock().expect("renewed lock").insert(shard, Instant::now());
+                    // The new expiry counts from when the renewal was sent.
+                    self.renewed.lock().expect("renewed lock").insert(shard, started);
                 }
                 Err(Some(Error::LeaseLost { .. })) => self.mark_lost(&shard, counter),
                 Err(e) => {

@@ -175,6 +175,7 @@ impl CrashPoints {
 pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
     let stream = ctx.settings.config.stream.clone();
     let renew_every = ctx.settings.config.fleet.renew_every();
+    let lease_duration = ctx.settings.config.fleet.lease_duration;
     let refresh = match &ctx.leases {
         Some(_) => ctx.settings.config.polling.shard_refresh.min(renew_every),
         None => ctx.settings.config.polling.shard_refresh,
@@ -194,7 +195,7 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                 }
                 if let Some(leases) = &ctx.leases {
                     // With nothing held, a failure run goes on until a renewal works.
-                    match leases.renew_all(renew_every).await {
+                    match leases.renew_all(lease_duration).await {
                         Some(Ok(())) => ctx.health.worker_ok("lease_renewal"),
                         Some(Err(e)) => ctx.health.worker_failed("lease_renewal", &e),
                         None => {}
