@@ -33,6 +33,20 @@ struct ShardHealth {
     failing: BTreeMap<&'static str, Failing>,
 }
 
+impl ShardHealth {
+    /// A reader starting now, with `failing` carried over.
+    fn started(now: Instant, failing: BTreeMap<&'static str, Failing>) -> Self {
+        ShardHealth { read_ok: now, lag_ms: None, committed: now, buffered_since: None, failing }
+    }
+}
+
+/// Records a failure of `what`: a new run starts now, or the running one
+/// keeps its first time and takes the latest error.
+fn note_failure(failing: &mut BTreeMap<&'static str, Failing>, what: &'static str, error: &dyn std::fmt::Display) {
+    let error = error.to_string();
+    failing.entry(what).and_modify(|f| f.error.clone_from(&error)).or_insert(Failing { since: Instant::now(), error });
+}
+
 /// What a shard's gauges show now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardGauges {
@@ -82,8 +96,7 @@ impl Health {
         let now = Instant::now();
         let mut shards = self.shards.lock().expect("health lock");
         let failing = shards.remove(shard).map(|s| s.failing).unwrap_or_default();
-        let state = ShardHealth { read_ok: now, lag_ms: None, committed: now, buffered_since: None, failing };
-        shards.insert(shard.to_string(), state);
+        shards.insert(shard.to_string(), ShardHealth::started(now, failing));
     }
 
     /// A reader ended, lost its lease or stopped: the shard is no concern.
@@ -94,17 +107,10 @@ impl Health {
     /// A reader failed and waits to restart: the failure counts from the
     /// first of the run, and nothing of the shard is read meanwhile.
     pub fn reader_failed(&self, shard: &str, error: &dyn std::fmt::Display) {
-        let now = Instant::now();
         let mut shards = self.shards.lock().expect("health lock");
-        let s = shards.entry(shard.to_string()).or_insert_with(|| ShardHealth {
-            read_ok: now,
-            lag_ms: None,
-            committed: now,
-            buffered_since: None,
-            failing: BTreeMap::new(),
-        });
-        let error = error.to_string();
-        s.failing.entry("reader").and_modify(|f| f.error.clone_from(&error)).or_insert(Failing { since: now, error });
+        let s =
+            shards.entry(shard.to_string()).or_insert_with(|| ShardHealth::started(Instant::now(), BTreeMap::new()));
+        note_failure(&mut s.failing, "reader", error);
     }
 
     /// A read succeeded; `records` read into the batch.
@@ -143,23 +149,12 @@ impl Health {
     /// `what` (`read`, `upload`, `checkpoint`, `reader`) failed for `shard`; the run of
     /// failures keeps its first time.
     pub fn failed(&self, shard: &str, what: &'static str, error: &dyn std::fmt::Display) {
-        self.with_shard(shard, |s| {
-            let error = error.to_string();
-            s.failing
-                .entry(what)
-                .and_modify(|f| f.error.clone_from(&error))
-                .or_insert(Failing { since: Instant::now(), error });
-        });
+        self.with_shard(shard, |s| note_failure(&mut s.failing, what, error));
     }
 
     /// A worker loop's `what` (`listing`, `checkpoint_load`, `lease_renewal`) failed.
     pub fn worker_failed(&self, what: &'static str, error: &dyn std::fmt::Display) {
-        let error = error.to_string();
-        let mut worker = self.worker.lock().expect("health lock");
-        worker
-            .entry(what)
-            .and_modify(|f| f.error.clone_from(&error))
-            .or_insert(Failing { since: Instant::now(), error });
+        note_failure(&mut self.worker.lock().expect("health lock"), what, error);
     }
 
     /// A worker loop's `what` succeeded.

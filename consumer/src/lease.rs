@@ -158,10 +158,11 @@ impl Leases {
     /// taken again, at a new counter, once renewals work. `Err` names the
     /// last failure when any renewal failed; `None` when nothing is held.
     pub async fn renew_all(&self, limit: std::time::Duration) -> Option<Result<(), String>> {
-        if self.store.held().is_empty() {
+        let held = self.store.held();
+        if held.is_empty() {
             return None;
         }
-        let renewals = self.store.held().into_iter().map(|(shard, counter)| async move {
+        let renewals = held.into_iter().map(|(shard, counter)| async move {
             let started = Instant::now();
             let result = match tokio::time::timeout(limit, self.store.renew(&shard, counter)).await {
                 Ok(result) => result.map_err(Some),
