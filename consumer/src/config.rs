@@ -180,6 +180,11 @@ pub struct PollingConfig {
     /// Time between calls when a shard returned nothing (default 1 s).
     #[serde(default = "default_idle_interval", with = "humantime_serde")]
     pub idle_interval: Duration,
+    /// The longest pause on a shard that keeps answering empty with nothing
+    /// buffered: the idle interval doubles per empty answer up to this
+    /// (default 5 s; equal to `idle_interval` turns the back-off off).
+    #[serde(default = "default_max_idle_interval", with = "humantime_serde")]
+    pub max_idle_interval: Duration,
     /// How often the shard list is refreshed to find new shards (default 30 s).
     #[serde(default = "default_shard_refresh", with = "humantime_serde")]
     pub shard_refresh: Duration,
@@ -356,6 +361,9 @@ fn default_poll_interval() -> Duration {
 fn default_idle_interval() -> Duration {
     Duration::from_secs(1)
 }
+fn default_max_idle_interval() -> Duration {
+    Duration::from_secs(5)
+}
 fn default_shard_refresh() -> Duration {
     Duration::from_secs(30)
 }
@@ -419,7 +427,8 @@ default_from_fields! {
                    memory_budget_mb: default_memory_budget_mb, read_buffer_mb: default_read_buffer_mb }
     WriterConfig { target_file_mb: default_target_file_mb, row_group_rows: default_row_group_rows }
     PollingConfig { max_records_per_call: default_max_records_per_call, interval: default_poll_interval,
-                    idle_interval: default_idle_interval, shard_refresh: default_shard_refresh }
+                    idle_interval: default_idle_interval, max_idle_interval: default_max_idle_interval,
+                    shard_refresh: default_shard_refresh }
     MetricsConfig { address: default_metrics_address, enabled: default_true }
     TimeoutsConfig { connect: default_connect_timeout, call: default_call_timeout, upload: default_upload_timeout }
     HealthConfig { stall_after: default_stall_after, failing_after: default_failing_after }
@@ -563,6 +572,7 @@ impl ConsumerConfig {
         p.max_records_per_call = p.max_records_per_call.clamp(1, MAX_GET_RECORDS);
         p.interval = p.interval.max(MIN_POLL_INTERVAL);
         p.idle_interval = p.idle_interval.max(p.interval);
+        p.max_idle_interval = p.max_idle_interval.max(p.idle_interval);
         p.shard_refresh = p.shard_refresh.max(Duration::from_secs(1));
         if self.writer.target_file_mb == 0 || self.writer.row_group_rows == 0 {
             bail!("writer.target_file_mb and writer.row_group_rows: must be at least 1");

@@ -37,6 +37,12 @@ pub const MAX_CALL_BYTES: usize = 25 << 20;
 const MIN_CALL_BYTES: usize = 64 << 10;
 /// Pool permits are KiB.
 const KIB: usize = 1024;
+/// GetRecords calls in flight at once, over all readers. Each call holds an
+/// HTTP/1.1 connection, and each connection costs about 50 KiB of buffers
+/// and tasks whether busy or idle: without a cap a worker with 1,000 shards
+/// kept 1,000 connections (some 50 MiB). 128 calls of 20-100 ms serve
+/// thousands of calls per second, more than one worker converts.
+pub const MAX_CALLS_IN_FLIGHT: usize = 128;
 
 /// The memory of every reader's GetRecords responses (`[buffer]
 /// read_buffer_mb`): the bodies in flight and the buffers kept between
@@ -50,13 +56,28 @@ pub struct ReadBuffers {
     pool: Arc<Semaphore>,
     /// The pool's size.
     bytes: usize,
+    /// [`MAX_CALLS_IN_FLIGHT`] permits, one per call in flight.
+    calls: Arc<Semaphore>,
 }
 
 impl ReadBuffers {
     /// A pool of `bytes` (at least [`MAX_CALL_BYTES`], so any page fits).
     pub fn new(bytes: usize) -> Self {
         let bytes = bytes.max(MAX_CALL_BYTES);
-        ReadBuffers { pool: Arc::new(Semaphore::new(bytes / KIB)), bytes }
+        ReadBuffers {
+            pool: Arc::new(Semaphore::new(bytes / KIB)),
+            bytes,
+            calls: Arc::new(Semaphore::new(MAX_CALLS_IN_FLIGHT)),
+        }
+    }
+
+    /// Waits for a turn to call GetRecords (or GetShardIterator, which a
+    /// thousand readers starting at once would otherwise call together),
+    /// held until the call ends. Take it
+    /// after the call's buffers are reserved: a reader holding a turn then
+    /// waits for nothing but the network (bounded by the call timeout).
+    pub async fn call_turn(&self) -> OwnedSemaphorePermit {
+        self.calls.clone().acquire_owned().await.expect("the call semaphore is never closed")
     }
 
     /// Bytes reserved by readers now.

@@ -158,6 +158,7 @@ impl Reader {
             }
         }
         let polling = self.ctx.settings.config.polling.clone();
+        let mut empty_polls: u32 = 0;
         loop {
             if self.lost.is_cancelled() {
                 return Ok(self.dropped_on_lost_lease());
@@ -198,7 +199,16 @@ impl Reader {
                 continue;
             }
             let caught_up = fetched.millis_behind_latest == Some(0) || !had_records;
-            let wait = if caught_up { polling.idle_interval } else { polling.interval };
+            // A shard that keeps answering empty with nothing buffered is
+            // polled less and less often (up to `max_idle_interval`), so
+            // hundreds of quiet shards cost little CPU; a batch waiting for
+            // its age flush keeps the plain idle interval.
+            empty_polls = if had_records || !self.batch.is_empty() { 0 } else { empty_polls.saturating_add(1) };
+            let wait = if !caught_up {
+                polling.interval
+            } else {
+                idle_wait(polling.idle_interval, polling.max_idle_interval, empty_polls)
+            };
             let pause = wait.saturating_sub(called.elapsed());
             tokio::select! {
                 _ = self.cancel.cancelled() => {}
@@ -222,6 +232,7 @@ impl Reader {
                     // was read into the batch, and the iterator stays.
                     let call = async {
                         self.records.reserve().await;
+                        let _turn = self.ctx.read_buffers.call_turn().await;
                         kinesis::get_records(&self.ctx.kinesis, &self.iterator, limit, &self.records).await
                     };
                     let result = tokio::select! {
@@ -334,7 +345,10 @@ impl Reader {
         let stream = &ctx.settings.config.stream;
         let mut start = start;
         loop {
-            let call = kinesis::shard_iterator(&ctx.kinesis, stream, &self.shard, &start);
+            let call = async {
+                let _turn = ctx.read_buffers.call_turn().await;
+                kinesis::shard_iterator(&ctx.kinesis, stream, &self.shard, &start).await
+            };
             let result = tokio::select! {
                 result = call => result,
                 _ = self.cancel.cancelled() => return Ok(None),
@@ -603,3 +617,9 @@ async fn upload(ctx: &Context, shard: &str, object: shardlake::pipeline::OutputO
 #[cfg(test)]
 #[path = "reader_tests.rs"]
 mod tests;
+
+/// The pause after the `empty_polls`-th empty answer in a row: `idle`,
+/// doubled per further empty answer, at most `max_idle`.
+fn idle_wait(idle: Duration, max_idle: Duration, empty_polls: u32) -> Duration {
+    idle.saturating_mul(1 << empty_polls.saturating_sub(1).min(16)).min(max_idle.max(idle))
+}

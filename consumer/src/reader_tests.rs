@@ -149,3 +149,12 @@ async fn throttling_backs_off_and_an_expired_iterator_resumes_after_the_last_rec
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(files[0].ends_with("s-shardId-000000000000-1-5.snappy.parquet"), "{files:?}");
 }
+
+#[test]
+fn quiet_shards_are_polled_less_and_less_often_up_to_the_maximum() {
+    let (idle, max) = (Duration::from_secs(1), Duration::from_secs(5));
+    let waits: Vec<u64> = (0..7).map(|n| super::idle_wait(idle, max, n).as_secs()).collect();
+    assert_eq!(waits, [1, 1, 2, 4, 5, 5, 5]);
+    assert_eq!(super::idle_wait(idle, max, u32::MAX), max);
+    assert_eq!(super::idle_wait(idle, Duration::ZERO, 9), idle, "the maximum never undercuts the idle interval");
+}

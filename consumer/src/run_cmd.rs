@@ -76,10 +76,11 @@ pub fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
         c.buffer.memory_budget_mb
     );
     outln!(
-        "polling           {} records/call every {:?} ({:?} when idle); shards refreshed every {:?}",
+        "polling           {} records/call every {:?} ({:?} when idle, up to {:?} when quiet); shards refreshed every {:?}",
         c.polling.max_records_per_call,
         c.polling.interval,
         c.polling.idle_interval,
+        c.polling.max_idle_interval,
         c.polling.shard_refresh
     );
     outln!(

@@ -83,34 +83,72 @@ pub struct Context {
     pub health: Health,
 }
 
-/// Bytes held by each shard's batch, against one global budget.
+/// Bytes held by each shard's batch, against one global budget. Every
+/// reader updates it after every call, so an update costs O(log shards), not
+/// a pass over all of them.
 pub struct MemoryBudget {
     /// The budget in bytes.
     pub limit: usize,
-    held: Mutex<BTreeMap<String, usize>>,
+    held: Mutex<Holdings>,
+}
+
+#[derive(Default)]
+struct Holdings {
+    by_shard: HashMap<String, usize>,
+    total: usize,
+    /// Non-zero holdings: size → how many shards hold that much.
+    sizes: BTreeMap<usize, usize>,
+}
+
+impl Holdings {
+    fn count(&mut self, bytes: usize, add: bool) {
+        if bytes == 0 {
+            return;
+        }
+        if add {
+            *self.sizes.entry(bytes).or_default() += 1;
+            self.total += bytes;
+        } else {
+            if let Some(n) = self.sizes.get_mut(&bytes) {
+                *n -= 1;
+                if *n == 0 {
+                    self.sizes.remove(&bytes);
+                }
+            }
+            self.total -= bytes;
+        }
+    }
 }
 
 impl MemoryBudget {
     /// A budget of `limit` bytes.
     pub fn new(limit: usize) -> Self {
-        MemoryBudget { limit, held: Mutex::new(BTreeMap::new()) }
+        MemoryBudget { limit, held: Mutex::new(Holdings::default()) }
     }
 
     /// Sets what `shard` holds; returns the total and the largest holding.
     pub fn update(&self, shard: &str, bytes: usize) -> (usize, usize) {
         let mut held = self.held.lock().expect("budget lock");
-        match held.get_mut(shard) {
-            Some(v) => *v = bytes,
+        let old = match held.by_shard.get_mut(shard) {
+            Some(v) => std::mem::replace(v, bytes),
             None => {
-                held.insert(shard.to_string(), bytes);
+                held.by_shard.insert(shard.to_string(), bytes);
+                0
             }
+        };
+        if old != bytes {
+            held.count(old, false);
+            held.count(bytes, true);
         }
-        (held.values().sum(), held.values().copied().max().unwrap_or(0))
+        (held.total, held.sizes.last_key_value().map_or(0, |(&size, _)| size))
     }
 
     /// Forgets a shard whose reader stopped.
     pub fn remove(&self, shard: &str) {
-        self.held.lock().expect("budget lock").remove(shard);
+        let mut held = self.held.lock().expect("budget lock");
+        if let Some(old) = held.by_shard.remove(shard) {
+            held.count(old, false);
+        }
     }
 }
 
@@ -362,9 +400,9 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
     }
     drop(done_tx);
     let mut failed = 0;
-    for (_, (handle, _)) in running.drain() {
-        let _ = handle.await;
-    }
+    // Receive before joining: a reader's last act is sending its exit, so
+    // joining first would wait for ever on readers blocked on a full channel
+    // (more shards than its capacity).
     while let Some((shard, _, result)) = done_rx.recv().await {
         if let Err(e) = result {
             failed += 1;
@@ -374,6 +412,9 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                 "final flush failed; the shard resumes from its checkpoint"
             );
         }
+    }
+    for (_, (handle, _)) in running.drain() {
+        let _ = handle.await;
     }
     if let Some(renewer) = renewer {
         renew_stop.cancel();
@@ -416,5 +457,13 @@ mod tests {
         assert_eq!(b.update("a", 10), (60, 50));
         b.remove("b");
         assert_eq!(b.update("a", 10), (10, 10));
+        // Equal holdings count each; the largest goes when its last holder drops.
+        assert_eq!(b.update("c", 40), (50, 40));
+        assert_eq!(b.update("d", 40), (90, 40));
+        assert_eq!(b.update("c", 0), (50, 40));
+        assert_eq!(b.update("d", 5), (15, 10));
+        b.remove("a");
+        b.remove("never");
+        assert_eq!(b.update("d", 5), (5, 5));
     }
 }

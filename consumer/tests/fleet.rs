@@ -41,7 +41,7 @@ impl Fleet {
                 "stream = \"{stream}\"\ndestination = \"s3://{bucket}/lake/\"\ncheckpoint_store = \"dynamodb://{table}\"\n\
                  schema = \"schema.toml\"\ntime_field = \"ts\"\nshutdown_timeout = \"30s\"\n\
                  [fleet]\nworker_id = \"w{i}\"\nlease_duration = \"{lease_duration}\"\ncreate_table = true\n\
-                 [buffer]\nmax_age = \"1s\"\n[polling]\nidle_interval = \"200ms\"\nshard_refresh = \"1s\"\n\
+                 [buffer]\nmax_age = \"1s\"\n[polling]\nidle_interval = \"200ms\"\nmax_idle_interval = \"1s\"\nshard_refresh = \"1s\"\n\
                  [metrics]\naddress = \"127.0.0.1:0\"\n{extra}",
             );
             std::fs::write(setup.dir.path().join(format!("w{i}.toml")), text).unwrap();
@@ -532,41 +532,44 @@ async fn resharding_under_three_workers_keeps_parents_first_and_loses_nothing() 
     eprintln!("RESHARDING: committed by {owners:?}");
 }
 
-/// DynamoDB failing under a two-worker fleet, through a fault proxy: 500s
-/// for 10 s, then connections refused for 30 s (leases expire meanwhile).
-/// No worker exits; a worker whose renewals fail for a lease duration gives
-/// its leases up and says so on `/healthz`; once DynamoDB answers, the fleet
-/// balances again and the lake holds every record once.
+/// DynamoDB failing under a two-worker fleet, each worker through its own
+/// fault proxy: 500s for 10 s, then connections refused for 30 s (leases
+/// expire meanwhile), then one worker cut off by a black hole for 30 s
+/// (requests accepted, never answered) while the other is fine. No worker
+/// exits; a worker whose renewals fail for a lease duration gives its leases
+/// up and says so on `/healthz`; the healthy worker takes the cut-off one's
+/// shards; once DynamoDB answers, the fleet balances again and the lake holds
+/// every record once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dynamodb_500s_and_refusals_never_end_a_worker_and_leases_recover() {
+async fn dynamodb_500s_refusals_and_a_black_hole_never_end_a_worker_and_leases_recover() {
     let client = kinesis().await;
     let stream = create_stream(&client, 4).await;
     let extra = "[timeouts]\ncall = \"5s\"\n[health]\nfailing_after = \"5s\"\n";
     let mut fleet = Fleet::with_config(&stream, 2, "6s", extra).await;
-    let dynamodb = faultproxy::FaultProxy::start(
-        &std::env::var("AWS_ENDPOINT_URL_DYNAMODB").unwrap(),
-        faultproxy::Flavor::DynamoDb,
-    )
-    .await
-    .unwrap();
-    let records = keyed(events(600, 35, 3));
+    let upstream = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").unwrap();
+    let mut dynamodb = vec![];
+    for _ in 0..2 {
+        dynamodb.push(faultproxy::FaultProxy::start(&upstream, faultproxy::Flavor::DynamoDb).await.unwrap());
+    }
+    let set = |mode: faultproxy::Mode| dynamodb.iter().for_each(|d| d.set(mode));
+    let records = keyed(events(800, 35, 3));
     let mut landed = put_records(&client, &stream, &records[..200]).await;
-    for i in 0..2 {
-        fleet.start_with(i, &[("AWS_ENDPOINT_URL_DYNAMODB", &dynamodb.endpoint)]);
+    for (i, proxy) in dynamodb.iter().enumerate() {
+        fleet.start_with(i, &[("AWS_ENDPOINT_URL_DYNAMODB", &proxy.endpoint)]);
     }
     fleet.wait_balanced(4, 2, Duration::from_secs(60)).await;
     fleet.wait_committed(&landed, Duration::from_secs(60)).await;
 
-    dynamodb.set(faultproxy::Mode::ServerError);
+    set(faultproxy::Mode::ServerError);
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         fleet.assert_running();
     }
-    dynamodb.set(faultproxy::Mode::Pass);
+    set(faultproxy::Mode::Pass);
     landed.extend(put_records(&client, &stream, &records[200..400]).await);
     fleet.wait_committed(&landed, Duration::from_secs(60)).await;
 
-    dynamodb.set(faultproxy::Mode::Refuse);
+    set(faultproxy::Mode::Refuse);
     let refused = Instant::now();
     poll("both workers to give their expired leases up", Duration::from_secs(25), || async {
         (0..2).all(|i| fleet.metric(i, "shardlake_consumer_leases_held") == 0.0).then_some(())
@@ -585,10 +588,41 @@ async fn dynamodb_500s_and_refusals_never_end_a_worker_and_leases_recover() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         fleet.assert_running();
     }
-    dynamodb.set(faultproxy::Mode::Pass);
-    landed.extend(put_records(&client, &stream, &records[400..]).await);
+    set(faultproxy::Mode::Pass);
+    landed.extend(put_records(&client, &stream, &records[400..600]).await);
+    fleet.wait_balanced(4, 2, Duration::from_secs(60)).await;
+    fleet.wait_committed(&landed, Duration::from_secs(90)).await;
+
+    // w0 cut off: its calls hang until the call timeout. It must give its
+    // leases up (not keep reporting them) while w1 takes every shard.
+    dynamodb[0].set(faultproxy::Mode::BlackHole);
+    let cut = Instant::now();
+    landed.extend(put_records(&client, &stream, &records[600..700]).await);
+    poll("w0 to give its leases up and w1 to hold all four", Duration::from_secs(40), || async {
+        let owners = fleet.owners().await;
+        (fleet.metric(0, "shardlake_consumer_leases_held") == 0.0
+            && owners.len() == 4
+            && fleet.metric(1, "shardlake_consumer_leases_held") == 4.0)
+            .then_some(())
+    })
+    .await;
+    poll("w0 to answer /healthz 503 naming its DynamoDB calls", Duration::from_secs(30), || async {
+        let answer = fleet.healthz(0);
+        (answer.starts_with("HTTP/1.1 503") && answer.contains("worker: ") && answer.contains(" failing for "))
+            .then_some(())
+    })
+    .await;
+    assert!(fleet.healthz(1).starts_with("HTTP/1.1 200"), "{}", fleet.healthz(1));
+    fleet.wait_committed(&landed, Duration::from_secs(60)).await;
+    while cut.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        fleet.assert_running();
+    }
+    assert!(dynamodb[0].counts.hung.load(std::sync::atomic::Ordering::Relaxed) > 0, "the black hole held no call");
+    dynamodb[0].set(faultproxy::Mode::Pass);
+    landed.extend(put_records(&client, &stream, &records[700..]).await);
     fleet.wait_balanced(4, 2, Duration::from_secs(60)).await;
     fleet.wait_committed(&landed, Duration::from_secs(90)).await;
     fleet.terminate_all();
-    fleet.check_lake(600).await;
+    fleet.check_lake(800).await;
 }

@@ -8,6 +8,7 @@ mod drive;
 mod events;
 mod http;
 mod lake;
+mod replay;
 mod report;
 mod run;
 mod scenario;
@@ -61,6 +62,34 @@ enum Command {
         #[arg(long)]
         schema_out: Option<PathBuf>,
     },
+    /// Put a slow link in front of a Kinesis endpoint: every request and
+    /// answer shares `--bandwidth` bytes per second, after `--latency`. For
+    /// benchmarks against a slow endpoint. Prints `listening on URL`.
+    SlowLink {
+        /// The endpoint behind the link (e.g. kinesalite's URL).
+        #[arg(long)]
+        upstream: String,
+        /// Bytes per second through the link, both directions together.
+        #[arg(long, default_value_t = 1_000_000)]
+        bandwidth: u64,
+        /// Added to every request.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        latency: std::time::Duration,
+    },
+    /// Serve a JSON Lines file as a Kinesis stream of N shards from memory
+    /// (ListShards, GetShardIterator, GetRecords), for consumer benchmarks
+    /// that must not be limited by an emulator. Prints `listening on URL`.
+    ReplayKinesis {
+        /// The events, one JSON object per line.
+        #[arg(long)]
+        input: PathBuf,
+        /// Shards the lines are dealt to, round-robin.
+        #[arg(long, default_value_t = 1)]
+        shards: usize,
+        /// Port on 127.0.0.1 (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,6 +113,16 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::ReplayKinesis { input, shards, port } => {
+            tokio::runtime::Runtime::new()?.block_on(replay::serve(&input, shards, port))
+        }
+        Command::SlowLink { upstream, bandwidth, latency } => tokio::runtime::Runtime::new()?.block_on(async {
+            let proxy = faultproxy::FaultProxy::start(&upstream, faultproxy::Flavor::Kinesis).await?;
+            proxy.set_bandwidth(Some(bandwidth));
+            proxy.set_latency(latency);
+            println!("listening on {}", proxy.endpoint);
+            std::future::pending::<anyhow::Result<()>>().await
+        }),
         Command::Schema => {
             print!("{}", events::schema_toml());
             Ok(())

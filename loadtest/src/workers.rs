@@ -221,6 +221,7 @@ max_age = "{max_age}ms"
 
 [polling]
 idle_interval = "200ms"
+max_idle_interval = "1s"
 shard_refresh = "2s"
 
 [metrics]

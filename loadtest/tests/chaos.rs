@@ -242,7 +242,7 @@ fn attaches_to_a_running_consumer() {
         dir.path().join("consumer.toml"),
         format!(
             "stream = \"{stream}\"\ndestination = \"{}\"\ncheckpoint_store = \"file://{}\"\nschema = \"schema.toml\"\n\
-             time_field = \"ts\"\n[buffer]\nmax_age = \"1s\"\n[polling]\nidle_interval = \"200ms\"\n\
+             time_field = \"ts\"\n[buffer]\nmax_age = \"1s\"\n[polling]\nidle_interval = \"200ms\"\nmax_idle_interval = \"1s\"\n\
              [metrics]\naddress = \"127.0.0.1:{port}\"\n",
             lake.display(),
             dir.path().join("checkpoints").display()

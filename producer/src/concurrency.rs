@@ -28,6 +28,15 @@
 //! clamped to `[min_request_timeout_ms, request_timeout_ms]`, doubled after
 //! each timeout in a row, and the ceiling until the first answer.
 //!
+//! When requests time out at a limit of 1, fewer requests cannot help: the
+//! requests themselves are too big for the endpoint (kinesis-local on a
+//! loaded machine takes over 10 s for 500 records). Each such timeout halves
+//! the batch share (the part of `max_batch_records` and `max_batch_bytes` a
+//! request may carry), so requests come to fit the timeout instead of being
+//! sent again whole, and every resend that the endpoint had in fact applied
+//! duplicating its records. The share grows back by a quarter per window
+//! while requests answer within a quarter of the ceiling timeout.
+//!
 //! The controller is a plain state machine fed with times, so it is tested on
 //! tokio's paused clock without a network.
 
@@ -58,6 +67,15 @@ const DECREASE_RATIO: f64 = 0.9;
 /// before they time out: generous, because a timed-out request may still be
 /// applied and its resend then duplicates its records.
 const TIMEOUT_RTT_FACTOR: f64 = 4.0;
+/// The smallest batch share: 1/512 of the configured batch (one record of
+/// the default 500).
+const MIN_BATCH_SHARE: f64 = 1.0 / 512.0;
+/// Growth of the batch share per window while requests answer fast.
+const BATCH_SHARE_GROWTH: f64 = 1.25;
+/// The batch share grows only while a request, grown by
+/// [`BATCH_SHARE_GROWTH`], would answer within this part of the ceiling
+/// timeout.
+const BATCH_SHARE_RTT_PART: f64 = 0.25;
 
 /// What a finished request tells the controller.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -138,6 +156,9 @@ pub struct Controller {
     reached_limit: bool,
     /// Timeouts since the last answer; each doubles the request timeout.
     timeouts_in_a_row: u32,
+    /// The part of the configured batch a request may carry, in
+    /// `[MIN_BATCH_SHARE, 1]`.
+    batch_share: f64,
     timeout_floor: Duration,
     timeout_ceiling: Duration,
 }
@@ -160,6 +181,7 @@ impl Controller {
             back_pressure: false,
             reached_limit: false,
             timeouts_in_a_row: 0,
+            batch_share: 1.0,
             timeout_floor: timeout_floor.min(timeout_ceiling),
             timeout_ceiling,
         }
@@ -173,6 +195,12 @@ impl Controller {
     /// The RTT baseline, once an answer came.
     pub fn baseline(&self) -> Option<Duration> {
         self.baseline.map(|b| Duration::from_secs_f64(b.mean))
+    }
+
+    /// The part of `max_batch_records` and `max_batch_bytes` the next
+    /// request may carry: 1 unless requests timed out at a limit of 1.
+    pub fn batch_share(&self) -> f64 {
+        self.batch_share
     }
 
     /// How long the next request may go unanswered.
@@ -208,6 +236,9 @@ impl Controller {
             Signal::TimedOut => {
                 self.timeouts_in_a_row = self.timeouts_in_a_row.saturating_add(1);
                 self.back_pressure = true;
+                if self.limit == 1 {
+                    self.batch_share = (self.batch_share / 2.0).max(MIN_BATCH_SHARE);
+                }
             }
             Signal::Failed => self.back_pressure = true,
         }
@@ -230,6 +261,13 @@ impl Controller {
             self.last_change = Some(now);
         }
         if let Some(rtt) = window_rtt {
+            let grown_rtt = rtt * BATCH_SHARE_GROWTH;
+            if self.batch_share < 1.0
+                && !self.back_pressure
+                && grown_rtt <= BATCH_SHARE_RTT_PART * self.timeout_ceiling.as_secs_f64()
+            {
+                self.batch_share = (self.batch_share * BATCH_SHARE_GROWTH).min(1.0);
+            }
             Ewma::update(&mut self.baseline, rtt);
             // One request at a time cannot queue behind our own: that RTT is
             // the unloaded one, even if the endpoint got slower for good.
@@ -418,6 +456,42 @@ mod tests {
             c.on_finish(Instant::now(), Signal::TimedOut);
         }
         assert_eq!(c.limit(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_too_big_for_the_timeout_shrink_until_they_fit_and_grow_back() {
+        // kinesis-local on a loaded machine: one request at a time, 30 ms
+        // per record, so a full batch of 500 takes 15 s against a 10 s
+        // ceiling and every resend of it would time out again.
+        let mut c = Controller::new(24, FLOOR, CEILING, Instant::now());
+        let per_record = Duration::from_millis(30);
+        let (mut timeouts, mut shares) = (vec![], vec![]);
+        let end = Instant::now() + Duration::from_secs(1200);
+        let mut slow = true;
+        while Instant::now() < end {
+            if slow && Instant::now() > end - Duration::from_secs(400) {
+                slow = false;
+            }
+            let records = (500.0 * c.batch_share()).ceil() as u32;
+            let service = if slow { per_record * records } else { Duration::from_millis(2) * records };
+            let timeout = c.request_timeout();
+            c.on_send();
+            tokio::time::advance(service.min(timeout)).await;
+            let signal = if service > timeout {
+                Signal::TimedOut
+            } else {
+                Signal::Answered { rtt: service, back_pressure: false }
+            };
+            c.on_finish(Instant::now(), signal);
+            timeouts.push((slow, service > timeout));
+            shares.push((slow, c.batch_share()));
+        }
+        let slow_timeouts: Vec<bool> = timeouts.iter().filter(|(s, _)| *s).map(|(_, t)| *t).collect();
+        assert!(slow_timeouts[..3].contains(&true), "the full batch times out at first");
+        assert!(!steady(&slow_timeouts).contains(&true), "then requests fit: no timeout in the second half");
+        let slow_share = shares.iter().rfind(|(s, _)| *s).unwrap().1;
+        assert!(slow_share < 0.7 && slow_share * 500.0 * 0.030 <= 10.0, "share {slow_share} while slow");
+        assert_eq!(shares.last().unwrap().1, 1.0, "full batches again once the endpoint is fast");
     }
 
     #[tokio::test(start_paused = true)]

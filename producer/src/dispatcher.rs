@@ -131,6 +131,7 @@ impl Dispatcher {
             now,
         );
         metrics.record_concurrency(concurrency.limit(), None, concurrency.request_timeout(), None);
+        metrics.request_max_records.set(settings.max_batch_records as i64);
         backlog.set_target(backlog_target(&settings, concurrency.limit()));
         Dispatcher {
             concurrency,
@@ -504,12 +505,31 @@ impl Dispatcher {
             Err(_) => Signal::Answered { rtt: c.elapsed, back_pressure: false },
         };
         let change = self.concurrency.on_finish(now, signal);
+        self.fit_batches_to_share();
         let (limit, timeout) = (self.concurrency.limit(), self.concurrency.request_timeout());
         self.metrics.record_concurrency(limit, change, timeout, self.concurrency.baseline());
         if let Some(change) = change {
             let direction = if matches!(change, Change::Increased(_)) { "up" } else { "down" };
             tracing::debug!(limit, direction, ?timeout, ?signal, "concurrency limit changed");
             self.backlog.set_target(backlog_target(&self.settings, limit));
+        }
+    }
+
+    /// Requests carry the controller's share of the configured batch limits
+    /// (all of them unless requests timed out at a concurrency of 1).
+    fn fit_batches_to_share(&mut self) {
+        let share = self.concurrency.batch_share();
+        let scaled = |n: usize| ((n as f64 * share).ceil() as usize).max(1);
+        let max_entries = scaled(self.settings.max_batch_records);
+        if max_entries != self.limits.max_entries {
+            tracing::info!(
+                max_entries,
+                "records per request changed: requests {} the timeout",
+                if max_entries < self.limits.max_entries { "outlast" } else { "fit well within" }
+            );
+            self.limits.max_entries = max_entries;
+            self.limits.max_bytes = scaled(self.settings.max_batch_bytes);
+            self.metrics.request_max_records.set(max_entries as i64);
         }
     }
 

@@ -48,6 +48,9 @@ pub struct Metrics {
     pub concurrency_limit_changes: IntCounterVec,
     /// The request timeout in force, in seconds.
     pub request_timeout: Gauge,
+    /// The records a request may carry now: `max_batch_records`, shrunk
+    /// while requests time out at a concurrency limit of 1.
+    pub request_max_records: IntGauge,
     /// The RTT baseline the concurrency limit is judged against, in seconds.
     pub rtt_baseline: Gauge,
     /// Request latency in seconds.
@@ -113,6 +116,10 @@ impl Metrics {
                 &["direction"],
             )?,
             request_timeout: Gauge::with_opts(opts("request_timeout_seconds", "The request timeout in force."))?,
+            request_max_records: IntGauge::with_opts(opts(
+                "request_max_records",
+                "The records a request may carry now (max_batch_records, shrunk while requests time out).",
+            ))?,
             rtt_baseline: Gauge::with_opts(opts(
                 "rtt_baseline_seconds",
                 "The RTT baseline the concurrency limit is judged against.",
@@ -158,6 +165,7 @@ impl Metrics {
         registry.register(Box::new(m.concurrency_limit.clone()))?;
         registry.register(Box::new(m.concurrency_limit_changes.clone()))?;
         registry.register(Box::new(m.request_timeout.clone()))?;
+        registry.register(Box::new(m.request_max_records.clone()))?;
         registry.register(Box::new(m.rtt_baseline.clone()))?;
         registry.register(Box::new(m.records_retried.clone()))?;
         registry.register(Box::new(m.records_expired.clone()))?;

@@ -6,7 +6,7 @@ Throughput: pre-fills a stream with the generated events, then, interleaved
 shard's records separately (the files the consumer writes: one per shard and
 partition, without Kinesis), `shardlake-consumer run` from kinesalite until
 every record is read, and the consumer again from
-scripts/bench/instant_kinesis.py replaying the same file from memory (the
+`shardlake-loadtest replay-kinesis` replaying the same file from memory (the
 emulator out of the way); prints medians of CPU seconds (user + sys), CPU
 seconds per GB and MB per CPU-second, the ratios, the emulator's own CPU over
 the consumer run, and how the consumer's extra CPU splits between per-shard
@@ -117,24 +117,16 @@ def lake_rows(lake):
 
 
 def start_replay_endpoint(a):
-    """scripts/bench/instant_kinesis.py serving the input file from memory;
-    returns (process, endpoint URL) once it answers."""
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    here = os.path.dirname(os.path.abspath(__file__))
-    proc = subprocess.Popen([sys.executable, os.path.join(here, "instant_kinesis.py"), str(port),
-                             "--replay", a.input, "--shards", str(a.shards)])
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit("the replay endpoint did not start")
-            time.sleep(0.2)
+    """`shardlake-loadtest replay-kinesis` serving the input file from memory
+    (dealt round-robin to a.shards shards); returns (process, endpoint URL)
+    once it listens."""
+    proc = subprocess.Popen([f"{a.bin}/shardlake-loadtest", "replay-kinesis", "--input", a.input,
+                             "--shards", str(a.shards)], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("listening on "):
+        proc.kill()
+        sys.exit(f"the replay endpoint did not start: {line!r}")
+    return proc, line.split()[-1]
 
 
 def fresh_dir(a, name):

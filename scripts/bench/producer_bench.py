@@ -5,11 +5,21 @@ once, to show each client's own ceiling), interleaved, and reports records/s, CP
 million records (user + sys of the client process tree) and the emulator's
 CPU seconds per million records during each run, with same-run ratios.
 
+With `--slow URL=UPSTREAM=LABEL` (repeatable) it also runs both clients, with
+their defaults, against slow endpoints (kinesis-local, kinesalite behind a
+1 MB/s link) and reads each stream back from UPSTREAM: records stored,
+duplicates and missing `event_id`s, the producer's request timeouts and
+unknown outcomes, and the trace of its concurrency limit (and of its
+records per request, when requests outlast the timeout).
+
 usage: producer_bench.py --producer BIN --input FILE --records N --runs R --shards S
+                         [--instant-endpoint URL] [--slow URL=UPSTREAM=LABEL ...]
 """
 import argparse
+import datetime
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -80,11 +90,109 @@ def main():
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--timeout", type=int, default=300)
     ap.add_argument("--instant-endpoint", help="also measure against scripts/bench/instant_kinesis.py at this URL")
+    ap.add_argument("--slow", action="append", default=[], metavar="URL=UPSTREAM=LABEL",
+                    help="also run both clients with defaults against this slow endpoint, reading back from UPSTREAM")
+    ap.add_argument("--skip-fast", action="store_true", help="only the --slow endpoints")
     a = ap.parse_args()
-    bench(a, os.environ["SHARDLAKE_KINESALITE_ENDPOINT"], "kinesalite")
+    if not a.skip_fast:
+        bench(a, os.environ["SHARDLAKE_KINESALITE_ENDPOINT"], "kinesalite")
     if a.instant_endpoint:
         print()
         bench(a, a.instant_endpoint, "instant endpoint")
+    for i, spec in enumerate(a.slow):
+        url, upstream, label = spec.split("=", 2)
+        if i or not a.skip_fast:
+            print()
+        slow_bench(a, url, upstream, label)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{1,6})\d*Z")
+LIMIT = re.compile(r"limit=(\d+)")
+MAX_ENTRIES = re.compile(r"max_entries=(\d+)")
+
+
+def read_back(client, stream):
+    """(records stored, duplicated event_ids, distinct event_ids) of a stream."""
+    seen, stored = {}, 0
+    for shard in client.list_shards(StreamName=stream)["Shards"]:
+        it = client.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
+                                       ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        for _ in range(100_000):
+            page = client.get_records(ShardIterator=it, Limit=10000)
+            for r in page["Records"]:
+                stored += 1
+                eid = json.loads(r["Data"])["event_id"]
+                seen[eid] = seen.get(eid, 0) + 1
+            it = page.get("NextShardIterator")
+            if not it or (not page["Records"] and page.get("MillisBehindLatest", 0) == 0):
+                break
+    return stored, sum(n - 1 for n in seen.values()), len(seen)
+
+
+def limit_trace(log):
+    """The concurrency limit over the run, from the producer's debug log:
+    `limit@seconds` at each change, and the records-per-request changes."""
+    changes, start = [], None
+    for line in log.splitlines():
+        line = ANSI.sub("", line)
+        m = LOG_TIME.match(line)
+        if not m:
+            continue
+        t = datetime.datetime.fromisoformat(m.group(1)).timestamp()
+        start = t if start is None else start
+        limit, size = LIMIT.search(line), MAX_ENTRIES.search(line)
+        if "concurrency limit changed" in line and limit:
+            changes.append(f"{limit.group(1)}@{t - start:.1f}s")
+        elif "records per request changed" in line and size:
+            changes.append(f"[{size.group(1)} rec/request]@{t - start:.1f}s")
+    return changes
+
+
+def slow_bench(a, url, upstream, label):
+    """Both clients with their defaults against a slow endpoint; each stream
+    read back from `upstream`."""
+    env = dict(os.environ, AWS_ENDPOINT_URL_KINESIS=url, RUST_LOG="shardlake_producer=debug")
+    kinesis = boto3.client("kinesis", endpoint_url=upstream)
+    tag = f"{os.getpid()}-{int(time.time())}"
+    tools = {
+        "shardlake": lambda s: [a.producer, "--stream", s, "--input", a.input, "--partition-key-field", "user_id",
+                                "--json"],
+        "boto3": lambda s: [sys.executable, os.path.join(HERE, "boto3_put_records.py"), s, a.input],
+    }
+    rows = {name: [] for name in tools}
+    trace = []
+    for run in range(a.runs):
+        for name, cmd in tools.items():
+            stream = f"slow-{name}-{tag}-{run}"
+            make_stream(kinesis, stream, a.shards)
+            start = time.monotonic()
+            proc = subprocess.run(cmd(stream), env=env, capture_output=True, text=True, timeout=a.timeout)
+            wall = time.monotonic() - start
+            if proc.returncode not in (0, 1):
+                sys.exit(f"{name} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
+            summary = json.loads(proc.stdout.strip().splitlines()[-1])
+            stored, duplicates, distinct = read_back(kinesis, stream)
+            timeouts = sum(1 for l in proc.stderr.splitlines() if "request failed" in l and "Timeout" in l)
+            rows[name].append({"rate": a.records / wall, "stored": stored, "dup": duplicates,
+                               "missing": a.records - distinct, "timeouts": timeouts,
+                               "unknown": summary.get("unknown_outcome", 0), "failed": summary.get("failed", 0)})
+            if name == "shardlake" and run == a.runs - 1:
+                trace = limit_trace(proc.stderr)
+            kinesis.delete_stream(StreamName=stream)
+    print(f"{a.records} records into {label}, {a.shards} shards, both clients with defaults, "
+          f"medians of {a.runs} interleaved runs (read back from {upstream})")
+    print(f"{'client':<10} {'records/s':>10} {'stored':>8} {'duplicates':>11} {'missing':>8} {'timeouts':>9} "
+          f"{'unknown':>8} {'failed':>7}")
+    med = {}
+    for name, rs in rows.items():
+        med[name] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        r = med[name]
+        print(f"{name:<10} {r['rate']:>10.0f} {r['stored']:>8.0f} {r['dup']:>11.0f} {r['missing']:>8.0f} "
+              f"{r['timeouts'] if name == 'shardlake' else float('nan'):>9.0f} {r['unknown']:>8.0f} {r['failed']:>7.0f}")
+    print(f"ratio shardlake/boto3: {med['shardlake']['rate'] / med['boto3']['rate']:.2f}x records/s")
+    shown = trace if len(trace) <= 24 else trace[:12] + ["..."] + trace[-12:]
+    print(f"shardlake concurrency limit (last run; starts at 1): {' '.join(shown) or 'stayed at 1'}")
 
 
 def bench(a, endpoint, label):

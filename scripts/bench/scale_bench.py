@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Consumer scale benchmark (issue 18): one worker reads the same events from
 4, 64, 256 and 1,000 shards of the replay endpoint
-(scripts/bench/instant_kinesis.py, answering from memory) with a fixed
+(`shardlake-loadtest replay-kinesis`, answering from memory) with a fixed
 memory budget, and the table shows what the shard count costs: CPU seconds
 to read and commit everything, peak RSS against the bound
 `memory_budget_mb + read_buffer_mb + overhead`, files written, and the CPU of
-the same worker idling over the read-out shards.
+the same worker idling over the read-out shards. Batches flush by age
+(`--max-age`, 10 s) while the run goes on, as on a live stream, and a run
+ends when every record is committed.
 
 usage: scale_bench.py --bin DIR --input FILE --schema FILE --dir DIR
                       [--shards 4,64,256,1000] [--budget-mb 64] [--read-buffer-mb 64] [--idle-seconds 20]
+                      [--max-age 10s]
 """
 import argparse
 import os
@@ -18,7 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from consumer_bench import READ, TICK, fresh_dir, lake_rows, metric_sum, start_replay_endpoint  # noqa: E402
+from consumer_bench import COMMITTED, TICK, fresh_dir, lake_rows, metric_sum, start_replay_endpoint  # noqa: E402
 
 
 def cpu_seconds(pid):
@@ -35,7 +38,7 @@ def run(a, shards, events):
         with open(config, "w") as f:
             f.write(f'stream = "replay"\ndestination = "{lake}"\ncheckpoint_store = "file://{checkpoints}"\n'
                     f'schema = "{a.schema}"\ntime_field = "ts"\n'
-                    f'[buffer]\nmax_age = "300s"\nmax_mb = {a.budget_mb}\nmemory_budget_mb = {a.budget_mb}\n'
+                    f'[buffer]\nmax_age = "{a.max_age}"\nmax_mb = {a.budget_mb}\nmemory_budget_mb = {a.budget_mb}\n'
                     f'read_buffer_mb = {a.read_buffer_mb}\n'
                     f'[polling]\nidle_interval = "1s"\nshard_refresh = "30s"\n[metrics]\naddress = "127.0.0.1:0"\n')
         log = os.path.join(a.dir, f"scale{shards}.log")
@@ -44,7 +47,7 @@ def run(a, shards, events):
             proc = subprocess.Popen([f"{a.bin}/shardlake-consumer", "run", "--config", config],
                                     stdout=subprocess.DEVNULL, stderr=err, env=env)
         start = time.monotonic()
-        while metric_sum(log, READ) < events:
+        while metric_sum(log, COMMITTED) < events:
             if proc.poll() is not None:
                 sys.exit(f"consumer exited early:\n{open(log).read()[-3000:]}")
             if time.monotonic() - start > 1800:
@@ -52,7 +55,8 @@ def run(a, shards, events):
                 sys.exit(f"timed out at {shards} shards")
             time.sleep(0.2)
         read_wall = time.monotonic() - start
-        # Every shard is read to its end: what idling over them costs.
+        # Every record is committed and every shard read to its end: what
+        # idling over them costs.
         busy = cpu_seconds(proc.pid)
         time.sleep(a.idle_seconds)
         idle = cpu_seconds(proc.pid) - busy
@@ -82,13 +86,15 @@ def main():
     ap.add_argument("--budget-mb", type=int, default=64)
     ap.add_argument("--read-buffer-mb", type=int, default=64)
     ap.add_argument("--idle-seconds", type=int, default=20)
+    ap.add_argument("--max-age", default="10s")
     a = ap.parse_args()
     a.schema = os.path.abspath(a.schema)
     events = sum(1 for _ in open(a.input))
     rows = [run(a, int(n), events) for n in a.shards.split(",")]
     bound = a.budget_mb + a.read_buffer_mb
-    print(f"{events} events, memory_budget_mb = {a.budget_mb}, read_buffer_mb = {a.read_buffer_mb}")
-    print(f"{'shards':>6} {'read s':>8} {'CPU s':>8} {'peak RSS MiB':>13} {'over budgets':>13} {'files':>7} "
+    print(f"{events} events, memory_budget_mb = {a.budget_mb}, read_buffer_mb = {a.read_buffer_mb}, "
+          f"max_age = {a.max_age}")
+    print(f"{'shards':>6} {'commit s':>8} {'CPU s':>8} {'peak RSS MiB':>13} {'over budgets':>13} {'files':>7} "
           f"{'idle CPU %':>11}")
     for r in rows:
         print(f"{r['shards']:>6} {r['read_wall']:>8.1f} {r['cpu']:>8.2f} {r['rss_mib']:>13.0f} "

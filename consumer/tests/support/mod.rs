@@ -192,7 +192,7 @@ impl Setup {
         let text = format!(
             "stream = \"{}\"\ndestination = \"{}\"\ncheckpoint_store = \"file://{}\"\n{}\
              time_field = \"ts\"\nshutdown_timeout = \"30s\"\n{extra}\n\
-             [buffer]\n{}{buffer}\n[polling]\nidle_interval = \"200ms\"\nshard_refresh = \"1s\"\n\
+             [buffer]\n{}{buffer}\n[polling]\nidle_interval = \"200ms\"\nmax_idle_interval = \"1s\"\nshard_refresh = \"1s\"\n\
              [metrics]\naddress = \"127.0.0.1:0\"\n",
             self.stream,
             destination,
