@@ -572,7 +572,9 @@ impl ConsumerConfig {
         p.max_records_per_call = p.max_records_per_call.clamp(1, MAX_GET_RECORDS);
         p.interval = p.interval.max(MIN_POLL_INTERVAL);
         p.idle_interval = p.idle_interval.max(p.interval);
-        p.max_idle_interval = p.max_idle_interval.max(p.idle_interval);
+        // A quiet shard must be read again well within `health.stall_after`,
+        // or `/healthz` would report it as stalled.
+        p.max_idle_interval = p.max_idle_interval.min(self.health.stall_after / 2).max(p.idle_interval);
         p.shard_refresh = p.shard_refresh.max(Duration::from_secs(1));
         if self.writer.target_file_mb == 0 || self.writer.row_group_rows == 0 {
             bail!("writer.target_file_mb and writer.row_group_rows: must be at least 1");
