@@ -12,6 +12,11 @@ use std::time::{Duration, Instant};
 use faultproxy::{FaultProxy, Flavor, Mode};
 use support::*;
 
+/// One fault test at a time: each judges health against windows of a few
+/// seconds, which four workers and their emulator calls sharing two cores
+/// can stretch (CI once saw a final /healthz 200 come late).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Waits until `/healthz` answers 503 with a body containing `want`; returns the answer.
 async fn wait_unhealthy(setup: &Setup, want: &str, limit: Duration) -> String {
     poll(&format!("/healthz 503 with `{want}`"), limit, || async {
@@ -21,9 +26,21 @@ async fn wait_unhealthy(setup: &Setup, want: &str, limit: Duration) -> String {
     .await
 }
 
-/// Waits until `/healthz` answers 200.
+/// Waits until `/healthz` answers 200; on timeout, shows its last answer and the log.
 async fn wait_healthy(setup: &Setup, limit: Duration) {
-    poll("/healthz 200", limit, || async { setup.healthz().starts_with("HTTP/1.1 200").then_some(()) }).await
+    let deadline = Instant::now() + limit;
+    loop {
+        let answer = setup.healthz();
+        if answer.starts_with("HTTP/1.1 200") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no /healthz 200 within {limit:?}; last answer:\n{answer}\nlog:\n{}",
+            setup.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The lake (local, or downloaded from S3 first) holds exactly `n` rows, one per event.
@@ -40,6 +57,7 @@ async fn proxy(var: &str, flavor: Flavor) -> FaultProxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_black_holed_then_healthy_every_shard_resumes() {
+    let _serial = SERIAL.lock().await;
     let client = kinesis().await;
     let s3 = s3_client().await;
     let bucket = unique("faults-s3").to_lowercase();
@@ -78,6 +96,7 @@ async fn s3_black_holed_then_healthy_every_shard_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kinesis_black_holed_then_healthy_every_shard_resumes() {
+    let _serial = SERIAL.lock().await;
     let client = kinesis().await;
     let kinesis_proxy = proxy("AWS_ENDPOINT_URL_KINESIS", Flavor::Kinesis).await;
     let stream = create_stream(&client, 8).await;
@@ -112,6 +131,7 @@ async fn kinesis_black_holed_then_healthy_every_shard_resumes() {
 /// shutdown once waited for ever on readers blocked sending their exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_every_read_hung_commits_every_batch_at_once() {
+    let _serial = SERIAL.lock().await;
     const SHARDS: i32 = 100;
     let client = kinesis().await;
     let kinesis_proxy = proxy("AWS_ENDPOINT_URL_KINESIS", Flavor::Kinesis).await;
@@ -149,6 +169,7 @@ async fn sigterm_with_every_read_hung_commits_every_batch_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_checkpoint_store_holds_batches_without_a_reread_storm() {
+    let _serial = SERIAL.lock().await;
     let client = kinesis().await;
     let stream = create_stream(&client, 4).await;
     let setup = Setup::new(&stream);
