@@ -114,3 +114,12 @@ pub fn dynamodb_client(config: &aws_config::SdkConfig, timeouts: &Timeouts) -> a
     let conf = aws_sdk_dynamodb::config::Builder::from(config).timeout_config(timeouts.call_config()).build();
     aws_sdk_dynamodb::Client::from_conf(conf)
 }
+
+/// A Glue client for the lake's catalog table. SDK retries stay on (standard
+/// mode): every call shardlake makes is idempotent (a retried create finds
+/// the table or partition already there, which counts as success). Each
+/// attempt is bounded by `timeouts.call`.
+pub fn glue_client(config: &aws_config::SdkConfig, timeouts: &Timeouts) -> aws_sdk_glue::Client {
+    let conf = aws_sdk_glue::config::Builder::from(config).timeout_config(timeouts.call_config()).build();
+    aws_sdk_glue::Client::from_conf(conf)
+}

@@ -52,6 +52,25 @@ pub struct ShardState {
     /// The shard is closed and every record of it is committed.
     #[serde(default)]
     pub ended: bool,
+    /// Partitions (paths under the destination) that committed batches wrote
+    /// and the catalog was not yet known to have: whoever reads the shard
+    /// next registers them, so a crash right after a commit loses no
+    /// partition registration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub catalog_pending: Vec<String>,
+}
+
+/// What a commit writes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Commit<'a> {
+    /// The batch's last Kinesis record; `None` when the shard ended with no
+    /// batch.
+    pub last: Option<&'a str>,
+    /// The shard is closed and this is its last batch.
+    pub ended: bool,
+    /// Partitions not yet known to be in the catalog (see
+    /// [`ShardState::catalog_pending`]).
+    pub catalog_pending: &'a [String],
 }
 
 /// Where checkpoints live.
@@ -135,21 +154,23 @@ impl CheckpointStore {
     }
 
     /// Step 3 of a flush: checkpoint = `last`, intent cleared, `ended` set
-    /// when the shard is finished, in one atomic write. In a fleet it fails
-    /// with [`Error::LeaseLost`] once the lease at `lease` moved: nothing is
-    /// committed.
-    pub async fn commit(&self, shard: &str, lease: Option<u64>, last: Option<&str>, ended: bool) -> Result<()> {
+    /// when the shard is finished and the partitions still to register in
+    /// the catalog replaced by `catalog_pending`, in one atomic write. In a
+    /// fleet it fails with [`Error::LeaseLost`] once the lease at `lease`
+    /// moved: nothing is committed.
+    pub async fn commit(&self, shard: &str, lease: Option<u64>, commit: &Commit<'_>) -> Result<()> {
         match self {
             CheckpointStore::File(f) => {
                 let mut state = f.load(shard).await?;
-                if let Some(last) = last {
+                if let Some(last) = commit.last {
                     state.checkpoint = Some(last.to_string());
                 }
                 state.intent = None;
-                state.ended |= ended;
+                state.ended |= commit.ended;
+                state.catalog_pending = commit.catalog_pending.to_vec();
                 f.save(shard, &state).await
             }
-            CheckpointStore::DynamoDb(d) => d.commit(shard, Self::fence(shard, lease)?, last, ended).await,
+            CheckpointStore::DynamoDb(d) => d.commit(shard, Self::fence(shard, lease)?, commit).await,
         }
     }
 
@@ -253,10 +274,14 @@ mod tests {
         let state = reopened.load("shardId-000000000000").await.unwrap();
         assert_eq!(state.intent.as_ref(), Some(&intent));
         assert_eq!(state.checkpoint, None);
-        reopened.commit("shardId-000000000000", None, Some("250"), false).await.unwrap();
+        let pending = ["year=2026/".to_string()];
+        let commit = Commit { last: Some("250"), catalog_pending: &pending, ..Commit::default() };
+        reopened.commit("shardId-000000000000", None, &commit).await.unwrap();
         let state = store.load("shardId-000000000000").await.unwrap();
-        assert_eq!(state, ShardState { checkpoint: Some("250".into()), intent: None, ended: false });
-        store.commit("shardId-000000000000", None, None, true).await.unwrap();
+        let want =
+            ShardState { checkpoint: Some("250".into()), catalog_pending: pending.to_vec(), ..ShardState::default() };
+        assert_eq!(state, want);
+        store.commit("shardId-000000000000", None, &Commit { ended: true, ..Commit::default() }).await.unwrap();
         assert!(store.load("shardId-000000000000").await.unwrap().ended);
         assert!(dir.path().join("app/events/shardId-000000000000.json").exists());
     }

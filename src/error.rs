@@ -43,6 +43,19 @@ pub enum Error {
         /// The shard whose lease moved.
         shard: String,
     },
+    /// A Glue Data Catalog call failed.
+    #[error("catalog {op} {table}: {message}")]
+    Catalog {
+        /// The Glue operation (`GetTable`, `BatchCreatePartition`, ...).
+        op: &'static str,
+        /// The table, `glue://DATABASE/TABLE`.
+        table: String,
+        /// What went wrong.
+        message: String,
+        /// Worth retrying (timeouts, 5xx, throttling); otherwise it needs a fix
+        /// (permissions, a missing database).
+        transient: bool,
+    },
     /// Building Arrow arrays failed (a bug: coercion should prevent it).
     #[error("building arrow arrays: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),

@@ -5,6 +5,7 @@
 
 pub mod aggregation;
 pub mod aws;
+pub mod catalog;
 pub mod checkpoint;
 pub mod columns;
 pub mod convert;

@@ -176,6 +176,33 @@ impl PartitionTemplate {
         &self.keys
     }
 
+    /// The partition key values of a path this template rendered (e.g.
+    /// `year=2026/month=11/`), unescaped, in key order: what a catalog
+    /// registers for the partition. `None` when the path does not follow the
+    /// template's `name=` segments.
+    pub fn key_values(&self, path: &str) -> Option<Vec<String>> {
+        let template: Vec<&str> = self.source.split('/').filter(|s| !s.is_empty()).collect();
+        let rendered: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        if template.len() != rendered.len() {
+            return None;
+        }
+        let mut values = Vec::with_capacity(self.keys.len());
+        for (t, r) in template.iter().zip(&rendered) {
+            let Some(key) =
+                self.keys.iter().find(|k| t.strip_prefix(k.name.as_str()).is_some_and(|e| e.starts_with("=!{")))
+            else {
+                continue;
+            };
+            let value = r.strip_prefix(key.name.as_str()).and_then(|v| v.strip_prefix('='))?;
+            values.push(if value == HIVE_DEFAULT_PARTITION {
+                value.to_string()
+            } else {
+                unescape_partition_value(value)
+            });
+        }
+        (values.len() == self.keys.len()).then_some(values)
+    }
+
     /// For templates made only of literals and timestamp patterns, the
     /// length in milliseconds of the finest time unit they show: records whose
     /// times fall in the same such bucket render the same path. `None` when
@@ -442,6 +469,19 @@ mod tests {
         assert_eq!(render("!{field:n}/!{field:z}/!{timestamp:mm}", Some(T0), rec), "7/__HIVE_DEFAULT_PARTITION__/12/");
         assert_eq!(render("", Some(T0), rec), "");
         assert_eq!(render("!{field:n}/..x/", None, r#"{"n":".."}"#), "%2E%2E/..x/");
+    }
+
+    #[test]
+    fn key_values_reverse_rendering() {
+        let t = PartitionTemplate::parse("data/k=!{field:a.b}/dt=!{timestamp:yyyy-MM-dd}/").unwrap();
+        let rec = r#"{"a":{"b":"x/y=%z"}}"#;
+        let mut path = String::new();
+        t.render(Some(T0), rec, &mut path);
+        assert_eq!(t.key_values(&path).unwrap(), ["x/y=%z", "2024-03-15"]);
+        t.render(Some(T0), "{}", &mut path);
+        assert_eq!(t.key_values(&path).unwrap(), [HIVE_DEFAULT_PARTITION, "2024-03-15"]);
+        assert_eq!(t.key_values("data/k=1/"), None);
+        assert_eq!(t.key_values("data/j=1/dt=2024-03-15/"), None);
     }
 
     #[test]

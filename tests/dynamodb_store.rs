@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{stack_env, unique};
 use shardlake::Error;
 use shardlake::checkpoint::dynamodb::now_ms;
-use shardlake::checkpoint::{CheckpointStore, DynamoCheckpoints, FleetOptions, Intent, Lease, ShardState};
+use shardlake::checkpoint::{CheckpointStore, Commit, DynamoCheckpoints, FleetOptions, Intent, Lease, ShardState};
 
 const SHARD: &str = "shardId-000000000000";
 
@@ -38,9 +38,18 @@ async fn intent_commit_and_schema_round_trip_under_a_held_lease() {
     let intent = Intent { first: "100".into(), last: "250".into(), records: 7 };
     a.record_intent(SHARD, lease, &intent).await.unwrap();
     assert_eq!(a.load(SHARD).await.unwrap().intent, Some(intent));
-    a.commit(SHARD, lease, Some("250"), false).await.unwrap();
-    assert_eq!(a.load(SHARD).await.unwrap(), ShardState { checkpoint: Some("250".into()), intent: None, ended: false });
-    a.commit(SHARD, lease, None, true).await.unwrap();
+    let pending = vec!["year=2026/month=11/".to_string(), "year=2026/month=12/".to_string()];
+    a.commit(SHARD, lease, &Commit { last: Some("250"), catalog_pending: &pending, ..Commit::default() })
+        .await
+        .unwrap();
+    let state = a.load(SHARD).await.unwrap();
+    assert_eq!((state.checkpoint.as_deref(), state.intent, state.ended), (Some("250"), None, false));
+    let mut stored = state.catalog_pending;
+    stored.sort();
+    assert_eq!(stored, pending);
+    a.commit(SHARD, lease, &Commit { last: Some("250"), ..Commit::default() }).await.unwrap();
+    assert_eq!(a.load(SHARD).await.unwrap(), ShardState { checkpoint: Some("250".into()), ..ShardState::default() });
+    a.commit(SHARD, lease, &Commit { ended: true, ..Commit::default() }).await.unwrap();
     assert!(a.load(SHARD).await.unwrap().ended);
 
     assert_eq!(a.load_schema().await.unwrap(), None);
@@ -60,7 +69,7 @@ async fn a_worker_without_the_lease_cannot_write() {
     let a = worker(&table, "events", "a", Duration::from_secs(10)).await;
     let intent = Intent { first: "1".into(), last: "2".into(), records: 2 };
     assert!(is_lost(&a.record_intent(SHARD, 1, &intent).await.unwrap_err()), "never taken");
-    assert!(is_lost(&a.commit(SHARD, 1, Some("2"), false).await.unwrap_err()));
+    assert!(is_lost(&a.commit(SHARD, 1, &Commit { last: Some("2"), ..Commit::default() }).await.unwrap_err()));
     assert_eq!(a.load(SHARD).await.unwrap(), ShardState::default());
 }
 
@@ -124,13 +133,13 @@ async fn a_stale_worker_is_fenced_after_its_lease_expired_and_moved() {
     let b_lease = b.take(SHARD, Some(&lease), &[]).await.unwrap().unwrap();
     // `b` finds the pending intent, replays and commits it.
     assert_eq!(b.load(SHARD).await.unwrap().intent, Some(first.clone()));
-    b.commit(SHARD, b_lease, Some("20"), false).await.unwrap();
+    b.commit(SHARD, b_lease, &Commit { last: Some("20"), ..Commit::default() }).await.unwrap();
     // `a` wakes up: its commit, intent and renewal are all refused.
-    assert!(is_lost(&a.commit(SHARD, a_lease, Some("99"), false).await.unwrap_err()));
+    assert!(is_lost(&a.commit(SHARD, a_lease, &Commit { last: Some("99"), ..Commit::default() }).await.unwrap_err()));
     assert!(!a.holds(SHARD), "a lost lease is forgotten");
     assert!(is_lost(&a.record_intent(SHARD, a_lease, &first).await.unwrap_err()));
     assert!(is_lost(&a.renew(SHARD, a_lease).await.unwrap_err()));
-    assert_eq!(b.load(SHARD).await.unwrap(), ShardState { checkpoint: Some("20".into()), intent: None, ended: false });
+    assert_eq!(b.load(SHARD).await.unwrap(), ShardState { checkpoint: Some("20".into()), ..ShardState::default() });
     b.renew(SHARD, b_lease).await.unwrap();
 }
 
@@ -149,7 +158,7 @@ async fn a_released_lease_is_free_at_once_and_a_steal_fences_the_victim() {
     let lease = a.leases().await.unwrap().remove(0);
     assert_eq!(lease.owner.as_deref(), Some("b"));
     assert!(a.take(SHARD, Some(&lease), &[]).await.unwrap().is_some());
-    assert!(is_lost(&b.commit(SHARD, b_lease, Some("5"), false).await.unwrap_err()));
+    assert!(is_lost(&b.commit(SHARD, b_lease, &Commit { last: Some("5"), ..Commit::default() }).await.unwrap_err()));
     assert_eq!(a.load(SHARD).await.unwrap().checkpoint, None);
 }
 
@@ -164,15 +173,15 @@ async fn a_write_under_an_old_lease_is_refused_after_the_worker_took_it_back() {
     let old = a.take(SHARD, None, &[]).await.unwrap().unwrap();
     let lease = b.leases().await.unwrap().remove(0);
     let b_lease = b.take(SHARD, Some(&lease), &[]).await.unwrap().unwrap();
-    b.commit(SHARD, b_lease, Some("40"), false).await.unwrap();
+    b.commit(SHARD, b_lease, &Commit { last: Some("40"), ..Commit::default() }).await.unwrap();
     let lease = a.leases().await.unwrap().remove(0);
     let new = a.take(SHARD, Some(&lease), &[]).await.unwrap().unwrap();
     assert!(new > old);
     let stale = Intent { first: "10".into(), last: "20".into(), records: 3 };
     assert!(is_lost(&a.record_intent(SHARD, old, &stale).await.unwrap_err()));
-    assert!(is_lost(&a.commit(SHARD, old, Some("20"), false).await.unwrap_err()));
+    assert!(is_lost(&a.commit(SHARD, old, &Commit { last: Some("20"), ..Commit::default() }).await.unwrap_err()));
     assert_eq!(a.lease_counter(SHARD), Some(new), "the refused old write does not drop the new lease");
-    assert_eq!(a.load(SHARD).await.unwrap(), ShardState { checkpoint: Some("40".into()), intent: None, ended: false });
-    a.commit(SHARD, new, Some("50"), false).await.unwrap();
+    assert_eq!(a.load(SHARD).await.unwrap(), ShardState { checkpoint: Some("40".into()), ..ShardState::default() });
+    a.commit(SHARD, new, &Commit { last: Some("50"), ..Commit::default() }).await.unwrap();
     assert_eq!(a.load(SHARD).await.unwrap().checkpoint.as_deref(), Some("50"));
 }

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
+use shardlake::catalog::{GLUE_SCHEME, PartitionMode, TableName};
 use shardlake::partition::{DEFAULT_TEMPLATE, PartitionTemplate, TimeSource};
 use shardlake::pipeline::{DEFAULT_MAX_RECORD_BYTES, TableSpec, folder_prefix, partition_budget};
-use shardlake::schema::{Schema, UnknownFieldPolicy};
+use shardlake::schema::{Schema, TableDefinition, UnknownFieldPolicy, table_definition};
 use shardlake::store::{Location, S3Options};
 use shardlake::writer::WriterSettings;
 
@@ -58,11 +59,29 @@ pub struct ConsumerConfig {
     #[serde(default = "default_checkpoint_store")]
     pub checkpoint_store: String,
     /// Schema file (TOML, or JSON by extension), as written by
-    /// `shardlake-consumer schema infer`. Without it the schema is inferred
-    /// from the first `infer_sample` records of the stream, stored beside the
-    /// checkpoints and used from then on (new fields then go to `_extra`).
+    /// `shardlake-consumer schema infer`, or a Glue table
+    /// (`glue://DATABASE/TABLE`) whose columns are read at the first start.
+    /// Without it the schema is inferred from the first `infer_sample`
+    /// records of the stream. An inferred or Glue schema is stored beside
+    /// the checkpoints and used from then on, so replays rebuild identical
+    /// files even if the table changes.
     #[serde(default)]
     pub schema: Option<PathBuf>,
+    /// Glue Data Catalog table of the lake, `glue://DATABASE/TABLE`: checked
+    /// at start (or created, with `catalog_create`), and with
+    /// `catalog_partitions = "register"` every partition is registered once
+    /// its first batch commits.
+    #[serde(default)]
+    pub catalog: Option<String>,
+    /// Create the database and table when missing (default false: the table
+    /// must exist and fit the schema, template and destination).
+    #[serde(default)]
+    pub catalog_create: bool,
+    /// `register` (default: BatchCreatePartition after each commit; every
+    /// engine sees the partitions) or `projection` (Athena partition
+    /// projection; nothing registered, Athena only).
+    #[serde(default)]
+    pub catalog_partitions: PartitionMode,
     /// Records sampled to infer the schema when `schema` is not set (default 1000).
     #[serde(default = "default_infer_sample")]
     pub infer_sample: usize,
@@ -447,12 +466,24 @@ pub struct Settings {
     pub initial_timestamp_ms: Option<i64>,
     /// Upload settings.
     pub s3: S3Options,
+    /// `schema = "glue://..."`: the table the schema is read from.
+    pub schema_table: Option<TableName>,
+    /// `catalog`: the lake's table in Glue.
+    pub catalog: Option<TableName>,
 }
 
 impl Settings {
-    /// Whether the schema is inferred from the stream (no `schema` file).
+    /// Whether the schema is inferred from the stream (no `schema` set).
     pub fn infers_schema(&self) -> bool {
         self.config.schema.is_none()
+    }
+
+    /// The lake as a table: columns from the schema, keys from the template.
+    pub fn table_definition(&self) -> anyhow::Result<TableDefinition> {
+        let location = shardlake::catalog::table_location(&self.config.destination)?;
+        let t = &self.table;
+        let projection = self.config.catalog_partitions.projection();
+        Ok(table_definition(&t.schema, &t.template, t.unknown_fields, &location, projection)?)
     }
 
     /// Sets the schema (the inferred one).
@@ -524,7 +555,14 @@ impl ConsumerConfig {
         };
         let template = PartitionTemplate::parse(&self.partition).map_err(|e| anyhow::anyhow!("partition: {e}"))?;
         let time_source = TimeSource::parse(&self.time_field).map_err(|e| anyhow::anyhow!("time_field: {e}"))?;
+        let mut schema_table = None;
         let schema = match &mut self.schema {
+            Some(path) if path.to_str().is_some_and(|p| p.starts_with(GLUE_SCHEME)) => {
+                let url = path.to_str().unwrap_or_default();
+                schema_table = Some(TableName::parse(url).map_err(|e| anyhow::anyhow!("schema: {e}"))?);
+                // Read at start-up (or taken from the stored copy); see `Settings::with_schema`.
+                Schema::default()
+            }
             Some(path) => {
                 if !path.is_absolute() {
                     *path = base.join(&*path);
@@ -534,6 +572,16 @@ impl ConsumerConfig {
             None if self.infer_sample == 0 => bail!("infer_sample: must be at least 1 (or set schema)"),
             // Inferred at start-up from the stream; see `Settings::with_schema`.
             None => Schema::default(),
+        };
+        let catalog = match &self.catalog {
+            Some(url) => {
+                let name = TableName::parse(url).map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
+                table_definition(&Schema::default(), &template, self.unknown_fields, "s3://check/", None)
+                    .map_err(|e| anyhow::anyhow!("partition (with catalog): {e}"))?;
+                Some(name)
+            }
+            None if self.catalog_create => bail!("catalog_create: set catalog = \"glue://DATABASE/TABLE\" too"),
+            None => None,
         };
         let b = &mut self.buffer;
         if b.max_mb == 0 || b.max_records == 0 {
@@ -608,7 +656,7 @@ impl ConsumerConfig {
             ..S3Options::default()
         }
         .validate();
-        Ok(Settings { config: self, table, initial_timestamp_ms, s3 })
+        Ok(Settings { config: self, table, initial_timestamp_ms, s3, schema_table, catalog })
     }
 }
 

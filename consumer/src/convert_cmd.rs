@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
+use shardlake::catalog::{CatalogTable, GLUE_SCHEME, PartitionMode, TableName};
 use shardlake::convert::{ConvertOptions, ConvertSummary, SchemaSource, convert, error_breakdown};
-use shardlake::partition::DEFAULT_TEMPLATE;
+use shardlake::partition::{DEFAULT_TEMPLATE, PartitionTemplate};
 use shardlake::pipeline::DEFAULT_MAX_RECORD_BYTES;
-use shardlake::schema::{DEFAULT_INFER_SAMPLE, UnknownFieldPolicy};
+use shardlake::schema::{DEFAULT_INFER_SAMPLE, Schema, UnknownFieldPolicy, table_definition};
 use shardlake::store::S3Options;
 use shardlake::writer::WriterSettings;
 
@@ -26,7 +27,8 @@ pub struct ConvertArgs {
     /// Lake destination: a directory, file:///dir, or s3://bucket/prefix/.
     #[arg(long)]
     destination: String,
-    /// Schema file (TOML, or JSON by extension).
+    /// Schema file (TOML, or JSON by extension), or a Glue table whose
+    /// columns to use: glue://DATABASE/TABLE.
     #[arg(long, conflicts_with = "infer_schema", required_unless_present = "infer_schema")]
     schema: Option<PathBuf>,
     /// Infer the schema from the first records instead of a schema file.
@@ -62,6 +64,18 @@ pub struct ConvertArgs {
     /// Encrypt S3 objects with this KMS key (SSE-KMS).
     #[arg(long)]
     sse_kms_key_id: Option<String>,
+    /// Glue table of the lake (glue://DATABASE/TABLE): checked (or created
+    /// with --catalog-create) and, with --catalog-partitions register, the
+    /// written partitions registered.
+    #[arg(long)]
+    catalog: Option<String>,
+    /// Create the catalog's database and table when missing.
+    #[arg(long, requires = "catalog")]
+    catalog_create: bool,
+    /// register: add each written partition to the catalog (every engine
+    /// sees it); projection: Athena partition projection, nothing registered.
+    #[arg(long, value_enum, default_value_t = PartitionModeArg::Register)]
+    catalog_partitions: PartitionModeArg,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -97,6 +111,43 @@ fn progress_bar(input: &str, counter: Arc<AtomicU64>) -> Option<tokio::task::Joi
     }))
 }
 
+/// `--catalog-partitions` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PartitionModeArg {
+    /// Register every written partition (BatchCreatePartition).
+    Register,
+    /// Athena partition projection.
+    Projection,
+}
+
+impl From<PartitionModeArg> for PartitionMode {
+    fn from(m: PartitionModeArg) -> Self {
+        match m {
+            PartitionModeArg::Register => PartitionMode::Register,
+            PartitionModeArg::Projection => PartitionMode::Projection,
+        }
+    }
+}
+
+/// The catalog table of a lake of `schema` written with `opts`.
+fn catalog_table(
+    glue: &aws_sdk_glue::Client,
+    url: &str,
+    mode: PartitionMode,
+    opts: &ConvertOptions,
+    schema: &Schema,
+) -> anyhow::Result<CatalogTable> {
+    let name = TableName::parse(url).map_err(|e| anyhow::anyhow!("--catalog: {e}"))?;
+    let template = PartitionTemplate::parse(&opts.template)?;
+    let location = shardlake::catalog::table_location(&opts.destination)?;
+    let def = table_definition(schema, &template, opts.unknown_fields, &location, mode.projection())?;
+    Ok(CatalogTable::new(glue.clone(), name, template, def, mode))
+}
+
+async fn glue_client() -> aws_sdk_glue::Client {
+    shardlake::aws::glue_client(&shardlake::aws::sdk_config().await, &Default::default())
+}
+
 /// Runs `convert`.
 pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let local = !(args.input == "-" || args.input.starts_with("s3://"));
@@ -106,10 +157,17 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
     if args.memory_budget_mb == 0 || args.target_file_mb == 0 || args.row_group_rows == 0 {
         bail!("--memory-budget-mb, --target-file-mb and --row-group-rows must be positive");
     }
+    let mut glue = None;
     let opts = ConvertOptions {
         input: args.input.clone(),
         destination: args.destination.clone(),
         schema: match args.schema {
+            Some(p) if p.to_str().is_some_and(|p| p.starts_with(GLUE_SCHEME)) => {
+                let name =
+                    TableName::parse(p.to_str().unwrap_or_default()).map_err(|e| anyhow::anyhow!("--schema: {e}"))?;
+                let glue = glue.get_or_insert(glue_client().await);
+                SchemaSource::Given(shardlake::catalog::read_schema(glue, &name).await?)
+            }
             Some(p) => SchemaSource::File(p),
             None => SchemaSource::Infer { sample: args.infer_sample.max(1) },
         },
@@ -126,6 +184,19 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
         },
         s3: S3Options { sse_kms_key_id: args.sse_kms_key_id, ..S3Options::default() }.validate(),
     };
+    let mode = PartitionMode::from(args.catalog_partitions);
+    if args.catalog.is_some() && glue.is_none() {
+        glue = Some(glue_client().await);
+    }
+    // A known schema is checked against the table before anything is written.
+    let known = match &opts.schema {
+        SchemaSource::File(p) => Some(Schema::from_file(p)?),
+        SchemaSource::Given(s) => Some(s.clone()),
+        SchemaSource::Infer { .. } => None,
+    };
+    if let (Some(url), Some(glue), Some(schema)) = (&args.catalog, &glue, &known) {
+        catalog_table(glue, url, mode, &opts, schema)?.ensure(args.catalog_create).await?;
+    }
     let counter = Arc::new(AtomicU64::new(0));
     let show_progress = !args.quiet && !args.json && std::io::stderr().is_terminal();
     let bar = if show_progress { progress_bar(&args.input, counter.clone()) } else { None };
@@ -134,6 +205,18 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
         b.abort();
     }
     let summary = result.with_context(|| format!("converting {} into {}", args.input, args.destination))?;
+    if let (Some(url), Some(glue)) = (&args.catalog, &glue) {
+        let schema = summary.schema.clone().or(known).context("no schema to describe the table with")?;
+        let table = catalog_table(glue, url, mode, &opts, &schema)?;
+        table.ensure(args.catalog_create).await?;
+        let partitions: Vec<String> = summary.partitions.keys().cloned().collect();
+        let created = table.register(&partitions).await?;
+        eprintln!(
+            "catalog {}: {created} partitions registered, {} already there ({mode:?})",
+            table.name(),
+            if mode == PartitionMode::Register { partitions.len() - created } else { 0 }
+        );
+    }
     if args.json {
         outln!("{}", summary_json(&summary));
     } else {

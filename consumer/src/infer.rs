@@ -1,17 +1,57 @@
-//! Inferred-schema mode: the schema comes from the first records of the
-//! stream, once, and is stored beside the checkpoints. Every later start (and
+//! Inferred and Glue schema modes: the schema comes from the first records
+//! of the stream (or a Glue table), once, and is stored beside the
+//! checkpoints. Every later start (and
 //! every replay) uses the stored schema, so files stay deterministic; fields
 //! that appear later go to `_extra` (or the configured unknown-field policy).
 
 use std::time::Duration;
 
 use shardlake::aggregation::deaggregate;
+use shardlake::catalog::TableName;
 use shardlake::checkpoint::CheckpointStore;
 use shardlake::schema::{Schema, SchemaInferrer};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{InitialPosition, Settings};
 use crate::kinesis::{self, StartAt};
+
+/// Schema mode `glue://DATABASE/TABLE`: the schema stored beside the
+/// checkpoints, or the table's columns read now and stored (the first stored
+/// wins in a fleet), so replays rebuild identical files after the table
+/// changes.
+pub async fn glue_schema(
+    glue: &aws_sdk_glue::Client,
+    table: &TableName,
+    checkpoints: &CheckpointStore,
+) -> anyhow::Result<Schema> {
+    if let Some(schema) = stored_schema(checkpoints).await? {
+        tracing::info!(columns = schema.columns.len(), table = %table, "using the stored schema");
+        return Ok(schema);
+    }
+    let schema = shardlake::catalog::read_schema(glue, table).await?;
+    let schema = store_schema(checkpoints, &schema).await?;
+    eprintln!(
+        "shardlake-consumer: read a schema of {} columns from {table}; stored in {}",
+        schema.columns.len(),
+        checkpoints.url()
+    );
+    Ok(schema)
+}
+
+/// The schema stored beside the checkpoints, if any.
+pub(crate) async fn stored_schema(checkpoints: &CheckpointStore) -> anyhow::Result<Option<Schema>> {
+    let Some(text) = checkpoints.load_schema().await? else { return Ok(None) };
+    let schema =
+        Schema::parse(&text, false).map_err(|e| anyhow::anyhow!("stored schema in {}: {e}", checkpoints.url()))?;
+    Ok(Some(schema))
+}
+
+/// Stores `schema` unless one is stored already; returns the stored one,
+/// which every worker of a fleet then uses.
+async fn store_schema(checkpoints: &CheckpointStore, schema: &Schema) -> anyhow::Result<Schema> {
+    checkpoints.save_schema(&schema.to_toml()).await?;
+    Ok(stored_schema(checkpoints).await?.unwrap_or_else(|| schema.clone()))
+}
 
 /// GetRecords calls per shard while sampling, at most.
 const SAMPLE_CALLS: usize = 20;
@@ -25,9 +65,7 @@ pub async fn stream_schema(
     checkpoints: &CheckpointStore,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Option<Schema>> {
-    if let Some(text) = checkpoints.load_schema().await? {
-        let schema =
-            Schema::parse(&text, false).map_err(|e| anyhow::anyhow!("stored schema in {}: {e}", checkpoints.url()))?;
+    if let Some(schema) = stored_schema(checkpoints).await? {
         tracing::info!(columns = schema.columns.len(), "using the stored inferred schema");
         return Ok(Some(schema));
     }
@@ -66,12 +104,9 @@ pub async fn stream_schema(
             }
         }
         if let Some(schema) = inferrer.finish().filter(|_| inferrer.records() > 0) {
-            checkpoints.save_schema(&schema.to_toml()).await?;
             // In a fleet another worker may have stored its schema first; every
             // worker must use the stored one, so replays rebuild identical files.
-            let stored = checkpoints.load_schema().await?.unwrap_or_else(|| schema.to_toml());
-            let schema = Schema::parse(&stored, false)
-                .map_err(|e| anyhow::anyhow!("stored schema in {}: {e}", checkpoints.url()))?;
+            let schema = store_schema(checkpoints, &schema).await?;
             tracing::info!(
                 columns = schema.columns.len(),
                 records = inferrer.records(),

@@ -32,6 +32,8 @@ fn write_stdout(args: std::fmt::Arguments<'_>) {
 }
 
 mod batch;
+mod catalog;
+pub mod catalog_cmd;
 mod config;
 pub mod convert_cmd;
 mod get_records;

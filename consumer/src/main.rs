@@ -1,10 +1,10 @@
 //! `shardlake-consumer`: the shardlake worker binary. `run` reads a Kinesis
 //! stream into the lake, exactly once; `convert` backfills JSON Lines files;
 //! `schema` infers schemas and prints Athena DDL; `config check` explains a
-//! config file.
+//! config file; `catalog sync` registers a lake's partitions in Glue.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use shardlake_consumer::{convert_cmd, run_cmd, schema_cmd};
+use shardlake_consumer::{catalog_cmd, convert_cmd, run_cmd, schema_cmd};
 
 /// Command line of `shardlake-consumer`.
 #[derive(Debug, Parser)]
@@ -35,6 +35,9 @@ enum Command {
     /// Infer a schema, or print Athena DDL for one.
     #[command(subcommand)]
     Schema(schema_cmd::SchemaCommand),
+    /// Keep the Glue catalog table in step with a lake written before it was configured.
+    #[command(subcommand)]
+    Catalog(catalog_cmd::CatalogCommand),
 }
 
 fn init_logging(format: LogFormat) {
@@ -67,6 +70,7 @@ fn main() -> std::process::ExitCode {
             Command::Config(cmd) => run_cmd::config(cmd),
             Command::Convert(args) => convert_cmd::run(args).await,
             Command::Schema(cmd) => schema_cmd::run(cmd),
+            Command::Catalog(cmd) => catalog_cmd::run(cmd).await,
         }
     });
     match result {

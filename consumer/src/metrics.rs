@@ -26,6 +26,9 @@ pub struct Metrics {
     read_errors: IntCounterVec,
     upload_failures: IntCounter,
     checkpoint_failures: IntCounter,
+    catalog_registered: IntCounter,
+    catalog_failures: IntCounter,
+    catalog_pending: IntGauge,
     health_problems: IntGauge,
     read_buffer_bytes: IntGauge,
     unreplayable_ranges: IntCounterVec,
@@ -178,6 +181,18 @@ impl Metrics {
                 "shardlake_consumer_checkpoint_failures_total",
                 "Failed checkpoint writes, intents and commits (retried while the batch waits in memory).",
             ),
+            catalog_registered: counter(
+                "shardlake_consumer_catalog_partitions_registered_total",
+                "Partitions this worker created in the Glue catalog (already registered ones not counted).",
+            ),
+            catalog_failures: counter(
+                "shardlake_consumer_catalog_failures_total",
+                "Failed catalog calls (table check or partition registration; retried with back-off).",
+            ),
+            catalog_pending: gauge(
+                "shardlake_consumer_catalog_pending_partitions",
+                "Committed partitions waiting to be registered in the catalog.",
+            ),
             unreplayable_ranges: counter_vec(
                 &r,
                 "shardlake_consumer_unreplayable_ranges_total",
@@ -263,6 +278,18 @@ impl Metrics {
     /// A failed checkpoint write.
     pub fn record_checkpoint_failure(&self) {
         self.checkpoint_failures.inc();
+    }
+
+    /// A catalog pass: `created` partitions registered, `pending` left.
+    pub fn record_catalog(&self, created: usize, pending: usize) {
+        self.catalog_registered.inc_by(created as u64);
+        self.catalog_pending.set(pending as i64);
+    }
+
+    /// A failed catalog call.
+    pub fn record_catalog_failure(&self, pending: usize) {
+        self.catalog_failures.inc();
+        self.catalog_pending.set(pending as i64);
     }
 
     /// A failed upload attempt.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use shardlake::checkpoint::{Intent, compare_sequences};
+use shardlake::checkpoint::{Commit, Intent, compare_sequences};
 use shardlake::pipeline::OutputKind;
 use shardlake::retry::RetryPolicy;
 use tokio_util::sync::CancellationToken;
@@ -91,6 +91,9 @@ struct Reader {
     replay: Option<(Intent, bool)>,
     /// Consecutive failed calls, for the back-off.
     failures: u32,
+    /// Partitions committed but not known to be in the catalog yet; each
+    /// commit carries them until they are.
+    catalog_pending: Vec<String>,
 }
 
 /// Reads `shard` until it ends, `cancel` fires (final flush) or the lease is
@@ -105,6 +108,10 @@ pub async fn read_shard(
         state = ctx.checkpoints.load(&shard) => state?,
         _ = cancel.cancelled() => return Ok(ShardExit::Stopped),
     };
+    if let Some(catalog) = &ctx.catalog {
+        // Committed by an earlier reader that may have crashed before registering.
+        catalog.submit(&state.catalog_pending);
+    }
     if state.ended {
         return Ok(ShardExit::Ended);
     }
@@ -134,6 +141,7 @@ pub async fn read_shard(
         start: start.clone(),
         replay: state.intent.map(|i| (i, false)),
         failures: 0,
+        catalog_pending: state.catalog_pending,
     };
     reader.ctx.metrics.add_shards_reading(1);
     reader.ctx.health.reader_started(&reader.shard);
@@ -499,8 +507,11 @@ impl Reader {
         let (shard, lease) = (self.shard.clone(), self.lease);
         let Some((first, last, records)) = batch.range() else {
             if ended {
-                let write = || ctx.checkpoints.commit(&shard, lease, None, true);
+                let pending = self.catalog_pending(Vec::new());
+                let commit = Commit { ended: true, catalog_pending: &pending, ..Commit::default() };
+                let write = || ctx.checkpoints.commit(&shard, lease, &commit);
                 write_checkpoint(&ctx, &shard, &self.lost, "commit", write).await?;
+                self.committed_partitions(pending);
             }
             return Ok(());
         };
@@ -523,6 +534,14 @@ impl Reader {
         ctx.crash.hit("after_intent");
         let files: Vec<(bool, usize)> =
             finished.objects.iter().map(|o| (matches!(o.kind, OutputKind::Data { .. }), o.data.len())).collect();
+        let partitions: Vec<String> = finished
+            .objects
+            .iter()
+            .filter_map(|o| match &o.kind {
+                OutputKind::Data { partition, .. } => Some(partition.clone()),
+                OutputKind::Errors { .. } => None,
+            })
+            .collect();
         let uploads = futures::stream::iter(finished.objects.into_iter().map(|o| upload(&ctx, &shard, o)))
             .buffer_unordered(UPLOAD_CONCURRENCY)
             .collect::<Vec<_>>()
@@ -531,8 +550,12 @@ impl Reader {
             anyhow::bail!("shard {shard}: upload abandoned at shutdown; the batch {} stays pending", intent.first);
         }
         ctx.crash.hit("before_commit");
-        let write = || ctx.checkpoints.commit(&shard, lease, Some(&last), ended);
+        let pending = self.catalog_pending(partitions);
+        let commit = Commit { last: Some(&last), ended, catalog_pending: &pending };
+        let write = || ctx.checkpoints.commit(&shard, lease, &commit);
         write_checkpoint(&ctx, &shard, &self.lost, "commit", write).await?;
+        ctx.crash.hit("after_commit");
+        self.committed_partitions(pending);
         ctx.health.committed(&shard);
         ctx.budget.update(&shard, 0);
         ctx.metrics.record_flush(reason.as_str(), &finished.stats, &files, started.elapsed().as_secs_f64());
@@ -547,6 +570,26 @@ impl Reader {
             "batch committed"
         );
         Ok(())
+    }
+}
+
+impl Reader {
+    /// What a commit carries as `catalog_pending`: the batch's partitions
+    /// and those earlier commits carried, less what the catalog is known to
+    /// have (empty without a catalog).
+    fn catalog_pending(&self, batch_partitions: Vec<String>) -> Vec<String> {
+        match &self.ctx.catalog {
+            Some(catalog) => catalog.unconfirmed(self.catalog_pending.iter().cloned().chain(batch_partitions)),
+            None => Vec::new(),
+        }
+    }
+
+    /// After a commit: its pending partitions go to the registrar.
+    fn committed_partitions(&mut self, pending: Vec<String>) {
+        if let Some(catalog) = &self.ctx.catalog {
+            catalog.submit(&pending);
+        }
+        self.catalog_pending = pending;
     }
 }
 

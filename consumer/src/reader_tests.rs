@@ -91,6 +91,7 @@ fn context(dir: &std::path::Path, kinesis: aws_sdk_kinesis::Client) -> Arc<Conte
         crash: CrashPoints::from_env().unwrap(),
         abort: CancellationToken::new(),
         health: crate::health::Health::new(Duration::from_secs(120), Duration::from_secs(60), Duration::from_secs(300)),
+        catalog: None,
         leases: None,
         settings,
     })

@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use shardlake::catalog::CatalogTable;
 use shardlake::checkpoint::{CheckpointStore, FleetOptions};
 use shardlake::store::ObjectStore;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::Thresholds;
+use crate::catalog::Registrar;
 use crate::config::{ConsumerConfig, RetrievalMode, Settings};
 use crate::health::Health;
 use crate::kinesis::KinesisError;
@@ -34,7 +36,7 @@ pub enum ConfigCommand {
     Check(RunArgs),
 }
 
-fn load(path: &Path) -> anyhow::Result<Settings> {
+pub(crate) fn load(path: &Path) -> anyhow::Result<Settings> {
     let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     ConsumerConfig::from_file(path)?.resolve(base)
 }
@@ -58,6 +60,9 @@ pub fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
         );
     }
     match &c.schema {
+        Some(path) if s.schema_table.is_some() => {
+            outln!("schema            {} (read at the first start, then stored beside the checkpoints)", path.display())
+        }
         Some(path) => outln!(
             "schema            {} ({} columns, unknown fields: {:?})",
             path.display(),
@@ -65,6 +70,13 @@ pub fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
             c.unknown_fields
         ),
         None => outln!("schema            inferred from the first {} records of the stream", c.infer_sample),
+    }
+    if let Some(table) = &s.catalog {
+        outln!(
+            "catalog           {table} ({:?} partitions{})",
+            c.catalog_partitions,
+            if c.catalog_create { ", created when missing" } else { ", must exist" }
+        );
     }
     outln!("partition         {} (time: {})", c.partition, c.time_field);
     outln!("errors            {}{}", c.destination.trim_end_matches('/'), format_args!("/{}", s.table.error_prefix));
@@ -131,13 +143,35 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Some(arn)
         }
     };
-    let settings = if settings.infers_schema() {
-        let Some(schema) = crate::infer::stream_schema(&settings, &kinesis, &checkpoints, &cancel).await? else {
-            return Ok(());
-        };
-        settings.with_schema(schema)
-    } else {
-        settings
+    let glue = (settings.schema_table.is_some() || settings.catalog.is_some())
+        .then(|| shardlake::aws::glue_client(&sdk, &c.timeouts.aws()));
+    let settings = match (&settings.schema_table, &glue) {
+        (Some(table), Some(glue)) => {
+            let schema = crate::infer::glue_schema(glue, table, &checkpoints).await?;
+            settings.with_schema(schema)
+        }
+        _ if settings.infers_schema() => {
+            let Some(schema) = crate::infer::stream_schema(&settings, &kinesis, &checkpoints, &cancel).await? else {
+                return Ok(());
+            };
+            settings.with_schema(schema)
+        }
+        _ => settings,
+    };
+    let registrar = match (&settings.catalog, glue) {
+        (Some(name), Some(glue)) => {
+            let c = &settings.config;
+            let table = CatalogTable::new(
+                glue,
+                name.clone(),
+                settings.table.template.clone(),
+                settings.table_definition()?,
+                c.catalog_partitions,
+            );
+            let ensured = crate::catalog::ensure_at_start(&table, c.catalog_create).await?;
+            Some(Arc::new(Registrar::new(table, c.catalog_create, ensured)))
+        }
+        _ => None,
     };
     let c = &settings.config;
     let thresholds =
@@ -160,6 +194,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         crash: CrashPoints::from_env()?,
         abort,
         health: Health::new(c.health.stall_after, c.health.failing_after, c.buffer.max_age),
+        catalog: registrar.clone(),
         settings,
     });
     let c = &ctx.settings.config;
@@ -173,10 +208,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         checkpoints = ctx.checkpoints.url(),
         "consumer started"
     );
+    let finish = CancellationToken::new();
+    let registering = registrar.map(|r| tokio::spawn(crate::catalog::run(ctx.clone(), r, finish.clone())));
     let result = crate::worker::run(ctx.clone(), cancel).await;
+    if let Some(task) = registering {
+        // The final flushes' partitions: registered now if the catalog
+        // answers, else on the next start (they are in the checkpoints).
+        finish.cancel();
+        if tokio::time::timeout(FINAL_REGISTRATION, task).await.is_err() {
+            let pending = ctx.catalog.as_ref().map_or(0, |r| r.pending());
+            eprintln!("shardlake-consumer: {pending} partitions left to register at the next start");
+        }
+    }
     ctx.abort.cancel();
     result
 }
+
+/// How long a stopping worker tries to register its last partitions.
+const FINAL_REGISTRATION: Duration = Duration::from_secs(10);
 
 /// First SIGTERM/SIGINT: stop reading, flush, commit, exit. A second signal,
 /// or `shutdown_timeout` passing, aborts at once with exit code 130 / 1.

@@ -32,6 +32,11 @@ impl Fleet {
 
     /// `new` with `extra` config lines (tables) at the end of each config.
     async fn with_config(stream: &str, workers: usize, lease_duration: &str, extra: &str) -> Self {
+        Self::with_lines(stream, workers, lease_duration, "", extra).await
+    }
+
+    /// `with_config` with `top` lines (top-level keys) before the tables.
+    async fn with_lines(stream: &str, workers: usize, lease_duration: &str, top: &str, extra: &str) -> Self {
         let setup = Setup::new(stream);
         let table = unique("leases");
         let bucket = unique("fleet-lake").to_lowercase();
@@ -39,7 +44,7 @@ impl Fleet {
         for i in 0..workers {
             let text = format!(
                 "stream = \"{stream}\"\ndestination = \"s3://{bucket}/lake/\"\ncheckpoint_store = \"dynamodb://{table}\"\n\
-                 schema = \"schema.toml\"\ntime_field = \"ts\"\nshutdown_timeout = \"30s\"\n\
+                 schema = \"schema.toml\"\ntime_field = \"ts\"\nshutdown_timeout = \"30s\"\n{top}\
                  [fleet]\nworker_id = \"w{i}\"\nlease_duration = \"{lease_duration}\"\ncreate_table = true\n\
                  [buffer]\nmax_age = \"1s\"\n[polling]\nidle_interval = \"200ms\"\nmax_idle_interval = \"1s\"\nshard_refresh = \"1s\"\n\
                  [metrics]\naddress = \"127.0.0.1:0\"\n{extra}",
@@ -623,6 +628,51 @@ async fn dynamodb_500s_refusals_and_a_black_hole_never_end_a_worker_and_leases_r
     landed.extend(put_records(&client, &stream, &records[700..]).await);
     fleet.wait_balanced(4, 2, Duration::from_secs(60)).await;
     fleet.wait_committed(&landed, Duration::from_secs(90)).await;
+    fleet.terminate_all();
+    fleet.check_lake(800).await;
+}
+
+/// Two workers write the same hourly partitions from their own shards and
+/// both register them: each partition ends in the catalog once, created by
+/// one of them, and the other's already-exists is no failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_registering_the_same_partitions_leave_one_entry_each() {
+    let client = kinesis().await;
+    let glue = glue().await;
+    let db = unique("fleet").replace('-', "_");
+    let stream = create_stream(&client, 4).await;
+    let top = format!("catalog = \"glue://{db}/events\"\ncatalog_create = true\n");
+    let mut fleet = Fleet::with_lines(&stream, 2, "10s", &top, "").await;
+    let records = keyed(events(800, 33, 3));
+    fleet.start(0);
+    fleet.start(1);
+    fleet.wait_balanced(4, 2, Duration::from_secs(60)).await;
+    let landed = put_records(&client, &stream, &records).await;
+    fleet.wait_committed(&landed, Duration::from_secs(90)).await;
+    fleet.setup.download(&s3_client().await, &fleet.bucket, "lake/").await;
+    let mut lake = BTreeMap::new();
+    for file in parquet_files(&fleet.setup.lake()) {
+        let dir = file.parent().unwrap().strip_prefix(fleet.setup.lake()).unwrap().display().to_string();
+        let values: Vec<String> = dir.split('/').map(|seg| seg.split_once('=').unwrap().1.to_string()).collect();
+        lake.insert(values, format!("s3://{}/lake/{dir}/", fleet.bucket));
+    }
+    assert!(lake.len() >= 3, "{lake:?}");
+    poll("the catalog to list the lake's partitions", Duration::from_secs(30), || async {
+        let page = glue.get_partitions().database_name(&db).table_name("events").send().await.unwrap();
+        let catalog: BTreeMap<Vec<String>, String> = page
+            .partitions()
+            .iter()
+            .map(|p| (p.values().to_vec(), p.storage_descriptor().unwrap().location().unwrap().to_string()))
+            .collect();
+        (page.partitions().len() == lake.len() && catalog == lake).then_some(())
+    })
+    .await;
+    let created: f64 = (0..2).map(|i| fleet.metric(i, "shardlake_consumer_catalog_partitions_registered_total")).sum();
+    let failures: f64 = (0..2).map(|i| fleet.metric(i, "shardlake_consumer_catalog_failures_total")).sum();
+    assert_eq!((created, failures), (lake.len() as f64, 0.0), "{}", fleet.logs());
+    for i in 0..2 {
+        assert!(fleet.healthz(i).starts_with("HTTP/1.1 200"), "w{i}: {}", fleet.healthz(i));
+    }
     fleet.terminate_all();
     fleet.check_lake(800).await;
 }

@@ -28,7 +28,7 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
 };
 
-use super::{Intent, ShardState};
+use super::{Commit, Intent, ShardState};
 use crate::error::{Error, Result, error_chain};
 
 /// Key suffix of the inferred-schema item; shard ids never start with `#`.
@@ -128,7 +128,8 @@ fn state_from_item(item: &HashMap<String, AttributeValue>) -> ShardState {
         last: get_s(m, "last").unwrap_or_default(),
         records: get_n(m, "records"),
     });
-    ShardState { checkpoint: get_s(item, "checkpoint"), intent, ended: get_bool(item, "ended") }
+    let catalog_pending = item.get("catalog_pending").and_then(|v| v.as_ss().ok()).cloned().unwrap_or_default();
+    ShardState { checkpoint: get_s(item, "checkpoint"), intent, ended: get_bool(item, "ended"), catalog_pending }
 }
 
 /// The condition every write of a lease holder carries.
@@ -340,23 +341,35 @@ impl DynamoCheckpoints {
 
     /// Checkpoint = `last`, intent cleared, `ended` set, in one write fenced
     /// on the lease at `counter`.
-    pub async fn commit(&self, shard: &str, counter: u64, last: Option<&str>, ended: bool) -> Result<()> {
+    pub async fn commit(&self, shard: &str, counter: u64, commit: &Commit<'_>) -> Result<()> {
         // DynamoDB rejects expression names and values that are not used.
         let mut values = Vec::new();
         let mut sets = Vec::new();
-        let mut names = vec![("#i", "intent")];
-        if let Some(last) = last {
+        let mut names = vec![("#i", "intent"), ("#cat", "catalog_pending")];
+        if let Some(last) = commit.last {
             sets.push("#cp = :cp");
             names.push(("#cp", "checkpoint"));
             values.push((":cp", s(last)));
         }
-        if ended {
+        if commit.ended {
             sets.push("#e = :e");
             names.push(("#e", "ended"));
             values.push((":e", AttributeValue::Bool(true)));
         }
-        let update =
-            if sets.is_empty() { "REMOVE #i".to_string() } else { format!("SET {} REMOVE #i", sets.join(", ")) };
+        // A string set cannot be empty: no partitions pending is no attribute.
+        let mut removes = vec!["#i"];
+        if commit.catalog_pending.is_empty() {
+            removes.push("#cat");
+        } else {
+            sets.push("#cat = :cat");
+            values.push((":cat", AttributeValue::Ss(commit.catalog_pending.to_vec())));
+        }
+        let removes = removes.join(", ");
+        let update = if sets.is_empty() {
+            format!("REMOVE {removes}")
+        } else {
+            format!("SET {} REMOVE {removes}", sets.join(", "))
+        };
         self.held_update("commit", shard, counter, &update, &names, values).await
     }
 

@@ -63,44 +63,64 @@ fn time_projection(name: &str, pattern: &str, first_year: u32) -> Vec<(String, S
     }
 }
 
-/// The Athena DDL for `schema` stored with `opts.template`.
-pub fn create_table_ddl(schema: &Schema, opts: &DdlOptions) -> Result<String> {
-    let keys = opts.template.keys();
-    let expressions = opts.template.source().matches("!{").count();
+/// The lake as a table: what `schema ddl` prints and what a Glue catalog
+/// holds (see `crate::catalog`). Partition keys leave the column list (their
+/// values live in the path only, the Athena convention).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableDefinition {
+    /// Data columns (name, Hive type), in file order; `_extra` last with `keep`.
+    pub columns: Vec<(String, String)>,
+    /// Names of the data columns records must have (`required`).
+    pub required: Vec<String>,
+    /// Partition columns (all `string`), in path order.
+    pub partition_keys: Vec<String>,
+    /// `s3://bucket/prefix/` of the lake, ending in `/`.
+    pub location: String,
+    /// Table properties: Snappy, and the partition projection when asked.
+    pub parameters: Vec<(String, String)>,
+}
+
+/// The table of `schema` written with `template` at `location`; with
+/// `projection` (its first year), Athena partition projection properties
+/// that follow the template, so new partitions need no registration.
+pub fn table_definition(
+    schema: &Schema,
+    template: &PartitionTemplate,
+    unknown_fields: UnknownFieldPolicy,
+    location: &str,
+    projection: Option<u32>,
+) -> Result<TableDefinition> {
+    let keys = template.keys();
+    let expressions = template.source().matches("!{").count();
     if expressions != keys.len() {
         return Err(Error::Config(format!(
-            "partition template `{}`: Athena needs every !{{...}} in its own `name=!{{...}}` path segment to map \
+            "partition template `{}`: a table needs every !{{...}} in its own `name=!{{...}}` path segment to map \
              it to a partition column",
-            opts.template.source()
+            template.source()
         )));
     }
-    let table = opts.table.split('.').map(quote_ident).collect::<Vec<_>>().join(".");
-    let mut out = format!("CREATE EXTERNAL TABLE IF NOT EXISTS {table} (\n");
-    let mut cols: Vec<String> = schema
+    let mut columns: Vec<(String, String)> = schema
         .columns
         .iter()
         .filter(|c| !keys.iter().any(|k| k.name.eq_ignore_ascii_case(&c.name)))
-        .map(|c| format!("  {} {}", quote_ident(&c.name), c.ty))
+        .map(|c| (c.name.clone(), c.ty.to_string()))
         .collect();
-    if opts.unknown_fields == UnknownFieldPolicy::Keep {
-        cols.push(format!("  {} string", quote_ident(EXTRA_COLUMN)));
+    if unknown_fields == UnknownFieldPolicy::Keep {
+        columns.push((EXTRA_COLUMN.to_string(), "string".to_string()));
     }
-    out.push_str(&cols.join(",\n"));
-    out.push_str("\n)\n");
-    let mut props: Vec<(String, String)> = vec![("parquet.compression".into(), "SNAPPY".into())];
-    if !keys.is_empty() {
-        let parts: Vec<String> = keys.iter().map(|k| format!("{} string", quote_ident(&k.name))).collect();
-        let _ = writeln!(out, "PARTITIONED BY ({})", parts.join(", "));
-        props.push(("projection.enabled".into(), "true".into()));
+    let location = location.trim_end_matches('/').to_string() + "/";
+    let mut parameters: Vec<(String, String)> = vec![("parquet.compression".into(), "SNAPPY".into())];
+    if let Some(first_year) = projection.filter(|_| !keys.is_empty()) {
+        parameters.push(("projection.enabled".into(), "true".into()));
         for k in keys {
             match &k.kind {
-                KeyKind::Time(pattern) => props.extend(time_projection(&k.name, pattern, opts.first_year)),
+                KeyKind::Time(pattern) => parameters.extend(time_projection(&k.name, pattern, first_year)),
                 // Field values are unbounded: queries must name them (WHERE key = '...').
-                KeyKind::Field(_) => props.push((format!("projection.{}.type", k.name), "injected".into())),
+                KeyKind::Field(_) => parameters.push((format!("projection.{}.type", k.name), "injected".into())),
             }
         }
-        let mut location_template = opts.location.trim_end_matches('/').to_string() + "/";
-        for seg in opts.template.source().split('/').filter(|s| !s.is_empty()) {
+        let mut location_template = location.clone();
+        for seg in template.source().split('/').filter(|s| !s.is_empty()) {
             match keys.iter().find(|k| seg.starts_with(&format!("{}=", k.name))) {
                 Some(k) => {
                     let _ = write!(location_template, "{}=${{{}}}/", k.name, k.name);
@@ -110,13 +130,38 @@ pub fn create_table_ddl(schema: &Schema, opts: &DdlOptions) -> Result<String> {
                 }
             }
         }
-        props.push(("storage.location.template".into(), location_template));
+        parameters.push(("storage.location.template".into(), location_template));
+    }
+    let required = schema
+        .columns
+        .iter()
+        .filter(|c| c.required && columns.iter().any(|(n, _)| n == &c.name))
+        .map(|c| c.name.clone())
+        .collect();
+    let partition_keys = keys.iter().map(|k| k.name.clone()).collect();
+    Ok(TableDefinition { columns, required, partition_keys, location, parameters })
+}
+
+/// The Athena DDL for `schema` stored with `opts.template`.
+pub fn create_table_ddl(schema: &Schema, opts: &DdlOptions) -> Result<String> {
+    let def = table_definition(schema, &opts.template, opts.unknown_fields, &opts.location, Some(opts.first_year))?;
+    let table = opts.table.split('.').map(quote_ident).collect::<Vec<_>>().join(".");
+    let mut out = format!("CREATE EXTERNAL TABLE IF NOT EXISTS {table} (\n");
+    let cols: Vec<String> = def.columns.iter().map(|(name, ty)| format!("  {} {ty}", quote_ident(name))).collect();
+    out.push_str(&cols.join(",\n"));
+    out.push_str("\n)\n");
+    if !def.partition_keys.is_empty() {
+        let parts: Vec<String> = def.partition_keys.iter().map(|k| format!("{} string", quote_ident(k))).collect();
+        let _ = writeln!(out, "PARTITIONED BY ({})", parts.join(", "));
     }
     out.push_str("STORED AS PARQUET\n");
     let _ = writeln!(out, "LOCATION '{}'", opts.location.replace('\'', "''"));
     out.push_str("TBLPROPERTIES (\n");
-    let props: Vec<String> =
-        props.iter().map(|(k, v)| format!("  '{}'='{}'", k.replace('\'', "''"), v.replace('\'', "''"))).collect();
+    let props: Vec<String> = def
+        .parameters
+        .iter()
+        .map(|(k, v)| format!("  '{}'='{}'", k.replace('\'', "''"), v.replace('\'', "''")))
+        .collect();
     out.push_str(&props.join(",\n"));
     out.push_str("\n);\n");
     Ok(out)

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use arrow_schema::{DataType, Field};
 use serde::{Deserialize, Serialize};
 
-pub use ddl::{DdlOptions, create_table_ddl};
+pub use ddl::{DdlOptions, TableDefinition, create_table_ddl, table_definition};
 pub use infer::{DEFAULT_INFER_SAMPLE, MAX_INFERRED_FIELDS, SchemaInferrer};
 pub use types::{
     HiveType, LIST_ITEM_NAME, MAX_DECIMAL_PRECISION, MAX_TYPE_DEPTH, StructField, TypeParseError, map_entries_field,

@@ -17,7 +17,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
 // Each test binary uses a different subset.
 #[allow(unused_imports)]
-pub use common::{python, s3_client, stack_env, unique};
+pub use common::{gen_events, python, s3_client, stack_env, unique};
 use shardlake::checkpoint::compare_sequences;
 use shardlake::events::{EVENTS_SCHEMA_TOML, GenOptions, generate};
 
@@ -26,6 +26,13 @@ pub async fn kinesis() -> Client {
     stack_env("AWS_ENDPOINT_URL_KINESIS");
     let config = shardlake::aws::sdk_config().await;
     shardlake::aws::kinesis_client(&config)
+}
+
+/// A Glue client for the catalog emulator (moto).
+pub async fn glue() -> aws_sdk_glue::Client {
+    stack_env("AWS_ENDPOINT_URL_GLUE");
+    let config = shardlake::aws::sdk_config().await;
+    shardlake::aws::glue_client(&config, &Default::default())
 }
 
 /// Polls `check` every 100 ms until it returns `Some` or `limit` passes.
@@ -197,8 +204,12 @@ impl Setup {
             self.stream,
             destination,
             self.dir.path().join("checkpoints").display(),
-            // `infer_sample` in `extra` means inferred-schema mode.
-            if extra.contains("infer_sample") { "" } else { "schema = \"schema.toml\"\n" },
+            // `infer_sample` in `extra` means inferred-schema mode; `schema =` another schema.
+            if extra.contains("infer_sample") || extra.contains("schema =") {
+                ""
+            } else {
+                "schema = \"schema.toml\"\n"
+            },
             if buffer.contains("max_age") { "" } else { "max_age = \"1s\"\n" },
         );
         std::fs::write(&path, text).unwrap();

@@ -1,0 +1,310 @@
+//! The lake as a Glue table (moto's Glue): the consumer creates the table
+//! from the schema and template, registers exactly the partitions its files
+//! are in (with their locations), catches up after a kill -9 between commit
+//! and registration, refuses an existing table that does not fit with every
+//! difference named, and reads its schema from a Glue table.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use shardlake::catalog::{CatalogTable, PartitionMode, TableName};
+use shardlake::partition::{DEFAULT_TEMPLATE, PartitionTemplate};
+use shardlake::schema::{Schema, UnknownFieldPolicy, table_definition};
+use support::*;
+
+/// A database name Glue accepts, unique to this run.
+fn database() -> String {
+    unique("lake").replace('-', "_")
+}
+
+/// (partition values, location) of every partition the catalog holds.
+async fn catalog_partitions(glue: &aws_sdk_glue::Client, db: &str, table: &str) -> BTreeSet<(Vec<String>, String)> {
+    let mut out = BTreeSet::new();
+    let mut token = None;
+    loop {
+        let page =
+            glue.get_partitions().database_name(db).table_name(table).set_next_token(token).send().await.unwrap();
+        for p in page.partitions() {
+            let location = p.storage_descriptor().and_then(|sd| sd.location()).unwrap_or_default();
+            out.insert((p.values().to_vec(), location.to_string()));
+        }
+        token = page.next_token().map(str::to_string);
+        if token.is_none() {
+            return out;
+        }
+    }
+}
+
+/// What the catalog must hold for a lake folder: one entry per partition
+/// folder that has data files, located at `location` + its path.
+fn lake_partitions(lake: &Path, location: &str) -> BTreeSet<(Vec<String>, String)> {
+    parquet_files(lake)
+        .iter()
+        .map(|file| {
+            let dir = file.parent().unwrap().strip_prefix(lake).unwrap().display().to_string();
+            let values = dir.split('/').map(|seg| seg.split_once('=').unwrap().1.to_string()).collect();
+            (values, format!("{location}{dir}/"))
+        })
+        .collect()
+}
+
+/// Waits until the catalog's partitions are exactly `want`.
+async fn wait_registered(glue: &aws_sdk_glue::Client, db: &str, want: &BTreeSet<(Vec<String>, String)>, log: &str) {
+    let limit = Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let have = catalog_partitions(glue, db, "events").await;
+        if &have == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "catalog {have:#?}\nlake {want:#?}\nlog:\n{log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_created_table_fits_the_lake_and_lists_exactly_its_partitions() {
+    let client = kinesis().await;
+    let glue = glue().await;
+    let s3 = s3_client().await;
+    let bucket = unique("catalog").to_lowercase();
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let db = database();
+    let stream = create_stream(&client, 2).await;
+    let setup = Setup::new(&stream);
+    setup.config_to(
+        &format!("s3://{bucket}/lake"),
+        &format!("catalog = \"glue://{db}/events\"\ncatalog_create = true\n"),
+    );
+    let records = keyed(events(600, 81, 5));
+    let landed = put_records(&client, &stream, &records).await;
+    let mut consumer = setup.start(&[]);
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+
+    let table = glue.get_table().database_name(&db).name("events").send().await.unwrap().table.unwrap();
+    let sd = table.storage_descriptor().unwrap();
+    let columns: Vec<(&str, &str)> = sd.columns().iter().map(|c| (c.name(), c.r#type().unwrap())).collect();
+    let schema = Schema::parse(&std::fs::read_to_string(setup.dir.path().join("schema.toml")).unwrap(), false).unwrap();
+    let mut want: Vec<(String, String)> = schema.columns.iter().map(|c| (c.name.clone(), c.ty.to_string())).collect();
+    want.push(("_extra".into(), "string".into()));
+    assert_eq!(columns, want.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect::<Vec<_>>());
+    let keys: Vec<(&str, &str)> =
+        table.partition_keys().iter().map(|k| (k.name(), k.r#type().unwrap_or_default())).collect();
+    assert_eq!(keys, [("year", "string"), ("month", "string"), ("day", "string"), ("hour", "string")]);
+    assert_eq!(sd.location(), Some(format!("s3://{bucket}/lake/").as_str()));
+    assert_eq!(
+        sd.serde_info().and_then(|s| s.serialization_library()),
+        Some("org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe")
+    );
+    assert_eq!(sd.input_format(), Some("org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"));
+    let params = table.parameters().unwrap();
+    assert_eq!(params.get("parquet.compression").map(String::as_str), Some("SNAPPY"));
+    assert_eq!(params.get("classification").map(String::as_str), Some("parquet"));
+    assert!(!params.contains_key("projection.enabled"), "{params:?}");
+    assert_eq!(table.table_type(), Some("EXTERNAL_TABLE"));
+
+    setup.download(&s3, &bucket, "lake/").await;
+    let lake = lake_partitions(&setup.lake(), &format!("s3://{bucket}/lake/"));
+    assert!(lake.len() >= 5, "{lake:?}");
+    wait_registered(&glue, &db, &lake, &setup.log()).await;
+    let metrics = setup.metrics();
+    assert_eq!(metric_sum(&metrics, "shardlake_consumer_catalog_partitions_registered_total"), lake.len() as f64);
+    assert_eq!(metric_sum(&metrics, "shardlake_consumer_catalog_failures_total"), 0.0);
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+    assert_eq!(setup.duckdb_check(), (600, 600, 0));
+}
+
+/// The events table created from the events schema (as `catalog_create`
+/// would), for tests that need it to exist first.
+async fn create_events_table(glue: &aws_sdk_glue::Client, db: &str, schema: &Schema, location: &str) {
+    let template = PartitionTemplate::parse(DEFAULT_TEMPLATE).unwrap();
+    let def = table_definition(schema, &template, UnknownFieldPolicy::Keep, location, None).unwrap();
+    let name = TableName { database: db.into(), table: "events".into() };
+    CatalogTable::new(glue.clone(), name, template, def, PartitionMode::Register).ensure(true).await.unwrap();
+}
+
+/// Schema read from Glue; the worker killed right after a commit, before it
+/// registered that batch's partitions: the next start registers them from
+/// the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_between_commit_and_registration_still_registers_the_partition() {
+    let client = kinesis().await;
+    let glue = glue().await;
+    let db = database();
+    let stream = create_stream(&client, 1).await;
+    let setup = Setup::new(&stream);
+    let location = shardlake::catalog::table_location(setup.lake().to_str().unwrap()).unwrap();
+    let schema = Schema::parse(&std::fs::read_to_string(setup.dir.path().join("schema.toml")).unwrap(), false).unwrap();
+    create_events_table(&glue, &db, &schema, &location).await;
+    setup.config(&format!("schema = \"glue://{db}/events\"\ncatalog = \"glue://{db}/events\"\n"));
+    let records = keyed(events(300, 82, 3));
+    let landed = put_records(&client, &stream, &records).await;
+
+    let mut crashing = setup.start(&[("SHARDLAKE_CRASH_AT", "after_commit:1")]);
+    let status = tokio::task::spawn_blocking(move || crashing.wait().unwrap()).await.unwrap();
+    assert!(!status.success() && setup.log().contains("aborting at after_commit"), "{}", setup.log());
+    assert!(setup.log().contains(&format!("read a schema of 13 columns from glue://{db}/events")), "{}", setup.log());
+    let committed = lake_partitions(&setup.lake(), &location);
+    assert!(!committed.is_empty());
+    assert_eq!(catalog_partitions(&glue, &db, "events").await, BTreeSet::new(), "registered before the crash");
+    let state = std::fs::read_to_string(
+        setup.dir.path().join(format!("checkpoints/shardlake/{stream}/shardId-000000000000.json")),
+    )
+    .unwrap();
+    assert!(state.contains("catalog_pending"), "{state}");
+
+    let mut consumer = setup.start(&[]);
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    let lake = lake_partitions(&setup.lake(), &location);
+    assert!(committed.is_subset(&lake));
+    wait_registered(&glue, &db, &lake, &setup.log()).await;
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+    assert!(setup.dir.path().join(format!("checkpoints/shardlake/{stream}/schema.toml")).exists());
+    assert_eq!(setup.duckdb_check(), (300, 300, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_does_not_fit_stops_the_worker_naming_each_difference() {
+    let client = kinesis().await;
+    let glue = glue().await;
+    let db = database();
+    let stream = create_stream(&client, 1).await;
+    let setup = Setup::new(&stream);
+    let run = |setup: &Setup| {
+        let out = Command::new(env!("CARGO_BIN_EXE_shardlake-consumer"))
+            .args(["run", "--config"])
+            .arg(setup.dir.path().join("consumer.toml"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    setup.config(&format!("catalog = \"glue://{db}/events\"\n"));
+    let err = run(&setup);
+    assert!(err.contains(&format!("catalog glue://{db}/events: the table does not exist")), "{err}");
+    assert!(err.contains("catalog_create = true"), "{err}");
+
+    // The table of an older schema: `quantity` was an int, `country` did not exist.
+    let text = std::fs::read_to_string(setup.dir.path().join("schema.toml")).unwrap();
+    let mut old = Schema::parse(&text, false).unwrap();
+    old.columns.retain(|c| c.name != "country");
+    old.columns.iter_mut().find(|c| c.name == "quantity").unwrap().ty = "int".parse().unwrap();
+    create_events_table(&glue, &db, &old, "s3://elsewhere/lake/").await;
+    let err = run(&setup);
+    for want in [
+        "column `quantity` is int in the table but bigint in the schema",
+        "column `country` (string) is missing from the table",
+        "location is `s3://elsewhere/lake/` in the table but the destination is `file://",
+    ] {
+        assert!(err.contains(want), "{want:?} not in:\n{err}");
+    }
+}
+
+/// Runs `shardlake-consumer ARGS`; panics unless it succeeds. Returns stdout and stderr.
+fn cli(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_shardlake-consumer")).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{args:?}:\n{text}");
+    text
+}
+
+/// Every file under `root`: relative path and bytes.
+fn files(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = parquet_files(root)
+        .iter()
+        .map(|p| (p.strip_prefix(root).unwrap().display().to_string(), std::fs::read(p).unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// `convert --catalog` creates the table and registers what it wrote; a
+/// conversion with `--schema glue://` writes the very same files as with the
+/// TOML schema; `catalog sync` registers what the catalog lost and names
+/// the partitions it lists without files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convert_registers_a_glue_schema_converts_the_same_and_sync_fills_the_gaps() {
+    let glue = glue().await;
+    let db = database();
+    let dir = tempfile::tempdir().unwrap();
+    let input = gen_events(dir.path(), 2000, 83);
+    let schema_file = dir.path().join("schema.toml");
+    std::fs::write(&schema_file, shardlake::events::EVENTS_SCHEMA_TOML).unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let table = format!("glue://{db}/events");
+    let input = input.to_str().unwrap();
+    let out = cli(&[
+        "convert",
+        "--input",
+        input,
+        "--destination",
+        a.to_str().unwrap(),
+        "--schema",
+        schema_file.to_str().unwrap(),
+        "--time-field",
+        "ts",
+        "--quiet",
+        "--catalog",
+        &table,
+        "--catalog-create",
+    ]);
+    let location = shardlake::catalog::table_location(a.to_str().unwrap()).unwrap();
+    let lake = lake_partitions(&a, &location);
+    assert!(out.contains(&format!("catalog {table}: {} partitions registered, 0 already there", lake.len())), "{out}");
+    assert_eq!(catalog_partitions(&glue, &db, "events").await, lake);
+
+    cli(&[
+        "convert",
+        "--input",
+        input,
+        "--destination",
+        b.to_str().unwrap(),
+        "--schema",
+        &table,
+        "--time-field",
+        "ts",
+        "--quiet",
+    ]);
+    let (from_toml, from_glue) = (files(&a), files(&b));
+    assert!(!from_toml.is_empty());
+    assert!(from_toml == from_glue, "the files differ");
+
+    // The catalog loses two partitions and gains one without files.
+    let lost: Vec<_> = lake.iter().take(2).cloned().collect();
+    let values =
+        |v: &[String]| aws_sdk_glue::types::PartitionValueList::builder().set_values(Some(v.to_vec())).build().unwrap();
+    let delete = glue.batch_delete_partition().database_name(&db).table_name("events");
+    delete.set_partitions_to_delete(Some(lost.iter().map(|(v, _)| values(v)).collect())).send().await.unwrap();
+    let ghost = ["2001", "01", "01", "00"].map(String::from).to_vec();
+    let sd = aws_sdk_glue::types::StorageDescriptor::builder()
+        .location(format!("{location}year=2001/month=01/day=01/hour=00/"))
+        .build();
+    let input = aws_sdk_glue::types::PartitionInput::builder().set_values(Some(ghost)).storage_descriptor(sd).build();
+    glue.create_partition().database_name(&db).table_name("events").partition_input(input).send().await.unwrap();
+
+    let config = dir.path().join("consumer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "stream = \"events\"\ndestination = \"{}\"\nschema = \"schema.toml\"\ntime_field = \"ts\"\ncatalog = \"{table}\"\n",
+            a.display()
+        ),
+    )
+    .unwrap();
+    let dry = cli(&["catalog", "sync", "--config", config.to_str().unwrap(), "--dry-run"]);
+    assert!(dry.contains("missing from the catalog: 2"), "{dry}");
+    assert_eq!(catalog_partitions(&glue, &db, "events").await.len(), lake.len() - 1);
+    let out = cli(&["catalog", "sync", "--config", config.to_str().unwrap()]);
+    assert!(out.contains(&format!("{} partitions with data files", lake.len())), "{out}");
+    assert!(out.contains("registered 2 partitions"), "{out}");
+    assert!(
+        out.contains("in the catalog without data files: 1") && out.contains("year=2001/month=01/day=01/hour=00/"),
+        "{out}"
+    );
+    let now = catalog_partitions(&glue, &db, "events").await;
+    assert!(lake.is_subset(&now) && now.len() == lake.len() + 1, "{now:#?}");
+}
