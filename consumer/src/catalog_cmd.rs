@@ -3,8 +3,8 @@
 //! partition that has data files and the catalog lacks, and reports the
 //! partitions the catalog lists that have no files.
 
-use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -20,6 +20,16 @@ use crate::config::Settings;
 pub enum CatalogCommand {
     /// Register the lake's partitions that the catalog is missing.
     Sync(SyncArgs),
+    /// List the lake's partitions beside the catalog's.
+    Partitions(PartitionsArgs),
+}
+
+/// Arguments of `catalog partitions`.
+#[derive(Debug, Args)]
+pub struct PartitionsArgs {
+    /// The worker's config file.
+    #[arg(long, default_value = "consumer.toml")]
+    config: PathBuf,
 }
 
 /// Arguments of `catalog sync`.
@@ -61,10 +71,21 @@ async fn lake_schema(settings: &Settings, glue: &aws_sdk_glue::Client) -> anyhow
     }
 }
 
-/// Runs a catalog subcommand.
-pub async fn run(cmd: CatalogCommand) -> anyhow::Result<()> {
-    let CatalogCommand::Sync(args) = cmd;
-    let settings = crate::run_cmd::load(&args.config)?;
+/// The lake's partitions beside the catalog's.
+struct Survey {
+    table: CatalogTable,
+    /// The table location every partition path is under.
+    location: String,
+    /// Partition path → data files, for partitions with data files.
+    in_lake: BTreeMap<String, usize>,
+    /// Partition path (under the location) → location, as the catalog lists them.
+    listed: BTreeMap<String, String>,
+}
+
+/// Checks (or, with `create`, creates) the table of the config's catalog and
+/// lists the partitions of the lake and of the catalog.
+async fn survey(config: &Path, create: bool) -> anyhow::Result<Survey> {
+    let settings = crate::run_cmd::load(config)?;
     let name =
         settings.catalog.clone().context("catalog: not set in the config; add catalog = \"glue://DATABASE/TABLE\"")?;
     let sdk = shardlake::aws::sdk_config().await;
@@ -74,30 +95,48 @@ pub async fn run(cmd: CatalogCommand) -> anyhow::Result<()> {
     let c = &settings.config;
     let template = settings.table.template.clone();
     let table = CatalogTable::new(glue, name, template.clone(), settings.table_definition()?, c.catalog_partitions);
-    table.ensure(c.catalog_create && !args.dry_run).await?;
+    table.ensure(create).await?;
 
     let lake = ObjectStore::open(&c.destination, &settings.s3).await?;
     let error_prefix = &settings.table.error_prefix;
-    let in_lake: BTreeSet<String> = lake
-        .list("")
-        .await?
-        .into_iter()
-        .filter(|key| key.ends_with(".parquet") && !key.starts_with(error_prefix.as_str()))
-        .filter_map(|key| key.rsplit_once('/').map(|(dir, _)| format!("{dir}/")))
-        .filter(|dir| template.key_values(dir).is_some())
-        .collect();
+    let mut in_lake = BTreeMap::new();
+    for key in lake.list("").await? {
+        if !key.ends_with(".parquet") || key.starts_with(error_prefix.as_str()) {
+            continue;
+        }
+        let Some((dir, _)) = key.rsplit_once('/') else { continue };
+        let dir = format!("{dir}/");
+        if template.key_values(&dir).is_some() {
+            *in_lake.entry(dir).or_insert(0) += 1;
+        }
+    }
     let location = shardlake::catalog::table_location(&c.destination)?;
-    let listed: BTreeSet<String> = table
+    let listed = table
         .partitions()
         .await?
         .into_iter()
-        .map(|p| p.location.strip_prefix(&location).unwrap_or(&p.location).to_string())
+        .map(|p| (p.location.strip_prefix(&location).unwrap_or(&p.location).to_string(), p.location))
         .collect();
-    let missing: Vec<String> = in_lake.difference(&listed).cloned().collect();
-    let empty: Vec<&String> = listed.difference(&in_lake).collect();
-    outln!("lake {}: {} partitions with data files", lake.url(""), in_lake.len());
+    Ok(Survey { table, location, in_lake, listed })
+}
+
+/// Runs a catalog subcommand.
+pub async fn run(cmd: CatalogCommand) -> anyhow::Result<()> {
+    match cmd {
+        CatalogCommand::Sync(args) => sync(args).await,
+        CatalogCommand::Partitions(args) => partitions(args).await,
+    }
+}
+
+async fn sync(args: SyncArgs) -> anyhow::Result<()> {
+    let settings = crate::run_cmd::load(&args.config)?;
+    let create = settings.config.catalog_create && !args.dry_run;
+    let Survey { table, location, in_lake, listed } = survey(&args.config, create).await?;
+    let missing: Vec<String> = in_lake.keys().filter(|p| !listed.contains_key(*p)).cloned().collect();
+    let empty: Vec<&String> = listed.keys().filter(|p| !in_lake.contains_key(*p)).collect();
+    outln!("lake {location}: {} partitions with data files", in_lake.len());
     outln!("catalog {}: {} partitions", table.name(), listed.len());
-    if c.catalog_partitions == PartitionMode::Projection {
+    if table.mode() == PartitionMode::Projection {
         outln!("catalog_partitions = \"projection\": Athena computes partitions; nothing to register");
         return Ok(());
     }
@@ -116,5 +155,21 @@ pub async fn run(cmd: CatalogCommand) -> anyhow::Result<()> {
             outln!("  {location}{p}");
         }
     }
+    Ok(())
+}
+
+/// Prints every partition with its data files in the lake and its entry in the catalog.
+async fn partitions(args: PartitionsArgs) -> anyhow::Result<()> {
+    let Survey { table, location, in_lake, listed } = survey(&args.config, false).await?;
+    let all: BTreeSet<&String> = in_lake.keys().chain(listed.keys()).collect();
+    let width = all.iter().map(|p| p.len()).max().unwrap_or(9).max(9);
+    outln!("lake {location} beside catalog {}", table.name());
+    outln!("{:<width$}  {:>10}  catalog location", "partition", "lake files");
+    for p in &all {
+        let files = in_lake.get(*p).map_or("-".to_string(), |n| n.to_string());
+        outln!("{p:<width$}  {files:>10}  {}", listed.get(*p).map_or("- (not registered)", String::as_str));
+    }
+    let registered = in_lake.keys().filter(|p| listed.contains_key(*p)).count();
+    outln!("{registered} of {} lake partitions registered; {} catalog entries", in_lake.len(), listed.len());
     Ok(())
 }

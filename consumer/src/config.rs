@@ -732,6 +732,14 @@ mod tests {
             ),
             (MINIMAL.replace("./lake", &format!("s3://b/{}/", "p/".repeat(400))), "S3's 1024-byte key limit"),
             (format!("{MINIMAL}partition = \"{}=!{{field:a}}\"\n", "k".repeat(240)), "partition `"),
+            (format!("{MINIMAL}catalog = \"glue://Lake/events\"\n"), "catalog: `glue://Lake/events`"),
+            (
+                format!("{MINIMAL}catalog = \"glue://lake/events\"\npartition = \"!{{timestamp:yyyy}}/\"\n"),
+                "name=!{...}",
+            ),
+            (format!("{MINIMAL}catalog_create = true\n"), "catalog_create: set catalog"),
+            (format!("{MINIMAL}catalog_partitions = \"crawler\"\n"), "`register`"),
+            (MINIMAL.replace("schema.toml", "glue://lake"), "schema: `glue://lake` has no table"),
         ];
         for (text, want) in cases {
             let err = format!("{:#}", resolve(&text).unwrap_err());

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use faultproxy::{FaultProxy, Flavor, Mode};
 use shardlake::catalog::{CatalogTable, PartitionMode, TableName};
 use shardlake::partition::{DEFAULT_TEMPLATE, PartitionTemplate};
 use shardlake::schema::{Schema, UnknownFieldPolicy, table_definition};
@@ -307,4 +308,52 @@ async fn convert_registers_a_glue_schema_converts_the_same_and_sync_fills_the_ga
     );
     let now = catalog_partitions(&glue, &db, "events").await;
     assert!(lake.is_subset(&now) && now.len() == lake.len() + 1, "{now:#?}");
+    let listing = cli(&["catalog", "partitions", "--config", config.to_str().unwrap()]);
+    let n = lake.len();
+    assert!(
+        listing.contains(&format!("{n} of {n} lake partitions registered; {} catalog entries", n + 1)),
+        "{listing}"
+    );
+    assert!(listing.contains("year=2001/month=01/day=01/hour=00/           -  file://"), "{listing}");
+}
+
+/// Glue black-holed while batches commit: commits go on, `/healthz` names
+/// the failing catalog, and once Glue answers every partition is registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_outage_never_holds_commits_and_is_caught_up() {
+    let client = kinesis().await;
+    let glue = glue().await;
+    let proxy = FaultProxy::start(&stack_env("AWS_ENDPOINT_URL_GLUE"), Flavor::Kinesis).await.unwrap();
+    let db = database();
+    let stream = create_stream(&client, 2).await;
+    let setup = Setup::new(&stream);
+    let location = shardlake::catalog::table_location(setup.lake().to_str().unwrap()).unwrap();
+    setup.config(&format!(
+        "catalog = \"glue://{db}/events\"\ncatalog_create = true\n[timeouts]\ncall = \"1s\"\n[health]\nfailing_after = \"2s\"\n"
+    ));
+    let records = keyed(events(400, 84, 4));
+    let mut consumer = setup.start(&[("AWS_ENDPOINT_URL_GLUE", &proxy.endpoint)]);
+    proxy.set(Mode::BlackHole);
+    let landed = put_records(&client, &stream, &records).await;
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    let answer = poll("/healthz 503 naming the catalog", Duration::from_secs(30), || async {
+        let answer = setup.healthz();
+        (answer.starts_with("HTTP/1.1 503") && answer.contains("worker: catalog failing")).then_some(answer)
+    })
+    .await;
+    assert!(answer.contains(&format!("glue://{db}/events")), "{answer}");
+    assert!(metric_sum(&setup.metrics(), "shardlake_consumer_catalog_failures_total") > 0.0);
+    assert!(metric_sum(&setup.metrics(), "shardlake_consumer_catalog_pending_partitions") > 0.0);
+    assert_eq!(catalog_partitions(&glue, &db, "events").await, BTreeSet::new());
+
+    proxy.set(Mode::Pass);
+    let lake = lake_partitions(&setup.lake(), &location);
+    wait_registered(&glue, &db, &lake, &setup.log()).await;
+    poll("/healthz 200", Duration::from_secs(40), || async {
+        setup.healthz().starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
+    assert!(proxy.counts.hung.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+    assert_eq!(setup.duckdb_check(), (400, 400, 0));
 }
