@@ -377,8 +377,11 @@ impl CatalogTable {
     }
 
     /// The partitions of `paths` (rendered partition paths) not known to be
-    /// in the catalog yet.
+    /// in the catalog yet (none with projection: nothing is registered).
     pub fn unconfirmed(&self, paths: impl IntoIterator<Item = String>) -> Vec<String> {
+        if self.mode == PartitionMode::Projection {
+            return Vec::new();
+        }
         let known = self.known.lock().expect("catalog lock");
         let mut out: Vec<String> = paths.into_iter().filter(|p| !known.contains(p)).collect();
         out.sort();
@@ -448,7 +451,7 @@ impl CatalogTable {
                     known.insert((*path).clone());
                 }
             }
-            created += by_values.len() - failed.len() - existed;
+            created += by_values.len().saturating_sub(failed.len() + existed);
             if let Some((message, transient)) = first_error {
                 return Err(Error::Catalog {
                     op: "BatchCreatePartition",
@@ -591,6 +594,19 @@ mod tests {
         assert!(text.contains("column `extra_col` (string) is in the table but not in the schema"), "{text}");
         assert!(text.contains("partition keys are (year, month, day) in the table but (year, month, day, hour)"));
         assert!(text.contains("location is `s3://b/elsewhere/`"), "{text}");
+    }
+
+    #[test]
+    fn only_registered_partitions_are_ever_pending() {
+        let client = aws_sdk_glue::Client::from_conf(
+            aws_sdk_glue::Config::builder().behavior_version(aws_sdk_glue::config::BehaviorVersion::latest()).build(),
+        );
+        let name = TableName::parse("glue://lake/events").unwrap();
+        let template = PartitionTemplate::parse(DEFAULT_TEMPLATE).unwrap();
+        let paths = ["year=2026/month=11/day=30/hour=07/".to_string(), "year=2026/month=11/day=30/hour=07/".into()];
+        let table = |mode| CatalogTable::new(client.clone(), name.clone(), template.clone(), definition(), mode);
+        assert_eq!(table(PartitionMode::Register).unconfirmed(paths.clone()), ["year=2026/month=11/day=30/hour=07/"]);
+        assert!(table(PartitionMode::Projection).unconfirmed(paths).is_empty());
     }
 
     #[test]

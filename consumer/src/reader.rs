@@ -27,6 +27,9 @@ const UPLOAD_CONCURRENCY: usize = 4;
 const BACKOFF: RetryPolicy =
     RetryPolicy { max_attempts: u32::MAX, base: Duration::from_millis(200), cap: Duration::from_secs(30) };
 
+/// Partitions waiting for the catalog that a shard's checkpoint keeps, at most.
+const MAX_PENDING_IN_CHECKPOINT: usize = 1000;
+
 /// Failed subscriptions in a row after which a shard is read with
 /// GetRecords instead (until its reader restarts).
 const FAN_OUT_FALLBACK_AFTER: u32 = 5;
@@ -508,7 +511,8 @@ impl Reader {
         let Some((first, last, records)) = batch.range() else {
             if ended {
                 let pending = self.catalog_pending(Vec::new());
-                let commit = Commit { ended: true, catalog_pending: &pending, ..Commit::default() };
+                let commit =
+                    Commit { ended: true, catalog_pending: self.stored_pending(&pending), ..Commit::default() };
                 let write = || ctx.checkpoints.commit(&shard, lease, &commit);
                 write_checkpoint(&ctx, &shard, &self.lost, "commit", write).await?;
                 self.committed_partitions(pending);
@@ -551,7 +555,7 @@ impl Reader {
         }
         ctx.crash.hit("before_commit");
         let pending = self.catalog_pending(partitions);
-        let commit = Commit { last: Some(&last), ended, catalog_pending: &pending };
+        let commit = Commit { last: Some(&last), ended, catalog_pending: self.stored_pending(&pending) };
         let write = || ctx.checkpoints.commit(&shard, lease, &commit);
         write_checkpoint(&ctx, &shard, &self.lost, "commit", write).await?;
         ctx.crash.hit("after_commit");
@@ -582,6 +586,22 @@ impl Reader {
             Some(catalog) => catalog.unconfirmed(self.catalog_pending.iter().cloned().chain(batch_partitions)),
             None => Vec::new(),
         }
+    }
+
+    /// The part of `pending` a commit stores: all of it, up to
+    /// [`MAX_PENDING_IN_CHECKPOINT`] (a long catalog outage under a template
+    /// with many values per shard would otherwise outgrow a DynamoDB item);
+    /// beyond that a crash leaves the rest to `catalog sync`.
+    fn stored_pending<'a>(&self, pending: &'a [String]) -> &'a [String] {
+        if pending.len() > MAX_PENDING_IN_CHECKPOINT {
+            tracing::warn!(
+                shard = self.shard,
+                pending = pending.len(),
+                kept = MAX_PENDING_IN_CHECKPOINT,
+                "more partitions wait for the catalog than a checkpoint keeps; after a crash run `catalog sync`"
+            );
+        }
+        &pending[..pending.len().min(MAX_PENDING_IN_CHECKPOINT)]
     }
 
     /// After a commit: its pending partitions go to the registrar.
