@@ -259,6 +259,16 @@ pub fn differences(def: &TableDefinition, mode: PartitionMode, table: &Table) ->
     out
 }
 
+/// Whether `table` is what the lake wrote before columns were added to it:
+/// it fits `def` except that some of `def`'s columns are missing.
+pub fn behind_by_columns(def: &TableDefinition, mode: PartitionMode, table: &Table) -> bool {
+    let theirs: Vec<&str> =
+        table.storage_descriptor().map(|sd| sd.columns().iter().map(|c| c.name()).collect()).unwrap_or_default();
+    let mut older = def.clone();
+    older.columns.retain(|(n, _)| theirs.iter().any(|t| t.eq_ignore_ascii_case(n)));
+    older.columns.len() < def.columns.len() && differences(&older, mode, table).is_empty()
+}
+
 /// What [`CatalogTable::ensure`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ensured {
@@ -283,8 +293,11 @@ pub struct CatalogTable {
     client: aws_sdk_glue::Client,
     name: TableName,
     template: PartitionTemplate,
-    def: TableDefinition,
+    /// What the lake writes now (schema evolution replaces it).
+    def: Mutex<TableDefinition>,
     mode: PartitionMode,
+    /// Columns added to the schema are added to the table (`evolve`).
+    evolving: bool,
     /// Partition paths known to be in the catalog.
     known: Mutex<HashSet<String>>,
 }
@@ -298,7 +311,26 @@ impl CatalogTable {
         def: TableDefinition,
         mode: PartitionMode,
     ) -> Self {
-        CatalogTable { client, name, template, def, mode, known: Mutex::new(HashSet::new()) }
+        CatalogTable {
+            client,
+            name,
+            template,
+            def: Mutex::new(def),
+            mode,
+            evolving: false,
+            known: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Under schema evolution a table that lacks only columns the lake has
+    /// added is brought up to date (`UpdateTable`) instead of refused.
+    pub fn evolving(mut self) -> Self {
+        self.evolving = true;
+        self
+    }
+
+    fn def(&self) -> TableDefinition {
+        self.def.lock().expect("catalog lock").clone()
     }
 
     /// The table's name.
@@ -337,7 +369,12 @@ impl CatalogTable {
                 (table, if created { Ensured::Created } else { Ensured::Matches })
             }
         };
-        let diffs = differences(&self.def, self.mode, &existing);
+        let def = self.def();
+        if self.evolving && behind_by_columns(&def, self.mode, &existing) {
+            self.update(&def).await?;
+            return Ok(ensured);
+        }
+        let diffs = differences(&def, self.mode, &existing);
         if !diffs.is_empty() {
             return Err(Error::Config(format!(
                 "catalog {} does not fit the lake:\n  - {}\nfix the table (or drop it and set catalog_create = true) \
@@ -347,6 +384,47 @@ impl CatalogTable {
             )));
         }
         Ok(ensured)
+    }
+
+    /// Schema evolution: the lake now writes `def` (the same table with
+    /// columns added); the table gets the new columns before any file that
+    /// carries them is committed. Returns whether it was updated (`false`:
+    /// it had them already, another worker was first).
+    pub async fn evolve(&self, def: TableDefinition) -> Result<bool> {
+        *self.def.lock().expect("catalog lock") = def.clone();
+        let Some(existing) = self.get().await? else {
+            return Err(Error::Config(format!(
+                "catalog {}: the table was deleted; it is created again at the next start with catalog_create = true",
+                self.name
+            )));
+        };
+        if behind_by_columns(&def, self.mode, &existing) {
+            self.update(&def).await?;
+            return Ok(true);
+        }
+        let diffs = differences(&def, self.mode, &existing);
+        if diffs.is_empty() {
+            return Ok(false);
+        }
+        Err(Error::Config(format!(
+            "catalog {}: cannot add the new columns, the table no longer fits the lake:\n  - {}",
+            self.name,
+            diffs.join("\n  - ")
+        )))
+    }
+
+    /// Replaces the table's definition with `def` (`UpdateTable`).
+    async fn update(&self, def: &TableDefinition) -> Result<()> {
+        let input = table_input(&self.name, def);
+        self.client
+            .update_table()
+            .database_name(&self.name.database)
+            .table_input(input)
+            .send()
+            .await
+            .map_err(|e| catalog_error("UpdateTable", &self.name, e))?;
+        tracing::info!(table = %self.name, columns = def.columns.len(), "updated the Glue table's columns");
+        Ok(())
     }
 
     /// Creates the database (unless it exists) and the table; `false` when
@@ -364,7 +442,7 @@ impl CatalogTable {
             Err(e) if is_code(&e, "AlreadyExistsException") => {}
             Err(e) => return Err(catalog_error("CreateDatabase", &self.name, e)),
         }
-        let input = table_input(&self.name, &self.def);
+        let input = table_input(&self.name, &self.def());
         match self.client.create_table().database_name(&self.name.database).table_input(input).send().await {
             Ok(_) => {
                 tracing::info!(table = %self.name, "created the Glue table");
@@ -398,6 +476,7 @@ impl CatalogTable {
         }
         let todo = self.unconfirmed(paths.iter().cloned());
         let mut created = 0;
+        let def = self.def();
         for chunk in todo.chunks(MAX_PARTITIONS_PER_CALL) {
             let mut inputs = Vec::with_capacity(chunk.len());
             let mut by_values: Vec<(Vec<String>, &String)> = Vec::with_capacity(chunk.len());
@@ -406,10 +485,10 @@ impl CatalogTable {
                     tracing::warn!(path, template = self.template.source(), "not a partition path; not registered");
                     continue;
                 };
-                let location = format!("{}{path}", self.def.location);
+                let location = format!("{}{path}", def.location);
                 let input = PartitionInput::builder()
                     .set_values(Some(values.clone()))
-                    .storage_descriptor(storage(&self.def, &location))
+                    .storage_descriptor(storage(&def, &location))
                     .build();
                 inputs.push(input);
                 by_values.push((values, path));
@@ -594,6 +673,24 @@ mod tests {
         assert!(text.contains("column `extra_col` (string) is in the table but not in the schema"), "{text}");
         assert!(text.contains("partition keys are (year, month, day) in the table but (year, month, day, hour)"));
         assert!(text.contains("location is `s3://b/elsewhere/`"), "{text}");
+    }
+
+    #[test]
+    fn a_table_behind_only_by_added_columns_can_be_updated() {
+        let name = TableName::parse("glue://lake/events").unwrap();
+        let def = definition();
+        let mut newer = def.clone();
+        newer.columns.insert(2, ("score".into(), "double".into()));
+        let old_table = as_table(table_input(&name, &def));
+        assert!(behind_by_columns(&newer, PartitionMode::Register, &old_table));
+        assert!(!behind_by_columns(&def, PartitionMode::Register, &old_table), "nothing to add");
+        // Any other difference is still an error for the user to fix.
+        let mut moved = newer.clone();
+        moved.location = "s3://b/elsewhere/".into();
+        assert!(!behind_by_columns(&moved, PartitionMode::Register, &old_table));
+        let mut retyped = newer.clone();
+        retyped.columns[1].1 = "int".into();
+        assert!(!behind_by_columns(&retyped, PartitionMode::Register, &old_table));
     }
 
     #[test]

@@ -36,6 +36,18 @@ pub struct Intent {
     pub last: String,
     /// Kinesis records in the range, to check a replay read them all.
     pub records: u64,
+    /// The schema version the batch was built with; a replay rebuilds it
+    /// with the same one, whatever the current version is.
+    #[serde(default = "first_version", skip_serializing_if = "is_first_version")]
+    pub schema_version: u32,
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+fn is_first_version(v: &u32) -> bool {
+    *v == 1
 }
 
 /// What the store holds for one shard.
@@ -179,24 +191,31 @@ impl CheckpointStore {
         lease.ok_or_else(|| Error::LeaseLost { shard: shard.to_string() })
     }
 
-    /// The schema stored by inferred mode, if any.
-    pub async fn load_schema(&self) -> Result<Option<String>> {
+    /// Schema version `version` (TOML), if stored. Version 1 is the schema
+    /// of inferred and Glue mode; later ones are added by schema evolution.
+    pub async fn load_schema(&self, version: u32) -> Result<Option<String>> {
         match self {
-            CheckpointStore::File(f) => match f.store.get(SCHEMA_KEY).await {
-                Ok(data) => Ok(Some(String::from_utf8_lossy(&data).into_owned())),
-                Err(_) if !f.store.exists(SCHEMA_KEY) => Ok(None),
-                Err(e) => Err(e),
-            },
-            CheckpointStore::DynamoDb(d) => d.load_schema().await,
+            CheckpointStore::File(f) => {
+                let key = schema_key(version);
+                match f.store.get(&key).await {
+                    Ok(data) => Ok(Some(String::from_utf8_lossy(&data).into_owned())),
+                    Err(_) if !f.store.exists(&key) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+            CheckpointStore::DynamoDb(d) => d.load_schema(version).await,
         }
     }
 
-    /// Stores the inferred schema (TOML). It never changes afterwards, so a
-    /// replayed batch is rebuilt with the schema it was first written with.
-    pub async fn save_schema(&self, toml: &str) -> Result<()> {
+    /// Stores schema version `version` (TOML) unless it is stored already:
+    /// the first writer wins and everyone then loads its text. A version
+    /// never changes afterwards, so a replayed batch is rebuilt with the
+    /// schema it was first written with.
+    pub async fn save_schema(&self, version: u32, toml: &str) -> Result<()> {
         match self {
-            CheckpointStore::File(f) => f.store.put(SCHEMA_KEY, toml.as_bytes().to_vec()).await,
-            CheckpointStore::DynamoDb(d) => d.save_schema(toml).await,
+            CheckpointStore::File(f) if f.store.exists(&schema_key(version)) => Ok(()),
+            CheckpointStore::File(f) => f.store.put(&schema_key(version), toml.as_bytes().to_vec()).await,
+            CheckpointStore::DynamoDb(d) => d.save_schema(version, toml).await,
         }
     }
 
@@ -209,8 +228,11 @@ impl CheckpointStore {
     }
 }
 
-/// Where inferred mode keeps its schema, beside the shard files.
-const SCHEMA_KEY: &str = "schema.toml";
+/// Where schema version `version` is kept, beside the shard files:
+/// `schema.toml` (inferred or Glue mode), then `schema-v2.toml`, ...
+fn schema_key(version: u32) -> String {
+    if version <= 1 { "schema.toml".to_string() } else { format!("schema-v{version}.toml") }
+}
 
 /// The `file://` checkpoint store.
 #[derive(Debug, Clone)]
@@ -268,7 +290,7 @@ mod tests {
         let url = format!("file://{}", dir.path().display());
         let store = CheckpointStore::open(&url, "app", "events").unwrap();
         assert_eq!(store.load("shardId-000000000000").await.unwrap(), ShardState::default());
-        let intent = Intent { first: "100".into(), last: "250".into(), records: 7 };
+        let intent = Intent { first: "100".into(), last: "250".into(), records: 7, schema_version: 1 };
         store.record_intent("shardId-000000000000", None, &intent).await.unwrap();
         let reopened = CheckpointStore::open(&url, "app", "events").unwrap();
         let state = reopened.load("shardId-000000000000").await.unwrap();

@@ -133,7 +133,7 @@ impl RecordContext {
             // The path grows with the parents' names as the error unwinds.
             UnknownFieldPolicy::Error => return Err(CoerceError::Unknown { path: key.to_string() }.into()),
             UnknownFieldPolicy::Drop => self.dropped_fields += 1,
-            UnknownFieldPolicy::Keep => {
+            UnknownFieldPolicy::Keep | UnknownFieldPolicy::Evolve => {
                 self.extra.push(if self.extra.is_empty() { '{' } else { ',' });
                 self.extra.push_str(&serde_json::to_string(&join_path(prefix, key)).expect("strings serialize"));
                 self.extra.push(':');

@@ -35,7 +35,7 @@ async fn intent_commit_and_schema_round_trip_under_a_held_lease() {
     let a = worker(&table, "events", "a", Duration::from_secs(10)).await;
     assert_eq!(a.load(SHARD).await.unwrap(), ShardState::default());
     let lease = a.take(SHARD, None, &["shardId-parent".into()]).await.unwrap().unwrap();
-    let intent = Intent { first: "100".into(), last: "250".into(), records: 7 };
+    let intent = Intent { first: "100".into(), last: "250".into(), records: 7, schema_version: 3 };
     a.record_intent(SHARD, lease, &intent).await.unwrap();
     assert_eq!(a.load(SHARD).await.unwrap().intent, Some(intent));
     let pending = vec!["year=2026/month=11/".to_string(), "year=2026/month=12/".to_string()];
@@ -52,10 +52,15 @@ async fn intent_commit_and_schema_round_trip_under_a_held_lease() {
     a.commit(SHARD, lease, &Commit { ended: true, ..Commit::default() }).await.unwrap();
     assert!(a.load(SHARD).await.unwrap().ended);
 
-    assert_eq!(a.load_schema().await.unwrap(), None);
-    a.save_schema("first").await.unwrap();
-    a.save_schema("second").await.unwrap();
-    assert_eq!(a.load_schema().await.unwrap().as_deref(), Some("first"), "the first stored schema wins");
+    assert_eq!(a.load_schema(1).await.unwrap(), None);
+    a.save_schema(1, "first").await.unwrap();
+    a.save_schema(1, "second").await.unwrap();
+    assert_eq!(a.load_schema(1).await.unwrap().as_deref(), Some("first"), "the first stored schema wins");
+    assert_eq!(a.load_schema(2).await.unwrap(), None, "versions are separate items");
+    a.save_schema(2, "v2 first").await.unwrap();
+    a.save_schema(2, "v2 second").await.unwrap();
+    assert_eq!(a.load_schema(2).await.unwrap().as_deref(), Some("v2 first"));
+    assert_eq!(a.load_schema(1).await.unwrap().as_deref(), Some("first"));
     // Another stream of the same application shares the table, not the items.
     let other = worker(&table, "other", "a", Duration::from_secs(10)).await;
     assert_eq!(other.load(SHARD).await.unwrap(), ShardState::default());
@@ -67,7 +72,7 @@ async fn intent_commit_and_schema_round_trip_under_a_held_lease() {
 async fn a_worker_without_the_lease_cannot_write() {
     let table = unique("leases");
     let a = worker(&table, "events", "a", Duration::from_secs(10)).await;
-    let intent = Intent { first: "1".into(), last: "2".into(), records: 2 };
+    let intent = Intent { first: "1".into(), last: "2".into(), records: 2, schema_version: 1 };
     assert!(is_lost(&a.record_intent(SHARD, 1, &intent).await.unwrap_err()), "never taken");
     assert!(is_lost(&a.commit(SHARD, 1, &Commit { last: Some("2"), ..Commit::default() }).await.unwrap_err()));
     assert_eq!(a.load(SHARD).await.unwrap(), ShardState::default());
@@ -117,7 +122,7 @@ async fn a_stale_worker_is_fenced_after_its_lease_expired_and_moved() {
     let a = worker(&table, "events", "a", Duration::from_millis(300)).await;
     let b = worker(&table, "events", "b", Duration::from_millis(300)).await;
     let a_lease = a.take(SHARD, None, &[]).await.unwrap().unwrap();
-    let first = Intent { first: "10".into(), last: "20".into(), records: 3 };
+    let first = Intent { first: "10".into(), last: "20".into(), records: 3, schema_version: 1 };
     a.record_intent(SHARD, a_lease, &first).await.unwrap();
     // `a` pauses past its expiry; `b` sees the lease free and takes it.
     let lease = b.leases().await.unwrap().remove(0);
@@ -177,7 +182,7 @@ async fn a_write_under_an_old_lease_is_refused_after_the_worker_took_it_back() {
     let lease = a.leases().await.unwrap().remove(0);
     let new = a.take(SHARD, Some(&lease), &[]).await.unwrap().unwrap();
     assert!(new > old);
-    let stale = Intent { first: "10".into(), last: "20".into(), records: 3 };
+    let stale = Intent { first: "10".into(), last: "20".into(), records: 3, schema_version: 1 };
     assert!(is_lost(&a.record_intent(SHARD, old, &stale).await.unwrap_err()));
     assert!(is_lost(&a.commit(SHARD, old, &Commit { last: Some("20"), ..Commit::default() }).await.unwrap_err()));
     assert_eq!(a.lease_counter(SHARD), Some(new), "the refused old write does not drop the new lease");

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value as Json};
 use shardlake::aggregation::deaggregate;
 use shardlake::error_output::{ErrorKind, Position};
-use shardlake::pipeline::{OutputObject, Pipeline, PipelineStats, TableSpec};
+use shardlake::pipeline::{OutputObject, Pipeline, PipelineStats};
+use shardlake::schema::{Column, FieldWatch};
 
+use crate::evolve::Version;
 use crate::kinesis::KinesisRecord;
 
 /// Where a user record came from: its Kinesis record, its index inside a KPL
@@ -70,6 +72,8 @@ pub enum FlushReason {
     Replay,
     /// The shard was read to its end.
     ShardEnd,
+    /// The next record has a field that becomes a column (`evolve`).
+    Schema,
     /// The worker is stopping.
     Shutdown,
 }
@@ -84,6 +88,7 @@ impl FlushReason {
             FlushReason::Memory => "memory",
             FlushReason::Replay => "replay",
             FlushReason::ShardEnd => "shard_end",
+            FlushReason::Schema => "schema",
             FlushReason::Shutdown => "shutdown",
         }
     }
@@ -112,9 +117,23 @@ pub fn should_flush_by_memory(total: usize, budget: usize, mine: usize, largest:
     total > budget && mine > 0 && (mine >= largest || total > budget + budget / 4)
 }
 
+/// What [`ShardBatch::push`] did with a record.
+#[derive(Debug, PartialEq)]
+pub enum Pushed {
+    /// It is in the batch.
+    Added,
+    /// It is not: it carries fields that become these columns, so it
+    /// belongs to a batch of the next schema version.
+    NeedsColumns(Vec<Column>),
+}
+
 /// The records of one shard between two flushes.
 pub struct ShardBatch {
     pipeline: Pipeline<RecordPosition>,
+    /// The schema version the files are written with.
+    version: u32,
+    /// New top-level fields seen (`evolve`; `None` otherwise and in replays).
+    watch: Option<FieldWatch>,
     /// Files finished early (a partition reached the target size).
     ready: Vec<OutputObject>,
     ready_bytes: usize,
@@ -128,13 +147,17 @@ pub struct ShardBatch {
 }
 
 impl ShardBatch {
-    /// An empty batch whose files are named `{stream}-{shard}-{first}-{last}`.
-    pub fn new(spec: &TableSpec, stream: &str, shard: &str) -> Self {
+    /// An empty batch of schema `version` whose files are named
+    /// `{stream}-{shard}-{first}-{last}`; with a `watch`, a record with new
+    /// fields can end it (see [`Pushed::NeedsColumns`]).
+    pub fn new(version: &Version, watch: Option<FieldWatch>, stream: &str, shard: &str) -> Self {
         let mut common = Map::new();
         common.insert("stream".into(), Json::from(stream));
         common.insert("shard_id".into(), Json::from(shard));
         ShardBatch {
-            pipeline: Pipeline::new(spec.clone(), format!("{stream}-{shard}"), common),
+            pipeline: Pipeline::new(version.spec.as_ref().clone(), format!("{stream}-{shard}"), common),
+            version: version.number,
+            watch,
             ready: Vec::new(),
             ready_bytes: 0,
             first: None,
@@ -145,12 +168,24 @@ impl ShardBatch {
         }
     }
 
-    /// Adds one Kinesis record, unpacking a KPL aggregate. CPU-bound: call it
-    /// off the async threads.
-    pub fn push(&mut self, record: &KinesisRecord) -> shardlake::Result<()> {
+    /// Adds one Kinesis record, unpacking a KPL aggregate, unless it
+    /// carries fields that become columns. CPU-bound: call it off the async
+    /// threads.
+    pub fn push(&mut self, record: &KinesisRecord) -> shardlake::Result<Pushed> {
         let sequence = record.sequence.clone();
         let mut pos = RecordPosition { sequence: sequence.clone(), sub_sequence: None, arrival_ms: record.arrival_ms };
-        match deaggregate(&record.data) {
+        let unpacked = deaggregate(&record.data);
+        if let Some(watch) = &mut self.watch {
+            let columns = match &unpacked {
+                None => watch.observe(&[&record.data]),
+                Some(Ok(users)) => watch.observe(&users.iter().map(|u| &u.data[..]).collect::<Vec<_>>()),
+                Some(Err(_)) => Vec::new(),
+            };
+            if !columns.is_empty() {
+                return Ok(Pushed::NeedsColumns(columns));
+            }
+        }
+        match unpacked {
             None => {
                 self.user_records += 1;
                 self.push_user_record(&record.data, &pos, record.arrival_ms)?;
@@ -181,7 +216,21 @@ impl ShardBatch {
         self.last = Some(sequence);
         self.kinesis_records += 1;
         self.started.get_or_insert_with(Instant::now);
-        Ok(())
+        Ok(Pushed::Added)
+    }
+
+    /// Adds one Kinesis record whatever fields it has (new ones stay in
+    /// `_extra`).
+    pub fn take_as_is(&mut self, record: &KinesisRecord) -> shardlake::Result<()> {
+        let watch = self.watch.take();
+        let pushed = self.push(record);
+        self.watch = watch;
+        pushed.map(drop)
+    }
+
+    /// The schema version its files are written with.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// One user record into the pipeline. An empty or whitespace-only record

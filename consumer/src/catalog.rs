@@ -63,6 +63,16 @@ impl Registrar {
         self.wake.notify_one();
     }
 
+    /// Schema evolution: the table gets the columns of `def` (see
+    /// [`CatalogTable::evolve`]); failures are the caller's to retry.
+    pub async fn evolve(&self, def: shardlake::schema::TableDefinition) -> shardlake::Result<bool> {
+        let updated = self.table.evolve(def).await?;
+        if updated {
+            eprintln!("shardlake-consumer: catalog table {} has the new columns", self.table.name());
+        }
+        Ok(updated)
+    }
+
     /// Partitions waiting.
     pub fn pending(&self) -> usize {
         self.state.lock().expect("registrar lock").pending.len()

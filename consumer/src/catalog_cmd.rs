@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use shardlake::catalog::{CatalogTable, PartitionMode};
 use shardlake::checkpoint::{CheckpointStore, FleetOptions};
-use shardlake::schema::Schema;
+use shardlake::schema::{Schema, UnknownFieldPolicy};
 use shardlake::store::ObjectStore;
 
 use crate::config::Settings;
@@ -43,11 +43,13 @@ pub struct SyncArgs {
     dry_run: bool,
 }
 
-/// The schema the lake is written with: the file, or the one stored beside
-/// the checkpoints (inferred or Glue mode), or the Glue table's.
+/// The schema the lake is written with now: the file, or the one stored
+/// beside the checkpoints (inferred or Glue mode), or the Glue table's; then
+/// its newest version under `unknown_fields = "evolve"`.
 async fn lake_schema(settings: &Settings, glue: &aws_sdk_glue::Client) -> anyhow::Result<Schema> {
     let c = &settings.config;
-    if c.schema.is_some() && settings.schema_table.is_none() {
+    let from_file = c.schema.is_some() && settings.schema_table.is_none();
+    if from_file && c.unknown_fields != UnknownFieldPolicy::Evolve {
         return Ok(settings.table.schema.as_ref().clone());
     }
     let fleet = FleetOptions {
@@ -59,16 +61,18 @@ async fn lake_schema(settings: &Settings, glue: &aws_sdk_glue::Client) -> anyhow
     let checkpoints = CheckpointStore::connect(&c.checkpoint_store, &c.application, &c.stream, &fleet)
         .await
         .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
-    if let Some(schema) = crate::infer::stored_schema(&checkpoints).await? {
-        return Ok(schema);
-    }
-    match &settings.schema_table {
-        Some(table) => Ok(shardlake::catalog::read_schema(glue, table).await?),
-        None => anyhow::bail!(
-            "no schema stored in {} yet: run the worker once, or set `schema` in the config",
-            checkpoints.url()
-        ),
-    }
+    let first = match crate::infer::stored_schema(&checkpoints).await? {
+        _ if from_file => settings.table.schema.as_ref().clone(),
+        Some(schema) => schema,
+        None => match &settings.schema_table {
+            Some(table) => shardlake::catalog::read_schema(glue, table).await?,
+            None => anyhow::bail!(
+                "no schema stored in {} yet: run the worker once, or set `schema` in the config",
+                checkpoints.url()
+            ),
+        },
+    };
+    Ok(crate::evolve::latest(&checkpoints, &first).await?.1)
 }
 
 /// The lake's partitions beside the catalog's.
@@ -94,7 +98,10 @@ async fn survey(config: &Path, create: bool) -> anyhow::Result<Survey> {
     let settings = settings.with_schema(schema);
     let c = &settings.config;
     let template = settings.table.template.clone();
-    let table = CatalogTable::new(glue, name, template.clone(), settings.table_definition()?, c.catalog_partitions);
+    let mut table = CatalogTable::new(glue, name, template.clone(), settings.table_definition()?, c.catalog_partitions);
+    if c.unknown_fields == UnknownFieldPolicy::Evolve {
+        table = table.evolving();
+    }
     table.ensure(create).await?;
 
     let lake = ObjectStore::open(&c.destination, &settings.s3).await?;

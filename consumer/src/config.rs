@@ -86,9 +86,14 @@ pub struct ConsumerConfig {
     #[serde(default = "default_infer_sample")]
     pub infer_sample: usize,
     /// What to do with fields the schema does not list: `keep` (as JSON in
-    /// `_extra`, default), `error` (record to the error prefix) or `drop`.
+    /// `_extra`, default), `error` (record to the error prefix), `drop`, or
+    /// `evolve` (like `keep`, and a new top-level field becomes a column).
     #[serde(default)]
     pub unknown_fields: UnknownFieldPolicy,
+    /// With `evolve`: a new field becomes a column in the batch's
+    /// N-th record that carries it (default 1); earlier ones keep it in `_extra`.
+    #[serde(default = "default_evolve_min_records")]
+    pub evolve_min_records: u64,
     /// Partition template, Firehose syntax (`!{timestamp:yyyy}`, `!{field:a.b}`).
     #[serde(default = "default_partition")]
     pub partition: String,
@@ -329,6 +334,9 @@ pub struct MetricsConfig {
 fn default_application() -> String {
     "shardlake".into()
 }
+fn default_evolve_min_records() -> u64 {
+    1
+}
 fn default_infer_sample() -> usize {
     shardlake::schema::DEFAULT_INFER_SAMPLE
 }
@@ -480,10 +488,15 @@ impl Settings {
 
     /// The lake as a table: columns from the schema, keys from the template.
     pub fn table_definition(&self) -> anyhow::Result<TableDefinition> {
+        self.table_definition_of(&self.table.schema)
+    }
+
+    /// The lake as a table when written with `schema` (a schema version).
+    pub fn table_definition_of(&self, schema: &Schema) -> anyhow::Result<TableDefinition> {
         let location = shardlake::catalog::table_location(&self.config.destination)?;
         let t = &self.table;
         let projection = self.config.catalog_partitions.projection();
-        Ok(table_definition(&t.schema, &t.template, t.unknown_fields, &location, projection)?)
+        Ok(table_definition(schema, &t.template, t.unknown_fields, &location, projection)?)
     }
 
     /// Sets the schema (the inferred one).
@@ -583,6 +596,12 @@ impl ConsumerConfig {
             None if self.catalog_create => bail!("catalog_create: set catalog = \"glue://DATABASE/TABLE\" too"),
             None => None,
         };
+        if self.evolve_min_records == 0 {
+            bail!("evolve_min_records: must be at least 1 (a field becomes a column in its N-th record of a batch)");
+        }
+        if self.evolve_min_records != 1 && self.unknown_fields != UnknownFieldPolicy::Evolve {
+            bail!("evolve_min_records: only used with unknown_fields = \"evolve\"; remove it or set that");
+        }
         let b = &mut self.buffer;
         if b.max_mb == 0 || b.max_records == 0 {
             bail!("buffer.max_mb and buffer.max_records: must be at least 1");

@@ -40,7 +40,7 @@ pub async fn glue_schema(
 
 /// The schema stored beside the checkpoints, if any.
 pub(crate) async fn stored_schema(checkpoints: &CheckpointStore) -> anyhow::Result<Option<Schema>> {
-    let Some(text) = checkpoints.load_schema().await? else { return Ok(None) };
+    let Some(text) = checkpoints.load_schema(1).await? else { return Ok(None) };
     let schema =
         Schema::parse(&text, false).map_err(|e| anyhow::anyhow!("stored schema in {}: {e}", checkpoints.url()))?;
     Ok(Some(schema))
@@ -49,7 +49,7 @@ pub(crate) async fn stored_schema(checkpoints: &CheckpointStore) -> anyhow::Resu
 /// Stores `schema` unless one is stored already; returns the stored one,
 /// which every worker of a fleet then uses.
 async fn store_schema(checkpoints: &CheckpointStore, schema: &Schema) -> anyhow::Result<Schema> {
-    checkpoints.save_schema(&schema.to_toml()).await?;
+    checkpoints.save_schema(1, &schema.to_toml()).await?;
     Ok(stored_schema(checkpoints).await?.unwrap_or_else(|| schema.clone()))
 }
 

@@ -36,6 +36,7 @@ mod catalog;
 pub mod catalog_cmd;
 mod config;
 pub mod convert_cmd;
+mod evolve;
 mod get_records;
 mod health;
 mod http;

@@ -29,6 +29,8 @@ pub struct Metrics {
     catalog_registered: IntCounter,
     catalog_failures: IntCounter,
     catalog_pending: IntGauge,
+    schema_version: IntGauge,
+    schema_columns_added: IntCounter,
     health_problems: IntGauge,
     read_buffer_bytes: IntGauge,
     unreplayable_ranges: IntCounterVec,
@@ -193,6 +195,14 @@ impl Metrics {
                 "shardlake_consumer_catalog_pending_partitions",
                 "Committed partitions waiting to be registered in the catalog.",
             ),
+            schema_version: gauge(
+                "shardlake_consumer_schema_version",
+                "The schema version new batches are written with (1 until unknown_fields = \"evolve\" adds columns).",
+            ),
+            schema_columns_added: counter(
+                "shardlake_consumer_schema_columns_added_total",
+                "Columns this worker added to the schema (unknown_fields = \"evolve\").",
+            ),
             unreplayable_ranges: counter_vec(
                 &r,
                 "shardlake_consumer_unreplayable_ranges_total",
@@ -290,6 +300,13 @@ impl Metrics {
     pub fn record_catalog_failure(&self, pending: usize) {
         self.catalog_failures.inc();
         self.catalog_pending.set(pending as i64);
+    }
+
+    /// New batches are written with schema `version`, which this worker
+    /// made by adding `added` columns (0: it adopted the version).
+    pub fn record_schema(&self, version: u32, added: usize) {
+        self.schema_version.set(i64::from(version));
+        self.schema_columns_added.inc_by(added as u64);
     }
 
     /// A failed upload attempt.

@@ -11,9 +11,10 @@ use futures::StreamExt;
 use shardlake::checkpoint::{Commit, Intent, compare_sequences};
 use shardlake::pipeline::OutputKind;
 use shardlake::retry::RetryPolicy;
+use shardlake::schema::Column;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{FlushReason, ShardBatch, should_flush_by_memory};
+use crate::batch::{FlushReason, Pushed, ShardBatch, should_flush_by_memory};
 use crate::config::InitialPosition;
 use crate::get_records::RecordsSlot;
 use crate::kinesis::{self, Fetched, KinesisError, KinesisRecord, StartAt};
@@ -130,8 +131,14 @@ pub async fn read_shard(
             InitialPosition::AtTimestamp => StartAt::Timestamp(ctx.settings.initial_timestamp_ms.unwrap_or(0)),
         },
     };
+    // A replay is rebuilt with the schema version its files were built with.
+    let version = match &state.intent {
+        Some(intent) => ctx.schemas.version(intent.schema_version, &ctx.checkpoints).await?,
+        None => ctx.schemas.current(),
+    };
+    let watch = if state.intent.is_some() { None } else { ctx.schemas.watch(&version) };
     let mut reader = Reader {
-        batch: ShardBatch::new(&ctx.settings.table, &ctx.settings.config.stream, &shard),
+        batch: ShardBatch::new(&version, watch, &ctx.settings.config.stream, &shard),
         records: RecordsSlot::with_pool(&ctx.read_buffers),
         ctx,
         shard,
@@ -183,7 +190,10 @@ impl Reader {
             m.record_read(&self.shard, fetched.records.len(), fetched.bytes, called.elapsed().as_secs_f64());
             let had_records = !fetched.records.is_empty();
             self.ctx.health.read_ok(&self.shard, fetched.millis_behind_latest, had_records);
-            self.push(fetched.records).await?;
+            if !self.push(fetched.records).await? {
+                // Stopped while the schema evolved; the batch before it is committed.
+                return Ok(if self.lost.is_cancelled() { self.dropped_on_lost_lease() } else { ShardExit::Stopped });
+            }
             self.records.settle();
             let Some(next) = fetched.next else {
                 tracing::info!(shard = self.shard, "shard ended");
@@ -429,8 +439,14 @@ impl Reader {
     }
 
     /// Feeds records into the batch off the async threads; while replaying,
-    /// flushes exactly at the intent's last record.
-    async fn push(&mut self, mut records: Vec<KinesisRecord>) -> anyhow::Result<()> {
+    /// flushes exactly at the intent's last record. A record with fields
+    /// that become columns ends the batch: it is committed, the schema
+    /// evolves, and the record starts the next batch. `false` when the
+    /// reader stopped meanwhile (records after that point are not read).
+    async fn push(&mut self, mut records: Vec<KinesisRecord>) -> anyhow::Result<bool> {
+        // The columns the last evolution was for: a record that asks for
+        // them again is taken as it is (its fields stay in `_extra`).
+        let mut evolved_for: Option<Vec<Column>> = None;
         while !records.is_empty() {
             let mut rest = Vec::new();
             let mut replay_done = false;
@@ -456,22 +472,58 @@ impl Reader {
             let empty = self.empty_batch();
             let mut batch = std::mem::replace(&mut self.batch, empty);
             self.last_read = records.last().map(|r| r.sequence.to_string()).or(self.last_read.take());
-            let batch =
-                tokio::task::spawn_blocking(move || records.iter().try_for_each(|r| batch.push(r)).map(|()| batch))
-                    .await
-                    .expect("batch task panicked")?;
+            let retried = evolved_for.take();
+            let (batch, records_back, stop) = tokio::task::spawn_blocking(move || {
+                for (i, r) in records.iter().enumerate() {
+                    match batch.push(r)? {
+                        Pushed::Added => {}
+                        Pushed::NeedsColumns(columns) if retried.as_ref() == Some(&columns) => {
+                            batch.take_as_is(r)?;
+                        }
+                        Pushed::NeedsColumns(columns) => return Ok((batch, records, Some((i, columns)))),
+                    }
+                }
+                Ok::<_, shardlake::Error>((batch, records, None))
+            })
+            .await
+            .expect("batch task panicked")?;
             self.batch = batch;
+            records = records_back;
+            if let Some((i, columns)) = stop {
+                // Nothing of a replay's range reaches here: replays have no watch.
+                let mut waiting = records.split_off(i);
+                waiting.extend(rest);
+                self.flush(FlushReason::Schema, false).await?;
+                let from = self.batch.version();
+                let version =
+                    match crate::evolve::evolve(&self.ctx, &self.shard, from, &columns, [&self.cancel, &self.lost])
+                        .await
+                    {
+                        Ok(version) => version,
+                        Err(crate::evolve::Stopped::Cancelled) => return Ok(false),
+                    };
+                self.batch = self.batch_of(&version);
+                evolved_for = Some(columns);
+                records = waiting;
+                continue;
+            }
             if replay_done {
                 self.flush(FlushReason::Replay, false).await?;
                 self.replay = None;
             }
             records = rest;
         }
-        Ok(())
+        Ok(true)
     }
 
+    /// A new batch of the current schema version.
     fn empty_batch(&self) -> ShardBatch {
-        ShardBatch::new(&self.ctx.settings.table, &self.ctx.settings.config.stream, &self.shard)
+        self.batch_of(&self.ctx.schemas.current())
+    }
+
+    fn batch_of(&self, version: &crate::evolve::Version) -> ShardBatch {
+        let watch = self.ctx.schemas.watch(version);
+        ShardBatch::new(version, watch, &self.ctx.settings.config.stream, &self.shard)
     }
 
     /// The lease moved: the batch is dropped, never committed (the store
@@ -508,6 +560,7 @@ impl Reader {
         let batch = std::mem::replace(&mut self.batch, empty);
         let ctx = self.ctx.clone();
         let (shard, lease) = (self.shard.clone(), self.lease);
+        let schema_version = batch.version();
         let Some((first, last, records)) = batch.range() else {
             if ended {
                 let pending = self.catalog_pending(Vec::new());
@@ -521,7 +574,7 @@ impl Reader {
         };
         let started = Instant::now();
         let finished = tokio::task::spawn_blocking(move || batch.finish()).await.expect("finish task panicked")?;
-        let intent = Intent { first, last: last.clone(), records };
+        let intent = Intent { first, last: last.clone(), records, schema_version };
         match &self.replay {
             Some((pending, _)) if *pending != intent => tracing::error!(
                 shard,

@@ -25,7 +25,12 @@ use crate::worker::{Context, CrashPoints, MemoryBudget};
 const SHARD: &str = "shardId-000000000000";
 
 fn record(seq: u64) -> Record {
-    let data = format!(r#"{{"id":"r{seq}","ts":"2024-03-15T07:00:0{seq}Z"}}"#);
+    record_with(seq, "")
+}
+
+/// Record `seq`, with `more` fields after `id` and `ts` (`,"a":1`).
+fn record_with(seq: u64, more: &str) -> Record {
+    let data = format!(r#"{{"id":"r{seq}","ts":"2024-03-15T07:00:0{seq}Z"{more}}}"#);
     Record::builder()
         .sequence_number(seq.to_string())
         .data(Blob::new(data))
@@ -67,24 +72,29 @@ fn scripted_kinesis(
     (aws_sdk_kinesis::Client::from_conf(config), iterators)
 }
 
-fn context(dir: &std::path::Path, kinesis: aws_sdk_kinesis::Client) -> Arc<Context> {
+async fn context(dir: &std::path::Path, kinesis: aws_sdk_kinesis::Client, extra: &str) -> Arc<Context> {
     std::fs::write(
         dir.join("schema.toml"),
         "[[columns]]\nname = \"id\"\ntype = \"string\"\n[[columns]]\nname = \"ts\"\ntype = \"timestamp\"\n",
     )
     .unwrap();
     let text = format!(
-        "stream = \"s\"\ndestination = \"{}\"\ncheckpoint_store = \"file://{}\"\nschema = \"schema.toml\"\ntime_field = \"ts\"\n",
+        "stream = \"s\"\ndestination = \"{}\"\ncheckpoint_store = \"file://{}\"\nschema = \"schema.toml\"\ntime_field = \"ts\"\n{extra}",
         dir.join("lake").display(),
         dir.join("cp").display()
     );
     let settings = ConsumerConfig::parse(&text, "test").unwrap().resolve(dir).unwrap();
+    let checkpoints = CheckpointStore::open(&format!("file://{}", dir.join("cp").display()), "shardlake", "s").unwrap();
+    let schemas =
+        crate::evolve::Schemas::load(settings.table.clone(), settings.config.evolve_min_records, &checkpoints)
+            .await
+            .unwrap();
     Arc::new(Context {
         thresholds: Thresholds { max_bytes: 1 << 20, max_records: 1000, max_age: Duration::from_secs(300) },
         kinesis,
         fan_out: None,
         lake: ObjectStore::File(shardlake::store::file::FileStore::new(dir.join("lake"))),
-        checkpoints: CheckpointStore::open(&format!("file://{}", dir.join("cp").display()), "shardlake", "s").unwrap(),
+        checkpoints,
         metrics: Arc::new(Metrics::new()),
         budget: MemoryBudget::new(1 << 30),
         read_buffers: crate::get_records::ReadBuffers::new(64 << 20),
@@ -93,6 +103,7 @@ fn context(dir: &std::path::Path, kinesis: aws_sdk_kinesis::Client) -> Arc<Conte
         health: crate::health::Health::new(Duration::from_secs(120), Duration::from_secs(60), Duration::from_secs(300)),
         catalog: None,
         leases: None,
+        schemas,
         settings,
     })
 }
@@ -125,7 +136,7 @@ async fn throttling_backs_off_and_an_expired_iterator_resumes_after_the_last_rec
         output(vec![record(4), record(5)], None),
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let ctx = context(dir.path(), kinesis);
+    let ctx = context(dir.path(), kinesis, "").await;
     let exit = read_shard(
         ctx.clone(),
         SHARD.to_string(),
@@ -158,4 +169,125 @@ fn quiet_shards_are_polled_less_and_less_often_up_to_the_maximum() {
     assert_eq!(waits, [1, 1, 2, 4, 5, 5, 5]);
     assert_eq!(super::idle_wait(idle, max, u32::MAX), max);
     assert_eq!(super::idle_wait(idle, Duration::ZERO, 9), idle, "the maximum never undercuts the idle interval");
+}
+
+/// The lake's data files: name → (column names, rows as JSON-ish text of
+/// the given column).
+fn lake_files(dir: &std::path::Path, column: &str) -> Vec<(String, Vec<String>, Vec<String>)> {
+    use arrow_array::Array;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.join("lake")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.to_string_lossy().ends_with(".parquet") {
+                let file = std::fs::File::open(&path).unwrap();
+                let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+                let mut names = Vec::new();
+                let mut values = Vec::new();
+                for batch in reader {
+                    let batch = batch.unwrap();
+                    names = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+                    if let Some(col) = batch.column_by_name(column) {
+                        let text = arrow_array::cast::AsArray::as_string::<i32>(col.as_ref());
+                        values.extend(
+                            (0..text.len())
+                                .map(|i| if text.is_null(i) { "null".to_string() } else { text.value(i).to_string() }),
+                        );
+                    }
+                }
+                out.push((path.file_name().unwrap().to_string_lossy().into_owned(), names, values));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_field_commits_the_batch_before_it_and_later_batches_carry_the_column() {
+    let (kinesis, _) = scripted_kinesis(vec![output(
+        vec![
+            record(1),
+            record(2),
+            record_with(3, r#","coupon":"A""#),
+            record(4),
+            record_with(5, r#","coupon":"B","dev":{"os":"x"}"#),
+            record_with(6, r#","Coupon":"C""#),
+        ],
+        None,
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(dir.path(), kinesis, "unknown_fields = \"evolve\"\n").await;
+    let lease = ShardLease { counter: None, lost: CancellationToken::new() };
+    let exit = read_shard(ctx.clone(), SHARD.to_string(), lease, CancellationToken::new()).await.unwrap();
+    assert_eq!(exit, ShardExit::Ended);
+    let files = lake_files(dir.path(), "coupon");
+    let names: Vec<&str> = files.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "s-shardId-000000000000-1-2.snappy.parquet",
+            "s-shardId-000000000000-3-4.snappy.parquet",
+            "s-shardId-000000000000-5-6.snappy.parquet"
+        ]
+    );
+    assert_eq!(files[0].1, ["id", "ts", "_extra"]);
+    assert_eq!(files[1].1, ["id", "ts", "coupon", "_extra"]);
+    assert_eq!(files[1].2, ["A", "null"]);
+    // `dev` is new in record 5: version 3. `Coupon` is `coupon` to Athena: it stays in `_extra`.
+    assert_eq!(files[2].1, ["id", "ts", "coupon", "dev", "_extra"]);
+    assert_eq!(files[2].2, ["B", "null"]);
+    let extra = lake_files(dir.path(), "_extra");
+    assert_eq!(extra[2].2, ["null", r#"{"Coupon":"C"}"#]);
+    let v3 = std::fs::read_to_string(dir.path().join("cp/shardlake/s/schema-v3.toml")).unwrap();
+    let v3 = shardlake::schema::Schema::parse(&v3, false).unwrap();
+    let v3: Vec<String> = v3.columns.iter().map(|c| format!("{}:{}", c.name, c.ty)).collect();
+    assert_eq!(v3, ["id:string", "ts:timestamp", "coupon:string", "dev:struct<os:string>"]);
+    let metrics = ctx.metrics.render();
+    assert!(metrics.contains("shardlake_consumer_flushes_total{reason=\"schema\"} 2"), "{metrics}");
+    assert!(metrics.contains("shardlake_consumer_schema_version 3"), "{metrics}");
+    assert!(metrics.contains("shardlake_consumer_schema_columns_added_total 2"), "{metrics}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_is_rebuilt_with_the_schema_version_of_its_intent() {
+    let (kinesis, _) = scripted_kinesis(vec![output(
+        vec![
+            record_with(3, r#","coupon":"A""#),
+            record_with(4, r#","coupon":"B""#),
+            record_with(5, r#","coupon":"C""#),
+        ],
+        None,
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    // A fleet worker added `coupon` (version 2) after this batch of version 1 recorded its intent.
+    let cp = dir.path().join("cp/shardlake/s");
+    std::fs::create_dir_all(&cp).unwrap();
+    let v2 = "[[columns]]\nname = \"id\"\ntype = \"string\"\n[[columns]]\nname = \"ts\"\ntype = \"timestamp\"\n\
+              [[columns]]\nname = \"coupon\"\ntype = \"string\"\n";
+    std::fs::write(cp.join("schema-v2.toml"), v2).unwrap();
+    std::fs::write(
+        cp.join(format!("{SHARD}.json")),
+        r#"{"checkpoint":"2","intent":{"first":"3","last":"4","records":2}}"#,
+    )
+    .unwrap();
+    let ctx = context(dir.path(), kinesis, "unknown_fields = \"evolve\"\n").await;
+    assert_eq!(ctx.schemas.current().number, 2);
+    let lease = ShardLease { counter: None, lost: CancellationToken::new() };
+    let exit = read_shard(ctx.clone(), SHARD.to_string(), lease, CancellationToken::new()).await.unwrap();
+    assert_eq!(exit, ShardExit::Ended);
+    let files = lake_files(dir.path(), "_extra");
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files[0].0.ends_with("-3-4.snappy.parquet"));
+    assert_eq!(files[0].1, ["id", "ts", "_extra"], "rebuilt as version 1 built it");
+    assert_eq!(files[0].2, [r#"{"coupon":"A"}"#, r#"{"coupon":"B"}"#]);
+    assert_eq!(files[1].1, ["id", "ts", "coupon", "_extra"], "the next batch is version 2");
+    let state = ctx.checkpoints.load(SHARD).await.unwrap();
+    assert_eq!((state.checkpoint.as_deref(), state.ended), (Some("5"), true));
 }

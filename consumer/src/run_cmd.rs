@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use shardlake::catalog::CatalogTable;
 use shardlake::checkpoint::{CheckpointStore, FleetOptions};
+use shardlake::schema::UnknownFieldPolicy;
 use shardlake::store::ObjectStore;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -158,16 +159,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         _ => settings,
     };
+    let schemas =
+        crate::evolve::Schemas::load(settings.table.clone(), settings.config.evolve_min_records, &checkpoints).await?;
+    let current = schemas.current();
+    if current.number > 1 {
+        eprintln!(
+            "shardlake-consumer: schema version {} ({} columns) from {}",
+            current.number,
+            current.spec.schema.columns.len(),
+            checkpoints.url()
+        );
+    }
     let registrar = match (&settings.catalog, glue) {
         (Some(name), Some(glue)) => {
             let c = &settings.config;
-            let table = CatalogTable::new(
+            let mut table = CatalogTable::new(
                 glue,
                 name.clone(),
                 settings.table.template.clone(),
-                settings.table_definition()?,
+                settings.table_definition_of(&current.spec.schema)?,
                 c.catalog_partitions,
             );
+            if c.unknown_fields == UnknownFieldPolicy::Evolve {
+                table = table.evolving();
+            }
             let ensured = crate::catalog::ensure_at_start(&table, c.catalog_create).await?;
             Some(Arc::new(Registrar::new(table, c.catalog_create, ensured)))
         }
@@ -195,8 +210,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         abort,
         health: Health::new(c.health.stall_after, c.health.failing_after, c.buffer.max_age),
         catalog: registrar.clone(),
+        schemas,
         settings,
     });
+    ctx.metrics.record_schema(current.number, 0);
     let c = &ctx.settings.config;
     if c.metrics.enabled {
         let bound = crate::http::serve(ctx.clone(), c.metrics.address, ctx.abort.clone()).await?;

@@ -83,6 +83,8 @@ pub struct Context {
     pub health: Health,
     /// The Glue catalog table and its partition registrations (`catalog`).
     pub catalog: Option<Arc<crate::catalog::Registrar>>,
+    /// Schema versions: the current one for new batches, older ones for replays.
+    pub schemas: crate::evolve::Schemas,
 }
 
 /// Bytes held by each shard's batch, against one global budget. Every

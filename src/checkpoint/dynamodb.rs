@@ -33,6 +33,11 @@ use crate::error::{Error, Result, error_chain};
 
 /// Key suffix of the inferred-schema item; shard ids never start with `#`.
 const SCHEMA_SUFFIX: &str = "#schema";
+
+/// Key suffix of schema version `version`: `#schema`, then `#schema-v2`, ...
+fn schema_suffix(version: u32) -> String {
+    if version <= 1 { SCHEMA_SUFFIX.to_string() } else { format!("{SCHEMA_SUFFIX}-v{version}") }
+}
 /// Bound on Scan pages read by [`DynamoCheckpoints::leases`] (1 MB each).
 const MAX_SCAN_PAGES: usize = 1000;
 /// How long `create_table` waits for the table to become ACTIVE.
@@ -119,6 +124,7 @@ fn intent_value(i: &Intent) -> AttributeValue {
         ("first".to_string(), s(&i.first)),
         ("last".to_string(), s(&i.last)),
         ("records".to_string(), n(i.records)),
+        ("schema_version".to_string(), n(u64::from(i.schema_version))),
     ]))
 }
 
@@ -127,6 +133,8 @@ fn state_from_item(item: &HashMap<String, AttributeValue>) -> ShardState {
         first: get_s(m, "first").unwrap_or_default(),
         last: get_s(m, "last").unwrap_or_default(),
         records: get_n(m, "records"),
+        // Intents written before schema versions existed were built with the first.
+        schema_version: u32::try_from(get_n(m, "schema_version")).unwrap_or(1).max(1),
     });
     let catalog_pending = item.get("catalog_pending").and_then(|v| v.as_ss().ok()).cloned().unwrap_or_default();
     ShardState { checkpoint: get_s(item, "checkpoint"), intent, ended: get_bool(item, "ended"), catalog_pending }
@@ -510,20 +518,20 @@ impl DynamoCheckpoints {
         result
     }
 
-    /// The inferred schema, if stored.
-    pub async fn load_schema(&self) -> Result<Option<String>> {
-        let item = self.get_item(SCHEMA_SUFFIX).await.map_err(|e| self.err("load schema", &e))?;
+    /// Schema version `version` (1: the inferred or Glue schema), if stored.
+    pub async fn load_schema(&self, version: u32) -> Result<Option<String>> {
+        let item = self.get_item(&schema_suffix(version)).await.map_err(|e| self.err("load schema", &e))?;
         Ok(item.and_then(|i| get_s(&i, "schema")))
     }
 
-    /// Stores the inferred schema unless one is stored already (the first
-    /// worker to infer wins; the others load its schema).
-    pub async fn save_schema(&self, toml: &str) -> Result<()> {
+    /// Stores schema version `version` unless it is stored already (the
+    /// first worker to write it wins; the others load its schema).
+    pub async fn save_schema(&self, version: u32, toml: &str) -> Result<()> {
         let put = self
             .client
             .put_item()
             .table_name(&self.table)
-            .item("lease_key", self.key(SCHEMA_SUFFIX))
+            .item("lease_key", self.key(&schema_suffix(version)))
             .item("schema", s(toml))
             .condition_expression("attribute_not_exists(lease_key)")
             .send()
@@ -562,12 +570,15 @@ mod tests {
     fn items_map_to_shard_states() {
         let item = HashMap::from([
             ("checkpoint".to_string(), s("42")),
-            ("intent".to_string(), intent_value(&Intent { first: "43".into(), last: "50".into(), records: 4 })),
+            (
+                "intent".to_string(),
+                intent_value(&Intent { first: "43".into(), last: "50".into(), records: 4, schema_version: 2 }),
+            ),
             ("ended".to_string(), AttributeValue::Bool(true)),
         ]);
         let state = state_from_item(&item);
         assert_eq!(state.checkpoint.as_deref(), Some("42"));
-        assert_eq!(state.intent, Some(Intent { first: "43".into(), last: "50".into(), records: 4 }));
+        assert_eq!(state.intent, Some(Intent { first: "43".into(), last: "50".into(), records: 4, schema_version: 2 }));
         assert!(state.ended);
         assert_eq!(state_from_item(&HashMap::new()), ShardState::default());
     }

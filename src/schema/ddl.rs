@@ -105,7 +105,7 @@ pub fn table_definition(
         .filter(|c| !keys.iter().any(|k| k.name.eq_ignore_ascii_case(&c.name)))
         .map(|c| (c.name.clone(), c.ty.to_string()))
         .collect();
-    if unknown_fields == UnknownFieldPolicy::Keep {
+    if unknown_fields.keeps_extra() {
         columns.push((EXTRA_COLUMN.to_string(), "string".to_string()));
     }
     let location = location.trim_end_matches('/').to_string() + "/";

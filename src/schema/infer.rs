@@ -155,7 +155,7 @@ impl Seen {
 }
 
 /// Accumulates sample records and yields the widened schema.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct SchemaInferrer {
     fields: Fields,
     records: usize,

@@ -13,6 +13,7 @@
 //! ```
 
 mod ddl;
+mod evolve;
 mod infer;
 mod types;
 
@@ -23,6 +24,7 @@ use arrow_schema::{DataType, Field};
 use serde::{Deserialize, Serialize};
 
 pub use ddl::{DdlOptions, TableDefinition, create_table_ddl, table_definition};
+pub use evolve::{FieldWatch, valid_column_name, with_columns};
 pub use infer::{DEFAULT_INFER_SAMPLE, MAX_INFERRED_FIELDS, SchemaInferrer};
 pub use types::{
     HiveType, LIST_ITEM_NAME, MAX_DECIMAL_PRECISION, MAX_TYPE_DEPTH, StructField, TypeParseError, map_entries_field,
@@ -64,6 +66,17 @@ pub enum UnknownFieldPolicy {
     Error,
     /// Drop the fields and count them.
     Drop,
+    /// Like `keep`, and a top-level field seen often enough becomes a new
+    /// nullable column at the end of the schema (the consumer's additive
+    /// schema evolution; see `FieldWatch`).
+    Evolve,
+}
+
+impl UnknownFieldPolicy {
+    /// Whether files carry the `_extra` column of unknown fields.
+    pub fn keeps_extra(self) -> bool {
+        matches!(self, UnknownFieldPolicy::Keep | UnknownFieldPolicy::Evolve)
+    }
 }
 
 /// Serde shape of a schema file.
@@ -179,7 +192,7 @@ impl FileLayout {
         let stored = (0..schema.columns.len())
             .filter(|&i| !partition_keys.iter().any(|k| k.eq_ignore_ascii_case(&schema.columns[i].name)))
             .collect();
-        FileLayout { stored, extra_column: policy == UnknownFieldPolicy::Keep }
+        FileLayout { stored, extra_column: policy.keeps_extra() }
     }
 }
 

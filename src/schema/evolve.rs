@@ -1,0 +1,225 @@
+//! Additive schema evolution (`unknown_fields = "evolve"`): which top-level
+//! fields of incoming records the schema lacks, how many records of a batch
+//! carry each, and the columns to add once one is seen often enough.
+//!
+//! The watch runs before a record is decoded, so the batch can end just
+//! before the record that makes a field due: that record and every later one
+//! then go into files of the next schema version, with the field as a column.
+//! Records before it (with `min_records` above 1) keep the field in `_extra`.
+
+use std::collections::HashMap;
+
+use super::{Column, EXTRA_COLUMN, MAX_INFERRED_FIELDS, Schema, SchemaInferrer};
+use crate::json::{Kind, Parser};
+
+/// Whether `name` can become a column: what Athena, Glue and Hive accept
+/// unquoted in every engine (letters, digits and `_`, not starting with a
+/// digit, at most 255 bytes) and not `_extra`.
+pub fn valid_column_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 255
+        && !b[0].is_ascii_digit()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+        && name != EXTRA_COLUMN
+}
+
+/// Counts, per batch, the records carrying top-level fields the schema
+/// lacks, and says which become columns.
+#[derive(Debug, Clone)]
+pub struct FieldWatch {
+    /// Lower-cased names a new column may not take: the columns (Athena
+    /// folds case) and the partition keys (values in paths only).
+    taken: Vec<String>,
+    /// Columns the schema may still gain ([`MAX_INFERRED_FIELDS`] in all).
+    room: usize,
+    min_records: u64,
+    /// Records of this batch that carried each candidate field.
+    counts: HashMap<String, u64>,
+    /// Their values, typed as inference types them.
+    values: SchemaInferrer,
+}
+
+impl FieldWatch {
+    /// A watch for a batch written with `schema` under a template with
+    /// `partition_keys`; a field becomes due in its `min_records`-th record.
+    pub fn new(schema: &Schema, partition_keys: &[String], min_records: u64) -> Self {
+        let taken =
+            schema.columns.iter().map(|c| &c.name).chain(partition_keys).map(|n| n.to_ascii_lowercase()).collect();
+        FieldWatch {
+            taken,
+            room: MAX_INFERRED_FIELDS.saturating_sub(schema.columns.len()),
+            min_records: min_records.max(1),
+            counts: HashMap::new(),
+            values: SchemaInferrer::new(),
+        }
+    }
+
+    /// The candidate fields of one record with their JSON values: top-level,
+    /// not `null`, named validly and not taken. Nothing for a record that is
+    /// not an object or not valid JSON (it goes to the error output), or
+    /// when the schema is full.
+    fn candidates<'t>(&self, text: &'t str) -> Vec<(String, &'t str)> {
+        let mut out = Vec::new();
+        if self.room == 0 {
+            return out;
+        }
+        let mut p = Parser::new(text);
+        if p.peek().ok() != Some(Kind::Object) || p.object_start().is_err() {
+            return out;
+        }
+        let mut scratch = String::new();
+        let mut first = true;
+        loop {
+            let key = match p.next_key(first, &mut scratch) {
+                Ok(Some(k)) => k.to_string(),
+                Ok(None) => break,
+                Err(_) => return Vec::new(),
+            };
+            first = false;
+            let Ok(value) = p.skip() else { return Vec::new() };
+            let lower = key.to_ascii_lowercase();
+            if value != "null"
+                && valid_column_name(&key)
+                && !self.taken.contains(&lower)
+                && !out.iter().any(|(k, _): &(String, &str)| k.eq_ignore_ascii_case(&key))
+            {
+                out.push((key, value));
+            }
+        }
+        if !p.at_end() {
+            return Vec::new();
+        }
+        out
+    }
+
+    /// Observes the user records of one Kinesis record (several for a KPL
+    /// aggregate, which is never split between batches). When this would
+    /// make a field due, nothing is counted and the new columns are returned
+    /// (nullable, at the end, typed by their values so far): the batch ends
+    /// before this record, and the next one, written with those columns,
+    /// takes it. Otherwise the fields are counted and the answer is empty.
+    pub fn observe(&mut self, records: &[&[u8]]) -> Vec<Column> {
+        let mut seen: Vec<(String, String)> = Vec::new();
+        let mut sample = String::new();
+        for raw in records {
+            let Ok(text) = std::str::from_utf8(raw) else { continue };
+            let fields = self.candidates(text);
+            if fields.is_empty() {
+                continue;
+            }
+            // One object of this record's candidates, to type their values.
+            sample.clear();
+            sample.push('{');
+            for (i, (key, value)) in fields.iter().enumerate() {
+                if i > 0 {
+                    sample.push(',');
+                }
+                sample.push_str(&serde_json::to_string(key).expect("strings serialize"));
+                sample.push(':');
+                sample.push_str(value);
+            }
+            sample.push('}');
+            seen.push((fields.into_iter().map(|(k, _)| k).collect::<Vec<_>>().join("\n"), sample.clone()));
+        }
+        if seen.is_empty() {
+            return Vec::new();
+        }
+        let mut counts = self.counts.clone();
+        for (keys, _) in &seen {
+            for key in keys.split('\n') {
+                *counts.entry(key.to_string()).or_default() += 1;
+            }
+        }
+        let mut due: Vec<&String> = counts.iter().filter(|(_, n)| **n >= self.min_records).map(|(k, _)| k).collect();
+        if due.is_empty() {
+            self.counts = counts;
+            seen.iter().for_each(|(_, s)| self.values.observe_line(s.as_bytes()));
+            return Vec::new();
+        }
+        let mut values = self.values.clone();
+        seen.iter().for_each(|(_, s)| values.observe_line(s.as_bytes()));
+        due.sort();
+        let Some(schema) = values.finish() else { return Vec::new() };
+        let mut columns: Vec<Column> =
+            schema.columns.into_iter().filter(|c| due.iter().any(|d| **d == c.name)).collect();
+        columns.truncate(self.room);
+        columns
+    }
+}
+
+/// `schema` with `columns` added at the end (nullable), skipping any whose
+/// name it already has (ignoring case): the next schema version.
+pub fn with_columns(schema: &Schema, columns: &[Column]) -> Schema {
+    let mut next = schema.clone();
+    for c in columns {
+        if !next.columns.iter().any(|o| o.name.eq_ignore_ascii_case(&c.name)) && valid_column_name(&c.name) {
+            next.columns.push(Column { name: c.name.clone(), ty: c.ty.clone(), required: false });
+        }
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Schema {
+        Schema::parse(
+            "[[columns]]\nname = \"id\"\ntype = \"bigint\"\n[[columns]]\nname = \"Name\"\ntype = \"string\"\n",
+            false,
+        )
+        .unwrap()
+    }
+
+    fn names(cols: &[Column]) -> String {
+        cols.iter().map(|c| format!("{}:{}", c.name, c.ty)).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn a_new_top_level_field_is_due_in_its_first_record_by_default() {
+        let mut w = FieldWatch::new(&schema(), &["year".into()], 1);
+        assert!(w.observe(&[br#"{"id":1,"name":"x","_extra":"{}"}"#]).is_empty(), "known, case-insensitively");
+        assert!(w.observe(&[br#"{"id":1,"year":"2026","nothing":null,"bad name":1,"9lives":2}"#]).is_empty());
+        assert!(w.observe(&[br#"{"id":1,"dev":{"os":"linux"}}"#, b"not json", b"[1]"]).len() == 1);
+        let cols = w.observe(&[br#"{"id":2,"score":1.5,"tags":["a"],"at":"2026-11-30T10:00:00Z"}"#]);
+        assert_eq!(names(&cols), "score:double tags:array<string> at:timestamp");
+        // Nothing counted: the record goes to the next batch.
+        assert!(w.counts.is_empty());
+    }
+
+    #[test]
+    fn with_a_threshold_fields_are_counted_per_record_and_typed_by_every_value() {
+        let mut w = FieldWatch::new(&schema(), &[], 3);
+        assert!(w.observe(&[br#"{"n":1}"#]).is_empty());
+        // An aggregate's records count one each.
+        assert_eq!(names(&w.observe(&[br#"{"n":2}"#, br#"{"n":2.5}"#])), "n:double");
+        assert!(w.observe(&[br#"{"n":2}"#]).is_empty());
+        assert_eq!(names(&w.observe(&[br#"{"n":3}"#])), "n:bigint");
+    }
+
+    #[test]
+    fn broken_records_and_a_full_schema_add_nothing() {
+        let mut w = FieldWatch::new(&schema(), &[], 1);
+        assert!(w.observe(&[br#"{"a":1,"b":"#, br#"{"a":1} x"#, "{\"\u{e9}t\u{e9}\":1}".as_bytes()]).is_empty());
+        let mut full = schema();
+        for i in 0..MAX_INFERRED_FIELDS {
+            full.columns.push(Column { name: format!("c{i}"), ty: "int".parse().unwrap(), required: false });
+        }
+        assert!(FieldWatch::new(&full, &[], 1).observe(&[br#"{"new":1}"#]).is_empty());
+    }
+
+    #[test]
+    fn new_columns_go_at_the_end_once() {
+        let s = schema();
+        let add = [
+            Column { name: "score".into(), ty: "double".parse().unwrap(), required: true },
+            Column { name: "NAME".into(), ty: "int".parse().unwrap(), required: false },
+        ];
+        let next = with_columns(&s, &add);
+        assert_eq!(names(&next.columns), "id:bigint Name:string score:double");
+        assert!(!next.columns[2].required);
+        next.validate().unwrap();
+        assert!(valid_column_name("_a1") && !valid_column_name("_extra") && !valid_column_name("a-b"));
+    }
+}
