@@ -357,3 +357,127 @@ async fn a_catalog_outage_never_holds_commits_and_is_caught_up() {
     assert!(terminate(&mut consumer).success(), "{}", setup.log());
     assert_eq!(setup.duckdb_check(), (400, 400, 0));
 }
+
+/// `events` with `"coupon":"C{i}","score":{i}.5` added at the end of each.
+fn with_coupons(events: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let text = String::from_utf8(e).unwrap();
+            format!("{},\"coupon\":\"C{i}\",\"score\":{i}.5}}", text.trim_end().strip_suffix('}').unwrap()).into_bytes()
+        })
+        .collect()
+}
+
+/// Column names and types of the Glue table.
+async fn table_columns(glue: &aws_sdk_glue::Client, db: &str) -> Vec<String> {
+    let table = glue.get_table().database_name(db).name("events").send().await.unwrap().table.unwrap();
+    let sd = table.storage_descriptor().unwrap();
+    sd.columns().iter().map(|c| format!("{}:{}", c.name(), c.r#type().unwrap_or_default())).collect()
+}
+
+/// `unknown_fields = "evolve"`: records with two new fields make schema
+/// version 2 with both as columns; the table has them before the first file
+/// with them is committed; old and new files read together in DuckDB and
+/// pyarrow, with nulls where a file lacks the columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evolution_adds_new_fields_as_columns_to_the_files_and_the_table() {
+    let client = kinesis().await;
+    let glue = glue().await;
+    let db = database();
+    let stream = create_stream(&client, 1).await;
+    let setup = Setup::new(&stream);
+    let location = shardlake::catalog::table_location(setup.lake().to_str().unwrap()).unwrap();
+    setup.config(&format!("catalog = \"glue://{db}/events\"\ncatalog_create = true\nunknown_fields = \"evolve\"\n"));
+    let schema = Schema::parse(&std::fs::read_to_string(setup.dir.path().join("schema.toml")).unwrap(), false).unwrap();
+    let mut want: Vec<String> = schema.columns.iter().map(|c| format!("{}:{}", c.name, c.ty)).collect();
+    let mut consumer = setup.start(&[]);
+    let old = put_records(&client, &stream, &keyed(events(200, 85, 2))).await;
+    setup.wait_committed(&old, Duration::from_secs(60)).await;
+    want.push("_extra:string".into());
+    assert_eq!(table_columns(&glue, &db).await, want);
+
+    let new = put_records(&client, &stream, &keyed(with_coupons(events(200, 86, 2)))).await;
+    setup.wait_committed(&new, Duration::from_secs(60)).await;
+    want.pop();
+    want.extend(["coupon:string".into(), "score:double".into(), "_extra:string".into()]);
+    assert_eq!(table_columns(&glue, &db).await, want, "{}", setup.log());
+    let checkpoints = setup.dir.path().join(format!("checkpoints/shardlake/{stream}"));
+    let v2 = Schema::parse(&std::fs::read_to_string(checkpoints.join("schema-v2.toml")).unwrap(), false).unwrap();
+    assert_eq!(v2.columns.len(), schema.columns.len() + 2);
+    assert!(!checkpoints.join("schema-v3.toml").exists(), "both fields came in one version");
+    let metrics = setup.metrics();
+    assert_eq!(metric_sum(&metrics, "shardlake_consumer_schema_version"), 2.0);
+    assert_eq!(metric_sum(&metrics, "shardlake_consumer_schema_columns_added_total"), 2.0);
+    assert!(setup.log().contains("schema version 2 in use"), "{}", setup.log());
+    let lake = lake_partitions(&setup.lake(), &location);
+    wait_registered(&glue, &db, &lake, &setup.log()).await;
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+
+    // Files of both versions, read together by name.
+    let root = setup.lake().display().to_string();
+    let duck = python(
+        r#"
+import sys, duckdb
+print(*duckdb.sql(f"""
+select count(*), count(distinct event_id), count(coupon), count(*) filter (where coupon is null),
+       sum(score), count(*) filter (where _extra like '%coupon%')
+from read_parquet('{sys.argv[1]}/**/*.parquet', hive_partitioning = true, union_by_name = true)
+""").fetchall()[0])
+"#,
+        &[&root],
+    );
+    // 0.5 + 1.5 + ... + 199.5
+    assert_eq!(duck.trim(), "400 400 200 200 20000.0 0", "DuckDB");
+    let arrow = python(
+        r#"
+import sys, glob
+import pyarrow as pa, pyarrow.dataset as ds, pyarrow.parquet as pq, pyarrow.compute as pc
+files = glob.glob(sys.argv[1] + '/**/*.parquet', recursive=True)
+schema = pa.unify_schemas([pq.read_schema(f) for f in files])
+t = ds.dataset(files, format='parquet', schema=schema).to_table()
+print(t.num_rows, t.column('coupon').null_count, pc.sum(t.column('score')).as_py(), len(files))
+"#,
+        &[&root],
+    );
+    let v: Vec<&str> = arrow.split_whitespace().collect();
+    assert_eq!(&v[..3], ["400", "200", "20000.0"], "pyarrow: {arrow}");
+    let old_files = parquet_files(&setup.lake()).len();
+    assert!(old_files >= 2, "files of both versions");
+}
+
+/// A crash after the batch of a new schema version uploaded its files and
+/// before it committed: the restart replays the intent, which names version
+/// 2, and writes the very same bytes under the same keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_in_the_first_batch_of_a_new_version_replays_identical_files() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 1).await;
+    let setup = Setup::new(&stream);
+    setup.config("unknown_fields = \"evolve\"\n");
+    let mut consumer = setup.start(&[]);
+    let old = put_records(&client, &stream, &keyed(events(100, 87, 1))).await;
+    setup.wait_committed(&old, Duration::from_secs(60)).await;
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+
+    let new = put_records(&client, &stream, &keyed(with_coupons(events(100, 88, 1)))).await;
+    let mut crashing = setup.start(&[("SHARDLAKE_CRASH_AT", "before_commit:1")]);
+    let status = tokio::task::spawn_blocking(move || crashing.wait().unwrap()).await.unwrap();
+    assert!(!status.success() && setup.log().contains("aborting at before_commit"), "{}", setup.log());
+    let checkpoint = setup.dir.path().join(format!("checkpoints/shardlake/{stream}"));
+    let state = std::fs::read_to_string(checkpoint.join("shardId-000000000000.json")).unwrap();
+    assert!(state.contains("\"schema_version\": 2"), "{state}");
+    let uploaded = files(&setup.lake());
+
+    let mut consumer = setup.start(&[]);
+    setup.wait_committed(&new, Duration::from_secs(60)).await;
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+    let after = files(&setup.lake());
+    for (name, bytes) in &uploaded {
+        let again = after.iter().find(|(n, _)| n == name).map(|(_, b)| b);
+        assert_eq!(again, Some(bytes), "{name} was rebuilt differently");
+    }
+    assert!(uploaded.iter().any(|(_, b)| b.windows(6).any(|w| w == b"coupon")), "the crashed batch had the column");
+    assert_eq!(setup.duckdb_check(), (200, 200, 0));
+}
