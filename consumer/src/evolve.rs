@@ -226,6 +226,9 @@ async fn next_version(ctx: &Context, current: &Version, missing: &[Column]) -> a
         anyhow::bail!("schema version {number} was stored, then not found in {}", ctx.checkpoints.url());
     };
     let added = if schema == ours { missing.len() } else { 0 };
+    // A crash here leaves the table behind the stored version: the next
+    // start's table check adds the columns (`CatalogTable::evolving`).
+    ctx.crash.hit("after_schema_version");
     if let Some(catalog) = &ctx.catalog {
         catalog.evolve(ctx.settings.table_definition_of(&schema)?).await?;
     }

@@ -158,7 +158,8 @@ impl MemoryBudget {
 
 /// Test hooks: `SHARDLAKE_CRASH_AT=point:n` aborts the process (like
 /// SIGKILL: no flush, no cleanup) the n-th time it reaches `point`
-/// (`after_intent`, `after_upload`, `before_commit`, `after_commit`); `SHARDLAKE_STOP_AT`
+/// (`after_intent`, `after_upload`, `before_commit`, `after_commit`,
+/// `after_schema_version`); `SHARDLAKE_STOP_AT`
 /// instead freezes it there with SIGSTOP (like a long GC pause or a network
 /// partition) until the test sends SIGCONT. Crash-safety and fencing tests
 /// use them to stop the process at exact steps of the exactly-once protocol.

@@ -481,3 +481,33 @@ async fn a_crash_in_the_first_batch_of_a_new_version_replays_identical_files() {
     assert!(uploaded.iter().any(|(_, b)| b.windows(6).any(|w| w == b"coupon")), "the crashed batch had the column");
     assert_eq!(setup.duckdb_check(), (200, 200, 0));
 }
+
+/// A kill after version 2 is stored and before the table has its columns:
+/// nothing with the new column was committed, and the next start's table
+/// check adds them (`UpdateTable`) before the worker goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_before_the_table_update_is_caught_up_by_the_next_start() {
+    let client = kinesis().await;
+    let glue = glue().await;
+    let db = database();
+    let stream = create_stream(&client, 1).await;
+    let setup = Setup::new(&stream);
+    setup.config(&format!("catalog = \"glue://{db}/events\"\ncatalog_create = true\nunknown_fields = \"evolve\"\n"));
+    let landed = put_records(&client, &stream, &keyed(with_coupons(events(100, 89, 1)))).await;
+    let mut crashing = setup.start(&[("SHARDLAKE_CRASH_AT", "after_schema_version:1")]);
+    let status = tokio::task::spawn_blocking(move || crashing.wait().unwrap()).await.unwrap();
+    assert!(!status.success() && setup.log().contains("aborting at after_schema_version"), "{}", setup.log());
+    let checkpoints = setup.dir.path().join(format!("checkpoints/shardlake/{stream}"));
+    assert!(checkpoints.join("schema-v2.toml").exists());
+    let columns = table_columns(&glue, &db).await;
+    assert!(!columns.iter().any(|c| c.starts_with("coupon")), "{columns:?}");
+    assert!(parquet_files(&setup.lake()).is_empty(), "nothing was written before the table had the columns");
+
+    let mut consumer = setup.start(&[]);
+    let columns = table_columns(&glue, &db).await;
+    assert!(columns.contains(&"coupon:string".to_string()) && columns.contains(&"score:double".to_string()));
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+    assert!(setup.log().contains("schema version 2 ("), "{}", setup.log());
+    assert_eq!(setup.duckdb_check(), (100, 100, 0));
+}
