@@ -210,11 +210,13 @@ impl CheckpointStore {
     /// Stores schema version `version` (TOML) unless it is stored already:
     /// the first writer wins and everyone then loads its text. A version
     /// never changes afterwards, so a replayed batch is rebuilt with the
-    /// schema it was first written with.
-    pub async fn save_schema(&self, version: u32, toml: &str) -> Result<()> {
+    /// schema it was first written with. `true` when this call stored it.
+    pub async fn save_schema(&self, version: u32, toml: &str) -> Result<bool> {
         match self {
-            CheckpointStore::File(f) if f.store.exists(&schema_key(version)) => Ok(()),
-            CheckpointStore::File(f) => f.store.put(&schema_key(version), toml.as_bytes().to_vec()).await,
+            CheckpointStore::File(f) if f.store.exists(&schema_key(version)) => Ok(false),
+            CheckpointStore::File(f) => {
+                f.store.put(&schema_key(version), toml.as_bytes().to_vec()).await.map(|()| true)
+            }
             CheckpointStore::DynamoDb(d) => d.save_schema(version, toml).await,
         }
     }

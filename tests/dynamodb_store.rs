@@ -57,8 +57,8 @@ async fn intent_commit_and_schema_round_trip_under_a_held_lease() {
     a.save_schema(1, "second").await.unwrap();
     assert_eq!(a.load_schema(1).await.unwrap().as_deref(), Some("first"), "the first stored schema wins");
     assert_eq!(a.load_schema(2).await.unwrap(), None, "versions are separate items");
-    a.save_schema(2, "v2 first").await.unwrap();
-    a.save_schema(2, "v2 second").await.unwrap();
+    assert!(a.save_schema(2, "v2 first").await.unwrap(), "stored by this call");
+    assert!(!a.save_schema(2, "v2 second").await.unwrap(), "another's is kept");
     assert_eq!(a.load_schema(2).await.unwrap().as_deref(), Some("v2 first"));
     assert_eq!(a.load_schema(1).await.unwrap().as_deref(), Some("first"));
     // Another stream of the same application shares the table, not the items.

@@ -358,18 +358,6 @@ async fn a_catalog_outage_never_holds_commits_and_is_caught_up() {
     assert_eq!(setup.duckdb_check(), (400, 400, 0));
 }
 
-/// `events` with `"coupon":"C{i}","score":{i}.5` added at the end of each.
-fn with_coupons(events: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
-    events
-        .into_iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let text = String::from_utf8(e).unwrap();
-            format!("{},\"coupon\":\"C{i}\",\"score\":{i}.5}}", text.trim_end().strip_suffix('}').unwrap()).into_bytes()
-        })
-        .collect()
-}
-
 /// Column names and types of the Glue table.
 async fn table_columns(glue: &aws_sdk_glue::Client, db: &str) -> Vec<String> {
     let table = glue.get_table().database_name(db).name("events").send().await.unwrap().table.unwrap();

@@ -676,3 +676,38 @@ async fn two_workers_registering_the_same_partitions_leave_one_entry_each() {
     fleet.terminate_all();
     fleet.check_lake(800).await;
 }
+
+/// Schema evolution in a fleet: readers of both workers meet the same new
+/// fields at once; version 2 is stored once (the first writer wins, the
+/// other worker adopts it), the table gets each column once, and every
+/// record lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_meeting_the_same_new_fields_make_one_schema_version() {
+    let client = kinesis().await;
+    let glue = glue().await;
+    let db = unique("fleet").replace('-', "_");
+    let stream = create_stream(&client, 4).await;
+    let top = format!("catalog = \"glue://{db}/events\"\ncatalog_create = true\nunknown_fields = \"evolve\"\n");
+    let mut fleet = Fleet::with_lines(&stream, 2, "10s", &top, "").await;
+    fleet.start(0);
+    fleet.start(1);
+    fleet.wait_balanced(4, 2, Duration::from_secs(60)).await;
+    let mut landed = put_records(&client, &stream, &keyed(events(400, 38, 2))).await;
+    landed.extend(put_records(&client, &stream, &keyed(with_coupons(events(400, 39, 2)))).await);
+    fleet.wait_committed(&landed, Duration::from_secs(90)).await;
+    let metric = |name: &str| -> Vec<f64> { (0..2).map(|i| fleet.metric(i, name)).collect() };
+    assert_eq!(metric("shardlake_consumer_schema_version"), [2.0, 2.0], "{}", fleet.logs());
+    let added: f64 = metric("shardlake_consumer_schema_columns_added_total").iter().sum();
+    assert_eq!(added, 2.0, "one worker added the two columns, the other adopted them\n{}", fleet.logs());
+    let table = glue.get_table().database_name(&db).name("events").send().await.unwrap().table.unwrap();
+    let columns: Vec<&str> = table.storage_descriptor().unwrap().columns().iter().map(|c| c.name()).collect();
+    assert_eq!(columns.iter().filter(|c| **c == "coupon" || **c == "score").count(), 2, "{columns:?}");
+    assert_eq!(columns.last(), Some(&"_extra"));
+    fleet.terminate_all();
+    fleet.check_lake(800).await;
+    let coupons = python(
+        "import sys, duckdb\nprint(duckdb.sql(f\"select count(coupon) from read_parquet('{sys.argv[1]}/**/*.parquet', union_by_name = true)\").fetchall()[0][0])",
+        &[fleet.setup.lake().to_str().unwrap()],
+    );
+    assert_eq!(coupons.trim(), "400");
+}

@@ -525,8 +525,9 @@ impl DynamoCheckpoints {
     }
 
     /// Stores schema version `version` unless it is stored already (the
-    /// first worker to write it wins; the others load its schema).
-    pub async fn save_schema(&self, version: u32, toml: &str) -> Result<()> {
+    /// first worker to write it wins; the others load its schema). `true`
+    /// when this call stored it.
+    pub async fn save_schema(&self, version: u32, toml: &str) -> Result<bool> {
         let put = self
             .client
             .put_item()
@@ -537,8 +538,8 @@ impl DynamoCheckpoints {
             .send()
             .await;
         match put {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => Ok(false),
             Err(e) => Err(self.err("save schema", &e)),
         }
     }

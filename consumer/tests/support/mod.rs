@@ -152,6 +152,18 @@ pub fn events(count: u64, seed: u64, hours: u32) -> Vec<Vec<u8>> {
     buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect()
 }
 
+/// `events` with `"coupon":"C{i}","score":{i}.5` added at the end of each.
+pub fn with_coupons(events: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let text = String::from_utf8(e).unwrap();
+            format!("{},\"coupon\":\"C{i}\",\"score\":{i}.5}}", text.trim_end().strip_suffix('}').unwrap()).into_bytes()
+        })
+        .collect()
+}
+
 /// Keys the events by their `event_id`.
 pub fn keyed(events: Vec<Vec<u8>>) -> Vec<(String, Vec<u8>)> {
     events
@@ -371,7 +383,7 @@ q = """
 select count(*), count(distinct event_id),
        count(*) filter (where year::int <> year(ts at time zone 'UTC') or month::int <> month(ts at time zone 'UTC')
                         or day::int <> day(ts at time zone 'UTC') or hour::int <> hour(ts at time zone 'UTC'))
-from read_parquet(? , hive_partitioning = true, hive_types_autocast = false)
+from read_parquet(? , hive_partitioning = true, hive_types_autocast = false, union_by_name = true)
 """
 print(*duckdb.sql(q.replace('?', repr(sys.argv[1] + '/**/*.parquet'))).fetchall()[0])
 "#,
