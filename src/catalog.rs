@@ -287,6 +287,9 @@ pub struct CatalogPartition {
     pub location: String,
 }
 
+/// Partitions a table remembers as registered, at most (about 10 MiB).
+const MAX_KNOWN_PARTITIONS: usize = 100_000;
+
 /// One lake table in Glue, and the partitions known to be registered.
 #[derive(Debug)]
 pub struct CatalogTable {
@@ -298,7 +301,8 @@ pub struct CatalogTable {
     mode: PartitionMode,
     /// Columns added to the schema are added to the table (`evolve`).
     evolving: bool,
-    /// Partition paths known to be in the catalog.
+    /// Partition paths known to be in the catalog (at most
+    /// [`MAX_KNOWN_PARTITIONS`]).
     known: Mutex<HashSet<String>>,
 }
 
@@ -525,6 +529,12 @@ impl CatalogTable {
                 });
             }
             let mut known = self.known.lock().expect("catalog lock");
+            if known.len() + by_values.len() > MAX_KNOWN_PARTITIONS {
+                // Forgetting costs one more call per partition, answered
+                // "already exists"; it bounds the memory of templates with
+                // many `!{field:...}` values.
+                known.clear();
+            }
             for (values, path) in &by_values {
                 if !failed.contains(values) {
                     known.insert((*path).clone());

@@ -759,6 +759,9 @@ mod tests {
             (format!("{MINIMAL}catalog_create = true\n"), "catalog_create: set catalog"),
             (format!("{MINIMAL}catalog_partitions = \"crawler\"\n"), "`register`"),
             (MINIMAL.replace("schema.toml", "glue://lake"), "schema: `glue://lake` has no table"),
+            (format!("{MINIMAL}unknown_fields = \"grow\"\n"), "`evolve`"),
+            (format!("{MINIMAL}unknown_fields = \"evolve\"\nevolve_min_records = 0\n"), "evolve_min_records: must be"),
+            (format!("{MINIMAL}evolve_min_records = 5\n"), "only used with unknown_fields = \"evolve\""),
         ];
         for (text, want) in cases {
             let err = format!("{:#}", resolve(&text).unwrap_err());

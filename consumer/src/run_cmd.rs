@@ -72,6 +72,13 @@ pub fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
         ),
         None => outln!("schema            inferred from the first {} records of the stream", c.infer_sample),
     }
+    if c.unknown_fields == UnknownFieldPolicy::Evolve {
+        outln!(
+            "evolution         new top-level fields become columns in their record #{} of a batch; \
+             versions stored beside the checkpoints",
+            c.evolve_min_records
+        );
+    }
     if let Some(table) = &s.catalog {
         outln!(
             "catalog           {table} ({:?} partitions{})",

@@ -7,7 +7,7 @@
 //! then go into files of the next schema version, with the field as a column.
 //! Records before it (with `min_records` above 1) keep the field in `_extra`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::{Column, EXTRA_COLUMN, MAX_INFERRED_FIELDS, Schema, SchemaInferrer};
 use crate::json::{Kind, Parser};
@@ -28,9 +28,12 @@ pub fn valid_column_name(name: &str) -> bool {
 /// lacks, and says which become columns.
 #[derive(Debug, Clone)]
 pub struct FieldWatch {
-    /// Lower-cased names a new column may not take: the columns (Athena
-    /// folds case) and the partition keys (values in paths only).
-    taken: Vec<String>,
+    /// The columns' and partition keys' names, as written: most keys of
+    /// most records, passed over at the cost of one lookup.
+    known: HashSet<String>,
+    /// The same lower-cased: names a new column may not take (Athena folds
+    /// case; partition values live in paths only).
+    taken: HashSet<String>,
     /// Columns the schema may still gain ([`MAX_INFERRED_FIELDS`] in all).
     room: usize,
     min_records: u64,
@@ -44,9 +47,10 @@ impl FieldWatch {
     /// A watch for a batch written with `schema` under a template with
     /// `partition_keys`; a field becomes due in its `min_records`-th record.
     pub fn new(schema: &Schema, partition_keys: &[String], min_records: u64) -> Self {
-        let taken =
-            schema.columns.iter().map(|c| &c.name).chain(partition_keys).map(|n| n.to_ascii_lowercase()).collect();
+        let known: HashSet<String> = schema.columns.iter().map(|c| &c.name).chain(partition_keys).cloned().collect();
+        let taken = known.iter().map(|n| n.to_ascii_lowercase()).collect();
         FieldWatch {
+            known,
             taken,
             room: MAX_INFERRED_FIELDS.saturating_sub(schema.columns.len()),
             min_records: min_records.max(1),
@@ -72,16 +76,17 @@ impl FieldWatch {
         let mut first = true;
         loop {
             let key = match p.next_key(first, &mut scratch) {
-                Ok(Some(k)) => k.to_string(),
+                Ok(Some(k)) if self.known.contains(k) => None,
+                Ok(Some(k)) => Some(k.to_string()),
                 Ok(None) => break,
                 Err(_) => return Vec::new(),
             };
             first = false;
             let Ok(value) = p.skip() else { return Vec::new() };
-            let lower = key.to_ascii_lowercase();
+            let Some(key) = key else { continue };
             if value != "null"
                 && valid_column_name(&key)
-                && !self.taken.contains(&lower)
+                && !self.taken.contains(&key.to_ascii_lowercase())
                 && !out.iter().any(|(k, _): &(String, &str)| k.eq_ignore_ascii_case(&key))
             {
                 out.push((key, value));
@@ -128,7 +133,11 @@ impl FieldWatch {
         let mut counts = self.counts.clone();
         for (keys, _) in &seen {
             for key in keys.split('\n') {
-                *counts.entry(key.to_string()).or_default() += 1;
+                // Past the cap, fields not counted yet stay in `_extra`: a
+                // stream of ever-new keys cannot grow the map without bound.
+                if counts.len() < MAX_INFERRED_FIELDS || counts.contains_key(key) {
+                    *counts.entry(key.to_string()).or_default() += 1;
+                }
             }
         }
         let mut due: Vec<&String> = counts.iter().filter(|(_, n)| **n >= self.min_records).map(|(k, _)| k).collect();
@@ -207,6 +216,16 @@ mod tests {
             full.columns.push(Column { name: format!("c{i}"), ty: "int".parse().unwrap(), required: false });
         }
         assert!(FieldWatch::new(&full, &[], 1).observe(&[br#"{"new":1}"#]).is_empty());
+    }
+
+    #[test]
+    fn ever_new_keys_are_counted_up_to_a_cap() {
+        let mut w = FieldWatch::new(&schema(), &[], 2);
+        for i in 0..MAX_INFERRED_FIELDS + 500 {
+            assert!(w.observe(&[format!("{{\"k{i}\":1}}").as_bytes()]).is_empty());
+        }
+        assert_eq!(w.counts.len(), MAX_INFERRED_FIELDS);
+        assert_eq!(names(&w.observe(&[br#"{"k7":2}"#])), "k7:bigint", "counted fields still become columns");
     }
 
     #[test]
