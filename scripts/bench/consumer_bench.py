@@ -65,10 +65,10 @@ def put_all(kinesis, stream, lines, key=lambda i, line: str(i)):
             sys.exit("records could not be put")
 
 
-def write_config(path, stream, lake, checkpoints, schema, max_age):
+def write_config(path, stream, lake, checkpoints, schema, max_age, extra=""):
     with open(path, "w") as f:
         f.write(f'stream = "{stream}"\ndestination = "{lake}"\ncheckpoint_store = "file://{checkpoints}"\n'
-                f'schema = "{schema}"\ntime_field = "ts"\n'
+                f'schema = "{schema}"\ntime_field = "ts"\n{extra}'
                 f'[buffer]\nmax_age = "{max_age}"\n[polling]\nidle_interval = "200ms"\nshard_refresh = "2s"\n'
                 f'[metrics]\naddress = "127.0.0.1:0"\n')
 
@@ -141,13 +141,13 @@ def fresh_dir(a, name):
     return tempfile.mkdtemp(prefix=f"{name}-", dir=runs)
 
 
-def consume_all(a, stream, want, name, env=None):
+def consume_all(a, stream, want, name, env=None, extra=""):
     """One consumer run over a whole stream (fresh lake and checkpoints):
     (wall, CPU seconds); the lake's row count is checked."""
     lake, checkpoints = fresh_dir(a, f"{name}-lake"), fresh_dir(a, f"{name}-checkpoints")
     config = os.path.join(a.dir, f"{name}.toml")
     # Batches as large as convert's: read everything, then SIGTERM flushes it all.
-    write_config(config, stream, lake, checkpoints, a.schema, "300s")
+    write_config(config, stream, lake, checkpoints, a.schema, "300s", extra)
     wall, cpu = run_consumer(a.bin, config, os.path.join(a.dir, f"{name}.log"), want, 1800, until=READ, env=env)
     rows = lake_rows(lake)
     if rows != want:
@@ -195,7 +195,7 @@ def throughput(a, kinesis):
         print(f"pre-filled {stream}: {len(lines)} records, {size / 1e6:.1f} MB, {a.shards} shards, "
               f"in {time.monotonic() - t:.1f} s")
     replay, endpoint = start_replay_endpoint(a)
-    runs = {"convert": [], "convert_shards": [], "kinesalite": [], "emulator": [], "replay": []}
+    runs = {"convert": [], "convert_shards": [], "kinesalite": [], "emulator": [], "replay": [], "evolve": []}
     try:
         for _ in range(a.runs):
             runs["convert"].append(run_convert(a, [a.input]))
@@ -204,8 +204,12 @@ def throughput(a, kinesis):
                 emu_before = proc_cpu(a.emulator_pid)
                 runs["kinesalite"].append(consume_all(a, stream, len(lines), "consumer"))
                 runs["emulator"].append(proc_cpu(a.emulator_pid) - emu_before)
-            runs["replay"].append(consume_all(a, "replay", len(lines), "replay",
-                                              env=dict(os.environ, AWS_ENDPOINT_URL_KINESIS=endpoint)))
+            replay_env = dict(os.environ, AWS_ENDPOINT_URL_KINESIS=endpoint)
+            runs["replay"].append(consume_all(a, "replay", len(lines), "replay", env=replay_env))
+            # The same with schema evolution on: every record is watched for
+            # new fields (the events have none, so no column is added).
+            runs["evolve"].append(consume_all(a, "replay", len(lines), "evolve", env=replay_env,
+                                              extra='unknown_fields = "evolve"\n'))
     finally:
         replay.terminate()
         replay.wait()
@@ -218,7 +222,8 @@ def throughput(a, kinesis):
     print(f"{len(lines)} events, {size / 1e6:.1f} MB, {a.shards} shards; medians of {a.runs} interleaved runs")
     print(f"{'':<32} {'CPU s':>8} {'CPU s/GB':>9} {'MB/CPU-s':>9} {'wall s':>8} {'MB/s wall':>10}")
     rows = [("convert (file)", "convert"), ("convert, each shard's records", "convert_shards"),
-            ("consumer (kinesalite)", "kinesalite"), ("consumer (replay endpoint)", "replay")]
+            ("consumer (kinesalite)", "kinesalite"), ("consumer (replay endpoint)", "replay"),
+            ("consumer (replay, evolve)", "evolve")]
     for name, key in rows:
         if runs[key]:
             c, w = med(key, 1), med(key, 0)
@@ -233,6 +238,9 @@ def throughput(a, kinesis):
     else:
         print(f"consumer per-core rate vs convert: {convert_cpu / replay_cpu:.2f}x from the replay endpoint "
               f"(target >= 0.8x)")
+    evolve_cpu = med("evolve", 1)
+    print(f"unknown_fields = \"evolve\" (every record watched for new fields, none found): "
+          f"{(evolve_cpu / replay_cpu - 1) * 100:+.0f}% CPU over the same consumer run (replay endpoint)")
     # Where the consumer's extra CPU goes: writing a file per shard and
     # partition (the exactly-once contract), then reading Kinesis.
     extra = replay_cpu - convert_cpu
@@ -242,7 +250,7 @@ def throughput(a, kinesis):
           f"{replay_cpu - shards_cpu:.2f} s reading Kinesis and running the shard readers")
     return {"records": len(lines), "bytes": size, "runs": runs, "convert_cpu": convert_cpu,
             "convert_shards_cpu": shards_cpu, "consumer_cpu": cpu, "replay_cpu": replay_cpu,
-            "emulator_cpu": emu_cpu, "ratio": convert_cpu / cpu if runs["kinesalite"] else None,
+            "emulator_cpu": emu_cpu, "evolve_cpu": evolve_cpu, "ratio": convert_cpu / cpu if runs["kinesalite"] else None,
             "ratio_replay": convert_cpu / replay_cpu}
 
 

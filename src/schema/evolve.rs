@@ -87,7 +87,9 @@ impl FieldWatch {
             if value != "null"
                 && valid_column_name(&key)
                 && !self.taken.contains(&key.to_ascii_lowercase())
-                && !out.iter().any(|(k, _): &(String, &str)| k.eq_ignore_ascii_case(&key))
+                // `Coupon` beside `coupon` stays in `_extra`; `coupon` twice is
+                // kept twice, to type the column by both values.
+                && !out.iter().any(|(k, _): &(String, &str)| *k != key && k.eq_ignore_ascii_case(&key))
             {
                 out.push((key, value));
             }
@@ -105,49 +107,45 @@ impl FieldWatch {
     /// before this record, and the next one, written with those columns,
     /// takes it. Otherwise the fields are counted and the answer is empty.
     pub fn observe(&mut self, records: &[&[u8]]) -> Vec<Column> {
-        let mut seen: Vec<(String, String)> = Vec::new();
-        let mut sample = String::new();
+        // Each candidate once per user record that has it, and every value of
+        // it: a key given twice in one record is decoded (and checked) twice.
+        let mut names: Vec<String> = Vec::new();
+        let mut samples: Vec<String> = Vec::new();
         for raw in records {
             let Ok(text) = std::str::from_utf8(raw) else { continue };
             let fields = self.candidates(text);
-            if fields.is_empty() {
-                continue;
-            }
-            // One object of this record's candidates, to type their values.
-            sample.clear();
-            sample.push('{');
             for (i, (key, value)) in fields.iter().enumerate() {
-                if i > 0 {
-                    sample.push(',');
+                samples.push(format!("{{{}:{value}}}", serde_json::to_string(key).expect("strings serialize")));
+                if !fields[..i].iter().any(|(k, _)| k == key) {
+                    names.push(key.clone());
                 }
-                sample.push_str(&serde_json::to_string(key).expect("strings serialize"));
-                sample.push(':');
-                sample.push_str(value);
             }
-            sample.push('}');
-            seen.push((fields.into_iter().map(|(k, _)| k).collect::<Vec<_>>().join("\n"), sample.clone()));
         }
-        if seen.is_empty() {
+        if names.is_empty() {
             return Vec::new();
         }
-        let mut counts = self.counts.clone();
-        for (keys, _) in &seen {
-            for key in keys.split('\n') {
-                // Past the cap, fields not counted yet stay in `_extra`: a
+        let mut added: HashMap<&str, u64> = HashMap::new();
+        for name in &names {
+            *added.entry(name).or_default() += 1;
+        }
+        let mut due: Vec<&str> = added
+            .iter()
+            .filter(|(k, n)| self.counts.get(**k).copied().unwrap_or(0) + **n >= self.min_records)
+            .map(|(k, _)| *k)
+            .collect();
+        if due.is_empty() {
+            for (key, n) in added {
+                // Past the cap, fields not counted yet are not counted: a
                 // stream of ever-new keys cannot grow the map without bound.
-                if counts.len() < MAX_INFERRED_FIELDS || counts.contains_key(key) {
-                    *counts.entry(key.to_string()).or_default() += 1;
+                if self.counts.len() < MAX_INFERRED_FIELDS || self.counts.contains_key(key) {
+                    *self.counts.entry(key.to_string()).or_default() += n;
                 }
             }
-        }
-        let mut due: Vec<&String> = counts.iter().filter(|(_, n)| **n >= self.min_records).map(|(k, _)| k).collect();
-        if due.is_empty() {
-            self.counts = counts;
-            seen.iter().for_each(|(_, s)| self.values.observe_line(s.as_bytes()));
+            samples.iter().for_each(|s| self.values.observe_line(s.as_bytes()));
             return Vec::new();
         }
         let mut values = self.values.clone();
-        seen.iter().for_each(|(_, s)| values.observe_line(s.as_bytes()));
+        samples.iter().for_each(|s| values.observe_line(s.as_bytes()));
         due.sort();
         let Some(schema) = values.finish() else { return Vec::new() };
         let mut columns: Vec<Column> =
@@ -205,6 +203,15 @@ mod tests {
         assert_eq!(names(&w.observe(&[br#"{"n":2}"#, br#"{"n":2.5}"#])), "n:double");
         assert!(w.observe(&[br#"{"n":2}"#]).is_empty());
         assert_eq!(names(&w.observe(&[br#"{"n":3}"#])), "n:bigint");
+    }
+
+    /// Found by `scripts/fuzz schema_evolve` (fuzz/regressions/schema_evolve/):
+    /// a key given twice was typed by its first value only, and the decoder,
+    /// which checks both, refused the record under the new column.
+    #[test]
+    fn a_key_given_twice_is_typed_by_both_values() {
+        let mut w = FieldWatch::new(&schema(), &[], 1);
+        assert_eq!(names(&w.observe(&[br#"{"id":1,"coupon":1,"coupon":"x"}"#])), "coupon:string");
     }
 
     #[test]
