@@ -31,6 +31,9 @@ pub struct FieldWatch {
     /// The columns' and partition keys' names, as written: most keys of
     /// most records, passed over at the cost of one lookup.
     known: HashSet<String>,
+    /// The columns' names in schema order: records mostly list their keys
+    /// in that order, so the next key is usually the next of these.
+    order: Vec<String>,
     /// The same lower-cased: names a new column may not take (Athena folds
     /// case; partition values live in paths only).
     taken: HashSet<String>,
@@ -52,6 +55,7 @@ impl FieldWatch {
         FieldWatch {
             known,
             taken,
+            order: schema.columns.iter().map(|c| c.name.clone()).collect(),
             room: MAX_INFERRED_FIELDS.saturating_sub(schema.columns.len()),
             min_records: min_records.max(1),
             counts: HashMap::new(),
@@ -64,6 +68,22 @@ impl FieldWatch {
     /// not an object or not valid JSON (it goes to the error output), or
     /// when the schema is full.
     fn candidates<'t>(&self, text: &'t str) -> Vec<(String, &'t str)> {
+        if !self.may_have_new_keys(text) {
+            return Vec::new();
+        }
+        self.parse_candidates(text)
+    }
+
+    /// The candidate names of `text`, with or without the quick scan first
+    /// (for the fuzz target, which checks that both agree).
+    #[doc(hidden)]
+    pub fn candidate_names(&self, text: &str, quick: bool) -> Vec<String> {
+        let found = if quick { self.candidates(text) } else { self.parse_candidates(text) };
+        found.into_iter().map(|(k, _)| k).collect()
+    }
+
+    /// [`FieldWatch::candidates`] by a full parse.
+    fn parse_candidates<'t>(&self, text: &'t str) -> Vec<(String, &'t str)> {
         let mut out = Vec::new();
         if self.room == 0 {
             return out;
@@ -100,6 +120,68 @@ impl FieldWatch {
         out
     }
 
+    /// Whether a top-level key of `text` is not a known name, by a scan that
+    /// only follows strings and brackets: most records have only known keys,
+    /// and this skips their full parse. Anything it is unsure of (an escaped
+    /// key, an unterminated string) answers `true`, and the full parse
+    /// decides.
+    fn may_have_new_keys(&self, text: &str) -> bool {
+        let b = text.as_bytes();
+        let (mut i, mut depth, mut expect_key, mut next) = (0, 0u32, false, 0);
+        while i < b.len() {
+            match b[i] {
+                b'"' => {
+                    let start = i + 1;
+                    let mut end = start;
+                    let mut escaped = false;
+                    loop {
+                        let Some(k) = b.get(end..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) else {
+                            return true;
+                        };
+                        end += k;
+                        if b[end] == b'"' {
+                            break;
+                        }
+                        escaped = true;
+                        end += 2;
+                    }
+                    if depth == 1 && expect_key {
+                        if escaped {
+                            return true;
+                        }
+                        let key = &text[start..end];
+                        if self.order.get(next).is_some_and(|n| n == key) {
+                            next += 1;
+                        } else if !self.known.contains(key) {
+                            return true;
+                        }
+                        expect_key = false;
+                    }
+                    i = end + 1;
+                }
+                b'{' => {
+                    depth += 1;
+                    expect_key = depth == 1;
+                    i += 1;
+                }
+                b'[' => {
+                    depth += 1;
+                    i += 1;
+                }
+                b'}' | b']' => {
+                    depth = depth.saturating_sub(1);
+                    i += 1;
+                }
+                b',' => {
+                    expect_key = depth == 1;
+                    i += 1;
+                }
+                _ => i += 1,
+            }
+        }
+        false
+    }
+
     /// Observes the user records of one Kinesis record (several for a KPL
     /// aggregate, which is never split between batches). When this would
     /// make a field due, nothing is counted and the new columns are returned
@@ -113,7 +195,15 @@ impl FieldWatch {
         let mut samples: Vec<String> = Vec::new();
         for raw in records {
             let Ok(text) = std::str::from_utf8(raw) else { continue };
-            let fields = self.candidates(text);
+            let mut fields = self.candidates(text);
+            // A value inference cannot read (a number beyond any double) types
+            // nothing: its field stays in `_extra` for this record.
+            let unreadable: Vec<String> = fields
+                .iter()
+                .filter(|(_, v)| sonic_rs::from_str::<sonic_rs::Value>(v).is_err())
+                .map(|(k, _)| k.clone())
+                .collect();
+            fields.retain(|(k, _)| !unreadable.contains(k));
             for (i, (key, value)) in fields.iter().enumerate() {
                 samples.push(format!("{{{}:{value}}}", serde_json::to_string(key).expect("strings serialize")));
                 if !fields[..i].iter().any(|(k, _)| k == key) {
@@ -203,6 +293,49 @@ mod tests {
         assert_eq!(names(&w.observe(&[br#"{"n":2}"#, br#"{"n":2.5}"#])), "n:double");
         assert!(w.observe(&[br#"{"n":2}"#]).is_empty());
         assert_eq!(names(&w.observe(&[br#"{"n":3}"#])), "n:bigint");
+    }
+
+    #[test]
+    fn the_quick_scan_never_misses_a_new_key() {
+        let w = FieldWatch::new(&schema(), &["year".into()], 1);
+        let known = [
+            r#"{"id":1,"Name":"x"}"#,
+            r#"{"Name":"a\"b,\"c\":1","id":[{"zz":1},"q,\"r\""],"year":"2026"}"#,
+            r#"{"id":{"new":{"deeper":[1,{"x":2}]}}}"#,
+            "[1,2]",
+            "",
+        ];
+        for text in known {
+            assert!(!w.may_have_new_keys(text), "{text}");
+        }
+        let new = [
+            r#"{"id":1,"coupon":"x"}"#,
+            r#"{"id":{"a":[1,{"b":2}]},"coupon":1}"#,
+            r#"{"Name":"a\"},{\"x","coupon":1}"#,
+            r#" { "id" : 1 , "coupon" : 2 } "#,
+            r#"{"co\u0075pon":1}"#,
+            r#"{"id":"unterminated"#,
+            r#"{"name":1}"#,
+        ];
+        for text in new {
+            assert!(w.may_have_new_keys(text), "{text}");
+        }
+        for text in known.iter().chain(&new) {
+            assert_eq!(w.candidate_names(text, true), w.candidate_names(text, false), "{text}");
+        }
+        assert_eq!(w.candidate_names(new[0], true), ["coupon"]);
+    }
+
+    /// Found by `scripts/fuzz schema_evolve`: a number beyond any double
+    /// made the field due, typed by its other values, and its own record
+    /// then failed the new column.
+    #[test]
+    fn a_value_no_type_holds_leaves_its_field_in_extra() {
+        let mut w = FieldWatch::new(&schema(), &[], 2);
+        assert!(w.observe(&[br#"{"a":2.5}"#]).is_empty());
+        assert!(w.observe(&[br#"{"a":2.0e1291940006561404241}"#]).is_empty());
+        assert!(w.observe(&[br#"{"a":[1e999],"b":1}"#]).is_empty());
+        assert_eq!(names(&w.observe(&[br#"{"a":3.5}"#])), "a:double");
     }
 
     /// Found by `scripts/fuzz schema_evolve` (fuzz/regressions/schema_evolve/):
