@@ -98,10 +98,7 @@ async fn survey(config: &Path, create: bool) -> anyhow::Result<Survey> {
     let settings = settings.with_schema(schema);
     let c = &settings.config;
     let template = settings.table.template.clone();
-    let mut table = CatalogTable::new(glue, name, template.clone(), settings.table_definition()?, c.catalog_partitions);
-    if c.unknown_fields == UnknownFieldPolicy::Evolve {
-        table = table.evolving();
-    }
+    let table = settings.catalog_table(glue, name, settings.table_definition()?);
     table.ensure(create).await?;
 
     let lake = ObjectStore::open(&c.destination, &settings.s3).await?;

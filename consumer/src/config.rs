@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use shardlake::catalog::{GLUE_SCHEME, PartitionMode, TableName};
+use shardlake::catalog::{CatalogTable, GLUE_SCHEME, PartitionMode, TableName};
 use shardlake::partition::{DEFAULT_TEMPLATE, PartitionTemplate, TimeSource};
 use shardlake::pipeline::{DEFAULT_MAX_RECORD_BYTES, TableSpec, folder_prefix, partition_budget};
 use shardlake::schema::{Schema, TableDefinition, UnknownFieldPolicy, table_definition};
@@ -497,6 +497,13 @@ impl Settings {
         let t = &self.table;
         let projection = self.config.catalog_partitions.projection();
         Ok(table_definition(schema, &t.template, t.unknown_fields, &location, projection)?)
+    }
+
+    /// The catalog table `name` for a lake of `def`; under `evolve` it
+    /// takes the columns the lake adds.
+    pub fn catalog_table(&self, glue: aws_sdk_glue::Client, name: TableName, def: TableDefinition) -> CatalogTable {
+        let table = CatalogTable::new(glue, name, self.table.template.clone(), def, self.config.catalog_partitions);
+        if self.config.unknown_fields == UnknownFieldPolicy::Evolve { table.evolving() } else { table }
     }
 
     /// Sets the schema (the inferred one).

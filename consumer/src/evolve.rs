@@ -143,28 +143,23 @@ pub async fn latest(checkpoints: &CheckpointStore, base: &Schema) -> anyhow::Res
     Ok(newest)
 }
 
-/// Why [`evolve`] returned without a version.
-pub enum Stopped {
-    /// The reader is stopping (shutdown or a lost lease).
-    Cancelled,
-}
-
 /// The version that has `columns` (a batch of `from` met them): the current
 /// one if it has them already, else a new one, stored and in the table
 /// before it is returned. Failures are retried with back-off (the shard
-/// waits; `/healthz` names the cause) until they pass or the reader stops.
+/// waits; `/healthz` names the cause) until they pass, or `None` once
+/// either of `cancels` fires (shutdown, a lost lease).
 pub async fn evolve(
     ctx: &Context,
     shard: &str,
     from: u32,
     columns: &[Column],
     cancels: [&CancellationToken; 2],
-) -> Result<Version, Stopped> {
+) -> Option<Version> {
     let schemas = &ctx.schemas;
     let _turn = tokio::select! {
         turn = schemas.evolving.lock() => turn,
-        _ = cancels[0].cancelled() => return Err(Stopped::Cancelled),
-        _ = cancels[1].cancelled() => return Err(Stopped::Cancelled),
+        _ = cancels[0].cancelled() => return None,
+        _ = cancels[1].cancelled() => return None,
     };
     let mut attempt = 0;
     loop {
@@ -175,7 +170,7 @@ pub async fn evolve(
             .cloned()
             .collect();
         if missing.is_empty() {
-            return Ok(current);
+            return Some(current);
         }
         match next_version(ctx, &current, &missing).await {
             Ok((version, added)) => {
@@ -207,8 +202,8 @@ pub async fn evolve(
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = cancels[0].cancelled() => return Err(Stopped::Cancelled),
-                    _ = cancels[1].cancelled() => return Err(Stopped::Cancelled),
+                    _ = cancels[0].cancelled() => return None,
+                    _ = cancels[1].cancelled() => return None,
                 }
             }
         }

@@ -495,13 +495,10 @@ impl Reader {
                 waiting.extend(rest);
                 self.flush(FlushReason::Schema, false).await?;
                 let from = self.batch.version();
-                let version =
-                    match crate::evolve::evolve(&self.ctx, &self.shard, from, &columns, [&self.cancel, &self.lost])
-                        .await
-                    {
-                        Ok(version) => version,
-                        Err(crate::evolve::Stopped::Cancelled) => return Ok(false),
-                    };
+                let cancels = [&self.cancel, &self.lost];
+                let Some(version) = crate::evolve::evolve(&self.ctx, &self.shard, from, &columns, cancels).await else {
+                    return Ok(false);
+                };
                 self.batch = self.batch_of(&version);
                 evolved_for = Some(columns);
                 records = waiting;

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use shardlake::catalog::CatalogTable;
 use shardlake::checkpoint::{CheckpointStore, FleetOptions};
 use shardlake::schema::UnknownFieldPolicy;
 use shardlake::store::ObjectStore;
@@ -180,16 +179,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let registrar = match (&settings.catalog, glue) {
         (Some(name), Some(glue)) => {
             let c = &settings.config;
-            let mut table = CatalogTable::new(
-                glue,
-                name.clone(),
-                settings.table.template.clone(),
-                settings.table_definition_of(&current.spec.schema)?,
-                c.catalog_partitions,
-            );
-            if c.unknown_fields == UnknownFieldPolicy::Evolve {
-                table = table.evolving();
-            }
+            let table = settings.catalog_table(glue, name.clone(), settings.table_definition_of(&current.spec.schema)?);
             let ensured = crate::catalog::ensure_at_start(&table, c.catalog_create).await?;
             Some(Arc::new(Registrar::new(table, c.catalog_create, ensured)))
         }

@@ -145,9 +145,7 @@ async fn a_kill_between_commit_and_registration_still_registers_the_partition() 
     let records = keyed(events(300, 82, 3));
     let landed = put_records(&client, &stream, &records).await;
 
-    let mut crashing = setup.start(&[("SHARDLAKE_CRASH_AT", "after_commit:1")]);
-    let status = tokio::task::spawn_blocking(move || crashing.wait().unwrap()).await.unwrap();
-    assert!(!status.success() && setup.log().contains("aborting at after_commit"), "{}", setup.log());
+    setup.run_until_crash("after_commit:1").await;
     assert!(setup.log().contains(&format!("read a schema of 13 columns from glue://{db}/events")), "{}", setup.log());
     let committed = lake_partitions(&setup.lake(), &location);
     assert!(!committed.is_empty());
@@ -450,9 +448,7 @@ async fn a_crash_in_the_first_batch_of_a_new_version_replays_identical_files() {
     assert!(terminate(&mut consumer).success(), "{}", setup.log());
 
     let new = put_records(&client, &stream, &keyed(with_coupons(events(100, 88, 1)))).await;
-    let mut crashing = setup.start(&[("SHARDLAKE_CRASH_AT", "before_commit:1")]);
-    let status = tokio::task::spawn_blocking(move || crashing.wait().unwrap()).await.unwrap();
-    assert!(!status.success() && setup.log().contains("aborting at before_commit"), "{}", setup.log());
+    setup.run_until_crash("before_commit:1").await;
     let checkpoint = setup.dir.path().join(format!("checkpoints/shardlake/{stream}"));
     let state = std::fs::read_to_string(checkpoint.join("shardId-000000000000.json")).unwrap();
     assert!(state.contains("\"schema_version\": 2"), "{state}");
@@ -482,9 +478,7 @@ async fn a_kill_before_the_table_update_is_caught_up_by_the_next_start() {
     let setup = Setup::new(&stream);
     setup.config(&format!("catalog = \"glue://{db}/events\"\ncatalog_create = true\nunknown_fields = \"evolve\"\n"));
     let landed = put_records(&client, &stream, &keyed(with_coupons(events(100, 89, 1)))).await;
-    let mut crashing = setup.start(&[("SHARDLAKE_CRASH_AT", "after_schema_version:1")]);
-    let status = tokio::task::spawn_blocking(move || crashing.wait().unwrap()).await.unwrap();
-    assert!(!status.success() && setup.log().contains("aborting at after_schema_version"), "{}", setup.log());
+    setup.run_until_crash("after_schema_version:1").await;
     let checkpoints = setup.dir.path().join(format!("checkpoints/shardlake/{stream}"));
     assert!(checkpoints.join("schema-v2.toml").exists());
     let columns = table_columns(&glue, &db).await;

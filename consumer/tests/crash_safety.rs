@@ -22,10 +22,7 @@ async fn crash_then_recover(crash_at: &str) {
     let records = keyed(events(RECORDS as u64, 11, 8));
     let landed = put_records(&client, &stream, &records).await;
 
-    let mut crashing = setup.start(&[("SHARDLAKE_CRASH_AT", crash_at)]);
-    let status = tokio::task::spawn_blocking(move || crashing.wait().unwrap()).await.unwrap();
-    assert!(!status.success(), "expected a crash at {crash_at}");
-    assert!(setup.log().contains(&format!("aborting at {}", crash_at.split(':').next().unwrap())), "{}", setup.log());
+    setup.run_until_crash(crash_at).await;
     let partial = setup.lake_rows();
 
     let mut consumer = setup.start(&[]);

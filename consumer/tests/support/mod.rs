@@ -228,6 +228,16 @@ impl Setup {
         path
     }
 
+    /// Runs the consumer with `SHARDLAKE_CRASH_AT=crash_at` (`point:n`) until
+    /// it aborts there; panics if it exits any other way.
+    pub async fn run_until_crash(&self, crash_at: &str) {
+        let mut crashing = self.start(&[("SHARDLAKE_CRASH_AT", crash_at)]);
+        let status = tokio::task::spawn_blocking(move || crashing.wait().unwrap()).await.unwrap();
+        let point = crash_at.split(':').next().unwrap();
+        assert!(!status.success(), "expected a crash at {crash_at}");
+        assert!(self.log().contains(&format!("aborting at {point}")), "{}", self.log());
+    }
+
     /// Starts `shardlake-consumer run` with `env` added, and waits until it
     /// serves metrics (so it handles signals).
     pub fn start(&self, env: &[(&str, &str)]) -> Child {
