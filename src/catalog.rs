@@ -193,18 +193,61 @@ pub fn table_input(name: &TableName, def: &TableDefinition) -> TableInput {
         .expect("name is set")
 }
 
-/// Type names compared the way Glue and Athena read them: parsed, so case
-/// and spaces do not matter; as lower-case text when they do not parse.
-fn same_type(a: &str, b: &str) -> bool {
-    match (a.parse::<HiveType>(), b.parse::<HiveType>()) {
+/// Whether a table's declared type `theirs` holds what the lake writes as
+/// `ours`: the same type read the way Glue and Athena read them (parsed, so
+/// case and spaces do not matter, and `varchar(n)` and `char(n)` hold
+/// `string`); as text when they do not parse.
+fn type_fits(theirs: &str, ours: &str) -> bool {
+    match (theirs.parse::<HiveType>(), ours.parse::<HiveType>()) {
         (Ok(x), Ok(y)) => x == y,
-        _ => a.replace(' ', "").eq_ignore_ascii_case(&b.replace(' ', "")),
+        _ => theirs.replace(' ', "").eq_ignore_ascii_case(&ours.replace(' ', "")),
     }
 }
 
-/// Every way `table` differs from what the lake writes (`def`, `mode`),
-/// one line each; empty when it fits.
-pub fn differences(def: &TableDefinition, mode: PartitionMode, table: &Table) -> Vec<String> {
+/// A declared type as a type the lake can write (`varchar(64)` as `string`).
+pub fn lake_type(declared: &str) -> std::result::Result<HiveType, crate::schema::TypeParseError> {
+    declared.parse()
+}
+
+/// One way a table differs from what the lake writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Difference {
+    /// A column the lake writes is not in the table.
+    MissingColumn {
+        /// Its name.
+        name: String,
+        /// Its type as the lake writes it.
+        ty: String,
+    },
+    /// The table has a column the lake does not write (a later schema
+    /// version's, or the table owners').
+    ExtraColumn {
+        /// Its name.
+        name: String,
+        /// Its type in the table.
+        ty: String,
+    },
+    /// Anything else: a column's type, the partition keys, the location,
+    /// the storage format, partition projection.
+    Other(String),
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Difference::MissingColumn { name, ty } => write!(f, "column `{name}` ({ty}) is missing from the table"),
+            Difference::ExtraColumn { name, ty } => {
+                write!(f, "column `{name}` ({ty}) is in the table but not in the schema")
+            }
+            Difference::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+/// Every way `table` differs from what the lake writes (`def`, `mode`).
+/// Descriptions, owners, parameters, comments and Lake Formation tags are
+/// the table owners' and never count.
+pub fn differences(def: &TableDefinition, mode: PartitionMode, table: &Table) -> Vec<Difference> {
     let mut out = Vec::new();
     let sd = table.storage_descriptor();
     let columns: Vec<(&str, &str)> = sd
@@ -212,61 +255,106 @@ pub fn differences(def: &TableDefinition, mode: PartitionMode, table: &Table) ->
         .unwrap_or_default();
     for (name, ty) in &def.columns {
         match columns.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-            None => out.push(format!("column `{name}` ({ty}) is missing from the table")),
-            Some((_, theirs)) if !same_type(theirs, ty) => {
-                out.push(format!("column `{name}` is {theirs} in the table but {ty} in the schema"))
+            None => out.push(Difference::MissingColumn { name: name.clone(), ty: ty.clone() }),
+            Some((_, theirs)) if !type_fits(theirs, ty) => {
+                out.push(Difference::Other(format!("column `{name}` is {theirs} in the table but {ty} in the schema")))
             }
             Some(_) => {}
         }
     }
     for (name, ty) in &columns {
         if !def.columns.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
-            out.push(format!("column `{name}` ({ty}) is in the table but not in the schema"));
+            out.push(Difference::ExtraColumn { name: name.to_string(), ty: ty.to_string() });
         }
     }
     let keys: Vec<String> = table.partition_keys().iter().map(|k| k.name().to_ascii_lowercase()).collect();
     let want: Vec<String> = def.partition_keys.iter().map(|k| k.to_ascii_lowercase()).collect();
     if keys != want {
-        out.push(format!(
+        out.push(Difference::Other(format!(
             "partition keys are ({}) in the table but ({}) in the template",
             keys.join(", "),
             want.join(", ")
-        ));
+        )));
     }
     let location = sd.and_then(|sd| sd.location()).unwrap_or_default();
     if location.trim_end_matches('/') != def.location.trim_end_matches('/') {
-        out.push(format!("location is `{location}` in the table but the destination is `{}`", def.location));
+        out.push(Difference::Other(format!(
+            "location is `{location}` in the table but the destination is `{}`",
+            def.location
+        )));
     }
     let serde = sd.and_then(|sd| sd.serde_info()).and_then(|s| s.serialization_library()).unwrap_or_default();
     let input = sd.and_then(|sd| sd.input_format()).unwrap_or_default();
     if !serde.to_ascii_lowercase().contains("parquet") || !input.to_ascii_lowercase().contains("parquet") {
-        out.push(format!("storage is `{input}` with SerDe `{serde}`, not Parquet"));
+        out.push(Difference::Other(format!("storage is `{input}` with SerDe `{serde}`, not Parquet")));
     }
     let projected = table.parameters().and_then(|p| p.get("projection.enabled")).is_some_and(|v| v == "true");
     match mode {
-        PartitionMode::Register if projected && !keys.is_empty() => out.push(
+        PartitionMode::Register if projected && !keys.is_empty() => out.push(Difference::Other(
             "the table has partition projection on, so Athena ignores registered partitions: set \
              catalog_partitions = \"projection\" or turn projection off"
                 .into(),
-        ),
-        PartitionMode::Projection if !projected && !keys.is_empty() => out.push(
+        )),
+        PartitionMode::Projection if !projected && !keys.is_empty() => out.push(Difference::Other(
             "the table has no partition projection ('projection.enabled'='true'): set catalog_partitions = \
              \"register\", or add the projection properties `schema ddl` prints"
                 .into(),
-        ),
+        )),
         _ => {}
     }
     out
 }
 
-/// Whether `table` is what the lake wrote before columns were added to it:
-/// it fits `def` except that some of `def`'s columns are missing.
-pub fn behind_by_columns(def: &TableDefinition, mode: PartitionMode, table: &Table) -> bool {
-    let theirs: Vec<&str> =
-        table.storage_descriptor().map(|sd| sd.columns().iter().map(|c| c.name()).collect()).unwrap_or_default();
-    let mut older = def.clone();
-    older.columns.retain(|(n, _)| theirs.iter().any(|t| t.eq_ignore_ascii_case(n)));
-    older.columns.len() < def.columns.len() && differences(&older, mode, table).is_empty()
+/// The differences that stop the lake: under schema evolution a missing
+/// column is added and a column the lake does not write is left alone (a
+/// later version's, or the owners'); otherwise every difference counts.
+fn blocking(diffs: Vec<Difference>, evolving: bool) -> Vec<Difference> {
+    diffs.into_iter().filter(|d| !evolving || matches!(d, Difference::Other(_))).collect()
+}
+
+/// `table` as an `UpdateTable` input that changes nothing but appends
+/// `added` to its columns (before `_extra` when the table has it, so the
+/// lake's own order holds): descriptions, owner, retention, parameters,
+/// column comments and declared types stay as the table's owners set them.
+pub fn with_added_columns(table: &Table, added: &[(String, String)]) -> TableInput {
+    let sd = table.storage_descriptor().cloned().unwrap_or_else(|| StorageDescriptor::builder().build());
+    let mut columns = sd.columns().to_vec();
+    let at = columns.iter().position(|c| c.name() == EXTRA_COLUMN).unwrap_or(columns.len());
+    for (i, (name, ty)) in added.iter().enumerate() {
+        columns.insert(at + i, glue_column(name, ty, false));
+    }
+    let sd = StorageDescriptor::builder()
+        .set_columns(Some(columns))
+        .set_location(sd.location().map(str::to_string))
+        .set_additional_locations(sd.additional_locations.clone())
+        .set_input_format(sd.input_format().map(str::to_string))
+        .set_output_format(sd.output_format().map(str::to_string))
+        .compressed(sd.compressed())
+        .number_of_buckets(sd.number_of_buckets())
+        .set_serde_info(sd.serde_info().cloned())
+        .set_bucket_columns(sd.bucket_columns.clone())
+        .set_sort_columns(sd.sort_columns.clone())
+        .set_parameters(sd.parameters().cloned())
+        .set_skewed_info(sd.skewed_info().cloned())
+        .stored_as_sub_directories(sd.stored_as_sub_directories())
+        .set_schema_reference(sd.schema_reference().cloned())
+        .build();
+    TableInput::builder()
+        .name(table.name())
+        .set_description(table.description().map(str::to_string))
+        .set_owner(table.owner().map(str::to_string))
+        .set_last_access_time(table.last_access_time().cloned())
+        .set_last_analyzed_time(table.last_analyzed_time().cloned())
+        .retention(table.retention())
+        .storage_descriptor(sd)
+        .set_partition_keys(Some(table.partition_keys().to_vec()))
+        .set_view_original_text(table.view_original_text().map(str::to_string))
+        .set_view_expanded_text(table.view_expanded_text().map(str::to_string))
+        .set_table_type(table.table_type().map(str::to_string))
+        .set_parameters(table.parameters().cloned())
+        .set_target_table(table.target_table().cloned())
+        .build()
+        .expect("name is set")
 }
 
 /// What [`CatalogTable::ensure`] found.
@@ -304,6 +392,8 @@ pub struct CatalogTable {
     /// Partition paths known to be in the catalog (at most
     /// [`MAX_KNOWN_PARTITIONS`]).
     known: Mutex<HashSet<String>>,
+    /// `UpdateTable` calls made (a metric).
+    updates: std::sync::atomic::AtomicU64,
 }
 
 impl CatalogTable {
@@ -323,6 +413,7 @@ impl CatalogTable {
             mode,
             evolving: false,
             known: Mutex::new(HashSet::new()),
+            updates: Default::default(),
         }
     }
 
@@ -358,13 +449,7 @@ impl CatalogTable {
     pub async fn ensure(&self, create: bool) -> Result<Ensured> {
         let (existing, ensured) = match self.get().await? {
             Some(t) => (t, Ensured::Matches),
-            None if !create => {
-                return Err(Error::Config(format!(
-                    "catalog {}: the table does not exist; create it (`schema ddl` prints its DDL) or set \
-                     catalog_create = true",
-                    self.name
-                )));
-            }
+            None if !create => return Err(self.missing()),
             None => {
                 let created = self.create().await?;
                 let table = self.get().await?.ok_or_else(|| {
@@ -374,61 +459,97 @@ impl CatalogTable {
             }
         };
         let def = self.def();
-        if self.evolving && behind_by_columns(&def, self.mode, &existing) {
-            self.update(&def).await?;
-            return Ok(ensured);
-        }
-        let diffs = differences(&def, self.mode, &existing);
+        let diffs = blocking(differences(&def, self.mode, &existing), self.evolving);
         if !diffs.is_empty() {
             return Err(Error::Config(format!(
                 "catalog {} does not fit the lake:\n  - {}\nfix the table (or drop it and set catalog_create = true) \
                  or the consumer's schema, partition and destination",
                 self.name,
-                diffs.join("\n  - ")
+                diffs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  - ")
             )));
+        }
+        if self.evolving {
+            // A kill between storing a schema version and the table update.
+            self.append_missing(&def, &existing).await?;
         }
         Ok(ensured)
     }
 
-    /// Schema evolution: the lake now writes `def` (the same table with
-    /// columns added); the table gets the new columns before any file that
-    /// carries them is committed. Returns whether it was updated (`false`:
-    /// it had them already, another worker was first).
-    pub async fn evolve(&self, def: TableDefinition) -> Result<bool> {
-        *self.def.lock().expect("catalog lock") = def.clone();
-        let Some(existing) = self.get().await? else {
-            return Err(Error::Config(format!(
-                "catalog {}: the table was deleted; it is created again at the next start with catalog_create = true",
-                self.name
-            )));
-        };
-        if behind_by_columns(&def, self.mode, &existing) {
-            self.update(&def).await?;
-            return Ok(true);
+    /// The error of a table that is not there, with the fix.
+    fn missing(&self) -> Error {
+        Error::TableMissing {
+            table: self.name.to_string(),
+            fix: "create it (`schema ddl` prints its DDL) or set catalog_create = true".into(),
         }
-        let diffs = differences(&def, self.mode, &existing);
-        if diffs.is_empty() {
-            return Ok(false);
-        }
-        Err(Error::Config(format!(
-            "catalog {}: cannot add the new columns, the table no longer fits the lake:\n  - {}",
-            self.name,
-            diffs.join("\n  - ")
-        )))
     }
 
-    /// Replaces the table's definition with `def` (`UpdateTable`).
-    async fn update(&self, def: &TableDefinition) -> Result<()> {
-        let input = table_input(&self.name, def);
+    /// Schema evolution: the lake now writes `def` (the same table with
+    /// columns added); the table gets the columns it lacks, appended, before
+    /// any file that carries them is committed, and nothing else of it
+    /// changes. A column the table has and the lake does not write (a later
+    /// version's, or the owners') is left alone. Returns whether the table
+    /// was updated (`false`: it had them already, another worker was first).
+    pub async fn add_columns(&self, def: TableDefinition) -> Result<bool> {
+        *self.def.lock().expect("catalog lock") = def.clone();
+        let Some(existing) = self.get().await? else { return Err(self.missing()) };
+        let diffs = blocking(differences(&def, self.mode, &existing), true);
+        if !diffs.is_empty() {
+            return Err(Error::Config(format!(
+                "catalog {}: cannot add the new columns, the table no longer fits the lake:\n  - {}",
+                self.name,
+                diffs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  - ")
+            )));
+        }
+        self.append_missing(&def, &existing).await
+    }
+
+    /// The table's columns and their declared types (`None`: no table).
+    pub async fn declared_columns(&self) -> Result<Option<Vec<(String, String)>>> {
+        let columns = |t: Table| {
+            let sd = t.storage_descriptor.unwrap_or_else(|| StorageDescriptor::builder().build());
+            sd.columns().iter().map(|c| (c.name().to_string(), c.r#type().unwrap_or_default().to_string())).collect()
+        };
+        Ok(self.get().await?.map(columns))
+    }
+
+    /// Appends the columns of `def` that `existing` lacks (`UpdateTable`,
+    /// fenced on the version read, so an owner's edit made meanwhile is
+    /// never overwritten: the call fails and is retried on the new version).
+    async fn append_missing(&self, def: &TableDefinition, existing: &Table) -> Result<bool> {
+        let added: Vec<(String, String)> = differences(def, self.mode, existing)
+            .into_iter()
+            .filter_map(|d| match d {
+                Difference::MissingColumn { name, ty } => Some((name, ty)),
+                _ => None,
+            })
+            .collect();
+        if added.is_empty() {
+            return Ok(false);
+        }
+        let input = with_added_columns(existing, &added);
         self.client
             .update_table()
             .database_name(&self.name.database)
             .table_input(input)
+            .set_version_id(existing.version_id().map(str::to_string))
             .send()
             .await
             .map_err(|e| catalog_error("UpdateTable", &self.name, e))?;
-        tracing::info!(table = %self.name, columns = def.columns.len(), "updated the Glue table's columns");
-        Ok(())
+        self.updates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let names: Vec<&str> = added.iter().map(|(n, _)| n.as_str()).collect();
+        tracing::info!(table = %self.name, added = names.join(","), "added columns to the Glue table");
+        Ok(true)
+    }
+
+    /// Forgets which partitions are registered (the table was found
+    /// missing: a new one has none).
+    pub fn forget_partitions(&self) {
+        self.known.lock().expect("catalog lock").clear();
+    }
+
+    /// `UpdateTable` calls this table made.
+    pub fn updates(&self) -> u64 {
+        self.updates.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Creates the database (unless it exists) and the table; `false` when
@@ -508,7 +629,10 @@ impl CatalogTable {
                 .set_partition_input_list(Some(inputs))
                 .send()
                 .await
-                .map_err(|e| catalog_error("BatchCreatePartition", &self.name, e))?;
+                .map_err(|e| match is_code(&e, "EntityNotFoundException") {
+                    true => self.missing(),
+                    false => catalog_error("BatchCreatePartition", &self.name, e),
+                })?;
             let (mut failed, mut existed) = (HashSet::new(), 0);
             let mut first_error = None;
             for err in answer.errors() {
@@ -668,7 +792,7 @@ mod tests {
         let def = definition();
         assert_eq!(def.location, "s3://b/lake/");
         let table = as_table(table_input(&name, &def));
-        assert_eq!(differences(&def, PartitionMode::Register, &table), Vec::<String>::new());
+        assert_eq!(differences(&def, PartitionMode::Register, &table), Vec::new());
         assert_eq!(differences(&def, PartitionMode::Projection, &table).len(), 1);
 
         let mut other = def.clone();
@@ -677,7 +801,7 @@ mod tests {
         other.partition_keys.pop();
         other.location = "s3://b/elsewhere/".into();
         let diffs = differences(&def, PartitionMode::Register, &as_table(table_input(&name, &other)));
-        let text = diffs.join("\n");
+        let text = diffs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
         assert_eq!(diffs.len(), 4, "{text}");
         assert!(text.contains("column `n` is int in the table but bigint in the schema"), "{text}");
         assert!(text.contains("column `extra_col` (string) is in the table but not in the schema"), "{text}");
@@ -686,21 +810,63 @@ mod tests {
     }
 
     #[test]
-    fn a_table_behind_only_by_added_columns_can_be_updated() {
+    fn under_evolution_only_other_differences_block() {
         let name = TableName::parse("glue://lake/events").unwrap();
         let def = definition();
         let mut newer = def.clone();
         newer.columns.insert(2, ("score".into(), "double".into()));
         let old_table = as_table(table_input(&name, &def));
-        assert!(behind_by_columns(&newer, PartitionMode::Register, &old_table));
-        assert!(!behind_by_columns(&def, PartitionMode::Register, &old_table), "nothing to add");
+        let diffs = differences(&newer, PartitionMode::Register, &old_table);
+        assert_eq!(diffs, [Difference::MissingColumn { name: "score".into(), ty: "double".into() }]);
+        assert!(blocking(diffs.clone(), true).is_empty());
+        assert_eq!(blocking(diffs, false).len(), 1);
+        // A later version's (or the owners') column is left alone.
+        let new_table = as_table(table_input(&name, &newer));
+        assert!(blocking(differences(&def, PartitionMode::Register, &new_table), true).is_empty());
         // Any other difference is still an error for the user to fix.
         let mut moved = newer.clone();
         moved.location = "s3://b/elsewhere/".into();
-        assert!(!behind_by_columns(&moved, PartitionMode::Register, &old_table));
+        assert_eq!(blocking(differences(&moved, PartitionMode::Register, &old_table), true).len(), 1);
         let mut retyped = newer.clone();
         retyped.columns[1].1 = "int".into();
-        assert!(!behind_by_columns(&retyped, PartitionMode::Register, &old_table));
+        assert_eq!(blocking(differences(&retyped, PartitionMode::Register, &old_table), true).len(), 1);
+    }
+
+    #[test]
+    fn added_columns_keep_everything_the_owners_set() {
+        let name = TableName::parse("glue://lake/events").unwrap();
+        let def = definition();
+        let owned = GlueColumn::builder().name("id").r#type("varchar(64)").comment("the event id").build().unwrap();
+        let mut sd = storage(&def, &def.location);
+        sd.columns = Some(vec![owned.clone(), sd.columns()[1].clone(), sd.columns()[2].clone()]);
+        let table = Table::builder()
+            .name("events")
+            .description("orders, owned by the data team")
+            .owner("data-team")
+            .retention(30)
+            .parameters("owner_team", "data")
+            .parameters("classification", "parquet")
+            .storage_descriptor(sd)
+            .set_partition_keys(Some(table_input(&name, &def).partition_keys().to_vec()))
+            .table_type("EXTERNAL_TABLE")
+            .build()
+            .unwrap();
+        assert!(differences(&def, PartitionMode::Register, &table).is_empty(), "varchar(64) holds string");
+        let input = with_added_columns(&table, &[("score".into(), "double".into())]);
+        assert_eq!(input.description(), Some("orders, owned by the data team"));
+        assert_eq!(
+            (input.owner(), input.retention(), input.table_type()),
+            (Some("data-team"), 30, Some("EXTERNAL_TABLE"))
+        );
+        assert_eq!(input.parameters().unwrap().get("owner_team").map(String::as_str), Some("data"));
+        let columns: Vec<(&str, Option<&str>)> =
+            input.storage_descriptor().unwrap().columns().iter().map(|c| (c.name(), c.r#type())).collect();
+        assert_eq!(
+            columns,
+            [("id", Some("varchar(64)")), ("n", Some("bigint")), ("score", Some("double")), ("_extra", Some("string"))]
+        );
+        assert_eq!(input.storage_descriptor().unwrap().columns()[0], owned, "the comment stays");
+        assert_eq!(input.partition_keys(), table.partition_keys());
     }
 
     #[test]
@@ -718,8 +884,12 @@ mod tests {
 
     #[test]
     fn glue_types_compare_by_meaning() {
-        assert!(same_type("STRUCT<a: string, b:BIGINT>", "struct<a:string,b:bigint>"));
-        assert!(!same_type("int", "bigint"));
+        assert!(type_fits("STRUCT<a: string, b:BIGINT>", "struct<a:string,b:bigint>"));
+        assert!(!type_fits("int", "bigint"));
+        assert!(type_fits("varchar(64)", "string") && type_fits("CHAR(8)", "string"));
+        assert!(type_fits("struct<a:varchar(10),char:array<char(2)>>", "struct<a:string,char:array<string>>"));
+        assert!(!type_fits("varchar(64)", "bigint") && !type_fits("uniontype<int,string>", "string"));
+        assert_eq!(lake_type("array<VarChar(5)>").unwrap().to_string(), "array<string>");
     }
 
     #[test]

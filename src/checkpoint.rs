@@ -186,6 +186,20 @@ impl CheckpointStore {
         }
     }
 
+    /// Replaces the partitions still to register in the catalog, and
+    /// nothing else (the catalog confirmed some of them after the last
+    /// commit); fenced like a commit.
+    pub async fn set_catalog_pending(&self, shard: &str, lease: Option<u64>, pending: &[String]) -> Result<()> {
+        match self {
+            CheckpointStore::File(f) => {
+                let mut state = f.load(shard).await?;
+                state.catalog_pending = pending.to_vec();
+                f.save(shard, &state).await
+            }
+            CheckpointStore::DynamoDb(d) => d.set_catalog_pending(shard, Self::fence(shard, lease)?, pending).await,
+        }
+    }
+
     /// A fleet write needs the lease it is made under.
     fn fence(shard: &str, lease: Option<u64>) -> Result<u64> {
         lease.ok_or_else(|| Error::LeaseLost { shard: shard.to_string() })
@@ -213,10 +227,7 @@ impl CheckpointStore {
     /// schema it was first written with. `true` when this call stored it.
     pub async fn save_schema(&self, version: u32, toml: &str) -> Result<bool> {
         match self {
-            CheckpointStore::File(f) if f.store.exists(&schema_key(version)) => Ok(false),
-            CheckpointStore::File(f) => {
-                f.store.put(&schema_key(version), toml.as_bytes().to_vec()).await.map(|()| true)
-            }
+            CheckpointStore::File(f) => f.store.put_new(&schema_key(version), toml.as_bytes().to_vec()).await,
             CheckpointStore::DynamoDb(d) => d.save_schema(version, toml).await,
         }
     }

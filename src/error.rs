@@ -56,6 +56,15 @@ pub enum Error {
         /// (permissions, a missing database).
         transient: bool,
     },
+    /// The catalog table does not exist (never created, or deleted while
+    /// the lake is written).
+    #[error("catalog {table}: the table does not exist; {fix}")]
+    TableMissing {
+        /// The table, `glue://DATABASE/TABLE`.
+        table: String,
+        /// How to get it back.
+        fix: String,
+    },
     /// Building Arrow arrays failed (a bug: coercion should prevent it).
     #[error("building arrow arrays: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),

@@ -228,6 +228,20 @@ impl ShardBatch {
         pushed.map(drop)
     }
 
+    /// Whether a record with a due field may end the batch now (the
+    /// worker may store a version, or a newer one exists); otherwise the
+    /// field stays in `_extra` for it (see [`FieldWatch::set_open`]).
+    pub fn set_evolve_open(&mut self, open: bool) {
+        if let Some(watch) = &mut self.watch {
+            watch.set_open(open);
+        }
+    }
+
+    /// What the watch kept out of columns since last asked.
+    pub fn take_watch_counts(&mut self) -> shardlake::schema::WatchCounts {
+        self.watch.as_mut().map(FieldWatch::take_counts).unwrap_or_default()
+    }
+
     /// The schema version its files are written with.
     pub fn version(&self) -> u32 {
         self.version

@@ -9,17 +9,51 @@
 //! finds the list in the checkpoint and registers it again, so a crash
 //! between commit and registration loses nothing; registering a partition
 //! that exists is success, so workers racing on one partition are safe.
+//!
+//! A table the worker creates over a lake that already holds data gets the
+//! lake's partitions registered first (as `catalog sync` does), and a table
+//! deleted while the worker runs is reported on `/healthz` and, with
+//! `catalog_create`, created again the same way.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use shardlake::catalog::{CatalogTable, Ensured};
+use shardlake::partition::PartitionTemplate;
 use shardlake::retry::RetryPolicy;
+use shardlake::schema::{Schema, TableDefinition};
+use shardlake::store::ObjectStore;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::worker::Context;
+
+/// The table definition of the lake written with a schema version.
+pub type Define = Box<dyn Fn(&Schema) -> anyhow::Result<TableDefinition> + Send + Sync>;
+
+/// The lake's partitions with data files: partition path (under the
+/// destination) → data files. Error files and paths that do not follow the
+/// template are not partitions.
+pub async fn lake_partitions(
+    lake: &ObjectStore,
+    template: &PartitionTemplate,
+    error_prefix: &str,
+) -> shardlake::Result<BTreeMap<String, usize>> {
+    let mut in_lake = BTreeMap::new();
+    for key in lake.list("").await? {
+        if !key.ends_with(".parquet") || key.starts_with(error_prefix) {
+            continue;
+        }
+        let Some((dir, _)) = key.rsplit_once('/') else { continue };
+        let dir = format!("{dir}/");
+        if template.key_values(&dir).is_some() {
+            *in_lake.entry(dir).or_insert(0) += 1;
+        }
+    }
+    Ok(in_lake)
+}
 
 /// Back-off between failed catalog passes.
 const BACKOFF: RetryPolicy =
@@ -28,6 +62,9 @@ const BACKOFF: RetryPolicy =
 struct State {
     /// The table was created or checked.
     ensured: bool,
+    /// The table was created over a lake that may hold data: its partitions
+    /// are registered before anything else.
+    sync: bool,
     /// Committed partitions not registered yet.
     pending: BTreeSet<String>,
 }
@@ -36,15 +73,25 @@ struct State {
 pub struct Registrar {
     table: CatalogTable,
     create: bool,
+    define: Define,
     state: Mutex<State>,
     wake: Notify,
 }
 
 impl Registrar {
-    /// A registrar for `table`; `ensured` when the start-up check passed
-    /// (otherwise the background task creates or checks it first).
-    pub fn new(table: CatalogTable, create: bool, ensured: bool) -> Self {
-        Registrar { table, create, state: Mutex::new(State { ensured, pending: BTreeSet::new() }), wake: Notify::new() }
+    /// A registrar for `table`, whose definition for a schema version is
+    /// `define`; `ensured` is what the start-up check found (`None`: the
+    /// catalog did not answer, so the background task creates or checks it
+    /// first).
+    pub fn new(table: CatalogTable, create: bool, ensured: Option<Ensured>, define: Define) -> Self {
+        let state =
+            State { ensured: ensured.is_some(), sync: ensured == Some(Ensured::Created), pending: BTreeSet::new() };
+        Registrar { table, create, define, state: Mutex::new(state), wake: Notify::new() }
+    }
+
+    /// The table.
+    pub fn table(&self) -> &CatalogTable {
+        &self.table
     }
 
     /// The partitions of `paths` not known to be registered: what a commit
@@ -63,16 +110,6 @@ impl Registrar {
         self.wake.notify_one();
     }
 
-    /// Schema evolution: the table gets the columns of `def` (see
-    /// [`CatalogTable::evolve`]); failures are the caller's to retry.
-    pub async fn evolve(&self, def: shardlake::schema::TableDefinition) -> shardlake::Result<bool> {
-        let updated = self.table.evolve(def).await?;
-        if updated {
-            eprintln!("shardlake-consumer: catalog table {} has the new columns", self.table.name());
-        }
-        Ok(updated)
-    }
-
     /// Partitions waiting.
     pub fn pending(&self) -> usize {
         self.state.lock().expect("registrar lock").pending.len()
@@ -80,16 +117,45 @@ impl Registrar {
 
     fn idle(&self) -> bool {
         let s = self.state.lock().expect("registrar lock");
-        s.ensured && s.pending.is_empty()
+        s.ensured && !s.sync && s.pending.is_empty()
     }
 
-    /// Checks the table if not done yet, then registers what is pending;
-    /// returns the partitions created.
-    async fn pass(&self) -> shardlake::Result<usize> {
+    /// Checks (or creates) the table if not done yet, registers the lake's
+    /// partitions if it was just created, then registers what is pending;
+    /// returns the partitions created. A table found missing is checked
+    /// (or created) again on the next pass.
+    async fn pass(&self, lake: &ObjectStore, spec: &shardlake::pipeline::TableSpec) -> shardlake::Result<usize> {
+        let result = self.pass_once(lake, spec).await;
+        if let Err(shardlake::Error::TableMissing { .. }) = &result {
+            self.state.lock().expect("registrar lock").ensured = false;
+            self.table.forget_partitions();
+        }
+        result
+    }
+
+    async fn pass_once(&self, lake: &ObjectStore, spec: &shardlake::pipeline::TableSpec) -> shardlake::Result<usize> {
         if !self.state.lock().expect("registrar lock").ensured {
             let ensured = self.table.ensure(self.create).await?;
             tracing::info!(table = %self.table.name(), ?ensured, "catalog table ready");
-            self.state.lock().expect("registrar lock").ensured = true;
+            let mut state = self.state.lock().expect("registrar lock");
+            state.ensured = true;
+            state.sync |= ensured == Ensured::Created;
+        }
+        if self.state.lock().expect("registrar lock").sync {
+            let in_lake = lake_partitions(lake, &spec.template, &spec.error_prefix).await?;
+            tracing::info!(
+                table = %self.table.name(),
+                partitions = in_lake.len(),
+                "the table was created over a lake that holds data: registering the lake's partitions"
+            );
+            eprintln!(
+                "shardlake-consumer: catalog table {} created over a lake with {} partitions; registering them",
+                self.table.name(),
+                in_lake.len()
+            );
+            let mut state = self.state.lock().expect("registrar lock");
+            state.pending.extend(in_lake.into_keys());
+            state.sync = false;
         }
         let todo: Vec<String> = self.state.lock().expect("registrar lock").pending.iter().cloned().collect();
         let result = self.table.register(&todo).await;
@@ -122,7 +188,7 @@ pub async fn run(ctx: Arc<Context>, registrar: Arc<Registrar>, finish: Cancellat
             continue;
         }
         let result = tokio::select! {
-            r = registrar.pass() => r,
+            r = registrar.pass(&ctx.lake, &ctx.settings.table) => r,
             _ = ctx.abort.cancelled() => return,
         };
         match result {
@@ -136,6 +202,12 @@ pub async fn run(ctx: Arc<Context>, registrar: Arc<Registrar>, finish: Cancellat
             }
             Err(e) => {
                 attempt += 1;
+                let e = match (&e, registrar.create) {
+                    (shardlake::Error::TableMissing { table, .. }, true) => {
+                        format!("catalog {table}: the table was deleted; creating it again (catalog_create = true)")
+                    }
+                    _ => e.to_string(),
+                };
                 ctx.health.worker_failed("catalog", &e);
                 ctx.metrics.record_catalog_failure(registrar.pending());
                 let delay = BACKOFF.delay(attempt, &mut rand::rng());
@@ -159,18 +231,43 @@ pub async fn run(ctx: Arc<Context>, registrar: Arc<Registrar>, finish: Cancellat
 /// The start-up check: a table that does not fit (or is missing without
 /// `create`) is a configuration error and stops the worker with every
 /// difference named; a catalog that cannot be reached is retried by the
-/// registrar's task, and the lake does not wait for it.
-pub async fn ensure_at_start(table: &CatalogTable, create: bool) -> anyhow::Result<bool> {
+/// registrar's task, and the lake does not wait for it (`None`).
+pub async fn ensure_at_start(table: &CatalogTable, create: bool) -> anyhow::Result<Option<Ensured>> {
     match table.ensure(create).await {
         Ok(ensured) => {
             let what = if ensured == Ensured::Created { "created" } else { "checked" };
             eprintln!("shardlake-consumer: catalog table {} {what} ({:?} partitions)", table.name(), table.mode());
-            Ok(true)
+            Ok(Some(ensured))
         }
         Err(e @ shardlake::Error::Catalog { transient: true, .. }) => {
             tracing::warn!(error = %e, "the catalog cannot be reached; the lake goes on, registration retries");
-            Ok(false)
+            Ok(None)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+impl crate::evolve::SchemaTable for Registrar {
+    fn add_columns<'a>(&'a self, schema: &'a Schema) -> BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async move {
+            let updated = self.table.add_columns((self.define)(schema)?).await?;
+            if updated {
+                eprintln!("shardlake-consumer: catalog table {} has the new columns", self.table.name());
+            }
+            Ok(updated)
+        })
+    }
+
+    fn declared_columns(&self) -> BoxFuture<'_, anyhow::Result<Vec<(String, String)>>> {
+        Box::pin(async move {
+            match self.table.declared_columns().await? {
+                Some(columns) => Ok(columns),
+                None => Err(shardlake::Error::TableMissing {
+                    table: self.table.name().to_string(),
+                    fix: "create it (`schema ddl` prints its DDL) or set catalog_create = true".into(),
+                }
+                .into()),
+            }
+        })
     }
 }

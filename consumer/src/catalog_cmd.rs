@@ -5,15 +5,48 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use shardlake::catalog::{CatalogTable, PartitionMode};
 use shardlake::checkpoint::{CheckpointStore, FleetOptions};
+use shardlake::retry::RetryPolicy;
 use shardlake::schema::{Schema, UnknownFieldPolicy};
 use shardlake::store::ObjectStore;
+use tokio::time::Instant;
 
 use crate::config::Settings;
+
+/// Back-off between attempts of a catalog call that failed transiently.
+const BACKOFF: RetryPolicy =
+    RetryPolicy { max_attempts: u32::MAX, base: Duration::from_millis(200), cap: Duration::from_secs(10) };
+
+/// Runs the catalog call `op` until it succeeds, retrying what Glue may
+/// answer under load (throttling, 5xx, timeouts) with back-off until
+/// `deadline`; anything else, or the deadline, fails at once.
+async fn retried<T, F, Fut>(what: &str, deadline: Instant, mut op: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = shardlake::Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        let e = match op().await {
+            Ok(v) => return Ok(v),
+            Err(e @ shardlake::Error::Catalog { transient: true, .. }) => e,
+            Err(e) => return Err(e.into()),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(anyhow::Error::new(e).context(format!("{what}: still failing at the deadline (--deadline)")));
+        }
+        attempt += 1;
+        let delay = BACKOFF.delay(attempt, &mut rand::rng()).min(left);
+        tracing::warn!(attempt, error = %e, delay_ms = delay.as_millis() as u64, "{what} failed; retrying");
+        tokio::time::sleep(delay).await;
+    }
+}
 
 /// `catalog` subcommands.
 #[derive(Debug, Subcommand)]
@@ -30,6 +63,9 @@ pub struct PartitionsArgs {
     /// The worker's config file.
     #[arg(long, default_value = "consumer.toml")]
     config: PathBuf,
+    /// Give up when Glue still throttles or fails after this long.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    deadline: Duration,
 }
 
 /// Arguments of `catalog sync`.
@@ -41,6 +77,10 @@ pub struct SyncArgs {
     /// Report what is missing without registering it.
     #[arg(long)]
     dry_run: bool,
+    /// Give up when Glue still throttles or fails after this long (each
+    /// call is retried with back-off until then; what was registered stays).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    deadline: Duration,
 }
 
 /// The schema the lake is written with now: the file, or the one stored
@@ -88,7 +128,7 @@ struct Survey {
 
 /// Checks (or, with `create`, creates) the table of the config's catalog and
 /// lists the partitions of the lake and of the catalog.
-async fn survey(config: &Path, create: bool) -> anyhow::Result<Survey> {
+async fn survey(config: &Path, create: bool, deadline: Instant) -> anyhow::Result<Survey> {
     let settings = crate::run_cmd::load(config)?;
     let name =
         settings.catalog.clone().context("catalog: not set in the config; add catalog = \"glue://DATABASE/TABLE\"")?;
@@ -99,24 +139,12 @@ async fn survey(config: &Path, create: bool) -> anyhow::Result<Survey> {
     let c = &settings.config;
     let template = settings.table.template.clone();
     let table = settings.catalog_table(glue, name, settings.table_definition()?);
-    table.ensure(create).await?;
+    retried("checking the table", deadline, || table.ensure(create)).await?;
 
     let lake = ObjectStore::open(&c.destination, &settings.s3).await?;
-    let error_prefix = &settings.table.error_prefix;
-    let mut in_lake = BTreeMap::new();
-    for key in lake.list("").await? {
-        if !key.ends_with(".parquet") || key.starts_with(error_prefix.as_str()) {
-            continue;
-        }
-        let Some((dir, _)) = key.rsplit_once('/') else { continue };
-        let dir = format!("{dir}/");
-        if template.key_values(&dir).is_some() {
-            *in_lake.entry(dir).or_insert(0) += 1;
-        }
-    }
+    let in_lake = crate::catalog::lake_partitions(&lake, &template, &settings.table.error_prefix).await?;
     let location = shardlake::catalog::table_location(&c.destination)?;
-    let listed = table
-        .partitions()
+    let listed = retried("listing the catalog's partitions", deadline, || table.partitions())
         .await?
         .into_iter()
         .map(|p| (p.location.strip_prefix(&location).unwrap_or(&p.location).to_string(), p.location))
@@ -135,7 +163,8 @@ pub async fn run(cmd: CatalogCommand) -> anyhow::Result<()> {
 async fn sync(args: SyncArgs) -> anyhow::Result<()> {
     let settings = crate::run_cmd::load(&args.config)?;
     let create = settings.config.catalog_create && !args.dry_run;
-    let Survey { table, location, in_lake, listed } = survey(&args.config, create).await?;
+    let deadline = Instant::now() + args.deadline;
+    let Survey { table, location, in_lake, listed } = survey(&args.config, create, deadline).await?;
     let missing: Vec<String> = in_lake.keys().filter(|p| !listed.contains_key(*p)).cloned().collect();
     let empty: Vec<&String> = listed.keys().filter(|p| !in_lake.contains_key(*p)).collect();
     outln!("lake {location}: {} partitions with data files", in_lake.len());
@@ -150,7 +179,22 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
             outln!("  {p}");
         }
     } else {
-        let created = table.register(&missing).await?;
+        // Each attempt skips what earlier ones registered.
+        let created = std::cell::Cell::new(0);
+        retried("registering partitions", deadline, || async {
+            created.set(created.get() + table.register(&missing).await?);
+            Ok(())
+        })
+        .await
+        .with_context(|| {
+            let left = table.unconfirmed(missing.iter().cloned()).len();
+            format!(
+                "{} of {} missing partitions registered; run catalog sync again",
+                missing.len() - left,
+                missing.len()
+            )
+        })?;
+        let created = created.get();
         outln!("registered {created} partitions ({} were there meanwhile)", missing.len() - created);
     }
     if !empty.is_empty() {
@@ -164,7 +208,8 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
 
 /// Prints every partition with its data files in the lake and its entry in the catalog.
 async fn partitions(args: PartitionsArgs) -> anyhow::Result<()> {
-    let Survey { table, location, in_lake, listed } = survey(&args.config, false).await?;
+    let deadline = Instant::now() + args.deadline;
+    let Survey { table, location, in_lake, listed } = survey(&args.config, false, deadline).await?;
     let all: BTreeSet<&String> = in_lake.keys().chain(listed.keys()).collect();
     let width = all.iter().map(|p| p.len()).max().unwrap_or(9).max(9);
     outln!("lake {location} beside catalog {}", table.name());

@@ -94,6 +94,13 @@ pub struct ConsumerConfig {
     /// N-th record that carries it (default 1); earlier ones keep it in `_extra`.
     #[serde(default = "default_evolve_min_records")]
     pub evolve_min_records: u64,
+    /// With `evolve`: a worker makes at most one schema version per this
+    /// interval (default 10s). Fields that come due meanwhile stay in
+    /// `_extra` for those records and all join the next version together,
+    /// so a stream of ever-new keys cannot become a version, a table update
+    /// and a file per record.
+    #[serde(default = "default_evolve_interval", with = "humantime_serde")]
+    pub evolve_interval: Duration,
     /// Partition template, Firehose syntax (`!{timestamp:yyyy}`, `!{field:a.b}`).
     #[serde(default = "default_partition")]
     pub partition: String,
@@ -337,6 +344,9 @@ fn default_application() -> String {
 fn default_evolve_min_records() -> u64 {
     1
 }
+fn default_evolve_interval() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_infer_sample() -> usize {
     shardlake::schema::DEFAULT_INFER_SAMPLE
 }
@@ -499,6 +509,11 @@ impl Settings {
         Ok(table_definition(schema, &t.template, t.unknown_fields, &location, projection)?)
     }
 
+    /// The schema evolution settings.
+    pub fn evolve_rules(&self) -> crate::evolve::Rules {
+        crate::evolve::Rules { min_records: self.config.evolve_min_records, interval: self.config.evolve_interval }
+    }
+
     /// The catalog table `name` for a lake of `def`; under `evolve` it
     /// takes the columns the lake adds.
     pub fn catalog_table(&self, glue: aws_sdk_glue::Client, name: TableName, def: TableDefinition) -> CatalogTable {
@@ -608,6 +623,9 @@ impl ConsumerConfig {
         }
         if self.evolve_min_records != 1 && self.unknown_fields != UnknownFieldPolicy::Evolve {
             bail!("evolve_min_records: only used with unknown_fields = \"evolve\"; remove it or set that");
+        }
+        if self.evolve_interval != default_evolve_interval() && self.unknown_fields != UnknownFieldPolicy::Evolve {
+            bail!("evolve_interval: only used with unknown_fields = \"evolve\"; remove it or set that");
         }
         let b = &mut self.buffer;
         if b.max_mb == 0 || b.max_records == 0 {

@@ -1,35 +1,59 @@
 //! Schema versions and additive schema evolution (`unknown_fields = "evolve"`).
 //!
 //! Version 1 is the schema the worker starts from (the file, or the
-//! inferred or Glue schema stored beside the checkpoints). When a batch meets
-//! a top-level field the schema lacks ([`FieldWatch`]), the reader commits
-//! the batch so far and asks for the next version: the schema with the new
-//! columns at the end, stored beside the checkpoints under the next number
-//! (the first worker of a fleet to store a number wins; the others adopt
-//! its schema), then added to the Glue table (`UpdateTable`), and only then
-//! given to new batches. So the table has every column before a file that
-//! carries it is committed, and an intent names the version its files were
-//! built with: a replay rebuilds them byte for byte whatever came since.
+//! inferred or Glue schema stored beside the checkpoints). Version N+1 is
+//! version N with columns added at the end; it is stored beside the
+//! checkpoints as a delta (only the added columns) under its number, and the
+//! first worker of a fleet to store a number wins.
+//!
+//! The protocol ([`Evolution`]) keeps a fleet converging whatever the
+//! interleaving: a worker always catches up to the newest stored version
+//! before it adds one (so versions form one chain and the column cap holds
+//! across workers); catching up puts the version's columns in the Glue
+//! table before the version is used (so the table has every column before a
+//! file that carries it is committed); and a follower task catches every
+//! worker up within seconds even when its own shards meet no new field (so a
+//! worker killed between storing a version and updating the table is made
+//! good by the others). An intent names the version its files were built
+//! with: a replay rebuilds them byte for byte whatever came since.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use shardlake::checkpoint::CheckpointStore;
 use shardlake::pipeline::TableSpec;
 use shardlake::retry::RetryPolicy;
-use shardlake::schema::{Column, FieldWatch, Schema, UnknownFieldPolicy, with_columns};
+use shardlake::schema::{
+    Column, FieldWatch, MAX_COLUMN_TYPE_CHARS, MAX_INFERRED_FIELDS, Schema, UnknownFieldPolicy, with_columns,
+};
 use tokio_util::sync::CancellationToken;
 
-use crate::worker::Context;
+use crate::worker::{Context, CrashPoints};
 
 /// Back-off while storing a version or updating the table fails.
 const BACKOFF: RetryPolicy =
     RetryPolicy { max_attempts: u32::MAX, base: Duration::from_millis(500), cap: Duration::from_secs(30) };
 
-/// Versions probed past the last one known at start, at most (a guard
-/// against a store that answers every key).
+/// How often the follower looks for versions other workers stored.
+pub const FOLLOW_EVERY: Duration = Duration::from_secs(2);
+
+/// Versions probed past the last one known, at most (a guard against a
+/// store that answers every key).
 const MAX_VERSIONS: u32 = 100_000;
+
+/// The largest stored version (its added columns as TOML), in bytes: a
+/// DynamoDB item holds 400 KB. Columns past it wait for the next version.
+pub const MAX_VERSION_BYTES: usize = 256 * 1024;
+
+/// The most characters all column types of a schema may take together, so
+/// the stored versions (deltas) and the Glue table stay bounded in size
+/// whatever the records bring. A field that would pass it stays in `_extra`.
+pub const MAX_SCHEMA_TYPE_CHARS: usize = 1024 * 1024;
+
+/// Names refused a column remembered per worker, at most.
+const MAX_REFUSED: usize = 10_000;
 
 /// One schema version and the table spec batches of it are written with.
 #[derive(Debug, Clone)]
@@ -40,6 +64,15 @@ pub struct Version {
     pub spec: Arc<TableSpec>,
 }
 
+/// The evolution settings: `evolve_min_records` and `evolve_interval`.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// A field becomes due in its N-th record of a batch.
+    pub min_records: u64,
+    /// A worker stores at most one version per interval.
+    pub interval: Duration,
+}
+
 /// The worker's schema versions: the current one for new batches, and any
 /// older one a replay needs.
 pub struct Schemas {
@@ -47,35 +80,48 @@ pub struct Schemas {
     base: Arc<TableSpec>,
     current: RwLock<Version>,
     loaded: Mutex<BTreeMap<u32, Arc<TableSpec>>>,
-    /// Readers evolve one at a time.
-    evolving: tokio::sync::Mutex<()>,
-    /// `evolve_min_records` under `evolve`; `None` otherwise.
-    min_records: Option<u64>,
+    /// One protocol step at a time per worker (never held while waiting).
+    turn: tokio::sync::Mutex<()>,
+    /// `None` unless evolving.
+    rules: Option<Rules>,
+    /// When this worker last stored a version.
+    last_stored: Mutex<Option<tokio::time::Instant>>,
+    /// The newest version known to be in the catalog table.
+    in_table: std::sync::atomic::AtomicU32,
+    /// Fields refused a column for good (type too long, schema full).
+    refused: Mutex<HashSet<String>>,
 }
 
 impl Schemas {
-    /// Only `base`, as version 1; see [`Schemas::load`].
-    pub fn new(base: TableSpec, min_records: u64) -> Self {
+    /// Only `base`, as version 1; see [`Schemas::load`]. `rules` only
+    /// matter under `evolve`.
+    pub fn new(base: TableSpec, rules: Rules) -> Self {
         let base = Arc::new(base);
         let evolving = base.unknown_fields == UnknownFieldPolicy::Evolve;
         Schemas {
-            min_records: evolving.then_some(min_records),
+            rules: evolving.then_some(rules),
             loaded: Mutex::new(BTreeMap::from([(1, base.clone())])),
             current: RwLock::new(Version { number: 1, spec: base.clone() }),
             base,
-            evolving: tokio::sync::Mutex::new(()),
+            turn: tokio::sync::Mutex::new(()),
+            last_stored: Mutex::new(None),
+            in_table: Default::default(),
+            refused: Mutex::new(HashSet::new()),
         }
     }
 
     /// The versions stored beside `checkpoints` on top of `base` (version
     /// 1); the newest is current.
-    pub async fn load(base: TableSpec, min_records: u64, checkpoints: &CheckpointStore) -> anyhow::Result<Self> {
-        let schemas = Schemas::new(base, min_records);
-        let (number, schema) = latest(checkpoints, &schemas.base.schema).await?;
-        if number > 1 {
-            schemas.publish(Version { number, spec: Arc::new(spec_of(&schemas.base, schema)) });
-        }
+    pub async fn load(base: TableSpec, rules: Rules, checkpoints: &CheckpointStore) -> anyhow::Result<Self> {
+        let schemas = Schemas::new(base, rules);
+        let newest = schemas.newest(checkpoints).await?;
+        schemas.publish(newest);
         Ok(schemas)
+    }
+
+    /// Whether columns are added (`unknown_fields = "evolve"`).
+    pub fn evolving(&self) -> bool {
+        self.rules.is_some()
     }
 
     /// The version new batches are written with.
@@ -88,22 +134,69 @@ impl Schemas {
         if let Some(spec) = self.loaded.lock().expect("schemas lock").get(&number) {
             return Ok(Version { number, spec: spec.clone() });
         }
-        let Some(schema) = stored(checkpoints, number).await? else {
-            anyhow::bail!(
+        self.load_after(checkpoints, Some(number)).await?;
+        match self.loaded.lock().expect("schemas lock").get(&number) {
+            Some(spec) => Ok(Version { number, spec: spec.clone() }),
+            None => anyhow::bail!(
                 "schema version {number} is not in {} although a pending batch was built with it; restore it \
                  (schema-v{number}.toml or the #schema-v{number} item)",
                 checkpoints.url()
-            )
+            ),
+        }
+    }
+
+    /// The newest stored version (loaded, not made current).
+    pub async fn newest(&self, checkpoints: &CheckpointStore) -> anyhow::Result<Version> {
+        self.load_after(checkpoints, None).await
+    }
+
+    /// Loads the stored versions after the highest loaded one, up to `upto`
+    /// (or all); returns the highest loaded.
+    async fn load_after(&self, checkpoints: &CheckpointStore, upto: Option<u32>) -> anyhow::Result<Version> {
+        let (mut number, mut spec) = {
+            let loaded = self.loaded.lock().expect("schemas lock");
+            let (n, s) = loaded.last_key_value().expect("version 1 is always loaded");
+            (*n, s.clone())
         };
-        let spec = Arc::new(spec_of(&self.base, schema));
-        self.loaded.lock().expect("schemas lock").insert(number, spec.clone());
+        while number < upto.unwrap_or(MAX_VERSIONS) {
+            let Some(text) = checkpoints.load_schema(number + 1).await? else { break };
+            let schema = decode(&spec.schema, number + 1, &text)
+                .map_err(|e| anyhow::anyhow!("schema version {} in {}: {e}", number + 1, checkpoints.url()))?;
+            number += 1;
+            spec = Arc::new(spec_of(&self.base, schema));
+            self.loaded.lock().expect("schemas lock").insert(number, spec.clone());
+        }
         Ok(Version { number, spec })
     }
 
     /// The watch for a new batch of `version`: `None` unless evolving.
     pub fn watch(&self, version: &Version) -> Option<FieldWatch> {
+        let rules = self.rules?;
         let keys: Vec<String> = version.spec.template.keys().iter().map(|k| k.name.clone()).collect();
-        self.min_records.map(|n| FieldWatch::new(&version.spec.schema, &keys, n))
+        let refused = self.refused.lock().expect("schemas lock");
+        Some(FieldWatch::new(&version.spec.schema, &keys, rules.min_records).refusing(refused.iter()))
+    }
+
+    /// Whether this worker may store a version now (`evolve_interval`
+    /// since the last one it stored).
+    pub fn may_store(&self) -> bool {
+        let Some(rules) = self.rules else { return false };
+        self.last_stored.lock().expect("schemas lock").is_none_or(|t| t.elapsed() >= rules.interval)
+    }
+
+    /// Fields never to propose again.
+    pub fn refuse(&self, names: impl IntoIterator<Item = String>) {
+        let mut refused = self.refused.lock().expect("schemas lock");
+        for name in names {
+            if refused.len() < MAX_REFUSED {
+                refused.insert(name);
+            }
+        }
+    }
+
+    /// The catalog table is known to have version `number`'s columns.
+    pub fn mark_in_table(&self, number: u32) {
+        self.in_table.fetch_max(number, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Makes `version` current unless a newer one is.
@@ -121,33 +214,191 @@ fn spec_of(base: &TableSpec, schema: Schema) -> TableSpec {
     TableSpec { schema: Arc::new(schema), ..base.clone() }
 }
 
-/// Schema version `number` as stored (version 1 is never read here: it is
-/// the worker's starting schema).
-async fn stored(checkpoints: &CheckpointStore, number: u32) -> anyhow::Result<Option<Schema>> {
-    let Some(text) = checkpoints.load_schema(number).await? else { return Ok(None) };
-    let schema = Schema::parse(&text, false)
-        .map_err(|e| anyhow::anyhow!("schema version {number} in {}: {e}", checkpoints.url()))?;
-    Ok(Some(schema))
+/// The stored form of version `number`: the columns it adds to the one
+/// before, so the stored versions together are no larger than the schema.
+pub fn encode(number: u32, added: &[Column]) -> String {
+    let delta = Schema { columns: added.to_vec() };
+    format!(
+        "# shardlake schema version {number}: the columns added to version {}\nadded_to = {}\n{}",
+        number - 1,
+        number - 1,
+        delta.to_toml()
+    )
+}
+
+/// Version `number` from its stored text and the version before: a delta
+/// (`added_to`), or a whole schema (stored by shardlake before deltas).
+fn decode(previous: &Schema, number: u32, text: &str) -> Result<Schema, String> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    let Some(base) = table.remove("added_to") else { return Schema::parse(text, false) };
+    if base.as_integer() != Some(i64::from(number) - 1) {
+        return Err(format!("added_to = {base}, expected {}", number - 1));
+    }
+    let delta = Schema::parse(&toml::to_string(&table).map_err(|e| e.to_string())?, false)?;
+    Ok(with_columns(previous, &delta.columns))
 }
 
 /// The newest schema version stored beside `checkpoints` on top of `base`
 /// (version 1): its number and schema.
 pub async fn latest(checkpoints: &CheckpointStore, base: &Schema) -> anyhow::Result<(u32, Schema)> {
     let mut newest = (1, base.clone());
-    for number in 2..MAX_VERSIONS {
-        match stored(checkpoints, number).await? {
-            Some(schema) => newest = (number, schema),
-            None => break,
-        }
+    while newest.0 < MAX_VERSIONS {
+        let number = newest.0 + 1;
+        let Some(text) = checkpoints.load_schema(number).await? else { break };
+        let schema = decode(&newest.1, number, &text)
+            .map_err(|e| anyhow::anyhow!("schema version {number} in {}: {e}", checkpoints.url()))?;
+        newest = (number, schema);
     }
     Ok(newest)
 }
 
+/// The Glue table as schema evolution sees it.
+pub trait SchemaTable: Send + Sync {
+    /// Appends the columns of `schema` the table lacks, changing nothing
+    /// else; `true` when it was updated.
+    fn add_columns<'a>(&'a self, schema: &'a Schema) -> BoxFuture<'a, anyhow::Result<bool>>;
+    /// The table's columns and their declared types.
+    fn declared_columns(&self) -> BoxFuture<'_, anyhow::Result<Vec<(String, String)>>>;
+}
+
+/// What [`Evolution::add`] did.
+#[derive(Debug, Clone)]
+pub struct Added {
+    /// The version new batches use now.
+    pub version: Version,
+    /// Columns this call stored (0 when another worker was first).
+    pub stored: usize,
+    /// Asked-for columns that can never be added (caps, a declared type
+    /// shardlake cannot write): their fields stay in `_extra`.
+    pub refused: Vec<String>,
+}
+
+/// One worker's part in the fleet's version protocol.
+pub struct Evolution<'a> {
+    /// The worker's versions.
+    pub schemas: &'a Schemas,
+    /// Where versions are stored.
+    pub store: &'a CheckpointStore,
+    /// The catalog table, if any.
+    pub table: Option<&'a dyn SchemaTable>,
+    /// Test hook: a kill between storing a version and the table update.
+    pub crash: Option<&'a CrashPoints>,
+}
+
+impl<'a> Evolution<'a> {
+    /// The protocol of the worker `ctx`.
+    pub fn of(ctx: &'a Context) -> Self {
+        Evolution {
+            schemas: &ctx.schemas,
+            store: &ctx.checkpoints,
+            table: ctx.catalog.as_deref().map(|r| r as &dyn SchemaTable),
+            crash: Some(&ctx.crash),
+        }
+    }
+
+    /// Brings the worker to the newest stored version: loads it, puts its
+    /// columns in the table (unless known there), then makes it current.
+    pub async fn catch_up(&self) -> anyhow::Result<Version> {
+        let newest = self.schemas.newest(self.store).await?;
+        let in_table = self.schemas.in_table.load(std::sync::atomic::Ordering::SeqCst);
+        if let Some(table) = self.table
+            && newest.number > in_table
+        {
+            table.add_columns(&newest.spec.schema).await?;
+            self.schemas.mark_in_table(newest.number);
+        }
+        self.schemas.publish(newest);
+        Ok(self.schemas.current())
+    }
+
+    /// A version with `columns`: the newest stored one if it has them, else
+    /// a new one on top of it with those that fit (a lost race adopts the
+    /// winner's and tries again on top of it). One attempt: errors are the
+    /// caller's to retry.
+    pub async fn add(&self, columns: &[Column]) -> anyhow::Result<Added> {
+        let mut refused = Vec::new();
+        loop {
+            let current = self.catch_up().await?;
+            let schema = &current.spec.schema;
+            let mut missing: Vec<Column> = columns
+                .iter()
+                .filter(|c| !schema.columns.iter().any(|o| o.name.eq_ignore_ascii_case(&c.name)))
+                .filter(|c| !refused.contains(&c.name))
+                .cloned()
+                .collect();
+            if let (Some(table), false) = (self.table, missing.is_empty()) {
+                // A column the table's owners declared keeps their type.
+                let declared = table.declared_columns().await?;
+                missing.retain_mut(|c| match declared.iter().find(|(n, _)| n.eq_ignore_ascii_case(&c.name)) {
+                    None => true,
+                    Some((_, ty)) => match shardlake::catalog::lake_type(ty) {
+                        Ok(ty) => {
+                            c.ty = ty;
+                            true
+                        }
+                        Err(_) => {
+                            refused.push(c.name.clone());
+                            false
+                        }
+                    },
+                });
+            }
+            let (fits, never) = fit(schema, missing);
+            refused.extend(never);
+            if fits.is_empty() {
+                return Ok(Added { version: current, stored: 0, refused });
+            }
+            let number = current.number + 1;
+            let stored = self.store.save_schema(number, &encode(number, &fits)).await?;
+            if stored {
+                *self.schemas.last_stored.lock().expect("schemas lock") = Some(tokio::time::Instant::now());
+                // A kill here leaves the table behind the stored version: the
+                // next catch-up of any worker adds the columns.
+                if let Some(crash) = self.crash {
+                    crash.hit("after_schema_version");
+                }
+                let version = self.catch_up().await?;
+                return Ok(Added { version, stored: fits.len(), refused });
+            }
+        }
+    }
+}
+
+/// The columns of `missing` that version after `schema` takes: within the
+/// column cap, [`MAX_COLUMN_TYPE_CHARS`] per type, [`MAX_SCHEMA_TYPE_CHARS`]
+/// in all and [`MAX_VERSION_BYTES`] per version; and the names that can
+/// never be added (the rest wait for a later version). A name given twice
+/// (in any case) or already a column is taken once.
+pub fn fit(schema: &Schema, missing: Vec<Column>) -> (Vec<Column>, Vec<String>) {
+    let mut room = MAX_INFERRED_FIELDS.saturating_sub(schema.columns.len());
+    let mut chars: usize = schema.columns.iter().map(|c| c.ty.to_string().len()).sum();
+    let (mut fits, mut never) = (Vec::new(), Vec::new());
+    let mut bytes = 0;
+    for c in missing {
+        if fits.iter().chain(&schema.columns).any(|o: &Column| o.name.eq_ignore_ascii_case(&c.name)) {
+            continue;
+        }
+        let ty = c.ty.to_string().len();
+        // TOML of one column: name, type and a few dozen bytes of keys.
+        let size = c.name.len() + ty + 48;
+        if room == 0 || ty > MAX_COLUMN_TYPE_CHARS || chars + ty > MAX_SCHEMA_TYPE_CHARS {
+            never.push(c.name);
+        } else if bytes + size <= MAX_VERSION_BYTES {
+            room -= 1;
+            chars += ty;
+            bytes += size;
+            fits.push(c);
+        }
+    }
+    (fits, never)
+}
+
 /// The version that has `columns` (a batch of `from` met them): the current
-/// one if it has them already, else a new one, stored and in the table
-/// before it is returned. Failures are retried with back-off (the shard
-/// waits; `/healthz` names the cause) until they pass, or `None` once
-/// either of `cancels` fires (shutdown, a lost lease).
+/// one if it has them already, else the newest stored, else a new one,
+/// stored and in the table before it is returned. Failures are retried with
+/// back-off (the shard waits; `/healthz` names the cause; the worker's other
+/// shards go on) until they pass, or `None` once either of `cancels` fires
+/// (shutdown, a lost lease).
 pub async fn evolve(
     ctx: &Context,
     shard: &str,
@@ -156,38 +407,50 @@ pub async fn evolve(
     cancels: [&CancellationToken; 2],
 ) -> Option<Version> {
     let schemas = &ctx.schemas;
-    let _turn = tokio::select! {
-        turn = schemas.evolving.lock() => turn,
-        _ = cancels[0].cancelled() => return None,
-        _ = cancels[1].cancelled() => return None,
-    };
     let mut attempt = 0;
     loop {
-        let current = schemas.current();
-        let missing: Vec<Column> = columns
-            .iter()
-            .filter(|c| !current.spec.schema.columns.iter().any(|o| o.name.eq_ignore_ascii_case(&c.name)))
-            .cloned()
-            .collect();
-        if missing.is_empty() {
-            return Some(current);
-        }
-        match next_version(ctx, &current, &missing).await {
-            Ok((version, added)) => {
-                attempt = 0;
+        let result = {
+            let _turn = tokio::select! {
+                turn = schemas.turn.lock() => turn,
+                _ = cancels[0].cancelled() => return None,
+                _ = cancels[1].cancelled() => return None,
+            };
+            let evolution = Evolution::of(ctx);
+            tokio::select! {
+                r = evolution.add(columns) => r,
+                _ = cancels[0].cancelled() => return None,
+                _ = cancels[1].cancelled() => return None,
+            }
+        };
+        match result {
+            Ok(added) => {
                 ctx.health.worker_ok("schema");
-                ctx.metrics.record_schema(version.number, added);
-                let names: Vec<&str> = version.spec.schema.columns.iter().map(|c| c.name.as_str()).collect();
-                tracing::info!(
-                    shard,
-                    from,
-                    version = version.number,
-                    added,
-                    columns = names.join(","),
-                    "schema version {} in use",
-                    version.number
-                );
-                schemas.publish(version);
+                note_table_updates(ctx);
+                ctx.metrics.record_schema(added.version.number, added.stored);
+                ctx.metrics.record_fields_in_extra("refused", added.refused.len() as u64);
+                if !added.refused.is_empty() {
+                    tracing::warn!(
+                        shard,
+                        fields = added.refused.join(","),
+                        "fields that cannot become columns (column cap, size caps, or a declared type shardlake \
+                         cannot write) stay in _extra"
+                    );
+                    schemas.refuse(added.refused);
+                }
+                let version = added.version;
+                if version.number > from {
+                    let names: Vec<&str> = version.spec.schema.columns.iter().map(|c| c.name.as_str()).collect();
+                    tracing::info!(
+                        shard,
+                        from,
+                        version = version.number,
+                        added = added.stored,
+                        columns = names.join(","),
+                        "schema version {} in use",
+                        version.number
+                    );
+                }
+                return Some(version);
             }
             Err(e) => {
                 attempt += 1;
@@ -210,60 +473,57 @@ pub async fn evolve(
     }
 }
 
-/// Stores `current` + `missing` as the next version (or adopts the one
-/// another worker stored under that number) and brings the catalog table up
-/// to it. Returns the version and how many columns this call added.
-async fn next_version(ctx: &Context, current: &Version, missing: &[Column]) -> anyhow::Result<(Version, usize)> {
-    let number = current.number + 1;
-    let ours = with_columns(&current.spec.schema, missing);
-    let stored_ours = ctx.checkpoints.save_schema(number, &ours.to_toml()).await?;
-    let Some(schema) = stored(&ctx.checkpoints, number).await? else {
-        anyhow::bail!("schema version {number} was stored, then not found in {}", ctx.checkpoints.url());
-    };
-    let added = if stored_ours { missing.len() } else { 0 };
-    // A crash here leaves the table behind the stored version: the next
-    // start's table check adds the columns (`CatalogTable::evolving`).
-    ctx.crash.hit("after_schema_version");
-    if let Some(catalog) = &ctx.catalog {
-        catalog.evolve(ctx.settings.table_definition_of(&schema)?).await?;
+fn note_table_updates(ctx: &Context) {
+    if let Some(registrar) = &ctx.catalog {
+        ctx.metrics.record_table_updates(registrar.table().updates());
     }
-    Ok((Version { number, spec: Arc::new(spec_of(&ctx.schemas.base, schema)) }, added))
+}
+
+/// The follower: every [`FOLLOW_EVERY`], catches the worker up to versions
+/// other workers stored (and their columns up in the table), so every
+/// worker of a fleet is on the newest version within seconds without
+/// meeting a new field itself. Returns when `finish` or `ctx.abort` fires.
+pub async fn follow(ctx: Arc<Context>, finish: CancellationToken) {
+    if !ctx.schemas.evolving() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+            _ = finish.cancelled() => return,
+            _ = ctx.abort.cancelled() => return,
+        }
+        let before = ctx.schemas.current().number;
+        let result = {
+            let _turn = ctx.schemas.turn.lock().await;
+            let evolution = Evolution::of(&ctx);
+            tokio::select! {
+                r = evolution.catch_up() => r,
+                _ = finish.cancelled() => return,
+                _ = ctx.abort.cancelled() => return,
+            }
+        };
+        match result {
+            Ok(version) => {
+                ctx.health.worker_ok("schema");
+                note_table_updates(&ctx);
+                if version.number > before {
+                    ctx.metrics.record_schema(version.number, 0);
+                    tracing::info!(
+                        from = before,
+                        version = version.number,
+                        "adopted the schema version another worker stored"
+                    );
+                }
+            }
+            Err(e) => {
+                ctx.health.worker_failed("schema", &e);
+                tracing::error!(error = %e, "catching up with stored schema versions failed; retrying");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_newest_stored_version_is_current_and_older_ones_load_on_demand() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "app", "events").unwrap();
-        let v1 = Schema::parse("[[columns]]\nname = \"id\"\ntype = \"bigint\"\n", false).unwrap();
-        let add = |s: &Schema, name: &str| {
-            with_columns(s, &[Column { name: name.into(), ty: "string".parse().unwrap(), required: false }])
-        };
-        let v2 = add(&v1, "a");
-        let v3 = add(&v2, "b");
-        store.save_schema(2, &v2.to_toml()).await.unwrap();
-        store.save_schema(3, &v3.to_toml()).await.unwrap();
-        store.save_schema(3, &add(&v2, "other").to_toml()).await.unwrap();
-        let base = TableSpec {
-            schema: Arc::new(v1.clone()),
-            template: shardlake::partition::PartitionTemplate::parse("year=!{timestamp:yyyy}/").unwrap(),
-            time_source: shardlake::partition::TimeSource::Arrival,
-            unknown_fields: UnknownFieldPolicy::Evolve,
-            max_record_bytes: 1 << 20,
-            error_prefix: "errors/".into(),
-            writer: Default::default(),
-            max_partition_bytes: 512,
-        };
-        let schemas = Schemas::load(base, 1, &store).await.unwrap();
-        let current = schemas.current();
-        assert_eq!((current.number, current.spec.schema.as_ref()), (3, &v3), "the first stored v3 wins");
-        assert_eq!(*schemas.version(2, &store).await.unwrap().spec.schema, v2);
-        assert_eq!(*schemas.version(1, &store).await.unwrap().spec.schema, v1);
-        let err = schemas.version(9, &store).await.unwrap_err().to_string();
-        assert!(err.contains("schema version 9 is not in"), "{err}");
-        assert!(schemas.watch(&current).is_some());
-    }
-}
+#[path = "evolve_tests.rs"]
+mod tests;

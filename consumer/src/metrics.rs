@@ -31,6 +31,8 @@ pub struct Metrics {
     catalog_pending: IntGauge,
     schema_version: IntGauge,
     schema_columns_added: IntCounter,
+    schema_fields_in_extra: IntCounterVec,
+    catalog_table_updates: IntCounter,
     health_problems: IntGauge,
     read_buffer_bytes: IntGauge,
     unreplayable_ranges: IntCounterVec,
@@ -203,6 +205,19 @@ impl Metrics {
                 "shardlake_consumer_schema_columns_added_total",
                 "Columns this worker added to the schema (unknown_fields = \"evolve\").",
             ),
+            schema_fields_in_extra: counter_vec(
+                &r,
+                "shardlake_consumer_schema_fields_in_extra_total",
+                "unknown_fields = \"evolve\": new fields kept in _extra instead of a column, by reason: \
+                 deferred (records within evolve_interval of this worker's last version; the field joins the next \
+                 one) or refused (for good: the column cap, a type over the size caps, a declared type shardlake \
+                 cannot write).",
+                &["reason"],
+            ),
+            catalog_table_updates: counter(
+                "shardlake_consumer_catalog_table_updates_total",
+                "UpdateTable calls this worker made to add columns to the Glue table (unknown_fields = \"evolve\").",
+            ),
             unreplayable_ranges: counter_vec(
                 &r,
                 "shardlake_consumer_unreplayable_ranges_total",
@@ -307,6 +322,18 @@ impl Metrics {
     pub fn record_schema(&self, version: u32, added: usize) {
         self.schema_version.set(i64::from(version));
         self.schema_columns_added.inc_by(added as u64);
+    }
+
+    /// `n` new fields kept in `_extra` for `reason` (`deferred`, `refused`).
+    pub fn record_fields_in_extra(&self, reason: &str, n: u64) {
+        if n > 0 {
+            self.schema_fields_in_extra.with_label_values(&[reason]).inc_by(n);
+        }
+    }
+
+    /// The catalog table has had `total` `UpdateTable` calls from this worker.
+    pub fn record_table_updates(&self, total: u64) {
+        self.catalog_table_updates.inc_by(total.saturating_sub(self.catalog_table_updates.get()));
     }
 
     /// A failed upload attempt.

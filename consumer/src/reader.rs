@@ -28,8 +28,10 @@ const UPLOAD_CONCURRENCY: usize = 4;
 const BACKOFF: RetryPolicy =
     RetryPolicy { max_attempts: u32::MAX, base: Duration::from_millis(200), cap: Duration::from_secs(30) };
 
-/// Partitions waiting for the catalog that a shard's checkpoint keeps, at most.
-const MAX_PENDING_IN_CHECKPOINT: usize = 1000;
+/// Bytes of partition paths waiting for the catalog that a shard's
+/// checkpoint keeps, at most: a DynamoDB item holds 400 KB, and the rest of
+/// the item (lease, checkpoint, intent) needs well under the remainder.
+const MAX_PENDING_BYTES: usize = 256 * 1024;
 
 /// Failed subscriptions in a row after which a shard is read with
 /// GetRecords instead (until its reader restarts).
@@ -98,6 +100,9 @@ struct Reader {
     /// Partitions committed but not known to be in the catalog yet; each
     /// commit carries them until they are.
     catalog_pending: Vec<String>,
+    /// How many of them the checkpoint holds (it is rewritten smaller once
+    /// some are confirmed, even when no batch commits).
+    stored_pending: usize,
 }
 
 /// Reads `shard` until it ends, `cancel` fires (final flush) or the lease is
@@ -151,6 +156,7 @@ pub async fn read_shard(
         start: start.clone(),
         replay: state.intent.map(|i| (i, false)),
         failures: 0,
+        stored_pending: state.catalog_pending.len(),
         catalog_pending: state.catalog_pending,
     };
     reader.ctx.metrics.add_shards_reading(1);
@@ -195,6 +201,7 @@ impl Reader {
                 return Ok(if self.lost.is_cancelled() { self.dropped_on_lost_lease() } else { ShardExit::Stopped });
             }
             self.records.settle();
+            self.shrink_stored_pending().await?;
             let Some(next) = fetched.next else {
                 tracing::info!(shard = self.shard, "shard ended");
                 self.flush(FlushReason::ShardEnd, true).await?;
@@ -471,6 +478,8 @@ impl Reader {
             }
             let empty = self.empty_batch();
             let mut batch = std::mem::replace(&mut self.batch, empty);
+            let schemas = &self.ctx.schemas;
+            batch.set_evolve_open(schemas.may_store() || schemas.current().number > batch.version());
             self.last_read = records.last().map(|r| r.sequence.to_string()).or(self.last_read.take());
             let retried = evolved_for.take();
             let (batch, records_back, stop) = tokio::task::spawn_blocking(move || {
@@ -489,6 +498,18 @@ impl Reader {
             .expect("batch task panicked")?;
             self.batch = batch;
             records = records_back;
+            let counts = self.batch.take_watch_counts();
+            self.ctx.metrics.record_fields_in_extra("deferred", counts.deferred);
+            self.ctx.metrics.record_fields_in_extra("refused", counts.refused.len() as u64);
+            if !counts.refused.is_empty() {
+                tracing::warn!(
+                    shard = self.shard,
+                    fields = counts.refused.join(","),
+                    max_type_chars = shardlake::schema::MAX_COLUMN_TYPE_CHARS,
+                    "fields whose column type would be too long stay in _extra"
+                );
+                self.ctx.schemas.refuse(counts.refused);
+            }
             if let Some((i, columns)) = stop {
                 // Nothing of a replay's range reaches here: replays have no watch.
                 let mut waiting = records.split_off(i);
@@ -639,19 +660,43 @@ impl Reader {
     }
 
     /// The part of `pending` a commit stores: all of it, up to
-    /// [`MAX_PENDING_IN_CHECKPOINT`] (a long catalog outage under a template
-    /// with many values per shard would otherwise outgrow a DynamoDB item);
-    /// beyond that a crash leaves the rest to `catalog sync`.
+    /// [`MAX_PENDING_BYTES`] of paths (a long catalog outage under a
+    /// template with many or long values per shard would otherwise outgrow
+    /// a DynamoDB item and stop every commit); beyond that a crash leaves
+    /// the rest to `catalog sync`.
     fn stored_pending<'a>(&self, pending: &'a [String]) -> &'a [String] {
-        if pending.len() > MAX_PENDING_IN_CHECKPOINT {
+        let kept = pending_within(pending, MAX_PENDING_BYTES);
+        if kept < pending.len() {
             tracing::warn!(
                 shard = self.shard,
                 pending = pending.len(),
-                kept = MAX_PENDING_IN_CHECKPOINT,
+                kept,
+                max_bytes = MAX_PENDING_BYTES,
                 "more partitions wait for the catalog than a checkpoint keeps; after a crash run `catalog sync`"
             );
         }
-        &pending[..pending.len().min(MAX_PENDING_IN_CHECKPOINT)]
+        &pending[..kept]
+    }
+
+    /// Once the catalog confirmed some of the partitions the checkpoint
+    /// lists, writes the shorter list (without moving the checkpoint), so a
+    /// quiet shard does not make every restart register them again.
+    async fn shrink_stored_pending(&mut self) -> anyhow::Result<()> {
+        let Some(catalog) = &self.ctx.catalog else { return Ok(()) };
+        if self.stored_pending == 0 || self.replay.is_some() {
+            return Ok(());
+        }
+        let left = catalog.unconfirmed(self.catalog_pending.iter().cloned());
+        if left.len() == self.catalog_pending.len() {
+            return Ok(());
+        }
+        let stored = self.stored_pending(&left).to_vec();
+        let (ctx, shard, lease) = (self.ctx.clone(), self.shard.clone(), self.lease);
+        let write = || ctx.checkpoints.set_catalog_pending(&shard, lease, &stored);
+        write_checkpoint(&ctx, &shard, &self.lost, "pending partitions", write).await?;
+        self.stored_pending = stored.len();
+        self.catalog_pending = left;
+        Ok(())
     }
 
     /// After a commit: its pending partitions go to the registrar.
@@ -659,8 +704,21 @@ impl Reader {
         if let Some(catalog) = &self.ctx.catalog {
             catalog.submit(&pending);
         }
+        self.stored_pending = pending_within(&pending, MAX_PENDING_BYTES);
         self.catalog_pending = pending;
     }
+}
+
+/// How many of `pending` (from the first) fit in `max_bytes` of paths.
+fn pending_within(pending: &[String], max_bytes: usize) -> usize {
+    let mut bytes = 0;
+    pending
+        .iter()
+        .take_while(|p| {
+            bytes += p.len();
+            bytes <= max_bytes
+        })
+        .count()
 }
 
 /// A checkpoint write (intent or commit) retried with back-off until it

@@ -86,9 +86,7 @@ async fn context(dir: &std::path::Path, kinesis: aws_sdk_kinesis::Client, extra:
     let settings = ConsumerConfig::parse(&text, "test").unwrap().resolve(dir).unwrap();
     let checkpoints = CheckpointStore::open(&format!("file://{}", dir.join("cp").display()), "shardlake", "s").unwrap();
     let schemas =
-        crate::evolve::Schemas::load(settings.table.clone(), settings.config.evolve_min_records, &checkpoints)
-            .await
-            .unwrap();
+        crate::evolve::Schemas::load(settings.table.clone(), settings.evolve_rules(), &checkpoints).await.unwrap();
     Arc::new(Context {
         thresholds: Thresholds { max_bytes: 1 << 20, max_records: 1000, max_age: Duration::from_secs(300) },
         kinesis,
@@ -223,7 +221,7 @@ async fn a_new_field_commits_the_batch_before_it_and_later_batches_carry_the_col
         None,
     )]);
     let dir = tempfile::tempdir().unwrap();
-    let ctx = context(dir.path(), kinesis, "unknown_fields = \"evolve\"\n").await;
+    let ctx = context(dir.path(), kinesis, "unknown_fields = \"evolve\"\nevolve_interval = \"0s\"\n").await;
     let lease = ShardLease { counter: None, lost: CancellationToken::new() };
     let exit = read_shard(ctx.clone(), SHARD.to_string(), lease, CancellationToken::new()).await.unwrap();
     assert_eq!(exit, ShardExit::Ended);
@@ -246,13 +244,52 @@ async fn a_new_field_commits_the_batch_before_it_and_later_batches_carry_the_col
     let extra = lake_files(dir.path(), "_extra");
     assert_eq!(extra[2].2, ["null", r#"{"Coupon":"C"}"#]);
     let v3 = std::fs::read_to_string(dir.path().join("cp/shardlake/s/schema-v3.toml")).unwrap();
-    let v3 = shardlake::schema::Schema::parse(&v3, false).unwrap();
+    assert!(v3.contains("added_to = 2") && !v3.contains("coupon"), "stored as a delta: {v3}");
+    let (_, v3) = crate::evolve::latest(&ctx.checkpoints, &ctx.settings.table.schema).await.unwrap();
     let v3: Vec<String> = v3.columns.iter().map(|c| format!("{}:{}", c.name, c.ty)).collect();
     assert_eq!(v3, ["id:string", "ts:timestamp", "coupon:string", "dev:struct<os:string>"]);
     let metrics = ctx.metrics.render();
     assert!(metrics.contains("shardlake_consumer_flushes_total{reason=\"schema\"} 2"), "{metrics}");
     assert!(metrics.contains("shardlake_consumer_schema_version 3"), "{metrics}");
     assert!(metrics.contains("shardlake_consumer_schema_columns_added_total 2"), "{metrics}");
+}
+
+/// Issue 25, row 6: a worker makes at most one version per
+/// `evolve_interval`; fields due meanwhile stay in `_extra` for those
+/// records and all join the next version.
+#[tokio::test(start_paused = true)]
+async fn fields_due_within_the_interval_wait_in_extra_and_join_the_next_version_together() {
+    let mut answers = vec![output(
+        vec![record(1), record_with(2, r#","a":1"#), record_with(3, r#","b":"x""#), record_with(4, r#","c":true"#)],
+        Some("i2"),
+    )];
+    // Polls a second apart while a batch waits: 8 s pass.
+    answers.extend((0..8).map(|_| output(vec![], Some("i3"))));
+    answers.push(output(vec![record_with(5, r#","d":1.5"#), record_with(6, r#","b":"y""#)], None));
+    let (kinesis, _) = scripted_kinesis(answers);
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(dir.path(), kinesis, "unknown_fields = \"evolve\"\nevolve_interval = \"5s\"\n").await;
+    let lease = ShardLease { counter: None, lost: CancellationToken::new() };
+    let exit = read_shard(ctx.clone(), SHARD.to_string(), lease, CancellationToken::new()).await.unwrap();
+    assert_eq!(exit, ShardExit::Ended);
+    let files = lake_files(dir.path(), "_extra");
+    let names: Vec<&str> = files.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "s-shardId-000000000000-1-1.snappy.parquet",
+            "s-shardId-000000000000-2-4.snappy.parquet",
+            "s-shardId-000000000000-5-6.snappy.parquet"
+        ]
+    );
+    assert_eq!(files[1].1, ["id", "ts", "a", "_extra"]);
+    assert_eq!(files[1].2, ["null", r#"{"b":"x"}"#, r#"{"c":true}"#], "b and c waited in _extra");
+    assert_eq!(files[2].1, ["id", "ts", "a", "b", "c", "d", "_extra"], "one version took b, c and d");
+    assert_eq!(files[2].2, ["null", "null"]);
+    let metrics = ctx.metrics.render();
+    assert!(metrics.contains("shardlake_consumer_schema_version 3"), "{metrics}");
+    assert!(metrics.contains("shardlake_consumer_schema_fields_in_extra_total{reason=\"deferred\"} 2"), "{metrics}");
+    assert!(metrics.contains("shardlake_consumer_flushes_total{reason=\"schema\"} 2"), "{metrics}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -73,9 +73,10 @@ pub fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
     }
     if c.unknown_fields == UnknownFieldPolicy::Evolve {
         outln!(
-            "evolution         new top-level fields become columns in their record #{} of a batch; \
-             versions stored beside the checkpoints",
-            c.evolve_min_records
+            "evolution         new top-level fields become columns in their record #{} of a batch, at most one \
+             version per {} per worker; versions stored beside the checkpoints",
+            c.evolve_min_records,
+            humantime::format_duration(c.evolve_interval)
         );
     }
     if let Some(table) = &s.catalog {
@@ -165,8 +166,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         _ => settings,
     };
-    let schemas =
-        crate::evolve::Schemas::load(settings.table.clone(), settings.config.evolve_min_records, &checkpoints).await?;
+    let schemas = crate::evolve::Schemas::load(settings.table.clone(), settings.evolve_rules(), &checkpoints).await?;
     let current = schemas.current();
     if current.number > 1 {
         eprintln!(
@@ -181,7 +181,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let c = &settings.config;
             let table = settings.catalog_table(glue, name.clone(), settings.table_definition_of(&current.spec.schema)?);
             let ensured = crate::catalog::ensure_at_start(&table, c.catalog_create).await?;
-            Some(Arc::new(Registrar::new(table, c.catalog_create, ensured)))
+            if ensured.is_some() {
+                schemas.mark_in_table(current.number);
+            }
+            let for_versions = settings.clone();
+            let define: crate::catalog::Define = Box::new(move |schema| for_versions.table_definition_of(schema));
+            Some(Arc::new(Registrar::new(table, c.catalog_create, ensured, define)))
         }
         _ => None,
     };
@@ -224,6 +229,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let finish = CancellationToken::new();
     let registering = registrar.map(|r| tokio::spawn(crate::catalog::run(ctx.clone(), r, finish.clone())));
+    let following = tokio::spawn(crate::evolve::follow(ctx.clone(), finish.clone()));
     let result = crate::worker::run(ctx.clone(), cancel).await;
     if let Some(task) = registering {
         // The final flushes' partitions: registered now if the catalog
@@ -234,6 +240,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             eprintln!("shardlake-consumer: {pending} partitions left to register at the next start");
         }
     }
+    finish.cancel();
+    let _ = following.await;
     ctx.abort.cancel();
     result
 }

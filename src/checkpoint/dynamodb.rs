@@ -381,6 +381,18 @@ impl DynamoCheckpoints {
         self.held_update("commit", shard, counter, &update, &names, values).await
     }
 
+    /// Replaces the partitions still to register in the catalog, fenced on
+    /// the lease at `counter`.
+    pub async fn set_catalog_pending(&self, shard: &str, counter: u64, pending: &[String]) -> Result<()> {
+        let names = [("#cat", "catalog_pending")];
+        if pending.is_empty() {
+            // A string set cannot be empty: none pending is no attribute.
+            return self.held_update("update pending partitions", shard, counter, "REMOVE #cat", &names, vec![]).await;
+        }
+        let value = vec![(":cat", AttributeValue::Ss(pending.to_vec()))];
+        self.held_update("update pending partitions", shard, counter, "SET #cat = :cat", &names, value).await
+    }
+
     /// Every lease of this application and stream (consistent scan).
     pub async fn leases(&self) -> Result<Vec<Lease>> {
         let mut out = Vec::new();

@@ -12,6 +12,13 @@ use std::collections::{HashMap, HashSet};
 use super::{Column, EXTRA_COLUMN, MAX_INFERRED_FIELDS, Schema, SchemaInferrer};
 use crate::json::{Kind, Parser};
 
+/// The longest column type a new field may get, in characters: a quarter
+/// of Glue's 131,072-character limit, so a few such columns still fit a
+/// stored schema version and a table update. A field whose values would
+/// type it longer (an object with thousands of keys, or one huge key) stays
+/// in `_extra`.
+pub const MAX_COLUMN_TYPE_CHARS: usize = 32 * 1024;
+
 /// Whether `name` can become a column: what Athena, Glue and Hive accept
 /// unquoted in every engine (letters, digits and `_`, not starting with a
 /// digit, at most 255 bytes) and not `_extra`.
@@ -44,6 +51,26 @@ pub struct FieldWatch {
     counts: HashMap<String, u64>,
     /// Their values, typed as inference types them.
     values: SchemaInferrer,
+    /// Whether a due field may end the batch now. While it may not (the
+    /// worker made a schema version less than `evolve_interval` ago), its
+    /// records keep it in `_extra` and it is counted, so the next version
+    /// takes it together with every other field due by then.
+    open: bool,
+    /// Records that kept a due field in `_extra` while closed.
+    deferred: u64,
+    /// Fields refused a column because their type is too long.
+    refused: Vec<String>,
+}
+
+/// What a [`FieldWatch`] kept out of columns since it was last asked.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WatchCounts {
+    /// Records that kept a due field in `_extra` because the window was
+    /// closed (they join the next version).
+    pub deferred: u64,
+    /// Fields refused a column for good: their type is longer than
+    /// [`MAX_COLUMN_TYPE_CHARS`].
+    pub refused: Vec<String>,
 }
 
 impl FieldWatch {
@@ -60,7 +87,35 @@ impl FieldWatch {
             min_records: min_records.max(1),
             counts: HashMap::new(),
             values: SchemaInferrer::new(),
+            open: true,
+            deferred: 0,
+            refused: Vec::new(),
         }
+    }
+
+    /// Fields never to propose (refused a column before): they are passed
+    /// over like known ones.
+    pub fn refusing<'a>(mut self, names: impl IntoIterator<Item = &'a String>) -> Self {
+        for name in names {
+            self.refuse(name);
+        }
+        self
+    }
+
+    fn refuse(&mut self, name: &str) {
+        self.known.insert(name.to_string());
+        self.taken.insert(name.to_ascii_lowercase());
+        self.counts.remove(name);
+    }
+
+    /// Whether a due field may end the batch now (see the `open` field).
+    pub fn set_open(&mut self, open: bool) {
+        self.open = open;
+    }
+
+    /// What was kept out of columns since the last call.
+    pub fn take_counts(&mut self) -> WatchCounts {
+        WatchCounts { deferred: std::mem::take(&mut self.deferred), refused: std::mem::take(&mut self.refused) }
     }
 
     /// The candidate fields of one record with their JSON values: top-level,
@@ -218,28 +273,52 @@ impl FieldWatch {
         for name in &names {
             *added.entry(name).or_default() += 1;
         }
-        let mut due: Vec<&str> = added
+        let due: Vec<&str> = added
             .iter()
             .filter(|(k, n)| self.counts.get(**k).copied().unwrap_or(0) + **n >= self.min_records)
             .map(|(k, _)| *k)
             .collect();
-        if due.is_empty() {
+        let columns = if due.is_empty() || !self.open { Vec::new() } else { self.due_columns(&due, &samples) };
+        if columns.is_empty() {
+            if !due.is_empty() && !self.open {
+                self.deferred += 1;
+            }
             for (key, n) in added {
                 // Past the cap, fields not counted yet are not counted: a
                 // stream of ever-new keys cannot grow the map without bound.
-                if self.counts.len() < MAX_INFERRED_FIELDS || self.counts.contains_key(key) {
+                if !self.known.contains(key)
+                    && (self.counts.len() < MAX_INFERRED_FIELDS || self.counts.contains_key(key))
+                {
                     *self.counts.entry(key.to_string()).or_default() += n;
                 }
             }
             samples.iter().for_each(|s| self.values.observe_line(s.as_bytes()));
             return Vec::new();
         }
+        columns
+    }
+
+    /// The columns for `due` (this record's due fields) and every field
+    /// counted often enough before (deferred while closed), typed by every
+    /// value seen; a type longer than [`MAX_COLUMN_TYPE_CHARS`] refuses its
+    /// field for good. Empty when nothing is left.
+    fn due_columns(&mut self, due: &[&str], samples: &[String]) -> Vec<Column> {
         let mut values = self.values.clone();
         samples.iter().for_each(|s| values.observe_line(s.as_bytes()));
-        due.sort();
+        let mut names: Vec<String> = due.iter().map(|d| d.to_string()).collect();
+        names.extend(self.counts.iter().filter(|(_, n)| **n >= self.min_records).map(|(k, _)| k.clone()));
+        names.sort();
+        names.dedup();
         let Some(schema) = values.finish() else { return Vec::new() };
-        let mut columns: Vec<Column> =
-            schema.columns.into_iter().filter(|c| due.iter().any(|d| **d == c.name)).collect();
+        let (mut columns, long): (Vec<Column>, Vec<Column>) = schema
+            .columns
+            .into_iter()
+            .filter(|c| names.contains(&c.name))
+            .partition(|c| c.ty.to_string().len() <= MAX_COLUMN_TYPE_CHARS);
+        for c in long {
+            self.refuse(&c.name);
+            self.refused.push(c.name);
+        }
         columns.truncate(self.room);
         columns
     }
@@ -366,6 +445,37 @@ mod tests {
         }
         assert_eq!(w.counts.len(), MAX_INFERRED_FIELDS);
         assert_eq!(names(&w.observe(&[br#"{"k7":2}"#])), "k7:bigint", "counted fields still become columns");
+    }
+
+    #[test]
+    fn while_closed_due_fields_are_deferred_and_the_next_open_record_takes_them_all() {
+        let mut w = FieldWatch::new(&schema(), &[], 1);
+        w.set_open(false);
+        assert!(w.observe(&[br#"{"a":1}"#]).is_empty());
+        assert!(w.observe(&[br#"{"b":"x"}"#]).is_empty());
+        assert!(w.observe(&[br#"{"id":3}"#]).is_empty());
+        assert_eq!(w.take_counts(), WatchCounts { deferred: 2, refused: vec![] });
+        w.set_open(true);
+        assert_eq!(names(&w.observe(&[br#"{"c":true}"#])), "a:bigint b:string c:boolean");
+        assert!(w.observe(&[br#"{"id":4}"#]).is_empty(), "a record without new fields cuts nothing");
+    }
+
+    #[test]
+    fn a_field_whose_type_is_too_long_stays_in_extra_for_good() {
+        let mut w = FieldWatch::new(&schema(), &[], 1);
+        let huge = format!(r#"{{"big":{{"{}":1}},"ok":1}}"#, "k".repeat(MAX_COLUMN_TYPE_CHARS));
+        assert_eq!(names(&w.observe(&[huge.as_bytes()])), "ok:bigint");
+        assert_eq!(w.take_counts().refused, ["big"]);
+        assert!(w.observe(&[huge.as_bytes()]).len() == 1, "`big` is never proposed again");
+        let wide: String = (0..3000)
+            .map(|i| format!(r#""a_rather_long_key_name_for_this_test_{i:05}":1"#))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut w = FieldWatch::new(&schema(), &[], 1);
+        assert!(w.observe(&[format!(r#"{{"wide":{{{wide}}}}}"#).as_bytes()]).is_empty());
+        assert_eq!(w.take_counts().refused, ["wide"]);
+        let again = FieldWatch::new(&schema(), &[], 1).refusing(&["wide".to_string()]);
+        assert!(!again.may_have_new_keys(r#"{"wide":{"a":1}}"#));
     }
 
     #[test]

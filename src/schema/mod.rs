@@ -24,7 +24,7 @@ use arrow_schema::{DataType, Field};
 use serde::{Deserialize, Serialize};
 
 pub use ddl::{DdlOptions, TableDefinition, create_table_ddl, table_definition};
-pub use evolve::{FieldWatch, valid_column_name, with_columns};
+pub use evolve::{FieldWatch, MAX_COLUMN_TYPE_CHARS, WatchCounts, valid_column_name, with_columns};
 pub use infer::{DEFAULT_INFER_SAMPLE, MAX_INFERRED_FIELDS, SchemaInferrer};
 pub use types::{
     HiveType, LIST_ITEM_NAME, MAX_DECIMAL_PRECISION, MAX_TYPE_DEPTH, StructField, TypeParseError, map_entries_field,

@@ -33,6 +33,14 @@ impl FileStore {
         tokio::task::spawn_blocking(move || write_atomic(&path, &data)).await.expect("file write task panicked")
     }
 
+    /// Writes `data` at `key` unless an object is there: `false` when one
+    /// was. Atomic between processes (a hard link fails on an existing
+    /// name), so of writers racing on one key exactly one wins.
+    pub async fn put_new(&self, key: &str, data: Vec<u8>) -> Result<bool> {
+        let path = self.root.join(key);
+        tokio::task::spawn_blocking(move || write_new(&path, &data)).await.expect("file write task panicked")
+    }
+
     /// Reads the object at `key`.
     pub async fn get(&self, key: &str) -> Result<Vec<u8>> {
         let path = self.root.join(key);
@@ -112,6 +120,32 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     })
 }
 
+fn write_new(path: &Path, data: &[u8]) -> Result<bool> {
+    let dir = path.parent().expect("keys have a parent directory");
+    std::fs::create_dir_all(dir).map_err(|e| store_err("put", dir, e))?;
+    let name = path.file_name().expect("keys name a file").to_string_lossy();
+    // A temp name of this writer's own: racing writers never share it.
+    let unique = format!("{}.{}.{}", std::process::id(), rand::random::<u64>(), name);
+    let tmp = dir.join(temp_name(&unique));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        let linked = match std::fs::hard_link(&tmp, path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(e),
+        };
+        std::fs::remove_file(&tmp)?;
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(linked)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        store_err("put", path, e)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +167,24 @@ mod tests {
         assert_eq!(s.list("a=1/").await.unwrap(), ["a=1/x.parquet"]);
         s.put("a=1/z.parquet", b"whole".to_vec()).await.unwrap();
         assert_eq!(std::fs::read_dir(dir.path().join("lake/a=1")).unwrap().count(), 2);
+    }
+
+    #[tokio::test]
+    async fn of_writers_racing_on_a_new_key_exactly_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::new(dir.path().join("cp"));
+        let mut writes = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let s = s.clone();
+            writes.spawn(async move { (i, s.put_new("schema-v2.toml", format!("w{i}").into_bytes()).await.unwrap()) });
+        }
+        let mut won = writes.join_all().await;
+        won.sort();
+        let won: Vec<bool> = won.into_iter().map(|(_, w)| w).collect();
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+        let winner = won.iter().position(|w| *w).unwrap();
+        assert_eq!(s.get("schema-v2.toml").await.unwrap(), format!("w{winner}").into_bytes());
+        assert_eq!(s.list("").await.unwrap(), ["schema-v2.toml"], "no temp file left behind");
     }
 
     #[tokio::test]
