@@ -394,6 +394,9 @@ pub struct CatalogTable {
     known: Mutex<HashSet<String>>,
     /// `UpdateTable` calls made (a metric).
     updates: std::sync::atomic::AtomicU64,
+    /// Partitions created, counted as each call answers (a call that fails
+    /// after earlier ones created some still counts those).
+    created: std::sync::atomic::AtomicU64,
 }
 
 impl CatalogTable {
@@ -414,6 +417,7 @@ impl CatalogTable {
             evolving: false,
             known: Mutex::new(HashSet::new()),
             updates: Default::default(),
+            created: Default::default(),
         }
     }
 
@@ -547,6 +551,11 @@ impl CatalogTable {
         self.known.lock().expect("catalog lock").clear();
     }
 
+    /// Partitions this table created in the catalog so far.
+    pub fn created(&self) -> u64 {
+        self.created.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// `UpdateTable` calls this table made.
     pub fn updates(&self) -> u64 {
         self.updates.load(std::sync::atomic::Ordering::Relaxed)
@@ -664,7 +673,9 @@ impl CatalogTable {
                     known.insert((*path).clone());
                 }
             }
-            created += by_values.len().saturating_sub(failed.len() + existed);
+            let made = by_values.len().saturating_sub(failed.len() + existed);
+            created += made;
+            self.created.fetch_add(made as u64, std::sync::atomic::Ordering::Relaxed);
             if let Some((message, transient)) = first_error {
                 return Err(Error::Catalog {
                     op: "BatchCreatePartition",

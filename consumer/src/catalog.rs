@@ -110,6 +110,18 @@ impl Registrar {
         self.wake.notify_one();
     }
 
+    /// Whether the table is still there: a table deleted (with all its
+    /// partitions) while the worker runs is checked, or created, again by
+    /// the next pass. A catalog that does not answer is left to the next
+    /// registration to report.
+    async fn check_exists(&self) {
+        if let Ok(None) = self.table.get().await {
+            tracing::warn!(table = %self.table.name(), "the catalog table is gone");
+            self.state.lock().expect("registrar lock").ensured = false;
+            self.table.forget_partitions();
+        }
+    }
+
     /// Partitions waiting.
     pub fn pending(&self) -> usize {
         self.state.lock().expect("registrar lock").pending.len()
@@ -143,16 +155,18 @@ impl Registrar {
         }
         if self.state.lock().expect("registrar lock").sync {
             let in_lake = lake_partitions(lake, &spec.template, &spec.error_prefix).await?;
-            tracing::info!(
-                table = %self.table.name(),
-                partitions = in_lake.len(),
-                "the table was created over a lake that holds data: registering the lake's partitions"
-            );
-            eprintln!(
-                "shardlake-consumer: catalog table {} created over a lake with {} partitions; registering them",
-                self.table.name(),
-                in_lake.len()
-            );
+            if !in_lake.is_empty() {
+                tracing::info!(
+                    table = %self.table.name(),
+                    partitions = in_lake.len(),
+                    "the table was created over a lake that holds data: registering the lake's partitions"
+                );
+                eprintln!(
+                    "shardlake-consumer: catalog table {} created over a lake with {} partitions; registering them",
+                    self.table.name(),
+                    in_lake.len()
+                );
+            }
             let mut state = self.state.lock().expect("registrar lock");
             state.pending.extend(in_lake.into_keys());
             state.sync = false;
@@ -175,6 +189,7 @@ impl Registrar {
 /// it at once.
 pub async fn run(ctx: Arc<Context>, registrar: Arc<Registrar>, finish: CancellationToken) {
     let mut attempt = 0;
+    let check_every = ctx.settings.config.catalog_check_interval;
     loop {
         if registrar.idle() {
             if finish.is_cancelled() {
@@ -184,6 +199,7 @@ pub async fn run(ctx: Arc<Context>, registrar: Arc<Registrar>, finish: Cancellat
                 _ = registrar.wake.notified() => {}
                 _ = finish.cancelled() => {}
                 _ = ctx.abort.cancelled() => return,
+                _ = tokio::time::sleep(check_every) => registrar.check_exists().await,
             }
             continue;
         }

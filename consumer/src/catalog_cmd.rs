@@ -180,13 +180,8 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
         }
     } else {
         // Each attempt skips what earlier ones registered.
-        let created = std::cell::Cell::new(0);
-        retried("registering partitions", deadline, || async {
-            created.set(created.get() + table.register(&missing).await?);
-            Ok(())
-        })
-        .await
-        .with_context(|| {
+        let before = table.created();
+        retried("registering partitions", deadline, || table.register(&missing)).await.with_context(|| {
             let left = table.unconfirmed(missing.iter().cloned()).len();
             format!(
                 "{} of {} missing partitions registered; run catalog sync again",
@@ -194,7 +189,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
                 missing.len()
             )
         })?;
-        let created = created.get();
+        let created = (table.created() - before) as usize;
         outln!("registered {created} partitions ({} were there meanwhile)", missing.len() - created);
     }
     if !empty.is_empty() {

@@ -77,6 +77,12 @@ pub struct ConsumerConfig {
     /// must exist and fit the schema, template and destination).
     #[serde(default)]
     pub catalog_create: bool,
+    /// How often a worker checks that the catalog table still exists
+    /// (default 60s): a table deleted while it runs is reported on
+    /// `/healthz` and, with `catalog_create`, created again with every
+    /// partition the lake has.
+    #[serde(default = "default_catalog_check_interval", with = "humantime_serde")]
+    pub catalog_check_interval: Duration,
     /// `register` (default: BatchCreatePartition after each commit; every
     /// engine sees the partitions) or `projection` (Athena partition
     /// projection; nothing registered, Athena only).
@@ -343,6 +349,9 @@ fn default_application() -> String {
 }
 fn default_evolve_min_records() -> u64 {
     1
+}
+fn default_catalog_check_interval() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_evolve_interval() -> Duration {
     Duration::from_secs(10)

@@ -345,7 +345,10 @@ impl<'a> Evolution<'a> {
             }
             let (fits, never) = fit(schema, missing);
             refused.extend(never);
-            if fits.is_empty() {
+            // Within `evolve_interval` of this worker's last version the
+            // fields wait in `_extra` (another shard of the worker stored one
+            // while this one waited for its turn).
+            if fits.is_empty() || !self.schemas.may_store() {
                 return Ok(Added { version: current, stored: 0, refused });
             }
             let number = current.number + 1;

@@ -26,7 +26,9 @@ fn base() -> TableSpec {
     }
 }
 
-const RULES: Rules = Rules { min_records: 1, interval: Duration::from_secs(10) };
+/// No interval: every attempt may store (the interval is the reader's
+/// business, tested there).
+const RULES: Rules = Rules { min_records: 1, interval: Duration::ZERO };
 
 fn names(schema: &Schema) -> Vec<&str> {
     schema.columns.iter().map(|c| c.name.as_str()).collect()
@@ -145,6 +147,29 @@ async fn a_worker_behind_the_stored_versions_catches_up_instead_of_stalling() {
     table.columns.lock().unwrap().push(("region".into(), "varchar(8)".into()));
     let added = evolution(&b, &store, &table).add(&[column("region", "bigint")]).await.unwrap();
     assert_eq!(added.version.spec.schema.columns.last().unwrap().ty.to_string(), "string");
+}
+
+/// A worker stores at most one version per `evolve_interval`, whichever of
+/// its shards asks; adopting another worker's version is never held back.
+#[tokio::test(start_paused = true)]
+async fn a_worker_stores_at_most_one_version_per_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path().to_str().unwrap(), "app", "events").unwrap();
+    let table = MemTable::default();
+    let rules = Rules { min_records: 1, interval: Duration::from_secs(10) };
+    let (a, b) =
+        (Schemas::load(base(), rules, &store).await.unwrap(), Schemas::load(base(), rules, &store).await.unwrap());
+    assert!(a.may_store());
+    assert_eq!(evolution(&a, &store, &table).add(&[column("f1", "int")]).await.unwrap().stored, 1);
+    assert!(!a.may_store());
+    let held = evolution(&a, &store, &table).add(&[column("f2", "int")]).await.unwrap();
+    assert_eq!((held.version.number, held.stored, held.refused.len()), (2, 0, 0), "f2 waits, it is not refused");
+    // Another worker stores f2, and `a` adopts it within its interval.
+    assert_eq!(evolution(&b, &store, &table).add(&[column("f2", "int")]).await.unwrap().version.number, 3);
+    assert_eq!(evolution(&a, &store, &table).add(&[column("f2", "int")]).await.unwrap().version.number, 3);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert!(a.may_store());
+    assert_eq!(evolution(&a, &store, &table).add(&[column("f3", "int")]).await.unwrap().version.number, 4);
 }
 
 /// One step of a worker (or the fleet) in the property test.

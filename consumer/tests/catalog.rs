@@ -27,8 +27,12 @@ async fn catalog_partitions(glue: &aws_sdk_glue::Client, db: &str, table: &str) 
     let mut out = BTreeSet::new();
     let mut token = None;
     loop {
-        let page =
-            glue.get_partitions().database_name(db).table_name(table).set_next_token(token).send().await.unwrap();
+        let page = match glue.get_partitions().database_name(db).table_name(table).set_next_token(token).send().await {
+            Ok(page) => page,
+            // No table (yet): no partitions.
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_entity_not_found_exception()) => return out,
+            Err(e) => panic!("GetPartitions: {e:?}"),
+        };
         for p in page.partitions() {
             let location = p.storage_descriptor().and_then(|sd| sd.location()).unwrap_or_default();
             out.insert((p.values().to_vec(), location.to_string()));
@@ -205,7 +209,13 @@ async fn a_table_that_does_not_fit_stops_the_worker_naming_each_difference() {
 
 /// Runs `shardlake-consumer ARGS`; panics unless it succeeds. Returns stdout and stderr.
 fn cli(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_shardlake-consumer")).args(args).output().unwrap();
+    cli_with(args, &[])
+}
+
+/// `cli` with `env` added.
+fn cli_with(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_shardlake-consumer")).args(args).envs(env.iter().copied()).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{args:?}:\n{text}");
     text
@@ -321,7 +331,7 @@ async fn convert_registers_a_glue_schema_converts_the_same_and_sync_fills_the_ga
 async fn a_catalog_outage_never_holds_commits_and_is_caught_up() {
     let client = kinesis().await;
     let glue = glue().await;
-    let proxy = FaultProxy::start(&stack_env("AWS_ENDPOINT_URL_GLUE"), Flavor::Kinesis).await.unwrap();
+    let proxy = FaultProxy::start(&stack_env("AWS_ENDPOINT_URL_GLUE"), Flavor::Glue).await.unwrap();
     let db = database();
     let stream = create_stream(&client, 2).await;
     let setup = Setup::new(&stream);
@@ -390,8 +400,8 @@ async fn evolution_adds_new_fields_as_columns_to_the_files_and_the_table() {
     want.extend(["coupon:string".into(), "score:double".into(), "_extra:string".into()]);
     assert_eq!(table_columns(&glue, &db).await, want, "{}", setup.log());
     let checkpoints = setup.dir.path().join(format!("checkpoints/shardlake/{stream}"));
-    let v2 = Schema::parse(&std::fs::read_to_string(checkpoints.join("schema-v2.toml")).unwrap(), false).unwrap();
-    assert_eq!(v2.columns.len(), schema.columns.len() + 2);
+    let v2 = std::fs::read_to_string(checkpoints.join("schema-v2.toml")).unwrap();
+    assert!(v2.contains("added_to = 1") && v2.matches("[[columns]]").count() == 2, "a delta of two columns: {v2}");
     assert!(!checkpoints.join("schema-v3.toml").exists(), "both fields came in one version");
     let metrics = setup.metrics();
     assert_eq!(metric_sum(&metrics, "shardlake_consumer_schema_version"), 2.0);
@@ -492,4 +502,283 @@ async fn a_kill_before_the_table_update_is_caught_up_by_the_next_start() {
     assert!(terminate(&mut consumer).success(), "{}", setup.log());
     assert!(setup.log().contains("schema version 2 ("), "{}", setup.log());
     assert_eq!(setup.duckdb_check(), (100, 100, 0));
+}
+
+/// A table as its owners see it, one line per fact (`GetTable`), for a
+/// before/after diff.
+async fn table_facts(glue: &aws_sdk_glue::Client, db: &str) -> Vec<String> {
+    let t = glue.get_table().database_name(db).name("events").send().await.unwrap().table.unwrap();
+    let mut out = vec![
+        format!("description: {:?}", t.description()),
+        format!("owner: {:?}", t.owner()),
+        format!("retention: {}", t.retention()),
+        format!("type: {:?}", t.table_type()),
+    ];
+    let mut params: Vec<_> = t.parameters().into_iter().flatten().collect();
+    params.sort();
+    out.extend(params.into_iter().map(|(k, v)| format!("parameter {k} = {v}")));
+    for k in t.partition_keys() {
+        out.push(format!("partition key {} {:?} {:?}", k.name(), k.r#type(), k.comment()));
+    }
+    let sd = t.storage_descriptor().unwrap();
+    out.push(format!("location: {:?}", sd.location()));
+    out.push(format!("serde: {:?}", sd.serde_info()));
+    out.push(format!("formats: {:?} {:?} {}", sd.input_format(), sd.output_format(), sd.compressed()));
+    for c in sd.columns() {
+        out.push(format!("column {} {:?} {:?} {:?}", c.name(), c.r#type(), c.comment(), c.parameters()));
+    }
+    out
+}
+
+/// Issue 25, row 4: a table a governance team owns (description, owner,
+/// retention, custom parameters, column comments, `event_id varchar(64)`)
+/// is accepted as it is, and a new field adds its columns and changes
+/// nothing else: the `GetTable` diff is the two appended columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evolution_appends_columns_and_keeps_what_the_tables_owners_set() {
+    use aws_sdk_glue::types::{Column as GlueColumn, SerDeInfo, StorageDescriptor, TableInput};
+    let client = kinesis().await;
+    let glue = glue().await;
+    let db = database();
+    let stream = create_stream(&client, 1).await;
+    let setup = Setup::new(&stream);
+    let location = shardlake::catalog::table_location(setup.lake().to_str().unwrap()).unwrap();
+    let schema = Schema::parse(shardlake::events::EVENTS_SCHEMA_TOML, false).unwrap();
+    let mut columns: Vec<GlueColumn> = schema
+        .columns
+        .iter()
+        .map(|c| {
+            let ty = if c.name == "event_id" { "varchar(64)".to_string() } else { c.ty.to_string() };
+            let col = GlueColumn::builder().name(&c.name).r#type(ty).comment(format!("owned: {}", c.name));
+            col.parameters("pii", if c.name == "user_id" { "true" } else { "false" }).build().unwrap()
+        })
+        .collect();
+    columns.push(GlueColumn::builder().name("_extra").r#type("string").comment("unknown fields").build().unwrap());
+    let keys = ["year", "month", "day", "hour"]
+        .map(|k| GlueColumn::builder().name(k).r#type("string").comment(format!("the event's {k}")).build().unwrap());
+    let input = TableInput::builder()
+        .name("events")
+        .description("Order events. Owned by data-governance; do not drop.")
+        .owner("data-governance")
+        .retention(400)
+        .table_type("EXTERNAL_TABLE")
+        .parameters("classification", "parquet")
+        .parameters("EXTERNAL", "TRUE")
+        .parameters("owner_team", "payments")
+        .parameters("has_encrypted_data", "true")
+        .parameters("lf_tag_domain", "orders")
+        .set_partition_keys(Some(keys.to_vec()))
+        .storage_descriptor(
+            StorageDescriptor::builder()
+                .set_columns(Some(columns))
+                .location(&location)
+                .input_format("org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat")
+                .output_format("org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat")
+                .compressed(true)
+                .serde_info(
+                    SerDeInfo::builder()
+                        .serialization_library("org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe")
+                        .parameters("serialization.format", "1")
+                        .build(),
+                )
+                .build(),
+        )
+        .build()
+        .unwrap();
+    glue.create_database()
+        .database_input(aws_sdk_glue::types::DatabaseInput::builder().name(&db).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    glue.create_table().database_name(&db).table_input(input).send().await.unwrap();
+    let before = table_facts(&glue, &db).await;
+
+    setup.config(&format!("catalog = \"glue://{db}/events\"\nunknown_fields = \"evolve\"\n"));
+    let mut consumer = setup.start(&[]);
+    let landed = put_records(&client, &stream, &keyed(with_coupons(events(100, 90, 2)))).await;
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    let after = table_facts(&glue, &db).await;
+    let gone: Vec<&String> = before.iter().filter(|l| !after.contains(l)).collect();
+    let new: Vec<&String> = after.iter().filter(|l| !before.contains(l)).collect();
+    eprintln!(
+        "GetTable diff:\n{}",
+        gone.iter()
+            .map(|l| format!("- {l}"))
+            .chain(new.iter().map(|l| format!("+ {l}")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(gone.is_empty(), "the update removed or changed {gone:#?}");
+    assert_eq!(
+        new,
+        ["column coupon Some(\"string\") None None", "column score Some(\"double\") None None"],
+        "{}",
+        setup.log()
+    );
+    let order: Vec<&String> = after.iter().filter(|l| l.starts_with("column ")).collect();
+    assert!(
+        order[order.len() - 3].starts_with("column coupon ") && order.last().unwrap().starts_with("column _extra ")
+    );
+    wait_registered(&glue, &db, &lake_partitions(&setup.lake(), &location), &setup.log()).await;
+    assert!(setup.healthz().starts_with("HTTP/1.1 200"), "{}", setup.healthz());
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+    assert_eq!(setup.duckdb_check(), (100, 100, 0));
+}
+
+/// Issue 25, row 5: the table deleted while the worker runs is reported and,
+/// with `catalog_create`, created again with every partition of the lake;
+/// deleted again and the worker restarted, the new table is complete too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_created_over_a_lake_lists_every_partition_the_lake_has() {
+    let client = kinesis().await;
+    let glue = glue().await;
+    let db = database();
+    let stream = create_stream(&client, 2).await;
+    let setup = Setup::new(&stream);
+    let location = shardlake::catalog::table_location(setup.lake().to_str().unwrap()).unwrap();
+    setup
+        .config(&format!("catalog = \"glue://{db}/events\"\ncatalog_create = true\ncatalog_check_interval = \"1s\"\n"));
+    let mut consumer = setup.start(&[]);
+    let mut landed = put_records(&client, &stream, &keyed(events(90, 91, 4))).await;
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    wait_registered(&glue, &db, &lake_partitions(&setup.lake(), &location), &setup.log()).await;
+
+    // Deleted with its partitions, while the worker runs and writes more.
+    glue.delete_table().database_name(&db).name("events").send().await.unwrap();
+    landed.extend(put_records(&client, &stream, &keyed(events(60, 92, 3))).await);
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    let lake = lake_partitions(&setup.lake(), &location);
+    wait_registered(&glue, &db, &lake, &setup.log()).await;
+    assert!(setup.log().contains("the catalog table is gone"), "{}", setup.log());
+    assert!(setup.log().contains("created over a lake with"), "{}", setup.log());
+    poll("/healthz 200", Duration::from_secs(30), || async {
+        setup.healthz().starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+
+    glue.delete_table().database_name(&db).name("events").send().await.unwrap();
+    let mut consumer = setup.start(&[]);
+    wait_registered(&glue, &db, &lake, &setup.log()).await;
+    assert!(setup.log().matches("created over a lake with").count() >= 2, "{}", setup.log());
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+    assert_eq!(setup.duckdb_check(), (150, 150, 0));
+}
+
+/// Issue 25, row 6: a new unique key in every record is a field explosion.
+/// Versions are bounded by time (`evolve_interval`), not by records: a
+/// few versions, table updates and files, every key kept (as a column or
+/// in `_extra`), and the rate stays a consumer's. Prints the figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_key_in_every_record_makes_few_versions_and_loses_nothing() {
+    let client = kinesis().await;
+    let glue = glue().await;
+    for count in [1_300u64, 10_000] {
+        let db = database();
+        let stream = create_stream(&client, 2).await;
+        let setup = Setup::new(&stream);
+        setup
+            .config(&format!("catalog = \"glue://{db}/events\"\ncatalog_create = true\nunknown_fields = \"evolve\"\n"));
+        let records: Vec<Vec<u8>> = events(count, 93, 2)
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| with_fields(vec![e], &format!("\"u_{i}\":{i}")).remove(0))
+            .collect();
+        let landed = put_records(&client, &stream, &keyed(records)).await;
+        let started = std::time::Instant::now();
+        let mut consumer = setup.start(&[]);
+        setup.wait_committed(&landed, Duration::from_secs(180)).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let metrics = setup.metrics();
+        let versions = metric_sum(&metrics, "shardlake_consumer_schema_version");
+        let updates = metric_sum(&metrics, "shardlake_consumer_catalog_table_updates_total");
+        let deferred = metric_sum(&metrics, "shardlake_consumer_schema_fields_in_extra_total");
+        let columns = table_columns(&glue, &db).await.len();
+        assert!(terminate(&mut consumer).success(), "{}", setup.log());
+        let files = parquet_files(&setup.lake()).len();
+        eprintln!(
+            "field explosion, {count} records with a unique key each: {versions} versions, {updates} UpdateTable \
+             calls, {files} files, {columns} table columns, {deferred} records kept keys in _extra, \
+             {:.0} records/s (start to last commit, {seconds:.1} s)",
+            count as f64 / seconds
+        );
+        assert!(versions <= 4.0, "{versions} versions\n{}", setup.log());
+        assert!(updates <= versions, "{updates} table updates");
+        assert!(files <= 40, "{files} files");
+        assert!(columns <= 1001, "{columns} columns: the cap is 1,000 plus _extra");
+        // Every record has its key once: as a column value or in `_extra`.
+        let kept = python(
+            r#"
+import sys, glob, json
+import pyarrow.parquet as pq
+kept = 0
+for f in glob.glob(sys.argv[1] + '/**/*.parquet', recursive=True):
+    for r in pq.read_table(f).to_pylist():
+        keys = [k for k, v in r.items() if k.startswith('u_') and v is not None]
+        keys += [k for k in json.loads(r.get('_extra') or '{}') if k.startswith('u_')]
+        kept += len(keys) == 1
+print(kept)
+"#,
+            &[setup.lake().to_str().unwrap()],
+        );
+        assert_eq!(kept.trim(), count.to_string());
+        assert_eq!(setup.duckdb_check(), (count, count, 0));
+    }
+}
+
+/// Issue 25, row 7: `catalog sync` of 3,000 partitions while Glue throttles
+/// 30% of calls and fails 10% with a 500: it retries with back-off and
+/// registers every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_sync_registers_everything_while_glue_throttles() {
+    let glue = glue().await;
+    let db = database();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+    let options = shardlake::events::GenOptions { count: 12_000, seed: 94, hours: 3_000, ..Default::default() };
+    shardlake::events::generate(&options, &mut out).unwrap();
+    drop(out);
+    std::fs::write(dir.path().join("schema.toml"), shardlake::events::EVENTS_SCHEMA_TOML).unwrap();
+    let lake_dir = dir.path().join("lake");
+    let (lake_arg, input) = (lake_dir.to_str().unwrap(), input.to_str().unwrap());
+    let schema_arg = dir.path().join("schema.toml");
+    cli(&[
+        "convert",
+        "--input",
+        input,
+        "--destination",
+        lake_arg,
+        "--schema",
+        schema_arg.to_str().unwrap(),
+        "--time-field",
+        "ts",
+        "--quiet",
+    ]);
+    let location = shardlake::catalog::table_location(lake_arg).unwrap();
+    let lake = lake_partitions(&lake_dir, &location);
+    assert!(lake.len() > 2_500, "{} partitions", lake.len());
+    let config = dir.path().join("consumer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "stream = \"events\"\ndestination = \"{lake_arg}\"\nschema = \"schema.toml\"\ntime_field = \"ts\"\n\
+             catalog = \"glue://{db}/events\"\ncatalog_create = true\n"
+        ),
+    )
+    .unwrap();
+    let proxy = FaultProxy::start(&stack_env("AWS_ENDPOINT_URL_GLUE"), Flavor::Glue).await.unwrap();
+    proxy.set_random_faults(0.4, 95);
+    let out = cli_with(
+        &["catalog", "sync", "--config", config.to_str().unwrap()],
+        &[("AWS_ENDPOINT_URL_GLUE", &proxy.endpoint)],
+    );
+    assert!(out.contains(&format!("registered {} partitions", lake.len())), "{out}");
+    let (_, errors, _, _) = proxy.counts.snapshot();
+    assert!(errors > 5, "faults were injected: {errors}");
+    eprintln!(
+        "catalog sync of {} partitions: {errors} calls answered with throttling or 500, all registered",
+        lake.len()
+    );
+    assert_eq!(catalog_partitions(&glue, &db, "events").await, lake);
 }

@@ -48,6 +48,8 @@ pub enum Flavor {
     S3,
     /// DynamoDB (JSON 1.0 protocol).
     DynamoDb,
+    /// The Glue Data Catalog (JSON 1.1 protocol).
+    Glue,
 }
 
 /// How the proxy treats requests, switchable at any time with
@@ -191,7 +193,8 @@ impl FaultProxy {
 
     /// Fails a `rate` fraction of passed requests (seeded, reproducible) the
     /// way the service does under load: S3 answers half with `503 SlowDown`
-    /// and drops half the connections; Kinesis and DynamoDB throttle.
+    /// and drops half the connections; Kinesis and DynamoDB throttle; Glue
+    /// throttles three in four and answers the fourth with a 500.
     pub fn set_random_faults(&self, rate: f64, seed: u64) {
         *self.shared.random.lock().expect("rng lock") = (rate, ChaCha8Rng::seed_from_u64(seed));
     }
@@ -270,6 +273,11 @@ fn server_error(flavor: Flavor) -> Response<ProxyBody> {
             "application/x-amz-json-1.1",
             r#"{"__type":"InternalFailure","message":"Internal service failure (injected by faultproxy)."}"#,
         ),
+        Flavor::Glue => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "application/x-amz-json-1.1",
+            r#"{"__type":"InternalServiceException","message":"Internal service exception (injected by faultproxy)."}"#,
+        ),
         Flavor::DynamoDb => respond(
             StatusCode::INTERNAL_SERVER_ERROR,
             "application/x-amz-json-1.0",
@@ -291,6 +299,11 @@ fn throttled(flavor: Flavor) -> Response<ProxyBody> {
             StatusCode::BAD_REQUEST,
             "application/x-amz-json-1.1",
             r#"{"__type":"ProvisionedThroughputExceededException","message":"Rate exceeded for shard (injected by faultproxy)."}"#,
+        ),
+        Flavor::Glue => respond(
+            StatusCode::BAD_REQUEST,
+            "application/x-amz-json-1.1",
+            r#"{"__type":"ThrottlingException","message":"Rate exceeded (injected by faultproxy)."}"#,
         ),
         Flavor::DynamoDb => respond(
             StatusCode::BAD_REQUEST,
@@ -355,6 +368,7 @@ impl Shared {
         }
         Some(match self.flavor {
             Flavor::S3 if roll < rate / 2.0 => self.dropped(),
+            Flavor::Glue if roll < rate / 4.0 => self.error(server_error(Flavor::Glue)),
             flavor => self.error(throttled(flavor)),
         })
     }

@@ -299,14 +299,17 @@ impl FieldWatch {
     }
 
     /// The columns for `due` (this record's due fields) and every field
-    /// counted often enough before (deferred while closed), typed by every
-    /// value seen; a type longer than [`MAX_COLUMN_TYPE_CHARS`] refuses its
-    /// field for good. Empty when nothing is left.
+    /// deferred while closed that recurred (counted in at least two records,
+    /// and `min_records`): a key that never comes back, the mark of keys used
+    /// as data, does not ride along. Typed by every value seen; a type longer
+    /// than [`MAX_COLUMN_TYPE_CHARS`] refuses its field for good. Empty when
+    /// nothing is left.
     fn due_columns(&mut self, due: &[&str], samples: &[String]) -> Vec<Column> {
         let mut values = self.values.clone();
         samples.iter().for_each(|s| values.observe_line(s.as_bytes()));
         let mut names: Vec<String> = due.iter().map(|d| d.to_string()).collect();
-        names.extend(self.counts.iter().filter(|(_, n)| **n >= self.min_records).map(|(k, _)| k.clone()));
+        let recurred = self.min_records.max(2);
+        names.extend(self.counts.iter().filter(|(_, n)| **n >= recurred).map(|(k, _)| k.clone()));
         names.sort();
         names.dedup();
         let Some(schema) = values.finish() else { return Vec::new() };
@@ -448,15 +451,16 @@ mod tests {
     }
 
     #[test]
-    fn while_closed_due_fields_are_deferred_and_the_next_open_record_takes_them_all() {
+    fn while_closed_due_fields_are_deferred_and_those_that_recur_join_the_next_version() {
         let mut w = FieldWatch::new(&schema(), &[], 1);
         w.set_open(false);
         assert!(w.observe(&[br#"{"a":1}"#]).is_empty());
-        assert!(w.observe(&[br#"{"b":"x"}"#]).is_empty());
+        assert!(w.observe(&[br#"{"a":2,"b":"x"}"#]).is_empty());
         assert!(w.observe(&[br#"{"id":3}"#]).is_empty());
         assert_eq!(w.take_counts(), WatchCounts { deferred: 2, refused: vec![] });
         w.set_open(true);
-        assert_eq!(names(&w.observe(&[br#"{"c":true}"#])), "a:bigint b:string c:boolean");
+        // `a` recurred while waiting and joins; `b`, seen once, does not.
+        assert_eq!(names(&w.observe(&[br#"{"c":true}"#])), "a:bigint c:boolean");
         assert!(w.observe(&[br#"{"id":4}"#]).is_empty(), "a record without new fields cuts nothing");
     }
 

@@ -74,8 +74,40 @@ pub type Landed = (String, String);
 /// Puts records (partition key, data) in PutRecords batches of 500, retrying
 /// failed entries; returns where each record landed.
 pub async fn put_records(client: &Client, stream: &str, records: &[(String, Vec<u8>)]) -> Vec<Landed> {
+    put_hashed(client, stream, records, &[]).await
+}
+
+/// Puts `records` into `shards` only, round robin (by explicit hash key).
+pub async fn put_to_shards(client: &Client, stream: &str, shards: &[String], records: Vec<Vec<u8>>) -> Vec<Landed> {
+    let listed = client.list_shards().stream_name(stream).send().await.unwrap();
+    let hashes: Vec<String> = shards
+        .iter()
+        .map(|id| {
+            let shard = listed.shards().iter().find(|s| s.shard_id() == id).expect("shard listed");
+            shard.hash_key_range().unwrap().starting_hash_key().to_string()
+        })
+        .collect();
+    let keyed: Vec<(String, Vec<u8>)> = records.into_iter().enumerate().map(|(i, r)| (format!("k{i}"), r)).collect();
+    let by_record: Vec<String> = (0..keyed.len()).map(|i| hashes[i % hashes.len()].clone()).collect();
+    put_hashed(client, stream, &keyed, &by_record).await
+}
+
+/// `events` with `fields` (JSON members, `"a":1,"b":"x"`) added to each.
+pub fn with_fields(events: Vec<Vec<u8>>, fields: &str) -> Vec<Vec<u8>> {
+    events
+        .into_iter()
+        .map(|e| {
+            let text = String::from_utf8(e).unwrap();
+            format!("{},{fields}}}", text.trim_end().strip_suffix('}').unwrap()).into_bytes()
+        })
+        .collect()
+}
+
+/// `put_records`, with record `i` sent to explicit hash key `hashes[i]`
+/// when `hashes` is not empty.
+async fn put_hashed(client: &Client, stream: &str, records: &[(String, Vec<u8>)], hashes: &[String]) -> Vec<Landed> {
     let mut shards = Vec::with_capacity(records.len());
-    for chunk in records.chunks(500) {
+    for (c, chunk) in records.chunks(500).enumerate() {
         let mut pending: Vec<usize> = (0..chunk.len()).collect();
         let mut out = vec![(String::new(), String::new()); chunk.len()];
         for _ in 0..20 {
@@ -87,6 +119,7 @@ pub async fn put_records(client: &Client, stream: &str, records: &[(String, Vec<
                 .map(|&i| {
                     PutRecordsRequestEntry::builder()
                         .partition_key(&chunk[i].0)
+                        .set_explicit_hash_key(hashes.get(c * 500 + i).cloned())
                         .data(Blob::new(chunk[i].1.clone()))
                         .build()
                         .unwrap()
