@@ -711,3 +711,181 @@ async fn two_workers_meeting_the_same_new_fields_make_one_schema_version() {
     );
     assert_eq!(coupons.trim(), "400");
 }
+
+/// Column names of the lake's Glue table.
+async fn table_columns(glue: &aws_sdk_glue::Client, db: &str) -> Vec<String> {
+    let table = glue.get_table().database_name(db).name("events").send().await.unwrap().table.unwrap();
+    table.storage_descriptor().unwrap().columns().iter().map(|c| c.name().to_string()).collect()
+}
+
+/// Issue 25, row 1: schema versions in a fleet converge without a restart.
+/// w0 stores version 2 (f1) and is killed before the table update; w1,
+/// which never met f1, adopts version 2 and puts f1 in the table; then the
+/// live workers meet new fields at once while a third joins and w0 comes
+/// back. Every worker ends on the newest version, the table has each column
+/// once, `/healthz` is 200 everywhere and every record is in the lake once,
+/// with every new field in its column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evolving_workers_converge_after_a_kill_a_race_and_a_join_without_a_restart() {
+    let client = kinesis().await;
+    let glue = glue().await;
+    let db = unique("fleet").replace('-', "_");
+    let stream = create_stream(&client, 4).await;
+    let top = format!(
+        "catalog = \"glue://{db}/events\"\ncatalog_create = true\nunknown_fields = \"evolve\"\nevolve_interval = \"0s\"\n"
+    );
+    let mut fleet = Fleet::with_lines(&stream, 3, "10s", &top, "").await;
+    fleet.start_with(0, &[("SHARDLAKE_CRASH_AT", "after_schema_version:1")]);
+    fleet.start(1);
+    fleet.wait_balanced(4, 2, Duration::from_secs(60)).await;
+    let w0_shards = shards_of(&fleet.owners().await, "w0");
+    let f1 = with_fields(events(100, 41, 2), r#""f1":"a""#);
+    let mut landed = put_to_shards(&client, &stream, &w0_shards, f1).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = fleet.workers[0].as_mut().unwrap().try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "w0 was not killed at after_schema_version\n{}", fleet.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    fleet.workers[0] = None;
+    assert!(!status.success() && fleet.log(0).contains("aborting at after_schema_version"), "{}", fleet.log(0));
+    poll("w1 on version 2 and f1 in the table, with no f1 record read by w1", Duration::from_secs(20), || async {
+        let v2 = fleet.metric(1, "shardlake_consumer_schema_version") == 2.0;
+        (v2 && table_columns(&glue, &db).await.iter().any(|c| c == "f1")).then_some(())
+    })
+    .await;
+    assert!(fleet.log(1).contains("adopted the schema version another worker stored"), "{}", fleet.log(1));
+
+    let f2 = keyed(with_fields(events(200, 42, 2), r#""f2":1"#));
+    landed.extend(put_records(&client, &stream, &f2).await);
+    fleet.start(2);
+    let f3 = keyed(with_fields(events(200, 43, 2), r#""f1":"b","f3":true"#));
+    landed.extend(put_records(&client, &stream, &f3).await);
+    fleet.start(0);
+    fleet.wait_committed(&landed, Duration::from_secs(120)).await;
+    let version = poll("every worker on the newest version", Duration::from_secs(20), || async {
+        let v: Vec<f64> = (0..3).map(|i| fleet.metric(i, "shardlake_consumer_schema_version")).collect();
+        (v.iter().all(|x| *x == v[0]) && v[0] >= 3.0).then_some(v[0])
+    })
+    .await;
+    let columns = table_columns(&glue, &db).await;
+    for f in ["f1", "f2", "f3"] {
+        assert_eq!(columns.iter().filter(|c| *c == f).count(), 1, "{columns:?}");
+    }
+    assert_eq!(columns.last().map(String::as_str), Some("_extra"));
+    for i in 0..3 {
+        poll(&format!("w{i} /healthz 200"), Duration::from_secs(30), || async {
+            fleet.healthz(i).starts_with("HTTP/1.1 200").then_some(())
+        })
+        .await;
+    }
+    eprintln!("fleet converged on schema version {version} with columns {columns:?}");
+    fleet.terminate_all();
+    fleet.check_lake(500).await;
+    let counts = python(
+        "import sys, duckdb\nprint(*duckdb.sql(f\"select count(f1), count(f2), count(f3), count(*) filter (where _extra is not null) \
+         from read_parquet('{sys.argv[1]}/**/*.parquet', union_by_name = true)\").fetchall()[0])",
+        &[fleet.setup.lake().to_str().unwrap()],
+    );
+    assert_eq!(counts.trim(), "300 200 200 0", "every new field is in its column");
+}
+
+/// Issue 25, rows 2 and 8: a batch of 1,100 partitions with ~425-byte paths
+/// (a DynamoDB store: a checkpoint item holds 400 KB) commits, with the
+/// pending list capped by bytes; every partition is registered, and the
+/// checkpoint's pending list empties once the catalog confirmed them,
+/// though no batch commits after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_1100_long_partitions_commits_and_its_pending_list_empties_once_registered() {
+    let client = kinesis().await;
+    let glue = glue().await;
+    let db = unique("fleet").replace('-', "_");
+    let stream = create_stream(&client, 1).await;
+    let top = format!(
+        "catalog = \"glue://{db}/events\"\ncatalog_create = true\npartition = \"tenant=!{{field:tenant}}/source=!{{field:source}}/\"\n"
+    );
+    let mut fleet = Fleet::with_lines(&stream, 1, "10s", &top, "").await;
+    let (t, s) = ("t".repeat(195), "s".repeat(200));
+    let records: Vec<Vec<u8>> = events(1_100, 44, 1)
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| with_fields(vec![e], &format!(r#""tenant":"{t}{i:05}","source":"{s}""#)).remove(0))
+        .collect();
+    let landed = put_records(&client, &stream, &keyed(records)).await;
+    fleet.start(0);
+    fleet.wait_committed(&landed, Duration::from_secs(120)).await;
+    assert!(fleet.log(0).contains("more partitions wait for the catalog than a checkpoint keeps"), "{}", fleet.log(0));
+    poll("1,100 partitions registered", Duration::from_secs(120), || async {
+        let mut n = 0;
+        let mut token = None;
+        loop {
+            let get = glue.get_partitions().database_name(&db).table_name("events").set_next_token(token);
+            let page = get.send().await.unwrap();
+            n += page.partitions().len();
+            token = page.next_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        (n == 1_100).then_some(())
+    })
+    .await;
+    poll("the checkpoint's pending list empty", Duration::from_secs(30), || async {
+        let state = fleet.observer.load("shardId-000000000000").await.unwrap();
+        state.catalog_pending.is_empty().then_some(())
+    })
+    .await;
+    assert!(fleet.healthz(0).starts_with("HTTP/1.1 200"), "{}", fleet.healthz(0));
+    fleet.terminate_all();
+    fleet.setup.download(&s3_client().await, &fleet.bucket, "lake/").await;
+    let counts = python(
+        "import sys, duckdb\nprint(*duckdb.sql(f\"select count(*), count(distinct event_id), count(distinct tenant) \
+         from read_parquet('{sys.argv[1]}/**/*.parquet', hive_partitioning = true)\").fetchall()[0])",
+        &[fleet.setup.lake().to_str().unwrap()],
+    );
+    assert_eq!(counts.trim(), "1100 1100 1100");
+}
+
+/// Issue 25, row 3: a record whose new field's value is an object with a
+/// 450,000-character key, and one with 900 long keys, would make column
+/// types too long for a stored version and for Glue: both fields stay in
+/// `_extra` (counted), the records are written, a normal new field still
+/// becomes a column, and the shard never stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_too_large_for_a_column_stays_in_extra_and_the_shard_goes_on() {
+    let client = kinesis().await;
+    let glue = glue().await;
+    let db = unique("fleet").replace('-', "_");
+    let stream = create_stream(&client, 1).await;
+    let top = format!("catalog = \"glue://{db}/events\"\ncatalog_create = true\nunknown_fields = \"evolve\"\n");
+    let mut fleet = Fleet::with_lines(&stream, 1, "10s", &top, "").await;
+    let huge = format!(r#""blob":{{"{}":1}}"#, "k".repeat(450_000));
+    let wide: Vec<String> =
+        (0..900).map(|i| format!(r#""a_long_nested_key_name_of_fifty_characters_{i:05}":1"#)).collect();
+    let wide = format!(r#""wide":{{{}}}"#, wide.join(","));
+    let mut records = events(20, 45, 1);
+    records.extend(with_fields(events(1, 46, 1), &huge));
+    records.extend(with_fields(events(1, 47, 1), &wide));
+    records.extend(with_fields(events(20, 48, 1), r#""coupon":"c""#));
+    let landed = put_records(&client, &stream, &keyed(records)).await;
+    fleet.start(0);
+    fleet.wait_committed(&landed, Duration::from_secs(60)).await;
+    let refused = fleet.metric(0, "shardlake_consumer_schema_fields_in_extra_total{reason=\"refused\"}");
+    assert_eq!(refused, 2.0, "{}", fleet.log(0));
+    let columns = table_columns(&glue, &db).await;
+    assert!(columns.iter().any(|c| c == "coupon"), "{columns:?}");
+    assert!(!columns.iter().any(|c| c == "blob" || c == "wide"), "{columns:?}");
+    assert!(fleet.log(0).contains("fields whose column type would be too long stay in _extra"), "{}", fleet.log(0));
+    assert!(fleet.healthz(0).starts_with("HTTP/1.1 200"), "{}", fleet.healthz(0));
+    fleet.terminate_all();
+    fleet.check_lake(42).await;
+    let kept = python(
+        "import sys, duckdb\nprint(*duckdb.sql(f\"select count(*) filter (where _extra like '%\\\"blob\\\"%'), \
+         count(*) filter (where _extra like '%\\\"wide\\\"%'), count(coupon) \
+         from read_parquet('{sys.argv[1]}/**/*.parquet', union_by_name = true)\").fetchall()[0])",
+        &[fleet.setup.lake().to_str().unwrap()],
+    );
+    assert_eq!(kept.trim(), "1 1 20");
+}
