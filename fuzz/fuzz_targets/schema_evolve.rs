@@ -5,13 +5,17 @@
 //! the new version, asks for nothing (the reader relies on it to move on);
 //! and decoded with the new version, no error of that record names a new
 //! column (its type came from that very value). The quick key scan finds
-//! the same new fields as a full parse.
+//! the same new fields as a full parse. Some lines are watched with the
+//! window closed (`evolve_interval`), so deferred fields ride along with a
+//! later record's; no proposed type is longer than the cap.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use shardlake::partition::TimeSource;
-use shardlake::schema::{FieldWatch, Schema, UnknownFieldPolicy, valid_column_name, with_columns};
+use shardlake::schema::{
+    FieldWatch, MAX_COLUMN_TYPE_CHARS, Schema, UnknownFieldPolicy, valid_column_name, with_columns,
+};
 use shardlake_fuzz::{T0, check_outputs, run_pipeline, spec};
 
 /// Lines per input at most.
@@ -22,10 +26,13 @@ const START: &str = "[[columns]]\nname = \"id\"\ntype = \"string\"\n[[columns]]\
 fuzz_target!(|data: &[u8]| {
     let Some((&first, data)) = data.split_first() else { return };
     let min_records = u64::from(first % 3) + 1;
+    // 0: the window is always open; n: every line but each (n+1)-th is closed.
+    let closed = usize::from(first >> 2) % 4;
     let keys = ["region".to_string()];
     let mut schema = Schema::parse(START, false).unwrap();
     let mut watch = FieldWatch::new(&schema, &keys, min_records);
-    for line in data.split(|&b| b == b'\n').take(MAX_LINES) {
+    for (i, line) in data.split(|&b| b == b'\n').take(MAX_LINES).enumerate() {
+        watch.set_open(closed == 0 || i % (closed + 1) == 0);
         if let Ok(text) = std::str::from_utf8(line) {
             let (quick, full) = (watch.candidate_names(text, true), watch.candidate_names(text, false));
             assert_eq!(quick, full, "the quick scan and the full parse disagree");
@@ -37,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
         for c in &columns {
             assert!(valid_column_name(&c.name), "proposed `{}`", c.name);
             assert!(!c.required, "`{}` is required", c.name);
+            assert!(c.ty.to_string().len() <= MAX_COLUMN_TYPE_CHARS, "`{}` has a type over the cap", c.name);
             assert!(c.name != "region", "a partition key became a column");
             assert!(!schema.columns.iter().any(|o| o.name.eq_ignore_ascii_case(&c.name)), "`{}` exists", c.name);
         }

@@ -49,8 +49,10 @@ pub struct FieldWatch {
     min_records: u64,
     /// Records of this batch that carried each candidate field.
     counts: HashMap<String, u64>,
-    /// Their values, typed as inference types them.
-    values: SchemaInferrer,
+    /// Their values, typed as inference types them: one inferrer per
+    /// field, so `Coupon` in one record and `coupon` in another never type
+    /// each other.
+    values: HashMap<String, SchemaInferrer>,
     /// Whether a due field may end the batch now. While it may not (the
     /// worker made a schema version less than `evolve_interval` ago), its
     /// records keep it in `_extra` and it is counted, so the next version
@@ -86,7 +88,7 @@ impl FieldWatch {
             room: MAX_INFERRED_FIELDS.saturating_sub(schema.columns.len()),
             min_records: min_records.max(1),
             counts: HashMap::new(),
-            values: SchemaInferrer::new(),
+            values: HashMap::new(),
             open: true,
             deferred: 0,
             refused: Vec::new(),
@@ -106,6 +108,7 @@ impl FieldWatch {
         self.known.insert(name.to_string());
         self.taken.insert(name.to_ascii_lowercase());
         self.counts.remove(name);
+        self.values.remove(name);
     }
 
     /// Whether a due field may end the batch now (see the `open` field).
@@ -247,7 +250,7 @@ impl FieldWatch {
         // Each candidate once per user record that has it, and every value of
         // it: a key given twice in one record is decoded (and checked) twice.
         let mut names: Vec<String> = Vec::new();
-        let mut samples: Vec<String> = Vec::new();
+        let mut samples: Vec<(String, String)> = Vec::new();
         for raw in records {
             let Ok(text) = std::str::from_utf8(raw) else { continue };
             let mut fields = self.candidates(text);
@@ -260,7 +263,8 @@ impl FieldWatch {
                 .collect();
             fields.retain(|(k, _)| !unreadable.contains(k));
             for (i, (key, value)) in fields.iter().enumerate() {
-                samples.push(format!("{{{}:{value}}}", serde_json::to_string(key).expect("strings serialize")));
+                let sample = format!("{{{}:{value}}}", serde_json::to_string(key).expect("strings serialize"));
+                samples.push((key.clone(), sample));
                 if !fields[..i].iter().any(|(k, _)| k == key) {
                     names.push(key.clone());
                 }
@@ -273,11 +277,15 @@ impl FieldWatch {
         for name in &names {
             *added.entry(name).or_default() += 1;
         }
-        let due: Vec<&str> = added
-            .iter()
-            .filter(|(k, n)| self.counts.get(**k).copied().unwrap_or(0) + **n >= self.min_records)
-            .map(|(k, _)| *k)
-            .collect();
+        // In the record's order: new columns are added in the order they came.
+        let mut due: Vec<&str> = Vec::new();
+        for name in &names {
+            if !due.contains(&name.as_str())
+                && self.counts.get(name).copied().unwrap_or(0) + added[name.as_str()] >= self.min_records
+            {
+                due.push(name);
+            }
+        }
         let columns = if due.is_empty() || !self.open { Vec::new() } else { self.due_columns(&due, &samples) };
         if columns.is_empty() {
             if !due.is_empty() && !self.open {
@@ -292,7 +300,11 @@ impl FieldWatch {
                     *self.counts.entry(key.to_string()).or_default() += n;
                 }
             }
-            samples.iter().for_each(|s| self.values.observe_line(s.as_bytes()));
+            for (key, sample) in &samples {
+                if self.counts.contains_key(key) {
+                    self.values.entry(key.clone()).or_default().observe_line(sample.as_bytes());
+                }
+            }
             return Vec::new();
         }
         columns
@@ -304,23 +316,33 @@ impl FieldWatch {
     /// as data, does not ride along. Typed by every value seen; a type longer
     /// than [`MAX_COLUMN_TYPE_CHARS`] refuses its field for good. Empty when
     /// nothing is left.
-    fn due_columns(&mut self, due: &[&str], samples: &[String]) -> Vec<Column> {
-        let mut values = self.values.clone();
-        samples.iter().for_each(|s| values.observe_line(s.as_bytes()));
-        let mut names: Vec<String> = due.iter().map(|d| d.to_string()).collect();
+    fn due_columns(&mut self, due: &[&str], samples: &[(String, String)]) -> Vec<Column> {
+        // The deferred fields first (they came first; by name), then this
+        // record's in its order; of `Coupon` and `coupon`, this record's.
         let recurred = self.min_records.max(2);
-        names.extend(self.counts.iter().filter(|(_, n)| **n >= recurred).map(|(k, _)| k.clone()));
+        let mut names: Vec<String> = self
+            .counts
+            .iter()
+            .filter(|(k, n)| **n >= recurred && !due.iter().any(|d| d.eq_ignore_ascii_case(k)))
+            .map(|(k, _)| k.clone())
+            .collect();
         names.sort();
-        names.dedup();
-        let Some(schema) = values.finish() else { return Vec::new() };
-        let (mut columns, long): (Vec<Column>, Vec<Column>) = schema
-            .columns
-            .into_iter()
-            .filter(|c| names.contains(&c.name))
-            .partition(|c| c.ty.to_string().len() <= MAX_COLUMN_TYPE_CHARS);
-        for c in long {
-            self.refuse(&c.name);
-            self.refused.push(c.name);
+        let mut seen: HashSet<String> = HashSet::new();
+        names.retain(|n| seen.insert(n.to_ascii_lowercase()));
+        names.extend(due.iter().map(|d| d.to_string()));
+        let mut columns = Vec::new();
+        for name in names {
+            let mut values = self.values.get(&name).cloned().unwrap_or_default();
+            samples.iter().filter(|(k, _)| *k == name).for_each(|(_, s)| values.observe_line(s.as_bytes()));
+            let Some(column) = values.finish().and_then(|s| s.columns.into_iter().find(|c| c.name == name)) else {
+                continue;
+            };
+            if column.ty.to_string().len() > MAX_COLUMN_TYPE_CHARS {
+                self.refuse(&column.name);
+                self.refused.push(column.name);
+                continue;
+            }
+            columns.push(column);
         }
         columns.truncate(self.room);
         columns
@@ -462,6 +484,26 @@ mod tests {
         // `a` recurred while waiting and joins; `b`, seen once, does not.
         assert_eq!(names(&w.observe(&[br#"{"c":true}"#])), "a:bigint c:boolean");
         assert!(w.observe(&[br#"{"id":4}"#]).is_empty(), "a record without new fields cuts nothing");
+    }
+
+    /// Found by `scripts/fuzz schema_evolve`
+    /// (fuzz/regressions/schema_evolve/case-collision-across-a-closed-window):
+    /// `Coupon` deferred in one record and `coupon` due in the next were
+    /// typed by one shared inference, which named the column `Coupon`; the
+    /// proposal lost `coupon`, and its record asked again under the new
+    /// version.
+    #[test]
+    fn a_field_deferred_under_another_case_never_hides_a_due_one() {
+        let mut w = FieldWatch::new(&schema(), &[], 1);
+        w.set_open(false);
+        assert!(w.observe(&[br#"{"Coupon":"y","tacs":["a"]}"#]).is_empty());
+        assert!(w.observe(&[br#"{"Coupon":"z"}"#]).is_empty());
+        w.set_open(true);
+        let line = br#"{"hd":"c","coupon":1,"score":1.5}"#;
+        let cols = w.observe(&[line]);
+        assert_eq!(names(&cols), "hd:string coupon:bigint score:double", "this record's `coupon`, typed by its own value");
+        let next = with_columns(&schema(), &cols);
+        assert!(FieldWatch::new(&next, &[], 1).observe(&[line]).is_empty());
     }
 
     #[test]
