@@ -480,7 +480,7 @@ impl CatalogTable {
     }
 
     /// The error of a table that is not there, with the fix.
-    fn missing(&self) -> Error {
+    pub fn missing(&self) -> Error {
         Error::TableMissing {
             table: self.name.to_string(),
             fix: "create it (`schema ddl` prints its DDL) or set catalog_create = true".into(),

@@ -275,15 +275,6 @@ impl crate::evolve::SchemaTable for Registrar {
     }
 
     fn declared_columns(&self) -> BoxFuture<'_, anyhow::Result<Vec<(String, String)>>> {
-        Box::pin(async move {
-            match self.table.declared_columns().await? {
-                Some(columns) => Ok(columns),
-                None => Err(shardlake::Error::TableMissing {
-                    table: self.table.name().to_string(),
-                    fix: "create it (`schema ddl` prints its DDL) or set catalog_create = true".into(),
-                }
-                .into()),
-            }
-        })
+        Box::pin(async move { self.table.declared_columns().await?.ok_or_else(|| self.table.missing().into()) })
     }
 }

@@ -102,9 +102,9 @@ pub struct ConsumerConfig {
     pub evolve_min_records: u64,
     /// With `evolve`: a worker makes at most one schema version per this
     /// interval (default 10s). Fields that come due meanwhile stay in
-    /// `_extra` for those records and all join the next version together,
-    /// so a stream of ever-new keys cannot become a version, a table update
-    /// and a file per record.
+    /// `_extra` for those records, and those that recur join the next
+    /// version together, so a stream of ever-new keys cannot become a
+    /// version, a table update and a file per record.
     #[serde(default = "default_evolve_interval", with = "humantime_serde")]
     pub evolve_interval: Duration,
     /// Partition template, Firehose syntax (`!{timestamp:yyyy}`, `!{field:a.b}`).
@@ -796,6 +796,7 @@ mod tests {
             (format!("{MINIMAL}unknown_fields = \"grow\"\n"), "`evolve`"),
             (format!("{MINIMAL}unknown_fields = \"evolve\"\nevolve_min_records = 0\n"), "evolve_min_records: must be"),
             (format!("{MINIMAL}evolve_min_records = 5\n"), "only used with unknown_fields = \"evolve\""),
+            (format!("{MINIMAL}evolve_interval = \"1m\"\n"), "evolve_interval: only used with unknown_fields"),
         ];
         for (text, want) in cases {
             let err = format!("{:#}", resolve(&text).unwrap_err());

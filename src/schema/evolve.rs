@@ -501,7 +501,11 @@ mod tests {
         w.set_open(true);
         let line = br#"{"hd":"c","coupon":1,"score":1.5}"#;
         let cols = w.observe(&[line]);
-        assert_eq!(names(&cols), "hd:string coupon:bigint score:double", "this record's `coupon`, typed by its own value");
+        assert_eq!(
+            names(&cols),
+            "hd:string coupon:bigint score:double",
+            "this record's `coupon`, typed by its own value"
+        );
         let next = with_columns(&schema(), &cols);
         assert!(FieldWatch::new(&next, &[], 1).observe(&[line]).is_empty());
     }
