@@ -694,6 +694,9 @@ async fn a_new_key_in_every_record_makes_few_versions_and_loses_nothing() {
         let updates = metric_sum(&metrics, "shardlake_consumer_catalog_table_updates_total");
         let deferred = metric_sum(&metrics, "shardlake_consumer_schema_fields_in_extra_total");
         let columns = table_columns(&glue, &db).await.len();
+        let location = shardlake::catalog::table_location(setup.lake().to_str().unwrap()).unwrap();
+        wait_registered(&glue, &db, &lake_partitions(&setup.lake(), &location), &setup.log()).await;
+        assert!(setup.healthz().starts_with("HTTP/1.1 200"), "{}", setup.healthz());
         assert!(terminate(&mut consumer).success(), "{}", setup.log());
         let files = parquet_files(&setup.lake()).len();
         eprintln!(

@@ -712,6 +712,34 @@ async fn two_workers_meeting_the_same_new_fields_make_one_schema_version() {
     assert_eq!(coupons.trim(), "400");
 }
 
+/// Partition values of every partition the Glue table lists, beside those
+/// of the lake's data files (downloaded into the setup's lake folder).
+async fn catalog_and_lake_partitions(
+    glue: &aws_sdk_glue::Client,
+    db: &str,
+    lake: &std::path::Path,
+) -> (std::collections::BTreeSet<Vec<String>>, std::collections::BTreeSet<Vec<String>>) {
+    let mut listed = std::collections::BTreeSet::new();
+    let mut token = None;
+    loop {
+        let page = glue.get_partitions().database_name(db).table_name("events").set_next_token(token).send().await;
+        let page = page.unwrap();
+        listed.extend(page.partitions().iter().map(|p| p.values().to_vec()));
+        token = page.next_token().map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    let in_lake = parquet_files(lake)
+        .iter()
+        .map(|f| {
+            let dir = f.parent().unwrap().strip_prefix(lake).unwrap().display().to_string();
+            dir.split('/').map(|seg| seg.split_once('=').unwrap().1.to_string()).collect()
+        })
+        .collect();
+    (listed, in_lake)
+}
+
 /// Column names of the lake's Glue table.
 async fn table_columns(glue: &aws_sdk_glue::Client, db: &str) -> Vec<String> {
     let table = glue.get_table().database_name(db).name("events").send().await.unwrap().table.unwrap();
@@ -784,6 +812,8 @@ async fn evolving_workers_converge_after_a_kill_a_race_and_a_join_without_a_rest
     eprintln!("fleet converged on schema version {version} with columns {columns:?}");
     fleet.terminate_all();
     fleet.check_lake(500).await;
+    let (listed, in_lake) = catalog_and_lake_partitions(&glue, &db, &fleet.setup.lake()).await;
+    assert_eq!(listed, in_lake, "GetPartitions lists exactly the lake's partitions");
     let counts = python(
         "import sys, duckdb\nprint(*duckdb.sql(f\"select count(f1), count(f2), count(f3), count(*) filter (where _extra is not null) \
          from read_parquet('{sys.argv[1]}/**/*.parquet', union_by_name = true)\").fetchall()[0])",
@@ -881,6 +911,8 @@ async fn a_field_too_large_for_a_column_stays_in_extra_and_the_shard_goes_on() {
     assert!(fleet.healthz(0).starts_with("HTTP/1.1 200"), "{}", fleet.healthz(0));
     fleet.terminate_all();
     fleet.check_lake(42).await;
+    let (listed, in_lake) = catalog_and_lake_partitions(&glue, &db, &fleet.setup.lake()).await;
+    assert_eq!(listed, in_lake, "GetPartitions lists exactly the lake's partitions");
     let kept = python(
         "import sys, duckdb\nprint(*duckdb.sql(f\"select count(*) filter (where _extra like '%\\\"blob\\\"%'), \
          count(*) filter (where _extra like '%\\\"wide\\\"%'), count(coupon) \
