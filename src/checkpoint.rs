@@ -111,6 +111,11 @@ impl CheckpointStore {
     /// for one application reading one stream; `dynamodb://` needs
     /// [`CheckpointStore::connect`].
     pub fn open(url: &str, application: &str, stream: &str) -> Result<Self> {
+        if let Some(fix) = crate::store::scheme_mistake(url, &["file", "dynamodb"]) {
+            return Err(Error::Config(format!(
+                "checkpoint store `{url}` looks like a URL with a mistyped scheme: {fix}"
+            )));
+        }
         if let Some(rest) = url.strip_prefix("dynamodb://") {
             return Err(Error::Config(format!(
                 "checkpoint store dynamodb://{rest}: the fleet store is opened with CheckpointStore::connect"
@@ -232,6 +237,17 @@ impl CheckpointStore {
         }
     }
 
+    /// Locks a `file://` store for this process (`None` for DynamoDB, whose
+    /// leases share it): a second worker on the same folder is refused with
+    /// the holder named, and a lock whose process died is free again (the
+    /// kernel drops it with the process).
+    pub fn lock(&self) -> Result<Option<StoreLock>> {
+        match self {
+            CheckpointStore::File(f) => StoreLock::take(f.store.root(), &self.url()).map(Some),
+            CheckpointStore::DynamoDb(_) => Ok(None),
+        }
+    }
+
     /// A description for logs.
     pub fn url(&self) -> String {
         match self {
@@ -245,6 +261,59 @@ impl CheckpointStore {
 /// `schema.toml` (inferred or Glue mode), then `schema-v2.toml`, ...
 fn schema_key(version: u32) -> String {
     if version <= 1 { "schema.toml".to_string() } else { format!("schema-v{version}.toml") }
+}
+
+/// A worker's exclusive hold on a `file://` checkpoint store: an advisory
+/// lock (`flock`) on `.lock` in the store's folder, which names the holder.
+#[derive(Debug)]
+pub struct StoreLock {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl StoreLock {
+    fn take(dir: &std::path::Path, url: &str) -> Result<Self> {
+        use std::io::{Read, Seek, Write};
+        let path = dir.join(".lock");
+        let io =
+            |e: std::io::Error| Error::Store { op: "lock", url: path.display().to_string(), message: e.to_string() };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut file =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(Error::Config(format!(
+                    "checkpoint store {url} is in use by another worker ({}; lock {}): a file store serves one \
+                     worker. Stop that worker, or use checkpoint_store = \"dynamodb://TABLE\" for a fleet",
+                    holder.trim(),
+                    path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let holder = format!("host {}, pid {}", host.trim(), std::process::id());
+        file.set_len(0).and_then(|()| file.rewind()).and_then(|()| writeln!(file, "{holder}")).map_err(io)?;
+        Ok(StoreLock { file, path })
+    }
+
+    /// `Err` with what happened when the store's folder is no longer the one
+    /// this worker locked (deleted, moved or replaced under it): its
+    /// checkpoints are gone, and a restart would read every shard again.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let held = self.file.metadata().map_err(|e| e.to_string())?;
+        let gone = "the checkpoint folder was deleted, moved or replaced under the running worker: its checkpoints \
+                    are gone and a restart would read every shard again; stop the worker and restore the folder";
+        match std::fs::metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == (held.dev(), held.ino()) => Ok(()),
+            Ok(_) => Err(format!("{}: {gone}", self.path.display())),
+            Err(e) => Err(format!("{}: {e}: {gone}", self.path.display())),
+        }
+    }
 }
 
 /// The `file://` checkpoint store.
@@ -277,6 +346,33 @@ impl FileCheckpoints {
     async fn save(&self, shard: &str, state: &ShardState) -> Result<()> {
         let data = serde_json::to_vec_pretty(state).expect("a shard state serializes");
         self.store.put(&Self::key(shard)?, data).await
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_store_is_locked_by_one_worker_and_its_loss_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let store = CheckpointStore::open(&url, "app", "events").unwrap();
+        let lock = store.lock().unwrap().expect("a file store locks");
+        lock.check().unwrap();
+        let err = CheckpointStore::open(&url, "app", "events").unwrap().lock().unwrap_err().to_string();
+        assert!(
+            err.contains("in use by another worker") && err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        // Another stream of the same folder is another store.
+        CheckpointStore::open(&url, "app", "other").unwrap().lock().unwrap();
+        drop(lock);
+        let lock = store.lock().unwrap().unwrap();
+        std::fs::remove_dir_all(dir.path().join("app")).unwrap();
+        assert!(lock.check().unwrap_err().contains("deleted, moved or replaced"));
+        let err = CheckpointStore::open("dynamodb:/leases", "app", "events").unwrap_err().to_string();
+        assert!(err.contains("write dynamodb://leases"), "{err}");
     }
 }
 
@@ -329,7 +425,12 @@ mod tests {
         std::fs::write(dir.path().join("app/s/shard-1.json"), "{not json").unwrap();
         let err = store.load("shard-1").await.unwrap_err().to_string();
         assert!(err.contains("shard-1.json") && err.contains("corrupt"), "{err}");
-        assert!(CheckpointStore::open("s3://b/x", "app", "s").unwrap_err().to_string().contains("file:///path"));
+        assert!(
+            CheckpointStore::open("s3://b/x", "app", "s")
+                .unwrap_err()
+                .to_string()
+                .contains("use file:// or dynamodb://")
+        );
         assert!(CheckpointStore::open("dynamodb://t", "app", "s").unwrap_err().to_string().contains("connect"));
         assert!(CheckpointStore::open("/tmp/x", "app", "../up").is_err());
     }

@@ -111,6 +111,14 @@ fn check_literal(lit: &str, template: &str) -> Result<()> {
              backslashes or control characters"
         )));
     }
+    // `${timestamp:yyyy}`, `{field:x}`: an expression missing its `!`, which
+    // would be written as a literal folder name.
+    if lit.contains(['{', '}']) {
+        return Err(Error::Config(format!(
+            "partition template `{template}`: literal text `{lit}` has a brace; write expressions as \
+             !{{timestamp:yyyy}} or !{{field:name}}"
+        )));
+    }
     Ok(())
 }
 

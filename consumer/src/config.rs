@@ -151,6 +151,10 @@ pub struct ConsumerConfig {
     /// before the process gives up and exits non-zero (default 60 s).
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Whether the file has a `[fleet]` table (which only a `dynamodb://`
+    /// store uses).
+    #[serde(skip)]
+    pub fleet_given: bool,
 }
 
 /// Where a shard without a checkpoint starts.
@@ -447,6 +451,27 @@ fn default_renew_interval() -> Option<Duration> {
     None
 }
 
+/// The largest size in MiB a setting takes (1 TiB): more is a typo, and
+/// shifting it into bytes would overflow.
+const MAX_MB: usize = 1 << 20;
+
+/// `location` (a lake or checkpoint store URL, or a plain path) with a
+/// relative local path made absolute against `base`; URLs of other schemes
+/// as they are.
+fn against(location: &str, base: &Path) -> String {
+    let (scheme, path) = match location.strip_prefix("file://") {
+        Some(path) => ("file://", path),
+        None if location.contains("://") => return location.to_string(),
+        None => ("", location),
+    };
+    let path = Path::new(path);
+    if path.is_absolute() {
+        return location.to_string();
+    }
+    let joined = base.join(path.strip_prefix(".").unwrap_or(path));
+    format!("{scheme}{}", joined.display())
+}
+
 /// `hostname-pid-random`: unique per process across a fleet.
 pub fn generated_worker_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -540,7 +565,9 @@ impl Settings {
 impl ConsumerConfig {
     /// Parses TOML text; `origin` names the file in messages.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
-        toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))
+        let mut config: Self = toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        config.fleet_given = toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("fleet"));
+        Ok(config)
     }
 
     /// Reads and parses a config file.
@@ -556,10 +583,24 @@ impl ConsumerConfig {
         if self.stream.trim().is_empty() {
             bail!("stream: empty; set it to the Kinesis data stream name");
         }
+        // Relative local paths resolve against the config file's folder, as
+        // `schema` does, so a service started from any folder writes to the
+        // same places.
+        let base = std::path::absolute(base).with_context(|| format!("the config's folder {}", base.display()))?;
         let destination = Location::parse(&self.destination).map_err(|e| anyhow::anyhow!("destination: {e}"))?;
-        if !self.checkpoint_store.starts_with("dynamodb://") {
+        self.destination = against(&self.destination, &base);
+        let fleet_store = self.checkpoint_store.starts_with("dynamodb://");
+        if !fleet_store {
             shardlake::checkpoint::CheckpointStore::open(&self.checkpoint_store, &self.application, &self.stream)
                 .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
+            self.checkpoint_store = against(&self.checkpoint_store, &base);
+        }
+        if self.shutdown_timeout < Duration::from_secs(1) {
+            bail!(
+                "shutdown_timeout: {:?} leaves no time for the final flush and commit; use \"1s\" or more \
+                 (default 60s)",
+                self.shutdown_timeout
+            );
         }
         let name = self.retrieval.consumer_name(&self.application);
         if !(1..=128).contains(&name.len())
@@ -579,6 +620,12 @@ impl ConsumerConfig {
         }
         if f.worker_id.as_deref().is_some_and(|w| w.trim().is_empty()) {
             bail!("fleet.worker_id: empty; remove it to get hostname-pid-random");
+        }
+        if self.fleet_given && !fleet_store {
+            bail!(
+                "fleet: only used with checkpoint_store = \"dynamodb://TABLE\" (a file store serves one worker); \
+                 remove [fleet] or use a DynamoDB store"
+            );
         }
         f.worker_id.get_or_insert_with(generated_worker_id);
         let initial_timestamp_ms = match (self.initial_position, &self.initial_timestamp) {
@@ -635,6 +682,16 @@ impl ConsumerConfig {
         }
         if self.evolve_interval != default_evolve_interval() && self.unknown_fields != UnknownFieldPolicy::Evolve {
             bail!("evolve_interval: only used with unknown_fields = \"evolve\"; remove it or set that");
+        }
+        for (key, mb) in [
+            ("buffer.max_mb", self.buffer.max_mb),
+            ("buffer.memory_budget_mb", self.buffer.memory_budget_mb),
+            ("buffer.read_buffer_mb", self.buffer.read_buffer_mb),
+            ("writer.target_file_mb", self.writer.target_file_mb),
+        ] {
+            if mb > MAX_MB {
+                bail!("{key}: {mb} MiB is more than any machine holds; at most {MAX_MB} (1 TiB)");
+            }
         }
         let b = &mut self.buffer;
         if b.max_mb == 0 || b.max_records == 0 {
@@ -749,6 +806,21 @@ mod tests {
     }
 
     #[test]
+    fn relative_paths_resolve_against_the_config_files_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("schema.toml"), "[[columns]]\nname = \"id\"\ntype = \"string\"\n").unwrap();
+        let text = format!("{MINIMAL}checkpoint_store = \"file://./cp\"\n");
+        let s = ConsumerConfig::parse(&text, "consumer.toml").unwrap().resolve(dir.path()).unwrap();
+        let base = std::path::absolute(dir.path()).unwrap();
+        assert_eq!(s.config.destination, base.join("lake").display().to_string());
+        assert_eq!(s.config.checkpoint_store, format!("file://{}", base.join("cp").display()));
+        let text = MINIMAL.replace("./lake", "s3://b/lake/");
+        let s = ConsumerConfig::parse(&text, "consumer.toml").unwrap().resolve(dir.path()).unwrap();
+        assert_eq!(s.config.destination, "s3://b/lake/");
+        assert!(s.config.checkpoint_store.starts_with(&format!("file://{}", base.display())), "the default too");
+    }
+
+    #[test]
     fn clamps_polling_to_the_kinesis_limits() {
         let s = resolve(&format!(
             "{MINIMAL}[polling]\nmax_records_per_call = 50000\ninterval = \"10ms\"\nidle_interval = \"5ms\"\n"
@@ -770,6 +842,16 @@ mod tests {
             (format!("{MINIMAL}partition = \"x=!{{nope}}\"\n"), "partition:"),
             (format!("{MINIMAL}[buffer]\nmax_mb = 600\n"), "memory_budget_mb"),
             (MINIMAL.replace("./lake", "gs://x"), "destination:"),
+            (MINIMAL.replace("./lake", "s3:/bucket"), "write s3://bucket"),
+            (MINIMAL.replace("./lake", "S3://bucket/lake"), "write s3://bucket/lake"),
+            (format!("{MINIMAL}checkpoint_store = \"dynamodb:/leases\"\n"), "write dynamodb://leases"),
+            (format!("{MINIMAL}[fleet]\nworker_id = \"a\"\n"), "fleet: only used with checkpoint_store = \"dynamodb"),
+            (format!("{MINIMAL}shutdown_timeout = \"0s\"\n"), "shutdown_timeout: 0ns leaves no time"),
+            (
+                format!("{MINIMAL}[buffer]\nmemory_budget_mb = 17592186044416\n"),
+                "buffer.memory_budget_mb: 17592186044416",
+            ),
+            (format!("{MINIMAL}partition = \"dt=${{timestamp:yyyy}}/\"\n"), "has a brace"),
             (format!("{MINIMAL}[fleet]\nlease_duration = \"500ms\"\n"), "fleet.lease_duration"),
             (format!("{MINIMAL}[fleet]\nrenew_interval = \"20s\"\n"), "fleet.renew_interval"),
             (format!("{MINIMAL}[fleet]\nleases = 3\n"), "unknown field `leases`"),

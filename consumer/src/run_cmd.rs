@@ -129,6 +129,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let checkpoints = CheckpointStore::connect(&c.checkpoint_store, &c.application, &c.stream, &fleet)
         .await
         .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
+    // Held until the process exits: one worker per file store.
+    let store_lock = checkpoints.lock().map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
     let kinesis = crate::get_records::kinesis_client(&sdk, &c.timeouts.aws());
     // A missing stream or bad credentials are reported at once, not retried forever.
     if let Err(e @ (KinesisError::NotFound(_) | KinesisError::Fatal(_))) =
@@ -230,6 +232,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let finish = CancellationToken::new();
     let registering = registrar.map(|r| tokio::spawn(crate::catalog::run(ctx.clone(), r, finish.clone())));
     let following = tokio::spawn(crate::evolve::follow(ctx.clone(), finish.clone()));
+    let guarding = store_lock.map(|lock| tokio::spawn(guard_store(ctx.clone(), lock, finish.clone())));
     let result = crate::worker::run(ctx.clone(), cancel).await;
     if let Some(task) = registering {
         // The final flushes' partitions: registered now if the catalog
@@ -242,8 +245,43 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     finish.cancel();
     let _ = following.await;
+    if let Some(task) = guarding {
+        let _ = task.await;
+    }
     ctx.abort.cancel();
     result
+}
+
+/// How often the `file://` store's lock is checked.
+const STORE_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Watches the lock of a `file://` store (held by `lock` until this task
+/// ends): a checkpoint folder deleted, moved or replaced under the running
+/// worker is an error in the log and on `/healthz` while it lasts, never a
+/// silent fresh start at the next restart.
+async fn guard_store(ctx: Arc<Context>, lock: shardlake::checkpoint::StoreLock, finish: CancellationToken) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(STORE_CHECK_EVERY) => {}
+            _ = finish.cancelled() => return,
+            _ = ctx.abort.cancelled() => return,
+        }
+        match lock.check() {
+            Ok(()) if failing => {
+                failing = false;
+                ctx.health.worker_ok("checkpoint_store");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if !failing {
+                    tracing::error!(store = ctx.checkpoints.url(), error = e, "the checkpoint store is gone");
+                }
+                failing = true;
+                ctx.health.worker_failed("checkpoint_store", &e);
+            }
+        }
+    }
 }
 
 /// How long a stopping worker tries to register its last partitions.

@@ -80,3 +80,42 @@ async fn sigkill_at_random_times_loses_and_duplicates_nothing() {
     assert!(terminate(&mut consumer).success());
     assert_eq!(setup.duckdb_check(), (RECORDS as u64, RECORDS as u64, 0));
 }
+
+/// Issue 26, rows 3 and 4: a `file://` store serves one worker. A second
+/// worker on it refuses to start and names the holder; a `kill -9` frees the
+/// lock; the checkpoint folder deleted under the running worker turns
+/// `/healthz` 503 naming the checkpoint store, and the log says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_store_serves_one_worker_and_its_loss_is_reported() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 1).await;
+    let setup = Setup::new(&stream);
+    setup.config("[health]\nfailing_after = \"1s\"\n");
+    let mut first = setup.start(&[]);
+    let started = std::time::Instant::now();
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_shardlake-consumer"))
+        .args(["run", "--config"])
+        .arg(setup.dir.path().join("consumer.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "refused at once");
+    assert!(err.contains("in use by another worker") && err.contains(&format!("pid {}", first.id())), "{err}");
+
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut worker = setup.start(&[]);
+    let landed = put_records(&client, &stream, &keyed(events(50, 61, 1))).await;
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    std::fs::remove_dir_all(setup.dir.path().join("checkpoints")).unwrap();
+    let answer = poll("/healthz 503 naming the checkpoint store", Duration::from_secs(20), || async {
+        let answer = setup.healthz();
+        (answer.starts_with("HTTP/1.1 503") && answer.contains("checkpoint_store")).then_some(answer)
+    })
+    .await;
+    assert!(answer.contains("deleted, moved or replaced"), "{answer}");
+    assert!(setup.log().contains("the checkpoint store is gone"), "{}", setup.log());
+    terminate(&mut worker);
+    assert_eq!(setup.duckdb_check(), (50, 50, 0));
+}

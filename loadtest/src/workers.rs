@@ -226,18 +226,21 @@ shard_refresh = "2s"
 
 [metrics]
 address = "127.0.0.1:{metrics_port}"
-
-[fleet]
-worker_id = "w{i}"
-lease_duration = "{lease}ms"
-create_table = true
-"#,
+{fleet}"#,
         run = s.run_id,
         stream = toml_str(&s.stream),
         destination = toml_str(&destination),
         checkpoint_store = toml_str(&checkpoint_store),
         max_age = s.max_age.as_millis(),
-        lease = s.lease_duration.as_millis(),
+        // A file store serves one worker and refuses `[fleet]`.
+        fleet = if checkpoint_store.starts_with("dynamodb://") {
+            format!(
+                "\n[fleet]\nworker_id = \"w{i}\"\nlease_duration = \"{}ms\"\ncreate_table = true\n",
+                s.lease_duration.as_millis()
+            )
+        } else {
+            String::new()
+        },
     )
 }
 

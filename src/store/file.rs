@@ -41,6 +41,11 @@ impl FileStore {
         tokio::task::spawn_blocking(move || write_new(&path, &data)).await.expect("file write task panicked")
     }
 
+    /// The folder objects are kept in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Reads the object at `key`.
     pub async fn get(&self, key: &str) -> Result<Vec<u8>> {
         let path = self.root.join(key);

@@ -38,6 +38,12 @@ impl Location {
 
     /// Parses `file:///abs/dir`, `s3://bucket/prefix/`, or a plain local path.
     pub fn parse(url: &str) -> Result<Self> {
+        if let Some(fix) = scheme_mistake(url, &["s3", "file"]) {
+            return Err(Error::Config(format!(
+                "`{url}` looks like a URL with a mistyped scheme: {fix} (for a local folder whose name has a colon, \
+                 write ./{url})"
+            )));
+        }
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
@@ -58,6 +64,30 @@ impl Location {
             return Err(Error::Config("empty location; give a directory, file:///dir or s3://bucket/prefix/".into()));
         }
         Ok(Location::File(url.into()))
+    }
+}
+
+/// Why `url` starts like a URL of none of the `known` schemes, with the fix:
+/// a known scheme in another case (`S3://b`), with one slash (`s3:/b`,
+/// `dynamodb:/table`), or an unknown scheme with `//` (`gs://b`). `None`
+/// for a known URL and for a plain path (even one with a colon, like
+/// `data:2026`), which is taken as it is.
+pub fn scheme_mistake(url: &str, known: &[&str]) -> Option<String> {
+    let (scheme, rest) = url.split_once(':')?;
+    let b = scheme.as_bytes();
+    if b.is_empty() || !b[0].is_ascii_alphabetic() || !b.iter().all(|c| c.is_ascii_alphanumeric() || b"+.-".contains(c))
+    {
+        return None;
+    }
+    if known.contains(&scheme) && rest.starts_with("//") {
+        return None;
+    }
+    let schemes = known.iter().map(|k| format!("{k}://")).collect::<Vec<_>>().join(" or ");
+    match known.iter().find(|k| k.eq_ignore_ascii_case(scheme)) {
+        Some(&"file") => Some(format!("write file:///{}", rest.trim_start_matches('/'))),
+        Some(k) => Some(format!("write {k}://{}", rest.trim_start_matches('/'))),
+        None if rest.starts_with("//") => Some(format!("`{scheme}://` is not supported here; use {schemes}")),
+        None => None,
     }
 }
 
@@ -163,6 +193,25 @@ impl ObjectStore {
 }
 
 #[cfg(test)]
+mod scheme_tests {
+    use super::*;
+
+    #[test]
+    fn mistyped_schemes_are_refused_with_the_fix() {
+        let known = ["s3", "file"];
+        assert_eq!(scheme_mistake("s3:/bucket/lake", &known).as_deref(), Some("write s3://bucket/lake"));
+        assert_eq!(scheme_mistake("S3://bucket", &known).as_deref(), Some("write s3://bucket"));
+        assert_eq!(scheme_mistake("file:/tmp/x", &known).as_deref(), Some("write file:///tmp/x"));
+        assert!(scheme_mistake("gs://bucket", &known).unwrap().contains("use s3:// or file://"));
+        for fine in ["s3://b/p", "file:///tmp/x", "./lake", "lake", "/abs/lake", "data:2026", "./s3:/bucket"] {
+            assert_eq!(scheme_mistake(fine, &known), None, "{fine}");
+        }
+        let err = Location::parse("s3:/bucket").unwrap_err().to_string();
+        assert!(err.contains("write s3://bucket") && err.contains("./s3:/bucket"), "{err}");
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -182,7 +231,7 @@ mod tests {
         assert_eq!(root.url("a.parquet"), "s3://b/a.parquet");
         assert_eq!(Location::parse("file:///tmp/x").unwrap(), Location::File("/tmp/x".into()));
         assert_eq!(Location::parse("./lake").unwrap(), Location::File("./lake".into()));
-        assert!(Location::parse("gs://x").unwrap_err().to_string().contains("only file:// and s3://"));
+        assert!(Location::parse("gs://x").unwrap_err().to_string().contains("use s3:// or file://"));
         assert!(Location::parse("s3:///x").is_err());
     }
 
