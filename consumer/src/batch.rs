@@ -79,6 +79,18 @@ pub enum FlushReason {
 }
 
 impl FlushReason {
+    /// Every reason.
+    pub const ALL: [FlushReason; 8] = [
+        FlushReason::Size,
+        FlushReason::Records,
+        FlushReason::Age,
+        FlushReason::Memory,
+        FlushReason::Replay,
+        FlushReason::ShardEnd,
+        FlushReason::Schema,
+        FlushReason::Shutdown,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {

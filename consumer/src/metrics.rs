@@ -7,6 +7,8 @@ use prometheus::{
 };
 use shardlake::pipeline::PipelineStats;
 
+use crate::batch::FlushReason;
+
 /// Every consumer metric.
 pub struct Metrics {
     registry: Registry,
@@ -92,7 +94,7 @@ impl Metrics {
             r.register(Box::new(h.clone())).expect("unique metric");
             h
         };
-        Metrics {
+        let m = Metrics {
             leases_held: gauge("shardlake_consumer_leases_held", "Shard leases this worker holds (fleet mode)."),
             leases_taken: counter(
                 "shardlake_consumer_leases_taken_total",
@@ -234,6 +236,29 @@ impl Metrics {
             shards_reading: gauge("shardlake_consumer_shards_reading", "Shards with a running reader."),
             get_records_seconds,
             registry: r,
+        };
+        m.export_zeros();
+        m
+    }
+
+    /// Creates every labelled counter whose label values are known, at 0,
+    /// so alerts and dashboards see the series from the start, not only
+    /// after the first event (shard labels come with the shards).
+    fn export_zeros(&self) {
+        let known: [(&IntCounterVec, &[&str]); 5] = [
+            (&self.files_flushed, &["data", "errors"]),
+            (&self.flushes, &FlushReason::ALL.map(FlushReason::as_str)),
+            (&self.read_errors, &["transient", "not_found", "fatal"]),
+            (&self.schema_fields_in_extra, &["deferred", "refused"]),
+            (&self.subscriptions, &["subscribed", "failed", "fallback"]),
+        ];
+        for (counter, values) in known {
+            for value in values {
+                counter.with_label_values(&[value]);
+            }
+        }
+        for kind in shardlake::error_output::ErrorKind::ALL {
+            self.records_errored.with_label_values(&[kind.as_str()]);
         }
     }
 
@@ -411,6 +436,23 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 26, item 8: alerts see every known series from the start.
+    #[test]
+    fn labelled_counters_with_known_values_are_exported_at_zero_from_the_start() {
+        let text = Metrics::new().render();
+        for want in [
+            "shardlake_consumer_flushes_total{reason=\"shutdown\"} 0",
+            "shardlake_consumer_files_flushed_total{kind=\"errors\"} 0",
+            "shardlake_consumer_read_errors_total{kind=\"fatal\"} 0",
+            "shardlake_consumer_records_errored_total{error_type=\"type_mismatch\"} 0",
+            "shardlake_consumer_schema_fields_in_extra_total{reason=\"refused\"} 0",
+            "shardlake_consumer_fan_out_subscriptions_total{outcome=\"fallback\"} 0",
+            "shardlake_consumer_upload_failures_total 0",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
+    }
 
     #[test]
     fn renders_recorded_values() {
