@@ -468,7 +468,18 @@ fn against(location: &str, base: &Path) -> String {
     if path.is_absolute() {
         return location.to_string();
     }
-    let joined = base.join(path.strip_prefix(".").unwrap_or(path));
+    // Lexically, so `../lake` beside the config reads as a clean path in
+    // table locations and logs.
+    let mut joined = PathBuf::new();
+    for part in base.join(path).components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                joined.pop();
+            }
+            other => joined.push(other),
+        }
+    }
     format!("{scheme}{}", joined.display())
 }
 
@@ -809,7 +820,7 @@ mod tests {
     fn relative_paths_resolve_against_the_config_files_folder() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("schema.toml"), "[[columns]]\nname = \"id\"\ntype = \"string\"\n").unwrap();
-        let text = format!("{MINIMAL}checkpoint_store = \"file://./cp\"\n");
+        let text = format!("{MINIMAL}checkpoint_store = \"file://./sub/../cp\"\n");
         let s = ConsumerConfig::parse(&text, "consumer.toml").unwrap().resolve(dir.path()).unwrap();
         let base = std::path::absolute(dir.path()).unwrap();
         assert_eq!(s.config.destination, base.join("lake").display().to_string());
