@@ -155,6 +155,12 @@ pub struct ConsumerConfig {
     /// store uses).
     #[serde(skip)]
     pub fleet_given: bool,
+    /// Where a relative `file://` checkpoint store was before relative paths
+    /// resolved against the config's folder (the working directory), when
+    /// that is elsewhere: checkpoints left there must not be silently
+    /// ignored (see `run`).
+    #[serde(skip)]
+    pub checkpoints_before: Option<PathBuf>,
 }
 
 /// Where a shard without a checkpoint starts.
@@ -604,7 +610,13 @@ impl ConsumerConfig {
         if !fleet_store {
             shardlake::checkpoint::CheckpointStore::open(&self.checkpoint_store, &self.application, &self.stream)
                 .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
-            self.checkpoint_store = against(&self.checkpoint_store, &base);
+            let resolved = against(&self.checkpoint_store, &base);
+            let cwd = std::env::current_dir().unwrap_or_default();
+            let before = against(&self.checkpoint_store, &cwd);
+            if before != resolved {
+                self.checkpoints_before = Some(PathBuf::from(before.strip_prefix("file://").unwrap_or(&before)));
+            }
+            self.checkpoint_store = resolved;
         }
         if self.shutdown_timeout < Duration::from_secs(1) {
             bail!(

@@ -129,6 +129,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let checkpoints = CheckpointStore::connect(&c.checkpoint_store, &c.application, &c.stream, &fleet)
         .await
         .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
+    if let Some(before) = &c.checkpoints_before {
+        refuse_moved_checkpoints(&before.join(&c.application).join(&c.stream), &checkpoints)?;
+    }
     // Held until the process exits: one worker per file store.
     let store_lock = checkpoints.lock().map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
     let kinesis = crate::get_records::kinesis_client(&sdk, &c.timeouts.aws());
@@ -250,6 +253,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     ctx.abort.cancel();
     result
+}
+
+/// Before relative paths resolved against the config's folder, a relative
+/// `file://` store was under the working directory. Checkpoints found there
+/// while the store they now resolve to has none would be silently ignored,
+/// and every shard read again: refused with the fix.
+fn refuse_moved_checkpoints(before: &Path, checkpoints: &CheckpointStore) -> anyhow::Result<()> {
+    let has_shards = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .is_ok_and(|entries| entries.flatten().any(|e| e.path().extension().is_some_and(|x| x == "json")))
+    };
+    let now = PathBuf::from(checkpoints.url().trim_start_matches("file://"));
+    if has_shards(before) && !has_shards(&now) {
+        anyhow::bail!(
+            "checkpoint_store: checkpoints found in {} (under the working directory), but relative paths resolve \
+             against the config file's folder, to {}: move them there, or set checkpoint_store to the absolute path \
+             they are in",
+            before.display(),
+            now.display()
+        );
+    }
+    Ok(())
 }
 
 /// How often the `file://` store's lock is checked.

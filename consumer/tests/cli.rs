@@ -147,3 +147,40 @@ fn a_closed_stdout_is_not_a_panic() {
     assert_eq!(out.status.code(), Some(141), "{err}");
     assert!(std::fs::read_dir(&lake).unwrap().count() > 0, "the lake was written before the summary");
 }
+
+/// Issue 26, row 3: relative paths resolve against the config file's
+/// folder, whatever the working directory (`config check` prints them
+/// resolved); checkpoints left where a relative store resolved before (the
+/// working directory) are never silently ignored: `run` refuses with the fix.
+#[test]
+fn relative_paths_follow_the_config_file_and_moved_checkpoints_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(conf.join("schema.toml"), shardlake::events::EVENTS_SCHEMA_TOML).unwrap();
+    std::fs::write(
+        conf.join("consumer.toml"),
+        "stream = \"events\"\ndestination = \"../lake\"\ncheckpoint_store = \"file://./cp\"\nschema = \"schema.toml\"\n",
+    )
+    .unwrap();
+    let run_in = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_shardlake-consumer"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap()
+    };
+    let root = std::path::absolute(dir.path()).unwrap();
+    let out = stdout(&run_in(&["config", "check", "--config", "conf/consumer.toml"]));
+    assert!(out.contains(&format!("destination       {}", root.join("lake").display())), "{out}");
+    assert!(out.contains(&format!("checkpoint_store  file://{}", root.join("conf/cp").display())), "{out}");
+
+    // Checkpoints of an earlier release, under the working directory.
+    let old = dir.path().join("cp/shardlake/events");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("shardId-000000000000.json"), r#"{"checkpoint":"42"}"#).unwrap();
+    let err = stderr(&run_in(&["run", "--config", "conf/consumer.toml"]));
+    assert!(err.contains("checkpoints found in") && err.contains("move them there"), "{err}");
+}
