@@ -204,11 +204,6 @@ fn type_fits(theirs: &str, ours: &str) -> bool {
     }
 }
 
-/// A declared type as a type the lake can write (`varchar(64)` as `string`).
-pub fn lake_type(declared: &str) -> std::result::Result<HiveType, crate::schema::TypeParseError> {
-    declared.parse()
-}
-
 /// One way a table differs from what the lake writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Difference {
@@ -317,28 +312,13 @@ fn blocking(diffs: Vec<Difference>, evolving: bool) -> Vec<Difference> {
 /// lake's own order holds): descriptions, owner, retention, parameters,
 /// column comments and declared types stay as the table's owners set them.
 pub fn with_added_columns(table: &Table, added: &[(String, String)]) -> TableInput {
-    let sd = table.storage_descriptor().cloned().unwrap_or_else(|| StorageDescriptor::builder().build());
-    let mut columns = sd.columns().to_vec();
+    // The table's own descriptor with only its column list changed.
+    let mut sd = table.storage_descriptor().cloned().unwrap_or_else(|| StorageDescriptor::builder().build());
+    let columns = sd.columns.get_or_insert_with(Vec::new);
     let at = columns.iter().position(|c| c.name() == EXTRA_COLUMN).unwrap_or(columns.len());
     for (i, (name, ty)) in added.iter().enumerate() {
         columns.insert(at + i, glue_column(name, ty, false));
     }
-    let sd = StorageDescriptor::builder()
-        .set_columns(Some(columns))
-        .set_location(sd.location().map(str::to_string))
-        .set_additional_locations(sd.additional_locations.clone())
-        .set_input_format(sd.input_format().map(str::to_string))
-        .set_output_format(sd.output_format().map(str::to_string))
-        .compressed(sd.compressed())
-        .number_of_buckets(sd.number_of_buckets())
-        .set_serde_info(sd.serde_info().cloned())
-        .set_bucket_columns(sd.bucket_columns.clone())
-        .set_sort_columns(sd.sort_columns.clone())
-        .set_parameters(sd.parameters().cloned())
-        .set_skewed_info(sd.skewed_info().cloned())
-        .stored_as_sub_directories(sd.stored_as_sub_directories())
-        .set_schema_reference(sd.schema_reference().cloned())
-        .build();
     TableInput::builder()
         .name(table.name())
         .set_description(table.description().map(str::to_string))
@@ -394,6 +374,9 @@ pub struct CatalogTable {
     known: Mutex<HashSet<String>>,
     /// `UpdateTable` calls made (a metric).
     updates: std::sync::atomic::AtomicU64,
+    /// Answered registration calls: a change says partitions may have been
+    /// confirmed since a caller last looked.
+    confirmations: std::sync::atomic::AtomicU64,
     /// Partitions created, counted as each call answers (a call that fails
     /// after earlier ones created some still counts those).
     created: std::sync::atomic::AtomicU64,
@@ -417,6 +400,7 @@ impl CatalogTable {
             evolving: false,
             known: Mutex::new(HashSet::new()),
             updates: Default::default(),
+            confirmations: Default::default(),
             created: Default::default(),
         }
     }
@@ -551,6 +535,12 @@ impl CatalogTable {
         self.known.lock().expect("catalog lock").clear();
     }
 
+    /// A number that changes whenever registrations were answered (see
+    /// [`CatalogTable::unconfirmed`]): unchanged, nothing new is confirmed.
+    pub fn confirmations(&self) -> u64 {
+        self.confirmations.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Partitions this table created in the catalog so far.
     pub fn created(&self) -> u64 {
         self.created.load(std::sync::atomic::Ordering::Relaxed)
@@ -673,6 +663,7 @@ impl CatalogTable {
                     known.insert((*path).clone());
                 }
             }
+            self.confirmations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let made = by_values.len().saturating_sub(failed.len() + existed);
             created += made;
             self.created.fetch_add(made as u64, std::sync::atomic::Ordering::Relaxed);
@@ -900,7 +891,7 @@ mod tests {
         assert!(type_fits("varchar(64)", "string") && type_fits("CHAR(8)", "string"));
         assert!(type_fits("struct<a:varchar(10),char:array<char(2)>>", "struct<a:string,char:array<string>>"));
         assert!(!type_fits("varchar(64)", "bigint") && !type_fits("uniontype<int,string>", "string"));
-        assert_eq!(lake_type("array<VarChar(5)>").unwrap().to_string(), "array<string>");
+        assert_eq!("array<VarChar(5)>".parse::<HiveType>().unwrap().to_string(), "array<string>");
     }
 
     #[test]

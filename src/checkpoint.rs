@@ -242,9 +242,15 @@ impl CheckpointStore {
     /// the holder named, and a lock whose process died is free again (the
     /// kernel drops it with the process).
     pub fn lock(&self) -> Result<Option<StoreLock>> {
+        let Some(folder) = self.folder() else { return Ok(None) };
+        StoreLock::take(folder, &self.url()).map(Some)
+    }
+
+    /// The folder of a `file://` store's shard files (`None` for DynamoDB).
+    pub fn folder(&self) -> Option<&std::path::Path> {
         match self {
-            CheckpointStore::File(f) => StoreLock::take(f.store.root(), &self.url()).map(Some),
-            CheckpointStore::DynamoDb(_) => Ok(None),
+            CheckpointStore::File(f) => Some(f.store.root()),
+            CheckpointStore::DynamoDb(_) => None,
         }
     }
 

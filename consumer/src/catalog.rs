@@ -117,9 +117,15 @@ impl Registrar {
     async fn check_exists(&self) {
         if let Ok(None) = self.table.get().await {
             tracing::warn!(table = %self.table.name(), "the catalog table is gone");
-            self.state.lock().expect("registrar lock").ensured = false;
-            self.table.forget_partitions();
+            self.table_gone();
         }
+    }
+
+    /// The table was found missing: the next pass checks or creates it, and
+    /// a new one has none of the partitions known so far.
+    fn table_gone(&self) {
+        self.state.lock().expect("registrar lock").ensured = false;
+        self.table.forget_partitions();
     }
 
     /// Partitions waiting.
@@ -139,8 +145,7 @@ impl Registrar {
     async fn pass(&self, lake: &ObjectStore, spec: &shardlake::pipeline::TableSpec) -> shardlake::Result<usize> {
         let result = self.pass_once(lake, spec).await;
         if let Err(shardlake::Error::TableMissing { .. }) = &result {
-            self.state.lock().expect("registrar lock").ensured = false;
-            self.table.forget_partitions();
+            self.table_gone();
         }
         result
     }

@@ -159,9 +159,7 @@ impl Schemas {
             (*n, s.clone())
         };
         while number < upto.unwrap_or(MAX_VERSIONS) {
-            let Some(text) = checkpoints.load_schema(number + 1).await? else { break };
-            let schema = decode(&spec.schema, number + 1, &text)
-                .map_err(|e| anyhow::anyhow!("schema version {} in {}: {e}", number + 1, checkpoints.url()))?;
+            let Some(schema) = stored_after(checkpoints, &spec.schema, number).await? else { break };
             number += 1;
             spec = Arc::new(spec_of(&self.base, schema));
             self.loaded.lock().expect("schemas lock").insert(number, spec.clone());
@@ -243,13 +241,20 @@ fn decode(previous: &Schema, number: u32, text: &str) -> Result<Schema, String> 
 pub async fn latest(checkpoints: &CheckpointStore, base: &Schema) -> anyhow::Result<(u32, Schema)> {
     let mut newest = (1, base.clone());
     while newest.0 < MAX_VERSIONS {
-        let number = newest.0 + 1;
-        let Some(text) = checkpoints.load_schema(number).await? else { break };
-        let schema = decode(&newest.1, number, &text)
-            .map_err(|e| anyhow::anyhow!("schema version {number} in {}: {e}", checkpoints.url()))?;
-        newest = (number, schema);
+        let Some(schema) = stored_after(checkpoints, &newest.1, newest.0).await? else { break };
+        newest = (newest.0 + 1, schema);
     }
     Ok(newest)
+}
+
+/// Version `number + 1` as stored on top of version `number` (`previous`),
+/// `None` when it is not stored.
+async fn stored_after(checkpoints: &CheckpointStore, previous: &Schema, number: u32) -> anyhow::Result<Option<Schema>> {
+    let next = number + 1;
+    let Some(text) = checkpoints.load_schema(next).await? else { return Ok(None) };
+    let schema = decode(previous, next, &text)
+        .map_err(|e| anyhow::anyhow!("schema version {next} in {}: {e}", checkpoints.url()))?;
+    Ok(Some(schema))
 }
 
 /// The Glue table as schema evolution sees it.
@@ -331,7 +336,8 @@ impl<'a> Evolution<'a> {
                 let declared = table.declared_columns().await?;
                 missing.retain_mut(|c| match declared.iter().find(|(n, _)| n.eq_ignore_ascii_case(&c.name)) {
                     None => true,
-                    Some((_, ty)) => match shardlake::catalog::lake_type(ty) {
+                    // `varchar(64)` is written as `string`.
+                    Some((_, ty)) => match ty.parse::<shardlake::schema::HiveType>() {
                         Ok(ty) => {
                             c.ty = ty;
                             true

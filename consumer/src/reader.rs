@@ -103,6 +103,9 @@ struct Reader {
     /// How many of them the checkpoint holds (it is rewritten smaller once
     /// some are confirmed, even when no batch commits).
     stored_pending: usize,
+    /// The catalog's confirmations when they were last compared with the
+    /// pending list: the comparison runs only after registrations answered.
+    pending_checked: u64,
 }
 
 /// Reads `shard` until it ends, `cancel` fires (final flush) or the lease is
@@ -157,6 +160,7 @@ pub async fn read_shard(
         replay: state.intent.map(|i| (i, false)),
         failures: 0,
         stored_pending: state.catalog_pending.len(),
+        pending_checked: 0,
         catalog_pending: state.catalog_pending,
     };
     reader.ctx.metrics.add_shards_reading(1);
@@ -683,9 +687,11 @@ impl Reader {
     /// quiet shard does not make every restart register them again.
     async fn shrink_stored_pending(&mut self) -> anyhow::Result<()> {
         let Some(catalog) = &self.ctx.catalog else { return Ok(()) };
-        if self.stored_pending == 0 || self.replay.is_some() {
+        let confirmations = catalog.table().confirmations();
+        if self.stored_pending == 0 || self.replay.is_some() || confirmations == self.pending_checked {
             return Ok(());
         }
+        self.pending_checked = confirmations;
         let left = catalog.unconfirmed(self.catalog_pending.iter().cloned());
         if left.len() == self.catalog_pending.len() {
             return Ok(());

@@ -264,8 +264,8 @@ fn refuse_moved_checkpoints(before: &Path, checkpoints: &CheckpointStore) -> any
         std::fs::read_dir(dir)
             .is_ok_and(|entries| entries.flatten().any(|e| e.path().extension().is_some_and(|x| x == "json")))
     };
-    let now = PathBuf::from(checkpoints.url().trim_start_matches("file://"));
-    if has_shards(before) && !has_shards(&now) {
+    let Some(now) = checkpoints.folder() else { return Ok(()) };
+    if has_shards(before) && !has_shards(now) {
         anyhow::bail!(
             "checkpoint_store: checkpoints found in {} (under the working directory), but relative paths resolve \
              against the config file's folder, to {}: move them there, or set checkpoint_store to the absolute path \
