@@ -19,17 +19,40 @@ pub struct Timeouts {
     /// One attempt of a Kinesis or DynamoDB call, from sending the request to
     /// the last byte of its answer (a GetRecords page reaches 10 MB).
     pub call: Duration,
-    /// One attempt of an S3 call: a put or a multipart part (16 MiB by default).
+    /// The fixed part of an S3 attempt's limit: a call without a body (get,
+    /// list, complete), or an upload's allowance on top of its bytes at
+    /// `upload_floor` (see [`Timeouts::upload_attempt`]).
     pub upload: Duration,
+    /// The slowest rate, in bytes per second per connection, at which an
+    /// upload attempt still completes: each put or multipart part gets
+    /// `upload + bytes / upload_floor`, so a link of any speed above the
+    /// floor always advances, and a stalled one is given up on in time.
+    pub upload_floor: u64,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { connect: Duration::from_secs(3), call: Duration::from_secs(10), upload: Duration::from_secs(60) }
+        Timeouts {
+            connect: Duration::from_secs(3),
+            call: Duration::from_secs(10),
+            upload: Duration::from_secs(10),
+            upload_floor: 64 * 1024,
+        }
     }
 }
 
 impl Timeouts {
+    /// The limit of one attempt to upload `bytes` (a put or one part): the
+    /// fixed allowance plus the bytes at the floor rate.
+    pub fn upload_attempt(&self, bytes: usize) -> Duration {
+        self.upload + Duration::from_secs_f64(bytes as f64 / self.upload_floor.max(1) as f64)
+    }
+
+    /// The SDK timeouts of one upload attempt of `bytes`.
+    pub fn upload_attempt_config(&self, bytes: usize) -> TimeoutConfig {
+        Self::config(self.connect, self.upload_attempt(bytes))
+    }
+
     /// The SDK timeouts of Kinesis and DynamoDB clients.
     pub fn call_config(&self) -> TimeoutConfig {
         Self::config(self.connect, self.call)
@@ -122,4 +145,18 @@ pub fn dynamodb_client(config: &aws_config::SdkConfig, timeouts: &Timeouts) -> a
 pub fn glue_client(config: &aws_config::SdkConfig, timeouts: &Timeouts) -> aws_sdk_glue::Client {
     let conf = aws_sdk_glue::config::Builder::from(config).timeout_config(timeouts.call_config()).build();
     aws_sdk_glue::Client::from_conf(conf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upload_attempt_is_allowed_its_bytes_at_the_floor_rate() {
+        let t = Timeouts { upload: Duration::from_secs(10), upload_floor: 64 * 1024, ..Timeouts::default() };
+        assert_eq!(t.upload_attempt(0), Duration::from_secs(10));
+        // 4 MiB at 64 KiB/s is 64 s, 16 MiB is 256 s: a 100 KB/s link carries either in time.
+        assert_eq!(t.upload_attempt(4 << 20), Duration::from_secs(74));
+        assert_eq!(t.upload_attempt(16 << 20), Duration::from_secs(266));
+    }
 }

@@ -40,7 +40,23 @@ impl RetryPolicy {
 
     /// Runs `op` until it succeeds, fails with an error `is_transient` rejects,
     /// or runs out of attempts; returns the last error then.
-    pub async fn run<T, E, F, Fut>(&self, mut op: F, is_transient: impl Fn(&E) -> bool) -> Result<T, E>
+    pub async fn run<T, E, F, Fut>(&self, op: F, is_transient: impl Fn(&E) -> bool) -> Result<T, E>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.run_observed(op, is_transient, |_, _| {}).await
+    }
+
+    /// [`RetryPolicy::run`] that shows each failed attempt it retries to
+    /// `retried` (with its 1-based number) as it happens, so a caller can
+    /// count and report failures that a later attempt hides.
+    pub async fn run_observed<T, E, F, Fut>(
+        &self,
+        mut op: F,
+        is_transient: impl Fn(&E) -> bool,
+        retried: impl Fn(&E, u32),
+    ) -> Result<T, E>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, E>>,
@@ -50,6 +66,7 @@ impl RetryPolicy {
             match op(attempt).await {
                 Ok(v) => return Ok(v),
                 Err(e) if attempt < self.max_attempts.max(1) && is_transient(&e) => {
+                    retried(&e, attempt);
                     let d = self.delay(attempt, &mut rand::rng());
                     tracing::debug!(attempt, delay_ms = d.as_millis() as u64, "transient failure, retrying");
                     tokio::time::sleep(d).await;
@@ -100,7 +117,11 @@ mod tests {
             )
             .await;
         assert_eq!((r, calls.load(Ordering::SeqCst)), (Err("access denied"), 1));
-        let r: Result<u32, &str> = p.run(|_| async { Err("slow down") }, |_| true).await;
+        let seen = std::sync::Mutex::new(Vec::new());
+        let r: Result<u32, &str> =
+            p.run_observed(|_| async { Err("slow down") }, |_| true, |e, a| seen.lock().unwrap().push((*e, a))).await;
         assert_eq!(r, Err("slow down"));
+        // Every retried attempt is shown; the last failure is returned instead.
+        assert_eq!(*seen.lock().unwrap(), [("slow down", 1), ("slow down", 2), ("slow down", 3)]);
     }
 }

@@ -312,16 +312,27 @@ pub struct TimeoutsConfig {
     /// 10 s; a GetRecords page reaches 10 MB, so allow for the link).
     #[serde(default = "default_call_timeout", with = "humantime_serde")]
     pub call: Duration,
-    /// One attempt of an S3 upload: a whole object or one multipart part
-    /// (default 60 s, for a 16 MiB part at well under 1 MB/s).
+    /// The fixed part of an S3 attempt's limit (default 10 s): a call
+    /// without a body, or an upload's allowance on top of its bytes at
+    /// `upload_floor_kib_per_sec`.
     #[serde(default = "default_upload_timeout", with = "humantime_serde")]
     pub upload: Duration,
+    /// The slowest rate per connection, in KiB/s, at which an upload (a put
+    /// or one multipart part) still completes (default 64): each attempt may
+    /// take `upload` plus its bytes at this rate.
+    #[serde(default = "default_upload_floor")]
+    pub upload_floor_kib_per_sec: u64,
 }
 
 impl TimeoutsConfig {
     /// The timeouts as the AWS clients take them.
     pub fn aws(&self) -> shardlake::aws::Timeouts {
-        shardlake::aws::Timeouts { connect: self.connect, call: self.call, upload: self.upload }
+        shardlake::aws::Timeouts {
+            connect: self.connect,
+            call: self.call,
+            upload: self.upload,
+            upload_floor: self.upload_floor_kib_per_sec * 1024,
+        }
     }
 }
 
@@ -432,6 +443,9 @@ fn default_call_timeout() -> Duration {
 fn default_upload_timeout() -> Duration {
     shardlake::aws::Timeouts::default().upload
 }
+fn default_upload_floor() -> u64 {
+    shardlake::aws::Timeouts::default().upload_floor / 1024
+}
 fn default_stall_after() -> Duration {
     Duration::from_secs(120)
 }
@@ -518,7 +532,8 @@ default_from_fields! {
                     idle_interval: default_idle_interval, max_idle_interval: default_max_idle_interval,
                     shard_refresh: default_shard_refresh }
     MetricsConfig { address: default_metrics_address, enabled: default_true }
-    TimeoutsConfig { connect: default_connect_timeout, call: default_call_timeout, upload: default_upload_timeout }
+    TimeoutsConfig { connect: default_connect_timeout, call: default_call_timeout, upload: default_upload_timeout,
+                     upload_floor_kib_per_sec: default_upload_floor }
     HealthConfig { stall_after: default_stall_after, failing_after: default_failing_after }
     FleetConfig { worker_id: default_worker_id, lease_duration: default_lease_duration,
                   renew_interval: default_renew_interval, create_table: default_create_table }
@@ -748,6 +763,25 @@ impl ConsumerConfig {
             if value < min {
                 bail!("{key}: {value:?} is below the {min:?} minimum");
             }
+        }
+        if !(1..=MAX_MB as u64 * 1024).contains(&t.upload_floor_kib_per_sec) {
+            bail!(
+                "timeouts.upload_floor_kib_per_sec: {} is out of range; give the slowest upload rate per connection \
+                 to wait for, in KiB/s (at least 1; default {})",
+                t.upload_floor_kib_per_sec,
+                default_upload_floor()
+            );
+        }
+        // A GetRecords attempt may take `timeouts.call`; a shard whose read
+        // timed out once is slow, not stalled.
+        let min_stall = 2 * t.call;
+        if self.health.stall_after < min_stall {
+            bail!(
+                "health.stall_after: {:?} is shorter than two read attempts (2 x timeouts.call = {min_stall:?}): \
+                 every slow read would report the shard as stalled; raise it to at least {}s",
+                self.health.stall_after,
+                min_stall.as_secs_f64().ceil()
+            );
         }
         let p = &mut self.polling;
         p.max_records_per_call = p.max_records_per_call.clamp(1, MAX_GET_RECORDS);

@@ -15,8 +15,14 @@ use tokio::time::Instant;
 #[derive(Debug, Clone)]
 struct Failing {
     since: Instant,
+    /// The latest failure of the run.
+    last: Instant,
     error: String,
 }
+
+/// A run of throttles ends this long after the last one: a throttled shard
+/// still reads now and then, so a success alone does not end it.
+const THROTTLE_QUIET: Duration = Duration::from_secs(5);
 
 /// One shard reader's state.
 #[derive(Debug, Clone)]
@@ -31,20 +37,45 @@ struct ShardHealth {
     buffered_since: Option<Instant>,
     /// Failing operations of this shard (`read`, `upload`, `checkpoint`).
     failing: BTreeMap<&'static str, Failing>,
+    /// Throttled reads, kept apart: they end only after [`THROTTLE_QUIET`].
+    throttled: Option<Failing>,
+    /// Since when a batch's uploads run, and to where.
+    uploading: Option<(Instant, String)>,
 }
 
 impl ShardHealth {
     /// A reader starting now, with `failing` carried over.
     fn started(now: Instant, failing: BTreeMap<&'static str, Failing>) -> Self {
-        ShardHealth { read_ok: now, lag_ms: None, committed: now, buffered_since: None, failing }
+        ShardHealth {
+            read_ok: now,
+            lag_ms: None,
+            committed: now,
+            buffered_since: None,
+            failing,
+            throttled: None,
+            uploading: None,
+        }
     }
 }
 
-/// Records a failure of `what`: a new run starts now, or the running one
-/// keeps its first time and takes the latest error.
-fn note_failure(failing: &mut BTreeMap<&'static str, Failing>, what: &'static str, error: &dyn std::fmt::Display) {
-    let error = error.to_string();
-    failing.entry(what).and_modify(|f| f.error.clone_from(&error)).or_insert(Failing { since: Instant::now(), error });
+/// Records a failure of `what` in a call that started at `since`: a new run
+/// starts then, or the running one keeps its first time and takes the
+/// latest error. (A call that the SDK retried inside, or that hung until
+/// its timeout, has been failing since it started, not since it returned.)
+fn note_failure(
+    failing: &mut BTreeMap<&'static str, Failing>,
+    what: &'static str,
+    since: Instant,
+    error: &dyn std::fmt::Display,
+) {
+    let (error, now) = (error.to_string(), Instant::now());
+    failing
+        .entry(what)
+        .and_modify(|f| {
+            f.error.clone_from(&error);
+            f.last = now;
+        })
+        .or_insert(Failing { since: since.min(now), last: now, error });
 }
 
 /// What a shard's gauges show now.
@@ -110,7 +141,7 @@ impl Health {
         let mut shards = self.shards.lock().expect("health lock");
         let s =
             shards.entry(shard.to_string()).or_insert_with(|| ShardHealth::started(Instant::now(), BTreeMap::new()));
-        note_failure(&mut s.failing, "reader", error);
+        note_failure(&mut s.failing, "reader", Instant::now(), error);
     }
 
     /// A read succeeded; `records` read into the batch.
@@ -134,14 +165,23 @@ impl Health {
         self.with_shard(shard, |s| {
             s.committed = Instant::now();
             s.buffered_since = None;
+            s.uploading = None;
             s.failing.remove("upload");
             s.failing.remove("checkpoint");
         });
     }
 
-    /// An upload succeeded (the commit may still fail).
+    /// A batch's uploads to `destination` start: a flush that has not
+    /// landed after `failing_after` is a problem even while no attempt has
+    /// failed yet (a slow link, a hung connection).
+    pub fn uploading(&self, shard: &str, destination: &str) {
+        self.with_shard(shard, |s| s.uploading = Some((Instant::now(), destination.to_string())));
+    }
+
+    /// The batch's uploads landed (the commit may still fail).
     pub fn uploaded(&self, shard: &str) {
         self.with_shard(shard, |s| {
+            s.uploading = None;
             s.failing.remove("upload");
         });
     }
@@ -149,12 +189,38 @@ impl Health {
     /// `what` (`read`, `upload`, `checkpoint`, `reader`) failed for `shard`; the run of
     /// failures keeps its first time.
     pub fn failed(&self, shard: &str, what: &'static str, error: &dyn std::fmt::Display) {
-        self.with_shard(shard, |s| note_failure(&mut s.failing, what, error));
+        self.failed_since(shard, what, Instant::now(), error);
+    }
+
+    /// [`Health::failed`] for a call that started at `since`.
+    pub fn failed_since(&self, shard: &str, what: &'static str, since: Instant, error: &dyn std::fmt::Display) {
+        self.with_shard(shard, |s| note_failure(&mut s.failing, what, since, error));
+    }
+
+    /// A read of `shard` was throttled. Throttling that lasts
+    /// `failing_after` is a problem until [`THROTTLE_QUIET`] passes without
+    /// one, successes in between or not.
+    pub fn throttled(&self, shard: &str, error: &dyn std::fmt::Display) {
+        self.with_shard(shard, |s| {
+            let now = Instant::now();
+            match &mut s.throttled {
+                Some(t) if now - t.last < THROTTLE_QUIET => {
+                    t.last = now;
+                    t.error = error.to_string();
+                }
+                t => *t = Some(Failing { since: now, last: now, error: error.to_string() }),
+            }
+        });
     }
 
     /// A worker loop's `what` (`listing`, `checkpoint_load`, `lease_renewal`) failed.
     pub fn worker_failed(&self, what: &'static str, error: &dyn std::fmt::Display) {
-        note_failure(&mut self.worker.lock().expect("health lock"), what, error);
+        self.worker_failed_since(what, Instant::now(), error);
+    }
+
+    /// [`Health::worker_failed`] for a call that started at `since`.
+    pub fn worker_failed_since(&self, what: &'static str, since: Instant, error: &dyn std::fmt::Display) {
+        note_failure(&mut self.worker.lock().expect("health lock"), what, since, error);
     }
 
     /// A worker loop's `what` succeeded.
@@ -186,7 +252,25 @@ impl Health {
                     failing_reported = true;
                 }
             }
+            if let Some(t) = &s.throttled
+                && now - t.last < THROTTLE_QUIET
+                && now - t.since >= self.failing_after
+            {
+                out.push(format!("shard {id}: reads throttled for {}: {}", fmt_secs(now - t.since), t.error));
+                failing_reported = true;
+            }
             if failing_reported {
+                continue;
+            }
+            if let Some((since, destination)) = &s.uploading {
+                // The reader does not read while it flushes: a slow flush is
+                // the upload's problem, not a stalled read.
+                if now - *since >= self.failing_after {
+                    out.push(format!(
+                        "shard {id}: a batch's upload to {destination} has not landed after {}",
+                        fmt_secs(now - *since)
+                    ));
+                }
                 continue;
             }
             let unread = now - s.read_ok;
@@ -286,6 +370,59 @@ mod tests {
             h.read_ok("s-3", Some(0), false);
         }
         assert_eq!(h.problems(), ["shard s-3: records waiting 420s without a commit (buffer.max_age is 300s)"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_that_lasts_is_a_problem_while_it_lasts_successes_or_not() {
+        let h = health();
+        h.reader_started("s-5");
+        // 90% throttled: a read gets through now and then.
+        for i in 0..70 {
+            if i % 10 == 9 {
+                h.read_ok("s-5", Some(0), true);
+            } else {
+                h.throttled("s-5", &"ProvisionedThroughputExceededException");
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(h.problems(), ["shard s-5: reads throttled for 70s: ProvisionedThroughputExceededException"]);
+        // The throttling ends: the problem goes within THROTTLE_QUIET.
+        for _ in 0..6 {
+            h.read_ok("s-5", Some(0), true);
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert!(h.problems().is_empty());
+        // A new run counts from its own start.
+        h.throttled("s-5", &"again");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(h.problems().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_that_does_not_land_is_reported_by_destination_not_as_a_stalled_read() {
+        let h = health();
+        h.reader_started("s-6");
+        h.read_ok("s-6", Some(0), true);
+        h.uploading("s-6", "s3://lake/events/");
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(h.problems().is_empty());
+        tokio::time::advance(Duration::from_secs(91)).await;
+        assert_eq!(h.problems(), ["shard s-6: a batch's upload to s3://lake/events/ has not landed after 150s"]);
+        h.uploaded("s-6");
+        h.committed("s-6");
+        h.read_ok("s-6", Some(0), false);
+        assert!(h.problems().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_counts_from_when_its_call_started() {
+        let h = health();
+        let started = Instant::now();
+        // The client retried inside for 45 s before the call failed.
+        tokio::time::advance(Duration::from_secs(45)).await;
+        h.worker_failed_since("lease_renewal", started, &"timeout");
+        tokio::time::advance(Duration::from_secs(16)).await;
+        assert_eq!(h.problems(), ["worker: lease_renewal failing for 61s: timeout"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -199,7 +199,10 @@ impl Leases {
     }
 
     /// Takes free and expired leases up to the fair share, or steals one.
-    pub async fn balance(&self, eligible: &[&ShardInfo]) -> shardlake::Result<()> {
+    /// Returns how many eligible shards were left without a live owner
+    /// while this worker holds none (0 otherwise): a fleet reading nothing
+    /// of them is a health problem when it lasts.
+    pub async fn balance(&self, eligible: &[&ShardInfo]) -> shardlake::Result<usize> {
         let leases = self.store.leases().await?;
         let ids: Vec<&str> = eligible.iter().map(|s| s.id.as_str()).collect();
         let now = now_ms();
@@ -238,8 +241,13 @@ impl Leases {
                 "lease stolen to balance"
             );
         }
-        self.metrics.set_leases_held(self.store.held().len());
-        Ok(())
+        let held = self.store.held().len();
+        self.metrics.set_leases_held(held);
+        if held > 0 {
+            return Ok(0);
+        }
+        let owned: HashMap<&str, bool> = leases.iter().map(|l| (l.shard.as_str(), !l.is_free(now))).collect();
+        Ok(ids.iter().filter(|s| !owned.get(*s).copied().unwrap_or(false)).count())
     }
 
     /// Gives up `shard` (ended, or at shutdown after its final commit).

@@ -23,10 +23,24 @@ use crate::worker::Context;
 /// Objects of one batch uploaded at once.
 const UPLOAD_CONCURRENCY: usize = 4;
 
-/// Back-off of Kinesis calls and uploads that failed: retried until they
-/// succeed or the worker stops.
+/// Back-off of Kinesis calls that failed (other than throttles): retried
+/// until they succeed or the worker stops.
 const BACKOFF: RetryPolicy =
     RetryPolicy { max_attempts: u32::MAX, base: Duration::from_millis(200), cap: Duration::from_secs(30) };
+
+/// Back-off of uploads and checkpoint writes, retried in place with the
+/// batch held: capped at a few seconds, so the lake catches up within
+/// seconds of S3 or the checkpoint store healing.
+const IN_PLACE: RetryPolicy =
+    RetryPolicy { max_attempts: u32::MAX, base: Duration::from_millis(200), cap: Duration::from_secs(3) };
+
+/// The wait after a throttled read: short and jittered, so a throttled
+/// shard keeps trying at about 1.7 calls a second (Kinesis allows 5 per
+/// shard, shared by its consumers) and reads at full rate again within a
+/// second of the throttling ending.
+fn throttle_wait() -> Duration {
+    Duration::from_millis(rand::random_range(200..=1000))
+}
 
 /// Bytes of partition paths waiting for the catalog that a shard's
 /// checkpoint keeps, at most: a DynamoDB item holds 400 KB, and the rest of
@@ -431,7 +445,12 @@ impl Reader {
                     None => false,
                 });
             }
-            KinesisError::Throttled(_) => m.record_throttle(&self.shard),
+            KinesisError::Throttled(_) => {
+                m.record_throttle(&self.shard);
+                self.ctx.health.throttled(&self.shard, &e);
+                tracing::debug!(shard = self.shard, error = %e, "read throttled");
+                return Ok(self.pause(throttle_wait()).await);
+            }
             KinesisError::Transient(_) => m.record_read_error("transient"),
             KinesisError::NotFound(_) | KinesisError::Fatal(_) => {
                 m.record_read_error(if matches!(e, KinesisError::NotFound(_)) { "not_found" } else { "fatal" });
@@ -442,10 +461,15 @@ impl Reader {
         self.failures += 1;
         let delay = BACKOFF.delay(self.failures, &mut rand::rng());
         tracing::warn!(shard = self.shard, error = %e, delay_ms = delay.as_millis() as u64, "kinesis call failed, backing off");
+        Ok(self.pause(delay).await)
+    }
+
+    /// Sleeps `delay`; `false` when stopped or the lease lost meanwhile.
+    async fn pause(&mut self, delay: Duration) -> bool {
         tokio::select! {
-            _ = self.cancel.cancelled() => Ok(false),
-            _ = self.lost.cancelled() => Ok(false),
-            _ = tokio::time::sleep(delay) => Ok(true),
+            _ = self.cancel.cancelled() => false,
+            _ = self.lost.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
         }
     }
 
@@ -621,6 +645,7 @@ impl Reader {
                 OutputKind::Errors { .. } => None,
             })
             .collect();
+        ctx.health.uploading(&shard, &ctx.lake.url(""));
         let uploads = futures::stream::iter(finished.objects.into_iter().map(|o| upload(&ctx, &shard, o)))
             .buffer_unordered(UPLOAD_CONCURRENCY)
             .collect::<Vec<_>>()
@@ -628,6 +653,7 @@ impl Reader {
         if uploads.iter().any(|ok| !ok) {
             anyhow::bail!("shard {shard}: upload abandoned at shutdown; the batch {} stays pending", intent.first);
         }
+        ctx.health.uploaded(&shard);
         ctx.crash.hit("before_commit");
         let pending = self.catalog_pending(partitions);
         let commit = Commit { last: Some(&last), ended, catalog_pending: self.stored_pending(&pending) };
@@ -744,6 +770,8 @@ where
     Fut: std::future::Future<Output = shardlake::Result<()>>,
 {
     let mut attempt = 0;
+    // DynamoDB's client retries inside a call: the failure began when the call did.
+    let mut started = tokio::time::Instant::now();
     loop {
         let e = match write().await {
             Ok(()) => return Ok(()),
@@ -752,8 +780,8 @@ where
         };
         attempt += 1;
         ctx.metrics.record_checkpoint_failure();
-        ctx.health.failed(shard, "checkpoint", &e);
-        let delay = BACKOFF.delay(attempt, &mut rand::rng());
+        ctx.health.failed_since(shard, "checkpoint", started, &e);
+        let delay = IN_PLACE.delay(attempt, &mut rand::rng());
         tracing::error!(shard, attempt, error = %e, delay_ms = delay.as_millis() as u64, "checkpoint {what} failed, retrying");
         tokio::select! {
             _ = ctx.abort.cancelled() => {
@@ -762,25 +790,34 @@ where
             _ = lost.cancelled() => return Err(shardlake::Error::LeaseLost { shard: shard.to_string() }.into()),
             _ = tokio::time::sleep(delay) => {}
         }
+        started = tokio::time::Instant::now();
     }
 }
 
 /// Uploads one object, retrying with back-off until it succeeds. `false`
 /// only when the process is aborting (the upload is then never committed).
+/// Every failed attempt, including those the store retries inside (a put,
+/// one multipart part), is counted, logged and reported to health at once.
 async fn upload(ctx: &Context, shard: &str, object: shardlake::pipeline::OutputObject) -> bool {
+    let failed = |e: &shardlake::Error| {
+        ctx.metrics.record_upload_failure();
+        ctx.health.failed(shard, "upload", e);
+    };
+    let retried = |e: &shardlake::Error| {
+        failed(e);
+        tracing::warn!(shard, key = object.key, error = %e, "upload attempt failed");
+    };
     let mut attempt = 0;
     loop {
-        match ctx.lake.put(&object.key, object.data.clone()).await {
+        match ctx.lake.put_watched(&object.key, object.data.clone(), &retried).await {
             Ok(()) => {
                 ctx.crash.hit("after_upload");
-                ctx.health.uploaded(shard);
                 return true;
             }
             Err(e) => {
                 attempt += 1;
-                ctx.metrics.record_upload_failure();
-                ctx.health.failed(shard, "upload", &e);
-                let delay = BACKOFF.delay(attempt, &mut rand::rng());
+                failed(&e);
+                let delay = IN_PLACE.delay(attempt, &mut rand::rng());
                 tracing::error!(shard, key = object.key, attempt, error = %e, "upload failed, retrying");
                 tokio::select! {
                     _ = ctx.abort.cancelled() => return false,

@@ -238,9 +238,10 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                 }
                 if let Some(leases) = &ctx.leases {
                     // With nothing held, a failure run goes on until a renewal works.
+                    let started = Instant::now();
                     match leases.renew_all(lease_duration).await {
                         Some(Ok(())) => ctx.health.worker_ok("lease_renewal"),
-                        Some(Err(e)) => ctx.health.worker_failed("lease_renewal", &e),
+                        Some(Err(e)) => ctx.health.worker_failed_since("lease_renewal", started, &e),
                         None => {}
                     }
                 }
@@ -325,6 +326,7 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
         // A checkpoint store that fails for a while (DynamoDB 5xx, a read-only
         // disk) delays the readers it concerns; it never ends the worker.
         let mut load_failed = None;
+        let loading = Instant::now();
         for s in &shards {
             if ended.contains(&s.id) || running.contains_key(&s.id) {
                 continue;
@@ -345,7 +347,7 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
             }
         }
         if let Some(e) = load_failed {
-            ctx.health.worker_failed("checkpoint_load", &e);
+            ctx.health.worker_failed_since("checkpoint_load", loading, &e);
             loop_failures += 1;
             wait = restart_delay(loop_failures);
             tracing::error!(stream, error = %e, retry_in_ms = wait.as_millis() as u64, "loading checkpoints failed");
@@ -359,14 +361,23 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
         };
         if let Some(leases) = &ctx.leases {
             let eligible: Vec<&ShardInfo> = shards.iter().filter(|s| ready(s)).collect();
+            let started = Instant::now();
             let balanced = tokio::select! {
                 balanced = leases.balance(&eligible) => balanced,
                 _ = cancel.cancelled() => break,
             };
             match balanced {
-                Ok(()) => ctx.health.worker_ok("lease_balance"),
+                Ok(unowned) => {
+                    ctx.health.worker_ok("lease_balance");
+                    if unowned == 0 {
+                        ctx.health.worker_ok("leases");
+                    } else {
+                        let why = format!("holds no lease while {unowned} shard(s) have no live owner");
+                        ctx.health.worker_failed("leases", &why);
+                    }
+                }
                 Err(e) => {
-                    ctx.health.worker_failed("lease_balance", &e);
+                    ctx.health.worker_failed_since("lease_balance", started, &e);
                     tracing::error!(stream, error = %e, "taking leases failed; retrying next interval");
                 }
             }

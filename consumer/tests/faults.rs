@@ -67,7 +67,7 @@ async fn s3_black_holed_then_healthy_every_shard_resumes() {
     let setup = Setup::new(&stream);
     setup.config_to(
         &format!("s3://{bucket}/lake/"),
-        "[timeouts]\nupload = \"2s\"\n[health]\nfailing_after = \"3s\"\nstall_after = \"5s\"\n",
+        "[timeouts]\nupload = \"2s\"\ncall = \"2s\"\n[health]\nfailing_after = \"3s\"\nstall_after = \"5s\"\n",
     );
     let records = keyed(events(800, 71, 3));
     let mut landed = put_records(&client, &stream, &records[..400]).await;
@@ -101,7 +101,7 @@ async fn kinesis_black_holed_then_healthy_every_shard_resumes() {
     let kinesis_proxy = proxy("AWS_ENDPOINT_URL_KINESIS", Flavor::Kinesis).await;
     let stream = create_stream(&client, 8).await;
     let setup = Setup::new(&stream);
-    setup.config("[timeouts]\ncall = \"3s\"\n[health]\nfailing_after = \"4s\"\nstall_after = \"5s\"\n");
+    setup.config("[timeouts]\ncall = \"3s\"\n[health]\nfailing_after = \"4s\"\nstall_after = \"6s\"\n");
     let records = keyed(events(800, 72, 3));
     let mut landed = put_records(&client, &stream, &records[..400]).await;
     let mut consumer = setup.start(&[("AWS_ENDPOINT_URL_KINESIS", &kinesis_proxy.endpoint)]);

@@ -130,6 +130,11 @@ pub fn check_key(key: &str) -> Result<()> {
     Ok(())
 }
 
+/// Shown each failed attempt of a store call that is retried (the call's
+/// own result comes after), so that a caller counts and reports failures as
+/// they happen instead of after the store's retries ran out.
+pub type Retried<'a> = &'a (dyn Fn(&Error) + Sync);
+
 /// A destination for lake objects.
 #[derive(Debug, Clone)]
 pub enum ObjectStore {
@@ -160,10 +165,16 @@ impl ObjectStore {
 
     /// Writes an object atomically, replacing any object at `key`.
     pub async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        self.put_watched(key, data, &|_| {}).await
+    }
+
+    /// [`ObjectStore::put`] that shows each failed attempt it retries to
+    /// `retried` as it happens.
+    pub async fn put_watched(&self, key: &str, data: Vec<u8>, retried: Retried<'_>) -> Result<()> {
         check_key(key)?;
         match self {
             ObjectStore::File(s) => s.put(key, data).await,
-            ObjectStore::S3(s) => s.put(key, data).await,
+            ObjectStore::S3(s) => s.put(key, data, retried).await,
         }
     }
 

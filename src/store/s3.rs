@@ -7,10 +7,11 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
-use tokio::task::JoinSet;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
+use crate::store::Retried;
 
 /// S3's smallest part (except the last).
 pub const MIN_PART_BYTES: usize = 5 << 20;
@@ -107,32 +108,46 @@ impl S3Store {
         Error::Store { op, url: self.url(key), message: DisplayErrorContext(e).to_string() }
     }
 
-    /// Uploads `data` at `key`, with multipart above the threshold.
-    pub async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
+    /// Uploads `data` at `key`, with multipart above the threshold. Each
+    /// attempt (of the put, or of each part) has its own time limit sized
+    /// from its bytes ([`crate::aws::Timeouts::upload_attempt`]), and every
+    /// failed attempt that is retried is shown to `retried` as it happens.
+    pub async fn put(&self, key: &str, data: Vec<u8>, retried: Retried<'_>) -> Result<()> {
         if data.len() >= self.options.multipart_threshold && data.len() > self.options.part_size {
-            return self.put_multipart(key, data).await;
+            return self.put_multipart(key, data, retried).await;
         }
         let full = self.full_key(key);
+        let limits = self.options.timeouts.upload_attempt_config(data.len());
         let data = bytes::Bytes::from(data);
         self.options
             .retry
-            .run(
+            .run_observed(
                 |_| {
                     let mut req =
                         self.client.put_object().bucket(&self.bucket).key(&full).body(ByteStream::from(data.clone()));
                     if let Some(k) = &self.options.sse_kms_key_id {
                         req = req.server_side_encryption(ServerSideEncryption::AwsKms).ssekms_key_id(k);
                     }
-                    req.send()
+                    req.customize().config_override(aws_sdk_s3::config::Builder::new().timeout_config(limits.clone())).send()
                 },
                 is_transient,
+                |e, attempt| retried(&self.attempt_err("put", key, attempt, e)),
             )
             .await
             .map_err(|e| self.err("put", key, e))?;
         Ok(())
     }
 
-    async fn put_multipart(&self, key: &str, data: Vec<u8>) -> Result<()> {
+    /// A failed attempt that is retried, as the error `retried` is shown.
+    fn attempt_err(&self, op: &'static str, key: &str, attempt: u32, e: &dyn std::error::Error) -> Error {
+        Error::Store {
+            op,
+            url: self.url(key),
+            message: format!("attempt {attempt} failed, retrying: {}", DisplayErrorContext(e)),
+        }
+    }
+
+    async fn put_multipart(&self, key: &str, data: Vec<u8>, retried: Retried<'_>) -> Result<()> {
         let full = self.full_key(key);
         let part_size = self.options.part_size.max(data.len().div_ceil(MAX_PARTS));
         let mut create = self.client.create_multipart_upload().bucket(&self.bucket).key(&full);
@@ -142,11 +157,15 @@ impl S3Store {
         let created = self
             .options
             .retry
-            .run(|_| create.clone().send(), is_transient)
+            .run_observed(
+                |_| create.clone().send(),
+                is_transient,
+                |e, attempt| retried(&self.attempt_err("create multipart upload", key, attempt, e)),
+            )
             .await
             .map_err(|e| self.err("create multipart upload", key, e))?;
         let upload_id = created.upload_id().unwrap_or_default().to_string();
-        match self.upload_parts(&full, &upload_id, bytes::Bytes::from(data), part_size).await {
+        match self.upload_parts(key, &upload_id, bytes::Bytes::from(data), part_size, retried).await {
             Ok(()) => Ok(()),
             Err(message) => {
                 // Abort so the parts do not linger (and cost) until a lifecycle rule.
@@ -174,62 +193,70 @@ impl S3Store {
         }
     }
 
+    /// Uploads the parts, `part_concurrency` at once, each retried on its
+    /// own (a failed part never sends the parts before it again), then
+    /// completes the upload.
     async fn upload_parts(
         &self,
-        full: &str,
+        key: &str,
         upload_id: &str,
         data: bytes::Bytes,
         part_size: usize,
+        retried: Retried<'_>,
     ) -> Result<(), String> {
-        let mut tasks = JoinSet::new();
-        let mut parts = Vec::new();
+        let full = self.full_key(key);
         let chunks: Vec<bytes::Bytes> =
             (0..data.len()).step_by(part_size).map(|s| data.slice(s..(s + part_size).min(data.len()))).collect();
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            if tasks.len() >= self.options.part_concurrency {
-                parts.push(tasks.join_next().await.expect("tasks pending").expect("part task panicked")?);
-            }
-            let (client, bucket, key, upload_id, retry) =
-                (self.client.clone(), self.bucket.clone(), full.to_string(), upload_id.to_string(), self.options.retry);
-            let number = i as i32 + 1;
-            tasks.spawn(async move {
-                let out = retry
-                    .run(
+        let upload_part = |(i, chunk): (usize, bytes::Bytes)| {
+            let full = &full;
+            async move {
+                let number = i as i32 + 1;
+                let limits = self.options.timeouts.upload_attempt_config(chunk.len());
+                let out = self
+                    .options
+                    .retry
+                    .run_observed(
                         |_| {
-                            client
+                            self.client
                                 .upload_part()
-                                .bucket(&bucket)
-                                .key(&key)
-                                .upload_id(&upload_id)
+                                .bucket(&self.bucket)
+                                .key(full)
+                                .upload_id(upload_id)
                                 .part_number(number)
                                 .body(ByteStream::from(chunk.clone()))
+                                .customize()
+                                .config_override(aws_sdk_s3::config::Builder::new().timeout_config(limits.clone()))
                                 .send()
                         },
                         is_transient,
+                        |e, attempt| retried(&self.attempt_err("upload part", key, attempt, e)),
                     )
                     .await
                     .map_err(|e| format!("part {number}: {}", DisplayErrorContext(e)))?;
                 Ok::<_, String>(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag).build())
-            });
-        }
-        while let Some(r) = tasks.join_next().await {
-            parts.push(r.expect("part task panicked")?);
-        }
+            }
+        };
+        let mut parts: Vec<CompletedPart> = futures::stream::iter(chunks.into_iter().enumerate())
+            .map(upload_part)
+            .buffer_unordered(self.options.part_concurrency)
+            .try_collect()
+            .await?;
         parts.sort_by_key(|p| p.part_number());
         let done = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
         self.options
             .retry
-            .run(
+            .run_observed(
                 |_| {
                     self.client
                         .complete_multipart_upload()
                         .bucket(&self.bucket)
-                        .key(full)
+                        .key(&full)
                         .upload_id(upload_id)
                         .multipart_upload(done.clone())
                         .send()
                 },
                 is_transient,
+                |e, attempt| retried(&self.attempt_err("complete multipart upload", key, attempt, e)),
             )
             .await
             .map_err(|e| format!("complete: {}", DisplayErrorContext(e)))?;
