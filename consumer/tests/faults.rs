@@ -85,9 +85,17 @@ async fn s3_black_holed_then_healthy_every_shard_resumes() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(consumer.try_wait().unwrap().is_none(), "the worker exited:\n{}", setup.log());
 
+    // Every hung attempt was seen while the outage lasted, not after.
+    assert!(setup.log().contains("upload attempt failed"), "{}", setup.log());
+
     s3_proxy.set(Mode::Pass);
-    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    let healed = Instant::now();
+    // Uploads retry in place (hung attempts end at their 2 s limit, back-off
+    // is capped at 3 s): the lake catches up within 15 s.
+    setup.wait_committed(&landed, Duration::from_secs(15)).await;
+    let caught_up = healed.elapsed();
     wait_healthy(&setup, Duration::from_secs(10)).await;
+    eprintln!("S3 black hole healed: every record committed {caught_up:?} later");
     assert!(terminate(&mut consumer).success(), "{}", setup.log());
     assert!(s3_proxy.counts.hung.load(std::sync::atomic::Ordering::Relaxed) > 0);
     setup.download(&s3, &bucket, "lake/").await;
@@ -200,4 +208,87 @@ async fn a_broken_checkpoint_store_holds_batches_without_a_reread_storm() {
     assert!(metric_sum(&setup.metrics(), "shardlake_consumer_checkpoint_failures_total") > 0.0);
     assert!(terminate(&mut consumer).success(), "{}", setup.log());
     assert_exactly_once(&setup, 2000);
+}
+
+/// An S3 link of 8 KB/s carrying a 60 KB object: with `timeouts.upload =
+/// "1s"` a whole-body deadline could never be met, so nothing would land.
+/// Each attempt is allowed its bytes at `upload_floor_kib_per_sec` on top,
+/// so the object lands; while it crawls, `/healthz` names the upload and
+/// its destination (not a stalled read), and answers 200 once it landed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_over_a_slow_link_lands_and_is_reported_while_it_crawls() {
+    let _serial = SERIAL.lock().await;
+    let client = kinesis().await;
+    let s3 = s3_client().await;
+    let bucket = unique("faults-slow").to_lowercase();
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let s3_proxy = proxy("AWS_ENDPOINT_URL_S3", Flavor::S3).await;
+    let stream = create_stream(&client, 1).await;
+    let setup = Setup::new(&stream);
+    setup.config_to(
+        &format!("s3://{bucket}/lake/"),
+        "[timeouts]\nupload = \"1s\"\nupload_floor_kib_per_sec = 4\ncall = \"2s\"\n\
+         [health]\nfailing_after = \"3s\"\nstall_after = \"5s\"\n",
+    );
+    let records = keyed(events(1000, 75, 1));
+    let landed = put_records(&client, &stream, &records).await;
+    s3_proxy.set_bandwidth(Some(8_000));
+    let started = Instant::now();
+    let mut consumer = setup.start(&[("AWS_ENDPOINT_URL_S3", &s3_proxy.endpoint)]);
+    let answer = wait_unhealthy(&setup, "has not landed", Duration::from_secs(30)).await;
+    assert!(answer.contains(&format!("upload to s3://{bucket}/lake/")), "{answer}");
+    assert!(!answer.contains("no successful read"), "{answer}");
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    let took = started.elapsed();
+    wait_healthy(&setup, Duration::from_secs(10)).await;
+    setup.download(&s3, &bucket, "lake/").await;
+    let bytes: u64 = parquet_files(&setup.lake()).iter().map(|f| f.metadata().unwrap().len()).sum();
+    eprintln!("slow link: {bytes} bytes of Parquet over 8 KB/s landed {took:?} after the start");
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+    assert_exactly_once(&setup, 1000);
+}
+
+/// 90% of Kinesis calls throttled for 20 s: the shards keep reading (short
+/// waits, not a back-off that grows to 30 s), `/healthz` names the
+/// throttling while it lasts and answers 200 within 10 s of its end, and
+/// every record lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lasting_throttling_is_paced_reported_while_it_lasts_and_recovered_from_at_once() {
+    let _serial = SERIAL.lock().await;
+    let client = kinesis().await;
+    let kinesis_proxy = proxy("AWS_ENDPOINT_URL_KINESIS", Flavor::Kinesis).await;
+    let stream = create_stream(&client, 4).await;
+    let setup = Setup::new(&stream);
+    setup.config("[timeouts]\ncall = \"2s\"\n[health]\nfailing_after = \"4s\"\nstall_after = \"10s\"\n");
+    let records = keyed(events(1200, 76, 3));
+    let mut landed = put_records(&client, &stream, &records[..400]).await;
+    let mut consumer = setup.start(&[("AWS_ENDPOINT_URL_KINESIS", &kinesis_proxy.endpoint)]);
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+
+    let throttles = |m: &str| metric_sum(m, "shardlake_consumer_throttles_total");
+    let before = throttles(&setup.metrics());
+    kinesis_proxy.set_random_faults(0.9, 76);
+    let throttling = Instant::now();
+    landed.extend(put_records(&client, &stream, &records[400..800]).await);
+    let answer = wait_unhealthy(&setup, "reads throttled for", Duration::from_secs(15)).await;
+    assert!(answer.contains("shard shardId-") && answer.contains("ProvisionedThroughputExceeded"), "{answer}");
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(throttling.elapsed())).await;
+    let calls = throttles(&setup.metrics()) - before;
+    let per_shard_per_sec = calls / 4.0 / throttling.elapsed().as_secs_f64();
+    eprintln!(
+        "90% throttling: {calls} throttled calls over 4 shards in {:?} ({per_shard_per_sec:.2}/s per shard)",
+        throttling.elapsed()
+    );
+    // Paced at 0.2-1 s waits: over 1 call/s per shard (a 30 s back-off made it 0.2).
+    assert!(per_shard_per_sec >= 0.8, "{per_shard_per_sec:.2} throttled calls/s per shard");
+    assert!(consumer.try_wait().unwrap().is_none(), "the worker exited:\n{}", setup.log());
+
+    kinesis_proxy.set_random_faults(0.0, 76);
+    let ended = Instant::now();
+    landed.extend(put_records(&client, &stream, &records[800..]).await);
+    wait_healthy(&setup, Duration::from_secs(10)).await;
+    setup.wait_committed(&landed, Duration::from_secs(15)).await;
+    eprintln!("throttling ended: every record committed {:?} later", ended.elapsed());
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+    assert_exactly_once(&setup, 1200);
 }

@@ -128,7 +128,9 @@ impl S3Store {
                     if let Some(k) = &self.options.sse_kms_key_id {
                         req = req.server_side_encryption(ServerSideEncryption::AwsKms).ssekms_key_id(k);
                     }
-                    req.customize().config_override(aws_sdk_s3::config::Builder::new().timeout_config(limits.clone())).send()
+                    req.customize()
+                        .config_override(aws_sdk_s3::config::Builder::new().timeout_config(limits.clone()))
+                        .send()
                 },
                 is_transient,
                 |e, attempt| retried(&self.attempt_err("put", key, attempt, e)),
