@@ -95,6 +95,9 @@ pub struct Health {
     max_age: Duration,
     shards: Mutex<HashMap<String, ShardHealth>>,
     worker: Mutex<BTreeMap<&'static str, Failing>>,
+    /// Records lost to the lake (trimmed unread), one line each: reported
+    /// until the worker restarts, which is how an operator acknowledges them.
+    losses: Mutex<Vec<String>>,
 }
 
 fn fmt_secs(d: Duration) -> String {
@@ -112,6 +115,7 @@ impl Health {
             max_age,
             shards: Mutex::new(HashMap::new()),
             worker: Mutex::new(BTreeMap::new()),
+            losses: Mutex::new(Vec::new()),
         }
     }
 
@@ -228,11 +232,16 @@ impl Health {
         self.worker.lock().expect("health lock").remove(what);
     }
 
+    /// Records of `shard` were lost to the lake: a problem until restart.
+    pub fn lost(&self, shard: &str, what: &str) {
+        self.losses.lock().expect("health lock").push(format!("shard {shard}: {what}"));
+    }
+
     /// Every reason the worker is unhealthy now, one line each, naming the
     /// shard or dependency; empty when healthy.
     pub fn problems(&self) -> Vec<String> {
         let now = Instant::now();
-        let mut out = Vec::new();
+        let mut out = self.losses.lock().expect("health lock").clone();
         for (what, f) in self.worker.lock().expect("health lock").iter() {
             let for_ = now - f.since;
             if for_ >= self.failing_after {

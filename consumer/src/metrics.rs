@@ -38,6 +38,7 @@ pub struct Metrics {
     health_problems: IntGauge,
     read_buffer_bytes: IntGauge,
     unreplayable_ranges: IntCounterVec,
+    trimmed_unread: IntCounterVec,
     subscriptions: IntCounterVec,
     shards_reading: IntGauge,
     get_records_seconds: HistogramVec,
@@ -226,6 +227,13 @@ impl Metrics {
                 "Pending intents whose records aged out of the stream before they could be replayed.",
                 &["shard"],
             ),
+            trimmed_unread: counter_vec(
+                &r,
+                "shardlake_consumer_trimmed_unread_total",
+                "Reader starts that found the shard's checkpointed record trimmed from the stream: records after \
+                 it may have aged out unread (the worker was down or behind for longer than the retention).",
+                &["shard"],
+            ),
             subscriptions: counter_vec(
                 &r,
                 "shardlake_consumer_fan_out_subscriptions_total",
@@ -371,6 +379,11 @@ impl Metrics {
         self.unreplayable_ranges.with_label_values(&[shard]).inc();
     }
 
+    /// A reader found `shard`'s checkpointed record trimmed.
+    pub fn record_trimmed_unread(&self, shard: &str) {
+        self.trimmed_unread.with_label_values(&[shard]).inc();
+    }
+
     /// A fan-out subscription `subscribed`, `failed`, or a `fallback` to polling.
     pub fn record_subscription(&self, outcome: &str) {
         self.subscriptions.with_label_values(&[outcome]).inc();
@@ -509,6 +522,7 @@ mod tests {
         m.set_health_problems(1);
         m.set_read_buffer_bytes(1);
         m.record_unreplayable(shard);
+        m.record_trimmed_unread(shard);
         m.record_subscription("subscribed");
         m.set_buffered_bytes(1);
         m.add_shards_reading(1);

@@ -190,6 +190,10 @@ pub async fn read_shard(
 
 impl Reader {
     async fn run(&mut self, start: StartAt) -> anyhow::Result<ShardExit> {
+        let start = match &start {
+            StartAt::After(checkpoint) if self.trimmed_past(checkpoint).await => StartAt::TrimHorizon,
+            _ => start,
+        };
         match self.ctx.fan_out.clone() {
             Some(consumer_arn) => {
                 self.fan_out = Some(FanOut { consumer_arn, subscription: None, next_start: start, failures: 0 });
@@ -383,6 +387,71 @@ impl Reader {
             }
             None => false,
         })
+    }
+
+    /// Whether the checkpointed record is gone from the shard (its oldest
+    /// record comes after it): then records after the checkpoint may have
+    /// aged out unread, which is reported (log, counter, `/healthz` until
+    /// restart) and reading starts at the trim horizon. A failed check is
+    /// logged and reading goes on as usual.
+    async fn trimmed_past(&mut self, checkpoint: &str) -> bool {
+        let ctx = self.ctx.clone();
+        let stream = &ctx.settings.config.stream;
+        let oldest = async {
+            let mut iterator =
+                kinesis::shard_iterator(&ctx.kinesis, stream, &self.shard, &StartAt::TrimHorizon).await?;
+            // An old shard's first pages can be empty: look a few pages on.
+            for _ in 0..5 {
+                self.records.reserve().await;
+                let page = kinesis::get_records(&ctx.kinesis, &iterator, 1, &self.records).await;
+                self.records.settle();
+                let page = page?;
+                if let Some(first) = page.records.into_iter().next() {
+                    return Ok(Some(first));
+                }
+                match page.next {
+                    Some(next) if page.millis_behind_latest != Some(0) => iterator = next,
+                    _ => break,
+                }
+            }
+            Ok::<_, KinesisError>(None)
+        };
+        let oldest = tokio::select! {
+            oldest = oldest => oldest,
+            _ = self.cancel.cancelled() => return false,
+            _ = self.lost.cancelled() => return false,
+        };
+        let first = match oldest {
+            Ok(Some(first)) => first,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(shard = self.shard, error = %e, "could not read the trim horizon to check for records trimmed unread");
+                return false;
+            }
+        };
+        if shardlake::checkpoint::compare_sequences(&first.sequence, checkpoint) != std::cmp::Ordering::Greater {
+            return false;
+        }
+        let arrived = shardlake::time::format_rfc3339_millis(first.arrival_ms);
+        tracing::error!(
+            shard = self.shard,
+            checkpoint,
+            trim_horizon = %first.sequence,
+            oldest_arrival = arrived,
+            "the checkpointed record is no longer in the stream: records after it were trimmed before they were \
+             read and are missing from the lake (the worker was stopped or behind for longer than the stream's \
+             retention); reading resumes at the trim horizon. Restart the worker to clear /healthz"
+        );
+        ctx.metrics.record_trimmed_unread(&self.shard);
+        ctx.health.lost(
+            &self.shard,
+            &format!(
+                "records after checkpoint {checkpoint} were trimmed from the stream unread (the oldest left is \
+                 {}, arrived {arrived}); restart to acknowledge",
+                first.sequence
+            ),
+        );
+        true
     }
 
     /// A shard iterator, retried with back-off; `None` when cancelled.

@@ -292,3 +292,72 @@ async fn lasting_throttling_is_paced_reported_while_it_lasts_and_recovered_from_
     assert!(terminate(&mut consumer).success(), "{}", setup.log());
     assert_exactly_once(&setup, 1200);
 }
+
+/// `shardlake-loadtest replay-kinesis` serving `lines` on one shard with
+/// the first `trim` records gone; returns it and its endpoint.
+fn replay_kinesis(dir: &std::path::Path, lines: &[Vec<u8>], trim: usize) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_shardlake-consumer")).with_file_name("shardlake-loadtest");
+    if !bin.exists() {
+        let ok = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "shardlake-loadtest"])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "building shardlake-loadtest");
+    }
+    let input = dir.join(format!("replay-{trim}.jsonl"));
+    std::fs::write(&input, lines.join(&b'\n')).unwrap();
+    let mut child = std::process::Command::new(bin)
+        .args(["replay-kinesis", "--shards", "1", "--trim", &trim.to_string(), "--input"])
+        .arg(&input)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let endpoint = first.trim().strip_prefix("listening on ").expect("replay-kinesis's first line").to_string();
+    (child, endpoint)
+}
+
+/// Checkpoint at record 999; the stream then holds 1,000 more, of which
+/// the first 500 age out before the worker starts again. Those 500 are
+/// lost: the worker says so (an error line with the shard, the checkpoint
+/// and the trim horizon, a counter, `/healthz` 503 until it is restarted)
+/// and writes the 500 it can still read, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_trimmed_behind_the_checkpoint_are_reported_as_lost() {
+    let _serial = SERIAL.lock().await;
+    let setup = Setup::new("trimmed");
+    setup.config("[health]\nfailing_after = \"3s\"\n");
+    let lines = events(2000, 77, 1);
+    let (mut before, endpoint) = replay_kinesis(setup.dir.path(), &lines[..1000], 0);
+    let mut consumer = setup.start(&[("AWS_ENDPOINT_URL_KINESIS", &endpoint)]);
+    setup.wait_rows(1000, Duration::from_secs(60)).await;
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+    before.kill().unwrap();
+    before.wait().unwrap();
+
+    let (mut after, endpoint) = replay_kinesis(setup.dir.path(), &lines, 1500);
+    let mut consumer = setup.start(&[("AWS_ENDPOINT_URL_KINESIS", &endpoint)]);
+    let answer = wait_unhealthy(&setup, "trimmed from the stream unread", Duration::from_secs(30)).await;
+    assert!(answer.contains("shard shardId-000000000000") && answer.contains("100000000000000000999"), "{answer}");
+    assert!(answer.contains("the oldest left is 100000000000000001500"), "{answer}");
+    setup.wait_rows(1500, Duration::from_secs(60)).await;
+    assert_eq!(metric_sum(&setup.metrics(), "shardlake_consumer_trimmed_unread_total"), 1.0);
+    let log = setup.log();
+    let line = log.lines().find(|l| l.contains("no longer in the stream")).expect("an error line");
+    assert!(line.contains("ERROR") && line.contains("100000000000000000999") && line.contains("1500"), "{line}");
+    // Still reported after the remaining records are committed...
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(setup.healthz().starts_with("HTTP/1.1 503"), "{}", setup.healthz());
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+
+    // ...and acknowledged by the restart: the checkpoint is past the trim horizon now.
+    let mut consumer = setup.start(&[("AWS_ENDPOINT_URL_KINESIS", &endpoint)]);
+    wait_healthy(&setup, Duration::from_secs(10)).await;
+    assert_eq!(metric_sum(&setup.metrics(), "shardlake_consumer_trimmed_unread_total"), 0.0);
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+    after.kill().unwrap();
+    after.wait().unwrap();
+    assert_exactly_once(&setup, 1500);
+}

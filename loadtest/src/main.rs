@@ -89,6 +89,11 @@ enum Command {
         /// Port on 127.0.0.1 (0: any free port).
         #[arg(long, default_value_t = 0)]
         port: u16,
+        /// Records of each shard already trimmed (aged past retention): the
+        /// trim horizon is this position, and an iterator before it starts
+        /// there, as Kinesis does.
+        #[arg(long, default_value_t = 0)]
+        trim: usize,
     },
 }
 
@@ -113,8 +118,8 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::ReplayKinesis { input, shards, port } => {
-            tokio::runtime::Runtime::new()?.block_on(replay::serve(&input, shards, port))
+        Command::ReplayKinesis { input, shards, port, trim } => {
+            tokio::runtime::Runtime::new()?.block_on(replay::serve(&input, shards, port, trim))
         }
         Command::SlowLink { upstream, bandwidth, latency } => tokio::runtime::Runtime::new()?.block_on(async {
             let proxy = faultproxy::FaultProxy::start(&upstream, faultproxy::Flavor::Kinesis).await?;

@@ -2,11 +2,15 @@
 //! JSON Lines file to a consumer from memory, for benchmarks that measure
 //! the consumer (CPU, memory, shard count) and not an emulator. The lines
 //! are dealt round-robin to N shards and each record's JSON is encoded once
-//! at start-up; `ListShards`, `GetShardIterator` (TRIM_HORIZON, AT_TIMESTAMP,
-//! AT/AFTER_SEQUENCE_NUMBER, LATEST) and `GetRecords` (up to `Limit`
-//! records, `MillisBehindLatest` 0 once a shard is read to its end) answer
-//! at once. Iterators are `SHARD:POSITION`; sequence numbers are 10^20 plus
-//! the record's position in its shard. Binds 127.0.0.1 only.
+//! at start-up; `ListShards`, `DescribeStreamSummary`, `GetShardIterator`
+//! (TRIM_HORIZON, AT_TIMESTAMP, AT/AFTER_SEQUENCE_NUMBER, LATEST) and
+//! `GetRecords` (up to `Limit` records, `MillisBehindLatest` 0 once a shard
+//! is read to its end) answer at once. Iterators are `SHARD:POSITION`;
+//! sequence numbers are 10^20 plus the record's position in its shard.
+//! With `--trim N` the first N records of each shard are gone, as records
+//! past the stream's retention are: reading starts at N whatever position
+//! is asked for (the stand-in for a consumer that was down too long).
+//! Binds 127.0.0.1 only.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,11 +31,12 @@ const ARRIVAL: f64 = 1_795_000_000.0;
 /// Kinesis's largest `Limit`.
 const MAX_LIMIT: usize = 10_000;
 
-/// Per shard, each record's encoded JSON object, in order.
-struct Shards(Vec<Vec<String>>);
+/// Per shard, each record's encoded JSON object, in order, and how many
+/// of them are trimmed.
+struct Shards(Vec<Vec<String>>, usize);
 
 impl Shards {
-    fn load(input: &std::path::Path, shards: usize) -> anyhow::Result<Shards> {
+    fn load(input: &std::path::Path, shards: usize, trim: usize) -> anyhow::Result<Shards> {
         anyhow::ensure!(shards > 0, "--shards must be at least 1");
         let text = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
         let mut out: Vec<Vec<String>> = vec![vec![]; shards];
@@ -44,7 +49,7 @@ impl Shards {
                 r#"{{"SequenceNumber":"{sequence}","ApproximateArrivalTimestamp":{ARRIVAL:.3},"Data":"{data}","PartitionKey":"{i}"}}"#
             ));
         }
-        Ok(Shards(out))
+        Ok(Shards(out, trim))
     }
 
     fn list(&self) -> Value {
@@ -87,7 +92,7 @@ impl Shards {
             }
             other => return Err(format!("unknown ShardIteratorType {other}")),
         };
-        Ok(json!({ "ShardIterator": format!("{shard}:{position}") }))
+        Ok(json!({ "ShardIterator": format!("{shard}:{}", position.max(self.1)) }))
     }
 
     fn records(&self, req: &Value) -> Result<String, String> {
@@ -99,7 +104,7 @@ impl Shards {
             .ok_or_else(|| format!("bad ShardIterator {iterator}"))?;
         let all = &self.0[shard];
         let limit = req["Limit"].as_u64().map_or(MAX_LIMIT, |l| (l as usize).min(MAX_LIMIT));
-        let start = position.min(all.len());
+        let start = position.max(self.1).min(all.len());
         let end = (start + limit).min(all.len());
         let behind = if end == all.len() { 0 } else { 1000 };
         Ok(format!(
@@ -117,6 +122,22 @@ impl Shards {
         };
         let answer = match op {
             "ListShards" => Ok(self.list().to_string()),
+            "DescribeStreamSummary" => {
+                let name = req["StreamName"].as_str().unwrap_or("replay");
+                Ok(json!({"StreamDescriptionSummary": {
+                    "StreamName": name,
+                    "StreamARN": format!("arn:aws:kinesis:us-east-1:000000000000:stream/{name}"),
+                    "StreamStatus": "ACTIVE",
+                    "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+                    "RetentionPeriodHours": 24,
+                    "StreamCreationTimestamp": ARRIVAL,
+                    "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
+                    "EncryptionType": "NONE",
+                    "OpenShardCount": self.0.len(),
+                    "ConsumerCount": 0,
+                }})
+                .to_string())
+            }
             "GetShardIterator" => self.iterator(&req).map(|v| v.to_string()),
             "GetRecords" => self.records(&req),
             other => return bad("UnknownOperationException", other.to_string()),
@@ -153,8 +174,8 @@ async fn handle(req: Request<Incoming>, shards: Arc<Shards>) -> Result<Response<
 /// Serves `input` dealt to `shards` shards on 127.0.0.1:`port` (0: any free
 /// port), printing `listening on http://ADDRESS` once it accepts; runs until
 /// killed.
-pub async fn serve(input: &std::path::Path, shards: usize, port: u16) -> anyhow::Result<()> {
-    let shards = Arc::new(Shards::load(input, shards)?);
+pub async fn serve(input: &std::path::Path, shards: usize, port: u16, trim: usize) -> anyhow::Result<()> {
+    let shards = Arc::new(Shards::load(input, shards, trim)?);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.context("binding the replay endpoint")?;
     println!("listening on http://{}", listener.local_addr()?);
     loop {
@@ -179,7 +200,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.jsonl");
         std::fs::write(&path, "{\"a\":1}\n{\"a\":2}\n\n{\"a\":3}\n").unwrap();
-        Shards::load(&path, 2).unwrap()
+        Shards::load(&path, 2, 0).unwrap()
     }
 
     fn records(s: &Shards, req: Value) -> Value {
@@ -210,5 +231,25 @@ mod tests {
         assert_eq!(empty["Records"].as_array().unwrap().len(), 0);
         let (status, _) = s.answer("GetRecords", br#"{"ShardIterator":"9:0"}"#);
         assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn trimmed_records_are_skipped_from_any_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n").unwrap();
+        let s = Shards::load(&path, 1, 2).unwrap();
+        for req in [
+            json!({"ShardId": "shardId-000000000000", "ShardIteratorType": "TRIM_HORIZON"}),
+            json!({"ShardId": "shardId-000000000000", "ShardIteratorType": "AFTER_SEQUENCE_NUMBER",
+                "StartingSequenceNumber": FIRST_SEQUENCE.to_string()}),
+        ] {
+            let it = s.iterator(&req).unwrap();
+            let page = records(&s, json!({"ShardIterator": it["ShardIterator"]}));
+            assert_eq!(page["Records"].as_array().unwrap().len(), 1, "{req}");
+            assert_eq!(page["Records"][0]["SequenceNumber"], (FIRST_SEQUENCE + 2).to_string());
+        }
+        let (status, summary) = s.answer("DescribeStreamSummary", br#"{"StreamName":"s"}"#);
+        assert_eq!(status, StatusCode::OK, "{summary}");
     }
 }
