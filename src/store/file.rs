@@ -73,6 +73,42 @@ impl FileStore {
     }
 }
 
+impl FileStore {
+    /// The start-up probe: writes `key` as every lake file is written
+    /// (temp file, fsync, rename), deletes it and the folders it made, and
+    /// reads the root's listing when `list`.
+    pub async fn probe(&self, key: &str, list: bool) -> std::result::Result<(), super::ProbeError> {
+        let (root, path) = (self.root.clone(), self.root.join(key));
+        let url = self.url(key);
+        tokio::task::spawn_blocking(move || {
+            let fail = |step, message: String| super::ProbeError {
+                step,
+                url: url.clone(),
+                code: None,
+                message,
+                transient: false,
+            };
+            write_atomic(&path, super::PROBE_BODY).map_err(|e| fail("put", e.to_string()))?;
+            std::fs::remove_file(&path).map_err(|e| fail("delete", format!("delete {}: {e}", path.display())))?;
+            // The probe's folders go too (they are empty unless another
+            // worker probes at the same moment, which keeps them).
+            let mut dir = path.parent();
+            while let Some(d) = dir.filter(|d| *d != root) {
+                if std::fs::remove_dir(d).is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
+            if list {
+                std::fs::read_dir(&root).map_err(|e| fail("list", format!("list {}: {e}", root.display())))?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("file probe task panicked")
+    }
+}
+
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
