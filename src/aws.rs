@@ -394,7 +394,7 @@ mod tests {
     async fn credentials_resolve_or_say_why_not() {
         let with = aws_config::SdkConfig::builder()
             .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
-                aws_credential_types::Credentials::from_keys("AKIDEXAMPLE1234", "secret", None),
+                aws_credential_types::Credentials::new("AKIDEXAMPLE1234", "secret", None, None, "test"),
             ))
             .build();
         let found = resolve_credentials(&with, Duration::from_secs(1)).await.unwrap();
