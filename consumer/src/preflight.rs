@@ -570,7 +570,7 @@ mod tests {
 
         // An attempt that never answers ends at the deadline.
         let at = Instant::now();
-        let verdict = patiently(at + Duration::from_secs(3), || std::future::pending()).await;
+        let verdict = patiently(at + Duration::from_secs(3), std::future::pending).await;
         assert_eq!(
             (verdict, Instant::now()),
             (Verdict::Unsure("no answer in time".into()), at + Duration::from_secs(3))
