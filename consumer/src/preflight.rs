@@ -153,7 +153,7 @@ fn stream_outcome(stream: &str, region: &str, answer: Result<Option<StreamSummar
             "stream: stream `{stream}` does not exist in {region}; check `stream`, AWS_REGION and \
              AWS_ENDPOINT_URL_KINESIS, or create the stream"
         ))),
-        Err(e) if is_denied(&e) => Err(call_failure(
+        Err(e) if is_denied(e.code.as_deref()) => Err(call_failure(
             "stream",
             &format!("may not describe stream `{stream}`"),
             &e,
@@ -169,9 +169,11 @@ fn stream_outcome(stream: &str, region: &str, answer: Result<Option<StreamSummar
     }
 }
 
-fn is_denied(e: &CallError) -> bool {
+/// Codes (or, for bodiless answers, the status) that mean the credentials
+/// may not do this, or are not valid at all.
+fn is_denied(code: Option<&str>) -> bool {
     matches!(
-        e.code.as_deref(),
+        code,
         Some(
             "AccessDenied"
                 | "AccessDeniedException"
@@ -216,12 +218,12 @@ fn destination_outcome(setting: &str, location: &Location, answer: Result<(), Pr
                 e.url, e.message
             )));
         }
-        ("put", code) if is_denied_code(code) => format!(
+        ("put", code) if is_denied(code) => format!(
             "{setting}: may not write to bucket `{bucket}` ({}); allow s3:PutObject on {arn} (and \
              kms:GenerateDataKey with sse_kms_key_id)",
             e.message
         ),
-        ("list", code) if is_denied_code(code) => format!(
+        ("list", code) if is_denied(code) => format!(
             "{setting}: may not list bucket `{bucket}` ({}); the catalog needs s3:ListBucket on \
              arn:aws:s3:::{bucket}",
             e.message
@@ -231,16 +233,6 @@ fn destination_outcome(setting: &str, location: &Location, answer: Result<(), Pr
         }
     };
     Err(Failure::Problem(line))
-}
-
-fn is_denied_code(code: Option<&str>) -> bool {
-    is_denied(&CallError {
-        service: "",
-        operation: "",
-        code: code.map(str::to_string),
-        message: String::new(),
-        transient: false,
-    })
 }
 
 /// The fleet table check (DescribeTable).
@@ -310,7 +302,7 @@ fn blocked(checks: &[Check]) -> bool {
     checks.iter().any(|c| matches!(c.verdict, Verdict::Problem(_)))
 }
 
-/// The destination's probe (one attempt, see [`patiently`]).
+/// The destination's probe, retried while it fails transiently.
 async fn destination(setting: &str, url: &str, s3: &S3Options, list: bool, deadline: Instant) -> Verdict {
     let location = match Location::parse(url) {
         Ok(l) => l,
@@ -338,6 +330,11 @@ pub async fn check(settings: &Settings, patience: Duration) -> Vec<Check> {
         if matches!(Location::parse(&c.destination), Ok(Location::S3 { .. })) {
             checks.push(skipped("destination"));
         }
+        if c.checkpoint_store.starts_with("dynamodb://") {
+            checks.push(skipped("checkpoint_store"));
+        }
+        checks.extend(settings.catalog.as_ref().map(|_| skipped("catalog")));
+        checks.extend(settings.schema_table.as_ref().map(|_| skipped("schema")));
         return checks;
     }
     let timeouts = c.timeouts.aws();

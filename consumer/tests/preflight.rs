@@ -99,6 +99,14 @@ fn without_credentials_run_exits_at_once_naming_them_and_the_fix() {
     let err = one_line_failure(run(&setup, Env::NoCredentials));
     assert!(err.contains("credentials: no AWS credentials found"), "{err}");
     assert!(err.contains("AWS_ACCESS_KEY_ID") && err.contains("AWS_PROFILE"), "{err}");
+
+    let config = setup.dir.path().join("consumer.toml");
+    let args = ["config", "check", "--online", "--config", config.to_str().unwrap()];
+    let (out, took) = consumer(&args, Env::NoCredentials, setup.dir.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && took < LIMIT, "{took:?}\n{text}");
+    assert!(text.contains("credentials       PROBLEM: credentials: no AWS credentials found"), "{text}");
+    assert!(text.contains("stream            skipped: needs credentials and a region"), "{text}");
 }
 
 #[test]

@@ -88,6 +88,7 @@ impl FileStore {
                 message,
                 transient: false,
             };
+            let made_root = !root.exists();
             write_atomic(&path, super::PROBE_BODY).map_err(|e| fail("put", e.to_string()))?;
             std::fs::remove_file(&path).map_err(|e| fail("delete", format!("delete {}: {e}", path.display())))?;
             // The probe's folders go too (they are empty unless another
@@ -101,6 +102,10 @@ impl FileStore {
             }
             if list {
                 std::fs::read_dir(&root).map_err(|e| fail("list", format!("list {}: {e}", root.display())))?;
+            }
+            if made_root {
+                // Left as it was: the first write makes it again.
+                let _ = std::fs::remove_dir(&root);
             }
             Ok(())
         })
@@ -226,6 +231,21 @@ mod tests {
         let winner = won.iter().position(|w| *w).unwrap();
         assert_eq!(s.get("schema-v2.toml").await.unwrap(), format!("w{winner}").into_bytes());
         assert_eq!(s.list("").await.unwrap(), ["schema-v2.toml"], "no temp file left behind");
+    }
+
+    #[tokio::test]
+    async fn the_probe_writes_deletes_and_leaves_the_folder_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::new(dir.path().join("lake"));
+        s.probe("_probe/1", true).await.unwrap();
+        assert!(!dir.path().join("lake").exists(), "a folder the probe made is removed again");
+        s.put("a/x.parquet", b"x".to_vec()).await.unwrap();
+        s.probe("_probe/2", true).await.unwrap();
+        assert_eq!(s.list("").await.unwrap(), ["a/x.parquet"]);
+        assert!(!dir.path().join("lake/_probe").exists());
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        let err = FileStore::new(dir.path().join("file")).probe("_probe/3", false).await.unwrap_err();
+        assert_eq!((err.step, err.transient), ("put", false));
     }
 
     #[tokio::test]
