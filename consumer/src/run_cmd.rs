@@ -170,7 +170,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // What the config needs is checked before anything is read or written:
     // a missing credential, region, bucket or permission ends the start
     // here, with its fix, instead of a worker retrying it for ever.
-    let checks = preflight::check(&settings, preflight::RUN_PATIENCE).await;
+    let checks = tokio::select! {
+        checks = preflight::check(&settings, preflight::RUN_PATIENCE) => checks,
+        // A stop while the checks retry a transient failure: nothing was read.
+        _ = cancel.cancelled() => return Ok(()),
+    };
     preflight::problems(&checks)?;
     preflight::report_doubts(&checks, preflight::RUN_PATIENCE);
     let c = &settings.config;

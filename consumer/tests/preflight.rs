@@ -9,8 +9,11 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use faultproxy::{FaultProxy, Flavor, Mode};
 use support::*;
 
 /// What a permanent problem may take, from start to exit.
@@ -235,4 +238,46 @@ async fn a_healthy_config_starts_and_leaves_no_probe_behind() {
         .collect();
     assert!(!keys.is_empty() && keys.iter().all(|k| !k.contains("_shardlake_preflight")), "{keys:?}");
     eprintln!("ready after {ready:?}");
+}
+
+/// Transient failures at start (S3 answering 500, Kinesis throttling) are
+/// retried, as before: the worker starts once they pass, and nothing is
+/// reported as a problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_at_start_are_retried_until_they_pass() {
+    let client = kinesis().await;
+    let s3 = s3_client().await;
+    let stream = create_stream(&client, 1).await;
+    let bucket = unique("flaky");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let s3_proxy = Arc::new(FaultProxy::start(&stack_env("AWS_ENDPOINT_URL_S3"), Flavor::S3).await.unwrap());
+    let kinesis_proxy =
+        Arc::new(FaultProxy::start(&stack_env("AWS_ENDPOINT_URL_KINESIS"), Flavor::Kinesis).await.unwrap());
+    s3_proxy.set(Mode::ServerError);
+    kinesis_proxy.set(Mode::Throttle);
+    let setup = Setup::new(&stream);
+    setup.config_to(&format!("s3://{bucket}/lake/"), "");
+    let healed = {
+        let (s3_proxy, kinesis_proxy) = (s3_proxy.clone(), kinesis_proxy.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            s3_proxy.set(Mode::Pass);
+            kinesis_proxy.set(Mode::Pass);
+        })
+    };
+    let started = Instant::now();
+    let mut consumer = setup
+        .start(&[("AWS_ENDPOINT_URL_S3", &s3_proxy.endpoint), ("AWS_ENDPOINT_URL_KINESIS", &kinesis_proxy.endpoint)]);
+    let ready = started.elapsed();
+    healed.await.unwrap();
+    assert!(consumer.try_wait().unwrap().is_none(), "exited at start:\n{}", setup.log());
+    assert!(ready >= Duration::from_secs(3), "ready after {ready:?}, before the failures passed");
+    assert!(
+        s3_proxy.counts.errors.load(Ordering::Relaxed) > 0 && kinesis_proxy.counts.errors.load(Ordering::Relaxed) > 0
+    );
+    assert!(!setup.log().contains("error") && !setup.log().contains("warning"), "{}", setup.log());
+    let landed = put_records(&client, &stream, &keyed(events(20, 8, 1))).await;
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+    eprintln!("ready {ready:?} after start, with 3 s of 500s and throttles");
 }
