@@ -707,6 +707,19 @@ impl CatalogTable {
     }
 }
 
+/// Whether the Glue database exists (GetDatabase: the start-up check that
+/// the catalog answers and the credentials may read it).
+pub async fn database_exists(
+    client: &aws_sdk_glue::Client,
+    database: &str,
+) -> std::result::Result<bool, crate::aws::CallError> {
+    match client.get_database().name(database).send().await {
+        Ok(_) => Ok(true),
+        Err(e) if is_code(&e, "EntityNotFoundException") => Ok(false),
+        Err(e) => Err(crate::aws::call_error("Glue", "GetDatabase", &e)),
+    }
+}
+
 /// The table `name`, `None` when it (or its database) does not exist.
 pub async fn get_table(client: &aws_sdk_glue::Client, name: &TableName) -> Result<Option<Table>> {
     match client.get_table().database_name(&name.database).name(&name.table).send().await {

@@ -148,6 +148,10 @@ async fn glue_client() -> aws_sdk_glue::Client {
     shardlake::aws::glue_client(&shardlake::aws::sdk_config().await, &Default::default())
 }
 
+/// How long `convert` retries a destination check that fails transiently
+/// before it goes on (its uploads retry too).
+const PREFLIGHT_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Runs `convert`.
 pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let local = !(args.input == "-" || args.input.starts_with("s3://"));
@@ -184,6 +188,11 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
         },
         s3: S3Options { sse_kms_key_id: args.sse_kms_key_id, ..S3Options::default() }.validate(),
     };
+    // A missing bucket, credential or region, or an unwritable folder, is
+    // one line with the fix before any input is read.
+    let checks = crate::preflight::check_destination(&opts.destination, &opts.s3, PREFLIGHT_PATIENCE).await;
+    crate::preflight::problems(&checks)?;
+    crate::preflight::report_doubts(&checks, PREFLIGHT_PATIENCE);
     let mode = PartitionMode::from(args.catalog_partitions);
     if args.catalog.is_some() && glue.is_none() {
         glue = Some(glue_client().await);

@@ -112,6 +112,32 @@ pub async fn list_shards(client: &Client, stream: &str) -> Result<Vec<ShardInfo>
     }
 }
 
+/// What DescribeStreamSummary says of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSummary {
+    /// `ACTIVE`, `CREATING`, `UPDATING`, `DELETING`.
+    pub status: String,
+    /// Open shards.
+    pub open_shards: i32,
+}
+
+/// The stream's status, `None` when it does not exist (DescribeStreamSummary;
+/// 20 calls/s per account): the start-up check that the stream is there and
+/// the credentials may read it.
+pub async fn describe_stream(
+    client: &Client,
+    stream: &str,
+) -> Result<Option<StreamSummary>, shardlake::aws::CallError> {
+    match client.describe_stream_summary().stream_name(stream).send().await {
+        Ok(out) => Ok(Some(out.stream_description_summary().map_or(
+            StreamSummary { status: "unknown".into(), open_shards: 0 },
+            |s| StreamSummary { status: s.stream_status().as_str().to_string(), open_shards: s.open_shard_count() },
+        ))),
+        Err(e) if e.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => Ok(None),
+        Err(e) => Err(shardlake::aws::call_error("Kinesis", "DescribeStreamSummary", &e)),
+    }
+}
+
 /// Where a shard iterator starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartAt {

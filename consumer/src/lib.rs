@@ -44,6 +44,7 @@ mod infer;
 mod kinesis;
 mod lease;
 mod metrics;
+mod preflight;
 mod reader;
 pub mod run_cmd;
 pub mod schema_cmd;

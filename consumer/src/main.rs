@@ -67,7 +67,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run_cmd::run(args).await,
-            Command::Config(cmd) => run_cmd::config(cmd),
+            Command::Config(cmd) => run_cmd::config(cmd).await,
             Command::Convert(args) => convert_cmd::run(args).await,
             Command::Schema(cmd) => schema_cmd::run(cmd),
             Command::Catalog(cmd) => catalog_cmd::run(cmd).await,

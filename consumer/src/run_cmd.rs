@@ -18,6 +18,7 @@ use crate::health::Health;
 use crate::kinesis::KinesisError;
 use crate::lease::Leases;
 use crate::metrics::Metrics;
+use crate::preflight::{self, Verdict};
 use crate::worker::{Context, CrashPoints, MemoryBudget};
 
 /// Arguments of `run`.
@@ -28,12 +29,25 @@ pub struct RunArgs {
     config: PathBuf,
 }
 
+/// Arguments of `config check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Also check what the config needs from AWS, as `run` does at start:
+    /// credentials and region, the stream, a write and delete in the
+    /// destination, the DynamoDB table, the Glue database.
+    #[arg(long)]
+    online: bool,
+}
+
 /// `config` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Load and check a config file; print the settings with their defaults,
-    /// or explain the first error with its key and the fix.
-    Check(RunArgs),
+    /// or explain the first error with its key and the fix. With --online,
+    /// also run the start-up checks and exit non-zero on any problem.
+    Check(CheckArgs),
 }
 
 pub(crate) fn load(path: &Path) -> anyhow::Result<Settings> {
@@ -42,11 +56,41 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<Settings> {
 }
 
 /// Runs `config check`.
-pub fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
-    let ConfigCommand::Check(args) = cmd;
+pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
+    let ConfigCommand::Check(CheckArgs { run: args, online }) = cmd;
     let s = load(&args.config)?;
+    print_settings(&args.config, &s);
+    if !online {
+        return Ok(());
+    }
+    outln!("online checks (transient failures retried for {})", humantime::format_duration(preflight::CHECK_PATIENCE));
+    let checks = preflight::check(&s, preflight::CHECK_PATIENCE).await;
+    for c in &checks {
+        let (label, text) = match &c.verdict {
+            Verdict::Ok(found) => ("ok", found),
+            Verdict::Warning(line) => ("warning", line),
+            Verdict::Problem(line) => ("PROBLEM", line),
+            Verdict::Unsure(line) => ("NOT CONFIRMED", line),
+            Verdict::Skipped(why) => ("skipped", why),
+        };
+        outln!("  {:<17} {label}: {text}", c.name);
+    }
+    preflight::problems(&checks)?;
+    let unsure: Vec<&str> = checks.iter().filter(|c| matches!(c.verdict, Verdict::Unsure(_))).map(|c| c.name).collect();
+    if !unsure.is_empty() {
+        anyhow::bail!(
+            "{} not confirmed within {}: failing transiently (see above); try again",
+            unsure.join(", "),
+            humantime::format_duration(preflight::CHECK_PATIENCE)
+        );
+    }
+    Ok(())
+}
+
+/// The settings as `config check` prints them.
+fn print_settings(path: &Path, s: &Settings) {
     let c = &s.config;
-    outln!("{}: ok", args.config.display());
+    outln!("{}: ok", path.display());
     outln!("stream            {} (application {}, start {:?})", c.stream, c.application, c.initial_position);
     outln!("destination       {}", c.destination);
     outln!("checkpoint_store  {}", c.checkpoint_store);
@@ -107,7 +151,6 @@ pub fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
         "metrics           {}",
         if c.metrics.enabled { format!("http://{}/metrics", c.metrics.address) } else { "off".into() }
     );
-    Ok(())
 }
 
 /// Runs the worker until SIGTERM/SIGINT and its final flush.
@@ -117,6 +160,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let abort = CancellationToken::new();
     spawn_signal_handler(cancel.clone(), abort.clone(), settings.config.shutdown_timeout)?;
+    if let Some(before) = &settings.config.checkpoints_before {
+        // Local, so before the online checks: a stream that moved is no reason to miss this.
+        let c = &settings.config;
+        let store = CheckpointStore::open(&c.checkpoint_store, &c.application, &c.stream)
+            .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
+        refuse_moved_checkpoints(&before.join(&c.application).join(&c.stream), &store)?;
+    }
+    // What the config needs is checked before anything is read or written:
+    // a missing credential, region, bucket or permission ends the start
+    // here, with its fix, instead of a worker retrying it for ever.
+    let checks = tokio::select! {
+        checks = preflight::check(&settings, preflight::RUN_PATIENCE) => checks,
+        // A stop while the checks retry a transient failure: nothing was read.
+        _ = cancel.cancelled() => return Ok(()),
+    };
+    preflight::problems(&checks)?;
+    preflight::report_doubts(&checks, preflight::RUN_PATIENCE);
     let c = &settings.config;
     let sdk = shardlake::aws::sdk_config().await;
     let lake = ObjectStore::open(&c.destination, &settings.s3).await?;
@@ -129,9 +189,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let checkpoints = CheckpointStore::connect(&c.checkpoint_store, &c.application, &c.stream, &fleet)
         .await
         .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
-    if let Some(before) = &c.checkpoints_before {
-        refuse_moved_checkpoints(&before.join(&c.application).join(&c.stream), &checkpoints)?;
-    }
     // Held until the process exits: one worker per file store.
     let store_lock = checkpoints.lock().map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
     let kinesis = crate::get_records::kinesis_client(&sdk, &c.timeouts.aws());

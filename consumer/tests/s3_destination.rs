@@ -23,12 +23,15 @@ async fn failed_uploads_are_retried_and_never_committed_then_land_once() {
     let s3 = s3_client().await;
     let stream = create_stream(&client, 2).await;
     let setup = Setup::new(&stream);
-    // The bucket does not exist yet: every upload fails.
+    // The bucket is there at start (a missing one stops the start: see
+    // preflight.rs), then goes: every upload fails until it is back.
     let bucket = unique("late-bucket");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
     setup.config_to(&format!("s3://{bucket}/lake/"), "");
+    let mut consumer = setup.start(&[]);
+    s3.delete_bucket().bucket(&bucket).send().await.expect("the probe object was deleted: the bucket is empty");
     let records = keyed(events(400, 41, 4));
     let landed = put_records(&client, &stream, &records).await;
-    let mut consumer = setup.start(&[]);
 
     let address = setup.metrics_address();
     wait_for_upload_failures(&address).await;
@@ -71,11 +74,16 @@ async fn failed_uploads_are_retried_and_never_committed_then_land_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_aborts_a_stuck_final_flush_without_committing() {
     let client = kinesis().await;
+    let s3 = s3_client().await;
     let stream = create_stream(&client, 1).await;
     let setup = Setup::new(&stream);
-    setup.config_to(&format!("s3://{}/lake/", unique("missing-bucket")), "");
-    put_records(&client, &stream, &keyed(events(50, 43, 1))).await;
+    // There at start (preflight), gone before the first upload.
+    let bucket = unique("gone-bucket");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    setup.config_to(&format!("s3://{bucket}/lake/"), "");
     let mut consumer = setup.start(&[]);
+    s3.delete_bucket().bucket(&bucket).send().await.unwrap();
+    put_records(&client, &stream, &keyed(events(50, 43, 1))).await;
     let address = setup.metrics_address();
     wait_for_upload_failures(&address).await;
     let signal = |c: &std::process::Child| {

@@ -86,6 +86,16 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// The status of `table` (`ACTIVE`, `CREATING`, ...), `None` when it does
+/// not exist (DescribeTable: the start-up check of the fleet's table).
+pub async fn table_status(client: &Client, table: &str) -> std::result::Result<Option<String>, crate::aws::CallError> {
+    match client.describe_table().table_name(table).send().await {
+        Ok(out) => Ok(Some(out.table().and_then(|t| t.table_status()).map_or("unknown", |s| s.as_str()).to_string())),
+        Err(e) if e.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => Ok(None),
+        Err(e) => Err(crate::aws::call_error("DynamoDB", "DescribeTable", &e)),
+    }
+}
+
 /// The DynamoDB store, with the leases this worker holds.
 #[derive(Debug, Clone)]
 pub struct DynamoCheckpoints {

@@ -73,6 +73,47 @@ impl FileStore {
     }
 }
 
+impl FileStore {
+    /// The start-up probe: writes `key` as every lake file is written
+    /// (temp file, fsync, rename), deletes it and the folders it made, and
+    /// reads the root's listing when `list`.
+    pub async fn probe(&self, key: &str, list: bool) -> std::result::Result<(), super::ProbeError> {
+        let (root, path) = (self.root.clone(), self.root.join(key));
+        let url = self.url(key);
+        tokio::task::spawn_blocking(move || {
+            let fail = |step, message: String| super::ProbeError {
+                step,
+                url: url.clone(),
+                code: None,
+                message,
+                transient: false,
+            };
+            let made_root = !root.exists();
+            write_atomic(&path, super::PROBE_BODY).map_err(|e| fail("put", e.to_string()))?;
+            std::fs::remove_file(&path).map_err(|e| fail("delete", format!("delete {}: {e}", path.display())))?;
+            // The probe's folders go too (they are empty unless another
+            // worker probes at the same moment, which keeps them).
+            let mut dir = path.parent();
+            while let Some(d) = dir.filter(|d| *d != root) {
+                if std::fs::remove_dir(d).is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
+            if list {
+                std::fs::read_dir(&root).map_err(|e| fail("list", format!("list {}: {e}", root.display())))?;
+            }
+            if made_root {
+                // Left as it was: the first write makes it again.
+                let _ = std::fs::remove_dir(&root);
+            }
+            Ok(())
+        })
+        .await
+        .expect("file probe task panicked")
+    }
+}
+
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -190,6 +231,21 @@ mod tests {
         let winner = won.iter().position(|w| *w).unwrap();
         assert_eq!(s.get("schema-v2.toml").await.unwrap(), format!("w{winner}").into_bytes());
         assert_eq!(s.list("").await.unwrap(), ["schema-v2.toml"], "no temp file left behind");
+    }
+
+    #[tokio::test]
+    async fn the_probe_writes_deletes_and_leaves_the_folder_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::new(dir.path().join("lake"));
+        s.probe("_probe/1", true).await.unwrap();
+        assert!(!dir.path().join("lake").exists(), "a folder the probe made is removed again");
+        s.put("a/x.parquet", b"x".to_vec()).await.unwrap();
+        s.probe("_probe/2", true).await.unwrap();
+        assert_eq!(s.list("").await.unwrap(), ["a/x.parquet"]);
+        assert!(!dir.path().join("lake/_probe").exists());
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        let err = FileStore::new(dir.path().join("file")).probe("_probe/3", false).await.unwrap_err();
+        assert_eq!((err.step, err.transient), ("put", false));
     }
 
     #[tokio::test]

@@ -135,6 +135,30 @@ pub fn check_key(key: &str) -> Result<()> {
 /// they happen instead of after the store's retries ran out.
 pub type Retried<'a> = &'a (dyn Fn(&Error) + Sync);
 
+/// What the probe objects of [`ObjectStore::probe`] hold.
+const PROBE_BODY: &[u8] = b"shardlake start-up check; deleted at once, safe to delete\n";
+
+/// Why a store failed [`ObjectStore::probe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeError {
+    /// The step that failed: `put`, `delete` or `list`.
+    pub step: &'static str,
+    /// The probe object's URL.
+    pub url: String,
+    /// The service's error code (`NoSuchBucket`, `AccessDenied`), if any.
+    pub code: Option<String>,
+    /// What failed, on one line.
+    pub message: String,
+    /// Worth retrying (a throttle, a 5xx, a timeout, a lost connection).
+    pub transient: bool,
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.step, self.url, self.message)
+    }
+}
+
 /// A destination for lake objects.
 #[derive(Debug, Clone)]
 pub enum ObjectStore {
@@ -191,6 +215,23 @@ impl ObjectStore {
         match self {
             ObjectStore::File(s) => s.list(prefix).await,
             ObjectStore::S3(s) => s.list(prefix).await,
+        }
+    }
+
+    /// Checks at start that the store takes a write, a delete and (when
+    /// `list`) a listing, by writing and deleting a small object at `key`;
+    /// one attempt of each call, no retries. See [`ProbeError`].
+    pub async fn probe(&self, key: &str, list: bool) -> std::result::Result<(), ProbeError> {
+        check_key(key).map_err(|e| ProbeError {
+            step: "put",
+            url: self.url(key),
+            code: None,
+            message: e.to_string(),
+            transient: false,
+        })?;
+        match self {
+            ObjectStore::File(s) => s.probe(key, list).await,
+            ObjectStore::S3(s) => s.probe(key, list).await,
         }
     }
 

@@ -4,7 +4,7 @@
 //! no orphaned parts accrue storage charges. Optional SSE-KMS.
 
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use futures::{StreamExt, TryStreamExt};
@@ -104,8 +104,13 @@ impl S3Store {
         format!("s3://{}/{}", self.bucket, self.full_key(key))
     }
 
-    fn err(&self, op: &'static str, key: &str, e: impl std::error::Error) -> Error {
-        Error::Store { op, url: self.url(key), message: DisplayErrorContext(e).to_string() }
+    /// A failed call as a store error: one line, never the SDK's `Debug`
+    /// dump (`S3 PutObject: NoSuchBucket: The specified bucket does not exist`).
+    fn err<E>(&self, op: &'static str, operation: &'static str, key: &str, e: &SdkError<E, HttpResponse>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        Error::Store { op, url: self.url(key), message: crate::aws::error_line("S3", operation, e) }
     }
 
     /// Uploads `data` at `key`, with multipart above the threshold. Each
@@ -133,20 +138,27 @@ impl S3Store {
                         .send()
                 },
                 is_transient,
-                |e, attempt| retried(&self.attempt_err("put", key, attempt, e)),
+                |e, attempt| retried(&self.attempt_err("put", "PutObject", key, attempt, e)),
             )
             .await
-            .map_err(|e| self.err("put", key, e))?;
+            .map_err(|e| self.err("put", "PutObject", key, &e))?;
         Ok(())
     }
 
     /// A failed attempt that is retried, as the error `retried` is shown.
-    fn attempt_err(&self, op: &'static str, key: &str, attempt: u32, e: &dyn std::error::Error) -> Error {
-        Error::Store {
-            op,
-            url: self.url(key),
-            message: format!("attempt {attempt} failed, retrying: {}", DisplayErrorContext(e)),
-        }
+    fn attempt_err<E>(
+        &self,
+        op: &'static str,
+        operation: &'static str,
+        key: &str,
+        attempt: u32,
+        e: &SdkError<E, HttpResponse>,
+    ) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let line = crate::aws::error_line("S3", operation, e);
+        Error::Store { op, url: self.url(key), message: format!("attempt {attempt} failed, retrying: {line}") }
     }
 
     async fn put_multipart(&self, key: &str, data: Vec<u8>, retried: Retried<'_>) -> Result<()> {
@@ -162,10 +174,12 @@ impl S3Store {
             .run_observed(
                 |_| create.clone().send(),
                 is_transient,
-                |e, attempt| retried(&self.attempt_err("create multipart upload", key, attempt, e)),
+                |e, attempt| {
+                    retried(&self.attempt_err("create multipart upload", "CreateMultipartUpload", key, attempt, e))
+                },
             )
             .await
-            .map_err(|e| self.err("create multipart upload", key, e))?;
+            .map_err(|e| self.err("create multipart upload", "CreateMultipartUpload", key, &e))?;
         let upload_id = created.upload_id().unwrap_or_default().to_string();
         match self.upload_parts(key, &upload_id, bytes::Bytes::from(data), part_size, retried).await {
             Ok(()) => Ok(()),
@@ -187,7 +201,7 @@ impl S3Store {
                     )
                     .await;
                 if let Err(e) = abort {
-                    tracing::error!(url = %self.url(key), upload_id, error = %DisplayErrorContext(&e),
+                    tracing::error!(url = %self.url(key), upload_id, error = %crate::aws::error_line("S3", "AbortMultipartUpload", &e),
                         "could not abort a failed multipart upload; a bucket lifecycle rule must clean it up");
                 }
                 Err(Error::Store { op: "multipart upload", url: self.url(key), message })
@@ -231,10 +245,10 @@ impl S3Store {
                                 .send()
                         },
                         is_transient,
-                        |e, attempt| retried(&self.attempt_err("upload part", key, attempt, e)),
+                        |e, attempt| retried(&self.attempt_err("upload part", "UploadPart", key, attempt, e)),
                     )
                     .await
-                    .map_err(|e| format!("part {number}: {}", DisplayErrorContext(e)))?;
+                    .map_err(|e| format!("part {number}: {}", crate::aws::error_line("S3", "UploadPart", &e)))?;
                 Ok::<_, String>(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag).build())
             }
         };
@@ -258,16 +272,22 @@ impl S3Store {
                         .send()
                 },
                 is_transient,
-                |e, attempt| retried(&self.attempt_err("complete multipart upload", key, attempt, e)),
+                |e, attempt| {
+                    retried(&self.attempt_err("complete multipart upload", "CompleteMultipartUpload", key, attempt, e))
+                },
             )
             .await
-            .map_err(|e| format!("complete: {}", DisplayErrorContext(e)))?;
+            .map_err(|e| format!("complete: {}", crate::aws::error_line("S3", "CompleteMultipartUpload", &e)))?;
         Ok(())
     }
 
     /// Downloads a whole object.
     pub async fn get(&self, key: &str) -> Result<Vec<u8>> {
-        let body = self.get_stream(key).await?.collect().await.map_err(|e| self.err("get", key, e))?;
+        let body = self.get_stream(key).await?.collect().await.map_err(|e| Error::Store {
+            op: "get",
+            url: self.url(key),
+            message: crate::error::error_chain(&e),
+        })?;
         Ok(body.into_bytes().to_vec())
     }
 
@@ -279,8 +299,63 @@ impl S3Store {
             .retry
             .run(|_| self.client.get_object().bucket(&self.bucket).key(&full).send(), is_transient)
             .await
-            .map_err(|e| self.err("get", key, e))?;
+            .map_err(|e| self.err("get", "GetObject", key, &e))?;
         Ok(out.body)
+    }
+
+    /// Deletes the object at `key` (no retries: the start-up probe's own
+    /// step, whose failure is reported, not hidden).
+    pub async fn delete(&self, key: &str) -> Result<(), crate::aws::CallError> {
+        let full = self.full_key(key);
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| crate::aws::call_error("S3", "DeleteObject", &e))?;
+        Ok(())
+    }
+
+    /// The start-up probe: one PutObject of a few bytes at `key` (with the
+    /// store's encryption settings, so a KMS permission is exercised too),
+    /// its DeleteObject, and a ListObjectsV2 of the prefix when `list`. One
+    /// attempt each: the caller decides what to retry.
+    pub async fn probe(&self, key: &str, list: bool) -> Result<(), super::ProbeError> {
+        let fail = |step, e: crate::aws::CallError| super::ProbeError {
+            step,
+            url: self.url(key),
+            code: e.code.clone(),
+            message: e.to_string(),
+            transient: e.transient,
+        };
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .body(ByteStream::from_static(super::PROBE_BODY));
+        if let Some(k) = &self.options.sse_kms_key_id {
+            req = req.server_side_encryption(ServerSideEncryption::AwsKms).ssekms_key_id(k);
+        }
+        req.send().await.map_err(|e| fail("put", crate::aws::call_error("S3", "PutObject", &e)))?;
+        self.delete(key).await.map_err(|e| fail("delete", e))?;
+        if list {
+            self.client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&self.prefix)
+                .max_keys(1)
+                .send()
+                .await
+                .map_err(|e| fail("list", crate::aws::call_error("S3", "ListObjectsV2", &e)))?;
+        }
+        Ok(())
+    }
+
+    /// The bucket.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
     }
 
     /// Keys (relative to the prefix) starting with `prefix`, sorted.
@@ -289,7 +364,7 @@ impl S3Store {
         let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&full).into_paginator().send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.err("list", prefix, e))?;
+            let page = page.map_err(|e| self.err("list", "ListObjectsV2", prefix, &e))?;
             for o in page.contents() {
                 if let Some(k) = o.key() {
                     out.push(k[self.prefix.len()..].to_string());
