@@ -566,10 +566,18 @@ async fn dynamodb_500s_refusals_and_a_black_hole_never_end_a_worker_and_leases_r
     fleet.wait_committed(&landed, Duration::from_secs(60)).await;
 
     set(faultproxy::Mode::ServerError);
+    // Health while it happens: both workers answer 503 naming DynamoDB's
+    // callers within the 10 s of 500s (failing_after is 5 s), not after.
+    let mut seen = [false; 2];
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         fleet.assert_running();
+        for (i, seen) in seen.iter_mut().enumerate() {
+            let answer = fleet.healthz(i);
+            *seen |= answer.starts_with("HTTP/1.1 503") && answer.contains(" failing for ");
+        }
     }
+    assert_eq!(seen, [true, true], "no 503 during the DynamoDB 500s:\n{}", fleet.logs());
     set(faultproxy::Mode::Pass);
     landed.extend(put_records(&client, &stream, &records[200..400]).await);
     fleet.wait_committed(&landed, Duration::from_secs(60)).await;
