@@ -350,6 +350,11 @@ pub struct HealthConfig {
     /// unhealthy (default 60 s).
     #[serde(default = "default_failing_after", with = "humantime_serde")]
     pub failing_after: Duration,
+    /// A shard whose oldest unread record is closer than this to the
+    /// stream's retention is unhealthy: records are about to age out unread
+    /// (default 6 h; at most half the retention is used).
+    #[serde(default = "default_retention_margin", with = "humantime_serde")]
+    pub retention_margin: Duration,
 }
 
 /// The HTTP endpoint for Prometheus and health checks.
@@ -446,6 +451,9 @@ fn default_upload_timeout() -> Duration {
 fn default_upload_floor() -> u64 {
     shardlake::aws::Timeouts::default().upload_floor / 1024
 }
+fn default_retention_margin() -> Duration {
+    Duration::from_secs(6 * 3600)
+}
 fn default_stall_after() -> Duration {
     Duration::from_secs(120)
 }
@@ -534,7 +542,8 @@ default_from_fields! {
     MetricsConfig { address: default_metrics_address, enabled: default_true }
     TimeoutsConfig { connect: default_connect_timeout, call: default_call_timeout, upload: default_upload_timeout,
                      upload_floor_kib_per_sec: default_upload_floor }
-    HealthConfig { stall_after: default_stall_after, failing_after: default_failing_after }
+    HealthConfig { stall_after: default_stall_after, failing_after: default_failing_after,
+                   retention_margin: default_retention_margin }
     FleetConfig { worker_id: default_worker_id, lease_duration: default_lease_duration,
                   renew_interval: default_renew_interval, create_table: default_create_table }
 }

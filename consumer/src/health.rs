@@ -86,6 +86,9 @@ pub struct ShardGauges {
     /// MillisBehindLatest at the last read plus the time since it, so lag
     /// keeps growing while reads fail.
     pub millis_behind: Option<i64>,
+    /// Seconds before the shard's oldest unread record ages out of the
+    /// stream (its retention less the lag); `None` until both are known.
+    pub retention_headroom_secs: Option<i64>,
 }
 
 /// The health of every reader and of the worker's own loops.
@@ -98,10 +101,16 @@ pub struct Health {
     /// Records lost to the lake (trimmed unread), one line each: reported
     /// until the worker restarts, which is how an operator acknowledges them.
     losses: Mutex<Vec<String>>,
+    /// The stream's retention and how close to it a shard's lag may come.
+    retention: Mutex<Option<(Duration, Duration)>>,
 }
 
 fn fmt_secs(d: Duration) -> String {
     format!("{}s", d.as_secs())
+}
+
+fn fmt_hours(d: Duration) -> String {
+    format!("{:.1}h", d.as_secs_f64() / 3600.0)
 }
 
 impl Health {
@@ -116,6 +125,7 @@ impl Health {
             shards: Mutex::new(HashMap::new()),
             worker: Mutex::new(BTreeMap::new()),
             losses: Mutex::new(Vec::new()),
+            retention: Mutex::new(None),
         }
     }
 
@@ -232,6 +242,12 @@ impl Health {
         self.worker.lock().expect("health lock").remove(what);
     }
 
+    /// The stream keeps records for `retention`: a shard lagging within
+    /// `margin` of it (at most half of it) is a problem.
+    pub fn set_retention(&self, retention: Duration, margin: Duration) {
+        *self.retention.lock().expect("health lock") = Some((retention, margin.min(retention / 2)));
+    }
+
     /// Records of `shard` were lost to the lake: a problem until restart.
     pub fn lost(&self, shard: &str, what: &str) {
         self.losses.lock().expect("health lock").push(format!("shard {shard}: {what}"));
@@ -268,6 +284,19 @@ impl Health {
                 out.push(format!("shard {id}: reads throttled for {}: {}", fmt_secs(now - t.since), t.error));
                 failing_reported = true;
             }
+            if let Some((retention, margin)) = *self.retention.lock().expect("health lock")
+                && let Some(lag) = s.lag_ms
+            {
+                let behind = Duration::from_millis((lag.max(0) as u64) + (now - s.read_ok).as_millis() as u64);
+                if behind + margin >= retention {
+                    out.push(format!(
+                        "shard {id}: {} behind, within {} of the stream's {} retention: records will age out unread",
+                        fmt_hours(behind),
+                        fmt_hours(retention.saturating_sub(behind)),
+                        fmt_hours(retention)
+                    ));
+                }
+            }
             if failing_reported {
                 continue;
             }
@@ -301,13 +330,16 @@ impl Health {
     /// Each reading shard's gauges now.
     pub fn gauges(&self) -> Vec<(String, ShardGauges)> {
         let now = Instant::now();
+        let retention = self.retention.lock().expect("health lock").map(|(r, _)| r.as_secs() as i64);
         let shards = self.shards.lock().expect("health lock");
         shards
             .iter()
             .map(|(id, s)| {
+                let millis_behind = s.lag_ms.map(|lag| lag + (now - s.read_ok).as_millis() as i64);
                 let gauges = ShardGauges {
                     checkpoint_age_secs: (now - s.committed).as_secs(),
-                    millis_behind: s.lag_ms.map(|lag| lag + (now - s.read_ok).as_millis() as i64),
+                    millis_behind,
+                    retention_headroom_secs: retention.zip(millis_behind).map(|(r, lag)| r - lag / 1000),
                 };
                 (id.clone(), gauges)
             })
@@ -347,7 +379,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(30)).await;
         assert_eq!(
             h.gauges(),
-            [("s-2".to_string(), ShardGauges { checkpoint_age_secs: 30, millis_behind: Some(31_000) })]
+            [(
+                "s-2".to_string(),
+                ShardGauges { checkpoint_age_secs: 30, millis_behind: Some(31_000), retention_headroom_secs: None }
+            )]
         );
         tokio::time::advance(Duration::from_secs(90)).await;
         assert_eq!(h.problems(), ["shard s-2: no successful read for 120s"]);
@@ -432,6 +467,27 @@ mod tests {
         h.worker_failed_since("lease_renewal", started, &"timeout");
         tokio::time::advance(Duration::from_secs(16)).await;
         assert_eq!(h.problems(), ["worker: lease_renewal failing for 61s: timeout"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shard_lagging_close_to_the_retention_is_reported_before_records_age_out() {
+        let h = health();
+        h.set_retention(Duration::from_secs(24 * 3600), Duration::from_secs(6 * 3600));
+        h.reader_started("s-7");
+        h.read_ok("s-7", Some(17 * 3600 * 1000), true);
+        assert_eq!(h.gauges()[0].1.retention_headroom_secs, Some(7 * 3600));
+        assert!(h.problems().is_empty());
+        h.read_ok("s-7", Some(19 * 3600 * 1000), true);
+        assert_eq!(
+            h.problems(),
+            ["shard s-7: 19.0h behind, within 5.0h of the stream's 24.0h retention: records will age out unread"]
+        );
+        h.read_ok("s-7", Some(0), false);
+        assert!(h.problems().is_empty());
+        // A margin larger than the retention allows is cut to half of it.
+        h.set_retention(Duration::from_secs(4 * 3600), Duration::from_secs(6 * 3600));
+        h.read_ok("s-7", Some(3600 * 1000), false);
+        assert!(h.problems().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -119,6 +119,8 @@ pub struct StreamSummary {
     pub status: String,
     /// Open shards.
     pub open_shards: i32,
+    /// How long the stream keeps records.
+    pub retention_hours: i32,
 }
 
 /// The stream's status, `None` when it does not exist (DescribeStreamSummary;
@@ -130,8 +132,12 @@ pub async fn describe_stream(
 ) -> Result<Option<StreamSummary>, shardlake::aws::CallError> {
     match client.describe_stream_summary().stream_name(stream).send().await {
         Ok(out) => Ok(Some(out.stream_description_summary().map_or(
-            StreamSummary { status: "unknown".into(), open_shards: 0 },
-            |s| StreamSummary { status: s.stream_status().as_str().to_string(), open_shards: s.open_shard_count() },
+            StreamSummary { status: "unknown".into(), open_shards: 0, retention_hours: 24 },
+            |s| StreamSummary {
+                status: s.stream_status().as_str().to_string(),
+                open_shards: s.open_shard_count(),
+                retention_hours: s.retention_period_hours(),
+            },
         ))),
         Err(e) if e.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => Ok(None),
         Err(e) => Err(shardlake::aws::call_error("Kinesis", "DescribeStreamSummary", &e)),

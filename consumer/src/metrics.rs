@@ -15,6 +15,7 @@ pub struct Metrics {
     records_read: IntCounterVec,
     bytes_read: IntCounterVec,
     millis_behind_latest: IntGaugeVec,
+    retention_headroom: IntGaugeVec,
     records_written: IntCounter,
     records_errored: IntCounterVec,
     files_flushed: IntCounterVec,
@@ -134,6 +135,12 @@ impl Metrics {
                 &r,
                 "shardlake_consumer_millis_behind_latest",
                 "MillisBehindLatest of the last successful read, plus the time since it (so it grows while reads fail).",
+                &["shard"],
+            ),
+            retention_headroom: gauge_vec(
+                &r,
+                "shardlake_consumer_retention_headroom_seconds",
+                "Seconds before a shard's oldest unread record ages out of the stream: its retention less the lag.",
                 &["shard"],
             ),
             records_written: counter(
@@ -315,6 +322,9 @@ impl Metrics {
             if let Some(lag) = g.millis_behind {
                 self.millis_behind_latest.with_label_values(&[shard]).set(lag);
             }
+            if let Some(headroom) = g.retention_headroom_secs {
+                self.retention_headroom.with_label_values(&[shard]).set(headroom);
+            }
         }
     }
 
@@ -471,7 +481,11 @@ mod tests {
     fn renders_recorded_values() {
         let m = Metrics::new();
         m.record_read("shardId-000000000001", 3, 120, 0.01);
-        let gauges = crate::health::ShardGauges { checkpoint_age_secs: 7, millis_behind: Some(42) };
+        let gauges = crate::health::ShardGauges {
+            checkpoint_age_secs: 7,
+            millis_behind: Some(42),
+            retention_headroom_secs: Some(86_000),
+        };
         m.set_shard_gauges(&[("shardId-000000000001".to_string(), gauges)]);
         let mut stats = PipelineStats { records: 5, ..Default::default() };
         stats.errors.insert(shardlake::error_output::ErrorKind::InvalidJson, 2);
@@ -512,7 +526,11 @@ mod tests {
         let mut stats = PipelineStats { records: 1, ..Default::default() };
         stats.errors.insert(shardlake::error_output::ErrorKind::TypeMismatch, 1);
         m.record_flush("size", &stats, &[(true, 10), (false, 5)], 0.1);
-        let gauges = crate::health::ShardGauges { checkpoint_age_secs: 3, millis_behind: Some(0) };
+        let gauges = crate::health::ShardGauges {
+            checkpoint_age_secs: 3,
+            millis_behind: Some(0),
+            retention_headroom_secs: Some(86_400),
+        };
         m.set_shard_gauges(&[(shard.to_string(), gauges)]);
         m.record_iterator_renewal(shard);
         m.record_throttle(shard);

@@ -492,7 +492,7 @@ mod tests {
         assert!(line.contains("may not describe") && line.contains("kinesis:DescribeStreamSummary"), "{line}");
         let throttled = failed(Some("LimitExceededException"), true);
         assert!(matches!(stream_outcome("events", "us-east-1", Err(throttled)), Err(Failure::Transient(_))));
-        let ok = Ok(Some(StreamSummary { status: "ACTIVE".into(), open_shards: 4 }));
+        let ok = Ok(Some(StreamSummary { status: "ACTIVE".into(), open_shards: 4, retention_hours: 24 }));
         assert_eq!(stream_outcome("events", "r", ok), Ok(Verdict::Ok("`events` ACTIVE, 4 open shards".into())));
     }
 

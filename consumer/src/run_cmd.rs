@@ -279,6 +279,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     ctx.metrics.record_schema(current.number, 0);
     let c = &ctx.settings.config;
+    // Lag is judged against the stream's retention, to warn before records age out unread.
+    match crate::kinesis::describe_stream(&ctx.kinesis, &c.stream).await {
+        Ok(Some(summary)) => ctx.health.set_retention(
+            Duration::from_secs(summary.retention_hours.max(1) as u64 * 3600),
+            c.health.retention_margin,
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the stream's retention; lag is not checked against it"),
+    }
     if c.metrics.enabled {
         let bound = crate::http::serve(ctx.clone(), c.metrics.address, ctx.abort.clone()).await?;
         eprintln!("shardlake-consumer: metrics on http://{bound}/metrics");
