@@ -409,6 +409,17 @@ impl Metrics {
         self.shards_reading.add(delta);
     }
 
+    /// A reader of `shard` started: its counters are exported from 0, so a
+    /// rate or an alert on them works before their first event.
+    pub fn shard_started(&self, shard: &str) {
+        for counter in
+            [&self.records_read, &self.bytes_read, &self.iterator_renewals, &self.throttles, &self.unreplayable_ranges]
+        {
+            counter.with_label_values(&[shard]);
+        }
+        self.trimmed_unread.with_label_values(&[shard]);
+    }
+
     /// Leases held now.
     pub fn set_leases_held(&self, n: usize) {
         self.leases_held.set(n as i64);
@@ -474,6 +485,13 @@ mod tests {
             "shardlake_consumer_upload_failures_total 0",
         ] {
             assert!(text.contains(want), "{want} missing:\n{text}");
+        }
+        let m = Metrics::new();
+        m.shard_started("shardId-000000000007");
+        let text = m.render();
+        for name in ["throttles", "trimmed_unread", "unreplayable_ranges", "iterator_renewals", "records_read"] {
+            let want = format!("shardlake_consumer_{name}_total{{shard=\"shardId-000000000007\"}} 0");
+            assert!(text.contains(&want), "{want} missing:\n{text}");
         }
     }
 

@@ -178,6 +178,7 @@ pub async fn read_shard(
         catalog_pending: state.catalog_pending,
     };
     reader.ctx.metrics.add_shards_reading(1);
+    reader.ctx.metrics.shard_started(&reader.shard);
     reader.ctx.health.reader_started(&reader.shard);
     let result = match reader.run(start).await {
         Err(e) if crate::lease::Leases::is_lost(&e) => Ok(reader.dropped_on_lost_lease()),
