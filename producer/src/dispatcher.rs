@@ -132,7 +132,7 @@ impl Dispatcher {
         );
         metrics.record_concurrency(concurrency.limit(), None, concurrency.request_timeout(), None);
         metrics.request_max_records.set(settings.max_batch_records as i64);
-        backlog.set_target(backlog_target(&settings, concurrency.limit()));
+        backlog.set_target(backlog_target(settings.max_batch_records, concurrency.limit()));
         Dispatcher {
             concurrency,
             backlog,
@@ -511,7 +511,7 @@ impl Dispatcher {
         if let Some(change) = change {
             let direction = if matches!(change, Change::Increased(_)) { "up" } else { "down" };
             tracing::debug!(limit, direction, ?timeout, ?signal, "concurrency limit changed");
-            self.backlog.set_target(backlog_target(&self.settings, limit));
+            self.backlog.set_target(backlog_target(self.limits.max_entries, limit));
         }
     }
 
@@ -530,6 +530,7 @@ impl Dispatcher {
             self.limits.max_entries = max_entries;
             self.limits.max_bytes = scaled(self.settings.max_batch_bytes);
             self.metrics.request_max_records.set(max_entries as i64);
+            self.backlog.set_target(backlog_target(max_entries, self.concurrency.limit()));
         }
     }
 
@@ -654,11 +655,15 @@ impl Dispatcher {
     }
 }
 
-/// Records to keep queued for `limit` requests in flight: one round of full
-/// requests plus one, so the next request can fill as soon as there is room,
-/// and no record waits in the queue much longer than a round trip.
-fn backlog_target(settings: &Settings, limit: usize) -> usize {
-    settings.max_batch_records * (limit + 1)
+/// Records to keep queued for `limit` requests in flight of `max_entries`
+/// records each (the batch share now, not the configured maximum): one
+/// round of requests plus one, so the next request can fill as soon as
+/// there is room, and no record waits in the queue much longer than a round
+/// trip. A record admitted beyond what the endpoint takes would wait in the
+/// queue until its TTL ran out before its first attempt; it waits in the
+/// caller's input instead.
+fn backlog_target(max_entries: usize, limit: usize) -> usize {
+    max_entries * (limit + 1)
 }
 
 /// Inserts `p` at its arrival position (retries are near the front).
