@@ -378,8 +378,9 @@ impl ProducerConfig {
                 self.request_timeout_ms
             ));
         }
-        let min_request_timeout_ms =
-            self.min_request_timeout_ms.unwrap_or_else(|| default_min_request_timeout_ms().min(self.request_timeout_ms));
+        let min_request_timeout_ms = self
+            .min_request_timeout_ms
+            .unwrap_or_else(|| default_min_request_timeout_ms().min(self.request_timeout_ms));
         if self.control_plane_timeout_ms == 0 {
             return bad("control_plane_timeout_ms must be at least 1".into());
         }

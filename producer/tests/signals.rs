@@ -334,7 +334,9 @@ async fn a_stream_deleted_mid_run_stops_the_input_with_one_line_and_bounded_memo
     assert!(lines_read < fed, "input stopped: read {lines_read} of {fed}");
     assert!(took < Duration::from_secs(20), "stops promptly, took {took:?}");
     assert!(peak_mb < 150, "peak RSS {peak_mb} MB");
-    eprintln!("deleted stream: stopped {took:?} after the delete, {lines_read} lines read of {fed} fed, peak RSS {peak_mb} MB");
+    eprintln!(
+        "deleted stream: stopped {took:?} after the delete, {lines_read} lines read of {fed} fed, peak RSS {peak_mb} MB"
+    );
 }
 
 /// A Kinesis client through `endpoint`, SDK retries off.

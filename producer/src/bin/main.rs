@@ -562,7 +562,7 @@ async fn run(args: Args) -> Result<Summary> {
                 continue;
             }
         };
-        if newline && line.len() < max_record_bytes && line.len() + 1 > max_record_bytes {
+        if newline && line.len() == max_record_bytes {
             let reason = format!(
                 "the line is {} bytes, and with the newline the CLI adds for Firehose {}, over the {max_record_bytes}-byte \
                  per-record limit; send it with --no-newline, or split it",
@@ -704,11 +704,8 @@ mod tests {
         log.write(1, "k", "caf\u{e9} \"q\"".as_bytes(), "failed", "r").unwrap();
         log.write(2, "k", b"\xff\xfe{}", "unknown_outcome", "r").unwrap();
         log.flush().unwrap();
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines: Vec<serde_json::Value> =
+            std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines[0]["data"].as_str().unwrap().as_bytes(), "caf\u{e9} \"q\"".as_bytes());
         assert_eq!(lines[1]["kind"], "unknown_outcome");
         let raw = base64::engine::general_purpose::STANDARD.decode(lines[1]["data_base64"].as_str().unwrap()).unwrap();

@@ -325,7 +325,11 @@ pub async fn list_shards(client: &aws_sdk_kinesis::Client, stream: &str) -> Resu
 
 /// `ListShards`, all pages, each within `timeout`: a hung endpoint fails the
 /// call with an error naming `ListShards` instead of hanging the caller.
-pub async fn list_shards_within(client: &aws_sdk_kinesis::Client, stream: &str, timeout: Duration) -> Result<Vec<Shard>> {
+pub async fn list_shards_within(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    timeout: Duration,
+) -> Result<Vec<Shard>> {
     let err = |message: String| Error::ListShards { stream: stream.to_string(), message };
     let mut shards = vec![];
     let mut token: Option<String> = None;
@@ -335,11 +339,10 @@ pub async fn list_shards_within(client: &aws_sdk_kinesis::Client, stream: &str, 
             Some(t) => client.list_shards().next_token(t),
             None => client.list_shards().stream_name(stream),
         };
-        let out = bounded("ListShards", stream, client, timeout, async {
-            req.send().await.map_err(|e| error_chain(&e))
-        })
-        .await
-        .map_err(err)?;
+        let out =
+            bounded("ListShards", stream, client, timeout, async { req.send().await.map_err(|e| error_chain(&e)) })
+                .await
+                .map_err(err)?;
         shards.extend_from_slice(out.shards());
         match out.next_token() {
             Some(t) => token = Some(t.to_string()),
@@ -394,9 +397,9 @@ pub async fn ensure_stream_within(
     }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let active = describe()
-            .await?
-            .is_some_and(|out| out.stream_description_summary().is_some_and(|s| s.stream_status() == &StreamStatus::Active));
+        let active = describe().await?.is_some_and(|out| {
+            out.stream_description_summary().is_some_and(|s| s.stream_status() == &StreamStatus::Active)
+        });
         if active {
             return Ok(());
         }
