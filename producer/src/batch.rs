@@ -510,6 +510,37 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap(), Err(ProduceError { record, reason: Error::ShutDown }));
     }
 
+    #[test]
+    fn a_record_dropped_with_its_request_in_flight_comes_back_unknown() {
+        let budget = budget();
+        let (mut p, mut rx) = Pending::new(
+            Record::new("k", "x"),
+            0,
+            2,
+            Instant::now(),
+            Duration::from_secs(1),
+            budget.try_acquire(2).unwrap(),
+        );
+        p.attempts = 1;
+        let unit = Unit { predicted_shard: None, records: vec![p], bytes: 2, aggregated_bytes: 0 };
+        drop(InFlight::new(vec![unit]));
+        let err = rx.try_recv().unwrap().unwrap_err();
+        assert!(err.reason.is_unknown_outcome(), "{}", err.reason);
+        assert_eq!(err.reason.attempts(), Some(1));
+        // Finished (the answer was read), the units go back unmarked.
+        let (p, _rx) = Pending::new(
+            Record::new("k", "x"),
+            0,
+            2,
+            Instant::now(),
+            Duration::from_secs(1),
+            budget.try_acquire(2).unwrap(),
+        );
+        let unit = Unit { predicted_shard: None, records: vec![p], bytes: 2, aggregated_bytes: 0 };
+        let units = InFlight::new(vec![unit]).finish();
+        assert!(!units[0].records[0].maybe_stored);
+    }
+
     proptest! {
         #[test]
         fn batches_never_exceed_the_request_limits(

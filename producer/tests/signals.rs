@@ -199,15 +199,16 @@ async fn kinesis_local_stream(shards: u32) -> (aws_sdk_kinesis::Client, String) 
     (client, stream)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_with_records_in_flight_drains_and_reports_every_line_read() {
-    let (client, stream) = kinesis_local_stream(2).await;
-    let proxy = FaultProxy::start(&stack_env("AWS_ENDPOINT_URL_KINESIS"), Flavor::Kinesis).await.unwrap();
+/// SIGTERM mid-run against `upstream` (behind the fault proxy, with
+/// latency so requests are in flight): the CLI drains what it read, exits
+/// 143, and the stream holds exactly the lines reported sent.
+async fn sigterm_drains_and_reports_every_line_read(client: aws_sdk_kinesis::Client, upstream: &str, stream: &str) {
+    let proxy = FaultProxy::start(upstream, Flavor::Kinesis).await.unwrap();
     proxy.set_latency(Duration::from_millis(150));
     let dir = tempfile::tempdir().unwrap();
     let failures = dir.path().join("failures.jsonl");
     let f = failures.to_str().unwrap();
-    let mut run = start(&proxy.endpoint, &["--stream", &stream, "--json", "--failures-file", f], 200_000);
+    let mut run = start(&proxy.endpoint, &["--stream", stream, "--json", "--failures-file", f], 200_000);
     wait_for_requests(&proxy, 6, Duration::from_secs(30)).await;
     run.signal("-TERM");
     let (status, took) = run.wait(Duration::from_secs(40)).await;
@@ -218,9 +219,24 @@ async fn sigterm_with_records_in_flight_drains_and_reports_every_line_read() {
     let lines_read = r.summary["lines_read"].as_u64().unwrap();
     assert!(lines_read > 0 && lines_read < fed, "read {lines_read} of {fed} fed");
     assert!(stderr.iter().any(|l| l.contains("SIGTERM: no more input is read")), "{stderr:?}");
-    let stored = read_until_quiet(&client, &stream, Duration::from_secs(60)).await;
+    let stored = read_until_quiet(&client, stream, Duration::from_secs(60)).await;
     check_against_stream(&r, &stored);
-    eprintln!("drained {lines_read} lines ({} fed) in {took:?} after SIGTERM", fed);
+    eprintln!("{upstream}: drained {lines_read} lines ({fed} fed) in {took:?} after SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_records_in_flight_drains_and_reports_every_line_read() {
+    let (client, stream) = kinesis_local_stream(2).await;
+    sigterm_drains_and_reports_every_line_read(client, &stack_env("AWS_ENDPOINT_URL_KINESIS"), &stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_kinesalite_drains_and_reports_every_line_read() {
+    let kinesalite = stack_env("SHARDLAKE_KINESALITE_ENDPOINT");
+    let client = client_via(&kinesalite).await;
+    let stream = unique("sig-lite");
+    shardlake_producer::service::api::ensure_stream(&client, &stream, 2, Duration::from_secs(30)).await.unwrap();
+    sigterm_drains_and_reports_every_line_read(client, &kinesalite, &stream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -107,7 +107,9 @@ struct Args {
     ordered: bool,
     /// Write the records that failed or have an unknown outcome here, as
     /// JSON Lines with the line number, `kind` (`failed` or
-    /// `unknown_outcome`), a stable `label`, the reason and the data.
+    /// `unknown_outcome`), a stable `label`, the reason and the input line
+    /// byte for byte (`data`, or `data_base64` when it is not UTF-8). Each
+    /// is written as it resolves, also after a signal.
     #[arg(long)]
     failures_file: Option<PathBuf>,
     /// Create the Kinesis stream if it does not exist, and wait until ACTIVE.
@@ -464,7 +466,11 @@ async fn collect(
 async fn run(args: Args) -> Result<Summary> {
     let config = producer_config(&args)?;
     let control = Control { stop: CancellationToken::new(), reason: Arc::new(OnceLock::new()) };
-    let stopped_in_setup = |control: &Control| Summary { stopped: control.reason.get().cloned(), ..Summary::default() };
+    let stopped_in_setup = |control: &Control| {
+        let summary = Summary { stopped: control.reason.get().cloned(), ..Summary::default() };
+        print_summary(&summary, Duration::ZERO, args.json);
+        summary
+    };
     // Signals during setup stop it; the handlers are in place before any call.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
