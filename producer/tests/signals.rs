@@ -355,6 +355,49 @@ async fn a_stream_deleted_mid_run_stops_the_input_with_one_line_and_bounded_memo
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_an_idle_stdin_exits_at_once() {
+    let kinesalite = stack_env("SHARDLAKE_KINESALITE_ENDPOINT");
+    let client = client_via(&kinesalite).await;
+    let stream = unique("sig-idle");
+    shardlake_producer::service::api::ensure_stream(&client, &stream, 1, Duration::from_secs(30)).await.unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardlake-producer"))
+        .args(["--stream", &stream, "--json"])
+        .env("AWS_ENDPOINT_URL_KINESIS", &kinesalite)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stdin stays open and silent, as from a quiet upstream.
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{{\"n\":1}}").unwrap();
+    stdin.flush().unwrap();
+    let pid = child.id().to_string();
+    // Wait until the one line is sent (the CLI then waits on stdin).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while read_until_quiet(&client, &stream, Duration::from_secs(10)).await.is_empty() {
+        assert!(Instant::now() < deadline, "the line never arrived");
+    }
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(signalled.elapsed() < Duration::from_secs(10), "still running on an idle stdin");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = signalled.elapsed();
+    drop(stdin);
+    assert!(took < Duration::from_secs(3), "exits without waiting for stdin, took {took:?}");
+    assert_eq!(status.code(), Some(143));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    let summary: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((summary["lines_read"].as_u64(), summary["sent"].as_u64()), (Some(1), Some(1)), "{summary}");
+}
+
 /// A Kinesis client through `endpoint`, SDK retries off.
 async fn client_via(endpoint: &str) -> aws_sdk_kinesis::Client {
     let sdk = common::sdk_config(&[]).await;

@@ -139,20 +139,32 @@ struct Args {
     control_plane_timeout_ms: Option<u64>,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    match run(args).await {
-        Ok(summary) => ExitCode::from(exit_code(&summary)),
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shardlake-producer: starting the async runtime: {e}");
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
+    let code = match runtime.block_on(run(args)) {
+        Ok(summary) => exit_code(&summary),
         Err(e) => {
             eprintln!("shardlake-producer: {e:#}");
-            ExitCode::from(EXIT_SETUP)
+            EXIT_SETUP
         }
-    }
+    };
+    // Tokio reads stdin with a blocking read on its own thread, which cannot
+    // be cancelled: after a signal on an idle stdin, dropping the runtime
+    // would wait for the next line. Everything is written and flushed by now.
+    let _ = std::io::stdout().flush();
+    runtime.shutdown_background();
+    ExitCode::from(code)
 }
 
 /// Every record read was sent.
