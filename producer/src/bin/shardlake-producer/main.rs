@@ -12,6 +12,9 @@
 //! A stream that stops taking records (deleted, access denied) stops the
 //! input with one error line. Exit codes: see [`exit_code`].
 
+mod outcomes;
+mod stop;
+
 use std::io::Write;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -20,17 +23,18 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use base64::Engine;
 use clap::Parser;
 use rand::Rng;
-use shardlake_producer::latency::LatencyHistogram;
 use shardlake_producer::service::api;
-use shardlake_producer::{AckFuture, Producer, ProducerConfig, Record};
+use shardlake_producer::{Producer, ProducerConfig, Record};
 use sonic_rs::JsonValueTrait;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::outcomes::{Entry, FailureLog, Summary, collect, print_summary};
+use crate::stop::{Control, EXIT_SETUP, Stop, exit_code, watch_signals};
 
 #[derive(Debug, Parser)]
 #[command(name = "shardlake-producer", version, about = "Send JSON Lines to Kinesis or Firehose, KPL-style.")]
@@ -167,55 +171,6 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Every record read was sent.
-const EXIT_OK: u8 = 0;
-/// The input was read to the end; some records failed or have an unknown
-/// outcome (see the failures file).
-const EXIT_FAILED: u8 = 1;
-/// Bad usage or setup (config, a missing stream at start, a control-plane
-/// call past its deadline); nothing was sent.
-const EXIT_SETUP: u8 = 2;
-/// Stopped before the end of the input (a signal, or a stream that stopped
-/// taking records) with records failed or of unknown outcome.
-const EXIT_STOPPED_WITH_FAILURES: u8 = 3;
-
-/// The exit code of a run: 0 all sent; 1 input read to the end with
-/// failures or unknown outcomes; 3 stopped early with failures or unknown
-/// outcomes; 128 + the signal number (130 SIGINT, 143 SIGTERM) stopped by a
-/// signal with every record read sent (resume after `lines_read`).
-fn exit_code(s: &Summary) -> u8 {
-    let clean = s.failed == 0 && s.unknown == 0;
-    match (&s.stopped, clean) {
-        (None, true) => EXIT_OK,
-        (None, false) => EXIT_FAILED,
-        (Some(Stop::Signal { number, .. }), true) => 128 + number,
-        (Some(_), _) => EXIT_STOPPED_WITH_FAILURES,
-    }
-}
-
-/// Why the input was not read to the end.
-#[derive(Debug, Clone)]
-enum Stop {
-    /// SIGINT or SIGTERM.
-    Signal {
-        /// `SIGINT` or `SIGTERM`.
-        name: &'static str,
-        /// Its number, for the exit code.
-        number: u8,
-    },
-    /// The target stopped taking records (deleted, access denied).
-    TargetUnusable(String),
-}
-
-impl Stop {
-    fn label(&self) -> &str {
-        match self {
-            Stop::Signal { name, .. } => name,
-            Stop::TargetUnusable(_) => "target_unusable",
-        }
-    }
-}
-
 fn producer_config(args: &Args) -> Result<ProducerConfig> {
     let mut table: toml::Table = match &args.config {
         Some(path) => {
@@ -282,197 +237,6 @@ fn partition_key(line: &[u8], field: Option<&[&str]>, rng: &mut impl Rng) -> Res
         return Err(format!("partition key field {:?} is empty", path.join(".")));
     }
     Ok(key)
-}
-
-/// What happened, for the summary and the exit code.
-#[derive(Debug, Default)]
-struct Summary {
-    /// Input lines read (the number of the last one): with a `stopped`
-    /// reason, resume after this line.
-    lines_read: u64,
-    /// Why the input was not read to the end, if it was not.
-    stopped: Option<Stop>,
-    /// Records acknowledged.
-    sent: u64,
-    /// Records given up after a request carrying them timed out or was
-    /// abandoned in flight: they may or may not be in the stream.
-    unknown: u64,
-    /// Records not delivered (rejected, bad lines, expired or never sent).
-    failed: u64,
-    /// Records that needed more than one attempt, delivered or not.
-    retried: u64,
-    /// Every retry, as the producer counted them.
-    retries: u64,
-    /// Payload bytes of the acknowledged records.
-    bytes: u64,
-    /// Latency of the acknowledged records (bounded memory).
-    latencies: LatencyHistogram,
-    /// The first failure, for one line on stderr.
-    first_failure: Option<(u64, String)>,
-}
-
-/// The failures file: one JSON line per record not acknowledged, written
-/// as it resolves, flushed whenever the writer catches up (and at exit).
-struct FailureLog {
-    out: Option<std::io::BufWriter<std::fs::File>>,
-}
-
-impl FailureLog {
-    /// One line: `kind` is `unknown_outcome` for records that may have been
-    /// stored, `failed` for the others; `label` is a stable reason code.
-    /// `data` is the input line byte for byte: a JSON string when it is
-    /// UTF-8, else `data_base64`, so a resend sends the same bytes.
-    fn write(&mut self, line: u64, partition_key: &str, data: &[u8], label: &str, reason: &str) -> Result<()> {
-        let Some(out) = &mut self.out else { return Ok(()) };
-        let kind = if label == "unknown_outcome" { "unknown_outcome" } else { "failed" };
-        let mut entry = serde_json::json!({
-            "line": line,
-            "partition_key": partition_key,
-            "kind": kind,
-            "label": label,
-            "reason": reason,
-        });
-        match std::str::from_utf8(data) {
-            Ok(text) => entry["data"] = text.into(),
-            Err(_) => entry["data_base64"] = base64::engine::general_purpose::STANDARD.encode(data).into(),
-        }
-        writeln!(out, "{entry}").context("writing the failures file")
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        if let Some(out) = &mut self.out {
-            out.flush().context("writing the failures file")?;
-        }
-        Ok(())
-    }
-}
-
-/// From the reader to the collector, in input order.
-enum Entry {
-    /// A record handed to the producer, with its payload length.
-    Enqueued { line: u64, len: usize, ack: AckFuture },
-    /// A line that never reached the stream.
-    Refused { line: u64, partition_key: String, data: Vec<u8>, label: String, reason: String },
-}
-
-/// State shared by the reader, the collector and the signal task.
-#[derive(Clone)]
-struct Control {
-    /// Stop reading input: the first signal, or a target that stopped
-    /// taking records.
-    stop: CancellationToken,
-    /// Why, set once (the first reason wins).
-    reason: Arc<OnceLock<Stop>>,
-}
-
-impl Control {
-    fn stop(&self, why: Stop) {
-        if self.reason.set(why).is_ok() {
-            self.stop.cancel();
-        }
-    }
-}
-
-/// Watches SIGINT and SIGTERM: the first stops the input and starts the
-/// shutdown deadline, the second gives up on what is left at once.
-fn watch_signals(
-    (mut sigint, mut sigterm): (Signal, Signal),
-    control: Control,
-    producer: Producer,
-    shutdown_timeout: Duration,
-) {
-    let deadline_producer = producer.clone();
-    let stop = control.stop.clone();
-    // The deadline counts from the first signal (or the stream stopping).
-    tokio::spawn(async move {
-        stop.cancelled().await;
-        tokio::time::sleep(shutdown_timeout).await;
-        eprintln!(
-            "shardlake-producer: the shutdown deadline of {}s passed; giving up on the records not resolved",
-            shutdown_timeout.as_secs()
-        );
-        deadline_producer.abort();
-    });
-    tokio::spawn(async move {
-        let (name, number) = next_signal(&mut sigint, &mut sigterm).await;
-        eprintln!(
-            "shardlake-producer: {name}: no more input is read; sending what was read within {}s \
-             (--shutdown-timeout); a second signal gives up at once",
-            shutdown_timeout.as_secs()
-        );
-        control.stop(Stop::Signal { name, number });
-        let (name, _) = next_signal(&mut sigint, &mut sigterm).await;
-        eprintln!("shardlake-producer: {name} again: giving up on the records not resolved");
-        producer.abort();
-    });
-}
-
-/// The next SIGINT or SIGTERM: its name and number.
-async fn next_signal(sigint: &mut Signal, sigterm: &mut Signal) -> (&'static str, u8) {
-    tokio::select! {
-        _ = sigint.recv() => ("SIGINT", 2),
-        _ = sigterm.recv() => ("SIGTERM", 15),
-    }
-}
-
-/// Awaits each record's outcome in input order, counts it, and writes every
-/// one not acknowledged to the failures file as it comes.
-async fn collect(
-    mut rx: mpsc::Receiver<Entry>,
-    mut failures: FailureLog,
-    control: Control,
-    added_newline: bool,
-) -> Result<Summary> {
-    let mut s = Summary::default();
-    loop {
-        let entry = match rx.try_recv() {
-            Ok(entry) => entry,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                // Caught up: make what is written visible before waiting.
-                failures.flush()?;
-                match rx.recv().await {
-                    Some(entry) => entry,
-                    None => break,
-                }
-            }
-            Err(mpsc::error::TryRecvError::Disconnected) => break,
-        };
-        match entry {
-            Entry::Refused { line, partition_key, data, label, reason } => {
-                s.failed += 1;
-                failures.write(line, &partition_key, &data, &label, &reason)?;
-                s.first_failure.get_or_insert((line, reason));
-            }
-            Entry::Enqueued { line, len, ack } => match ack.await {
-                Ok(ack) => {
-                    s.sent += 1;
-                    s.bytes += len as u64;
-                    s.retried += u64::from(ack.attempts > 1);
-                    s.latencies.record(ack.latency);
-                }
-                Err(e) => {
-                    if e.reason.is_unknown_outcome() {
-                        s.unknown += 1;
-                    } else {
-                        s.failed += 1;
-                    }
-                    s.retried += u64::from(e.reason.attempts().is_some_and(|a| a > 1));
-                    let reason = e.reason.to_string();
-                    if e.reason.is_target_unusable() && control.reason.get().is_none() {
-                        eprintln!("shardlake-producer: stopping: the target no longer takes records: {reason}");
-                        control.stop(Stop::TargetUnusable(reason.clone()));
-                    }
-                    // The input line as read, without the newline added for Firehose.
-                    let data = e.record.data.as_ref();
-                    let data = if added_newline { data.strip_suffix(b"\n").unwrap_or(data) } else { data };
-                    failures.write(line, &e.record.partition_key, data, e.reason.label(), &reason)?;
-                    s.first_failure.get_or_insert((line, reason));
-                }
-            },
-        }
-    }
-    failures.flush()?;
-    Ok(s)
 }
 
 async fn run(args: Args) -> Result<Summary> {
@@ -654,39 +418,6 @@ fn counter_total(counter: &prometheus::IntCounterVec) -> u64 {
     counter.collect().iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().get_value() as u64).sum()
 }
 
-fn print_summary(s: &Summary, elapsed: Duration, json: bool) {
-    let secs = elapsed.as_secs_f64().max(1e-9);
-    let (p50, p99) = (s.latencies.quantile(0.50), s.latencies.quantile(0.99));
-    let rate = s.sent as f64 / secs;
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    if json {
-        let v = serde_json::json!({
-            "lines_read": s.lines_read, "stopped": s.stopped.as_ref().map(Stop::label),
-            "sent": s.sent, "unknown_outcome": s.unknown, "failed": s.failed,
-            "retried": s.retried, "retries": s.retries,
-            "bytes": s.bytes, "elapsed_s": secs, "records_per_s": rate,
-            "latency_p50_ms": ms(p50), "latency_p99_ms": ms(p99),
-        });
-        println!("{v}");
-        return;
-    }
-    println!("read        {} lines", s.lines_read);
-    if let Some(stop) = &s.stopped {
-        let why = match stop {
-            Stop::Signal { name, .. } => name.to_string(),
-            Stop::TargetUnusable(reason) => format!("the target stopped taking records ({reason})"),
-        };
-        println!("stopped     by {why}: lines after {} were not read", s.lines_read);
-    }
-    println!("sent        {} records ({:.1} MB)", s.sent, s.bytes as f64 / 1e6);
-    println!("unknown     {} (a request timed out or was abandoned; they may or may not be stored)", s.unknown);
-    println!("failed      {}", s.failed);
-    println!("retried     {} records ({} retries)", s.retried, s.retries);
-    println!("elapsed     {secs:.2} s");
-    println!("throughput  {rate:.0} records/s, {:.2} MB/s", s.bytes as f64 / 1e6 / secs);
-    println!("latency     p50 {:.1} ms, p99 {:.1} ms", ms(p50), ms(p99));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -699,34 +430,5 @@ mod tests {
         assert_eq!(partition_key(br#"{"user_id":42}"#, f, &mut rng).unwrap(), "42");
         assert!(partition_key(br#"{"user_id":null}"#, f, &mut rng).unwrap_err().contains("is null"));
         assert!(partition_key(br#"{"user_id":""}"#, f, &mut rng).unwrap_err().contains("is empty"));
-    }
-
-    #[test]
-    fn exit_codes_say_whether_anything_failed_and_whether_input_was_read_to_the_end() {
-        let sigterm = || Some(Stop::Signal { name: "SIGTERM", number: 15 });
-        let s = |stopped, failed, unknown| Summary { stopped, failed, unknown, ..Summary::default() };
-        assert_eq!(exit_code(&s(None, 0, 0)), 0);
-        assert_eq!(exit_code(&s(None, 1, 0)), 1);
-        assert_eq!(exit_code(&s(None, 0, 1)), 1);
-        assert_eq!(exit_code(&s(sigterm(), 0, 0)), 143);
-        assert_eq!(exit_code(&s(Some(Stop::Signal { name: "SIGINT", number: 2 }), 0, 0)), 130);
-        assert_eq!(exit_code(&s(sigterm(), 0, 3)), 3);
-        assert_eq!(exit_code(&s(Some(Stop::TargetUnusable("gone".into())), 5, 0)), 3);
-    }
-
-    #[test]
-    fn the_failures_file_keeps_the_bytes_of_a_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f.jsonl");
-        let mut log = FailureLog { out: Some(std::io::BufWriter::new(std::fs::File::create(&path).unwrap())) };
-        log.write(1, "k", "caf\u{e9} \"q\"".as_bytes(), "failed", "r").unwrap();
-        log.write(2, "k", b"\xff\xfe{}", "unknown_outcome", "r").unwrap();
-        log.flush().unwrap();
-        let lines: Vec<serde_json::Value> =
-            std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines[0]["data"].as_str().unwrap().as_bytes(), "caf\u{e9} \"q\"".as_bytes());
-        assert_eq!(lines[1]["kind"], "unknown_outcome");
-        let raw = base64::engine::general_purpose::STANDARD.decode(lines[1]["data_base64"].as_str().unwrap()).unwrap();
-        assert_eq!(raw, b"\xff\xfe{}");
     }
 }
