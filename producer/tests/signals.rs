@@ -202,9 +202,16 @@ async fn kinesis_local_stream(shards: u32) -> (aws_sdk_kinesis::Client, String) 
 /// SIGTERM mid-run against `upstream` (behind the fault proxy, with
 /// latency so requests are in flight): the CLI drains what it read, exits
 /// 143, and the stream holds exactly the lines reported sent.
-async fn sigterm_drains_and_reports_every_line_read(client: aws_sdk_kinesis::Client, upstream: &str, stream: &str) {
+async fn sigterm_drains_and_reports_every_line_read(
+    client: aws_sdk_kinesis::Client,
+    upstream: &str,
+    stream: &str,
+    throttle_rate: f64,
+) {
     let proxy = FaultProxy::start(upstream, Flavor::Kinesis).await.unwrap();
     proxy.set_latency(Duration::from_millis(150));
+    // Throttled requests are not stored, so a record still lands once.
+    proxy.set_random_faults(throttle_rate, 27);
     let dir = tempfile::tempdir().unwrap();
     let failures = dir.path().join("failures.jsonl");
     let f = failures.to_str().unwrap();
@@ -218,6 +225,9 @@ async fn sigterm_drains_and_reports_every_line_read(client: aws_sdk_kinesis::Cli
     assert_eq!(r.summary["stopped"], "SIGTERM");
     let lines_read = r.summary["lines_read"].as_u64().unwrap();
     assert!(lines_read > 0 && lines_read < fed, "read {lines_read} of {fed} fed");
+    if throttle_rate > 0.0 {
+        assert!(r.summary["retries"].as_u64().unwrap() > 0, "throttled records were retried: {}", r.summary);
+    }
     assert!(stderr.iter().any(|l| l.contains("SIGTERM: no more input is read")), "{stderr:?}");
     let stored = read_until_quiet(&client, stream, Duration::from_secs(60)).await;
     check_against_stream(&r, &stored);
@@ -227,7 +237,13 @@ async fn sigterm_drains_and_reports_every_line_read(client: aws_sdk_kinesis::Cli
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_records_in_flight_drains_and_reports_every_line_read() {
     let (client, stream) = kinesis_local_stream(2).await;
-    sigterm_drains_and_reports_every_line_read(client, &stack_env("AWS_ENDPOINT_URL_KINESIS"), &stream).await;
+    sigterm_drains_and_reports_every_line_read(client, &stack_env("AWS_ENDPOINT_URL_KINESIS"), &stream, 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_a_third_of_requests_are_throttled_still_reports_every_line_read() {
+    let (client, stream) = kinesis_local_stream(2).await;
+    sigterm_drains_and_reports_every_line_read(client, &stack_env("AWS_ENDPOINT_URL_KINESIS"), &stream, 0.3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,7 +252,7 @@ async fn sigterm_on_kinesalite_drains_and_reports_every_line_read() {
     let client = client_via(&kinesalite).await;
     let stream = unique("sig-lite");
     shardlake_producer::service::api::ensure_stream(&client, &stream, 2, Duration::from_secs(30)).await.unwrap();
-    sigterm_drains_and_reports_every_line_read(client, &kinesalite, &stream).await;
+    sigterm_drains_and_reports_every_line_read(client, &kinesalite, &stream, 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
