@@ -103,10 +103,58 @@ impl Pending {
 }
 
 impl Drop for Pending {
-    /// A record dropped unresolved (the producer's task ended or panicked)
-    /// still comes back to its caller.
+    /// A record dropped unresolved (the producer's task ended, was aborted
+    /// by [`crate::Producer::abort`], or panicked) still comes back to its
+    /// caller: with an unknown outcome when a request carrying it may have
+    /// been stored (one timed out, or was in flight when dropped), else as
+    /// not sent ([`Error::ShutDown`]).
     fn drop(&mut self) {
-        self.fail_in_place(Error::ShutDown);
+        if self.tx.is_none() {
+            return;
+        }
+        let reason = if self.maybe_stored {
+            Error::UnknownOutcome {
+                attempts: self.attempts,
+                age: self.enqueued.elapsed(),
+                given_up: "the producer was stopped before the answer came (shutdown deadline or abort)".into(),
+                last_error: self.last_error.clone().unwrap_or_else(|| "none (the request was in flight)".into()),
+            }
+        } else {
+            Error::ShutDown
+        };
+        self.fail_in_place(reason);
+    }
+}
+
+/// The records of a request in flight. Dropped before the answer is read
+/// (the producer's task aborted at a shutdown deadline), the request may
+/// have been applied: its records are marked `maybe_stored`, so they come
+/// back with an unknown outcome rather than as not sent.
+#[derive(Debug)]
+pub struct InFlight(Option<Vec<Unit>>);
+
+impl InFlight {
+    /// Guards `units` while their request is in flight.
+    pub fn new(units: Vec<Unit>) -> Self {
+        InFlight(Some(units))
+    }
+
+    /// The units.
+    pub fn units(&self) -> &[Unit] {
+        self.0.as_deref().unwrap_or_default()
+    }
+
+    /// The answer was read: the units go back to the dispatcher.
+    pub fn finish(mut self) -> Vec<Unit> {
+        self.0.take().unwrap_or_default()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for p in self.0.iter_mut().flatten().flat_map(|u| u.records.iter_mut()) {
+            p.maybe_stored = true;
+        }
     }
 }
 
@@ -460,6 +508,37 @@ mod tests {
             Pending::new(record.clone(), 0, 2, Instant::now(), Duration::from_secs(1), budget.try_acquire(2).unwrap());
         drop(p);
         assert_eq!(rx.try_recv().unwrap(), Err(ProduceError { record, reason: Error::ShutDown }));
+    }
+
+    #[test]
+    fn a_record_dropped_with_its_request_in_flight_comes_back_unknown() {
+        let budget = budget();
+        let (mut p, mut rx) = Pending::new(
+            Record::new("k", "x"),
+            0,
+            2,
+            Instant::now(),
+            Duration::from_secs(1),
+            budget.try_acquire(2).unwrap(),
+        );
+        p.attempts = 1;
+        let unit = Unit { predicted_shard: None, records: vec![p], bytes: 2, aggregated_bytes: 0 };
+        drop(InFlight::new(vec![unit]));
+        let err = rx.try_recv().unwrap().unwrap_err();
+        assert!(err.reason.is_unknown_outcome(), "{}", err.reason);
+        assert_eq!(err.reason.attempts(), Some(1));
+        // Finished (the answer was read), the units go back unmarked.
+        let (p, _rx) = Pending::new(
+            Record::new("k", "x"),
+            0,
+            2,
+            Instant::now(),
+            Duration::from_secs(1),
+            budget.try_acquire(2).unwrap(),
+        );
+        let unit = Unit { predicted_shard: None, records: vec![p], bytes: 2, aggregated_bytes: 0 };
+        let units = InFlight::new(vec![unit]).finish();
+        assert!(!units[0].records[0].maybe_stored);
     }
 
     proptest! {

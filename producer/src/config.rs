@@ -142,10 +142,11 @@ pub struct ProducerConfig {
     pub request_timeout_ms: u64,
 
     /// The shortest request timeout, however fast answers come: room for a
-    /// slow answer now and then without a resend. At most
-    /// `request_timeout_ms`.
-    #[serde(default = "default_min_request_timeout_ms")]
-    pub min_request_timeout_ms: u64,
+    /// slow answer now and then without a resend. Unset: 2,000, or
+    /// `request_timeout_ms` when that is lower. Set above
+    /// `request_timeout_ms`, it is a config error.
+    #[serde(default)]
+    pub min_request_timeout_ms: Option<u64>,
 
     /// Per-shard rate limit as a percentage of the shard's write limits
     /// (1,000 records/s and 1 MiB/s), like KPL's `RateLimit`; 0 turns the
@@ -158,6 +159,14 @@ pub struct ProducerConfig {
     /// (which is how a reshard shows). Kinesis only.
     #[serde(default = "default_shard_map_refresh_secs")]
     pub shard_map_refresh_secs: u64,
+
+    /// The longest one control-plane call (`ListShards`, and in the CLI
+    /// `DescribeStreamSummary` and `CreateStream`) may go unanswered, in
+    /// milliseconds. At start, a call past it fails `build` with an error
+    /// naming the call and the endpoint; a shard-map refresh past it is
+    /// abandoned (the old map is kept) and retried.
+    #[serde(default = "default_control_plane_timeout_ms")]
+    pub control_plane_timeout_ms: u64,
 
     /// Strict per-partition-key order: no record overtakes an earlier one with
     /// the same key, even across retries. Costs throughput: each key has at
@@ -254,6 +263,9 @@ fn default_rate_limit_percent() -> u32 {
 fn default_shard_map_refresh_secs() -> u64 {
     60
 }
+fn default_control_plane_timeout_ms() -> u64 {
+    10_000
+}
 fn default_ordering() -> bool {
     false
 }
@@ -297,9 +309,10 @@ impl ProducerConfig {
             max_buffered_records: default_max_buffered_records(),
             max_concurrent_requests: default_max_concurrent_requests(),
             request_timeout_ms: default_request_timeout_ms(),
-            min_request_timeout_ms: default_min_request_timeout_ms(),
+            min_request_timeout_ms: None,
             rate_limit_percent: default_rate_limit_percent(),
             shard_map_refresh_secs: default_shard_map_refresh_secs(),
+            control_plane_timeout_ms: default_control_plane_timeout_ms(),
             ordering: default_ordering(),
             aggregation: default_aggregation(),
             aggregation_max_bytes: default_aggregation_max_bytes(),
@@ -356,6 +369,21 @@ impl ProducerConfig {
         if self.record_ttl_ms == 0 || self.request_timeout_ms == 0 {
             return bad("record_ttl_ms and request_timeout_ms must be at least 1".into());
         }
+        if let Some(min) = self.min_request_timeout_ms
+            && min > self.request_timeout_ms
+        {
+            return bad(format!(
+                "min_request_timeout_ms = {min} is above request_timeout_ms = {}: the floor of the request timeout \
+                 must not exceed its ceiling; lower the first or raise the second",
+                self.request_timeout_ms
+            ));
+        }
+        let min_request_timeout_ms = self
+            .min_request_timeout_ms
+            .unwrap_or_else(|| default_min_request_timeout_ms().min(self.request_timeout_ms));
+        if self.control_plane_timeout_ms == 0 {
+            return bad("control_plane_timeout_ms must be at least 1".into());
+        }
         if !kinesis && (self.ordering || self.aggregation) {
             return bad(format!(
                 "ordering and aggregation apply to Kinesis streams only; {} neither keeps order nor deaggregates Direct PUT records",
@@ -383,10 +411,11 @@ impl ProducerConfig {
             max_buffered_records: self.max_buffered_records,
             max_concurrent_requests: self.max_concurrent_requests,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
-            min_request_timeout: Duration::from_millis(self.min_request_timeout_ms.min(self.request_timeout_ms)),
+            min_request_timeout: Duration::from_millis(min_request_timeout_ms),
             rate_limit_factor: (kinesis && self.rate_limit_percent > 0).then(|| self.rate_limit_percent as f64 / 100.0),
             shard_map_refresh: (kinesis && self.shard_map_refresh_secs > 0)
                 .then(|| Duration::from_secs(self.shard_map_refresh_secs)),
+            control_plane_timeout: Duration::from_millis(self.control_plane_timeout_ms),
             ordering: self.ordering,
             aggregation_max_bytes: self.aggregation.then_some(self.aggregation_max_bytes),
             retry: RetryPolicy {
@@ -429,6 +458,8 @@ pub struct Settings {
     pub rate_limit_factor: Option<f64>,
     /// Periodic shard-map refresh; `None` when only on mismatch.
     pub shard_map_refresh: Option<Duration>,
+    /// Deadline of one control-plane call (`ListShards`).
+    pub control_plane_timeout: Duration,
     /// Strict per-key ordering.
     pub ordering: bool,
     /// Largest aggregate, when aggregation is on.
@@ -493,6 +524,24 @@ mod tests {
         assert!(err.to_string().contains("unknown field `linger`"), "{err}");
         let err = ProducerConfig::from_toml("target = { kinesis_stream = \"s\" }\n[retry]\nbase_ms = 0").unwrap_err();
         assert!(err.to_string().contains("retry"), "{err}");
+    }
+
+    #[test]
+    fn a_request_timeout_floor_above_its_ceiling_is_a_config_error() {
+        let err = ProducerConfig::from_toml(
+            "target = { kinesis_stream = \"s\" }\nmin_request_timeout_ms = 20000\nrequest_timeout_ms = 1000",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("min_request_timeout_ms = 20000 is above request_timeout_ms = 1000"), "{err}");
+        // Unset, the floor follows a low ceiling instead of failing.
+        let s = ProducerConfig::from_toml("target = { kinesis_stream = \"s\" }\nrequest_timeout_ms = 300")
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(s.min_request_timeout, Duration::from_millis(300));
+        let err =
+            ProducerConfig::from_toml("target = { kinesis_stream = \"s\" }\ncontrol_plane_timeout_ms = 0").unwrap_err();
+        assert!(err.to_string().contains("control_plane_timeout_ms"), "{err}");
     }
 
     #[test]

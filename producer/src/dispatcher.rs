@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::batch::{Batch, Limits, Pending, Placement, Refusal, Unit, aggregated_size};
+use crate::batch::{Batch, InFlight, Limits, Pending, Placement, Refusal, Unit, aggregated_size};
 use crate::budget::Backlog;
 use crate::concurrency::{Change, Controller, Signal};
 use crate::config::{Settings, TtlStart};
@@ -420,9 +420,10 @@ impl Dispatcher {
         let units = batch.units;
         self.in_flight.spawn(async move {
             let started = Instant::now();
-            let entries = units.iter().map(Unit::to_wire).collect();
+            let units = InFlight::new(units);
+            let entries = units.units().iter().map(Unit::to_wire).collect();
             let outcome = service.put(entries, timeout).await;
-            Completion { units, outcome, elapsed: started.elapsed() }
+            Completion { units: units.finish(), outcome, elapsed: started.elapsed() }
         });
     }
 
@@ -563,7 +564,9 @@ impl Dispatcher {
         if !f.class.is_retryable() {
             self.metrics.record_failed(&f.code);
             self.outstanding.remove(&p.seq);
-            tracing::warn!(partition_key = %p.record.partition_key, code = %f.code, message = %f.message, "record rejected");
+            // Debug, not warn: the caller gets the error with the record, and
+            // a deleted stream would log one line per record.
+            tracing::debug!(partition_key = %p.record.partition_key, code = %f.code, message = %f.message, "record rejected");
             let reason = Error::Rejected {
                 target: self.settings.target.to_string(),
                 code: f.code.clone(),
@@ -617,8 +620,10 @@ impl Dispatcher {
         self.refreshing = true;
         self.last_refresh = Instant::now();
         let (client, stream, tx) = (client.clone(), stream.clone(), self.refresh_tx.clone());
+        let timeout = self.settings.control_plane_timeout;
         tokio::spawn(async move {
-            let map = api::list_shards(&client, &stream).await.map(|s| ShardMap::from_shards(&s));
+            // Bounded: a hung call fails at the deadline and is retried.
+            let map = api::list_shards_within(&client, &stream, timeout).await.map(|s| ShardMap::from_shards(&s));
             let _ = tx.send(map).await;
         });
     }

@@ -19,8 +19,10 @@ pub enum Error {
     /// The record (data + partition key) exceeds the per-record limit. It is
     /// rejected at `send` and never enters a batch.
     #[error(
-        "record is {size} bytes (data + partition key), over the {limit}-byte per-record limit of {target}; \
-         split the record, or raise max_record_bytes (Kinesis streams with a raised limit accept up to 10 MiB)"
+        "record is {size} bytes ({}), over the {limit}-byte per-record limit of {target}; {}",
+        if target.starts_with("firehose") { "its data" } else { "data + partition key" },
+        if target.starts_with("firehose") { "split the record (Firehose accepts at most 1,000 KiB)" }
+        else { "split the record, or raise max_record_bytes (Kinesis streams with a raised limit accept up to 10 MiB)" }
     )]
     RecordTooLarge {
         /// The record's size as counted against the limit.
@@ -107,8 +109,9 @@ pub enum Error {
         limit: String,
     },
 
-    /// The producer was shut down before the record was accepted.
-    #[error("the producer is shut down")]
+    /// The producer was shut down (or aborted at a shutdown deadline)
+    /// before the record was sent: it was not stored.
+    #[error("the producer was shut down before the record was sent")]
     ShutDown,
 
     /// `ListShards` failed while learning the stream's shard map.
@@ -148,6 +151,22 @@ impl Error {
             | Error::RetriesExhausted { attempts, .. } => Some(*attempts),
             _ => None,
         }
+    }
+
+    /// Whether the error says the target itself cannot take records: the
+    /// stream is deleted or missing, access is denied, or its KMS key is
+    /// unusable. Every later record would fail the same way, so a feeder
+    /// should stop rather than fail its input one record at a time.
+    pub fn is_target_unusable(&self) -> bool {
+        const TARGET_CODES: [&str; 6] = [
+            "ResourceNotFoundException",
+            "AccessDeniedException",
+            "KMSAccessDeniedException",
+            "KMSDisabledException",
+            "KMSNotFoundException",
+            "InvalidKMSResourceException",
+        ];
+        matches!(self, Error::Rejected { code, .. } if TARGET_CODES.contains(&code.as_str()))
     }
 
     /// Whether the record may have been stored after all (see

@@ -52,6 +52,7 @@ pub mod concurrency;
 pub mod config;
 pub mod dispatcher;
 pub mod error;
+pub mod latency;
 pub mod metrics;
 pub mod producer;
 pub mod rate;

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 
 use prometheus::Registry;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
 use crate::batch::{Outcome, Pending};
@@ -93,7 +93,7 @@ impl ProducerBuilder {
                 let client = self.kinesis_client.unwrap_or_else(|| {
                     shardlake::aws::kinesis_client(sdk_config.as_ref().expect("loaded without a client"))
                 });
-                let shards = api::list_shards(&client, stream).await?;
+                let shards = api::list_shards_within(&client, stream, settings.control_plane_timeout).await?;
                 metrics.record_shard_map_refresh("ok");
                 let map = ShardMap::from_shards(&shards);
                 tracing::info!(stream, shards = map.len(), "producer started");
@@ -113,6 +113,7 @@ impl ProducerBuilder {
         let task = tokio::spawn(dispatcher.run());
         Ok(Producer {
             inner: Arc::new(Inner {
+                abort: task.abort_handle(),
                 tx,
                 budget: Budget::new(settings.max_buffered_bytes, settings.max_buffered_records, metrics.clone()),
                 backlog,
@@ -128,9 +129,14 @@ impl ProducerBuilder {
 /// An embeddable Kinesis / Firehose producer. Cheap to clone; all clones feed
 /// the same task. See the [crate docs](crate) for an example.
 ///
-/// Call [`Producer::shutdown`] before the end: dropping the last handle
-/// without it leaves the buffered records to a background task that dies
-/// with the runtime, so it logs an error and counts them in
+/// Call [`Producer::shutdown`] (or [`Producer::shutdown_within`] with a
+/// deadline) before the end. Dropping the last handle without it loses
+/// nothing at once: the producer's task keeps sending the buffered and
+/// in-flight records and resolving their futures. But nobody waits for it:
+/// when the runtime stops first (`main` returns, the process exits), those
+/// records are gone without an outcome, neither acknowledged nor handed
+/// back, and records in a request in flight may or may not be stored. The
+/// drop logs an error and counts them in
 /// `shardlake_producer_records_buffered_at_drop_total`.
 #[derive(Debug, Clone)]
 pub struct Producer {
@@ -147,6 +153,9 @@ struct Inner {
     metrics: Arc<Metrics>,
     registry: Registry,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// Ends the producer's task from any handle, even while another waits
+    /// on `shutdown` (which holds the `JoinHandle`).
+    abort: AbortHandle,
 }
 
 impl Drop for Inner {
@@ -311,11 +320,42 @@ impl Producer {
         self.inner.budget.close();
         let _ = self.inner.tx.send(Command::Shutdown).await;
         let task = self.inner.task.lock().unwrap().take();
+        // A task ended by `abort` is no failure.
         if let Some(task) = task
             && let Err(e) = task.await
+            && !e.is_cancelled()
         {
             tracing::error!(error = %e, "producer task failed");
         }
+    }
+
+    /// [`Producer::shutdown`] within `deadline`: past it, the producer
+    /// [aborts](Producer::abort). Returns whether every record was resolved
+    /// by the drain (`false`: the deadline ran out).
+    pub async fn shutdown_within(&self, deadline: std::time::Duration) -> bool {
+        if tokio::time::timeout(deadline, self.shutdown()).await.is_ok() {
+            return true;
+        }
+        tracing::warn!(
+            target = self.inner.settings.target.name(),
+            ?deadline,
+            "the producer did not drain within the shutdown deadline; abandoning what is left"
+        );
+        self.abort();
+        false
+    }
+
+    /// Stops at once: no more requests are sent, and every record not
+    /// resolved yet comes back to its future, without waiting for answers.
+    /// A record in a request still in flight (or in one that timed out
+    /// earlier) resolves with [`Error::UnknownOutcome`]: the request may
+    /// have been applied. Any other resolves with [`Error::ShutDown`]: it
+    /// was not stored. Later sends fail with [`Error::ShutDown`]. The futures
+    /// resolve as the runtime drops the producer's tasks, within
+    /// milliseconds, so await them after this call.
+    pub fn abort(&self) {
+        self.inner.budget.close();
+        self.inner.abort.abort();
     }
 
     /// The registry holding the producer's metrics, for the application's

@@ -153,3 +153,55 @@ fn the_flags_reach_the_producer_settings() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("max_concurrent_requests must be at least 1"));
 }
+
+#[test]
+fn a_firehose_line_over_the_limit_only_with_the_added_newline_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let failures = dir.path().join("failures.jsonl");
+    // Exactly 1,000 KiB: Firehose's limit, one byte short with the newline.
+    let line = format!("{{\"pad\":\"{}\"}}", "x".repeat(1_024_000 - 10));
+    assert_eq!(line.len(), 1_024_000);
+    std::fs::write(&input, format!("{line}\n")).unwrap();
+    // Refused before any call: no endpoint needed (a closed port).
+    let out = Command::new(env!("CARGO_BIN_EXE_shardlake-producer"))
+        .args(["--firehose", "f", "--input", input.to_str().unwrap(), "--json"])
+        .args(["--failures-file", failures.to_str().unwrap()])
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ENDPOINT_URL_FIREHOSE", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let failed: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&failures).unwrap().lines().next().unwrap()).unwrap();
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(reason.contains("with the newline the CLI adds for Firehose 1024001"), "{reason}");
+    assert!(reason.contains("--no-newline") && !reason.contains("partition key"), "{reason}");
+    assert_eq!(failed["data"].as_str().unwrap(), line, "the failures file keeps the line as read");
+}
+
+#[test]
+fn no_newline_is_refused_with_a_kinesis_stream() {
+    let out = Command::new(env!("CARGO_BIN_EXE_shardlake-producer"))
+        .args(["--stream", "s", "--no-newline"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--no-newline") && err.contains("cannot be used with"), "{err}");
+}
+
+#[test]
+fn a_request_timeout_floor_above_the_ceiling_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_shardlake-producer"))
+        .args(["--stream", "s", "--min-request-timeout-ms", "20000", "--request-timeout-ms", "1000"])
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("min_request_timeout_ms = 20000 is above request_timeout_ms = 1000"), "{err}");
+}

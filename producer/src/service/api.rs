@@ -285,8 +285,51 @@ fn check_count(outcomes: Vec<EntryOutcome>, sent: usize) -> Result<Vec<EntryOutc
     })
 }
 
-/// `ListShards`, all pages (at most 1,000 shards each, bounded at 100 pages).
+/// The deadline of one control-plane call when none is given: a hung
+/// endpoint fails the call instead of hanging its caller.
+pub const DEFAULT_CONTROL_PLANE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a client sends its calls, for error messages: the region (the SDK
+/// config has no getter for a custom endpoint URL; the CLI adds it).
+fn kinesis_endpoint(client: &aws_sdk_kinesis::Client) -> String {
+    match client.config().region() {
+        Some(region) => format!("the Kinesis endpoint of {region}"),
+        None => "the Kinesis endpoint".into(),
+    }
+}
+
+/// Runs one control-plane call with a deadline; past it, the error names the
+/// call, the stream and the endpoint.
+async fn bounded<T>(
+    call: &str,
+    stream: &str,
+    client: &aws_sdk_kinesis::Client,
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "{call} for kinesis stream {stream:?} got no answer from {} within {timeout:?} \
+             (control_plane_timeout_ms); check the endpoint and the network",
+            kinesis_endpoint(client)
+        )),
+    }
+}
+
+/// `ListShards`, all pages (at most 1,000 shards each, bounded at 100
+/// pages), each page within [`DEFAULT_CONTROL_PLANE_TIMEOUT`].
 pub async fn list_shards(client: &aws_sdk_kinesis::Client, stream: &str) -> Result<Vec<Shard>> {
+    list_shards_within(client, stream, DEFAULT_CONTROL_PLANE_TIMEOUT).await
+}
+
+/// `ListShards`, all pages, each within `timeout`: a hung endpoint fails the
+/// call with an error naming `ListShards` instead of hanging the caller.
+pub async fn list_shards_within(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    timeout: Duration,
+) -> Result<Vec<Shard>> {
     let err = |message: String| Error::ListShards { stream: stream.to_string(), message };
     let mut shards = vec![];
     let mut token: Option<String> = None;
@@ -296,7 +339,10 @@ pub async fn list_shards(client: &aws_sdk_kinesis::Client, stream: &str) -> Resu
             Some(t) => client.list_shards().next_token(t),
             None => client.list_shards().stream_name(stream),
         };
-        let out = req.send().await.map_err(|e| err(error_chain(&e)))?;
+        let out =
+            bounded("ListShards", stream, client, timeout, async { req.send().await.map_err(|e| error_chain(&e)) })
+                .await
+                .map_err(err)?;
         shards.extend_from_slice(out.shards());
         match out.next_token() {
             Some(t) => token = Some(t.to_string()),
@@ -307,32 +353,54 @@ pub async fn list_shards(client: &aws_sdk_kinesis::Client, stream: &str) -> Resu
 }
 
 /// Creates the stream with `shards` shards unless it exists, and waits until
-/// it is `ACTIVE` (polling every 100 ms up to `timeout`). For demos and tests.
+/// it is `ACTIVE` (polling every 100 ms up to `timeout`), each call within
+/// [`DEFAULT_CONTROL_PLANE_TIMEOUT`]. For demos and tests.
 pub async fn ensure_stream(
     client: &aws_sdk_kinesis::Client,
     stream: &str,
     shards: u32,
     timeout: Duration,
 ) -> Result<(), String> {
-    let describe = |c: &aws_sdk_kinesis::Client| c.describe_stream_summary().stream_name(stream).send();
-    match describe(client).await {
-        Ok(_) => {}
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
+    ensure_stream_within(client, stream, shards, timeout, DEFAULT_CONTROL_PLANE_TIMEOUT).await
+}
+
+/// [`ensure_stream`] with each call (`DescribeStreamSummary`,
+/// `CreateStream`) bounded by `call_timeout`.
+pub async fn ensure_stream_within(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    shards: u32,
+    timeout: Duration,
+    call_timeout: Duration,
+) -> Result<(), String> {
+    // `Ok(None)`: the stream does not exist (yet).
+    let describe = || {
+        bounded("DescribeStreamSummary", stream, client, call_timeout, async {
+            match client.describe_stream_summary().stream_name(stream).send().await {
+                Ok(out) => Ok(Some(out)),
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => Ok(None),
+                Err(e) => Err(format!("describing kinesis stream {stream:?}: {}", error_chain(&e))),
+            }
+        })
+    };
+    if describe().await?.is_none() {
+        bounded("CreateStream", stream, client, call_timeout, async {
             client
                 .create_stream()
                 .stream_name(stream)
                 .shard_count(shards as i32)
                 .send()
                 .await
-                .map_err(|e| format!("creating kinesis stream {stream:?}: {}", error_chain(&e)))?;
-        }
-        Err(e) => return Err(format!("describing kinesis stream {stream:?}: {}", error_chain(&e))),
+                .map_err(|e| format!("creating kinesis stream {stream:?}: {}", error_chain(&e)))
+        })
+        .await?;
     }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let out =
-            describe(client).await.map_err(|e| format!("describing kinesis stream {stream:?}: {}", error_chain(&e)))?;
-        if out.stream_description_summary().is_some_and(|s| s.stream_status() == &StreamStatus::Active) {
+        let active = describe().await?.is_some_and(|out| {
+            out.stream_description_summary().is_some_and(|s| s.stream_status() == &StreamStatus::Active)
+        });
+        if active {
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {

@@ -99,3 +99,47 @@ pub async fn read_all(
     }
     out
 }
+
+/// Reads every shard from the start until two rounds in a row bring nothing
+/// new (the stream is quiet), bounded by `timeout`.
+pub async fn read_until_quiet(client: &aws_sdk_kinesis::Client, stream: &str, timeout: Duration) -> Vec<ReadRecord> {
+    let deadline = Instant::now() + timeout;
+    let map = shard_map(client, stream).await;
+    let mut iterators = BTreeMap::new();
+    for s in map.shards() {
+        let it = client
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(s.shard_id.as_ref())
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap();
+        iterators.insert(s.shard_id.to_string(), it.shard_iterator().unwrap().to_string());
+    }
+    let (mut out, mut quiet_rounds) = (vec![], 0);
+    while quiet_rounds < 2 {
+        assert!(Instant::now() < deadline, "the stream was not quiet before the deadline ({} read)", out.len());
+        let mut got_any = false;
+        for (shard_id, it) in iterators.iter_mut() {
+            let resp = client.get_records().shard_iterator(it.as_str()).limit(10_000).send().await.unwrap();
+            for r in resp.records() {
+                got_any = true;
+                out.push(ReadRecord {
+                    shard_id: shard_id.clone(),
+                    sequence_number: r.sequence_number().to_string(),
+                    partition_key: r.partition_key().unwrap_or_default().to_string(),
+                    data: r.data().as_ref().to_vec(),
+                });
+            }
+            if let Some(next) = resp.next_shard_iterator() {
+                *it = next.to_string();
+            }
+        }
+        quiet_rounds = if got_any { 0 } else { quiet_rounds + 1 };
+        if !got_any {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    out
+}

@@ -1,25 +1,40 @@
 //! `shardlake-producer`: sends JSON Lines to a Kinesis stream or a Firehose
 //! delivery stream through the embeddable producer, and prints a summary
-//! (sent, unknown outcome, failed, retried, throughput, latency p50/p99).
-//! Lines are read as fast as the stream takes them ([`Producer::ready`]), so
-//! a large file never piles up in the producer's queue. Exits with 1 when a
-//! record failed or has an unknown outcome (written to `--failures-file` if
-//! given), 2 on a setup error.
+//! (lines read, sent, unknown outcome, failed, retried, throughput, latency
+//! p50/p99). Lines are read as fast as the stream takes them
+//! ([`Producer::ready`]), so a large file never piles up in the producer's
+//! queue. Every record that is not acknowledged is written to
+//! `--failures-file` as it resolves.
+//!
+//! SIGINT or SIGTERM stops reading; what was read is sent within
+//! `--shutdown-timeout`, then given up (unknown when a request carrying it
+//! was in flight, failed when never sent); a second signal gives up at once.
+//! A stream that stops taking records (deleted, access denied) stops the
+//! input with one error line. Exit codes: see [`exit_code`].
+
+mod outcomes;
+mod stop;
 
 use std::io::Write;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use rand::Rng;
 use shardlake_producer::service::api;
-use shardlake_producer::{AckFuture, Producer, ProducerConfig, Record};
+use shardlake_producer::{Producer, ProducerConfig, Record};
 use sonic_rs::JsonValueTrait;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::outcomes::{Entry, FailureLog, Summary, collect, print_summary};
+use crate::stop::{Control, EXIT_SETUP, Stop, exit_code, watch_signals};
 
 #[derive(Debug, Parser)]
 #[command(name = "shardlake-producer", version, about = "Send JSON Lines to Kinesis or Firehose, KPL-style.")]
@@ -82,7 +97,7 @@ struct Args {
     /// line keeps its newline, so the objects Firehose writes to S3 are JSON
     /// Lines; use this when a Firehose processor or the destination adds its
     /// own delimiter.
-    #[arg(long, requires = "firehose")]
+    #[arg(long, requires = "firehose", conflicts_with = "stream")]
     no_newline: bool,
     /// KPL aggregation (Kinesis only).
     #[arg(long)]
@@ -96,7 +111,9 @@ struct Args {
     ordered: bool,
     /// Write the records that failed or have an unknown outcome here, as
     /// JSON Lines with the line number, `kind` (`failed` or
-    /// `unknown_outcome`), a stable `label`, the reason and the data.
+    /// `unknown_outcome`), a stable `label`, the reason and the input line
+    /// byte for byte (`data`, or `data_base64` when it is not UTF-8). Each
+    /// is written as it resolves, also after a signal.
     #[arg(long)]
     failures_file: Option<PathBuf>,
     /// Create the Kinesis stream if it does not exist, and wait until ACTIVE.
@@ -111,23 +128,47 @@ struct Args {
     /// Print the producer's Prometheus metrics after the summary.
     #[arg(long)]
     metrics: bool,
+    /// After SIGINT or SIGTERM, how long to keep sending what was read
+    /// before giving up on it, in seconds. Input reading stops at the
+    /// signal; records still unresolved at the deadline are reported as
+    /// unknown (a request carrying them was in flight) or failed (never
+    /// sent). A second signal gives up at once.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    shutdown_timeout: u64,
+    /// The longest one control-plane call (ListShards, and with
+    /// --create-stream DescribeStreamSummary and CreateStream) may take, in
+    /// ms (default 10000). Past it the CLI stops with an error naming the
+    /// call; a periodic shard-map refresh past it is retried later.
+    #[arg(long, value_name = "MS")]
+    control_plane_timeout_ms: Option<u64>,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    match run(args).await {
-        Ok(summary) if summary.failed == 0 && summary.unknown == 0 => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::from(1),
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shardlake-producer: starting the async runtime: {e}");
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
+    let code = match runtime.block_on(run(args)) {
+        Ok(summary) => exit_code(&summary),
         Err(e) => {
             eprintln!("shardlake-producer: {e:#}");
-            ExitCode::from(2)
+            EXIT_SETUP
         }
-    }
+    };
+    // Tokio reads stdin with a blocking read on its own thread, which cannot
+    // be cancelled: after a signal on an idle stdin, dropping the runtime
+    // would wait for the next line. Everything is written and flushed by now.
+    let _ = std::io::stdout().flush();
+    runtime.shutdown_background();
+    ExitCode::from(code)
 }
 
 fn producer_config(args: &Args) -> Result<ProducerConfig> {
@@ -163,6 +204,9 @@ fn producer_config(args: &Args) -> Result<ProducerConfig> {
     if let Some(v) = args.record_ttl_ms {
         table.insert("record_ttl_ms".into(), (v as i64).into());
     }
+    if let Some(v) = args.control_plane_timeout_ms {
+        table.insert("control_plane_timeout_ms".into(), (v as i64).into());
+    }
     if args.ttl_from_first_attempt {
         table.insert("ttl_start".into(), "first_attempt".into());
     }
@@ -177,90 +221,76 @@ fn producer_config(args: &Args) -> Result<ProducerConfig> {
     Ok(config)
 }
 
-/// The partition key of a line: a field's value, or a random key.
+/// The partition key of a line: a field's value, or a random key. A JSON
+/// `null` or an empty string is no key; the string `"null"` is one.
 fn partition_key(line: &[u8], field: Option<&[&str]>, rng: &mut impl Rng) -> Result<String, String> {
     let Some(path) = field else { return Ok(format!("{:016x}", rng.random::<u64>())) };
     let value = sonic_rs::get(line, path).map_err(|e| format!("no partition key field {:?}: {e}", path.join(".")))?;
+    if value.is_null() {
+        return Err(format!("partition key field {:?} is null", path.join(".")));
+    }
     let key = match value.as_str() {
         Some(s) => s.to_string(),
         None => value.as_raw_str().to_string(),
     };
-    if key.is_empty() || key == "null" {
-        return Err(format!("partition key field {:?} is empty or null", path.join(".")));
+    if key.is_empty() {
+        return Err(format!("partition key field {:?} is empty", path.join(".")));
     }
     Ok(key)
 }
 
-/// What happened, for the summary and the exit code.
-#[derive(Debug, Default)]
-struct Summary {
-    /// Records acknowledged.
-    sent: u64,
-    /// Records given up after a request carrying them timed out: they may
-    /// or may not be in the stream.
-    unknown: u64,
-    /// Records not delivered (rejected, bad lines, expired unsent...).
-    failed: u64,
-    /// Records that needed more than one attempt, delivered or not.
-    retried: u64,
-    /// Every retry, as the producer counted them.
-    retries: u64,
-    /// Payload bytes of the acknowledged records.
-    bytes: u64,
-    latencies: Vec<Duration>,
-}
-
-impl Summary {
-    fn percentile(&mut self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        self.latencies.sort_unstable();
-        let i = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len()) - 1;
-        self.latencies[i]
-    }
-}
-
-struct FailureLog {
-    out: Option<std::io::BufWriter<std::fs::File>>,
-}
-
-impl FailureLog {
-    /// One line: `kind` is `unknown_outcome` for records that may have been
-    /// stored, `failed` for the others; `label` is a stable reason code.
-    fn write(&mut self, line: u64, partition_key: &str, data: &[u8], label: &str, reason: &str) -> Result<()> {
-        if let Some(out) = &mut self.out {
-            let kind = if label == "unknown_outcome" { "unknown_outcome" } else { "failed" };
-            let entry = serde_json::json!({
-                "line": line,
-                "partition_key": partition_key,
-                "kind": kind,
-                "label": label,
-                "reason": reason,
-                "data": String::from_utf8_lossy(data),
-            });
-            writeln!(out, "{entry}")?;
-        }
-        Ok(())
-    }
-}
-
 async fn run(args: Args) -> Result<Summary> {
     let config = producer_config(&args)?;
-    let sdk = shardlake::aws::sdk_config().await;
-    if args.create_stream {
-        let stream = args.stream.as_deref().expect("clap requires --stream");
-        api::ensure_stream(&shardlake::aws::kinesis_client(&sdk), stream, args.shards, Duration::from_secs(60))
+    let control = Control { stop: CancellationToken::new(), reason: Arc::new(OnceLock::new()) };
+    let stopped_in_setup = |control: &Control| {
+        let summary = Summary { stopped: control.reason.get().cloned(), ..Summary::default() };
+        print_summary(&summary, Duration::ZERO, args.json);
+        summary
+    };
+    // Signals during setup stop it; the handlers are in place before any call.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let setup = async {
+        let sdk = shardlake::aws::sdk_config().await;
+        if args.create_stream {
+            let stream = args.stream.as_deref().expect("clap requires --stream");
+            api::ensure_stream_within(
+                &shardlake::aws::kinesis_client(&sdk),
+                stream,
+                args.shards,
+                Duration::from_secs(60),
+                config.validate()?.control_plane_timeout,
+            )
             .await
-            .map_err(anyhow::Error::msg)?;
-    }
-    let producer = Producer::builder(config).sdk_config(sdk).build().await?;
+            .map_err(|e| anyhow::anyhow!("{e}{}", endpoint_hint()))?;
+        }
+        Producer::builder(config.clone())
+            .sdk_config(sdk)
+            .build()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}{}", endpoint_hint()))
+    };
+    let producer = tokio::select! {
+        r = setup => r?,
+        _ = sigint.recv() => {
+            control.stop(Stop::Signal { name: "SIGINT", number: 2 });
+            eprintln!("shardlake-producer: SIGINT during setup: nothing was read");
+            return Ok(stopped_in_setup(&control));
+        }
+        _ = sigterm.recv() => {
+            control.stop(Stop::Signal { name: "SIGTERM", number: 15 });
+            eprintln!("shardlake-producer: SIGTERM during setup: nothing was read");
+            return Ok(stopped_in_setup(&control));
+        }
+    };
+    watch_signals((sigint, sigterm), control.clone(), producer.clone(), Duration::from_secs(args.shutdown_timeout));
+
     let input: Box<dyn AsyncRead + Unpin + Send> = if args.input == "-" {
         Box::new(tokio::io::stdin())
     } else {
         Box::new(tokio::fs::File::open(&args.input).await.with_context(|| format!("opening {}", args.input))?)
     };
-    let mut failures = FailureLog {
+    let failures = FailureLog {
         out: match &args.failures_file {
             Some(p) => Some(std::io::BufWriter::new(
                 std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
@@ -270,44 +300,28 @@ async fn run(args: Args) -> Result<Summary> {
     };
     let pacer = args.rate.map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r)));
     let field: Option<Vec<&str>> = args.partition_key_field.as_deref().map(|f| f.split('.').collect());
+    let newline = args.firehose.is_some() && !args.no_newline;
+    let max_record_bytes = producer.settings().max_record_bytes;
     let started = Instant::now();
 
     // Acks are awaited in order by a collector, so the reader can keep up to
     // the producer's budget of records in flight.
-    let (ack_tx, mut ack_rx) = mpsc::channel::<(u64, usize, AckFuture)>(producer.settings().max_buffered_records);
-    let collector = tokio::spawn(async move {
-        let mut summary = Summary::default();
-        let mut rejected = vec![];
-        while let Some((line, len, ack)) = ack_rx.recv().await {
-            match ack.await {
-                Ok(ack) => {
-                    summary.sent += 1;
-                    summary.bytes += len as u64;
-                    summary.retried += u64::from(ack.attempts > 1);
-                    summary.latencies.push(ack.latency);
-                }
-                Err(e) => {
-                    if e.reason.is_unknown_outcome() {
-                        summary.unknown += 1;
-                    } else {
-                        summary.failed += 1;
-                    }
-                    summary.retried += u64::from(e.reason.attempts().is_some_and(|a| a > 1));
-                    rejected.push((line, e));
-                }
-            }
-        }
-        (summary, rejected)
-    });
-    let newline = args.firehose.is_some() && !args.no_newline;
+    let (tx, rx) = mpsc::channel::<Entry>(producer.settings().max_buffered_records);
+    let collector = tokio::spawn(collect(rx, failures, control.clone(), newline));
 
     let mut reader = BufReader::with_capacity(1 << 20, input);
     let mut buf = Vec::with_capacity(4096);
     let mut rng = rand::rng();
-    let (mut line_no, mut bad_lines) = (0u64, 0u64);
+    let mut line_no = 0u64;
+    let send = async |entry: Entry| tx.send(entry).await.map_err(|_| anyhow::anyhow!("the collector stopped"));
     loop {
         buf.clear();
-        if reader.read_until(b'\n', &mut buf).await.with_context(|| format!("reading {}", args.input))? == 0 {
+        let read = tokio::select! {
+            biased;
+            _ = control.stop.cancelled() => break,
+            r = reader.read_until(b'\n', &mut buf) => r.with_context(|| format!("reading {}", args.input))?,
+        };
+        if read == 0 {
             break;
         }
         line_no += 1;
@@ -316,47 +330,71 @@ async fn run(args: Args) -> Result<Summary> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        let refused = |partition_key: String, label: &str, reason| Entry::Refused {
+            line: line_no,
+            partition_key,
+            data: line.to_vec(),
+            label: label.to_string(),
+            reason,
+        };
         let key = match partition_key(line, field.as_deref(), &mut rng) {
             Ok(k) => k,
             Err(reason) => {
-                bad_lines += 1;
-                failures.write(line_no, "", line, "bad_line", &reason)?;
+                send(refused(String::new(), "bad_line", reason)).await?;
                 continue;
             }
         };
-        if let Some(p) = &pacer {
-            p.until_ready().await;
+        if newline && line.len() == max_record_bytes {
+            let reason = format!(
+                "the line is {} bytes, and with the newline the CLI adds for Firehose {}, over the {max_record_bytes}-byte \
+                 per-record limit; send it with --no-newline, or split it",
+                line.len(),
+                line.len() + 1
+            );
+            send(refused(key, "too_large", reason)).await?;
+            continue;
         }
-        // Backpressure: read on only when the producer's queue has room for
-        // the next round of requests, so no line ages in it.
-        producer.ready().await;
         let data =
             if newline { bytes::Bytes::from([line, b"\n"].concat()) } else { bytes::Bytes::copy_from_slice(line) };
         let len = data.len();
+        // Backpressure: read on only when the producer's queue has room for
+        // the next round of requests, so no line ages in it. A stop ends the
+        // wait, and the line already read still goes to the producer (its
+        // budget is closed, failing the line, only once the producer gives up).
+        let stopped = tokio::select! {
+            biased;
+            _ = control.stop.cancelled() => true,
+            _ = async {
+                if let Some(p) = &pacer {
+                    p.until_ready().await;
+                }
+                producer.ready().await;
+            } => false,
+        };
         match producer.enqueue(Record::new(key, data)).await {
-            Ok(ack) => ack_tx.send((line_no, len, ack)).await.context("collector stopped")?,
+            Ok(ack) => send(Entry::Enqueued { line: line_no, len, ack }).await?,
             Err(e) => {
-                bad_lines += 1;
                 let (label, reason) = (e.reason.label(), e.reason.to_string());
-                failures.write(line_no, &e.record.partition_key, &e.record.data, label, &reason)?;
+                send(refused(e.record.partition_key, label, reason)).await?;
             }
         }
+        if stopped {
+            break;
+        }
     }
-    drop(ack_tx);
+    drop(tx);
+    // Drains everything handed over; the signal task aborts it at the
+    // shutdown deadline or on a second signal.
     producer.shutdown().await;
-    let (mut summary, rejected) = collector.await.context("collector panicked")?;
+    let mut summary = collector.await.context("the collector panicked")??;
     let elapsed = started.elapsed();
-    for (line, e) in &rejected {
-        failures.write(*line, &e.record.partition_key, &e.record.data, e.reason.label(), &e.reason.to_string())?;
-    }
-    if let Some(out) = &mut failures.out {
-        out.flush()?;
-    }
-    summary.failed += bad_lines;
+    summary.lines_read = line_no;
+    summary.stopped = control.reason.get().cloned();
     summary.retries = counter_total(&producer.metrics().records_retried);
-    print_summary(&mut summary, elapsed, args.json);
-    if !rejected.is_empty() {
-        eprintln!("first failure: line {}: {}", rejected[0].0, rejected[0].1.reason);
+    print_summary(&summary, elapsed, args.json);
+    match (&summary.stopped, &summary.first_failure) {
+        (Some(Stop::TargetUnusable(_)), _) | (_, None) => {}
+        (_, Some((line, reason))) => eprintln!("first failure: line {line}: {reason}"),
     }
     if args.metrics {
         let text = prometheus::TextEncoder::new().encode_to_string(&producer.registry().gather())?;
@@ -365,32 +403,32 @@ async fn run(args: Args) -> Result<Summary> {
     Ok(summary)
 }
 
+/// The endpoint named in a setup error: the SDK config has no getter for a
+/// custom endpoint URL, so it comes from the environment the SDK reads.
+fn endpoint_hint() -> String {
+    ["AWS_ENDPOINT_URL_KINESIS", "AWS_ENDPOINT_URL_FIREHOSE", "AWS_ENDPOINT_URL"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().map(|url| format!(" (endpoint {url} from {v})")))
+        .unwrap_or_default()
+}
+
 /// The sum of a counter over its labels.
 fn counter_total(counter: &prometheus::IntCounterVec) -> u64 {
     use prometheus::core::Collector;
     counter.collect().iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().get_value() as u64).sum()
 }
 
-fn print_summary(s: &mut Summary, elapsed: Duration, json: bool) {
-    let secs = elapsed.as_secs_f64().max(1e-9);
-    let (p50, p99) = (s.percentile(0.50), s.percentile(0.99));
-    let rate = s.sent as f64 / secs;
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    if json {
-        let v = serde_json::json!({
-            "sent": s.sent, "unknown_outcome": s.unknown, "failed": s.failed,
-            "retried": s.retried, "retries": s.retries,
-            "bytes": s.bytes, "elapsed_s": secs, "records_per_s": rate,
-            "latency_p50_ms": ms(p50), "latency_p99_ms": ms(p99),
-        });
-        println!("{v}");
-        return;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_string_null_is_a_key_and_json_null_is_not() {
+        let mut rng = rand::rng();
+        let f = Some(&["user_id"][..]);
+        assert_eq!(partition_key(br#"{"user_id":"null"}"#, f, &mut rng).unwrap(), "null");
+        assert_eq!(partition_key(br#"{"user_id":42}"#, f, &mut rng).unwrap(), "42");
+        assert!(partition_key(br#"{"user_id":null}"#, f, &mut rng).unwrap_err().contains("is null"));
+        assert!(partition_key(br#"{"user_id":""}"#, f, &mut rng).unwrap_err().contains("is empty"));
     }
-    println!("sent        {} records ({:.1} MB)", s.sent, s.bytes as f64 / 1e6);
-    println!("unknown     {} (a request timed out; they may or may not be stored)", s.unknown);
-    println!("failed      {}", s.failed);
-    println!("retried     {} records ({} retries)", s.retried, s.retries);
-    println!("elapsed     {secs:.2} s");
-    println!("throughput  {rate:.0} records/s, {:.2} MB/s", s.bytes as f64 / 1e6 / secs);
-    println!("latency     p50 {:.1} ms, p99 {:.1} ms", ms(p50), ms(p99));
 }
