@@ -43,9 +43,13 @@ pub struct Pending {
     pub attempts: u32,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
-    /// A request carrying the record went unanswered (timed out): it may
-    /// have been stored, so giving it up is an unknown outcome.
-    pub maybe_stored: bool,
+    /// Attempts whose request went unanswered (timed out, reset, closed
+    /// before the answer): each may have stored the record, so giving it up
+    /// is an unknown outcome, and a later copy may be a duplicate.
+    pub unknown_attempts: u32,
+    /// Sends after the first unanswered attempt, bounded by
+    /// `retry.max_resends_after_unknown`.
+    pub resends_after_unknown: u32,
     /// Its place in the queue of records not sent yet, left on first send.
     pub unsent: Option<BacklogEntry>,
     /// Where the result goes; taken when resolved.
@@ -75,12 +79,18 @@ impl Pending {
             not_before: enqueued,
             attempts: 0,
             last_error: None,
-            maybe_stored: false,
+            unknown_attempts: 0,
+            resends_after_unknown: 0,
             unsent: None,
             tx: Some(tx),
             _permit: permit,
         };
         (p, rx)
+    }
+
+    /// Whether an attempt may have stored the record without an answer.
+    pub fn maybe_stored(&self) -> bool {
+        self.unknown_attempts > 0
     }
 
     /// Resolves the record's future with an acknowledgement.

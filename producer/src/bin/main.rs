@@ -78,6 +78,11 @@ struct Args {
     /// producer's queue.
     #[arg(long)]
     ttl_from_first_attempt: bool,
+    /// How many times a record may be sent again after a request carrying it
+    /// went unanswered (timeout, connection reset): each resend may store a
+    /// duplicate (default 2; 0 never resends such a record).
+    #[arg(long, value_name = "N")]
+    max_resends_after_unknown: Option<u32>,
     /// Send Firehose records without the trailing newline. By default each
     /// line keeps its newline, so the objects Firehose writes to S3 are JSON
     /// Lines; use this when a Firehose processor or the destination adds its
@@ -166,6 +171,11 @@ fn producer_config(args: &Args) -> Result<ProducerConfig> {
     if args.ttl_from_first_attempt {
         table.insert("ttl_start".into(), "first_attempt".into());
     }
+    if let Some(v) = args.max_resends_after_unknown {
+        let retry = table.entry("retry").or_insert_with(|| toml::Table::new().into());
+        let retry = retry.as_table_mut().context("[retry] in --config must be a table")?;
+        retry.insert("max_resends_after_unknown".into(), i64::from(v).into());
+    }
     if args.aggregate {
         table.insert("aggregation".into(), true.into());
     }
@@ -196,8 +206,8 @@ fn partition_key(line: &[u8], field: Option<&[&str]>, rng: &mut impl Rng) -> Res
 struct Summary {
     /// Records acknowledged.
     sent: u64,
-    /// Records given up after a request carrying them timed out: they may
-    /// or may not be in the stream.
+    /// Records given up after a request carrying them went unanswered
+    /// (timeout, reset): they may or may not be in the stream.
     unknown: u64,
     /// Records not delivered (rejected, bad lines, expired unsent...).
     failed: u64,
@@ -205,6 +215,9 @@ struct Summary {
     retried: u64,
     /// Every retry, as the producer counted them.
     retries: u64,
+    /// Records (sent or unknown) that may be stored more than once: resent
+    /// after a request carrying them went unanswered.
+    maybe_duplicated: u64,
     /// Payload bytes of the acknowledged records.
     bytes: u64,
     latencies: Vec<Duration>,
@@ -354,6 +367,7 @@ async fn run(args: Args) -> Result<Summary> {
     }
     summary.failed += bad_lines;
     summary.retries = counter_total(&producer.metrics().records_retried);
+    summary.maybe_duplicated = producer.metrics().records_maybe_duplicated.get();
     print_summary(&mut summary, elapsed, args.json);
     if !rejected.is_empty() {
         eprintln!("first failure: line {}: {}", rejected[0].0, rejected[0].1.reason);
@@ -379,7 +393,7 @@ fn print_summary(s: &mut Summary, elapsed: Duration, json: bool) {
     if json {
         let v = serde_json::json!({
             "sent": s.sent, "unknown_outcome": s.unknown, "failed": s.failed,
-            "retried": s.retried, "retries": s.retries,
+            "retried": s.retried, "retries": s.retries, "maybe_duplicated": s.maybe_duplicated,
             "bytes": s.bytes, "elapsed_s": secs, "records_per_s": rate,
             "latency_p50_ms": ms(p50), "latency_p99_ms": ms(p99),
         });
@@ -387,9 +401,10 @@ fn print_summary(s: &mut Summary, elapsed: Duration, json: bool) {
         return;
     }
     println!("sent        {} records ({:.1} MB)", s.sent, s.bytes as f64 / 1e6);
-    println!("unknown     {} (a request timed out; they may or may not be stored)", s.unknown);
+    println!("unknown     {} (a request went unanswered; they may or may not be stored)", s.unknown);
     println!("failed      {}", s.failed);
     println!("retried     {} records ({} retries)", s.retried, s.retries);
+    println!("may be duplicated: {} (resent after a request went unanswered)", s.maybe_duplicated);
     println!("elapsed     {secs:.2} s");
     println!("throughput  {rate:.0} records/s, {:.2} MB/s", s.bytes as f64 / 1e6 / secs);
     println!("latency     p50 {:.1} ms, p99 {:.1} ms", ms(p50), ms(p99));
