@@ -281,3 +281,57 @@ async fn aggregated_records_sit_on_the_shard_of_their_hash_key_across_a_4_to_8_r
     assert_eq!(out_of_range as u64, m.records_resent_wrong_shard.get(), "every copy out of range was resent");
     assert_eq!(acks.len(), n);
 }
+
+// Two workers: the proxy answers while the test blocks on the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_summary_counts_what_may_be_duplicated_and_bounds_the_resends() {
+    let sdk = sdk_config(&["SHARDLAKE_KINESALITE_ENDPOINT"]).await;
+    let upstream = stack_env("SHARDLAKE_KINESALITE_ENDPOINT");
+    let direct = shardlake::aws::kinesis_client_at(&sdk, Some(&upstream));
+    let stream = unique("cli-lost");
+    ensure_stream(&direct, &stream, 2, Duration::from_secs(30)).await.unwrap();
+    let proxy = FaultProxy::start(&upstream, Flavor::Kinesis).await.unwrap();
+    proxy.set_lost_answers(0.3, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let lines = 2_000;
+    let text: String = (0..lines).map(|i| format!("{{\"id\":{i},\"user\":\"u{}\"}}\n", i % 50)).collect();
+    std::fs::write(&input, text).unwrap();
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_shardlake-producer"))
+        .args(["--stream", &stream, "--input", input.to_str().unwrap(), "--partition-key-field", "user"])
+        .args(["--json", "--max-resends-after-unknown", "1", "--rate-limit-percent", "0"])
+        .env("AWS_ENDPOINT_URL_KINESIS", &proxy.endpoint)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while cli.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            cli.kill().unwrap();
+            panic!("the CLI did not end within 90 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = cli.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    let read = read_every_shard(&direct, &stream, Duration::from_secs(60)).await;
+    let mut copies: HashMap<&[u8], usize> = HashMap::new();
+    for r in &read {
+        *copies.entry(r.data.as_slice()).or_default() += 1;
+    }
+    let stored_twice = copies.values().filter(|&&c| c > 1).count() as u64;
+    eprintln!(
+        "cli: {summary}; {} copies of {} records stored, {stored_twice} stored twice; exit {:?}",
+        read.len(),
+        copies.len(),
+        out.status.code()
+    );
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(summary["sent"].as_u64().unwrap() + summary["unknown_outcome"].as_u64().unwrap(), lines);
+    assert!(copies.values().all(|&c| c <= 2), "one resend at most after an unanswered request");
+    assert!(stored_twice > 0 && stored_twice <= summary["maybe_duplicated"].as_u64().unwrap(), "{summary}");
+    let expected_exit = if summary["unknown_outcome"] == 0 { 0 } else { 1 };
+    assert_eq!(out.status.code(), Some(expected_exit));
+}
