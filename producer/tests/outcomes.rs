@@ -203,12 +203,25 @@ async fn wait_active(client: &aws_sdk_kinesis::Client, stream: &str, timeout: Du
 
 #[tokio::test]
 async fn aggregated_records_sit_on_the_shard_of_their_hash_key_across_a_4_to_8_reshard() {
+    aggregate_across_a_reshard(false).await;
+}
+
+#[tokio::test]
+async fn with_ordering_aggregated_records_keep_each_keys_order_across_a_4_to_8_reshard() {
+    aggregate_across_a_reshard(true).await;
+}
+
+/// Sends 6,000 records of 1,000 keys with aggregation (and `ordering`),
+/// reshards 4 -> 8 a third of the way, and reads back as the KCL does: every
+/// shard, parents before children, dropping user records out of range.
+async fn aggregate_across_a_reshard(ordering: bool) {
     let sdk = sdk_config(&["AWS_ENDPOINT_URL_KINESIS"]).await;
     let client = shardlake::aws::kinesis_client(&sdk);
     let stream = unique("reshard-agg");
     ensure_stream(&client, &stream, 4, Duration::from_secs(30)).await.unwrap();
     let mut config = ProducerConfig::kinesis(&stream);
     config.aggregation = true;
+    config.ordering = ordering;
     config.aggregation_max_bytes = 4 * 1024;
     config.linger_ms = 20;
     config.rate_limit_percent = 0;
@@ -265,7 +278,7 @@ async fn aggregated_records_sit_on_the_shard_of_their_hash_key_across_a_4_to_8_r
     let shards: std::collections::BTreeSet<&str> = read.iter().map(|r| r.shard_id.as_str()).collect();
     let m = producer.metrics();
     eprintln!(
-        "reshard 4 -> 8 with aggregation: {n} records in {elapsed:?}, read from {} shards: {} user records read, \
+        "reshard 4 -> 8 with aggregation (ordering {ordering}): {n} records in {elapsed:?}, read from {} shards: {} user records read, \
          {out_of_range} out of range (discarded by a range-checking reader), {} resent by the producer for a \
          wrong shard, {} shard map reads",
         shards.len(),
@@ -280,6 +293,18 @@ async fn aggregated_records_sit_on_the_shard_of_their_hash_key_across_a_4_to_8_r
     assert_eq!(in_range.len(), n);
     assert_eq!(out_of_range as u64, m.records_resent_wrong_shard.get(), "every copy out of range was resent");
     assert_eq!(acks.len(), n);
+    if ordering {
+        // ListShards lists the parents first, so this is the KCL's order.
+        let mut ids_by_key: HashMap<usize, Vec<usize>> = HashMap::new();
+        for r in read.iter().filter(|r| r.in_range) {
+            let v: serde_json::Value = serde_json::from_slice(&r.data).unwrap();
+            let id = v["id"].as_u64().unwrap() as usize;
+            ids_by_key.entry(id % 1000).or_default().push(id);
+        }
+        let out_of_order = ids_by_key.values().filter(|ids| ids.windows(2).any(|w| w[0] > w[1])).count();
+        eprintln!("ordering: {out_of_order} of {} keys out of order", ids_by_key.len());
+        assert_eq!(out_of_order, 0);
+    }
 }
 
 // Two workers: the proxy answers while the test blocks on the CLI.
