@@ -11,7 +11,10 @@
 //! - [`FaultProxy::set_bandwidth`]: one link of so many bytes per second that
 //!   every request and response body shares, like a congested NAT;
 //! - [`FaultProxy::set_random_faults`]: a seeded fraction of requests failing
-//!   the way the service fails under load.
+//!   the way the service fails under load;
+//! - [`FaultProxy::set_lost_answers`]: a seeded fraction of requests passed
+//!   upstream (so the service applies them) whose answer is replaced by a TCP
+//!   reset, as a connection reset after the request was sent looks to a client.
 //!
 //! Responses stream through frame by frame, so long-lived responses
 //! (`SubscribeToShard`) pass, and a black hole also swallows the rest of a
@@ -82,6 +85,9 @@ pub struct Counts {
     pub dropped: AtomicU64,
     /// Requests (or answers) held for ever by a black hole.
     pub hung: AtomicU64,
+    /// Requests applied upstream whose answer was replaced by a reset
+    /// ([`FaultProxy::set_lost_answers`]).
+    pub answers_lost: AtomicU64,
 }
 
 impl Counts {
@@ -107,6 +113,7 @@ struct Shared {
     latency: Mutex<Duration>,
     link: Mutex<Option<Link>>,
     random: Mutex<(f64, ChaCha8Rng)>,
+    lost: Mutex<(f64, ChaCha8Rng)>,
     counts: Arc<Counts>,
     stop: CancellationToken,
 }
@@ -161,6 +168,7 @@ impl FaultProxy {
             latency: Mutex::new(Duration::ZERO),
             link: Mutex::new(None),
             random: Mutex::new((0.0, ChaCha8Rng::seed_from_u64(0))),
+            lost: Mutex::new((0.0, ChaCha8Rng::seed_from_u64(0))),
             counts: counts.clone(),
             stop: CancellationToken::new(),
         });
@@ -197,6 +205,16 @@ impl FaultProxy {
     /// throttles three in four and answers the fourth with a 500.
     pub fn set_random_faults(&self, rate: f64, seed: u64) {
         *self.shared.random.lock().expect("rng lock") = (rate, ChaCha8Rng::seed_from_u64(seed));
+    }
+
+    /// Loses the answer of a `rate` fraction (seeded, reproducible) of the
+    /// requests passed upstream: the request reaches the service, which
+    /// applies it, then the proxy reads the answer and resets the connection
+    /// (a TCP RST, `Connection reset by peer`) instead of relaying it. Applies
+    /// to connections opened after the call (their sockets close with a
+    /// reset); other modes are unchanged.
+    pub fn set_lost_answers(&self, rate: f64, seed: u64) {
+        *self.shared.lost.lock().expect("rng lock") = (rate, ChaCha8Rng::seed_from_u64(seed));
     }
 }
 
@@ -239,6 +257,11 @@ async fn accept_loop(listener: TcpListener, addr: SocketAddr, shared: Arc<Shared
             _ = shared.stop.cancelled() => return,
             changed = mode.changed() => if changed.is_err() { return },
             accepted = accept => if let Ok((stream, _)) = accepted {
+                // A connection that may lose answers closes with a reset, not a
+                // FIN, as when a middlebox or a restarting server drops it.
+                if shared.lost.lock().expect("rng lock").0 > 0.0 {
+                    let _ = stream.set_zero_linger();
+                }
                 tokio::spawn(serve(stream, shared.clone()));
             },
         }
@@ -336,6 +359,16 @@ impl Shared {
         Err(Dropped)
     }
 
+    /// Whether this request's answer is to be lost.
+    fn lose_answer(&self) -> bool {
+        let mut lost = self.lost.lock().expect("rng lock");
+        if lost.0 <= 0.0 {
+            return false;
+        }
+        let roll: f64 = lost.1.random();
+        roll < lost.0
+    }
+
     fn error(&self, response: Response<ProxyBody>) -> Result<Response<ProxyBody>, Dropped> {
         self.counts.errors.fetch_add(1, Ordering::Relaxed);
         Ok(response)
@@ -408,6 +441,13 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         Ok(response) => response,
         Err(_) => return Ok(respond(StatusCode::BAD_GATEWAY, "text/plain", "upstream unreachable")),
     };
+    if shared.lose_answer() {
+        // The service applied the request; read its whole answer, then drop
+        // the connection (reset, as its socket has a zero linger).
+        let _ = response.into_body().collect().await;
+        shared.counts.answers_lost.fetch_add(1, Ordering::Relaxed);
+        return Err(Dropped);
+    }
     let (parts, upstream_body) = response.into_parts();
     Ok(Response::from_parts(parts, relay(upstream_body, shared)))
 }
@@ -577,6 +617,28 @@ mod tests {
         let answers = futures::future::join_all((0..4).map(|_| post(&url, b""))).await;
         assert!(answers.iter().all(|a| a.as_ref().is_ok_and(|(_, body)| body.len() == 100_000)));
         assert!(started.elapsed() >= Duration::from_millis(400), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_lost_answer_is_applied_upstream_and_then_reset() {
+        let up = upstream().await;
+        let proxy = FaultProxy::start(&up, Flavor::Kinesis).await.unwrap();
+        proxy.set_lost_answers(1.0, 1);
+        let lost = post(&format!("{}/a", proxy.endpoint), b"123").await.unwrap_err();
+        assert!(lost.contains("ConnectionReset") || lost.contains("reset"), "{lost}");
+        let (passed, errors, dropped, hung) = proxy.counts.snapshot();
+        assert_eq!((passed, errors, dropped, hung), (1, 0, 0, 0), "it reached the upstream");
+        assert_eq!(proxy.counts.answers_lost.load(Ordering::Relaxed), 1);
+
+        proxy.set_lost_answers(0.3, 5);
+        let mut answered = 0;
+        for _ in 0..100 {
+            answered += usize::from(post(&proxy.endpoint, b"").await.is_ok());
+        }
+        let lost = proxy.counts.answers_lost.load(Ordering::Relaxed) as usize - 1;
+        assert_eq!(answered + lost, 100);
+        assert!((15..45).contains(&lost), "{lost} of 100 lost");
+        assert_eq!(proxy.counts.passed.load(Ordering::Relaxed), 101);
     }
 
     #[tokio::test]

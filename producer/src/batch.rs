@@ -43,9 +43,13 @@ pub struct Pending {
     pub attempts: u32,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
-    /// A request carrying the record went unanswered (timed out): it may
-    /// have been stored, so giving it up is an unknown outcome.
-    pub maybe_stored: bool,
+    /// Attempts whose request went unanswered (timed out, reset, closed
+    /// before the answer): each may have stored the record, so giving it up
+    /// is an unknown outcome, and a later copy may be a duplicate.
+    pub unknown_attempts: u32,
+    /// Sends after the first unanswered attempt, bounded by
+    /// `retry.max_resends_after_unknown`.
+    pub resends_after_unknown: u32,
     /// Its place in the queue of records not sent yet, left on first send.
     pub unsent: Option<BacklogEntry>,
     /// Where the result goes; taken when resolved.
@@ -75,12 +79,18 @@ impl Pending {
             not_before: enqueued,
             attempts: 0,
             last_error: None,
-            maybe_stored: false,
+            unknown_attempts: 0,
+            resends_after_unknown: 0,
             unsent: None,
             tx: Some(tx),
             _permit: permit,
         };
         (p, rx)
+    }
+
+    /// Whether an attempt may have stored the record without an answer.
+    pub fn maybe_stored(&self) -> bool {
+        self.unknown_attempts > 0
     }
 
     /// Resolves the record's future with an acknowledgement.
@@ -112,7 +122,7 @@ impl Drop for Pending {
         if self.tx.is_none() {
             return;
         }
-        let reason = if self.maybe_stored {
+        let reason = if self.maybe_stored() {
             Error::UnknownOutcome {
                 attempts: self.attempts,
                 age: self.enqueued.elapsed(),
@@ -128,7 +138,7 @@ impl Drop for Pending {
 
 /// The records of a request in flight. Dropped before the answer is read
 /// (the producer's task aborted at a shutdown deadline), the request may
-/// have been applied: its records are marked `maybe_stored`, so they come
+/// have been applied: each of its records counts one more unanswered attempt, so they come
 /// back with an unknown outcome rather than as not sent.
 #[derive(Debug)]
 pub struct InFlight(Option<Vec<Unit>>);
@@ -153,7 +163,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         for p in self.0.iter_mut().flatten().flat_map(|u| u.records.iter_mut()) {
-            p.maybe_stored = true;
+            p.unknown_attempts += 1;
         }
     }
 }
@@ -538,7 +548,7 @@ mod tests {
         );
         let unit = Unit { predicted_shard: None, records: vec![p], bytes: 2, aggregated_bytes: 0 };
         let units = InFlight::new(vec![unit]).finish();
-        assert!(!units[0].records[0].maybe_stored);
+        assert!(!units[0].records[0].maybe_stored());
     }
 
     proptest! {

@@ -221,6 +221,13 @@ pub struct RetryConfig {
     /// Attempts per record in all; the TTL usually ends retries first.
     #[serde(default = "default_retry_max_attempts")]
     pub max_attempts: u32,
+    /// Sends of a record after a request carrying it went unanswered (a
+    /// timeout, a reset or a connection closed before the answer: it may
+    /// have been stored). Each such resend may store a duplicate, so they are
+    /// few; past them the record is given up as an unknown outcome. 0 never
+    /// resends such a record.
+    #[serde(default = "default_retry_max_resends_after_unknown")]
+    pub max_resends_after_unknown: u32,
 }
 
 impl Default for RetryConfig {
@@ -229,6 +236,7 @@ impl Default for RetryConfig {
             base_ms: default_retry_base_ms(),
             cap_ms: default_retry_cap_ms(),
             max_attempts: default_retry_max_attempts(),
+            max_resends_after_unknown: default_retry_max_resends_after_unknown(),
         }
     }
 }
@@ -283,6 +291,9 @@ fn default_retry_cap_ms() -> u64 {
 }
 fn default_retry_max_attempts() -> u32 {
     100
+}
+fn default_retry_max_resends_after_unknown() -> u32 {
+    2
 }
 
 impl ProducerConfig {
@@ -423,6 +434,7 @@ impl ProducerConfig {
                 base: Duration::from_millis(self.retry.base_ms),
                 cap: Duration::from_millis(self.retry.cap_ms),
             },
+            max_resends_after_unknown: self.retry.max_resends_after_unknown,
         })
     }
 }
@@ -466,6 +478,8 @@ pub struct Settings {
     pub aggregation_max_bytes: Option<usize>,
     /// Backoff between attempts.
     pub retry: RetryPolicy,
+    /// Sends of a record allowed after an unanswered attempt.
+    pub max_resends_after_unknown: u32,
 }
 
 impl Settings {

@@ -29,6 +29,9 @@ use crate::record::Ack;
 use crate::service::{EntryOutcome, ErrorClass, Failure, Service, api};
 use crate::shard_map::ShardMap;
 
+/// The error code Kinesis answers while a stream is being resharded
+/// (`UpdateShardCount`, split, merge in progress): the map is about to change.
+const RESHARD_IN_PROGRESS: &str = "ResourceInUseException";
 /// Records looked at per queue each time the batch is filled; past them a
 /// queue waits for its head to move (only records in backoff or, with
 /// ordering, behind a busy key are skipped).
@@ -62,6 +65,13 @@ struct Completion {
     units: Vec<Unit>,
     outcome: Result<Vec<EntryOutcome>, Failure>,
     elapsed: Duration,
+}
+
+/// An aggregate stored on a shard whose range the map does not know yet.
+struct Misplaced {
+    unit: Unit,
+    shard_id: Arc<str>,
+    sequence_number: String,
 }
 
 /// The task's state.
@@ -98,6 +108,15 @@ pub struct Dispatcher {
     refresh_tx: mpsc::Sender<Result<ShardMap, Error>>,
     refresh_rx: mpsc::Receiver<Result<ShardMap, Error>>,
     refreshing: bool,
+    /// A reshard was seen (a record on a shard the map does not hold or did
+    /// not predict, `ResourceInUseException`) and the map is being re-read:
+    /// until it is, records go unaggregated, so that no aggregate mixes the
+    /// ranges of the new shards.
+    map_stale: bool,
+    /// Aggregates that landed on another shard than predicted, whose new
+    /// shard's range the map does not know yet: their records wait for the
+    /// refresh to be acknowledged (in range) or resent (not), as the KPL does.
+    misplaced: Vec<Misplaced>,
     last_refresh: Instant,
     next_refresh: Option<Instant>,
     rng: StdRng,
@@ -156,6 +175,8 @@ impl Dispatcher {
             refresh_tx,
             refresh_rx,
             refreshing: false,
+            map_stale: false,
+            misplaced: vec![],
             last_refresh: now,
             next_refresh: settings.shard_map_refresh.map(|d| now + d),
             rng: seed.map_or_else(StdRng::from_os_rng, StdRng::seed_from_u64),
@@ -169,7 +190,11 @@ impl Dispatcher {
         loop {
             let wake = self.pump(Instant::now());
             self.answer_flushes();
-            if (self.shutting_down || self.rx_closed) && self.outstanding.is_empty() && self.in_flight.is_empty() {
+            if (self.shutting_down || self.rx_closed)
+                && self.outstanding.is_empty()
+                && self.in_flight.is_empty()
+                && self.misplaced.is_empty()
+            {
                 break;
             }
             tokio::select! {
@@ -310,7 +335,8 @@ impl Dispatcher {
         self.outstanding.remove(&p.seq);
         let ttl_ms = self.settings.ttl.as_millis() as u64;
         let last_error = p.last_error.clone().unwrap_or_else(|| "none".into());
-        let reason = if p.maybe_stored {
+        let reason = if p.maybe_stored() {
+            self.count_maybe_duplicated_given_up(&p);
             Error::UnknownOutcome {
                 attempts: p.attempts,
                 age: now - p.enqueued,
@@ -341,6 +367,7 @@ impl Dispatcher {
 
     fn fill_from(&mut self, q: usize, now: Instant, wake: &mut Instant) {
         let ordering = self.settings.ordering;
+        let limits = self.packing_limits();
         let mut blocked: HashSet<String> = HashSet::new();
         let queue = &mut self.queues[q];
         let shard_id = self.map.shards().get(q).map(|s| s.shard_id.clone());
@@ -365,7 +392,7 @@ impl Dispatcher {
                 i += 1;
                 continue;
             }
-            let placement = match self.batch.place(p, q, &self.limits) {
+            let placement = match self.batch.place(p, q, &limits) {
                 Ok(placement) => placement,
                 Err(Refusal::Full) => {
                     self.batch.mark_full();
@@ -389,8 +416,16 @@ impl Dispatcher {
                 return;
             }
             let p = queue.remove(i).unwrap();
-            self.batch.add(p, q, placement, shard_id.clone(), &self.limits);
+            self.batch.add(p, q, placement, shard_id.clone(), &limits);
         }
+    }
+
+    /// The limits records are packed by: no aggregation while a reshard
+    /// was seen and the map not re-read yet (a plain record lands by its own
+    /// hash key; an aggregate by one key for all its records).
+    fn packing_limits(&self) -> Limits {
+        let aggregation_max_bytes = if self.map_stale { None } else { self.limits.aggregation_max_bytes };
+        Limits { aggregation_max_bytes, ..self.limits }
     }
 
     fn send_batch(&mut self) {
@@ -408,6 +443,10 @@ impl Dispatcher {
                     }
                 }
                 p.attempts += 1;
+                if p.maybe_stored() {
+                    p.resends_after_unknown += 1;
+                    self.metrics.records_resent_after_unknown.inc();
+                }
                 if self.settings.ordering {
                     *self.keys_in_flight.entry(p.record.partition_key.clone()).or_default() += 1;
                 }
@@ -448,11 +487,17 @@ impl Dispatcher {
                 let mut stale_map = false;
                 for (unit, outcome) in c.units.into_iter().zip(outcomes) {
                     match outcome {
+                        EntryOutcome::Stored { shard_id: Some(actual), sequence_number }
+                            if unit.predicted_shard.as_ref() != Some(&actual) =>
+                        {
+                            stale_map = true;
+                            self.on_unpredicted_shard(unit, actual, sequence_number, now, &mut retry);
+                        }
                         EntryOutcome::Stored { shard_id, sequence_number } => {
-                            stale_map |= matches!((&unit.predicted_shard, &shard_id), (Some(p), Some(a)) if p != a);
                             self.acknowledge(unit, shard_id, &sequence_number, now);
                         }
                         EntryOutcome::Failed(f) => {
+                            stale_map |= f.code == RESHARD_IN_PROGRESS;
                             if f.class == ErrorClass::Throttled {
                                 self.metrics.record_throttled("record");
                             }
@@ -464,7 +509,7 @@ impl Dispatcher {
                 }
                 if stale_map {
                     tracing::info!("a record landed on another shard than predicted; re-reading the shard map");
-                    self.request_refresh(now);
+                    self.on_reshard_seen(now);
                 }
             }
             Err(f) => {
@@ -478,9 +523,12 @@ impl Dispatcher {
                     self.metrics.record_throttled("request");
                 }
                 tracing::debug!(code = %f.code, message = %f.message, "request failed");
+                if f.code == RESHARD_IN_PROGRESS {
+                    self.on_reshard_seen(now);
+                }
                 let maybe_stored = f.may_have_been_applied();
                 for mut p in c.units.into_iter().flat_map(|u| u.records) {
-                    p.maybe_stored |= maybe_stored;
+                    p.unknown_attempts += u32::from(maybe_stored);
                     self.retry_or_fail(p, &f, now, &mut retry);
                 }
             }
@@ -538,30 +586,65 @@ impl Dispatcher {
     fn acknowledge(&mut self, unit: Unit, shard_id: Option<Arc<str>>, sequence_number: &str, now: Instant) {
         let aggregate = unit.is_aggregate();
         for (i, p) in unit.records.into_iter().enumerate() {
-            let latency = now - p.enqueued;
-            self.metrics.record_sent(p.record.data.len(), latency);
-            self.outstanding.remove(&p.seq);
-            let ack = Ack {
-                shard_id: shard_id.clone(),
-                sequence_number: sequence_number.to_string(),
-                sub_sequence_number: aggregate.then_some(i as u64),
-                attempts: p.attempts,
-                latency,
-            };
-            p.succeed(ack);
+            self.acknowledge_one(p, shard_id.clone(), sequence_number, aggregate.then_some(i as u64), now);
         }
+    }
+
+    fn acknowledge_one(
+        &mut self,
+        p: Pending,
+        shard_id: Option<Arc<str>>,
+        sequence_number: &str,
+        sub_sequence_number: Option<u64>,
+        now: Instant,
+    ) {
+        let latency = now - p.enqueued;
+        self.metrics.record_sent(p.record.data.len(), latency);
+        self.outstanding.remove(&p.seq);
+        let ack = Ack {
+            shard_id,
+            sequence_number: sequence_number.to_string(),
+            sub_sequence_number,
+            attempts: p.attempts,
+            unknown_attempts: p.unknown_attempts,
+            latency,
+        };
+        if ack.may_be_duplicated() {
+            self.metrics.records_maybe_duplicated.inc();
+        }
+        p.succeed(ack);
+    }
+
+    /// A record given up with an unknown outcome may be stored more than
+    /// once when two or more of its attempts went unanswered.
+    fn count_maybe_duplicated_given_up(&self, p: &Pending) {
+        if p.unknown_attempts > 1 {
+            self.metrics.records_maybe_duplicated.inc();
+        }
+    }
+
+    /// Whether `p` may be sent once more: every send after an unanswered
+    /// attempt may store a duplicate, so they are bounded.
+    fn may_resend(&self, p: &Pending) -> bool {
+        !p.maybe_stored() || p.resends_after_unknown < self.settings.max_resends_after_unknown
     }
 
     /// Puts a failed record back for another attempt, or resolves it when the
     /// failure is final, its TTL ran out or its attempts are used up.
     fn retry_or_fail(&mut self, mut p: Pending, f: &Failure, now: Instant, retry: &mut Vec<Pending>) {
-        if f.class.is_retryable() && now < p.deadline && p.attempts < self.settings.retry.max_attempts {
+        if f.class.is_retryable()
+            && now < p.deadline
+            && p.attempts < self.settings.retry.max_attempts
+            && self.may_resend(&p)
+        {
             self.metrics.record_retried(&f.code);
             p.last_error = Some(f.to_string());
             retry.push(p);
             return;
         }
-        if !f.class.is_retryable() {
+        // A final rejection of a resend says nothing about an earlier,
+        // unanswered attempt: such a record stays of unknown outcome.
+        if !f.class.is_retryable() && !p.maybe_stored() {
             self.metrics.record_failed(&f.code);
             self.outstanding.remove(&p.seq);
             // Debug, not warn: the caller gets the error with the record, and
@@ -580,13 +663,17 @@ impl Dispatcher {
         }
         self.outstanding.remove(&p.seq);
         let attempts = p.attempts;
-        let reason = if p.maybe_stored {
-            Error::UnknownOutcome {
-                attempts,
-                age: now - p.enqueued,
-                given_up: format!("retry.max_attempts = {} were used", self.settings.retry.max_attempts),
-                last_error: f.to_string(),
-            }
+        let reason = if p.maybe_stored() {
+            self.count_maybe_duplicated_given_up(&p);
+            let given_up = if self.may_resend(&p) {
+                format!("retry.max_attempts = {} were used", self.settings.retry.max_attempts)
+            } else {
+                format!(
+                    "retry.max_resends_after_unknown = {} resends after an unanswered request were used",
+                    self.settings.max_resends_after_unknown
+                )
+            };
+            Error::UnknownOutcome { attempts, age: now - p.enqueued, given_up, last_error: f.to_string() }
         } else {
             Error::RetriesExhausted { attempts, last_error: f.to_string() }
         };
@@ -604,6 +691,85 @@ impl Dispatcher {
             let q = self.queue_of(p.hash);
             insert_sorted(&mut self.queues[q], p);
         }
+    }
+
+    /// A reshard shows: aggregate no more until the map is read again.
+    fn on_reshard_seen(&mut self, now: Instant) {
+        if !self.map_stale && self.settings.is_kinesis() {
+            self.map_stale = true;
+            tracing::info!("a reshard was seen; sending records unaggregated until the shard map is re-read");
+        }
+        self.request_refresh(now);
+    }
+
+    /// A unit stored on a shard the map did not predict (or does not hold):
+    /// a plain record is where its hash key put it; an aggregate's records are
+    /// range-checked against the shard it landed on, as the KCL does when it
+    /// deaggregates, and those out of range are resent (the KCL would discard
+    /// them). When the shard's range is unknown (a child shard), they wait
+    /// for the map.
+    fn on_unpredicted_shard(
+        &mut self,
+        unit: Unit,
+        shard_id: Arc<str>,
+        sequence_number: String,
+        now: Instant,
+        retry: &mut Vec<Pending>,
+    ) {
+        if !unit.is_aggregate() {
+            return self.acknowledge(unit, Some(shard_id), &sequence_number, now);
+        }
+        let Some(range) = self.map.range_of(&shard_id).map(|r| (r.start, r.end)) else {
+            if self.settings.ordering {
+                // Later records of these keys wait until these are settled.
+                for p in &unit.records {
+                    *self.keys_in_flight.entry(p.record.partition_key.clone()).or_default() += 1;
+                }
+            }
+            self.misplaced.push(Misplaced { unit, shard_id, sequence_number });
+            return;
+        };
+        for (i, p) in unit.records.into_iter().enumerate() {
+            if (range.0..=range.1).contains(&p.hash) {
+                self.acknowledge_one(p, Some(shard_id.clone()), &sequence_number, Some(i as u64), now);
+            } else {
+                self.resend_wrong_shard(p, &shard_id, retry);
+            }
+        }
+    }
+
+    fn resend_wrong_shard(&mut self, mut p: Pending, shard_id: &str, retry: &mut Vec<Pending>) {
+        self.metrics.records_resent_wrong_shard.inc();
+        tracing::debug!(partition_key = %p.record.partition_key, shard_id, "record aggregated onto a shard that does not hold its hash key; resending it");
+        p.last_error = Some(format!("aggregated onto {shard_id}, whose hash key range does not hold the record"));
+        retry.push(p);
+    }
+
+    /// Settles the aggregates that waited for the map: with their shard's
+    /// range known, range-check them; without (the map could not be read, or
+    /// does not hold the shard), resend them whole, as the KPL does.
+    fn settle_misplaced(&mut self, now: Instant) {
+        let mut retry = vec![];
+        for m in std::mem::take(&mut self.misplaced) {
+            if self.settings.ordering {
+                for p in &m.unit.records {
+                    if let Some(n) = self.keys_in_flight.get_mut(&p.record.partition_key) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.keys_in_flight.remove(&p.record.partition_key);
+                        }
+                    }
+                }
+            }
+            if self.map.range_of(&m.shard_id).is_some() {
+                self.on_unpredicted_shard(m.unit, m.shard_id, m.sequence_number, now, &mut retry);
+            } else {
+                for p in m.unit.records {
+                    self.resend_wrong_shard(p, &m.shard_id, &mut retry);
+                }
+            }
+        }
+        self.requeue(retry, now);
     }
 
     fn request_refresh(&mut self, now: Instant) {
@@ -639,12 +805,18 @@ impl Dispatcher {
                 tracing::warn!(%error, "could not refresh the shard map; keeping the old one");
                 self.metrics.record_shard_map_refresh("error");
                 self.request_refresh(now + MIN_REFRESH_GAP);
+                self.settle_misplaced(now);
                 return;
             }
         };
         self.metrics.record_shard_map_refresh("ok");
+        self.map_stale = false;
         if map == *self.map {
+            self.settle_misplaced(now);
             return;
+        }
+        if map.len() != self.map.len() {
+            tracing::info!(from = self.map.len(), to = map.len(), "the number of open shards changed: a reshard");
         }
         tracing::info!(shards = map.len(), "shard map changed");
         self.rate.update(&self.map, &map);
@@ -657,6 +829,7 @@ impl Dispatcher {
             let q = self.queue_of(p.hash);
             self.queues[q].push_back(p);
         }
+        self.settle_misplaced(now);
     }
 }
 

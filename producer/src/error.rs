@@ -62,13 +62,17 @@ pub enum Error {
         last_error: String,
     },
 
-    /// The record was given up (at its TTL or after `retry.max_attempts`)
-    /// after a request carrying it went unanswered: the service may have
-    /// stored it, so it is neither delivered nor known to be lost. Resending
-    /// it may duplicate it; dropping it may lose it.
+    /// The record was given up (at its TTL, after `retry.max_attempts` or
+    /// `retry.max_resends_after_unknown`) after a request carrying it went
+    /// unanswered (a timeout, a reset, a connection closed before the
+    /// answer: any failure after the request may have reached the service):
+    /// the service may have stored it, once or, if it was resent, more. It
+    /// is neither delivered nor known to be lost: resending it may duplicate
+    /// it; dropping it may lose it.
     #[error(
-        "outcome unknown after {attempts} attempt(s) and {age:?}: a request carrying the record timed out, \
-         so it may have been stored; given up because {given_up}; last error: {last_error}"
+        "outcome unknown after {attempts} attempt(s) and {age:?}: a request carrying the record went unanswered \
+         (timed out, or its connection was reset or closed before the answer), so it may have been stored; \
+         given up because {given_up}; last error: {last_error}"
     )]
     UnknownOutcome {
         /// Sends attempted.

@@ -71,6 +71,18 @@ pub struct Metrics {
     pub in_flight_requests: IntGauge,
     /// Shard map reads, by outcome (`ok`, `error`).
     pub shard_map_refreshes: IntCounterVec,
+    /// Sends of user records after a request carrying them went unanswered
+    /// (timeout, reset, closed mid-answer): each may store another copy. At
+    /// most `retry.max_resends_after_unknown` per record.
+    pub records_resent_after_unknown: IntCounter,
+    /// User records resolved (acknowledged, or given up as unknown) that may
+    /// be stored more than once, because a request carrying them went
+    /// unanswered and they were sent again.
+    pub records_maybe_duplicated: IntCounter,
+    /// User records sent again because their aggregate landed on a shard
+    /// whose hash-key range does not hold their hash key (a reshard the map
+    /// had not seen yet): the KCL discards such records, as the KPL knows.
+    pub records_resent_wrong_shard: IntCounter,
 }
 
 impl Metrics {
@@ -156,6 +168,18 @@ impl Metrics {
                 opts("shard_map_refreshes_total", "Shard map reads, by outcome."),
                 &["outcome"],
             )?,
+            records_resent_after_unknown: IntCounter::with_opts(opts(
+                "records_resent_after_unknown_total",
+                "Sends of user records after a request carrying them went unanswered (each may store a copy).",
+            ))?,
+            records_maybe_duplicated: IntCounter::with_opts(opts(
+                "records_maybe_duplicated_total",
+                "User records resolved that may be stored more than once (resent after an unanswered request).",
+            ))?,
+            records_resent_wrong_shard: IntCounter::with_opts(opts(
+                "records_resent_wrong_shard_total",
+                "User records resent because their aggregate landed on a shard whose range does not hold them.",
+            ))?,
         };
         registry.register(Box::new(m.records_sent.clone()))?;
         registry.register(Box::new(m.bytes_sent.clone()))?;
@@ -180,6 +204,9 @@ impl Metrics {
         registry.register(Box::new(m.buffered_records.clone()))?;
         registry.register(Box::new(m.in_flight_requests.clone()))?;
         registry.register(Box::new(m.shard_map_refreshes.clone()))?;
+        registry.register(Box::new(m.records_resent_after_unknown.clone()))?;
+        registry.register(Box::new(m.records_maybe_duplicated.clone()))?;
+        registry.register(Box::new(m.records_resent_wrong_shard.clone()))?;
         Ok(m)
     }
 

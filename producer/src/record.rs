@@ -91,8 +91,19 @@ pub struct Ack {
     pub sub_sequence_number: Option<u64>,
     /// Sends attempted, 1 when the first one succeeded.
     pub attempts: u32,
+    /// Earlier attempts whose request went unanswered (timeout, reset,
+    /// connection closed before the answer): each may have stored a copy
+    /// too, so the record may be duplicated when this is above 0.
+    pub unknown_attempts: u32,
     /// Time from `send` to the acknowledgement.
     pub latency: Duration,
+}
+
+impl Ack {
+    /// Whether the stream may hold more than one copy of the record.
+    pub fn may_be_duplicated(&self) -> bool {
+        self.unknown_attempts > 0
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,9 @@ pub struct ShardRange {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ShardMap {
     shards: Vec<ShardRange>,
+    /// Closed shards (parents of a reshard), to range-check records that
+    /// landed on a shard which has closed since.
+    closed: Vec<ShardRange>,
 }
 
 impl ShardMap {
@@ -29,10 +32,9 @@ impl ShardMap {
     /// which have an ending sequence number, take no new records). Shards
     /// with an unreadable range are skipped with a warning.
     pub fn from_shards(shards: &[Shard]) -> Self {
-        let mut open: Vec<ShardRange> = shards
-            .iter()
-            .filter(|s| s.sequence_number_range().and_then(|r| r.ending_sequence_number()).is_none())
-            .filter_map(|s| {
+        let is_open = |s: &&Shard| s.sequence_number_range().and_then(|r| r.ending_sequence_number()).is_none();
+        let ranges = |open: bool| {
+            shards.iter().filter(move |s| is_open(s) == open).filter_map(|s| {
                 let range = s.hash_key_range()?;
                 match (range.starting_hash_key().parse::<u128>(), range.ending_hash_key().parse::<u128>()) {
                     (Ok(start), Ok(end)) => Some(ShardRange { shard_id: s.shard_id().into(), start, end }),
@@ -42,15 +44,22 @@ impl ShardMap {
                     }
                 }
             })
-            .collect();
+        };
+        let mut open: Vec<ShardRange> = ranges(true).collect();
         open.sort_by_key(|s| s.start);
-        ShardMap { shards: open }
+        ShardMap { shards: open, closed: ranges(false).collect() }
     }
 
     /// A map from ranges (tests and fakes).
     pub fn from_ranges(mut shards: Vec<ShardRange>) -> Self {
         shards.sort_by_key(|s| s.start);
-        ShardMap { shards }
+        ShardMap { shards, closed: vec![] }
+    }
+
+    /// The range of a shard, open or closed, by id; `None` for a shard the
+    /// map has not seen (a child of a reshard after the map was read).
+    pub fn range_of(&self, shard_id: &str) -> Option<&ShardRange> {
+        self.shards.iter().chain(&self.closed).find(|s| s.shard_id.as_ref() == shard_id)
     }
 
     /// The index of the shard whose range holds `hash`, or `None` when no open
@@ -133,6 +142,11 @@ pub(crate) mod tests {
         let map = ShardMap::from_shards(&shards);
         assert_eq!(map.len(), 4);
         assert!(map.shards().iter().all(|s| !s.shard_id.ends_with("100") && !s.shard_id.ends_with("101")));
+        // Their ranges stay known, to check records that landed there.
+        let parent = map.range_of("shardId-000000000101").unwrap();
+        assert_eq!((parent.start, parent.end), (u128::MAX / 2, u128::MAX));
+        assert_eq!(map.range_of("shardId-000000000003").unwrap().end, u128::MAX);
+        assert!(map.range_of("shardId-000000000009").is_none());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Backpressure against a stalled endpoint: a local TCP server that accepts
 //! connections and never answers. Memory stays within the budget, `send`
 //! waits, `try_send` refuses (backpressure, not a failure), and every record
-//! comes back at its TTL with an unknown outcome: its requests timed out, so
-//! the endpoint may have stored it.
+//! comes back with an unknown outcome (at its TTL, or once its resends after
+//! an unanswered request are used): its requests timed out, so the endpoint
+//! may have stored it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,8 +68,9 @@ async fn a_stalled_endpoint_holds_memory_to_the_budget_and_send_waits() {
         match &err.reason {
             Error::UnknownOutcome { last_error, attempts, given_up, .. } => {
                 assert!(last_error.starts_with("Timeout"), "{last_error}");
-                assert_eq!(given_up, "record_ttl_ms = 2000 ran out");
-                assert!(*attempts >= 1);
+                let bound = "retry.max_resends_after_unknown = 2 resends after an unanswered request were used";
+                assert!(given_up == "record_ttl_ms = 2000 ran out" || given_up == bound, "{given_up}");
+                assert!((1..=3).contains(attempts), "{attempts}");
             }
             other => panic!("expected an unknown outcome, got {other}"),
         }
@@ -76,7 +78,7 @@ async fn a_stalled_endpoint_holds_memory_to_the_budget_and_send_waits() {
     }
     assert_eq!(producer.buffered(), (0, 0));
     let m = producer.metrics();
-    assert_eq!(m.records_expired.get(), 40);
+    assert!(m.records_expired.get() <= 40);
     assert_eq!(m.records_failed.with_label_values(&["unknown_outcome"]).get(), 40);
     assert_eq!(m.records_failed.with_label_values(&["buffer_full"]).get(), 0, "a refusal is no failure");
     assert_eq!(m.buffer_full.get(), 1);

@@ -373,8 +373,50 @@ async fn a_reshard_mid_run_refreshes_the_shard_map() {
             .filter(|(h, shard)| *h < shard.start || *h > shard.end)
             .count()
     };
-    assert!(misplaced(before_reshard) > 0, "the stale map packed records of different new shards together");
+    // Aggregates packed before the reshard showed mix the new shards' ranges;
+    // their out-of-range records (which the KCL discards) were all resent ...
+    let out_of_range = misplaced(before_reshard);
+    assert!(out_of_range > 0, "the stale map packed records of different new shards together");
+    assert_eq!(out_of_range as u64, p.metrics().records_resent_wrong_shard.get());
     assert_eq!(misplaced(stale_until), 0);
+    // ... so every record sits on the shard its key hashes to, once.
+    let mut in_range = std::collections::HashMap::<String, usize>::new();
+    for s in &fake.stored[before_reshard..] {
+        let shard = fake.shards.iter().find(|r| r.shard_id.as_ref() == s.shard_id).unwrap();
+        let users = deaggregate(&s.entry.data).map_or_else(
+            || vec![s.entry.partition_key.clone()],
+            |u| u.unwrap().into_iter().map(|u| u.partition_key.to_string()).collect(),
+        );
+        for k in users.into_iter().filter(|k| (shard.start..=shard.end).contains(&md5_hash_key(k))) {
+            *in_range.entry(k).or_default() += 1;
+        }
+    }
+    let sent: Vec<String> = (1000..1300).chain(2000..2300).map(|i| format!("user-{i}")).collect();
+    assert!(sent.iter().all(|k| in_range.get(k) == Some(&1)), "each record once, in range");
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_reshard_is_seen_records_go_unaggregated_until_the_map_is_read_again() {
+    let (client, fake) = fake_kinesis(even_ranges(2, 0), |_, _| Inject::Ok);
+    let mut c = config();
+    c.aggregation = true;
+    c.max_batch_records = 4;
+    c.aggregation_max_bytes = 8 * 1024;
+    let p = producer(c, client).await;
+    wait_all(enqueue_all(&p, numbered(200)).await).await;
+    fake.lock().unwrap().shards = even_ranges(4, 2);
+    let data = "x".repeat(500);
+    let acks = wait_all(enqueue_all(&p, (0..2000).map(|i| Record::new(format!("k-{i}"), data.clone()))).await).await;
+    assert!(acks.iter().all(Result::is_ok));
+    let fake = fake.lock().unwrap();
+    // The requests packed before the first answer showed the reshard mixed
+    // ranges (their out-of-range records were resent); after it, records
+    // went plain until the map was read again, once.
+    let resent = p.metrics().records_resent_wrong_shard.get();
+    assert!(resent > 0);
+    let plain_after = fake.stored.iter().filter(|s| deaggregate(&s.entry.data).is_none()).count();
+    assert!(plain_after > 0, "records went plain while the map was stale");
+    assert_eq!(fake.list_calls, 2, "the initial read and one refresh");
 }
 
 #[tokio::test(start_paused = true)]

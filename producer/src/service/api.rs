@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_firehose::operation::put_record_batch::PutRecordBatchError;
+use aws_sdk_kinesis::error::ConnectorError;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::operation::put_records::PutRecordsError;
 use aws_sdk_kinesis::primitives::Blob;
@@ -62,18 +63,29 @@ pub enum EntryOutcome {
 pub struct Failure {
     /// Retry or not.
     pub class: ErrorClass,
-    /// The AWS error code, or `Timeout` / `Dispatch` / `Response`.
+    /// The AWS error code, or for a failure without a service answer:
+    /// `Connect` (the connection could not be made: never sent), `Timeout`,
+    /// `Dispatch` (reset, broken pipe, closed mid-response), `Response` (an
+    /// unreadable answer), `EntryCountMismatch`, `Construction`, `Unknown`.
     pub code: String,
     /// What the service or the SDK said.
     pub message: String,
 }
 
+/// Codes of whole-request failures after which the request may have been
+/// applied: it may have reached the service and no usable answer came back.
+/// When in doubt a failure is here; only a failed connect (`Connect`), a
+/// request the SDK could not build (`Construction`) and a service's own error
+/// answer are certain not to have stored anything.
+const MAYBE_APPLIED: &[&str] = &["Timeout", "Dispatch", "Response", "EntryCountMismatch", "Unknown"];
+
 impl Failure {
-    /// Whether the request may have been applied although it failed: it was
-    /// sent and no answer was read (a timeout, a broken response). A
-    /// connection refused or a service error means it was not.
+    /// Whether the request may have been applied although it failed: it may
+    /// have been sent and no answer was read (a timeout, a connection reset
+    /// or closed before the answer, a broken or unmatched answer). Its records
+    /// then have an unknown outcome, never a failed one.
     pub fn may_have_been_applied(&self) -> bool {
-        matches!(self.code.as_str(), "Timeout" | "Response")
+        MAYBE_APPLIED.contains(&self.code.as_str())
     }
 }
 
@@ -116,9 +128,25 @@ fn classify_status(status: u16) -> ErrorClass {
     }
 }
 
+/// Whether a dispatch failure happened while connecting (refused, DNS, TLS
+/// handshake, connect timeout), so the request certainly never left. The SDK
+/// reports a reset after sending and a refused connect alike (`is_io`); the
+/// connector's error chain tells them apart.
+fn failed_to_connect(err: &ConnectorError) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        if e.downcast_ref::<hyper_util::client::legacy::Error>().is_some_and(|h| h.is_connect()) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Classifies the failures that happen before a service answer: timeouts,
-/// connection resets, truncated responses are retried; a request the SDK
-/// could not build is not.
+/// connection resets, truncated responses are retried (and may have been
+/// applied, see [`Failure::may_have_been_applied`]), as is a failed connect
+/// (never sent); a request the SDK could not build is not.
 fn classify_sdk<E, R>(err: &SdkError<E, R>) -> Option<Failure>
 where
     E: std::error::Error + 'static,
@@ -126,7 +154,10 @@ where
 {
     let (class, code) = match err {
         SdkError::TimeoutError(_) => (ErrorClass::Transient, "Timeout"),
-        SdkError::DispatchFailure(f) if f.is_user() => (ErrorClass::Fatal, "Dispatch"),
+        SdkError::DispatchFailure(f) if f.is_user() => (ErrorClass::Fatal, "Construction"),
+        SdkError::DispatchFailure(f) if f.as_connector_error().is_some_and(failed_to_connect) => {
+            (ErrorClass::Transient, "Connect")
+        }
         SdkError::DispatchFailure(_) => (ErrorClass::Transient, "Dispatch"),
         SdkError::ResponseError(_) => (ErrorClass::Transient, "Response"),
         SdkError::ConstructionFailure(_) => (ErrorClass::Fatal, "Construction"),
@@ -417,7 +448,7 @@ mod tests {
         ResourceNotFoundException,
     };
     use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-    use aws_smithy_runtime_api::client::result::{ConnectorError, ServiceError};
+    use aws_smithy_runtime_api::client::result::ServiceError;
     use aws_smithy_types::body::SdkBody;
 
     use super::*;
@@ -471,14 +502,67 @@ mod tests {
     }
 
     #[test]
-    fn timeouts_and_connection_resets_are_retried() {
+    fn timeouts_and_connection_resets_are_retried_as_maybe_applied() {
         let timeout: SdkError<PutRecordsError> = SdkError::timeout_error("read timed out");
-        assert_eq!(classify_put_records_error(&timeout).class, ErrorClass::Transient);
+        let f = classify_put_records_error(&timeout);
+        assert_eq!((f.class, f.may_have_been_applied()), (ErrorClass::Transient, true));
         let reset: SdkError<PutRecordsError> =
             SdkError::dispatch_failure(ConnectorError::io("connection reset by peer".into()));
-        assert_eq!(classify_put_records_error(&reset).class, ErrorClass::Transient);
+        let f = classify_put_records_error(&reset);
+        assert_eq!((f.class, f.code.as_str(), f.may_have_been_applied()), (ErrorClass::Transient, "Dispatch", true));
         let user: SdkError<PutRecordsError> = SdkError::dispatch_failure(ConnectorError::user("bad endpoint".into()));
-        assert_eq!(classify_put_records_error(&user).class, ErrorClass::Fatal);
+        let f = classify_put_records_error(&user);
+        assert_eq!((f.class, f.may_have_been_applied()), (ErrorClass::Fatal, false));
+        assert!(check_count(vec![], 1).unwrap_err().may_have_been_applied(), "an unmatched answer");
+    }
+
+    /// A client of the real SDK stack (no retries, 2 s timeouts) for `endpoint`.
+    fn real_client(endpoint: &str) -> aws_sdk_kinesis::Client {
+        let config = aws_sdk_kinesis::Config::builder()
+            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+            .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_kinesis::config::Credentials::for_tests())
+            .endpoint_url(endpoint)
+            .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
+            .build();
+        aws_sdk_kinesis::Client::from_conf(config)
+    }
+
+    async fn put_one(endpoint: &str) -> Failure {
+        let entry = WireEntry { data: "x".into(), partition_key: "k".into(), explicit_hash_key: None };
+        let client = real_client(endpoint);
+        let call = put_records(&client, "s", vec![entry]);
+        tokio::time::timeout(Duration::from_secs(5), call).await.expect("answers within 5 s").unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_is_never_sent_and_a_reset_after_sending_may_have_been_applied() {
+        // Refused: a port with nothing listening.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let refused = put_one(&format!("http://{addr}")).await;
+        assert_eq!((refused.code.as_str(), refused.may_have_been_applied()), ("Connect", false), "{refused}");
+
+        // Reset: the server reads the whole request, then resets the connection.
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let (mut conn, _) = server.accept().await.unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut seen = vec![];
+            while !String::from_utf8_lossy(&seen).contains("\"k\"") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client closed first");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            conn.set_zero_linger().unwrap();
+            drop(conn);
+        });
+        let reset = put_one(&format!("http://{addr}")).await;
+        assert_eq!((reset.code.as_str(), reset.may_have_been_applied()), ("Dispatch", true), "{reset}");
+        assert!(reset.message.to_lowercase().contains("reset"), "{reset}");
     }
 
     #[test]

@@ -93,6 +93,11 @@ struct Args {
     /// producer's queue.
     #[arg(long)]
     ttl_from_first_attempt: bool,
+    /// How many times a record may be sent again after a request carrying it
+    /// went unanswered (timeout, connection reset): each resend may store a
+    /// duplicate (default 2; 0 never resends such a record).
+    #[arg(long, value_name = "N")]
+    max_resends_after_unknown: Option<u32>,
     /// Send Firehose records without the trailing newline. By default each
     /// line keeps its newline, so the objects Firehose writes to S3 are JSON
     /// Lines; use this when a Firehose processor or the destination adds its
@@ -209,6 +214,11 @@ fn producer_config(args: &Args) -> Result<ProducerConfig> {
     }
     if args.ttl_from_first_attempt {
         table.insert("ttl_start".into(), "first_attempt".into());
+    }
+    if let Some(v) = args.max_resends_after_unknown {
+        let retry = table.entry("retry").or_insert_with(|| toml::Table::new().into());
+        let retry = retry.as_table_mut().context("[retry] in --config must be a table")?;
+        retry.insert("max_resends_after_unknown".into(), i64::from(v).into());
     }
     if args.aggregate {
         table.insert("aggregation".into(), true.into());
@@ -391,6 +401,7 @@ async fn run(args: Args) -> Result<Summary> {
     summary.lines_read = line_no;
     summary.stopped = control.reason.get().cloned();
     summary.retries = counter_total(&producer.metrics().records_retried);
+    summary.maybe_duplicated = producer.metrics().records_maybe_duplicated.get();
     print_summary(&summary, elapsed, args.json);
     match (&summary.stopped, &summary.first_failure) {
         (Some(Stop::TargetUnusable(_)), _) | (_, None) => {}

@@ -31,6 +31,9 @@ pub(crate) struct Summary {
     pub(crate) retried: u64,
     /// Every retry, as the producer counted them.
     pub(crate) retries: u64,
+    /// Records (sent or unknown) that may be stored more than once: resent
+    /// after a request carrying them went unanswered.
+    pub(crate) maybe_duplicated: u64,
     /// Payload bytes of the acknowledged records.
     pub(crate) bytes: u64,
     /// Latency of the acknowledged records (bounded memory).
@@ -159,7 +162,7 @@ pub(crate) fn print_summary(s: &Summary, elapsed: Duration, json: bool) {
         let v = serde_json::json!({
             "lines_read": s.lines_read, "stopped": s.stopped.as_ref().map(Stop::label),
             "sent": s.sent, "unknown_outcome": s.unknown, "failed": s.failed,
-            "retried": s.retried, "retries": s.retries,
+            "retried": s.retried, "retries": s.retries, "maybe_duplicated": s.maybe_duplicated,
             "bytes": s.bytes, "elapsed_s": secs, "records_per_s": rate,
             "latency_p50_ms": ms(p50), "latency_p99_ms": ms(p99),
         });
@@ -178,6 +181,7 @@ pub(crate) fn print_summary(s: &Summary, elapsed: Duration, json: bool) {
     println!("unknown     {} (a request timed out or was abandoned; they may or may not be stored)", s.unknown);
     println!("failed      {}", s.failed);
     println!("retried     {} records ({} retries)", s.retried, s.retries);
+    println!("may be duplicated: {} (resent after a request went unanswered)", s.maybe_duplicated);
     println!("elapsed     {secs:.2} s");
     println!("throughput  {rate:.0} records/s, {:.2} MB/s", s.bytes as f64 / 1e6 / secs);
     println!("latency     p50 {:.1} ms, p99 {:.1} ms", ms(p50), ms(p99));
