@@ -52,15 +52,8 @@ pub async fn shard_map(client: &aws_sdk_kinesis::Client, stream: &str) -> ShardM
     ShardMap::from_shards(&shardlake_producer::service::api::list_shards(client, stream).await.unwrap())
 }
 
-/// Reads every shard from the start until `expected` records are read, or
-/// panics at `timeout`.
-pub async fn read_all(
-    client: &aws_sdk_kinesis::Client,
-    stream: &str,
-    expected: usize,
-    timeout: Duration,
-) -> Vec<ReadRecord> {
-    let deadline = Instant::now() + timeout;
+/// A TRIM_HORIZON iterator for every shard of `stream`.
+async fn iterators_from_the_start(client: &aws_sdk_kinesis::Client, stream: &str) -> BTreeMap<String, String> {
     let map = shard_map(client, stream).await;
     let mut iterators = BTreeMap::new();
     for s in map.shards() {
@@ -74,26 +67,48 @@ pub async fn read_all(
             .unwrap();
         iterators.insert(s.shard_id.to_string(), it.shard_iterator().unwrap().to_string());
     }
+    iterators
+}
+
+/// One GetRecords call per shard, appending to `out`; whether any record came.
+async fn read_round(
+    client: &aws_sdk_kinesis::Client,
+    iterators: &mut BTreeMap<String, String>,
+    out: &mut Vec<ReadRecord>,
+) -> bool {
+    let mut got_any = false;
+    for (shard_id, it) in iterators.iter_mut() {
+        let resp = client.get_records().shard_iterator(it.as_str()).limit(10_000).send().await.unwrap();
+        for r in resp.records() {
+            got_any = true;
+            out.push(ReadRecord {
+                shard_id: shard_id.clone(),
+                sequence_number: r.sequence_number().to_string(),
+                partition_key: r.partition_key().unwrap_or_default().to_string(),
+                data: r.data().as_ref().to_vec(),
+            });
+        }
+        if let Some(next) = resp.next_shard_iterator() {
+            *it = next.to_string();
+        }
+    }
+    got_any
+}
+
+/// Reads every shard from the start until `expected` records are read, or
+/// panics at `timeout`.
+pub async fn read_all(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<ReadRecord> {
+    let deadline = Instant::now() + timeout;
+    let mut iterators = iterators_from_the_start(client, stream).await;
     let mut out = vec![];
     while out.len() < expected {
         assert!(Instant::now() < deadline, "read {} of {expected} records before the deadline", out.len());
-        let mut got_any = false;
-        for (shard_id, it) in iterators.iter_mut() {
-            let resp = client.get_records().shard_iterator(it.as_str()).limit(10_000).send().await.unwrap();
-            for r in resp.records() {
-                got_any = true;
-                out.push(ReadRecord {
-                    shard_id: shard_id.clone(),
-                    sequence_number: r.sequence_number().to_string(),
-                    partition_key: r.partition_key().unwrap_or_default().to_string(),
-                    data: r.data().as_ref().to_vec(),
-                });
-            }
-            if let Some(next) = resp.next_shard_iterator() {
-                *it = next.to_string();
-            }
-        }
-        if !got_any {
+        if !read_round(client, &mut iterators, &mut out).await {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -104,40 +119,14 @@ pub async fn read_all(
 /// new (the stream is quiet), bounded by `timeout`.
 pub async fn read_until_quiet(client: &aws_sdk_kinesis::Client, stream: &str, timeout: Duration) -> Vec<ReadRecord> {
     let deadline = Instant::now() + timeout;
-    let map = shard_map(client, stream).await;
-    let mut iterators = BTreeMap::new();
-    for s in map.shards() {
-        let it = client
-            .get_shard_iterator()
-            .stream_name(stream)
-            .shard_id(s.shard_id.as_ref())
-            .shard_iterator_type(ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .unwrap();
-        iterators.insert(s.shard_id.to_string(), it.shard_iterator().unwrap().to_string());
-    }
+    let mut iterators = iterators_from_the_start(client, stream).await;
     let (mut out, mut quiet_rounds) = (vec![], 0);
     while quiet_rounds < 2 {
         assert!(Instant::now() < deadline, "the stream was not quiet before the deadline ({} read)", out.len());
-        let mut got_any = false;
-        for (shard_id, it) in iterators.iter_mut() {
-            let resp = client.get_records().shard_iterator(it.as_str()).limit(10_000).send().await.unwrap();
-            for r in resp.records() {
-                got_any = true;
-                out.push(ReadRecord {
-                    shard_id: shard_id.clone(),
-                    sequence_number: r.sequence_number().to_string(),
-                    partition_key: r.partition_key().unwrap_or_default().to_string(),
-                    data: r.data().as_ref().to_vec(),
-                });
-            }
-            if let Some(next) = resp.next_shard_iterator() {
-                *it = next.to_string();
-            }
-        }
-        quiet_rounds = if got_any { 0 } else { quiet_rounds + 1 };
-        if !got_any {
+        if read_round(client, &mut iterators, &mut out).await {
+            quiet_rounds = 0;
+        } else {
+            quiet_rounds += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
