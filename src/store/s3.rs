@@ -9,6 +9,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use futures::{StreamExt, TryStreamExt};
 
+use crate::aws::is_transient;
 use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
 use crate::store::Retried;
@@ -55,28 +56,6 @@ impl S3Options {
         self.multipart_threshold = self.multipart_threshold.max(self.part_size);
         self.part_concurrency = self.part_concurrency.clamp(1, 64);
         self
-    }
-}
-
-/// Whether an SDK error is worth retrying: timeouts, connection failures,
-/// 5xx, throttling. Access, missing-bucket and validation errors are not.
-pub fn is_transient<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
-    match e {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
-        SdkError::ServiceError(se) => {
-            matches!(
-                se.err().code(),
-                Some(
-                    "SlowDown"
-                        | "RequestTimeout"
-                        | "InternalError"
-                        | "ServiceUnavailable"
-                        | "Throttling"
-                        | "ThrottlingException"
-                )
-            ) || se.raw().status().is_server_error()
-        }
-        _ => false,
     }
 }
 

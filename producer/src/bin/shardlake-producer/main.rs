@@ -191,26 +191,19 @@ fn producer_config(args: &Args) -> Result<ProducerConfig> {
         (None, None) => bail!("give --stream or --firehose"),
     };
     table.insert("target".into(), target.into());
-    if let Some(v) = args.linger_ms {
-        table.insert("linger_ms".into(), (v as i64).into());
-    }
-    if let Some(v) = args.rate_limit_percent {
-        table.insert("rate_limit_percent".into(), (v as i64).into());
-    }
-    if let Some(v) = args.max_concurrent_requests {
-        table.insert("max_concurrent_requests".into(), (v as i64).into());
-    }
-    if let Some(v) = args.request_timeout_ms {
-        table.insert("request_timeout_ms".into(), (v as i64).into());
-    }
-    if let Some(v) = args.min_request_timeout_ms {
-        table.insert("min_request_timeout_ms".into(), (v as i64).into());
-    }
-    if let Some(v) = args.record_ttl_ms {
-        table.insert("record_ttl_ms".into(), (v as i64).into());
-    }
-    if let Some(v) = args.control_plane_timeout_ms {
-        table.insert("control_plane_timeout_ms".into(), (v as i64).into());
+    // Flags override the config file's settings of the same names.
+    for (key, value) in [
+        ("linger_ms", args.linger_ms.map(|v| v as i64)),
+        ("rate_limit_percent", args.rate_limit_percent.map(|v| v as i64)),
+        ("max_concurrent_requests", args.max_concurrent_requests.map(|v| v as i64)),
+        ("request_timeout_ms", args.request_timeout_ms.map(|v| v as i64)),
+        ("min_request_timeout_ms", args.min_request_timeout_ms.map(|v| v as i64)),
+        ("record_ttl_ms", args.record_ttl_ms.map(|v| v as i64)),
+        ("control_plane_timeout_ms", args.control_plane_timeout_ms.map(|v| v as i64)),
+    ] {
+        if let Some(v) = value {
+            table.insert(key.into(), v.into());
+        }
     }
     if args.ttl_from_first_attempt {
         table.insert("ttl_start".into(), "first_attempt".into());
