@@ -12,6 +12,9 @@
 //!   every request and response body shares, like a congested NAT;
 //! - [`FaultProxy::set_random_faults`]: a seeded fraction of requests failing
 //!   the way the service fails under load;
+//! - [`FaultProxy::set_random_delays`]: a seeded fraction of requests held
+//!   for a random time before going upstream, as scattered slow requests
+//!   (a slow path, a pause on one server) look to a client;
 //! - [`FaultProxy::set_lost_answers`]: a seeded fraction of requests passed
 //!   upstream (so the service applies them) whose answer is replaced by a TCP
 //!   reset, as a connection reset after the request was sent looks to a client.
@@ -88,6 +91,8 @@ pub struct Counts {
     /// Requests applied upstream whose answer was replaced by a reset
     /// ([`FaultProxy::set_lost_answers`]).
     pub answers_lost: AtomicU64,
+    /// Requests held by [`FaultProxy::set_random_delays`].
+    pub delayed: AtomicU64,
 }
 
 impl Counts {
@@ -104,6 +109,14 @@ struct Link {
     next_free: Instant,
 }
 
+/// A seeded fraction of requests held for a time in `[min, max]`.
+struct RandomDelays {
+    rate: f64,
+    min: Duration,
+    max: Duration,
+    rng: ChaCha8Rng,
+}
+
 /// What the accept loop and every request read.
 struct Shared {
     flavor: Flavor,
@@ -114,6 +127,7 @@ struct Shared {
     link: Mutex<Option<Link>>,
     random: Mutex<(f64, ChaCha8Rng)>,
     lost: Mutex<(f64, ChaCha8Rng)>,
+    delays: Mutex<RandomDelays>,
     counts: Arc<Counts>,
     stop: CancellationToken,
 }
@@ -169,6 +183,12 @@ impl FaultProxy {
             link: Mutex::new(None),
             random: Mutex::new((0.0, ChaCha8Rng::seed_from_u64(0))),
             lost: Mutex::new((0.0, ChaCha8Rng::seed_from_u64(0))),
+            delays: Mutex::new(RandomDelays {
+                rate: 0.0,
+                min: Duration::ZERO,
+                max: Duration::ZERO,
+                rng: ChaCha8Rng::seed_from_u64(0),
+            }),
             counts: counts.clone(),
             stop: CancellationToken::new(),
         });
@@ -215,6 +235,16 @@ impl FaultProxy {
     /// reset); other modes are unchanged.
     pub fn set_lost_answers(&self, rate: f64, seed: u64) {
         *self.shared.lost.lock().expect("rng lock") = (rate, ChaCha8Rng::seed_from_u64(seed));
+    }
+
+    /// Holds a `rate` fraction (seeded, reproducible) of requests for a
+    /// uniformly drawn time in `[min, max]` before they go upstream, on top of
+    /// any latency: scattered slow requests, unrelated to load or size. A
+    /// request whose client hangs up while it is held is dropped unapplied
+    /// when hyper notices the closed connection.
+    pub fn set_random_delays(&self, rate: f64, min: Duration, max: Duration, seed: u64) {
+        *self.shared.delays.lock().expect("rng lock") =
+            RandomDelays { rate, min, max: max.max(min), rng: ChaCha8Rng::seed_from_u64(seed) };
     }
 }
 
@@ -386,6 +416,21 @@ impl Shared {
         tokio::time::sleep_until(ready).await;
     }
 
+    /// This request's random delay, if it draws one.
+    fn random_delay(&self) -> Option<Duration> {
+        let mut d = self.delays.lock().expect("rng lock");
+        if d.rate <= 0.0 {
+            return None;
+        }
+        let roll: f64 = d.rng.random();
+        if roll >= d.rate {
+            return None;
+        }
+        let spread = (d.max - d.min).as_secs_f64();
+        let extra: f64 = d.rng.random();
+        Some(d.min + Duration::from_secs_f64(spread * extra))
+    }
+
     /// Whether this request draws a random fault, and which.
     fn random_fault(&self) -> Option<Result<Response<ProxyBody>, Dropped>> {
         let (rate, roll) = {
@@ -421,6 +466,10 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
     let latency = *shared.latency.lock().expect("latency lock");
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
+    }
+    if let Some(delay) = shared.random_delay() {
+        shared.counts.delayed.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(delay).await;
     }
     let (mut parts, body) = req.into_parts();
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
@@ -639,6 +688,35 @@ mod tests {
         assert_eq!(answered + lost, 100);
         assert!((15..45).contains(&lost), "{lost} of 100 lost");
         assert_eq!(proxy.counts.passed.load(Ordering::Relaxed), 101);
+    }
+
+    #[tokio::test]
+    async fn random_delays_hold_the_asked_fraction_for_a_time_in_range() {
+        let proxy = FaultProxy::start(&upstream().await, Flavor::Kinesis).await.unwrap();
+        proxy.set_random_delays(0.3, Duration::from_millis(200), Duration::from_millis(400), 3);
+        let mut slow = 0;
+        for _ in 0..40 {
+            let started = std::time::Instant::now();
+            post(&proxy.endpoint, b"").await.unwrap();
+            let took = started.elapsed();
+            if took >= Duration::from_millis(200) {
+                assert!(took < Duration::from_millis(1_000), "{took:?}");
+                slow += 1;
+            }
+        }
+        assert_eq!(proxy.counts.delayed.load(Ordering::Relaxed), slow);
+        assert!((4..=22).contains(&slow), "{slow} of 40 delayed");
+
+        // A client that gives up while its request is held: the request is
+        // dropped without going upstream.
+        proxy.set_random_delays(1.0, Duration::from_millis(500), Duration::from_millis(500), 3);
+        let passed = proxy.counts.passed.load(Ordering::Relaxed);
+        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let req = Request::post(&proxy.endpoint).body(Full::new(Bytes::from_static(b""))).unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(100), client.request(req)).await.is_err());
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(proxy.counts.passed.load(Ordering::Relaxed), passed, "not applied after the client left");
     }
 
     #[tokio::test]

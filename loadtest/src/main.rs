@@ -63,18 +63,34 @@ enum Command {
         schema_out: Option<PathBuf>,
     },
     /// Put a slow link in front of a Kinesis endpoint: every request and
-    /// answer shares `--bandwidth` bytes per second, after `--latency`. For
-    /// benchmarks against a slow endpoint. Prints `listening on URL`.
+    /// answer shares `--bandwidth` bytes per second, after `--latency`, and
+    /// a `--delay-fraction` of requests is held for a time between
+    /// `--delay-min` and `--delay-max`. For benchmarks against a slow
+    /// endpoint. Prints `listening on URL`.
     SlowLink {
         /// The endpoint behind the link (e.g. kinesalite's URL).
         #[arg(long)]
         upstream: String,
-        /// Bytes per second through the link, both directions together.
+        /// Bytes per second through the link, both directions together
+        /// (0: no cap).
         #[arg(long, default_value_t = 1_000_000)]
         bandwidth: u64,
         /// Added to every request.
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         latency: std::time::Duration,
+        /// The fraction of requests held before going upstream (scattered
+        /// slow requests, unrelated to load).
+        #[arg(long, default_value_t = 0.0)]
+        delay_fraction: f64,
+        /// The shortest hold of a delayed request.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        delay_min: std::time::Duration,
+        /// The longest hold of a delayed request.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        delay_max: std::time::Duration,
+        /// Seed of the delay draws (the same seed delays the same requests).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Serve a JSON Lines file as a Kinesis stream of N shards from memory
     /// (ListShards, GetShardIterator, GetRecords), for consumer benchmarks
@@ -121,13 +137,18 @@ fn main() -> anyhow::Result<()> {
         Command::ReplayKinesis { input, shards, port, trim } => {
             tokio::runtime::Runtime::new()?.block_on(replay::serve(&input, shards, port, trim))
         }
-        Command::SlowLink { upstream, bandwidth, latency } => tokio::runtime::Runtime::new()?.block_on(async {
-            let proxy = faultproxy::FaultProxy::start(&upstream, faultproxy::Flavor::Kinesis).await?;
-            proxy.set_bandwidth(Some(bandwidth));
-            proxy.set_latency(latency);
-            println!("listening on {}", proxy.endpoint);
-            std::future::pending::<anyhow::Result<()>>().await
-        }),
+        Command::SlowLink { upstream, bandwidth, latency, delay_fraction, delay_min, delay_max, seed } => {
+            anyhow::ensure!((0.0..=1.0).contains(&delay_fraction), "--delay-fraction must be between 0 and 1");
+            anyhow::ensure!(delay_min <= delay_max, "--delay-min must not be above --delay-max");
+            tokio::runtime::Runtime::new()?.block_on(async {
+                let proxy = faultproxy::FaultProxy::start(&upstream, faultproxy::Flavor::Kinesis).await?;
+                proxy.set_bandwidth((bandwidth > 0).then_some(bandwidth));
+                proxy.set_latency(latency);
+                proxy.set_random_delays(delay_fraction, delay_min, delay_max, seed);
+                println!("listening on {}", proxy.endpoint);
+                std::future::pending::<anyhow::Result<()>>().await
+            })
+        }
         Command::Schema => {
             print!("{}", events::schema_toml());
             Ok(())

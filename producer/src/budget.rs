@@ -3,8 +3,9 @@
 //! or expired), retries included, so memory stays bounded however slow the
 //! stream is: `send` waits for room, `try_send` fails instead.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
@@ -99,35 +100,88 @@ impl Budget {
 
 /// Records accepted and not sent yet (the producer's own queue), for
 /// [`crate::Producer::ready`]: a feeder that waits for it keeps the queue at
-/// about one round of requests, so records do not age in it.
+/// about one round of requests, so records do not age in it. With
+/// `ordering`, also per partition key: a key sends one entry per round trip,
+/// so [`Backlog::wait_for_key`] holds a key's next record back (in the
+/// caller's input) while one request's worth of that key already waits.
 #[derive(Debug, Default)]
 pub struct Backlog {
     count: AtomicUsize,
     /// Set by the producer's task: what the current concurrency limit sends
     /// in one round of requests, plus one request.
     target: AtomicUsize,
+    /// With ordering: records and bytes of each key not sent yet.
+    keys: Mutex<HashMap<String, KeyBacklog>>,
     notify: Notify,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyBacklog {
+    records: usize,
+    bytes: usize,
 }
 
 /// A record's place in the [`Backlog`], left on its first send (or when it
 /// resolves unsent).
 #[derive(Debug)]
-pub struct BacklogEntry(Arc<Backlog>);
+pub struct BacklogEntry {
+    backlog: Arc<Backlog>,
+    /// The key and bytes counted per key, with ordering.
+    key: Option<(String, usize)>,
+}
 
 impl Drop for BacklogEntry {
     fn drop(&mut self) {
-        let before = self.0.count.fetch_sub(1, Ordering::AcqRel);
-        if before <= self.0.target.load(Ordering::Acquire) {
-            self.0.notify.notify_waiters();
+        let before = self.backlog.count.fetch_sub(1, Ordering::AcqRel);
+        let mut wake = before <= self.backlog.target.load(Ordering::Acquire);
+        if let Some((key, bytes)) = self.key.take() {
+            let mut keys = self.backlog.keys.lock().expect("backlog keys lock");
+            if let Some(k) = keys.get_mut(&key) {
+                k.records -= 1;
+                k.bytes -= bytes;
+                if k.records == 0 {
+                    keys.remove(&key);
+                }
+            }
+            wake = true;
+        }
+        if wake {
+            self.backlog.notify.notify_waiters();
         }
     }
 }
 
 impl Backlog {
-    /// Counts a record in until the returned entry is dropped.
-    pub fn enter(self: &Arc<Self>) -> BacklogEntry {
+    /// Counts a record in until the returned entry is dropped; with
+    /// `key` (ordering), also in that key's backlog.
+    pub fn enter(self: &Arc<Self>, key: Option<(&str, usize)>) -> BacklogEntry {
         self.count.fetch_add(1, Ordering::AcqRel);
-        BacklogEntry(self.clone())
+        let key = key.map(|(key, bytes)| {
+            let mut keys = self.keys.lock().expect("backlog keys lock");
+            let k = keys.entry(key.to_string()).or_default();
+            k.records += 1;
+            k.bytes += bytes;
+            (key.to_string(), bytes)
+        });
+        BacklogEntry { backlog: self.clone(), key }
+    }
+
+    /// Waits until `key` has room for one more unsent record: fewer than 2
+    /// wait (the next request's entry and one spare), or, with aggregation,
+    /// fewer than `turn_bytes` (one aggregate's worth). With ordering a key
+    /// sends one entry per round trip, so more of its records would only
+    /// age in the queue, perhaps past their TTL, before their first attempt.
+    pub async fn wait_for_key(&self, key: &str, turn_bytes: usize) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let k = self.keys.lock().expect("backlog keys lock").get(key).copied().unwrap_or_default();
+            if k.records < 2 || k.bytes < turn_bytes {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Records accepted and not sent yet.
@@ -189,11 +243,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn wait_for_key_holds_a_hot_key_back_and_lets_other_keys_pass() {
+        let backlog = Arc::new(Backlog::default());
+        backlog.set_target(1_000);
+        let first = backlog.enter(Some(("hot", 10)));
+        let _second = backlog.enter(Some(("hot", 10)));
+        backlog.wait_for_key("cold", 0).await;
+        let waiter = tokio::spawn({
+            let backlog = backlog.clone();
+            async move { backlog.wait_for_key("hot", 0).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiter.is_finished(), "two records of the key wait to be sent");
+        drop(first);
+        waiter.await.unwrap();
+        // With aggregation, a key's turn is an aggregate's worth of bytes.
+        let _third = backlog.enter(Some(("hot", 10)));
+        backlog.wait_for_key("hot", 31).await;
+        assert_eq!(backlog.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn wait_for_room_waits_until_the_backlog_is_below_its_target() {
         let backlog = Arc::new(Backlog::default());
         backlog.set_target(2);
-        let first = backlog.enter();
-        let _second = backlog.enter();
+        let first = backlog.enter(None);
+        let _second = backlog.enter(None);
         let waiter = tokio::spawn({
             let backlog = backlog.clone();
             async move { backlog.wait_for_room().await }
@@ -202,7 +277,7 @@ mod tests {
         assert!(!waiter.is_finished(), "two records wait for a target of two");
         drop(first);
         waiter.await.unwrap();
-        let _third = backlog.enter();
+        let _third = backlog.enter(None);
         let waiter = tokio::spawn({
             let backlog = backlog.clone();
             async move { backlog.wait_for_room().await }

@@ -4,14 +4,29 @@
 //!
 //! The limit follows AIMD. It starts at 1; once per round trip (one
 //! "window", the length of the RTT baseline) it
-//! - grows by 1 when the window's mean RTT is at or below the baseline (an
+//! - grows by 1 when the window's RTT is at or below the baseline (an
 //!   EWMA of past windows), the limit was reached (there is demand for more)
 //!   and nothing pushed back;
 //! - shrinks to `limit × 0.9` (rounded down, at least 1 less) on back
-//!   pressure (a timeout, a whole-request throttle or 5xx, an entry throttled
-//!   with `ProvisionedThroughputExceededException`) or when the window's RTT
-//!   rose above the baseline by more than 2.5 standard deviations (and 5%): the
-//!   endpoint is queueing requests, and more of them only adds latency.
+//!   pressure (a whole-request throttle or 5xx, an entry throttled with
+//!   `ProvisionedThroughputExceededException`, a timeout that no later
+//!   request overtook) or when the window's RTT rose above the baseline by
+//!   more than 2.5 standard deviations (and 5%): the endpoint is queueing
+//!   requests, and more of them only adds latency.
+//!
+//! Two departures from Vector make scattered slow requests (a slow path, a
+//! pause on one server: unrelated to load) cost throughput in proportion
+//! rather than most of it. The window's RTT is the median of its answers,
+//! not the mean, so one late answer among fast ones is not "rising latency".
+//! And a timeout is back pressure only when no request sent after the
+//! timed-out one has been answered yet: an overloaded endpoint serves its
+//! queue in order and a stalled one answers nothing, while one that is
+//! merely slow now and then answers later requests first. A request so
+//! overtaken is left to its own timeout and
+//! resend; the resend of a record whose request went unanswered waits twice
+//! as long per earlier unanswered attempt ([`Controller::request_timeout_for`]),
+//! so a record on a slow path still gets through, and one that reached the
+//! service is not sent again and again.
 //!
 //! One addition to Vector's rules: the EWMA baseline follows the RTT up as
 //! the limit grows, so against an endpoint that queues, a slow climb (each
@@ -28,10 +43,10 @@
 //! clamped to `[min_request_timeout_ms, request_timeout_ms]`, doubled after
 //! each timeout in a row, and the ceiling until the first answer.
 //!
-//! When requests time out at a limit of 1, fewer requests cannot help: the
-//! requests themselves are too big for the endpoint (kinesis-local on a
-//! loaded machine takes over 10 s for 500 records). Each such timeout halves
-//! the batch share (the part of `max_batch_records` and `max_batch_bytes` a
+//! When requests time out one after another at a limit of 1, fewer requests
+//! cannot help: the requests themselves are too big for the endpoint
+//! (kinesis-local on a loaded machine takes over 10 s for 500 records). From
+//! the second timeout in a row, each halves the batch share (the part of `max_batch_records` and `max_batch_bytes` a
 //! request may carry), so requests come to fit the timeout instead of being
 //! sent again whole, and every resend that the endpoint had in fact applied
 //! duplicating its records. The share grows back by a quarter per window
@@ -70,6 +85,12 @@ const TIMEOUT_RTT_FACTOR: f64 = 4.0;
 /// The smallest batch share: 1/512 of the configured batch (one record of
 /// the default 500).
 const MIN_BATCH_SHARE: f64 = 1.0 / 512.0;
+/// Timeouts in a row (no answer between) at a limit of 1 before requests are
+/// taken to be too big: one is as likely a scattered slow request.
+const TIMEOUTS_BEFORE_SHRINKING: u32 = 2;
+/// RTT samples kept per window for its median; a window rarely holds more
+/// answers than the ceiling of requests in flight.
+const WINDOW_SAMPLES: usize = 1024;
 /// Growth of the batch share per window while requests answer fast.
 const BATCH_SHARE_GROWTH: f64 = 1.25;
 /// The batch share grows only while a request, grown by
@@ -89,7 +110,10 @@ pub enum Signal {
         back_pressure: bool,
     },
     /// No answer within the request timeout.
-    TimedOut,
+    TimedOut {
+        /// Time from sending to giving up.
+        waited: Duration,
+    },
     /// No usable answer for another reason (a connection error, a 5xx):
     /// back pressure without an RTT sample.
     Failed,
@@ -142,9 +166,12 @@ pub struct Controller {
     /// The lowest recent window RTT in seconds: the endpoint's latency
     /// without queueing.
     unloaded: f64,
-    /// Sum and count of the current window's RTTs, in seconds.
-    window_sum: f64,
-    window_count: u32,
+    /// The current window's RTTs, in seconds (answers to requests sent at
+    /// the window's limit), for its median.
+    window_rtts: Vec<f64>,
+    /// When the latest-sent request that has been answered was sent: a
+    /// timed-out request sent before it was overtaken.
+    latest_answered_sent: Option<Instant>,
     /// When the current window closes.
     window_end: Instant,
     /// When the limit last changed: answers to requests sent before it
@@ -174,8 +201,8 @@ impl Controller {
             in_flight: 0,
             baseline: None,
             unloaded: f64::MAX,
-            window_sum: 0.0,
-            window_count: 0,
+            window_rtts: Vec::new(),
+            latest_answered_sent: None,
             window_end: now,
             last_change: None,
             back_pressure: false,
@@ -205,11 +232,21 @@ impl Controller {
 
     /// How long the next request may go unanswered.
     pub fn request_timeout(&self) -> Duration {
+        self.request_timeout_for(0)
+    }
+
+    /// How long a request may go unanswered that resends records after
+    /// `unanswered` earlier attempts of theirs went unanswered: doubled for
+    /// each, within the ceiling. The first attempt is cut short to find a
+    /// hung connection fast; a record that met a slow path gets more
+    /// patience, so it is not resent (perhaps stored again) every floor.
+    pub fn request_timeout_for(&self, unanswered: u32) -> Duration {
         let Some(b) = self.baseline else { return self.timeout_ceiling };
         let base = TIMEOUT_RTT_FACTOR * (b.mean + 2.0 * b.deviation());
         let base = Duration::try_from_secs_f64(base).unwrap_or(self.timeout_ceiling);
-        let backed_off = base.saturating_mul(1 << self.timeouts_in_a_row.min(16));
-        backed_off.clamp(self.timeout_floor, self.timeout_ceiling)
+        let backed_off = base.max(self.timeout_floor).saturating_mul(1 << self.timeouts_in_a_row.min(16));
+        let patient = backed_off.saturating_mul(1 << unanswered.min(16));
+        patient.clamp(self.timeout_floor, self.timeout_ceiling)
     }
 
     /// A request was sent.
@@ -228,21 +265,26 @@ impl Controller {
             Signal::Answered { rtt, back_pressure } => {
                 self.timeouts_in_a_row = 0;
                 self.back_pressure |= back_pressure;
-                if self.last_change.is_none_or(|changed| now.checked_sub(rtt).is_none_or(|sent| sent >= changed)) {
-                    self.window_sum += rtt.as_secs_f64();
-                    self.window_count += 1;
+                let sent = now.checked_sub(rtt);
+                self.latest_answered_sent = self.latest_answered_sent.max(sent);
+                if self.last_change.is_none_or(|changed| now.checked_sub(rtt).is_none_or(|sent| sent >= changed))
+                    && self.window_rtts.len() < WINDOW_SAMPLES
+                {
+                    self.window_rtts.push(rtt.as_secs_f64());
                 }
             }
-            Signal::TimedOut => {
+            Signal::TimedOut { waited } => {
                 self.timeouts_in_a_row = self.timeouts_in_a_row.saturating_add(1);
-                self.back_pressure = true;
-                if self.limit == 1 {
+                let sent = now.checked_sub(waited);
+                let overtaken = self.latest_answered_sent.is_some_and(|answered| sent.is_some_and(|s| s < answered));
+                self.back_pressure |= !overtaken;
+                if self.limit == 1 && self.timeouts_in_a_row >= TIMEOUTS_BEFORE_SHRINKING {
                     self.batch_share = (self.batch_share / 2.0).max(MIN_BATCH_SHARE);
                 }
             }
             Signal::Failed => self.back_pressure = true,
         }
-        let window_rtt = (self.window_count > 0).then(|| self.window_sum / self.window_count as f64);
+        let window_rtt = self.window_median();
         let Some(baseline) = self.baseline else {
             // The first answer sets the baseline and opens the first window;
             // back pressure before it still cuts the limit.
@@ -296,10 +338,25 @@ impl Controller {
         None
     }
 
+    /// The median of the window's RTTs: slow answers among fast ones do
+    /// not move it while they are fewer; a queue that slows every answer does.
+    fn window_median(&mut self) -> Option<f64> {
+        let n = self.window_rtts.len();
+        if n == 0 {
+            return None;
+        }
+        let (below, upper, _) = self.window_rtts.select_nth_unstable_by(n / 2, f64::total_cmp);
+        let upper = *upper;
+        if n % 2 == 1 {
+            return Some(upper);
+        }
+        let lower = below.iter().copied().fold(f64::MIN, f64::max);
+        Some((lower + upper) / 2.0)
+    }
+
     fn start_window(&mut self, now: Instant, rtt_secs: f64) {
         self.window_end = now + Duration::try_from_secs_f64(rtt_secs).unwrap_or(Duration::ZERO);
-        self.window_sum = 0.0;
-        self.window_count = 0;
+        self.window_rtts.clear();
         self.back_pressure = false;
         self.reached_limit = self.in_flight >= self.limit;
     }
@@ -320,15 +377,25 @@ mod tests {
         service: Duration,
         /// Per server slot, when it is free again.
         free_at: Vec<Instant>,
+        /// Every n-th request takes this long on a slow path of its own,
+        /// whatever the load (`None`: no slow path).
+        slow_path: Option<(usize, Duration)>,
+        requests: usize,
     }
 
     impl Endpoint {
         fn new(capacity: usize, service: Duration) -> Self {
-            Endpoint { capacity, service, free_at: vec![Instant::now(); capacity] }
+            Endpoint { capacity, service, free_at: vec![Instant::now(); capacity], slow_path: None, requests: 0 }
         }
 
         /// When a request sent at `now` is answered.
         fn answer_at(&mut self, now: Instant) -> Instant {
+            self.requests += 1;
+            if let Some((every, delay)) = self.slow_path
+                && self.requests.is_multiple_of(every)
+            {
+                return now + delay;
+            }
             let slot = (0..self.capacity).min_by_key(|&i| self.free_at[i]).unwrap();
             let done = self.free_at[slot].max(now) + self.service;
             self.free_at[slot] = done;
@@ -365,8 +432,11 @@ mod tests {
             let (at, sent, timed_out) = in_flight.swap_remove(next);
             tokio::time::sleep_until(at).await;
             timeouts.push(timed_out);
-            let signal =
-                if timed_out { Signal::TimedOut } else { Signal::Answered { rtt: at - sent, back_pressure: false } };
+            let signal = if timed_out {
+                Signal::TimedOut { waited: at - sent }
+            } else {
+                Signal::Answered { rtt: at - sent, back_pressure: false }
+            };
             controller.on_finish(Instant::now(), signal);
             limits.push(controller.limit());
         }
@@ -437,10 +507,12 @@ mod tests {
         c.on_finish(Instant::now(), Signal::Answered { rtt, back_pressure: false });
         tokio::time::advance(rtt).await;
         c.on_send();
-        assert_eq!(c.on_finish(Instant::now(), Signal::TimedOut), Some(Change::Decreased(45)));
+        // Sent after the answered request (so not overtaken by it).
+        let stalled = Signal::TimedOut { waited: rtt / 2 };
+        assert_eq!(c.on_finish(Instant::now(), stalled), Some(Change::Decreased(45)));
         // One change per window: a second timeout at once changes nothing.
         c.on_send();
-        assert_eq!(c.on_finish(Instant::now(), Signal::TimedOut), None);
+        assert_eq!(c.on_finish(Instant::now(), stalled), None);
         tokio::time::advance(rtt).await;
         c.on_send();
         let throttled = Signal::Answered { rtt, back_pressure: true };
@@ -453,7 +525,7 @@ mod tests {
         for _ in 0..3 {
             tokio::time::advance(Duration::from_secs(1)).await;
             c.on_send();
-            c.on_finish(Instant::now(), Signal::TimedOut);
+            c.on_finish(Instant::now(), stalled);
         }
         assert_eq!(c.limit(), 1);
     }
@@ -478,7 +550,7 @@ mod tests {
             c.on_send();
             tokio::time::advance(service.min(timeout)).await;
             let signal = if service > timeout {
-                Signal::TimedOut
+                Signal::TimedOut { waited: timeout }
             } else {
                 Signal::Answered { rtt: service, back_pressure: false }
             };
@@ -492,6 +564,39 @@ mod tests {
         let slow_share = shares.iter().rfind(|(s, _)| *s).unwrap().1;
         assert!(slow_share < 0.7 && slow_share * 500.0 * 0.030 <= 10.0, "share {slow_share} while slow");
         assert_eq!(shares.last().unwrap().1, 1.0, "full batches again once the endpoint is fast");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scattered_slow_requests_cost_their_own_time_not_the_limit_or_the_batch() {
+        // Issue 27 row 7: one request in five takes 6 s on a slow path of
+        // its own, past the 2 s timeout floor, while the endpoint answers
+        // the others in 50 ms with room for all. Each slow one times out
+        // alone; the limit stays near the ceiling and requests stay whole.
+        let mut c = Controller::new(24, Duration::from_secs(2), CEILING, Instant::now());
+        let mut e = Endpoint::new(100, Duration::from_millis(50));
+        e.slow_path = Some((5, Duration::from_secs(6)));
+        let (limits, timeouts) = drive(&mut c, &mut e, Duration::from_secs(300)).await;
+        let m = mean(steady(&limits));
+        assert!(m >= 18.0, "mean limit {m} in the second half, ceiling 24");
+        assert_eq!(c.batch_share(), 1.0, "requests keep their size");
+        let slow = timeouts.iter().filter(|t| **t).count() as f64 / timeouts.len() as f64;
+        assert!((0.15..=0.25).contains(&slow), "only the slow fifth times out: {slow}");
+        assert_eq!(c.request_timeout(), Duration::from_secs(2), "the first attempt keeps the floor");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_that_stops_answering_still_cuts_the_limit() {
+        let mut c = Controller::new(24, FLOOR, CEILING, Instant::now());
+        c.limit = 20;
+        c.on_send();
+        c.on_finish(Instant::now(), Signal::Answered { rtt: Duration::from_millis(50), back_pressure: false });
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            c.on_send();
+            // Sent after the one answer: nothing sent later was answered.
+            c.on_finish(Instant::now(), Signal::TimedOut { waited: Duration::from_millis(50) });
+        }
+        assert!(c.limit() <= 12, "every window timed out without an answer: {}", c.limit());
     }
 
     #[tokio::test(start_paused = true)]
@@ -517,17 +622,22 @@ mod tests {
         c.on_send();
         c.on_finish(Instant::now(), Signal::Answered { rtt: Duration::from_millis(500), back_pressure: false });
         assert_eq!(c.request_timeout(), Duration::from_secs(2), "4 × 500 ms");
+        let timed_out = Signal::TimedOut { waited: Duration::from_secs(2) };
         c.on_send();
-        c.on_finish(Instant::now(), Signal::TimedOut);
+        c.on_finish(Instant::now(), timed_out);
         assert_eq!(c.request_timeout(), Duration::from_secs(4), "doubled after a timeout");
         for _ in 0..5 {
             c.on_send();
-            c.on_finish(Instant::now(), Signal::TimedOut);
+            c.on_finish(Instant::now(), timed_out);
         }
         assert_eq!(c.request_timeout(), CEILING);
         c.on_send();
         c.on_finish(Instant::now(), Signal::Answered { rtt: Duration::from_millis(500), back_pressure: false });
         assert_eq!(c.request_timeout(), Duration::from_secs(2), "an answer ends the backoff");
+        // A resend after unanswered attempts of its records waits longer.
+        assert_eq!(c.request_timeout_for(1), Duration::from_secs(4));
+        assert_eq!(c.request_timeout_for(2), Duration::from_secs(8));
+        assert_eq!(c.request_timeout_for(3), CEILING);
         let tight = Controller::new(4, Duration::from_secs(5), Duration::from_millis(300), Instant::now());
         assert_eq!(tight.timeout_floor, Duration::from_millis(300), "the floor never exceeds the ceiling");
     }

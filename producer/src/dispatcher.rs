@@ -455,7 +455,8 @@ impl Dispatcher {
         self.metrics.record_request_sent(batch.units.len(), batch.bytes);
         self.concurrency.on_send();
         let service = self.service.clone();
-        let timeout = self.concurrency.request_timeout();
+        let unanswered = batch.units.iter().flat_map(|u| &u.records).map(|p| p.unknown_attempts).max().unwrap_or(0);
+        let timeout = self.concurrency.request_timeout_for(unanswered);
         let units = batch.units;
         self.in_flight.spawn(async move {
             let started = Instant::now();
@@ -547,7 +548,7 @@ impl Dispatcher {
                     .iter()
                     .any(|o| matches!(o, EntryOutcome::Failed(f) if f.class == ErrorClass::Throttled)),
             },
-            Err(f) if f.code == "Timeout" => Signal::TimedOut,
+            Err(f) if f.code == "Timeout" => Signal::TimedOut { waited: c.elapsed },
             Err(f) if f.class.is_retryable() => Signal::Failed,
             // A final rejection (a missing stream, no permission) is an
             // answer, not a sign of load.

@@ -14,7 +14,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
 use crate::batch::{Outcome, Pending};
-use crate::budget::{Backlog, Budget};
+use crate::budget::{Backlog, BacklogEntry, Budget};
 use crate::config::{ProducerConfig, Settings, Target};
 use crate::dispatcher::{Command, Dispatcher};
 use crate::error::{Error, ProduceError, Result};
@@ -228,21 +228,28 @@ impl Producer {
 
     /// Hands a record to the producer, waiting for room in the budget, and
     /// returns a future for its result. Use it to keep many records in flight
-    /// from one loop (see [`Producer::ready`] to pace the loop). The record's
-    /// TTL starts now (unless `ttl_start = "first_attempt"`), including any
-    /// wait for room.
+    /// from one loop (see [`Producer::ready`] to pace the loop). With
+    /// `ordering`, it first waits for the key's turn: while one request's
+    /// worth of the key's records waits to be sent (a key sends one entry
+    /// per round trip), its next record stays with the caller rather than
+    /// age in the queue. The record's TTL starts after that wait (unless
+    /// `ttl_start = "first_attempt"`), and includes any wait for room.
     pub async fn enqueue(&self, record: Record) -> Result<AckFuture, ProduceError> {
-        let enqueued = Instant::now();
         let (hash, size) = match self.check(&record) {
             Ok(v) => v,
             Err(reason) => return Err(self.refuse(record, reason)),
         };
+        if self.inner.settings.ordering {
+            let turn_bytes = self.inner.settings.aggregation_max_bytes.unwrap_or(0);
+            self.inner.backlog.wait_for_key(&record.partition_key, turn_bytes).await;
+        }
+        let enqueued = Instant::now();
         let permit = match self.inner.budget.acquire(size).await {
             Ok(p) => p,
             Err(reason) => return Err(self.refuse(record, reason)),
         };
         let (mut pending, rx) = Pending::new(record, hash, size, enqueued, self.inner.settings.ttl, permit);
-        pending.unsent = Some(self.inner.backlog.enter());
+        pending.unsent = Some(self.backlog_entry(&pending.record, size));
         if let Err(mpsc::error::SendError(Command::Record(p))) = self.inner.tx.send(Command::Record(pending)).await {
             p.fail(Error::ShutDown);
         }
@@ -250,7 +257,9 @@ impl Producer {
     }
 
     /// Like [`Producer::enqueue`], but fails with [`Error::BufferFull`]
-    /// instead of waiting when the budget is used up.
+    /// instead of waiting when the budget is used up. It never waits for a
+    /// key's turn: with `ordering`, a hot key's records queue (and their TTL
+    /// runs) behind each other.
     pub fn try_send(&self, record: Record) -> Result<AckFuture, ProduceError> {
         let enqueued = Instant::now();
         let (hash, size) = match self.check(&record) {
@@ -262,7 +271,7 @@ impl Producer {
             Err(reason) => return Err(self.refuse(record, reason)),
         };
         let (mut pending, rx) = Pending::new(record, hash, size, enqueued, self.inner.settings.ttl, permit);
-        pending.unsent = Some(self.inner.backlog.enter());
+        pending.unsent = Some(self.backlog_entry(&pending.record, size));
         match self.inner.tx.try_send(Command::Record(pending)) {
             Ok(()) => Ok(AckFuture { rx }),
             Err(mpsc::error::TrySendError::Full(Command::Record(mut p))) => {
@@ -274,6 +283,12 @@ impl Producer {
             }
             Err(_) => unreachable!("a record command comes back as sent"),
         }
+    }
+
+    /// The record's place in the backlog (per key with ordering).
+    fn backlog_entry(&self, record: &Record, size: usize) -> BacklogEntry {
+        let key = self.inner.settings.ordering.then_some((record.partition_key.as_str(), size));
+        self.inner.backlog.enter(key)
     }
 
     fn refuse(&self, record: Record, reason: Error) -> ProduceError {

@@ -26,7 +26,7 @@ use shardlake::aggregation::deaggregate;
 use shardlake_producer::record::{md5_hash_key, parse_hash_key};
 use shardlake_producer::service::api::{ensure_stream, list_shards};
 use shardlake_producer::shard_map::ShardRange;
-use shardlake_producer::{Ack, ProduceError, Producer, ProducerConfig, Record};
+use shardlake_producer::{Ack, Error, ProduceError, Producer, ProducerConfig, Record};
 use tokio::time::Instant;
 
 /// One user record read back: the shard it was read from, and whether that
@@ -134,49 +134,73 @@ async fn lost_answers_are_reported_as_what_the_stream_holds(endpoint_var: &str, 
     let elapsed = started.elapsed();
 
     let read = read_every_shard(&direct, &stream, Duration::from_secs(120)).await;
-    let mut copies: HashMap<&[u8], usize> = HashMap::new();
-    for r in &read {
-        *copies.entry(r.data.as_slice()).or_default() += 1;
-    }
-    let (mut sent, mut unknown, mut failed, mut stored_twice, mut flagged) = (0, 0, 0, 0, 0);
-    for (record, outcome) in records.iter().zip(&outcomes) {
-        let c = copies.remove(record.data.as_ref()).unwrap_or(0);
-        stored_twice += usize::from(c > 1);
-        match outcome {
-            Ok(ack) => {
-                sent += 1;
-                flagged += usize::from(ack.may_be_duplicated());
-                assert!(c >= 1, "record {:?} acknowledged but not stored", record.data);
-                assert!(c <= 1 + ack.unknown_attempts as usize, "{c} copies of {:?}, {ack:?}", record.data);
-                assert!(ack.attempts <= 3, "at most 2 resends after an unanswered request: {ack:?}");
-            }
-            Err(e) if e.reason.is_unknown_outcome() => {
-                unknown += 1;
-                flagged += usize::from(c > 1);
-                assert!(c <= e.reason.attempts().unwrap() as usize, "{c} copies, {}", e.reason);
-            }
-            Err(e) => {
-                failed += 1;
-                assert_eq!(c, 0, "record {:?} reported failed ({}) but stored", record.data, e.reason);
-            }
-        }
-    }
-    assert!(copies.is_empty(), "the stream holds records never sent: {}", copies.len());
+    let t = Tally::check(&records, &outcomes, &read);
     let m = producer.metrics();
     let lost = proxy.counts.answers_lost.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
-        "{endpoint_var}: {n} records in {elapsed:?}: sent {sent}, unknown {unknown}, failed {failed}; \
-         {} copies stored, {stored_twice} records stored twice or more; {lost} answers lost; \
+        "{endpoint_var}: {n} records in {elapsed:?}: {t:?}; {} copies stored; {lost} answers lost; \
          {} resends after an unanswered request; may be duplicated: {}",
         read.len(),
         m.records_resent_after_unknown.get(),
         m.records_maybe_duplicated.get(),
     );
-    assert_eq!(failed, 0, "every fault was a lost answer: nothing is known to be lost");
+    assert_eq!(t.failed, 0, "every fault was a lost answer: nothing is known to be lost");
     assert!(lost > 0, "the proxy lost answers");
-    assert!(stored_twice <= m.records_maybe_duplicated.get() as usize);
-    assert!(flagged as u64 <= m.records_maybe_duplicated.get());
-    assert_eq!(m.records_failed.with_label_values(&["unknown_outcome"]).get(), unknown as u64);
+    assert!(t.stored_twice <= m.records_maybe_duplicated.get() as usize);
+    assert!(t.flagged as u64 <= m.records_maybe_duplicated.get());
+    assert_eq!(m.records_failed.with_label_values(&["unknown_outcome"]).get(), t.unknown as u64);
+}
+
+/// Each record's reported outcome against its copies in the stream.
+#[derive(Debug, Default)]
+struct Tally {
+    sent: usize,
+    unknown: usize,
+    failed: usize,
+    /// Failed with an expired TTL before their first attempt.
+    expired_unsent: usize,
+    /// Records with two or more copies in the stream.
+    stored_twice: usize,
+    /// Records stored twice that the producer said may be duplicated.
+    flagged: usize,
+}
+
+impl Tally {
+    /// Asserts that a record reported sent is stored at least once and at
+    /// most once per unanswered attempt more, a failed one not at all, an
+    /// unknown one at most once per attempt, and nothing else is stored.
+    fn check(records: &[Record], outcomes: &[Result<Ack, ProduceError>], read: &[UserRead]) -> Tally {
+        let mut copies: HashMap<&[u8], usize> = HashMap::new();
+        for r in read {
+            *copies.entry(r.data.as_slice()).or_default() += 1;
+        }
+        let mut t = Tally::default();
+        for (record, outcome) in records.iter().zip(outcomes) {
+            let c = copies.remove(record.data.as_ref()).unwrap_or(0);
+            t.stored_twice += usize::from(c > 1);
+            match outcome {
+                Ok(ack) => {
+                    t.sent += 1;
+                    t.flagged += usize::from(ack.may_be_duplicated());
+                    assert!(c >= 1, "record {:?} acknowledged but not stored", record.data);
+                    assert!(c <= 1 + ack.unknown_attempts as usize, "{c} copies of {:?}, {ack:?}", record.data);
+                    assert!(ack.unknown_attempts <= 2, "at most 2 resends after an unanswered request: {ack:?}");
+                }
+                Err(e) if e.reason.is_unknown_outcome() => {
+                    t.unknown += 1;
+                    t.flagged += usize::from(c > 1);
+                    assert!(c <= e.reason.attempts().unwrap() as usize, "{c} copies, {}", e.reason);
+                }
+                Err(e) => {
+                    t.failed += 1;
+                    t.expired_unsent += usize::from(matches!(e.reason, Error::Expired { attempts: 0, .. }));
+                    assert_eq!(c, 0, "record {:?} reported failed ({}) but stored", record.data, e.reason);
+                }
+            }
+        }
+        assert!(copies.is_empty(), "the stream holds records never sent: {}", copies.len());
+        t
+    }
 }
 
 #[tokio::test]
@@ -359,4 +383,87 @@ async fn the_cli_summary_counts_what_may_be_duplicated_and_bounds_the_resends() 
     assert!(stored_twice > 0 && stored_twice <= summary["maybe_duplicated"].as_u64().unwrap(), "{summary}");
     let expected_exit = if summary["unknown_outcome"] == 0 { 0 } else { 1 };
     assert_eq!(out.status.code(), Some(expected_exit));
+}
+
+/// A stream of `shards` on the emulator behind `endpoint_var`, and a proxy in
+/// front of that emulator.
+async fn stream_behind_a_proxy(
+    endpoint_var: &str,
+    prefix: &str,
+    shards: u32,
+) -> (aws_config::SdkConfig, aws_sdk_kinesis::Client, String, FaultProxy) {
+    let sdk = sdk_config(&[endpoint_var]).await;
+    let upstream = stack_env(endpoint_var);
+    let direct = shardlake::aws::kinesis_client_at(&sdk, Some(&upstream));
+    let stream = unique(prefix);
+    ensure_stream(&direct, &stream, shards, Duration::from_secs(30)).await.unwrap();
+    let proxy = FaultProxy::start(&upstream, Flavor::Kinesis).await.unwrap();
+    (sdk, direct, stream, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scattered_slow_requests_cost_their_own_time_and_nothing_expires_unsent() {
+    // Issue 27 row 7: a fifth of the requests held 3-10 s on their way,
+    // unrelated to load or size, with the producer's defaults. Each slow
+    // request times out alone and its records go again (with more patience);
+    // the limit and the batch size stay up, and every outcome is what the
+    // stream holds.
+    let (sdk, direct, stream, proxy) = stream_behind_a_proxy("SHARDLAKE_KINESALITE_ENDPOINT", "delays", 4).await;
+    proxy.set_random_delays(0.2, Duration::from_secs(3), Duration::from_secs(10), 27);
+    let client = shardlake::aws::kinesis_client_at(&sdk, Some(&proxy.endpoint));
+    let producer = Producer::builder(ProducerConfig::kinesis(&stream)).kinesis_client(client).build().await.unwrap();
+    let n = 20_000;
+    let records: Vec<Record> =
+        (0..n).map(|i| Record::new(format!("user-{}", i % 1000), format!("{{\"id\":{i}}}"))).collect();
+    let started = Instant::now();
+    let outcomes = send_all(&producer, &records).await;
+    producer.shutdown().await;
+    let elapsed = started.elapsed();
+    let read = read_every_shard(&direct, &stream, Duration::from_secs(120)).await;
+    let t = Tally::check(&records, &outcomes, &read);
+    let m = producer.metrics();
+    let timeouts = m.requests.with_label_values(&["timeout"]).get();
+    let ok = m.requests.with_label_values(&["ok"]).get();
+    let cuts = m.concurrency_limit_changes.with_label_values(&["down"]).get();
+    eprintln!(
+        "{n} records in {elapsed:?} ({:.0}/s): {t:?}; requests ok {ok}, timed out {timeouts}; limit cut {cuts} times, \
+         now {}; {} records per request; {} delayed by the proxy; may be duplicated: {}",
+        n as f64 / elapsed.as_secs_f64(),
+        m.concurrency_limit.get(),
+        m.request_max_records.get(),
+        proxy.counts.delayed.load(std::sync::atomic::Ordering::Relaxed),
+        m.records_maybe_duplicated.get(),
+    );
+    assert!(timeouts > 0, "slow requests timed out");
+    assert_eq!(t.expired_unsent, 0, "no record expired before its first attempt");
+    assert_eq!(t.failed, 0, "nothing failed: slow requests are no reason to give up");
+    assert_eq!(m.request_max_records.get(), 500, "requests were not shrunk for delays unrelated to their size");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ordering_a_hot_key_is_admitted_at_the_rate_its_shard_serves_it() {
+    // Issue 27 row 1: with ordering, one key sends one record per round trip
+    // (40 ms of link here). Admitted by the backlog of a whole round of
+    // requests, its records waited in the queue past their TTL before their
+    // first attempt; now each waits with the caller until the key's turn.
+    let (sdk, direct, stream, proxy) = stream_behind_a_proxy("SHARDLAKE_KINESALITE_ENDPOINT", "hot-key", 2).await;
+    proxy.set_latency(Duration::from_millis(40));
+    let mut config = ProducerConfig::kinesis(&stream);
+    config.ordering = true;
+    config.record_ttl_ms = 3_000;
+    let client = shardlake::aws::kinesis_client_at(&sdk, Some(&proxy.endpoint));
+    let producer = Producer::builder(config).kinesis_client(client).build().await.unwrap();
+    let records: Vec<Record> = (0..150).map(|i| Record::new("hot", format!("{{\"id\":{i}}}"))).collect();
+    let started = Instant::now();
+    let outcomes = send_all(&producer, &records).await;
+    producer.shutdown().await;
+    let elapsed = started.elapsed();
+    let read = read_every_shard(&direct, &stream, Duration::from_secs(60)).await;
+    let t = Tally::check(&records, &outcomes, &read);
+    eprintln!("150 records of one key in {elapsed:?}: {t:?}");
+    assert_eq!((t.sent, t.failed), (150, 0), "{t:?}");
+    assert!(elapsed > Duration::from_secs(3), "the key's records took longer than their TTL in all: {elapsed:?}");
+    let order: Vec<&[u8]> = read.iter().map(|r| r.data.as_slice()).collect();
+    let sent: Vec<&[u8]> = records.iter().map(|r| r.data.as_ref()).collect();
+    assert_eq!(order, sent, "the key's records are stored in order");
 }

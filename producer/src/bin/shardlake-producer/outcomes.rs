@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use base64::Engine;
-use shardlake_producer::AckFuture;
 use shardlake_producer::latency::LatencyHistogram;
+use shardlake_producer::{AckFuture, Error};
 use tokio::sync::mpsc;
 
 use crate::stop::{Control, Stop};
@@ -27,6 +27,9 @@ pub(crate) struct Summary {
     pub(crate) unknown: u64,
     /// Records not delivered (rejected, bad lines, expired or never sent).
     pub(crate) failed: u64,
+    /// Of `failed`, records whose TTL ran out before their first attempt:
+    /// admission let in more than the producer could send in time.
+    pub(crate) expired_unsent: u64,
     /// Records that needed more than one attempt, delivered or not.
     pub(crate) retried: u64,
     /// Every retry, as the producer counted them.
@@ -133,6 +136,7 @@ pub(crate) async fn collect(
                         s.unknown += 1;
                     } else {
                         s.failed += 1;
+                        s.expired_unsent += u64::from(matches!(e.reason, Error::Expired { attempts: 0, .. }));
                     }
                     s.retried += u64::from(e.reason.attempts().is_some_and(|a| a > 1));
                     let reason = e.reason.to_string();
@@ -161,7 +165,7 @@ pub(crate) fn print_summary(s: &Summary, elapsed: Duration, json: bool) {
     if json {
         let v = serde_json::json!({
             "lines_read": s.lines_read, "stopped": s.stopped.as_ref().map(Stop::label),
-            "sent": s.sent, "unknown_outcome": s.unknown, "failed": s.failed,
+            "sent": s.sent, "unknown_outcome": s.unknown, "failed": s.failed, "expired_unsent": s.expired_unsent,
             "retried": s.retried, "retries": s.retries, "maybe_duplicated": s.maybe_duplicated,
             "bytes": s.bytes, "elapsed_s": secs, "records_per_s": rate,
             "latency_p50_ms": ms(p50), "latency_p99_ms": ms(p99),
@@ -179,7 +183,11 @@ pub(crate) fn print_summary(s: &Summary, elapsed: Duration, json: bool) {
     }
     println!("sent        {} records ({:.1} MB)", s.sent, s.bytes as f64 / 1e6);
     println!("unknown     {} (a request timed out or was abandoned; they may or may not be stored)", s.unknown);
-    println!("failed      {}", s.failed);
+    if s.expired_unsent > 0 {
+        println!("failed      {} ({} expired before their first attempt)", s.failed, s.expired_unsent);
+    } else {
+        println!("failed      {}", s.failed);
+    }
     println!("retried     {} records ({} retries)", s.retried, s.retries);
     println!("may be duplicated: {} (resent after a request went unanswered)", s.maybe_duplicated);
     println!("elapsed     {secs:.2} s");
