@@ -7,6 +7,12 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde_json::{Map, Value as Json};
 
+/// Where error files go by default, under the destination: a folder whose
+/// name starts with `_`, which table readers skip (pyarrow's and Spark's
+/// hive discovery, Athena and Glue crawlers treat `_`- and `.`-prefixed
+/// paths as hidden), so a lake with bad records in it still opens as a table.
+pub const DEFAULT_ERROR_PREFIX: &str = "_errors/";
+
 /// Why a record went to the error output; also its folder name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ErrorKind {

@@ -102,6 +102,49 @@ async fn convert_round_trip_matches_duckdb_and_pyarrow() {
     assert!((amount - sum).abs() < 1e-6 * sum);
 }
 
+const READ_WHOLE_LAKE: &str = r#"
+import json, sys, duckdb, pyarrow.dataset as ds
+out = {}
+try:
+    out["pyarrow"] = ds.dataset(sys.argv[1], format="parquet", partitioning="hive").to_table().num_rows
+except Exception as e:
+    out["pyarrow_error"] = str(e)[:300]
+con = duckdb.connect()
+out["duckdb"] = con.execute(
+    f"SELECT count(*) FROM read_parquet('{sys.argv[1]}/**/*.parquet', hive_partitioning=true)").fetchone()[0]
+print(json.dumps(out))
+"#;
+
+#[tokio::test]
+async fn a_lake_with_error_files_opens_as_a_table_in_pyarrow_and_duckdb() {
+    // Issue 29: with error files under `errors/` inside the table root,
+    // pyarrow's hive dataset failed on the first `.jsonl`; under the default
+    // `_errors/`, readers skip them as hidden.
+    let dir = tempfile::tempdir().unwrap();
+    let input = gen_events(dir.path(), 2_000, 11);
+    let mut text = std::fs::read_to_string(&input).unwrap();
+    text.push_str("{not json\n[1,2]\n{\"event_id\":\"e\",\"ts\":\"not a time\"}\n");
+    std::fs::write(&input, text).unwrap();
+    let read = |lake: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&python(READ_WHOLE_LAKE, &[lake.to_str().unwrap()])).unwrap()
+    };
+
+    let lake = dir.path().join("lake");
+    let summary = convert(&event_options(&input, lake.to_str().unwrap()), Arc::new(AtomicU64::new(0))).await.unwrap();
+    assert_eq!((summary.rows, summary.stats.error_records()), (2_000, 3));
+    assert!(lake.join("_errors/invalid_json").is_dir() && lake.join("_errors/type_mismatch").is_dir());
+    let both = read(&lake);
+    assert_eq!((&both["pyarrow"], &both["duckdb"]), (&2_000.into(), &2_000.into()), "{both}");
+
+    // The old default inside the table root: pyarrow fails on the error files.
+    let old = dir.path().join("old");
+    let mut opts = event_options(&input, old.to_str().unwrap());
+    opts.error_prefix = "errors/".into();
+    convert(&opts, Arc::new(AtomicU64::new(0))).await.unwrap();
+    let both = read(&old);
+    assert!(both["pyarrow_error"].as_str().is_some_and(|e| e.contains("errors")), "{both}");
+}
+
 #[tokio::test]
 async fn rerun_gives_byte_identical_files() {
     let dir = tempfile::tempdir().unwrap();

@@ -395,7 +395,7 @@ fn default_time_field() -> String {
     "arrival".into()
 }
 fn default_error_prefix() -> String {
-    "errors/".into()
+    shardlake::error_output::DEFAULT_ERROR_PREFIX.into()
 }
 fn default_max_record_bytes() -> usize {
     DEFAULT_MAX_RECORD_BYTES
@@ -858,7 +858,7 @@ mod tests {
         assert_eq!(c.buffer.max_age, Duration::from_secs(300));
         assert_eq!(c.polling.max_records_per_call, 10_000);
         assert_eq!(c.metrics.address.to_string(), "127.0.0.1:9898");
-        assert_eq!(s.table.error_prefix, "errors/");
+        assert_eq!(s.table.error_prefix, "_errors/");
         assert_eq!(s.table.time_source, TimeSource::Arrival);
         assert_eq!(s.table.writer.memory_budget, 128 << 20);
         assert_eq!(c.fleet.lease_duration, Duration::from_secs(10));

@@ -44,7 +44,7 @@ pub struct ConvertArgs {
     #[arg(long)]
     time_field: Option<String>,
     /// Prefix (under the destination) for records that fail, by error type.
-    #[arg(long, default_value = "errors/")]
+    #[arg(long, default_value = shardlake::error_output::DEFAULT_ERROR_PREFIX)]
     error_prefix: String,
     /// Fields not in the schema: keep (as JSON in `_extra`), error, or drop.
     #[arg(long, value_enum, default_value_t = PolicyArg::Keep)]

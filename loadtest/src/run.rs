@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rand::{Rng, SeedableRng};
+use shardlake::error_output::DEFAULT_ERROR_PREFIX;
 use shardlake::store::{ObjectStore, S3Options};
 use shardlake_producer::{Producer, ProducerConfig};
 use tokio_util::sync::CancellationToken;
@@ -180,7 +181,7 @@ pub async fn run(s: Scenario) -> anyhow::Result<Report> {
         async move { drive(&producer, maker, rate, tasks, duration, counters, stop).await }
     });
 
-    let mut watcher = Watcher::new(lake.clone(), "errors/");
+    let mut watcher = Watcher::new(lake.clone(), DEFAULT_ERROR_PREFIX);
     let mut chaos = Chaos::new(&s, start);
     let mut timeline: Vec<Point> = Vec::new();
     let mut last = (0u64, 0u64, 0usize, start);
@@ -235,7 +236,7 @@ pub async fn run(s: Scenario) -> anyhow::Result<Report> {
     let driven = driven.expect("set before the loop ends");
     workers.stop_all(Duration::from_secs(70));
     let seconds = start.elapsed().as_secs_f64();
-    let verdict = verify(&lake, "errors/", &maker, &driven.acked).await?;
+    let verdict = verify(&lake, DEFAULT_ERROR_PREFIX, &maker, &driven.acked).await?;
     let max = |f: &dyn Fn(&Sample) -> f64| timeline.iter().map(|p| f(&p.fleet)).fold(0.0, f64::max);
     let report = Report {
         produced: Produced {

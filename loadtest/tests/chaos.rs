@@ -58,8 +58,7 @@ if url.startswith("s3://"):
              if f.path.endswith(".parquet") and "/errors/" not in f.path]
     table = ds.dataset(files, filesystem=s3, format="parquet").to_table(columns=["event_id"])
 else:
-    table = ds.dataset(url, format="parquet", partitioning="hive",
-                       exclude_invalid_files=True).to_table(columns=["event_id"])
+    table = ds.dataset(url, format="parquet", partitioning="hive").to_table(columns=["event_id"])
 ids = table.column("event_id")
 mine = pc.starts_with(ids, run_id + "-")
 ids = ids.filter(mine)

@@ -7,9 +7,10 @@ CPU seconds per million records during each run, with same-run ratios.
 
 With `--slow URL=UPSTREAM=LABEL` (repeatable) it also runs both clients, with
 their defaults, against slow endpoints (kinesis-local, kinesalite behind a
-1 MB/s link) and reads each stream back from UPSTREAM: records stored,
-duplicates and missing `event_id`s, the producer's request timeouts and
-unknown outcomes, and the trace of its concurrency limit (and of its
+1 MB/s link, kinesalite behind a link that holds a fifth of the requests
+3-10 s) and reads each stream back from UPSTREAM: records stored, duplicates
+and missing `event_id`s, the producer's request timeouts, unknown outcomes
+and records expired before their first attempt, and the trace of its concurrency limit (and of its
 records per request, when requests outlast the timeout).
 
 usage: producer_bench.py --producer BIN --input FILE --records N --runs R --shards S
@@ -93,6 +94,7 @@ def main():
     ap.add_argument("--slow", action="append", default=[], metavar="URL=UPSTREAM=LABEL",
                     help="also run both clients with defaults against this slow endpoint, reading back from UPSTREAM")
     ap.add_argument("--skip-fast", action="store_true", help="only the --slow endpoints")
+    ap.add_argument("--slow-runs", type=int, help="runs per slow endpoint (default: --runs)")
     a = ap.parse_args()
     if not a.skip_fast:
         bench(a, os.environ["SHARDLAKE_KINESALITE_ENDPOINT"], "kinesalite")
@@ -162,7 +164,8 @@ def slow_bench(a, url, upstream, label):
     }
     rows = {name: [] for name in tools}
     trace = []
-    for run in range(a.runs):
+    runs = a.slow_runs or a.runs
+    for run in range(runs):
         for name, cmd in tools.items():
             stream = f"slow-{name}-{tag}-{run}"
             make_stream(kinesis, stream, a.shards)
@@ -176,20 +179,22 @@ def slow_bench(a, url, upstream, label):
             timeouts = sum(1 for l in proc.stderr.splitlines() if "request failed" in l and "Timeout" in l)
             rows[name].append({"rate": a.records / wall, "stored": stored, "dup": duplicates,
                                "missing": a.records - distinct, "timeouts": timeouts,
-                               "unknown": summary.get("unknown_outcome", 0), "failed": summary.get("failed", 0)})
-            if name == "shardlake" and run == a.runs - 1:
+                               "unknown": summary.get("unknown_outcome", 0), "failed": summary.get("failed", 0),
+                               "unsent": summary.get("expired_unsent", float("nan"))})
+            if name == "shardlake" and run == runs - 1:
                 trace = limit_trace(proc.stderr)
             kinesis.delete_stream(StreamName=stream)
     print(f"{a.records} records into {label}, {a.shards} shards, both clients with defaults, "
-          f"medians of {a.runs} interleaved runs (read back from {upstream})")
+          f"medians of {runs} interleaved runs (read back from {upstream})")
     print(f"{'client':<10} {'records/s':>10} {'stored':>8} {'duplicates':>11} {'missing':>8} {'timeouts':>9} "
-          f"{'unknown':>8} {'failed':>7}")
+          f"{'unknown':>8} {'failed':>7} {'expired unsent':>15}")
     med = {}
     for name, rs in rows.items():
         med[name] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
         r = med[name]
         print(f"{name:<10} {r['rate']:>10.0f} {r['stored']:>8.0f} {r['dup']:>11.0f} {r['missing']:>8.0f} "
-              f"{r['timeouts'] if name == 'shardlake' else float('nan'):>9.0f} {r['unknown']:>8.0f} {r['failed']:>7.0f}")
+              f"{r['timeouts'] if name == 'shardlake' else float('nan'):>9.0f} {r['unknown']:>8.0f} {r['failed']:>7.0f} "
+              f"{r['unsent']:>15.0f}")
     print(f"ratio shardlake/boto3: {med['shardlake']['rate'] / med['boto3']['rate']:.2f}x records/s")
     shown = trace if len(trace) <= 24 else trace[:12] + ["..."] + trace[-12:]
     print(f"shardlake concurrency limit (last run; starts at 1): {' '.join(shown) or 'stayed at 1'}")

@@ -54,7 +54,7 @@ pub fn event_options(input: &Path, destination: &str) -> ConvertOptions {
         schema: SchemaSource::Given(Schema::parse(EVENTS_SCHEMA_TOML, false).unwrap()),
         template: DEFAULT_TEMPLATE.to_string(),
         time_field: Some("ts".into()),
-        error_prefix: "errors/".into(),
+        error_prefix: shardlake::error_output::DEFAULT_ERROR_PREFIX.into(),
         unknown_fields: UnknownFieldPolicy::Keep,
         max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
         writer: WriterSettings::default(),
@@ -94,9 +94,11 @@ pub async fn new_bucket(client: &aws_sdk_s3::Client) -> String {
     bucket
 }
 
-/// The lines of the error files of one error type under `{lake}/errors/`.
+/// The lines of the error files of one error type under the default error
+/// prefix (`{lake}/_errors/`).
 pub fn error_lines(lake: &Path, kind: &str) -> Vec<serde_json::Value> {
-    read_tree(&lake.join("errors").join(kind))
+    let prefix = shardlake::error_output::DEFAULT_ERROR_PREFIX.trim_end_matches('/');
+    read_tree(&lake.join(prefix).join(kind))
         .values()
         .flat_map(|b| {
             String::from_utf8(b.clone()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>()

@@ -359,7 +359,7 @@ impl Setup {
     /// Error lines in the error prefix, by error type.
     pub fn error_lines(&self) -> BTreeMap<String, Vec<serde_json::Value>> {
         let mut out = BTreeMap::new();
-        let root = self.lake().join("errors");
+        let root = self.lake().join("_errors");
         let Ok(kinds) = std::fs::read_dir(&root) else { return out };
         for kind in kinds {
             let kind = kind.unwrap().path();
