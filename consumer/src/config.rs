@@ -88,7 +88,8 @@ pub struct ConsumerConfig {
     /// projection; nothing registered, Athena only).
     #[serde(default)]
     pub catalog_partitions: PartitionMode,
-    /// Records sampled to infer the schema when `schema` is not set (default 1000).
+    /// Records sampled to infer the schema when `schema` is not set (default
+    /// 1000), in all: an equal share from each shard.
     #[serde(default = "default_infer_sample")]
     pub infer_sample: usize,
     /// What to do with fields the schema does not list: `keep` (as JSON in

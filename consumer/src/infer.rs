@@ -86,19 +86,35 @@ pub async fn stream_schema(
             }
             listed = true;
         }
+        // An equal share of the sample from each shard, and never more than
+        // `infer_sample` in all (each call asks for what is still wanted).
+        let per_shard = c.infer_sample.div_ceil(iterators.len().max(1));
         for it in iterators.iter_mut() {
+            let shard_start = inferrer.records();
             for _ in 0..SAMPLE_CALLS {
                 let Some(current) = it.as_deref() else { break };
-                let fetched = kinesis::get_records(client, current, 1000, &Default::default()).await?;
+                let from_shard = inferrer.records() - shard_start;
+                let wanted =
+                    per_shard.saturating_sub(from_shard).min(c.infer_sample.saturating_sub(inferrer.records()));
+                if wanted == 0 {
+                    break;
+                }
+                let limit = i32::try_from(wanted.min(10_000)).expect("at most 10,000");
+                let fetched = kinesis::get_records(client, current, limit, &Default::default()).await?;
                 *it = fetched.next;
                 for r in &fetched.records {
+                    let mut observe = |line: &[u8]| {
+                        if inferrer.records() < c.infer_sample {
+                            inferrer.observe_line(line);
+                        }
+                    };
                     match deaggregate(&r.data) {
-                        None => inferrer.observe_line(&r.data),
-                        Some(Ok(users)) => users.iter().for_each(|u| inferrer.observe_line(&u.data)),
+                        None => observe(&r.data),
+                        Some(Ok(users)) => users.iter().for_each(|u| observe(&u.data)),
                         Some(Err(_)) => {}
                     }
                 }
-                if fetched.records.is_empty() || inferrer.records() >= c.infer_sample {
+                if fetched.records.is_empty() {
                     break;
                 }
             }

@@ -81,6 +81,8 @@ async fn inferred_schema_is_stored_and_reused() {
     let stored = setup.dir.path().join(format!("checkpoints/shardlake/{stream}/schema.toml"));
     let schema = std::fs::read_to_string(&stored).unwrap();
     assert!(schema.contains("name = \"ts\"") && schema.contains("type = \"timestamp\""), "{schema}");
+    // Issue 29: the sample is `infer_sample` records in all, not per call.
+    assert!(setup.log().contains("columns from 100 records"), "{}", setup.log());
 
     // A new field after restart: the stored schema stays, the field goes to _extra.
     let late =

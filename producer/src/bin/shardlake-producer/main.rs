@@ -53,7 +53,8 @@ struct Args {
     /// default: a random key per record.
     #[arg(long)]
     partition_key_field: Option<String>,
-    /// Send at most this many records per second.
+    /// Send at most this many records per second, evenly (bursts of at most
+    /// 10 ms worth).
     #[arg(long)]
     rate: Option<NonZeroU32>,
     /// Producer settings in TOML (the fields of `ProducerConfig` except
@@ -301,7 +302,7 @@ async fn run(args: Args) -> Result<Summary> {
             None => None,
         },
     };
-    let pacer = args.rate.map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r)));
+    let pacer = args.rate.map(pacer);
     let field: Option<Vec<&str>> = args.partition_key_field.as_deref().map(|f| f.split('.').collect());
     let newline = args.firehose.is_some() && !args.no_newline;
     let max_record_bytes = producer.settings().max_record_bytes;
@@ -422,9 +423,30 @@ fn counter_total(counter: &prometheus::IntCounterVec) -> u64 {
     counter.collect().iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().get_value() as u64).sum()
 }
 
+/// The `--rate` limiter: `rate` records per second with a burst of 10 ms
+/// worth (at least 1), so the first second does not go out at once.
+fn pacer(rate: NonZeroU32) -> governor::DefaultDirectRateLimiter {
+    let burst = NonZeroU32::new((rate.get() / 100).max(1)).expect("at least 1");
+    governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rate_allows_a_burst_of_10_ms_not_a_second() {
+        let burst = |rate: u32| {
+            let p = pacer(NonZeroU32::new(rate).unwrap());
+            (0..rate).take_while(|_| p.check().is_ok()).count()
+        };
+        // Issue 29: `--rate 1000` sent 2,000 records in 1.0 s (a second's
+        // burst, then the rate).
+        // (A few more may come due while the loop checks.)
+        assert!((10..=15).contains(&burst(1_000)), "{}", burst(1_000));
+        assert!((1..=2).contains(&burst(50)));
+        assert!((1_000..=1_200).contains(&burst(100_000)));
+    }
 
     #[test]
     fn the_string_null_is_a_key_and_json_null_is_not() {
