@@ -184,3 +184,28 @@ fn relative_paths_follow_the_config_file_and_moved_checkpoints_are_refused() {
     let err = stderr(&run_in(&["run", "--config", "conf/consumer.toml"]));
     assert!(err.contains("checkpoints found in") && err.contains("move them there"), "{err}");
 }
+
+/// Every consumer config in `examples/` passes `config check` as shipped, and
+/// the schema they share matches the generator's events.
+#[test]
+fn every_example_passes_config_check() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = vec![];
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".toml") || name == "schema.toml" || name.starts_with("producer") {
+            continue;
+        }
+        let out = consumer(&["config", "check", "--config", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains("errors ") && text.contains("_errors/"), "{name}: {text}");
+        checked.push(name);
+    }
+    assert!(checked.len() >= 7, "examples checked: {checked:?}");
+    let schema = std::fs::read_to_string(examples.join("schema.toml")).unwrap();
+    let columns = |toml: &str| toml.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
+    let generated = shardlake::events::EVENTS_SCHEMA_TOML;
+    assert_eq!(columns(&schema).trim(), columns(generated).trim(), "examples/schema.toml is stale");
+}

@@ -114,3 +114,49 @@ fn a_missing_stream_is_an_error_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no-such-stream") && err.contains("AWS_ENDPOINT_URL_KINESIS"), "{err}");
 }
+
+/// `examples/local-lake.toml` as shipped, started from another folder: only
+/// the stream name, a free metrics port and a short `max_age` are changed for
+/// the test. Every record lands once, under the example's relative paths
+/// (resolved against the file's folder), and a SIGTERM stops it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_lake_example_runs_as_shipped() {
+    let client = kinesis().await;
+    let stream = create_stream(&client, 2).await;
+    let setup = Setup::new(&stream);
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let conf = setup.dir.path().join("examples");
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::copy(examples.join("schema.toml"), conf.join("schema.toml")).unwrap();
+    let mut text = std::fs::read_to_string(examples.join("local-lake.toml")).unwrap();
+    for (from, to) in [
+        ("stream = \"events\"".to_string(), format!("stream = \"{stream}\"")),
+        ("127.0.0.1:9898".into(), "127.0.0.1:0".into()),
+        ("max_age = \"60s\"".into(), "max_age = \"1s\"".into()),
+    ] {
+        assert!(text.contains(&from), "the example no longer has {from}");
+        text = text.replace(&from, &to);
+    }
+    std::fs::write(conf.join("local-lake.toml"), text).unwrap();
+    put_records(&client, &stream, &keyed(events(400, 5, 4))).await;
+
+    let log = std::fs::File::create(setup.dir.path().join("consumer.log")).unwrap();
+    let mut consumer = std::process::Command::new(env!("CARGO_BIN_EXE_shardlake-consumer"))
+        .args(["run", "--config"])
+        .arg(conf.join("local-lake.toml"))
+        .current_dir(std::env::temp_dir())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    setup.wait_rows(400, Duration::from_secs(60)).await;
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+    assert_eq!(setup.duckdb_check(), (400, 400, 0));
+    let checkpoints = setup.dir.path().join(".shardlake/checkpoints/shardlake").join(&stream);
+    assert_eq!(
+        std::fs::read_dir(&checkpoints)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json"))
+            .count(),
+        2
+    );
+}

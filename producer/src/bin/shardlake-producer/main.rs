@@ -435,6 +435,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_config_is_taken_as_shipped() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/producer.toml");
+        let args = Args::try_parse_from(["shardlake-producer", "--stream", "events", "--config", path]).unwrap();
+        let config = producer_config(&args).unwrap();
+        assert_eq!((config.linger_ms, config.max_batch_records, config.retry.max_resends_after_unknown), (100, 500, 2));
+    }
+
+    #[test]
     fn the_rate_allows_a_burst_of_10_ms_not_a_second() {
         let burst = |rate: u32| {
             let p = pacer(NonZeroU32::new(rate).unwrap());
