@@ -108,13 +108,8 @@ async fn send_all(producer: &Producer, records: &[Record]) -> Vec<Result<Ack, Pr
 /// Sends `n` records through a proxy that loses `rate` of the answers, reads
 /// the stream back and checks each record's outcome against its copies.
 async fn lost_answers_are_reported_as_what_the_stream_holds(endpoint_var: &str, n: usize, rate: f64) {
-    let sdk = sdk_config(&[endpoint_var]).await;
-    let upstream = stack_env(endpoint_var);
-    let direct = shardlake::aws::kinesis_client_at(&sdk, Some(&upstream));
-    let stream = unique("lost-answers");
-    ensure_stream(&direct, &stream, 2, Duration::from_secs(30)).await.unwrap();
-    let proxy = FaultProxy::start(&upstream, Flavor::Kinesis).await.unwrap();
-    let mut config = ProducerConfig::kinesis(&stream);
+    let behind = StreamBehindAProxy::new(endpoint_var, "lost-answers", 2).await;
+    let mut config = ProducerConfig::kinesis(&behind.stream);
     config.max_batch_records = 50;
     config.linger_ms = 20;
     config.rate_limit_percent = 0;
@@ -123,20 +118,12 @@ async fn lost_answers_are_reported_as_what_the_stream_holds(endpoint_var: &str, 
     config.request_timeout_ms = 5_000;
     config.retry.base_ms = 20;
     config.retry.cap_ms = 200;
-    let client = shardlake::aws::kinesis_client_at(&sdk, Some(&proxy.endpoint));
-    let producer = Producer::builder(config).kinesis_client(client).build().await.unwrap();
-    proxy.set_lost_answers(rate, 27);
     let records: Vec<Record> =
         (0..n).map(|i| Record::new(format!("user-{}", i % 64), format!("{{\"id\":{i}}}"))).collect();
-    let started = Instant::now();
-    let outcomes = send_all(&producer, &records).await;
-    producer.shutdown().await;
-    let elapsed = started.elapsed();
-
-    let read = read_every_shard(&direct, &stream, Duration::from_secs(120)).await;
-    let t = Tally::check(&records, &outcomes, &read);
+    let Run { producer, read, tally: t, elapsed } =
+        behind.run(config, &records, |proxy| proxy.set_lost_answers(rate, 27)).await;
     let m = producer.metrics();
-    let lost = proxy.counts.answers_lost.load(std::sync::atomic::Ordering::Relaxed);
+    let lost = behind.proxy.counts.answers_lost.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
         "{endpoint_var}: {n} records in {elapsed:?}: {t:?}; {} copies stored; {lost} answers lost; \
          {} resends after an unanswered request; may be duplicated: {}",
@@ -385,20 +372,51 @@ async fn the_cli_summary_counts_what_may_be_duplicated_and_bounds_the_resends() 
     assert_eq!(out.status.code(), Some(expected_exit));
 }
 
-/// A stream of `shards` on the emulator behind `endpoint_var`, and a proxy in
-/// front of that emulator.
-async fn stream_behind_a_proxy(
-    endpoint_var: &str,
-    prefix: &str,
-    shards: u32,
-) -> (aws_config::SdkConfig, aws_sdk_kinesis::Client, String, FaultProxy) {
-    let sdk = sdk_config(&[endpoint_var]).await;
-    let upstream = stack_env(endpoint_var);
-    let direct = shardlake::aws::kinesis_client_at(&sdk, Some(&upstream));
-    let stream = unique(prefix);
-    ensure_stream(&direct, &stream, shards, Duration::from_secs(30)).await.unwrap();
-    let proxy = FaultProxy::start(&upstream, Flavor::Kinesis).await.unwrap();
-    (sdk, direct, stream, proxy)
+/// A stream on an emulator, a client straight to it (for reading back) and a
+/// fault proxy in front of it (for the producer).
+struct StreamBehindAProxy {
+    sdk: aws_config::SdkConfig,
+    direct: aws_sdk_kinesis::Client,
+    stream: String,
+    proxy: FaultProxy,
+}
+
+/// What a producer run left: every record's outcome checked against the
+/// stream read back whole.
+struct Run {
+    producer: Producer,
+    read: Vec<UserRead>,
+    tally: Tally,
+    elapsed: Duration,
+}
+
+impl StreamBehindAProxy {
+    /// A stream of `shards` on the emulator behind `endpoint_var`.
+    async fn new(endpoint_var: &str, prefix: &str, shards: u32) -> Self {
+        let sdk = sdk_config(&[endpoint_var]).await;
+        let upstream = stack_env(endpoint_var);
+        let direct = shardlake::aws::kinesis_client_at(&sdk, Some(&upstream));
+        let stream = unique(prefix);
+        ensure_stream(&direct, &stream, shards, Duration::from_secs(30)).await.unwrap();
+        let proxy = FaultProxy::start(&upstream, Flavor::Kinesis).await.unwrap();
+        StreamBehindAProxy { sdk, direct, stream, proxy }
+    }
+
+    /// Builds a producer with `config` through the proxy, sets the proxy's
+    /// `faults`, sends `records` (paced by `ready`), shuts the producer down,
+    /// reads the stream back and checks every outcome.
+    async fn run(&self, config: ProducerConfig, records: &[Record], faults: impl FnOnce(&FaultProxy)) -> Run {
+        let client = shardlake::aws::kinesis_client_at(&self.sdk, Some(&self.proxy.endpoint));
+        let producer = Producer::builder(config).kinesis_client(client).build().await.unwrap();
+        faults(&self.proxy);
+        let started = Instant::now();
+        let outcomes = send_all(&producer, records).await;
+        producer.shutdown().await;
+        let elapsed = started.elapsed();
+        let read = read_every_shard(&self.direct, &self.stream, Duration::from_secs(120)).await;
+        let tally = Tally::check(records, &outcomes, &read);
+        Run { producer, read, tally, elapsed }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,19 +426,13 @@ async fn scattered_slow_requests_cost_their_own_time_and_nothing_expires_unsent(
     // request times out alone and its records go again (with more patience);
     // the limit and the batch size stay up, and every outcome is what the
     // stream holds.
-    let (sdk, direct, stream, proxy) = stream_behind_a_proxy("SHARDLAKE_KINESALITE_ENDPOINT", "delays", 4).await;
-    proxy.set_random_delays(0.2, Duration::from_secs(3), Duration::from_secs(10), 27);
-    let client = shardlake::aws::kinesis_client_at(&sdk, Some(&proxy.endpoint));
-    let producer = Producer::builder(ProducerConfig::kinesis(&stream)).kinesis_client(client).build().await.unwrap();
+    let behind = StreamBehindAProxy::new("SHARDLAKE_KINESALITE_ENDPOINT", "delays", 4).await;
     let n = 20_000;
     let records: Vec<Record> =
         (0..n).map(|i| Record::new(format!("user-{}", i % 1000), format!("{{\"id\":{i}}}"))).collect();
-    let started = Instant::now();
-    let outcomes = send_all(&producer, &records).await;
-    producer.shutdown().await;
-    let elapsed = started.elapsed();
-    let read = read_every_shard(&direct, &stream, Duration::from_secs(120)).await;
-    let t = Tally::check(&records, &outcomes, &read);
+    let delays = |p: &FaultProxy| p.set_random_delays(0.2, Duration::from_secs(3), Duration::from_secs(10), 27);
+    let Run { producer, tally: t, elapsed, .. } =
+        behind.run(ProducerConfig::kinesis(&behind.stream), &records, delays).await;
     let m = producer.metrics();
     let timeouts = m.requests.with_label_values(&["timeout"]).get();
     let ok = m.requests.with_label_values(&["ok"]).get();
@@ -431,7 +443,7 @@ async fn scattered_slow_requests_cost_their_own_time_and_nothing_expires_unsent(
         n as f64 / elapsed.as_secs_f64(),
         m.concurrency_limit.get(),
         m.request_max_records.get(),
-        proxy.counts.delayed.load(std::sync::atomic::Ordering::Relaxed),
+        behind.proxy.counts.delayed.load(std::sync::atomic::Ordering::Relaxed),
         m.records_maybe_duplicated.get(),
     );
     assert!(timeouts > 0, "slow requests timed out");
@@ -446,20 +458,13 @@ async fn with_ordering_a_hot_key_is_admitted_at_the_rate_its_shard_serves_it() {
     // (40 ms of link here). Admitted by the backlog of a whole round of
     // requests, its records waited in the queue past their TTL before their
     // first attempt; now each waits with the caller until the key's turn.
-    let (sdk, direct, stream, proxy) = stream_behind_a_proxy("SHARDLAKE_KINESALITE_ENDPOINT", "hot-key", 2).await;
-    proxy.set_latency(Duration::from_millis(40));
-    let mut config = ProducerConfig::kinesis(&stream);
+    let behind = StreamBehindAProxy::new("SHARDLAKE_KINESALITE_ENDPOINT", "hot-key", 2).await;
+    let mut config = ProducerConfig::kinesis(&behind.stream);
     config.ordering = true;
     config.record_ttl_ms = 3_000;
-    let client = shardlake::aws::kinesis_client_at(&sdk, Some(&proxy.endpoint));
-    let producer = Producer::builder(config).kinesis_client(client).build().await.unwrap();
     let records: Vec<Record> = (0..150).map(|i| Record::new("hot", format!("{{\"id\":{i}}}"))).collect();
-    let started = Instant::now();
-    let outcomes = send_all(&producer, &records).await;
-    producer.shutdown().await;
-    let elapsed = started.elapsed();
-    let read = read_every_shard(&direct, &stream, Duration::from_secs(60)).await;
-    let t = Tally::check(&records, &outcomes, &read);
+    let link = |p: &FaultProxy| p.set_latency(Duration::from_millis(40));
+    let Run { read, tally: t, elapsed, .. } = behind.run(config, &records, link).await;
     eprintln!("150 records of one key in {elapsed:?}: {t:?}");
     assert_eq!((t.sent, t.failed), (150, 0), "{t:?}");
     assert!(elapsed > Duration::from_secs(3), "the key's records took longer than their TTL in all: {elapsed:?}");
