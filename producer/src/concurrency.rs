@@ -25,8 +25,9 @@
 //! overtaken is left to its own timeout and
 //! resend; the resend of a record whose request went unanswered waits twice
 //! as long per earlier unanswered attempt ([`Controller::request_timeout_for`]),
-//! so a record on a slow path still gets through, and one that reached the
-//! service is not sent again and again.
+//! and its last allowed attempt waits the ceiling, so a record on a slow path
+//! still gets through, and one that reached the service is not sent again
+//! and again.
 //!
 //! One addition to Vector's rules: the EWMA baseline follows the RTT up as
 //! the limit grows, so against an endpoint that queues, a slow climb (each
@@ -233,6 +234,11 @@ impl Controller {
     /// How long the next request may go unanswered.
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout_for(0)
+    }
+
+    /// `request_timeout_ms`: the longest a request may go unanswered.
+    pub fn timeout_ceiling(&self) -> Duration {
+        self.timeout_ceiling
     }
 
     /// How long a request may go unanswered that resends records after

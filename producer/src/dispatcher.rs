@@ -455,8 +455,18 @@ impl Dispatcher {
         self.metrics.record_request_sent(batch.units.len(), batch.bytes);
         self.concurrency.on_send();
         let service = self.service.clone();
-        let unanswered = batch.units.iter().flat_map(|u| &u.records).map(|p| p.unknown_attempts).max().unwrap_or(0);
-        let timeout = self.concurrency.request_timeout_for(unanswered);
+        // Records whose earlier attempts went unanswered get more patience,
+        // and the ceiling on their last allowed attempt: a record that met a
+        // slow path is given up only if its last attempt, too, goes
+        // unanswered for the whole `request_timeout_ms`.
+        let records = || batch.units.iter().flat_map(|u| &u.records);
+        let unanswered = records().map(|p| p.unknown_attempts).max().unwrap_or(0);
+        let last_chance = records().any(|p| p.maybe_stored() && !self.may_resend(p));
+        let timeout = if last_chance {
+            self.concurrency.timeout_ceiling()
+        } else {
+            self.concurrency.request_timeout_for(unanswered)
+        };
         let units = batch.units;
         self.in_flight.spawn(async move {
             let started = Instant::now();
