@@ -1058,6 +1058,16 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_readme_config_passes_the_checks_of_config_check() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("README.md has a ```toml block") + "```toml\n".len();
+        let end = readme[start..].find("\n```").expect("its closing fence");
+        let dir = tempfile::tempdir().unwrap();
+        let text = &readme[start..=start + end];
+        ConsumerConfig::parse(text, "README.md").and_then(|c| c.resolve(dir.path())).unwrap();
+    }
+
     /// GitHub's anchor of a heading: lower case, punctuation dropped, spaces
     /// as `-`.
     fn anchor(heading: &str) -> String {
