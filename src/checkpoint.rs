@@ -1,6 +1,6 @@
 //! The checkpoint store: per shard, the last committed position, the pending
 //! intent of a batch being uploaded, and whether the shard reached its end.
-//! It carries the exactly-once protocol (DESIGN.md): record the intent, upload
+//! It carries the exactly-once protocol (docs/exactly-once.md): record the intent, upload
 //! the batch's files under deterministic keys, then commit (checkpoint = last,
 //! intent cleared) in one atomic write.
 //!

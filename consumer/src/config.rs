@@ -288,7 +288,7 @@ pub struct FleetConfig {
     #[serde(default, with = "humantime_serde")]
     pub renew_interval: Option<Duration>,
     /// Create the DynamoDB table when it is missing (default false: create
-    /// it with the README's schema, and grant no `CreateTable` in production).
+    /// it with the schema in docs/fleet.md, and grant no `CreateTable` in production).
     #[serde(default)]
     pub create_table: bool,
 }
@@ -951,5 +951,211 @@ mod tests {
             let err = format!("{:#}", resolve(&text).unwrap_err());
             assert!(err.contains(want), "{want:?} not in {err:?}");
         }
+    }
+
+    /// docs/configuration.md, the reference this module's keys are documented in.
+    const REFERENCE: &str = include_str!("../../docs/configuration.md");
+
+    /// The fenced TOML block after `<!-- config-reference: {file} -->`.
+    fn reference_block(doc: &str, file: &str) -> String {
+        let marker = format!("<!-- config-reference: {file} -->");
+        let at = doc.find(&marker).unwrap_or_else(|| panic!("docs/configuration.md has no `{marker}`"));
+        let rest = &doc[at + marker.len()..];
+        let start = rest.find("```toml\n").expect("a ```toml block after the marker") + "```toml\n".len();
+        let end = rest[start..].find("\n```").expect("the block's closing fence");
+        rest[start..=start + end].to_string()
+    }
+
+    /// A `# key = value` line's `key = value`: a documented key without a default.
+    fn commented_key(line: &str) -> Option<&str> {
+        let rest = line.strip_prefix("# ")?;
+        let (key, _) = rest.split_once(" = ")?;
+        (!key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then_some(rest)
+    }
+
+    /// The block with every key set: commented keys uncommented.
+    fn every_key(block: &str) -> String {
+        block.lines().map(|l| commented_key(l).unwrap_or(l)).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The names a serde struct accepts (its `FIELDS`), recorded by a
+    /// deserializer that stops there.
+    fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+        struct Probe<'a>(&'a mut &'static [&'static str]);
+        impl<'de> serde::Deserializer<'de> for Probe<'_> {
+            type Error = serde::de::value::Error;
+            fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+                Err(serde::de::Error::custom("not a struct"))
+            }
+            fn deserialize_struct<V: serde::de::Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                *self.0 = fields;
+                Err(serde::de::Error::custom("fields recorded"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+                unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+            }
+        }
+        let mut fields: &'static [&'static str] = &[];
+        let _ = T::deserialize(Probe(&mut fields));
+        assert!(!fields.is_empty(), "{} has no fields", std::any::type_name::<T>());
+        fields
+    }
+
+    #[test]
+    fn the_configuration_reference_lists_every_key_with_its_default() {
+        let block = reference_block(REFERENCE, "consumer.toml");
+        let every = every_key(&block);
+        // Every documented key is one the code accepts: the structs deny
+        // unknown fields.
+        toml::from_str::<ConsumerConfig>(&every)
+            .unwrap_or_else(|e| panic!("docs/configuration.md documents a key the code refuses: {e}"));
+        // Every key the code accepts is documented.
+        let documented: toml::Table = toml::from_str(&every).unwrap();
+        let sections: [(&str, &[&str]); 9] = [
+            ("", fields_of::<ConsumerConfig>()),
+            ("buffer", fields_of::<BufferConfig>()),
+            ("writer", fields_of::<WriterConfig>()),
+            ("polling", fields_of::<PollingConfig>()),
+            ("retrieval", fields_of::<RetrievalConfig>()),
+            ("metrics", fields_of::<MetricsConfig>()),
+            ("timeouts", fields_of::<TimeoutsConfig>()),
+            ("health", fields_of::<HealthConfig>()),
+            ("fleet", fields_of::<FleetConfig>()),
+        ];
+        for (key, value) in &documented {
+            if value.is_table() {
+                assert!(sections.iter().any(|(s, _)| s == key), "[{key}]: add its struct to this test");
+            }
+        }
+        for (section, fields) in sections {
+            let table = match section {
+                "" => &documented,
+                s => documented[s].as_table().unwrap_or_else(|| panic!("[{s}] is not documented")),
+            };
+            for field in fields {
+                assert!(
+                    table.contains_key(*field),
+                    "`{section}{}{field}` is a key of consumer.toml missing from docs/configuration.md",
+                    if section.is_empty() { "" } else { "." }
+                );
+            }
+        }
+        // The defaults shown are the code's: the keys set in the block
+        // (commented ones left out) parse the same as the required ones alone.
+        let required: String = block.lines().filter(|l| l.contains("# required")).map(|l| format!("{l}\n")).collect();
+        let with_defaults: ConsumerConfig = toml::from_str(&block).unwrap();
+        let code_defaults: ConsumerConfig = toml::from_str(&required).unwrap();
+        assert_eq!(
+            format!("{with_defaults:#?}"),
+            format!("{code_defaults:#?}"),
+            "a default in docs/configuration.md differs from the code's"
+        );
+    }
+
+    #[test]
+    fn the_readme_config_passes_the_checks_of_config_check() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("README.md has a ```toml block") + "```toml\n".len();
+        let end = readme[start..].find("\n```").expect("its closing fence");
+        let dir = tempfile::tempdir().unwrap();
+        let text = &readme[start..=start + end];
+        ConsumerConfig::parse(text, "README.md").and_then(|c| c.resolve(dir.path())).unwrap();
+    }
+
+    /// GitHub's anchor of a heading: lower case, punctuation dropped, spaces
+    /// as `-`.
+    fn anchor(heading: &str) -> String {
+        heading
+            .trim()
+            .chars()
+            .filter_map(|c| match c {
+                ' ' => Some('-'),
+                c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The anchors of a Markdown file's headings (repeats get `-1`, `-2`, ...).
+    fn anchors(text: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        let mut counts = std::collections::HashMap::<String, usize>::new();
+        let mut in_code = false;
+        for line in text.lines() {
+            if line.starts_with("```") {
+                in_code = !in_code;
+            }
+            if in_code || !line.starts_with('#') {
+                continue;
+            }
+            let base = anchor(line.trim_start_matches('#'));
+            let n = counts.entry(base.clone()).or_insert(0);
+            seen.push(if *n == 0 { base } else { format!("{base}-{n}") });
+            *n += 1;
+        }
+        seen
+    }
+
+    /// The targets of the Markdown links `[text](target)` outside code blocks.
+    fn link_targets(text: &str) -> Vec<String> {
+        let mut targets = Vec::new();
+        let mut in_code = false;
+        for line in text.lines() {
+            if line.starts_with("```") {
+                in_code = !in_code;
+                continue;
+            }
+            if in_code {
+                continue;
+            }
+            let mut rest = line;
+            while let Some(at) = rest.find("](") {
+                rest = &rest[at + 2..];
+                if let Some(end) = rest.find(')') {
+                    targets.push(rest[..end].to_string());
+                    rest = &rest[end..];
+                }
+            }
+        }
+        targets
+    }
+
+    #[test]
+    fn every_relative_link_in_the_readme_and_docs_resolves() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = vec![root.join("README.md")];
+        for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "md") {
+                files.push(path);
+            }
+        }
+        let mut broken = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            for target in link_targets(&text) {
+                if target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                let (path, fragment) = target.split_once('#').unwrap_or((target.as_str(), ""));
+                let linked = if path.is_empty() { file.clone() } else { file.parent().unwrap().join(path) };
+                if !linked.exists() {
+                    broken.push(format!("{}: {target}: no such file", file.display()));
+                } else if !fragment.is_empty() {
+                    let text = std::fs::read_to_string(&linked).unwrap_or_default();
+                    if !anchors(&text).iter().any(|a| a == fragment) {
+                        broken.push(format!("{}: {target}: no such heading", file.display()));
+                    }
+                }
+            }
+        }
+        assert!(files.len() > 5, "docs/ holds the pages");
+        assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
     }
 }

@@ -57,7 +57,7 @@ fn main() -> std::process::ExitCode {
     // cores adds no speed, and each thread that allocates can get a glibc
     // malloc arena of its own whose freed memory stays there: with tokio's
     // default of 512 threads, a worker with 1,000 shards peaked 58 MiB
-    // higher (see the README's scale benchmark).
+    // higher (see the scale benchmark in docs/benchmarks.md).
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads((2 * cores).max(4))

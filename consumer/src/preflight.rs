@@ -157,8 +157,8 @@ fn stream_outcome(stream: &str, region: &str, answer: Result<Option<StreamSummar
             "stream",
             &format!("may not describe stream `{stream}`"),
             &e,
-            "allow kinesis:DescribeStreamSummary, ListShards, GetShardIterator and GetRecords on it (README: \
-             Running against AWS)",
+            "allow kinesis:DescribeStreamSummary, ListShards, GetShardIterator and GetRecords on it (docs/getting-started-aws.md: \
+             IAM role)",
         )),
         Err(e) => Err(call_failure(
             "stream",
@@ -242,13 +242,13 @@ fn table_outcome(table: &str, create: bool, answer: Result<Option<String>, CallE
         Ok(None) if create => Ok(Verdict::Ok(format!("DynamoDB table `{table}` missing: created at start"))),
         Ok(None) => Err(Failure::Problem(format!(
             "checkpoint_store: DynamoDB table `{table}` does not exist and fleet.create_table is false; create it \
-             (README: Fleet mode) or set fleet.create_table = true"
+             (docs/fleet.md) or set fleet.create_table = true"
         ))),
         Err(e) => Err(call_failure(
             "checkpoint_store",
             &format!("cannot describe DynamoDB table `{table}`"),
             &e,
-            "allow dynamodb:DescribeTable (and the table's other actions, README: Fleet mode) and check \
+            "allow dynamodb:DescribeTable (and the table's other actions, docs/fleet.md) and check \
              AWS_ENDPOINT_URL_DYNAMODB",
         )),
     }
@@ -274,7 +274,7 @@ fn database_outcome(setting: &str, table: &TableName, create: bool, answer: Resu
             setting,
             &format!("cannot read Glue database `{database}`"),
             &e,
-            "allow glue:GetDatabase and the other Glue actions (README: Catalog), and check AWS_ENDPOINT_URL_GLUE",
+            "allow glue:GetDatabase and the other Glue actions (docs/getting-started-aws.md), and check AWS_ENDPOINT_URL_GLUE",
         )),
     }
 }

@@ -571,4 +571,96 @@ mod tests {
         assert_eq!(s.retry.cap, Duration::from_secs(1));
         assert_eq!(c.target, Target::KinesisStream("s".into()));
     }
+
+    /// docs/configuration.md, the reference the producer's keys are documented in.
+    const REFERENCE: &str = include_str!("../../docs/configuration.md");
+
+    /// The fenced TOML block after `<!-- config-reference: producer.toml -->`,
+    /// with `# key = value` lines (keys without a default) uncommented when
+    /// `every` is set.
+    fn reference_block(every: bool) -> String {
+        let marker = "<!-- config-reference: producer.toml -->";
+        let at = REFERENCE.find(marker).unwrap_or_else(|| panic!("docs/configuration.md has no `{marker}`"));
+        let rest = &REFERENCE[at + marker.len()..];
+        let start = rest.find("```toml\n").expect("a ```toml block after the marker") + "```toml\n".len();
+        let end = rest[start..].find("\n```").expect("the block's closing fence");
+        let commented_key = |line: &'static str| {
+            let rest = line.strip_prefix("# ")?;
+            let (key, _) = rest.split_once(" = ")?;
+            (every && !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then_some(rest)
+        };
+        rest[start..=start + end].lines().map(|l| commented_key(l).unwrap_or(l)).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The field names of a serde struct, or the variant names of an enum,
+    /// recorded by a deserializer that stops there.
+    fn names_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+        struct Probe<'a>(&'a mut &'static [&'static str]);
+        impl<'de> serde::Deserializer<'de> for Probe<'_> {
+            type Error = serde::de::value::Error;
+            fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> std::result::Result<V::Value, Self::Error> {
+                Err(serde::de::Error::custom("neither a struct nor an enum"))
+            }
+            fn deserialize_struct<V: serde::de::Visitor<'de>>(
+                self,
+                _: &'static str,
+                names: &'static [&'static str],
+                _: V,
+            ) -> std::result::Result<V::Value, Self::Error> {
+                *self.0 = names;
+                Err(serde::de::Error::custom("names recorded"))
+            }
+            fn deserialize_enum<V: serde::de::Visitor<'de>>(
+                self,
+                name: &'static str,
+                names: &'static [&'static str],
+                visitor: V,
+            ) -> std::result::Result<V::Value, Self::Error> {
+                self.deserialize_struct(name, names, visitor)
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+                unit_struct newtype_struct seq tuple tuple_struct map identifier ignored_any
+            }
+        }
+        let mut names: &'static [&'static str] = &[];
+        let _ = T::deserialize(Probe(&mut names));
+        assert!(!names.is_empty(), "{} has no names", std::any::type_name::<T>());
+        names
+    }
+
+    #[test]
+    fn the_configuration_reference_lists_every_key_with_its_default() {
+        let every = reference_block(true);
+        // Every documented key is one the code accepts (unknown fields are denied).
+        toml::from_str::<ProducerConfig>(&every)
+            .unwrap_or_else(|e| panic!("docs/configuration.md documents a producer key the code refuses: {e}"));
+        // Every key the code accepts is documented.
+        let documented: toml::Table = toml::from_str(&every).unwrap();
+        let sections: [(&str, &[&str]); 2] = [("", names_of::<ProducerConfig>()), ("retry", names_of::<RetryConfig>())];
+        for (key, value) in &documented {
+            if value.is_table() && key != "target" {
+                assert!(sections.iter().any(|(s, _)| s == key), "[{key}]: add its struct to this test");
+            }
+        }
+        for (section, fields) in sections {
+            let table = match section {
+                "" => &documented,
+                s => documented[s].as_table().unwrap_or_else(|| panic!("[{s}] is not documented")),
+            };
+            for field in fields {
+                let dot = if section.is_empty() { "" } else { "." };
+                assert!(
+                    table.contains_key(*field),
+                    "producer key `{section}{dot}{field}` missing from docs/configuration.md"
+                );
+            }
+        }
+        for target in names_of::<Target>() {
+            assert!(every.contains(target), "target `{target}` missing from docs/configuration.md");
+        }
+        // The defaults shown are the code's.
+        let documented: ProducerConfig = toml::from_str(&reference_block(false)).unwrap();
+        assert_eq!(documented, ProducerConfig::kinesis("events"), "a default in docs/configuration.md differs");
+    }
 }

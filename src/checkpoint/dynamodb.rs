@@ -12,7 +12,7 @@
 //! write with [`Error::LeaseLost`] instead of committing a stale batch. Only
 //! single-item conditional writes are used: no `TransactWriteItems`.
 //!
-//! Table schema (see the README for the IAM policy): partition key
+//! Table schema (see docs/fleet.md for the IAM policy): partition key
 //! `lease_key` (S) = `{application}/{stream}/{shard}`, no sort key, on-demand
 //! capacity. Attributes: `shard` (S), `owner` (S, absent when free),
 //! `lease_counter` (N), `expiry` (N, epoch ms), `checkpoint` (S), `intent`
