@@ -11,7 +11,6 @@
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
 use serde_json::{Value, json};
 use shardlake::catalog::{PartitionMode, TableName};
 use shardlake::pipeline::folder_prefix;
@@ -52,27 +51,21 @@ impl Scope {
 }
 
 /// One `Allow` statement.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Statement {
     /// What the statement is for (`ReadStream`, `WriteLake`, ...).
-    #[serde(rename = "Sid")]
     pub sid: &'static str,
-    #[serde(rename = "Effect")]
-    effect: &'static str,
     /// `service:Action` names.
-    #[serde(rename = "Action")]
     pub actions: Vec<&'static str>,
     /// ARNs.
-    #[serde(rename = "Resource")]
     pub resources: Vec<String>,
     /// An IAM condition block, when the resource alone is too wide.
-    #[serde(rename = "Condition", skip_serializing_if = "Option::is_none")]
     pub condition: Option<Value>,
 }
 
 impl Statement {
     fn allow(sid: &'static str, actions: &[&'static str], resources: Vec<String>) -> Self {
-        Statement { sid, effect: "Allow", actions: actions.to_vec(), resources, condition: None }
+        Statement { sid, actions: actions.to_vec(), resources, condition: None }
     }
 
     fn when(mut self, condition: Value) -> Self {
@@ -82,24 +75,37 @@ impl Statement {
 }
 
 /// An IAM policy document.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
-    #[serde(rename = "Version")]
+    /// The policy language version, `2012-10-17`.
     version: &'static str,
     /// Its statements, one per resource and purpose.
-    #[serde(rename = "Statement")]
     pub statements: Vec<Statement>,
 }
 
 impl Policy {
     /// Every action the policy allows.
+    #[cfg(test)]
     pub fn actions(&self) -> BTreeSet<&'static str> {
         self.statements.iter().flat_map(|s| s.actions.iter().copied()).collect()
     }
 
-    /// The document as IAM takes it.
+    /// The document as IAM takes it, one line per statement field so that
+    /// it reads (and diffs) by statement.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("a policy serializes")
+        let text = |v: &str| Value::from(v).to_string();
+        let list = |items: &mut dyn Iterator<Item = &str>| format!("[{}]", items.map(text).collect::<Vec<_>>().join(", "));
+        let mut out = format!("{{\n  \"Version\": {},\n  \"Statement\": [\n", text(self.version));
+        for (i, s) in self.statements.iter().enumerate() {
+            out += &format!("    {{\n      \"Sid\": {},\n      \"Effect\": \"Allow\",\n", text(s.sid));
+            out += &format!("      \"Action\": {},\n", list(&mut s.actions.iter().copied()));
+            out += &format!("      \"Resource\": {}", list(&mut s.resources.iter().map(String::as_str)));
+            if let Some(c) = &s.condition {
+                out += &format!(",\n      \"Condition\": {c}");
+            }
+            out += if i + 1 < self.statements.len() { "\n    },\n" } else { "\n    }\n" };
+        }
+        out + "  ]\n}"
     }
 }
 
@@ -443,6 +449,16 @@ mod tests {
         assert_eq!(json["Statement"][0]["Effect"], "Allow");
         assert_eq!(json["Statement"][0]["Sid"], "ReadStream");
         assert!(json["Statement"][0].get("Condition").is_none());
+        let p = example("evolve.toml");
+        let json: Value = serde_json::from_str(&p.to_json()).unwrap();
+        let statements = json["Statement"].as_array().unwrap();
+        assert_eq!(statements.len(), p.statements.len());
+        for (s, want) in statements.iter().zip(&p.statements) {
+            assert_eq!(s["Sid"], want.sid);
+            assert_eq!(s["Action"], json!(want.actions));
+            assert_eq!(s["Resource"], json!(want.resources));
+            assert_eq!(s.get("Condition"), want.condition.as_ref());
+        }
         let cn = Scope { region: "cn-north-1".into(), account: "ACCOUNT_ID".into() };
         let p = policy(&s, &cn);
         assert_eq!(p.statements[0].resources, ["arn:aws-cn:kinesis:cn-north-1:ACCOUNT_ID:stream/events"]);
