@@ -59,11 +59,40 @@ fn stdout_is_the_policy_alone_and_placeholders_are_named_on_stderr() {
         &["--region", "eu-west-1", "--account", "123456789012", "--convert-input", "s3://in/events.jsonl.gz"],
     );
     assert!(!notes.contains("ACCOUNT_ID"), "{notes}");
-    let kinesis = ["DescribeStreamSummary", "ListShards", "GetShardIterator", "GetRecords"].map(|a| format!("kinesis:{a}"));
+    let kinesis =
+        ["DescribeStreamSummary", "ListShards", "GetShardIterator", "GetRecords"].map(|a| format!("kinesis:{a}"));
     let mut want: BTreeSet<String> = kinesis.into_iter().collect();
     want.insert("s3:GetObject".into());
     assert_eq!(actions(&policy), want);
     assert!(policy.to_string().contains("arn:aws:s3:::in/events.jsonl.gz"));
+}
+
+/// The docs show the command's own output for `examples/glue-register.toml`
+/// (in the README or, once moved, a page under `docs/`).
+#[test]
+fn the_documented_policy_is_the_commands_output() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(env!("CARGO_BIN_EXE_shardlake-consumer"))
+        .args(["config", "iam-policy", "--config"])
+        .arg(root.join("examples/glue-register.toml"))
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let mut pages = vec![root.join("README.md")];
+    let docs = std::fs::read_dir(root.join("docs")).into_iter().flatten().map(|e| e.unwrap().path());
+    pages.extend(docs.filter(|p| p.extension().is_some_and(|x| x == "md")));
+    const MARK: &str = "For `examples/glue-register.toml`:\n\n```json\n";
+    let shown: Vec<String> = pages
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .filter_map(|text| {
+            let start = text.find(MARK)? + MARK.len();
+            Some(text[start..].split("\n```").next()?.to_string())
+        })
+        .collect();
+    assert_eq!(shown, [printed.trim_end().to_string()], "regenerate the docs' policy with the command");
 }
 
 /// The catalog (created, partitions registered), evolution (a new field
