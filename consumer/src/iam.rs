@@ -94,7 +94,8 @@ impl Policy {
     /// it reads (and diffs) by statement.
     pub fn to_json(&self) -> String {
         let text = |v: &str| Value::from(v).to_string();
-        let list = |items: &mut dyn Iterator<Item = &str>| format!("[{}]", items.map(text).collect::<Vec<_>>().join(", "));
+        let list =
+            |items: &mut dyn Iterator<Item = &str>| format!("[{}]", items.map(text).collect::<Vec<_>>().join(", "));
         let mut out = format!("{{\n  \"Version\": {},\n  \"Statement\": [\n", text(self.version));
         for (i, s) in self.statements.iter().enumerate() {
             out += &format!("    {{\n      \"Sid\": {},\n      \"Effect\": \"Allow\",\n", text(s.sid));
@@ -125,7 +126,8 @@ pub fn policy(settings: &Settings, scope: &Scope) -> Policy {
 pub fn convert_input(url: &str, scope: &Scope) -> anyhow::Result<Statement> {
     match Location::parse(url) {
         Ok(Location::S3 { bucket, prefix }) if !prefix.is_empty() => {
-            let object = if prefix.ends_with('/') { format!("{bucket}/{prefix}*") } else { format!("{bucket}/{prefix}") };
+            let object =
+                if prefix.ends_with('/') { format!("{bucket}/{prefix}*") } else { format!("{bucket}/{prefix}") };
             Ok(Statement::allow("ReadConvertInput", &["s3:GetObject"], vec![scope.s3(&object)]))
         }
         _ => anyhow::bail!("--convert-input: `{url}` is not s3://bucket/key (local input needs no IAM permission)"),
@@ -399,7 +401,10 @@ mod tests {
         assert_eq!(resources("WriteCatalog"), glue);
         let fan_out = example("fan-out.toml");
         let consumer = fan_out.statements.iter().find(|s| s.sid == "FanOutConsumer").unwrap();
-        assert_eq!(consumer.resources, ["arn:aws:kinesis:eu-west-1:123456789012:stream/events/consumer/events-to-lake:*"]);
+        assert_eq!(
+            consumer.resources,
+            ["arn:aws:kinesis:eu-west-1:123456789012:stream/events/consumer/events-to-lake:*"]
+        );
     }
 
     #[test]
@@ -468,10 +473,10 @@ mod tests {
     #[test]
     fn convert_input_is_get_object_on_the_object() {
         let read = convert_input("s3://in/2026/events.jsonl.gz", &scope()).unwrap();
-        assert_eq!((read.actions.as_slice(), read.resources[0].as_str()), (
-            ["s3:GetObject"].as_slice(),
-            "arn:aws:s3:::in/2026/events.jsonl.gz"
-        ));
+        assert_eq!(
+            (read.actions.as_slice(), read.resources[0].as_str()),
+            (["s3:GetObject"].as_slice(), "arn:aws:s3:::in/2026/events.jsonl.gz")
+        );
         assert!(convert_input("./events.jsonl", &scope()).unwrap_err().to_string().contains("s3://bucket/key"));
         assert!(convert_input("s3://in", &scope()).is_err());
     }

@@ -669,7 +669,10 @@ mod tests {
         assert_eq!(s3("POST", "/b/lake/f.parquet", "uploads"), "s3:PutObject");
         assert_eq!(s3("PUT", "/b/lake/f.parquet", "x-id=UploadPart&partNumber=1&uploadId=u"), "s3:PutObject");
         assert_eq!(s3("POST", "/b/lake/f.parquet", "uploadId=u"), "s3:PutObject");
-        assert_eq!(s3("DELETE", "/b/lake/f.parquet", "x-id=AbortMultipartUpload&uploadId=u"), "s3:AbortMultipartUpload");
+        assert_eq!(
+            s3("DELETE", "/b/lake/f.parquet", "x-id=AbortMultipartUpload&uploadId=u"),
+            "s3:AbortMultipartUpload"
+        );
         assert_eq!(s3("DELETE", "/b/lake/_probe", "x-id=DeleteObject"), "s3:DeleteObject");
         assert_eq!(s3("GET", "/b/lake/f.parquet", "x-id=GetObject"), "s3:GetObject");
         assert_eq!(s3("HEAD", "/b/lake/f.parquet", ""), "s3:GetObject");
