@@ -40,6 +40,7 @@ mod evolve;
 mod get_records;
 mod health;
 mod http;
+mod iam;
 mod infer;
 mod kinesis;
 mod lease;

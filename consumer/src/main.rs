@@ -1,7 +1,8 @@
 //! `shardlake-consumer`: the shardlake worker binary. `run` reads a Kinesis
 //! stream into the lake, exactly once; `convert` backfills JSON Lines files;
 //! `schema` infers schemas and prints Athena DDL; `config check` explains a
-//! config file; `catalog sync` registers a lake's partitions in Glue.
+//! config file and `config iam-policy` prints the IAM policy it needs;
+//! `catalog sync` registers a lake's partitions in Glue.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use shardlake_consumer::{catalog_cmd, convert_cmd, run_cmd, schema_cmd};
@@ -27,7 +28,7 @@ enum LogFormat {
 enum Command {
     /// Read a Kinesis stream into the lake until SIGTERM/SIGINT.
     Run(run_cmd::RunArgs),
-    /// Check a config file.
+    /// Check a config file, or print the IAM policy it needs.
     #[command(subcommand)]
     Config(run_cmd::ConfigCommand),
     /// Convert JSON Lines files (plain or .gz; local, stdin or S3) into the lake.

@@ -1,4 +1,4 @@
-//! `shardlake-consumer run` and `shardlake-consumer config check`.
+//! `shardlake-consumer run`, `config check` and `config iam-policy`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,6 +48,28 @@ pub enum ConfigCommand {
     /// or explain the first error with its key and the fix. With --online,
     /// also run the start-up checks and exit non-zero on any problem.
     Check(CheckArgs),
+    /// Print the least-privilege IAM policy (JSON) that `run` needs with
+    /// this config: the stream, the lake's bucket and prefix, the DynamoDB
+    /// table, the Glue database and table, the KMS key, as set. Notes on
+    /// placeholders go to stderr, so stdout is the document alone.
+    IamPolicy(IamPolicyArgs),
+}
+
+/// Arguments of `config iam-policy`.
+#[derive(Debug, Args)]
+pub struct IamPolicyArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// The region in the ARNs (default: AWS_REGION, then AWS_DEFAULT_REGION).
+    #[arg(long)]
+    region: Option<String>,
+    /// The account id in the ARNs (default: the placeholder ACCOUNT_ID).
+    #[arg(long)]
+    account: Option<String>,
+    /// Also allow `convert --input` to read this S3 object (s3://bucket/key,
+    /// or a prefix ending in `/`); convert writes to the config's destination.
+    #[arg(long, value_name = "URL")]
+    convert_input: Option<String>,
 }
 
 pub(crate) fn load(path: &Path) -> anyhow::Result<Settings> {
@@ -55,9 +77,39 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<Settings> {
     ConsumerConfig::from_file(path)?.resolve(base)
 }
 
-/// Runs `config check`.
+/// Runs a `config` subcommand.
 pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
-    let ConfigCommand::Check(CheckArgs { run: args, online }) = cmd;
+    match cmd {
+        ConfigCommand::Check(args) => check(args).await,
+        ConfigCommand::IamPolicy(args) => iam_policy(args),
+    }
+}
+
+/// Runs `config iam-policy`.
+fn iam_policy(args: IamPolicyArgs) -> anyhow::Result<()> {
+    let settings = load(&args.run.config)?;
+    let from_env = || ["AWS_REGION", "AWS_DEFAULT_REGION"].iter().find_map(|k| std::env::var(k).ok());
+    let region = args.region.or_else(from_env).filter(|r| !r.trim().is_empty());
+    if region.is_none() {
+        eprintln!("# no --region, AWS_REGION or AWS_DEFAULT_REGION: replace REGION in the ARNs");
+    }
+    if args.account.is_none() {
+        eprintln!("# replace ACCOUNT_ID with your account id (or pass --account)");
+    }
+    let scope = crate::iam::Scope {
+        region: region.unwrap_or_else(|| "REGION".into()),
+        account: args.account.unwrap_or_else(|| "ACCOUNT_ID".into()),
+    };
+    let mut policy = crate::iam::policy(&settings, &scope);
+    if let Some(url) = &args.convert_input {
+        policy.statements.push(crate::iam::convert_input(url, &scope)?);
+    }
+    outln!("{}", policy.to_json());
+    Ok(())
+}
+
+/// Runs `config check`.
+async fn check(CheckArgs { run: args, online }: CheckArgs) -> anyhow::Result<()> {
     let s = load(&args.config)?;
     print_settings(&args.config, &s);
     if !online {

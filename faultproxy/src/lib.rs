@@ -19,10 +19,15 @@
 //!   upstream (so the service applies them) whose answer is replaced by a TCP
 //!   reset, as a connection reset after the request was sent looks to a client.
 //!
+//! It also records the IAM action of each request it passes upstream
+//! ([`FaultProxy::actions`], by [`iam_action`]), so a test can compare what
+//! a client really calls with the policy written for it.
+//!
 //! Responses stream through frame by frame, so long-lived responses
 //! (`SubscribeToShard`) pass, and a black hole also swallows the rest of a
 //! response already on its way.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,6 +134,8 @@ struct Shared {
     lost: Mutex<(f64, ChaCha8Rng)>,
     delays: Mutex<RandomDelays>,
     counts: Arc<Counts>,
+    /// IAM action -> requests passed upstream that needed it.
+    actions: Mutex<BTreeMap<String, u64>>,
     stop: CancellationToken,
 }
 
@@ -190,6 +197,7 @@ impl FaultProxy {
                 rng: ChaCha8Rng::seed_from_u64(0),
             }),
             counts: counts.clone(),
+            actions: Mutex::new(BTreeMap::new()),
             stop: CancellationToken::new(),
         });
         tokio::spawn(accept_loop(listener, addr, shared.clone()));
@@ -246,6 +254,60 @@ impl FaultProxy {
         *self.shared.delays.lock().expect("rng lock") =
             RandomDelays { rate, min, max: max.max(min), rng: ChaCha8Rng::seed_from_u64(seed) };
     }
+}
+
+impl FaultProxy {
+    /// The IAM action of every request passed upstream so far, with how
+    /// many needed it (see [`iam_action`]).
+    pub fn actions(&self) -> BTreeMap<String, u64> {
+        self.shared.actions.lock().expect("actions lock").clone()
+    }
+}
+
+/// The IAM action a request to `flavor` needs (`kinesis:GetRecords`,
+/// `s3:PutObject`, ...). JSON protocols name their operation in the
+/// `X-Amz-Target` header (`Kinesis_20131202.GetRecords`); S3's REST
+/// requests (path-style, as against an emulator) by method, path and query,
+/// mapped as IAM authorises them: every step of a multipart upload is
+/// `s3:PutObject` except its abort, and a bucket's listing or HEAD is
+/// `s3:ListBucket`. A request it cannot map is `SERVICE:Unknown(...)`, so a
+/// test comparing actions fails on it rather than missing it.
+pub fn iam_action(flavor: Flavor, method: &str, path: &str, query: &str, target: Option<&str>) -> String {
+    let service = match flavor {
+        Flavor::Kinesis => "kinesis",
+        Flavor::DynamoDb => "dynamodb",
+        Flavor::Glue => "glue",
+        Flavor::S3 => return s3_action(method, path, query),
+    };
+    match target.and_then(|t| t.rsplit_once('.')) {
+        Some((_, operation)) if !operation.is_empty() => format!("{service}:{operation}"),
+        _ => format!("{service}:Unknown({method} {path} without X-Amz-Target)"),
+    }
+}
+
+fn s3_action(method: &str, path: &str, query: &str) -> String {
+    let has = |key: &str| query.split('&').any(|kv| kv.split('=').next() == Some(key));
+    // `/bucket` or `/bucket/` is the bucket; `/bucket/key...` an object.
+    let object = path.trim_start_matches('/').split_once('/').is_some_and(|(_, key)| !key.is_empty());
+    let action = match (method, object) {
+        ("PUT", true) if has("tagging") => "PutObjectTagging",
+        // PutObject, and UploadPart (`?partNumber&uploadId`).
+        ("PUT", true) => "PutObject",
+        // CreateMultipartUpload (`?uploads`), CompleteMultipartUpload (`?uploadId`).
+        ("POST", true) if has("uploads") || has("uploadId") => "PutObject",
+        ("DELETE", true) if has("uploadId") => "AbortMultipartUpload",
+        ("DELETE", true) => "DeleteObject",
+        ("GET", true) if has("uploadId") => "ListMultipartUploadParts",
+        ("GET" | "HEAD", true) => "GetObject",
+        ("GET", false) if has("uploads") => "ListBucketMultipartUploads",
+        ("GET", false) if has("location") => "GetBucketLocation",
+        ("GET" | "HEAD", false) => "ListBucket",
+        ("PUT", false) if query.is_empty() => "CreateBucket",
+        ("DELETE", false) if query.is_empty() => "DeleteBucket",
+        ("POST", false) if has("delete") => "DeleteObject",
+        _ => return format!("s3:Unknown({method} {path}?{query})"),
+    };
+    format!("s3:{action}")
 }
 
 /// A listener with `SO_REUSEADDR`, so the port can be bound again after a
@@ -482,10 +544,18 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         Mode::Refuse => return shared.dropped(),
         Mode::BlackHole => return shared.hang().await,
     }
+    let action = iam_action(
+        shared.flavor,
+        parts.method.as_str(),
+        parts.uri.path(),
+        parts.uri.query().unwrap_or_default(),
+        parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()),
+    );
     let mut uri = shared.upstream.clone().into_parts();
     uri.path_and_query = parts.uri.path_and_query().cloned();
     parts.uri = hyper::Uri::from_parts(uri).expect("upstream uri");
     shared.counts.passed.fetch_add(1, Ordering::Relaxed);
+    *shared.actions.lock().expect("actions lock").entry(action).or_default() += 1;
     let response = match shared.client.request(Request::from_parts(parts, Full::new(body))).await {
         Ok(response) => response,
         Err(_) => return Ok(respond(StatusCode::BAD_GATEWAY, "text/plain", "upstream unreachable")),
@@ -584,6 +654,43 @@ mod tests {
             Ok((status, String::from_utf8_lossy(&body.to_bytes()).into_owned()))
         };
         tokio::time::timeout(Duration::from_secs(2), call).await.map_err(|_| "timed out".to_string())?
+    }
+
+    #[test]
+    fn requests_map_to_the_iam_actions_that_authorise_them() {
+        let json = |flavor, target| iam_action(flavor, "POST", "/", "", Some(target));
+        assert_eq!(json(Flavor::Kinesis, "Kinesis_20131202.GetRecords"), "kinesis:GetRecords");
+        assert_eq!(json(Flavor::DynamoDb, "DynamoDB_20120810.UpdateItem"), "dynamodb:UpdateItem");
+        assert_eq!(json(Flavor::Glue, "AWSGlue.GetTable"), "glue:GetTable");
+        assert!(iam_action(Flavor::Glue, "POST", "/", "", None).starts_with("glue:Unknown("));
+        let s3 = |method, path, query| iam_action(Flavor::S3, method, path, query, None);
+        // As the Rust SDK sends them (path-style, with its `x-id`).
+        assert_eq!(s3("PUT", "/b/lake/f.parquet", "x-id=PutObject"), "s3:PutObject");
+        assert_eq!(s3("POST", "/b/lake/f.parquet", "uploads"), "s3:PutObject");
+        assert_eq!(s3("PUT", "/b/lake/f.parquet", "x-id=UploadPart&partNumber=1&uploadId=u"), "s3:PutObject");
+        assert_eq!(s3("POST", "/b/lake/f.parquet", "uploadId=u"), "s3:PutObject");
+        assert_eq!(
+            s3("DELETE", "/b/lake/f.parquet", "x-id=AbortMultipartUpload&uploadId=u"),
+            "s3:AbortMultipartUpload"
+        );
+        assert_eq!(s3("DELETE", "/b/lake/_probe", "x-id=DeleteObject"), "s3:DeleteObject");
+        assert_eq!(s3("GET", "/b/lake/f.parquet", "x-id=GetObject"), "s3:GetObject");
+        assert_eq!(s3("HEAD", "/b/lake/f.parquet", ""), "s3:GetObject");
+        assert_eq!(s3("GET", "/b", "list-type=2&prefix=lake%2F&max-keys=1"), "s3:ListBucket");
+        assert_eq!(s3("GET", "/b/", "list-type=2"), "s3:ListBucket");
+        assert_eq!(s3("HEAD", "/b", ""), "s3:ListBucket");
+        assert_eq!(s3("PUT", "/b", ""), "s3:CreateBucket");
+        assert!(s3("POST", "/b/k", "select").starts_with("s3:Unknown("));
+    }
+
+    #[tokio::test]
+    async fn passed_requests_are_recorded_by_action_and_failed_ones_are_not() {
+        let proxy = FaultProxy::start(&upstream().await, Flavor::S3).await.unwrap();
+        post(&format!("{}/b/k?uploads", proxy.endpoint), b"").await.unwrap();
+        post(&format!("{}/b/k?uploadId=u", proxy.endpoint), b"").await.unwrap();
+        proxy.set(Mode::ServerError);
+        post(&format!("{}/b/k?uploads", proxy.endpoint), b"").await.unwrap();
+        assert_eq!(proxy.actions(), BTreeMap::from([("s3:PutObject".to_string(), 2)]));
     }
 
     #[tokio::test]
