@@ -8,6 +8,7 @@ pub mod aws;
 pub mod catalog;
 pub mod checkpoint;
 pub mod columns;
+pub mod config_reference;
 pub mod convert;
 pub mod error;
 pub mod error_output;

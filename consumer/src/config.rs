@@ -953,59 +953,10 @@ mod tests {
         }
     }
 
+    use shardlake::config_reference::{every_key, reference_block, serde_names};
+
     /// docs/configuration.md, the reference this module's keys are documented in.
     const REFERENCE: &str = include_str!("../../docs/configuration.md");
-
-    /// The fenced TOML block after `<!-- config-reference: {file} -->`.
-    fn reference_block(doc: &str, file: &str) -> String {
-        let marker = format!("<!-- config-reference: {file} -->");
-        let at = doc.find(&marker).unwrap_or_else(|| panic!("docs/configuration.md has no `{marker}`"));
-        let rest = &doc[at + marker.len()..];
-        let start = rest.find("```toml\n").expect("a ```toml block after the marker") + "```toml\n".len();
-        let end = rest[start..].find("\n```").expect("the block's closing fence");
-        rest[start..=start + end].to_string()
-    }
-
-    /// A `# key = value` line's `key = value`: a documented key without a default.
-    fn commented_key(line: &str) -> Option<&str> {
-        let rest = line.strip_prefix("# ")?;
-        let (key, _) = rest.split_once(" = ")?;
-        (!key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then_some(rest)
-    }
-
-    /// The block with every key set: commented keys uncommented.
-    fn every_key(block: &str) -> String {
-        block.lines().map(|l| commented_key(l).unwrap_or(l)).collect::<Vec<_>>().join("\n")
-    }
-
-    /// The names a serde struct accepts (its `FIELDS`), recorded by a
-    /// deserializer that stops there.
-    fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
-        struct Probe<'a>(&'a mut &'static [&'static str]);
-        impl<'de> serde::Deserializer<'de> for Probe<'_> {
-            type Error = serde::de::value::Error;
-            fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-                Err(serde::de::Error::custom("not a struct"))
-            }
-            fn deserialize_struct<V: serde::de::Visitor<'de>>(
-                self,
-                _: &'static str,
-                fields: &'static [&'static str],
-                _: V,
-            ) -> Result<V::Value, Self::Error> {
-                *self.0 = fields;
-                Err(serde::de::Error::custom("fields recorded"))
-            }
-            serde::forward_to_deserialize_any! {
-                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
-                unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
-            }
-        }
-        let mut fields: &'static [&'static str] = &[];
-        let _ = T::deserialize(Probe(&mut fields));
-        assert!(!fields.is_empty(), "{} has no fields", std::any::type_name::<T>());
-        fields
-    }
 
     #[test]
     fn the_configuration_reference_lists_every_key_with_its_default() {
@@ -1018,15 +969,15 @@ mod tests {
         // Every key the code accepts is documented.
         let documented: toml::Table = toml::from_str(&every).unwrap();
         let sections: [(&str, &[&str]); 9] = [
-            ("", fields_of::<ConsumerConfig>()),
-            ("buffer", fields_of::<BufferConfig>()),
-            ("writer", fields_of::<WriterConfig>()),
-            ("polling", fields_of::<PollingConfig>()),
-            ("retrieval", fields_of::<RetrievalConfig>()),
-            ("metrics", fields_of::<MetricsConfig>()),
-            ("timeouts", fields_of::<TimeoutsConfig>()),
-            ("health", fields_of::<HealthConfig>()),
-            ("fleet", fields_of::<FleetConfig>()),
+            ("", serde_names::<ConsumerConfig>()),
+            ("buffer", serde_names::<BufferConfig>()),
+            ("writer", serde_names::<WriterConfig>()),
+            ("polling", serde_names::<PollingConfig>()),
+            ("retrieval", serde_names::<RetrievalConfig>()),
+            ("metrics", serde_names::<MetricsConfig>()),
+            ("timeouts", serde_names::<TimeoutsConfig>()),
+            ("health", serde_names::<HealthConfig>()),
+            ("fleet", serde_names::<FleetConfig>()),
         ];
         for (key, value) in &documented {
             if value.is_table() {

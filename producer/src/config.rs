@@ -575,58 +575,10 @@ mod tests {
     /// docs/configuration.md, the reference the producer's keys are documented in.
     const REFERENCE: &str = include_str!("../../docs/configuration.md");
 
-    /// The fenced TOML block after `<!-- config-reference: producer.toml -->`,
-    /// with `# key = value` lines (keys without a default) uncommented when
-    /// `every` is set.
+    /// The producer's reference block, with every key set when `every`.
     fn reference_block(every: bool) -> String {
-        let marker = "<!-- config-reference: producer.toml -->";
-        let at = REFERENCE.find(marker).unwrap_or_else(|| panic!("docs/configuration.md has no `{marker}`"));
-        let rest = &REFERENCE[at + marker.len()..];
-        let start = rest.find("```toml\n").expect("a ```toml block after the marker") + "```toml\n".len();
-        let end = rest[start..].find("\n```").expect("the block's closing fence");
-        let commented_key = |line: &'static str| {
-            let rest = line.strip_prefix("# ")?;
-            let (key, _) = rest.split_once(" = ")?;
-            (every && !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then_some(rest)
-        };
-        rest[start..=start + end].lines().map(|l| commented_key(l).unwrap_or(l)).collect::<Vec<_>>().join("\n")
-    }
-
-    /// The field names of a serde struct, or the variant names of an enum,
-    /// recorded by a deserializer that stops there.
-    fn names_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
-        struct Probe<'a>(&'a mut &'static [&'static str]);
-        impl<'de> serde::Deserializer<'de> for Probe<'_> {
-            type Error = serde::de::value::Error;
-            fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> std::result::Result<V::Value, Self::Error> {
-                Err(serde::de::Error::custom("neither a struct nor an enum"))
-            }
-            fn deserialize_struct<V: serde::de::Visitor<'de>>(
-                self,
-                _: &'static str,
-                names: &'static [&'static str],
-                _: V,
-            ) -> std::result::Result<V::Value, Self::Error> {
-                *self.0 = names;
-                Err(serde::de::Error::custom("names recorded"))
-            }
-            fn deserialize_enum<V: serde::de::Visitor<'de>>(
-                self,
-                name: &'static str,
-                names: &'static [&'static str],
-                visitor: V,
-            ) -> std::result::Result<V::Value, Self::Error> {
-                self.deserialize_struct(name, names, visitor)
-            }
-            serde::forward_to_deserialize_any! {
-                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
-                unit_struct newtype_struct seq tuple tuple_struct map identifier ignored_any
-            }
-        }
-        let mut names: &'static [&'static str] = &[];
-        let _ = T::deserialize(Probe(&mut names));
-        assert!(!names.is_empty(), "{} has no names", std::any::type_name::<T>());
-        names
+        let block = shardlake::config_reference::reference_block(REFERENCE, "producer.toml");
+        if every { shardlake::config_reference::every_key(&block) } else { block }
     }
 
     #[test]
@@ -637,7 +589,10 @@ mod tests {
             .unwrap_or_else(|e| panic!("docs/configuration.md documents a producer key the code refuses: {e}"));
         // Every key the code accepts is documented.
         let documented: toml::Table = toml::from_str(&every).unwrap();
-        let sections: [(&str, &[&str]); 2] = [("", names_of::<ProducerConfig>()), ("retry", names_of::<RetryConfig>())];
+        let sections: [(&str, &[&str]); 2] = [
+            ("", shardlake::config_reference::serde_names::<ProducerConfig>()),
+            ("retry", shardlake::config_reference::serde_names::<RetryConfig>()),
+        ];
         for (key, value) in &documented {
             if value.is_table() && key != "target" {
                 assert!(sections.iter().any(|(s, _)| s == key), "[{key}]: add its struct to this test");
@@ -656,7 +611,7 @@ mod tests {
                 );
             }
         }
-        for target in names_of::<Target>() {
+        for target in shardlake::config_reference::serde_names::<Target>() {
             assert!(every.contains(target), "target `{target}` missing from docs/configuration.md");
         }
         // The defaults shown are the code's.
