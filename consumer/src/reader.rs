@@ -38,7 +38,7 @@ const IN_PLACE: RetryPolicy =
 /// shard keeps trying at about 1.7 calls a second (Kinesis allows 5 per
 /// shard, shared by its consumers) and reads at full rate again within a
 /// second of the throttling ending.
-fn throttle_wait() -> Duration {
+pub(crate) fn throttle_wait() -> Duration {
     Duration::from_millis(rand::random_range(200..=1000))
 }
 

@@ -315,8 +315,14 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
             Err(e) => {
                 ctx.metrics.record_read_error(if e.is_transient() { "transient" } else { "fatal" });
                 ctx.health.worker_failed("listing", &e);
-                loop_failures += 1;
-                wait = restart_delay(loop_failures);
+                // Throttling is paced, not backed off: the listing (and
+                // /healthz) recovers within a second of it ending.
+                wait = if matches!(e, kinesis::KinesisError::Throttled(_)) {
+                    crate::reader::throttle_wait()
+                } else {
+                    loop_failures += 1;
+                    restart_delay(loop_failures)
+                };
                 tracing::error!(stream, error = %e, retry_in_ms = wait.as_millis() as u64, "listing shards failed");
                 continue;
             }
