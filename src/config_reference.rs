@@ -23,6 +23,35 @@ pub fn every_key(block: &str) -> String {
     block.lines().map(|l| commented_key(l).unwrap_or_else(|| l.to_string())).collect::<Vec<_>>().join("\n")
 }
 
+/// Asserts that every key `sections` accepts (section name, `""` for the
+/// top level, and its serde names) is in the `documented` table, and that
+/// every documented table but those in `other_tables` is one of `sections`.
+pub fn assert_every_key_documented(
+    file: &str,
+    documented: &toml::Table,
+    sections: &[(&str, &[&str])],
+    other_tables: &[&str],
+) {
+    for (key, value) in documented {
+        if value.is_table() && !other_tables.contains(&key.as_str()) {
+            assert!(sections.iter().any(|(s, _)| s == key), "[{key}]: add its struct to this test");
+        }
+    }
+    for (section, fields) in sections {
+        let table = match *section {
+            "" => documented,
+            s => documented[s].as_table().unwrap_or_else(|| panic!("[{s}] is not documented")),
+        };
+        let dot = if section.is_empty() { "" } else { "." };
+        for field in *fields {
+            assert!(
+                table.contains_key(*field),
+                "`{section}{dot}{field}` is a key of {file} missing from docs/configuration.md"
+            );
+        }
+    }
+}
+
 /// The field names of a serde struct, or the variant names of an enum, as
 /// its `Deserialize` implementation hands them to a deserializer that stops
 /// there.

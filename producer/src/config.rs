@@ -593,24 +593,7 @@ mod tests {
             ("", shardlake::config_reference::serde_names::<ProducerConfig>()),
             ("retry", shardlake::config_reference::serde_names::<RetryConfig>()),
         ];
-        for (key, value) in &documented {
-            if value.is_table() && key != "target" {
-                assert!(sections.iter().any(|(s, _)| s == key), "[{key}]: add its struct to this test");
-            }
-        }
-        for (section, fields) in sections {
-            let table = match section {
-                "" => &documented,
-                s => documented[s].as_table().unwrap_or_else(|| panic!("[{s}] is not documented")),
-            };
-            for field in fields {
-                let dot = if section.is_empty() { "" } else { "." };
-                assert!(
-                    table.contains_key(*field),
-                    "producer key `{section}{dot}{field}` missing from docs/configuration.md"
-                );
-            }
-        }
+        shardlake::config_reference::assert_every_key_documented("producer.toml", &documented, &sections, &["target"]);
         for target in shardlake::config_reference::serde_names::<Target>() {
             assert!(every.contains(target), "target `{target}` missing from docs/configuration.md");
         }
