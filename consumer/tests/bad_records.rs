@@ -12,6 +12,7 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_records_go_to_the_error_prefix_and_the_totals_add_up() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let stream = create_stream(&client, 2).await;
     let setup = Setup::new(&stream);

@@ -73,6 +73,7 @@ async fn wait_registered(glue: &aws_sdk_glue::Client, db: &str, want: &BTreeSet<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_created_table_fits_the_lake_and_lists_exactly_its_partitions() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let glue = glue().await;
     let s3 = s3_client().await;
@@ -137,6 +138,7 @@ async fn create_events_table(glue: &aws_sdk_glue::Client, db: &str, schema: &Sch
 /// the checkpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_between_commit_and_registration_still_registers_the_partition() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let glue = glue().await;
     let db = database();
@@ -172,6 +174,7 @@ async fn a_kill_between_commit_and_registration_still_registers_the_partition() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_that_does_not_fit_stops_the_worker_naming_each_difference() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let glue = glue().await;
     let db = database();
@@ -237,6 +240,7 @@ fn files(root: &Path) -> Vec<(String, Vec<u8>)> {
 /// the partitions it lists without files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn convert_registers_a_glue_schema_converts_the_same_and_sync_fills_the_gaps() {
+    let Some(_stack) = stack() else { return };
     let glue = glue().await;
     let db = database();
     let dir = tempfile::tempdir().unwrap();
@@ -329,6 +333,7 @@ async fn convert_registers_a_glue_schema_converts_the_same_and_sync_fills_the_ga
 /// the failing catalog, and once Glue answers every partition is registered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catalog_outage_never_holds_commits_and_is_caught_up() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let glue = glue().await;
     let proxy = FaultProxy::start(&stack_env("AWS_ENDPOINT_URL_GLUE"), Flavor::Glue).await.unwrap();
@@ -379,6 +384,7 @@ async fn table_columns(glue: &aws_sdk_glue::Client, db: &str) -> Vec<String> {
 /// pyarrow, with nulls where a file lacks the columns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evolution_adds_new_fields_as_columns_to_the_files_and_the_table() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let glue = glue().await;
     let db = database();
@@ -448,6 +454,7 @@ print(t.num_rows, t.column('coupon').null_count, pc.sum(t.column('score')).as_py
 /// 2, and writes the very same bytes under the same keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_in_the_first_batch_of_a_new_version_replays_identical_files() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let stream = create_stream(&client, 1).await;
     let setup = Setup::new(&stream);
@@ -481,6 +488,7 @@ async fn a_crash_in_the_first_batch_of_a_new_version_replays_identical_files() {
 /// check adds them (`UpdateTable`) before the worker goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_before_the_table_update_is_caught_up_by_the_next_start() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let glue = glue().await;
     let db = database();
@@ -536,6 +544,7 @@ async fn table_facts(glue: &aws_sdk_glue::Client, db: &str) -> Vec<String> {
 /// nothing else: the `GetTable` diff is the two appended columns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evolution_appends_columns_and_keeps_what_the_tables_owners_set() {
+    let Some(_stack) = stack() else { return };
     use aws_sdk_glue::types::{Column as GlueColumn, SerDeInfo, StorageDescriptor, TableInput};
     let client = kinesis().await;
     let glue = glue().await;
@@ -630,6 +639,7 @@ async fn evolution_appends_columns_and_keeps_what_the_tables_owners_set() {
 /// deleted again and the worker restarted, the new table is complete too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_created_over_a_lake_lists_every_partition_the_lake_has() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let glue = glue().await;
     let db = database();
@@ -671,6 +681,7 @@ async fn a_table_created_over_a_lake_lists_every_partition_the_lake_has() {
 /// in `_extra`), and the rate stays a consumer's. Prints the figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_key_in_every_record_makes_few_versions_and_loses_nothing() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let glue = glue().await;
     for count in [1_300u64, 10_000] {
@@ -734,6 +745,7 @@ print(kept)
 /// registers every one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_sync_registers_everything_while_glue_throttles() {
+    let Some(_stack) = stack() else { return };
     let glue = glue().await;
     let db = database();
     let dir = tempfile::tempdir().unwrap();

@@ -44,16 +44,19 @@ async fn crash_then_recover(crash_at: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_intent_before_any_upload() {
+    let Some(_stack) = stack() else { return };
     crash_then_recover("after_intent:1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_between_two_file_uploads_of_one_batch() {
+    let Some(_stack) = stack() else { return };
     crash_then_recover("after_upload:2").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_upload_before_commit() {
+    let Some(_stack) = stack() else { return };
     crash_then_recover("before_commit:2").await;
 }
 
@@ -61,6 +64,7 @@ async fn crash_after_upload_before_commit() {
 /// mid-flush, whatever the moment is), three times, then a clean run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_times_loses_and_duplicates_nothing() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let stream = create_stream(&client, 2).await;
     let setup = Setup::new(&stream);
@@ -87,6 +91,7 @@ async fn sigkill_at_random_times_loses_and_duplicates_nothing() {
 /// `/healthz` 503 naming the checkpoint store, and the log says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_store_serves_one_worker_and_its_loss_is_reported() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let stream = create_stream(&client, 1).await;
     let setup = Setup::new(&stream);

@@ -57,6 +57,7 @@ async fn proxy(var: &str, flavor: Flavor) -> FaultProxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_black_holed_then_healthy_every_shard_resumes() {
+    let Some(_stack) = stack() else { return };
     let _serial = SERIAL.lock().await;
     let client = kinesis().await;
     let s3 = s3_client().await;
@@ -104,6 +105,7 @@ async fn s3_black_holed_then_healthy_every_shard_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kinesis_black_holed_then_healthy_every_shard_resumes() {
+    let Some(_stack) = stack() else { return };
     let _serial = SERIAL.lock().await;
     let client = kinesis().await;
     let kinesis_proxy = proxy("AWS_ENDPOINT_URL_KINESIS", Flavor::Kinesis).await;
@@ -139,6 +141,7 @@ async fn kinesis_black_holed_then_healthy_every_shard_resumes() {
 /// shutdown once waited for ever on readers blocked sending their exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_every_read_hung_commits_every_batch_at_once() {
+    let Some(_stack) = stack() else { return };
     let _serial = SERIAL.lock().await;
     const SHARDS: i32 = 100;
     let client = kinesis().await;
@@ -177,6 +180,7 @@ async fn sigterm_with_every_read_hung_commits_every_batch_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_checkpoint_store_holds_batches_without_a_reread_storm() {
+    let Some(_stack) = stack() else { return };
     let _serial = SERIAL.lock().await;
     let client = kinesis().await;
     let stream = create_stream(&client, 4).await;
@@ -217,6 +221,7 @@ async fn a_broken_checkpoint_store_holds_batches_without_a_reread_storm() {
 /// its destination (not a stalled read), and answers 200 once it landed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_over_a_slow_link_lands_and_is_reported_while_it_crawls() {
+    let Some(_stack) = stack() else { return };
     let _serial = SERIAL.lock().await;
     let client = kinesis().await;
     let s3 = s3_client().await;
@@ -254,6 +259,7 @@ async fn an_upload_over_a_slow_link_lands_and_is_reported_while_it_crawls() {
 /// every record lands once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lasting_throttling_is_paced_reported_while_it_lasts_and_recovered_from_at_once() {
+    let Some(_stack) = stack() else { return };
     let _serial = SERIAL.lock().await;
     let client = kinesis().await;
     let kinesis_proxy = proxy("AWS_ENDPOINT_URL_KINESIS", Flavor::Kinesis).await;
@@ -326,6 +332,7 @@ fn replay_kinesis(dir: &std::path::Path, lines: &[Vec<u8>], trim: usize) -> (std
 /// and writes the 500 it can still read, each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_trimmed_behind_the_checkpoint_are_reported_as_lost() {
+    let Some(_stack) = stack() else { return };
     let _serial = SERIAL.lock().await;
     let setup = Setup::new("trimmed");
     setup.config("[health]\nfailing_after = \"3s\"\n");

@@ -288,6 +288,7 @@ fn shards_of(owners: &BTreeMap<String, String>, worker: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_balance_eight_shards_and_write_each_record_once() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let stream = create_stream(&client, 8).await;
     let mut fleet = Fleet::new(&stream, 3, "10s").await;
@@ -327,6 +328,7 @@ async fn three_workers_balance_eight_shards_and_write_each_record_once() {
 /// consumer and read their shards over SubscribeToShard; every record once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_with_enhanced_fan_out_write_each_record_once() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let stream = create_stream(&client, 8).await;
     let mut fleet = Fleet::with_config(&stream, 3, "10s", "[retrieval]\nmode = \"fan-out\"\n").await;
@@ -373,6 +375,7 @@ async fn three_balanced_workers_on_eight_shards(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_workers_shards_are_taken_over_within_15_seconds() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let (stream, mut fleet, records, mut landed) = three_balanced_workers_on_eight_shards(&client, "10s", 32).await;
     let victim = shards_of(&fleet.owners().await, "w0");
@@ -391,6 +394,7 @@ async fn a_killed_workers_shards_are_taken_over_within_15_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_shards_over_without_waiting_for_expiry() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     // A long lease: a hand-over that waited for expiry would take 30 s.
     let (stream, mut fleet, records, mut landed) = three_balanced_workers_on_eight_shards(&client, "30s", 33).await;
@@ -416,6 +420,7 @@ async fn sigterm_hands_shards_over_without_waiting_for_expiry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_worker_past_its_expiry_never_commits_after_waking() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let stream = create_stream(&client, 4).await;
     let mut fleet = Fleet::new(&stream, 2, "3s").await;
@@ -448,6 +453,7 @@ async fn a_paused_worker_past_its_expiry_never_commits_after_waking() {
 /// and moves on; when w0 wakes its commit is refused (`LeaseLost`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_frozen_before_its_commit_is_fenced_when_it_wakes() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let stream = create_stream(&client, 2).await;
     let mut fleet = Fleet::new(&stream, 2, "3s").await;
@@ -504,6 +510,7 @@ async fn a_worker_frozen_before_its_commit_is_fenced_when_it_wakes() {
 /// parents ended and were committed, whichever workers held them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resharding_under_three_workers_keeps_parents_first_and_loses_nothing() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let stream = create_stream(&client, 2).await;
     let mut fleet = Fleet::new(&stream, 3, "10s").await;
@@ -547,6 +554,7 @@ async fn resharding_under_three_workers_keeps_parents_first_and_loses_nothing() 
 /// every record once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_500s_refusals_and_a_black_hole_never_end_a_worker_and_leases_recover() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let stream = create_stream(&client, 4).await;
     let extra = "[timeouts]\ncall = \"5s\"\n[health]\nfailing_after = \"5s\"\n";
@@ -645,6 +653,7 @@ async fn dynamodb_500s_refusals_and_a_black_hole_never_end_a_worker_and_leases_r
 /// one of them, and the other's already-exists is no failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_registering_the_same_partitions_leave_one_entry_each() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let glue = glue().await;
     let db = unique("fleet").replace('-', "_");
@@ -691,6 +700,7 @@ async fn two_workers_registering_the_same_partitions_leave_one_entry_each() {
 /// record lands once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_meeting_the_same_new_fields_make_one_schema_version() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let glue = glue().await;
     let db = unique("fleet").replace('-', "_");
@@ -763,6 +773,7 @@ async fn table_columns(glue: &aws_sdk_glue::Client, db: &str) -> Vec<String> {
 /// with every new field in its column.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evolving_workers_converge_after_a_kill_a_race_and_a_join_without_a_restart() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let glue = glue().await;
     let db = unique("fleet").replace('-', "_");
@@ -837,6 +848,7 @@ async fn evolving_workers_converge_after_a_kill_a_race_and_a_join_without_a_rest
 /// though no batch commits after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_1100_long_partitions_commits_and_its_pending_list_empties_once_registered() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let glue = glue().await;
     let db = unique("fleet").replace('-', "_");
@@ -893,6 +905,7 @@ async fn a_batch_of_1100_long_partitions_commits_and_its_pending_list_empties_on
 /// becomes a column, and the shard never stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_field_too_large_for_a_column_stays_in_extra_and_the_shard_goes_on() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let glue = glue().await;
     let db = unique("fleet").replace('-', "_");

@@ -12,6 +12,7 @@ use support::*;
 /// resumes with no gap and no duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_across_four_shards_land_exactly_once_and_survive_sigterm() {
+    let Some(_stack) = stack() else { return };
     let log = four_shards_exactly_once_across_a_restart("").await;
     assert!(!log.contains("fan-out"), "{log}");
 }
@@ -21,6 +22,7 @@ async fn records_across_four_shards_land_exactly_once_and_survive_sigterm() {
 /// checkpoints, with no gap and no duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enhanced_fan_out_lands_every_record_exactly_once_across_a_restart() {
+    let Some(_stack) = stack() else { return };
     let log = four_shards_exactly_once_across_a_restart("[retrieval]\nmode = \"fan-out\"\n").await;
     assert_eq!(log.matches("enhanced fan-out as arn:").count(), 2, "{log}");
     // The first run reads every shard over its subscriptions. After the
@@ -68,6 +70,7 @@ async fn four_shards_exactly_once_across_a_restart(extra: &str) -> String {
 /// appear later go to `_extra` instead of changing the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inferred_schema_is_stored_and_reused() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let stream = create_stream(&client, 2).await;
     let setup = Setup::new(&stream);
@@ -102,6 +105,7 @@ async fn inferred_schema_is_stored_and_reused() {
 /// A stream that does not exist is reported at start with the fix, not retried forever.
 #[test]
 fn a_missing_stream_is_an_error_at_start() {
+    let Some(_stack) = stack() else { return };
     stack_env("AWS_ENDPOINT_URL_KINESIS");
     let setup = Setup::new(&unique("no-such-stream"));
     setup.config("");
@@ -121,6 +125,7 @@ fn a_missing_stream_is_an_error_at_start() {
 /// (resolved against the file's folder), and a SIGTERM stops it cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_lake_example_runs_as_shipped() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let stream = create_stream(&client, 2).await;
     let setup = Setup::new(&stream);

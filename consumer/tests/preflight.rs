@@ -97,6 +97,7 @@ fn run(setup: &Setup, env: Env) -> (Output, Duration) {
 
 #[test]
 fn without_credentials_run_exits_at_once_naming_them_and_the_fix() {
+    let Some(_stack) = stack() else { return };
     let setup = Setup::new("any-stream");
     setup.config("");
     let err = one_line_failure(run(&setup, Env::NoCredentials));
@@ -114,6 +115,7 @@ fn without_credentials_run_exits_at_once_naming_them_and_the_fix() {
 
 #[test]
 fn without_a_region_run_exits_at_once_naming_it_and_the_fix() {
+    let Some(_stack) = stack() else { return };
     let setup = Setup::new("any-stream");
     setup.config("");
     let err = one_line_failure(run(&setup, Env::NoRegion));
@@ -122,6 +124,7 @@ fn without_a_region_run_exits_at_once_naming_it_and_the_fix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_bucket_ends_run_at_once_naming_the_bucket_without_sdk_dumps() {
+    let Some(_stack) = stack() else { return };
     let stream = create_stream(&kinesis().await, 1).await;
     let setup = Setup::new(&stream);
     let bucket = unique("missing-bucket");
@@ -134,6 +137,7 @@ async fn a_missing_bucket_ends_run_at_once_naming_the_bucket_without_sdk_dumps()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_stream_ends_run_at_once_with_the_fix() {
+    let Some(_stack) = stack() else { return };
     let setup = Setup::new(&unique("no-such-stream"));
     setup.config("");
     let err = one_line_failure(run(&setup, Env::Stack));
@@ -143,6 +147,7 @@ async fn a_missing_stream_ends_run_at_once_with_the_fix() {
 
 #[test]
 fn convert_to_a_missing_bucket_is_one_line() {
+    let Some(_stack) = stack() else { return };
     let dir = tempfile::tempdir().unwrap();
     let input = gen_events(dir.path(), 100, 5);
     let schema = dir.path().join("schema.toml");
@@ -161,6 +166,7 @@ fn convert_to_a_missing_bucket_is_one_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_check_online_lists_every_check_and_fails_on_a_missing_stream() {
+    let Some(_stack) = stack() else { return };
     let s3 = s3_client().await;
     let stream = create_stream(&kinesis().await, 2).await;
     let bucket = unique("preflight");
@@ -212,6 +218,7 @@ async fn config_check_online_lists_every_check_and_fails_on_a_missing_stream() {
 /// nothing in the lake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_config_starts_and_leaves_no_probe_behind() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let s3 = s3_client().await;
     let stream = create_stream(&client, 1).await;
@@ -245,6 +252,7 @@ async fn a_healthy_config_starts_and_leaves_no_probe_behind() {
 /// reported as a problem.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_at_start_are_retried_until_they_pass() {
+    let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let s3 = s3_client().await;
     let stream = create_stream(&client, 1).await;

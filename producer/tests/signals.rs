@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{read_until_quiet, stack_env, unique};
+use common::{read_until_quiet, stack, stack_env, unique};
 use faultproxy::{FaultProxy, Flavor, Mode};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -236,18 +236,21 @@ async fn sigterm_drains_and_reports_every_line_read(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_records_in_flight_drains_and_reports_every_line_read() {
+    let Some(_stack) = stack() else { return };
     let (client, stream) = kinesis_local_stream(2).await;
     sigterm_drains_and_reports_every_line_read(client, &stack_env("AWS_ENDPOINT_URL_KINESIS"), &stream, 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_a_third_of_requests_are_throttled_still_reports_every_line_read() {
+    let Some(_stack) = stack() else { return };
     let (client, stream) = kinesis_local_stream(2).await;
     sigterm_drains_and_reports_every_line_read(client, &stack_env("AWS_ENDPOINT_URL_KINESIS"), &stream, 0.3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_on_kinesalite_drains_and_reports_every_line_read() {
+    let Some(_stack) = stack() else { return };
     let kinesalite = stack_env("SHARDLAKE_KINESALITE_ENDPOINT");
     let client = client_via(&kinesalite).await;
     let stream = unique("sig-lite");
@@ -257,6 +260,7 @@ async fn sigterm_on_kinesalite_drains_and_reports_every_line_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_deadline_gives_up_on_a_black_hole_and_reports_in_flight_records_unknown() {
+    let Some(_stack) = stack() else { return };
     let (client, stream) = kinesis_local_stream(1).await;
     let proxy = FaultProxy::start(&stack_env("AWS_ENDPOINT_URL_KINESIS"), Flavor::Kinesis).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -288,6 +292,7 @@ async fn a_shutdown_deadline_gives_up_on_a_black_hole_and_reports_in_flight_reco
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_gives_up_at_once_and_still_writes_the_outcomes() {
+    let Some(_stack) = stack() else { return };
     let (client, stream) = kinesis_local_stream(1).await;
     let proxy = FaultProxy::start(&stack_env("AWS_ENDPOINT_URL_KINESIS"), Flavor::Kinesis).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -317,6 +322,7 @@ async fn a_second_signal_gives_up_at_once_and_still_writes_the_outcomes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_holed_endpoint_at_start_fails_with_one_line_naming_the_call() {
+    let Some(_stack) = stack() else { return };
     let proxy = FaultProxy::start(&stack_env("AWS_ENDPOINT_URL_KINESIS"), Flavor::Kinesis).await.unwrap();
     proxy.set(Mode::BlackHole);
     for (extra, call) in [(None, "ListShards"), (Some("--create-stream"), "DescribeStreamSummary")] {
@@ -337,6 +343,7 @@ async fn a_black_holed_endpoint_at_start_fails_with_one_line_naming_the_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_deleted_mid_run_stops_the_input_with_one_line_and_bounded_memory() {
+    let Some(_stack) = stack() else { return };
     let kinesalite = stack_env("SHARDLAKE_KINESALITE_ENDPOINT");
     let sdk = common::sdk_config(&[]).await;
     let client = aws_sdk_kinesis::Client::from_conf(
@@ -373,6 +380,7 @@ async fn a_stream_deleted_mid_run_stops_the_input_with_one_line_and_bounded_memo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_on_an_idle_stdin_exits_at_once() {
+    let Some(_stack) = stack() else { return };
     let kinesalite = stack_env("SHARDLAKE_KINESALITE_ENDPOINT");
     let client = client_via(&kinesalite).await;
     let stream = unique("sig-idle");
@@ -427,6 +435,7 @@ async fn client_via(endpoint: &str) -> aws_sdk_kinesis::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_shard_map_refresh_is_abandoned_and_retried() {
+    let Some(_stack) = stack() else { return };
     let (_, stream) = kinesis_local_stream(1).await;
     let proxy = FaultProxy::start(&stack_env("AWS_ENDPOINT_URL_KINESIS"), Flavor::Kinesis).await.unwrap();
     let mut config = shardlake_producer::ProducerConfig::kinesis(&stream);
@@ -455,6 +464,7 @@ async fn a_hung_shard_map_refresh_is_abandoned_and_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_within_a_deadline_hands_every_record_back_unknown_or_not_sent() {
+    let Some(_stack) = stack() else { return };
     let (client, stream) = kinesis_local_stream(1).await;
     let proxy = FaultProxy::start(&stack_env("AWS_ENDPOINT_URL_KINESIS"), Flavor::Kinesis).await.unwrap();
     let mut config = shardlake_producer::ProducerConfig::kinesis(&stream);

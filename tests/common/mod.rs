@@ -1,6 +1,7 @@
-//! Helpers shared by the integration tests: the emulator environment (which
-//! must be there: run the tests with `scripts/test`), the independent Python
-//! readers, and generated input.
+//! Helpers shared by the integration tests: the emulator environment (a
+//! test that needs it starts with `let Some(_stack) = stack() else { return };`,
+//! see `shardlake::testing`), the independent Python readers, and generated
+//! input.
 
 #![allow(dead_code, missing_docs)]
 
@@ -14,6 +15,7 @@ use shardlake::partition::DEFAULT_TEMPLATE;
 use shardlake::pipeline::DEFAULT_MAX_RECORD_BYTES;
 use shardlake::schema::{Schema, UnknownFieldPolicy};
 use shardlake::store::S3Options;
+pub use shardlake::testing::stack;
 use shardlake::writer::WriterSettings;
 
 /// An environment variable the test stack sets; fails loudly when missing.

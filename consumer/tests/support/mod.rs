@@ -17,7 +17,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
 // Each test binary uses a different subset.
 #[allow(unused_imports)]
-pub use common::{gen_events, python, s3_client, stack_env, unique};
+pub use common::{gen_events, python, s3_client, stack, stack_env, unique};
 use shardlake::checkpoint::compare_sequences;
 use shardlake::events::{EVENTS_SCHEMA_TOML, GenOptions, generate};
 

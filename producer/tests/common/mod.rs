@@ -1,7 +1,8 @@
 //! Helpers shared by the producer's integration tests: the emulator
-//! environment (which must be there: run the tests with `scripts/test`, or
-//! after `eval "$(scripts/emulators env)"`), unique names, and reading a
-//! Kinesis stream back.
+//! environment (a test that needs it starts with `let Some(_stack) =
+//! stack() else { return };`, see `shardlake::testing`; `scripts/test`
+//! provides it, or `eval "$(scripts/emulators env)"`), unique names, and
+//! reading a Kinesis stream back.
 
 #![allow(dead_code, missing_docs)]
 
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use aws_sdk_kinesis::types::ShardIteratorType;
+pub use shardlake::testing::stack;
 use shardlake_producer::shard_map::ShardMap;
 use tokio::time::Instant;
 
