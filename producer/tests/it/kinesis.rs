@@ -3,12 +3,10 @@
 //! the producer acknowledged; aggregated records deaggregate to the records
 //! sent.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{read_all, sdk_config, shard_map, stack, unique};
+use crate::common::{self, read_all, sdk_config, shard_map, stack, unique};
 use shardlake::aggregation::deaggregate;
 use shardlake_producer::record::md5_hash_key;
 use shardlake_producer::service::api::ensure_stream;

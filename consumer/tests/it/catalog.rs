@@ -4,18 +4,16 @@
 //! and registration, refuses an existing table that does not fit with every
 //! difference named, and reads its schema from a Glue table.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::*;
 use faultproxy::{FaultProxy, Flavor, Mode};
 use shardlake::catalog::{CatalogTable, PartitionMode, TableName};
 use shardlake::partition::{DEFAULT_TEMPLATE, PartitionTemplate};
 use shardlake::schema::{Schema, UnknownFieldPolicy, table_definition};
-use support::*;
 
 /// A database name Glue accepts, unique to this run.
 fn database() -> String {

@@ -5,12 +5,10 @@
 //! exits nor stalls for ever, `/healthz` turns 503 naming what fails, and
 //! the lake ends with every record exactly once (DuckDB).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use faultproxy::{FaultProxy, Flavor, Mode};
-use support::*;
 
 /// One fault test at a time: each judges health against windows of a few
 /// seconds, which four workers and their emulator calls sharing two cores

@@ -1,11 +1,9 @@
 //! Resharding while the consumer runs: a split and a merge lose nothing, and
 //! a child shard's records are committed only after its parents ended.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 fn keyed_cycling(events: Vec<Vec<u8>>, keys: usize) -> Vec<(String, Vec<u8>)> {
     events.into_iter().enumerate().map(|(i, e)| (format!("key-{}", i % keys), e)).collect()

@@ -2,14 +2,12 @@
 //! error lines say what failed and where, and hostile partition values stay
 //! inside their partition level.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use crate::common::*;
 use arrow_array::Array;
 use arrow_array::cast::AsArray;
-use common::*;
 use shardlake::convert::{ConvertOptions, SchemaSource, convert};
 use shardlake::error_output::ErrorKind;
 use shardlake::schema::{Schema, UnknownFieldPolicy};

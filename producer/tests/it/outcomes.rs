@@ -14,13 +14,11 @@
 //!   range (which the KCL discards) are exactly the records the producer
 //!   resent for it.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::common::{sdk_config, stack, stack_env, unique};
 use aws_sdk_kinesis::types::{ScalingType, ShardIteratorType, StreamStatus};
-use common::{sdk_config, stack, stack_env, unique};
 use faultproxy::{FaultProxy, Flavor};
 use shardlake::aggregation::deaggregate;
 use shardlake_producer::record::{md5_hash_key, parse_hash_key};

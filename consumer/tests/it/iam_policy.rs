@@ -4,16 +4,14 @@
 //! them, and every action it allows must have been called, but for a short
 //! list of actions no run of this kind can show.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::*;
 use faultproxy::{FaultProxy, Flavor};
 use shardlake::checkpoint::{CheckpointStore, FleetOptions, compare_sequences};
-use support::*;
 
 /// Actions of the policy that the run below cannot show, and why.
 const NOT_CALLED_HERE: [(&str, &str); 3] = [

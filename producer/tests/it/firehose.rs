@@ -1,12 +1,10 @@
 //! The producer against Firehose on moto: records sent with
 //! `PutRecordBatch` arrive in the delivery stream's S3 bucket.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{sdk_config, stack, unique};
 use aws_sdk_firehose::types::{CompressionFormat, DeliveryStreamType, ExtendedS3DestinationConfiguration};
-use common::{sdk_config, stack, unique};
 use shardlake_producer::{Error, Producer, ProducerConfig, Record};
 use tokio::time::Instant;
 

@@ -2,13 +2,11 @@
 //! read is in a data file or, with its reason, in the error prefix. KPL
 //! aggregates are unpacked, with sub-sequence numbers in the object keys.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{Value, json};
 use shardlake::aggregation::{MAGIC, UserRecord, aggregate};
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_records_go_to_the_error_prefix_and_the_totals_add_up() {

@@ -4,15 +4,13 @@
 //! over at once on SIGTERM, fence a paused worker's stale commits, and the
 //! lake holds every record exactly once (DuckDB).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use shardlake::checkpoint::{CheckpointStore, DynamoCheckpoints, FleetOptions, Lease, compare_sequences};
-use support::*;
 
 /// A fleet of workers on one stream, lake and lease table.
 struct Fleet {

@@ -2,15 +2,13 @@
 //! as an error record with its reason and its bytes, at a cost in proportion
 //! to its size, and never stops the conversion of the records around it.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use arrow_array::Array;
 use arrow_array::cast::AsArray;
-use common::*;
 use shardlake::convert::{ConvertOptions, SchemaSource, convert};
 use shardlake::error_output::ErrorKind;
 use shardlake::schema::{Schema, SchemaInferrer};

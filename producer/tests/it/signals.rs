@@ -4,15 +4,13 @@
 //! counted) matches; a hung endpoint or a deleted stream ends the run with
 //! one error line and bounded memory.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{read_until_quiet, stack, stack_env, unique};
+use crate::common::{self, read_until_quiet, stack, stack_env, unique};
 use faultproxy::{FaultProxy, Flavor, Mode};
 use serde_json::Value;
 use tokio::time::Instant;

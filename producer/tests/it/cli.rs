@@ -1,11 +1,9 @@
 //! The `shardlake-producer` command line against kinesis-local.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::{read_all, stack, stack_env, unique};
+use crate::common::{self, read_all, stack, stack_env, unique};
 
 fn producer(args: &[&str]) -> std::process::Output {
     for name in ["AWS_ENDPOINT_URL_KINESIS", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {

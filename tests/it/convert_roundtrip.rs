@@ -1,15 +1,13 @@
 //! `convert` end to end on a local lake, verified by DuckDB and pyarrow (the
 //! independent readers) and by the parquet crate.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use crate::common::*;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Float64Type;
-use common::*;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use shardlake::convert::convert;
 use shardlake::time::UtcFields;

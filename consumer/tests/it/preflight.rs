@@ -5,16 +5,14 @@
 //! 503 for ever; `convert` to a missing bucket is one line too, never the
 //! SDK's `Debug` dump. A healthy config starts as before.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use faultproxy::{FaultProxy, Flavor, Mode};
-use support::*;
 
 /// What a permanent problem may take, from start to exit.
 const LIMIT: Duration = Duration::from_secs(10);

@@ -2,11 +2,9 @@
 //! by exactly one of racing workers, and every write of a worker that lost
 //! its lease fails with `LeaseLost` instead of landing.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{stack, stack_env, unique};
+use crate::common::{stack, stack_env, unique};
 use shardlake::Error;
 use shardlake::checkpoint::dynamodb::now_ms;
 use shardlake::checkpoint::{CheckpointStore, Commit, DynamoCheckpoints, FleetOptions, Intent, Lease, ShardState};

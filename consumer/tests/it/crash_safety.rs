@@ -2,12 +2,10 @@
 //! protocol (and at random times), then restarted, leaves every record in the
 //! lake exactly once.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use rand::Rng;
-use support::*;
 
 const RECORDS: usize = 600;
 

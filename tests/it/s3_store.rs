@@ -2,12 +2,10 @@
 //! upload that is aborted, listing, and `convert` from and to S3 giving the
 //! same bytes as a local lake.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use common::*;
+use crate::common::*;
 use shardlake::convert::convert;
 use shardlake::retry::RetryPolicy;
 use shardlake::store::{ObjectStore, S3Options, S3Store};

@@ -1,11 +1,9 @@
 //! `shardlake-consumer run` against kinesis-local, each lake checked by our
 //! own Parquet reader and by DuckDB.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 /// N records over 4 shards → exactly N rows, N distinct ids, every row in the
 /// hour partition of its `ts`; a SIGTERM flushes and commits, and a restart

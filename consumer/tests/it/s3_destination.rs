@@ -2,11 +2,9 @@
 //! committed; once S3 accepts them the batch commits and the lake is exact.
 //! Also `/metrics` and `/healthz`.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 /// Waits until the consumer at `address` has counted a failed upload.
 async fn wait_for_upload_failures(address: &str) {

@@ -4,7 +4,7 @@
 
 #![allow(dead_code, missing_docs)]
 
-#[path = "../../../tests/common/mod.rs"]
+#[path = "../../../../tests/it/common/mod.rs"]
 pub mod common;
 
 use std::collections::BTreeMap;
@@ -15,8 +15,6 @@ use std::time::{Duration, Instant};
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
-// Each test binary uses a different subset.
-#[allow(unused_imports)]
 pub use common::{gen_events, python, s3_client, stack, stack_env, unique};
 use shardlake::checkpoint::compare_sequences;
 use shardlake::events::{EVENTS_SCHEMA_TOML, GenOptions, generate};

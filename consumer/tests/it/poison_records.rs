@@ -7,14 +7,12 @@
 //! The checks are collected and reported together, so one run shows every
 //! defect at once.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use base64::Engine as _;
 use shardlake::aggregation::{UserRecord, aggregate};
-use support::*;
 
 const SCHEMA: &str = r#"[[columns]]
 name = "event_id"

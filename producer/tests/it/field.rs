@@ -6,15 +6,13 @@
 //! `PutRecords` loop into another stream in the same run; both rates are
 //! printed (figures, not assertions: the machine is shared).
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::common::{self, read_all, sdk_config, stack, stack_env, unique};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use common::{read_all, sdk_config, stack, stack_env, unique};
 use faultproxy::Flavor;
 use shardlake_producer::service::api;
 use shardlake_producer::{Producer, ProducerConfig, Record};
