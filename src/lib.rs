@@ -21,6 +21,7 @@ pub mod record;
 pub mod retry;
 pub mod schema;
 pub mod store;
+pub mod testing;
 pub mod time;
 pub mod writer;
 

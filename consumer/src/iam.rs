@@ -5,7 +5,7 @@
 //! `unknown_fields`, the retrieval mode, the KMS key), so the policy is a
 //! pure function of the loaded [`Settings`] instead of a hand-written block
 //! that drifts from the code (the README's lacked `s3:ListBucket`). Each
-//! action below names the calls that need it; `tests/iam_policy.rs` runs the
+//! action below names the calls that need it; `tests/it/iam_policy.rs` runs the
 //! worker through proxies that record every call it makes and checks that
 //! the calls and the policy agree.
 
