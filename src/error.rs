@@ -73,15 +73,4 @@ pub enum Error {
 /// Result with the core [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// An error and its chain of sources, joined with `: ` (SDK errors keep the
-/// useful part, such as the connection failure, in their sources).
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut msg = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
+pub use shardlake_aws::call::error_chain;
