@@ -41,4 +41,3 @@ pub fn glue_client(config: &aws_config::SdkConfig, timeouts: &Timeouts) -> aws_s
     let conf = aws_sdk_glue::config::Builder::from(config).timeout_config(timeouts.call_config()).build();
     aws_sdk_glue::Client::from_conf(conf)
 }
-
