@@ -70,6 +70,21 @@ pub enum Error {
     Arrow(#[from] arrow_schema::ArrowError),
 }
 
+impl shardlake_aws::retry::Retryable for Error {
+    /// What the error itself says: a catalog call that failed transiently
+    /// (throttling, 5xx, a timeout) is worth another attempt; the rest needs
+    /// a fix or the caller's decision. Callers that hold work until a
+    /// dependency heals (an upload, a checkpoint write) retry store errors
+    /// by their own rule.
+    fn retry_class(&self) -> shardlake_aws::retry::RetryClass {
+        use shardlake_aws::retry::RetryClass;
+        match self {
+            Error::Catalog { transient: true, .. } => RetryClass::Transient,
+            _ => RetryClass::Fatal,
+        }
+    }
+}
+
 /// Result with the core [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

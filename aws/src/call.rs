@@ -40,6 +40,33 @@ impl std::fmt::Display for CallError {
 
 impl std::error::Error for CallError {}
 
+impl crate::retry::Retryable for CallError {
+    fn retry_class(&self) -> crate::retry::RetryClass {
+        let throttled = self.code.as_deref().is_some_and(is_throttling_code);
+        match (self.transient, throttled) {
+            (true, true) => crate::retry::RetryClass::Throttled,
+            (true, false) => crate::retry::RetryClass::Transient,
+            (false, _) => crate::retry::RetryClass::Fatal,
+        }
+    }
+}
+
+/// Whether a service error code means "slow down" (as opposed to a 5xx or
+/// a timeout): such a call is retried after a short steady pause.
+pub fn is_throttling_code(code: &str) -> bool {
+    matches!(
+        code,
+        "Throttling"
+            | "ThrottlingException"
+            | "ThrottledException"
+            | "SlowDown"
+            | "RequestLimitExceeded"
+            | "TooManyRequestsException"
+            | "ProvisionedThroughputExceededException"
+            | "LimitExceededException"
+    )
+}
+
 /// Service error codes that mean "slow down" or "try again" in any service
 /// (S3, Kinesis, DynamoDB, Glue); checked besides the HTTP status, since
 /// some throttles answer 400.
@@ -233,5 +260,14 @@ mod tests {
         assert!(!is_transient(&unsent("no credentials found in chain")));
         assert!(!is_transient(&unsent("missing signing region")));
         assert!(!is_transient(&SdkError::<PutRecordsError, HttpResponse>::construction_failure("bad input")));
+    }
+
+    #[test]
+    fn a_call_error_says_how_it_is_retried() {
+        use crate::retry::{RetryClass, Retryable};
+        let class = |e: SdkError<PutRecordsError, HttpResponse>| call_error("Kinesis", "PutRecords", &e).retry_class();
+        assert_eq!(class(answered(400, Some("ProvisionedThroughputExceededException"), "")), RetryClass::Throttled);
+        assert_eq!(class(answered(503, Some("ServiceUnavailable"), "")), RetryClass::Transient);
+        assert_eq!(class(answered(400, Some("ResourceNotFoundException"), "")), RetryClass::Fatal);
     }
 }

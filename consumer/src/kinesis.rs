@@ -57,7 +57,7 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
             let message = format!("{}: {}", e.code().unwrap_or("error"), e.message().unwrap_or(""));
             if expired(e) {
                 KinesisError::ExpiredIterator
-            } else if throttled(e) || e.code().is_some_and(is_throttling_code) {
+            } else if throttled(e) || e.code().is_some_and(shardlake::aws::is_throttling_code) {
                 KinesisError::Throttled(message)
             } else if not_found(e) {
                 KinesisError::NotFound(message)
@@ -72,16 +72,6 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
         }
         _ => KinesisError::Fatal(error_chain(&err)),
     }
-}
-
-/// Error codes that mean "slow down" whichever call answers them (the
-/// SDK's retry classifier treats them alike): a call throttled with a code
-/// its own model does not list is still throttled, not a fatal error.
-fn is_throttling_code(code: &str) -> bool {
-    matches!(
-        code,
-        "ProvisionedThroughputExceededException" | "LimitExceededException" | "ThrottlingException" | "Throttling"
-    )
 }
 
 /// A shard as ListShards describes it.
