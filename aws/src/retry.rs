@@ -42,6 +42,41 @@ pub fn throttle_pause() -> Duration {
     Duration::from_millis(rand::random_range(200..=1000))
 }
 
+/// The waiting half of retrying, for loops that are more than one call (a
+/// shard's read loop): the wait after each failure by its class, growing
+/// over transient failures in a row until [`Backoff::reset`] (a success).
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    policy: RetryPolicy,
+    failures: u32,
+}
+
+impl Backoff {
+    /// A back-off by `policy`, with no failures yet.
+    pub const fn new(policy: RetryPolicy) -> Self {
+        Backoff { policy, failures: 0 }
+    }
+
+    /// The wait after a failure of `class`: [`RetryPolicy::delay`] over
+    /// the transient failures so far, [`throttle_pause`] after a throttle
+    /// (which does not grow the back-off); `None` for a fatal one.
+    pub fn after(&mut self, class: RetryClass) -> Option<Duration> {
+        match class {
+            RetryClass::Fatal => None,
+            RetryClass::Throttled => Some(throttle_pause()),
+            RetryClass::Transient => {
+                self.failures += 1;
+                Some(self.policy.delay(self.failures, &mut rand::rng()))
+            }
+        }
+    }
+
+    /// A success: the next transient failure waits the shortest again.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
 /// One failed attempt, shown to [`RetryPolicy::run_until`]'s `report`
 /// before the wait (or before giving up).
 #[derive(Debug)]
@@ -156,8 +191,7 @@ impl RetryPolicy {
     {
         tokio::pin!(stop);
         let mut attempt = 1;
-        // Transient failures so far: throttles do not grow the back-off.
-        let mut failures = 0;
+        let mut backoff = Backoff::new(*self);
         loop {
             let result = tokio::select! {
                 biased;
@@ -169,14 +203,7 @@ impl RetryPolicy {
                 Err(e) => e,
             };
             let class = classify(&error);
-            let last = class == RetryClass::Fatal || attempt >= self.max_attempts.max(1);
-            let retry_in = (!last).then(|| match class {
-                RetryClass::Throttled => throttle_pause(),
-                _ => {
-                    failures += 1;
-                    self.delay(failures, &mut rand::rng())
-                }
-            });
+            let retry_in = if attempt < self.max_attempts.max(1) { backoff.after(class) } else { None };
             report(&FailedAttempt { error: &error, attempt, class, retry_in });
             let Some(delay) = retry_in else { return Err(GaveUp::Failed(error)) };
             tokio::select! {

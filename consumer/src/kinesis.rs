@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use shardlake::error::error_chain;
+use shardlake::retry::{RetryClass, Retryable};
 
 use crate::get_records::RecordsSlot;
 
@@ -40,6 +41,18 @@ impl KinesisError {
     /// Worth retrying after a back-off.
     pub fn is_transient(&self) -> bool {
         matches!(self, KinesisError::Throttled(_) | KinesisError::Transient(_))
+    }
+}
+
+impl Retryable for KinesisError {
+    /// An expired iterator is renewed and read again at once; callers that
+    /// can renew it do so before asking.
+    fn retry_class(&self) -> RetryClass {
+        match self {
+            KinesisError::Throttled(_) => RetryClass::Throttled,
+            KinesisError::Transient(_) | KinesisError::ExpiredIterator => RetryClass::Transient,
+            KinesisError::NotFound(_) | KinesisError::Fatal(_) => RetryClass::Fatal,
+        }
     }
 }
 

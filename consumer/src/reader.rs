@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use shardlake::checkpoint::{Commit, Intent, compare_sequences};
 use shardlake::pipeline::OutputKind;
-use shardlake::retry::{GaveUp, RetryClass, RetryPolicy, throttle_pause};
+use shardlake::retry::{Backoff, GaveUp, RetryClass, RetryPolicy, Retryable};
 use shardlake::schema::Column;
 use tokio_util::sync::CancellationToken;
 
@@ -96,8 +96,8 @@ struct Reader {
     start: StartAt,
     /// A pending intent being replayed, and whether its first record was seen.
     replay: Option<(Intent, bool)>,
-    /// Consecutive failed calls, for the back-off.
-    failures: u32,
+    /// The wait after failed Kinesis calls, growing over failures in a row.
+    backoff: Backoff,
     /// Partitions committed but not known to be in the catalog yet; each
     /// commit carries them until they are.
     catalog_pending: Vec<String>,
@@ -159,7 +159,7 @@ pub async fn read_shard(
         last_read: state.checkpoint,
         start: start.clone(),
         replay: state.intent.map(|i| (i, false)),
-        failures: 0,
+        backoff: Backoff::new(BACKOFF),
         stored_pending: state.catalog_pending.len(),
         pending_checked: 0,
         catalog_pending: state.catalog_pending,
@@ -293,7 +293,7 @@ impl Reader {
             };
             match result {
                 Ok(Some(fetched)) => {
-                    self.failures = 0;
+                    self.backoff.reset();
                     return Ok(Some(fetched));
                 }
                 // A subscription ended (they last 5 minutes): renew it at once.
@@ -459,7 +459,7 @@ impl Reader {
             };
             match result {
                 Ok(it) => {
-                    self.failures = 0;
+                    self.backoff.reset();
                     return Ok(Some(it));
                 }
                 Err(KinesisError::Fatal(message)) if matches!(start, StartAt::At(_)) && self.replay.is_some() => {
@@ -506,18 +506,21 @@ impl Reader {
                 m.record_throttle(&self.shard);
                 self.ctx.health.throttled(&self.shard, &e);
                 tracing::debug!(shard = self.shard, error = %e, "read throttled");
-                return Ok(self.pause(throttle_pause()).await);
             }
-            KinesisError::Transient(_) => m.record_read_error("transient"),
+            KinesisError::Transient(_) => {
+                m.record_read_error("transient");
+                self.ctx.health.failed(&self.shard, "read", &e);
+            }
             KinesisError::NotFound(_) | KinesisError::Fatal(_) => {
                 m.record_read_error(if matches!(e, KinesisError::NotFound(_)) { "not_found" } else { "fatal" });
-                return Err(anyhow::Error::new(e).context(format!("reading shard {}", self.shard)));
             }
         }
-        self.ctx.health.failed(&self.shard, "read", &e);
-        self.failures += 1;
-        let delay = BACKOFF.delay(self.failures, &mut rand::rng());
-        tracing::warn!(shard = self.shard, error = %e, delay_ms = delay.as_millis() as u64, "kinesis call failed, backing off");
+        let Some(delay) = self.backoff.after(e.retry_class()) else {
+            return Err(anyhow::Error::new(e).context(format!("reading shard {}", self.shard)));
+        };
+        if matches!(e, KinesisError::Transient(_)) {
+            tracing::warn!(shard = self.shard, error = %e, delay_ms = delay.as_millis() as u64, "kinesis call failed, backing off");
+        }
         Ok(self.pause(delay).await)
     }
 
