@@ -96,7 +96,7 @@ pub struct FailedAttempt<'a, E> {
 pub enum GaveUp<E> {
     /// A [`RetryClass::Fatal`] error, or the last attempt's error.
     Failed(E),
-    /// The stop future resolved while waiting; the last error, if any.
+    /// The stop future resolved; the last failed attempt's error, if any.
     Stopped(Option<E>),
 }
 
@@ -192,10 +192,12 @@ impl RetryPolicy {
         tokio::pin!(stop);
         let mut attempt = 1;
         let mut backoff = Backoff::new(*self);
+        // The previous attempt's error, for a stop during the next attempt.
+        let mut last = None;
         loop {
             let result = tokio::select! {
                 biased;
-                _ = &mut stop => return Err(GaveUp::Stopped(None)),
+                _ = &mut stop => return Err(GaveUp::Stopped(last)),
                 result = op(attempt) => result,
             };
             let error = match result {
@@ -211,6 +213,7 @@ impl RetryPolicy {
                 _ = &mut stop => return Err(GaveUp::Stopped(Some(error))),
                 _ = tokio::time::sleep(delay) => {}
             }
+            last = Some(error);
             attempt += 1;
         }
     }
