@@ -70,18 +70,22 @@ pub enum Error {
     Arrow(#[from] arrow_schema::ArrowError),
 }
 
+impl shardlake_aws::retry::Retryable for Error {
+    /// What the error itself says: a catalog call that failed transiently
+    /// (throttling, 5xx, a timeout) is worth another attempt; the rest needs
+    /// a fix or the caller's decision. Callers that hold work until a
+    /// dependency heals (an upload, a checkpoint write) retry store errors
+    /// by their own rule.
+    fn retry_class(&self) -> shardlake_aws::retry::RetryClass {
+        use shardlake_aws::retry::RetryClass;
+        match self {
+            Error::Catalog { transient: true, .. } => RetryClass::Transient,
+            _ => RetryClass::Fatal,
+        }
+    }
+}
+
 /// Result with the core [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// An error and its chain of sources, joined with `: ` (SDK errors keep the
-/// useful part, such as the connection failure, in their sources).
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut msg = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
+pub use shardlake_aws::call::error_chain;

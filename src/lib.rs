@@ -1,9 +1,8 @@
 //! shardlake core: the record model, schema, JSON → Arrow → Snappy Parquet,
 //! Firehose-compatible partition templates, the object store (`file://` and
-//! `s3://`), retries and AWS client setup, shared by the consumer, the
-//! producer and the load-test harness.
+//! `s3://`) and the lake's AWS clients, used by the consumer and the
+//! load-test harness (the producer needs only `shardlake-aws`).
 
-pub mod aggregation;
 pub mod aws;
 pub mod catalog;
 pub mod checkpoint;
@@ -18,7 +17,6 @@ pub mod metrics;
 pub mod partition;
 pub mod pipeline;
 pub mod record;
-pub mod retry;
 pub mod schema;
 pub mod store;
 pub mod testing;
@@ -26,3 +24,5 @@ pub mod time;
 pub mod writer;
 
 pub use error::{Error, Result};
+// Shared with the producer through `shardlake-aws`; kept at their old paths.
+pub use shardlake_aws::{aggregation, retry};

@@ -17,17 +17,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use shardlake::catalog::{CatalogTable, Ensured};
 use shardlake::partition::PartitionTemplate;
-use shardlake::retry::RetryPolicy;
 use shardlake::schema::{Schema, TableDefinition};
 use shardlake::store::ObjectStore;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::retry::{BACKGROUND, Dependency, Report, always_transient, retry};
 use crate::worker::Context;
 
 /// The table definition of the lake written with a schema version.
@@ -54,10 +53,6 @@ pub async fn lake_partitions(
     }
     Ok(in_lake)
 }
-
-/// Back-off between failed catalog passes.
-const BACKOFF: RetryPolicy =
-    RetryPolicy { max_attempts: u32::MAX, base: Duration::from_millis(500), cap: Duration::from_secs(30) };
 
 struct State {
     /// The table was created or checked.
@@ -193,7 +188,6 @@ impl Registrar {
 /// once nothing is pending (the caller bounds that wait); `ctx.abort` ends
 /// it at once.
 pub async fn run(ctx: Arc<Context>, registrar: Arc<Registrar>, finish: CancellationToken) {
-    let mut attempt = 0;
     let check_every = ctx.settings.config.catalog_check_interval;
     loop {
         if registrar.idle() {
@@ -208,43 +202,28 @@ pub async fn run(ctx: Arc<Context>, registrar: Arc<Registrar>, finish: Cancellat
             }
             continue;
         }
-        let result = tokio::select! {
-            r = registrar.pass(&ctx.lake, &ctx.settings.table) => r,
-            _ = ctx.abort.cancelled() => return,
+        // Retried until it passes: the lake does not wait for the catalog,
+        // and `/healthz` says what fails meanwhile.
+        let pass = || async {
+            registrar.pass(&ctx.lake, &ctx.settings.table).await.map_err(|e| match (&e, registrar.create) {
+                (shardlake::Error::TableMissing { table, .. }, true) => {
+                    format!("catalog {table}: the table was deleted; creating it again (catalog_create = true)")
+                }
+                _ => e.to_string(),
+            })
         };
-        match result {
-            Ok(created) => {
-                attempt = 0;
-                ctx.health.worker_ok("catalog");
-                ctx.metrics.record_catalog(created, registrar.pending());
-                if created > 0 {
-                    tracing::info!(table = %registrar.table.name(), created, "registered partitions");
-                }
-            }
-            Err(e) => {
-                attempt += 1;
-                let e = match (&e, registrar.create) {
-                    (shardlake::Error::TableMissing { table, .. }, true) => {
-                        format!("catalog {table}: the table was deleted; creating it again (catalog_create = true)")
-                    }
-                    _ => e.to_string(),
-                };
-                ctx.health.worker_failed("catalog", &e);
-                ctx.metrics.record_catalog_failure(registrar.pending());
-                let delay = BACKOFF.delay(attempt, &mut rand::rng());
-                tracing::error!(
-                    table = %registrar.table.name(),
-                    attempt,
-                    error = %e,
-                    pending = registrar.pending(),
-                    delay_ms = delay.as_millis() as u64,
-                    "catalog update failed, retrying"
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = ctx.abort.cancelled() => return,
-                }
-            }
+        let report = Report { health: &ctx.health, metrics: &ctx.metrics, shard: None };
+        let pending = || registrar.pending();
+        let call = Dependency::Catalog { pending: &pending };
+        let about = format!("update of {}", registrar.table.name());
+        let Ok(created) = retry(report, call, &about, &BACKGROUND, pass, always_transient, ctx.abort.cancelled()).await
+        else {
+            return;
+        };
+        ctx.health.worker_ok("catalog");
+        ctx.metrics.record_catalog(created, registrar.pending());
+        if created > 0 {
+            tracing::info!(table = %registrar.table.name(), created, "registered partitions");
         }
     }
 }

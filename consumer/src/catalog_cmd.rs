@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use shardlake::catalog::{CatalogTable, PartitionMode};
 use shardlake::checkpoint::{CheckpointStore, FleetOptions};
-use shardlake::retry::RetryPolicy;
+use shardlake::retry::{FailedAttempt, GaveUp, RetryPolicy, Retryable};
 use shardlake::schema::{Schema, UnknownFieldPolicy};
 use shardlake::store::ObjectStore;
 use tokio::time::Instant;
@@ -30,21 +30,19 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = shardlake::Result<T>>,
 {
-    let mut attempt = 0;
-    loop {
-        let e = match op().await {
-            Ok(v) => return Ok(v),
-            Err(e @ shardlake::Error::Catalog { transient: true, .. }) => e,
-            Err(e) => return Err(e.into()),
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(anyhow::Error::new(e).context(format!("{what}: still failing at the deadline (--deadline)")));
+    let report = |f: &FailedAttempt<'_, shardlake::Error>| {
+        if let Some(delay) = f.retry_in {
+            tracing::warn!(attempt = f.attempt, error = %f.error, delay_ms = delay.as_millis() as u64, "{what} failed; retrying");
         }
-        attempt += 1;
-        let delay = BACKOFF.delay(attempt, &mut rand::rng()).min(left);
-        tracing::warn!(attempt, error = %e, delay_ms = delay.as_millis() as u64, "{what} failed; retrying");
-        tokio::time::sleep(delay).await;
+    };
+    let stop = tokio::time::sleep_until(deadline);
+    match BACKOFF.run_until(|_| op(), shardlake::Error::retry_class, report, stop).await {
+        Ok(v) => Ok(v),
+        Err(GaveUp::Failed(e)) => Err(e.into()),
+        Err(GaveUp::Stopped(Some(e))) => {
+            Err(anyhow::Error::new(e).context(format!("{what}: still failing at the deadline (--deadline)")))
+        }
+        Err(GaveUp::Stopped(None)) => Err(anyhow::anyhow!("{what}: no answer before the deadline (--deadline)")),
     }
 }
 

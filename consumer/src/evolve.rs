@@ -24,17 +24,13 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use shardlake::checkpoint::CheckpointStore;
 use shardlake::pipeline::TableSpec;
-use shardlake::retry::RetryPolicy;
 use shardlake::schema::{
     Column, FieldWatch, MAX_COLUMN_TYPE_CHARS, MAX_INFERRED_FIELDS, Schema, UnknownFieldPolicy, with_columns,
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::retry::{BACKGROUND, Dependency, Report, always_transient, retry};
 use crate::worker::{Context, CrashPoints};
-
-/// Back-off while storing a version or updating the table fails.
-const BACKOFF: RetryPolicy =
-    RetryPolicy { max_attempts: u32::MAX, base: Duration::from_millis(500), cap: Duration::from_secs(30) };
 
 /// How often the follower looks for versions other workers stored.
 pub const FOLLOW_EVERY: Duration = Duration::from_secs(2);
@@ -416,70 +412,49 @@ pub async fn evolve(
     cancels: [&CancellationToken; 2],
 ) -> Option<Version> {
     let schemas = &ctx.schemas;
-    let mut attempt = 0;
-    loop {
-        let result = {
-            let _turn = tokio::select! {
-                turn = schemas.turn.lock() => turn,
-                _ = cancels[0].cancelled() => return None,
-                _ = cancels[1].cancelled() => return None,
-            };
-            let evolution = Evolution::of(ctx);
-            tokio::select! {
-                r = evolution.add(columns) => r,
-                _ = cancels[0].cancelled() => return None,
-                _ = cancels[1].cancelled() => return None,
-            }
-        };
-        match result {
-            Ok(added) => {
-                ctx.health.worker_ok("schema");
-                note_table_updates(ctx);
-                ctx.metrics.record_schema(added.version.number, added.stored);
-                ctx.metrics.record_fields_in_extra("refused", added.refused.len() as u64);
-                if !added.refused.is_empty() {
-                    tracing::warn!(
-                        shard,
-                        fields = added.refused.join(","),
-                        "fields that cannot become columns (column cap, size caps, or a declared type shardlake \
-                         cannot write) stay in _extra"
-                    );
-                    schemas.refuse(added.refused);
-                }
-                let version = added.version;
-                if version.number > from {
-                    let names: Vec<&str> = version.spec.schema.columns.iter().map(|c| c.name.as_str()).collect();
-                    tracing::info!(
-                        shard,
-                        from,
-                        version = version.number,
-                        added = added.stored,
-                        columns = names.join(","),
-                        "schema version {} in use",
-                        version.number
-                    );
-                }
-                return Some(version);
-            }
-            Err(e) => {
-                attempt += 1;
-                ctx.health.worker_failed("schema", &e);
-                let delay = BACKOFF.delay(attempt, &mut rand::rng());
-                tracing::error!(
-                    shard,
-                    attempt,
-                    error = %e,
-                    delay_ms = delay.as_millis() as u64,
-                    "adding columns to the schema failed; the shard waits, retrying"
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = cancels[0].cancelled() => return None,
-                    _ = cancels[1].cancelled() => return None,
-                }
-            }
+    // One evolution at a time in this worker; other workers are fenced by
+    // the schema store's conditional writes.
+    let add = || async {
+        let _turn = schemas.turn.lock().await;
+        Evolution::of(ctx).add(columns).await
+    };
+    let stop = async {
+        tokio::select! {
+            _ = cancels[0].cancelled() => {}
+            _ = cancels[1].cancelled() => {}
         }
+    };
+    // The schema store and the table are the worker's, not the shard's.
+    let report = Report { health: &ctx.health, metrics: &ctx.metrics, shard: None };
+    let about = format!("change for shard {shard} (it waits)");
+    let added = retry(report, Dependency::Schema, &about, &BACKGROUND, add, always_transient, stop).await.ok()?;
+    ctx.health.worker_ok("schema");
+    note_table_updates(ctx);
+    ctx.metrics.record_schema(added.version.number, added.stored);
+    ctx.metrics.record_fields_in_extra("refused", added.refused.len() as u64);
+    if !added.refused.is_empty() {
+        tracing::warn!(
+            shard,
+            fields = added.refused.join(","),
+            "fields that cannot become columns (column cap, size caps, or a declared type shardlake \
+                 cannot write) stay in _extra"
+        );
+        schemas.refuse(added.refused);
     }
+    let version = added.version;
+    if version.number > from {
+        let names: Vec<&str> = version.spec.schema.columns.iter().map(|c| c.name.as_str()).collect();
+        tracing::info!(
+            shard,
+            from,
+            version = version.number,
+            added = added.stored,
+            columns = names.join(","),
+            "schema version {} in use",
+            version.number
+        );
+    }
+    Some(version)
 }
 
 fn note_table_updates(ctx: &Context) {

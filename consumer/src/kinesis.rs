@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use shardlake::error::error_chain;
+use shardlake::retry::{RetryClass, Retryable};
 
 use crate::get_records::RecordsSlot;
 
@@ -43,6 +44,18 @@ impl KinesisError {
     }
 }
 
+impl Retryable for KinesisError {
+    /// An expired iterator is renewed and read again at once; callers that
+    /// can renew it do so before asking.
+    fn retry_class(&self) -> RetryClass {
+        match self {
+            KinesisError::Throttled(_) => RetryClass::Throttled,
+            KinesisError::Transient(_) | KinesisError::ExpiredIterator => RetryClass::Transient,
+            KinesisError::NotFound(_) | KinesisError::Fatal(_) => RetryClass::Fatal,
+        }
+    }
+}
+
 /// Classifies an SDK error. `expired`, `throttled` and `not_found` are the
 /// operation error's own predicates.
 fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
@@ -57,7 +70,7 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
             let message = format!("{}: {}", e.code().unwrap_or("error"), e.message().unwrap_or(""));
             if expired(e) {
                 KinesisError::ExpiredIterator
-            } else if throttled(e) || e.code().is_some_and(is_throttling_code) {
+            } else if throttled(e) || e.code().is_some_and(shardlake::aws::is_throttling_code) {
                 KinesisError::Throttled(message)
             } else if not_found(e) {
                 KinesisError::NotFound(message)
@@ -72,16 +85,6 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
         }
         _ => KinesisError::Fatal(error_chain(&err)),
     }
-}
-
-/// Error codes that mean "slow down" whichever call answers them (the
-/// SDK's retry classifier treats them alike): a call throttled with a code
-/// its own model does not list is still throttled, not a fatal error.
-fn is_throttling_code(code: &str) -> bool {
-    matches!(
-        code,
-        "ProvisionedThroughputExceededException" | "LimitExceededException" | "ThrottlingException" | "Throttling"
-    )
 }
 
 /// A shard as ListShards describes it.

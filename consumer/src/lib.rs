@@ -47,6 +47,7 @@ mod lease;
 mod metrics;
 mod preflight;
 mod reader;
+mod retry;
 pub mod run_cmd;
 pub mod schema_cmd;
 mod worker;

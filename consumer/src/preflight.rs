@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use shardlake::aws::{CallError, CredentialsProblem};
 use shardlake::catalog::TableName;
-use shardlake::retry::RetryPolicy;
+use shardlake::retry::{FailedAttempt, GaveUp, RetryClass, RetryPolicy};
 use shardlake::store::{Location, ObjectStore, ProbeError, S3Options};
 use tokio::time::Instant;
 
@@ -91,22 +91,24 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Attempt>,
 {
-    let mut attempt = 1;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let last = match tokio::time::timeout(left, check()).await {
-            Ok(Ok(verdict)) => return verdict,
-            Ok(Err(Failure::Problem(line))) => return Verdict::Problem(line),
-            Ok(Err(Failure::Transient(line))) => line,
-            Err(_) => return Verdict::Unsure("no answer in time".into()),
-        };
-        let delay = BACKOFF.delay(attempt, &mut rand::rng());
-        if Instant::now() + delay >= deadline {
-            return Verdict::Unsure(last);
+    let classify = |f: &Failure| match f {
+        Failure::Transient(_) => RetryClass::Transient,
+        Failure::Problem(_) => RetryClass::Fatal,
+    };
+    let report = |f: &FailedAttempt<'_, Failure>| {
+        if let (Failure::Transient(line), Some(_)) = (f.error, f.retry_in) {
+            tracing::debug!(attempt = f.attempt, error = line, "preflight: transient failure, retrying");
         }
-        tracing::debug!(attempt, error = last, "preflight: transient failure, retrying");
-        tokio::time::sleep(delay).await;
-        attempt += 1;
+    };
+    match BACKOFF.run_until(|_| check(), classify, report, tokio::time::sleep_until(deadline)).await {
+        Ok(verdict) => verdict,
+        Err(GaveUp::Failed(Failure::Problem(line))) => Verdict::Problem(line),
+        // Out of patience: the last transient failure, or an attempt cut off.
+        Err(GaveUp::Failed(Failure::Transient(line))) | Err(GaveUp::Stopped(Some(Failure::Transient(line)))) => {
+            Verdict::Unsure(line)
+        }
+        Err(GaveUp::Stopped(Some(Failure::Problem(line)))) => Verdict::Problem(line),
+        Err(GaveUp::Stopped(None)) => Verdict::Unsure("no answer in time".into()),
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use shardlake::checkpoint::{Commit, Intent, compare_sequences};
 use shardlake::pipeline::OutputKind;
-use shardlake::retry::RetryPolicy;
+use shardlake::retry::{Backoff, GaveUp, RetryClass, RetryPolicy, Retryable};
 use shardlake::schema::Column;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +18,7 @@ use crate::batch::{FlushReason, Pushed, ShardBatch, should_flush_by_memory};
 use crate::config::InitialPosition;
 use crate::get_records::RecordsSlot;
 use crate::kinesis::{self, Fetched, KinesisError, KinesisRecord, StartAt};
+use crate::retry::{Dependency, IN_PLACE, Report, always_transient, retry};
 use crate::worker::Context;
 
 /// Objects of one batch uploaded at once.
@@ -27,20 +28,6 @@ const UPLOAD_CONCURRENCY: usize = 4;
 /// until they succeed or the worker stops.
 const BACKOFF: RetryPolicy =
     RetryPolicy { max_attempts: u32::MAX, base: Duration::from_millis(200), cap: Duration::from_secs(30) };
-
-/// Back-off of uploads and checkpoint writes, retried in place with the
-/// batch held: capped at a few seconds, so the lake catches up within
-/// seconds of S3 or the checkpoint store healing.
-const IN_PLACE: RetryPolicy =
-    RetryPolicy { max_attempts: u32::MAX, base: Duration::from_millis(200), cap: Duration::from_secs(3) };
-
-/// The wait after a throttled read: short and jittered, so a throttled
-/// shard keeps trying at about 1.7 calls a second (Kinesis allows 5 per
-/// shard, shared by its consumers) and reads at full rate again within a
-/// second of the throttling ending.
-pub(crate) fn throttle_wait() -> Duration {
-    Duration::from_millis(rand::random_range(200..=1000))
-}
 
 /// Bytes of partition paths waiting for the catalog that a shard's
 /// checkpoint keeps, at most: a DynamoDB item holds 400 KB, and the rest of
@@ -109,8 +96,8 @@ struct Reader {
     start: StartAt,
     /// A pending intent being replayed, and whether its first record was seen.
     replay: Option<(Intent, bool)>,
-    /// Consecutive failed calls, for the back-off.
-    failures: u32,
+    /// The wait after failed Kinesis calls, growing over failures in a row.
+    backoff: Backoff,
     /// Partitions committed but not known to be in the catalog yet; each
     /// commit carries them until they are.
     catalog_pending: Vec<String>,
@@ -172,7 +159,7 @@ pub async fn read_shard(
         last_read: state.checkpoint,
         start: start.clone(),
         replay: state.intent.map(|i| (i, false)),
-        failures: 0,
+        backoff: Backoff::new(BACKOFF),
         stored_pending: state.catalog_pending.len(),
         pending_checked: 0,
         catalog_pending: state.catalog_pending,
@@ -306,7 +293,7 @@ impl Reader {
             };
             match result {
                 Ok(Some(fetched)) => {
-                    self.failures = 0;
+                    self.backoff.reset();
                     return Ok(Some(fetched));
                 }
                 // A subscription ended (they last 5 minutes): renew it at once.
@@ -472,7 +459,7 @@ impl Reader {
             };
             match result {
                 Ok(it) => {
-                    self.failures = 0;
+                    self.backoff.reset();
                     return Ok(Some(it));
                 }
                 Err(KinesisError::Fatal(message)) if matches!(start, StartAt::At(_)) && self.replay.is_some() => {
@@ -519,18 +506,21 @@ impl Reader {
                 m.record_throttle(&self.shard);
                 self.ctx.health.throttled(&self.shard, &e);
                 tracing::debug!(shard = self.shard, error = %e, "read throttled");
-                return Ok(self.pause(throttle_wait()).await);
             }
-            KinesisError::Transient(_) => m.record_read_error("transient"),
+            KinesisError::Transient(_) => {
+                m.record_read_error("transient");
+                self.ctx.health.failed(&self.shard, "read", &e);
+            }
             KinesisError::NotFound(_) | KinesisError::Fatal(_) => {
                 m.record_read_error(if matches!(e, KinesisError::NotFound(_)) { "not_found" } else { "fatal" });
-                return Err(anyhow::Error::new(e).context(format!("reading shard {}", self.shard)));
             }
         }
-        self.ctx.health.failed(&self.shard, "read", &e);
-        self.failures += 1;
-        let delay = BACKOFF.delay(self.failures, &mut rand::rng());
-        tracing::warn!(shard = self.shard, error = %e, delay_ms = delay.as_millis() as u64, "kinesis call failed, backing off");
+        let Some(delay) = self.backoff.after(e.retry_class()) else {
+            return Err(anyhow::Error::new(e).context(format!("reading shard {}", self.shard)));
+        };
+        if matches!(e, KinesisError::Transient(_)) {
+            tracing::warn!(shard = self.shard, error = %e, delay_ms = delay.as_millis() as u64, "kinesis call failed, backing off");
+        }
         Ok(self.pause(delay).await)
     }
 
@@ -839,28 +829,27 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = shardlake::Result<()>>,
 {
-    let mut attempt = 0;
-    // DynamoDB's client retries inside a call: the failure began when the call did.
-    let mut started = tokio::time::Instant::now();
-    loop {
-        let e = match write().await {
-            Ok(()) => return Ok(()),
-            Err(e @ shardlake::Error::LeaseLost { .. }) => return Err(e.into()),
-            Err(e) => e,
-        };
-        attempt += 1;
-        ctx.metrics.record_checkpoint_failure();
-        ctx.health.failed_since(shard, "checkpoint", started, &e);
-        let delay = IN_PLACE.delay(attempt, &mut rand::rng());
-        tracing::error!(shard, attempt, error = %e, delay_ms = delay.as_millis() as u64, "checkpoint {what} failed, retrying");
+    let report = Report { health: &ctx.health, metrics: &ctx.metrics, shard: Some(shard) };
+    let classify = |e: &shardlake::Error| match e {
+        shardlake::Error::LeaseLost { .. } => RetryClass::Fatal,
+        _ => RetryClass::Transient,
+    };
+    let stop = async {
         tokio::select! {
-            _ = ctx.abort.cancelled() => {
-                return Err(anyhow::Error::new(e).context(format!("shard {shard}: checkpoint {what} abandoned at abort")));
-            }
-            _ = lost.cancelled() => return Err(shardlake::Error::LeaseLost { shard: shard.to_string() }.into()),
-            _ = tokio::time::sleep(delay) => {}
+            _ = ctx.abort.cancelled() => {}
+            _ = lost.cancelled() => {}
         }
-        started = tokio::time::Instant::now();
+    };
+    match retry(report, Dependency::Checkpoint, what, &IN_PLACE, write, classify, stop).await {
+        Ok(()) => Ok(()),
+        Err(GaveUp::Failed(e)) => Err(e.into()),
+        Err(GaveUp::Stopped(_)) if lost.is_cancelled() => {
+            Err(shardlake::Error::LeaseLost { shard: shard.to_string() }.into())
+        }
+        Err(GaveUp::Stopped(e)) => {
+            let why = e.map_or_else(|| "no attempt finished".to_string(), |e| e.to_string());
+            Err(anyhow::anyhow!("shard {shard}: checkpoint {what} abandoned at abort: {why}"))
+        }
     }
 }
 
@@ -869,33 +858,15 @@ where
 /// Every failed attempt, including those the store retries inside (a put,
 /// one multipart part), is counted, logged and reported to health at once.
 async fn upload(ctx: &Context, shard: &str, object: shardlake::pipeline::OutputObject) -> bool {
-    let failed = |e: &shardlake::Error| {
-        ctx.metrics.record_upload_failure();
-        ctx.health.failed(shard, "upload", e);
-    };
-    let retried = |e: &shardlake::Error| {
-        failed(e);
-        tracing::warn!(shard, key = object.key, error = %e, "upload attempt failed");
-    };
-    let mut attempt = 0;
-    loop {
-        match ctx.lake.put_watched(&object.key, object.data.clone(), &retried).await {
-            Ok(()) => {
-                ctx.crash.hit("after_upload");
-                return true;
-            }
-            Err(e) => {
-                attempt += 1;
-                failed(&e);
-                let delay = IN_PLACE.delay(attempt, &mut rand::rng());
-                tracing::error!(shard, key = object.key, attempt, error = %e, "upload failed, retrying");
-                tokio::select! {
-                    _ = ctx.abort.cancelled() => return false,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
+    let report = Report { health: &ctx.health, metrics: &ctx.metrics, shard: Some(shard) };
+    let retried_inside = |e: &shardlake::Error| report.retried_inside(Dependency::Upload, &object.key, e);
+    let put = || ctx.lake.put_watched(&object.key, object.data.clone(), &retried_inside);
+    let uploaded =
+        retry(report, Dependency::Upload, &object.key, &IN_PLACE, put, always_transient, ctx.abort.cancelled()).await;
+    if uploaded.is_ok() {
+        ctx.crash.hit("after_upload");
     }
+    uploaded.is_ok()
 }
 
 #[cfg(test)]

@@ -318,7 +318,7 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                 // Throttling is paced, not backed off: the listing (and
                 // /healthz) recovers within a second of it ending.
                 wait = if matches!(e, kinesis::KinesisError::Throttled(_)) {
-                    crate::reader::throttle_wait()
+                    shardlake::retry::throttle_pause()
                 } else {
                     loop_failures += 1;
                     restart_delay(loop_failures)

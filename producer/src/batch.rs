@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shardlake::aggregation::{self, UserRecord};
+use shardlake_aws::aggregation::{self, UserRecord};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 

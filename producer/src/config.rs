@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use shardlake::retry::RetryPolicy;
+use shardlake_aws::retry::RetryPolicy;
 
 use crate::error::{Error, Result};
 

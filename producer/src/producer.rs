@@ -40,7 +40,7 @@ pub struct ProducerBuilder {
 
 impl ProducerBuilder {
     /// Uses this SDK config for the client (default: the environment, through
-    /// [`shardlake::aws::sdk_config`]).
+    /// [`shardlake_aws::client::sdk_config`]).
     pub fn sdk_config(mut self, config: aws_config::SdkConfig) -> Self {
         self.sdk_config = Some(config);
         self
@@ -79,7 +79,7 @@ impl ProducerBuilder {
         let sdk_config = match (&self.sdk_config, &settings.target, &self.kinesis_client, &self.firehose_client) {
             (Some(c), ..) => Some(c.clone()),
             (None, Target::KinesisStream(_), None, _) | (None, Target::FirehoseDeliveryStream(_), _, None) => {
-                Some(shardlake::aws::sdk_config().await)
+                Some(shardlake_aws::client::sdk_config().await)
             }
             _ => None,
         };
@@ -91,7 +91,7 @@ impl ProducerBuilder {
         let (service, map) = match &settings.target {
             Target::KinesisStream(stream) => {
                 let client = self.kinesis_client.unwrap_or_else(|| {
-                    shardlake::aws::kinesis_client(sdk_config.as_ref().expect("loaded without a client"))
+                    shardlake_aws::client::kinesis_client(sdk_config.as_ref().expect("loaded without a client"))
                 });
                 let shards = api::list_shards_within(&client, stream, settings.control_plane_timeout).await?;
                 metrics.record_shard_map_refresh("ok");
@@ -101,7 +101,7 @@ impl ProducerBuilder {
             }
             Target::FirehoseDeliveryStream(name) => {
                 let client = self.firehose_client.unwrap_or_else(|| {
-                    shardlake::aws::firehose_client(sdk_config.as_ref().expect("loaded without a client"))
+                    shardlake_aws::client::firehose_client(sdk_config.as_ref().expect("loaded without a client"))
                 });
                 (Service::Firehose { client, delivery_stream: name.clone() }, ShardMap::default())
             }

@@ -7,7 +7,7 @@ use aws_sdk_kinesis::operation::put_records::PutRecordsError;
 use aws_sdk_kinesis::types::error::ProvisionedThroughputExceededException;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use shardlake::aggregation::deaggregate;
+use shardlake_aws::aggregation::deaggregate;
 use tokio::time::Instant;
 
 use crate::error::Error;

@@ -13,7 +13,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, Shard, StreamStatus};
 
 use crate::error::{Error, Result};
-use shardlake::error::error_chain;
+use shardlake_aws::call::error_chain;
 
 /// How a failure should be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -255,11 +255,11 @@ async fn run(args: Args) -> Result<Summary> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let setup = async {
-        let sdk = shardlake::aws::sdk_config().await;
+        let sdk = shardlake_aws::client::sdk_config().await;
         if args.create_stream {
             let stream = args.stream.as_deref().expect("clap requires --stream");
             api::ensure_stream_within(
-                &shardlake::aws::kinesis_client(&sdk),
+                &shardlake_aws::client::kinesis_client(&sdk),
                 stream,
                 args.shards,
                 Duration::from_secs(60),

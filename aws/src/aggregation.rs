@@ -7,7 +7,7 @@
 //! then the MD5 digest (16 bytes) of the protobuf bytes.
 //!
 //! ```
-//! use shardlake::aggregation::{UserRecord, aggregate, deaggregate};
+//! use shardlake_aws::aggregation::{UserRecord, aggregate, deaggregate};
 //! let records = vec![
 //!     UserRecord { partition_key: "a".into(), explicit_hash_key: None, data: b"{\"n\":1}".to_vec() },
 //!     UserRecord { partition_key: "b".into(), explicit_hash_key: None, data: b"{\"n\":2}".to_vec() },
