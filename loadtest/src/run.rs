@@ -130,7 +130,7 @@ pub async fn run(s: Scenario) -> anyhow::Result<Report> {
     let sdk = shardlake::aws::sdk_config().await;
     let direct_kinesis = shardlake::aws::kinesis_client(&sdk);
     if s.create_stream {
-        shardlake_producer::service::api::ensure_stream(&direct_kinesis, &s.stream, s.shards, Duration::from_secs(60))
+        shardlake_producer::stream::ensure_stream(&direct_kinesis, &s.stream, s.shards, Duration::from_secs(60))
             .await
             .map_err(anyhow::Error::msg)?;
     }

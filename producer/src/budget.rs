@@ -189,11 +189,6 @@ impl Backlog {
         self.count.load(Ordering::Acquire)
     }
 
-    /// Whether no record waits for its first send.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Sets the queue length [`Backlog::wait_for_room`] waits for.
     pub fn set_target(&self, target: usize) {
         let old = self.target.swap(target, Ordering::AcqRel);

@@ -125,7 +125,7 @@ pub struct ProducerConfig {
     /// The most requests in flight at once (KPL's `MaxConnections`). The
     /// producer starts at 1 and adapts below this ceiling: it adds one while
     /// answers come back as fast as usual, and cuts by 10% on timeouts,
-    /// throttling or rising latency (see [`crate::concurrency`]). Lower it to
+    /// throttling or rising latency (docs/producer.md). Lower it to
     /// cap the load one producer may put on the stream; 1 sends one request
     /// at a time.
     #[serde(default = "default_max_concurrent_requests")]
@@ -355,7 +355,8 @@ impl ProducerConfig {
         if max_record_bytes == 0 || max_record_bytes > record_limit {
             return bad(format!("max_record_bytes = {max_record_bytes}: {} allows 1 to {record_limit}", self.target));
         }
-        let max_batch_records = self.max_batch_records.min(KINESIS_MAX_BATCH_RECORDS);
+        let entries_limit = if kinesis { KINESIS_MAX_BATCH_RECORDS } else { FIREHOSE_MAX_BATCH_RECORDS };
+        let max_batch_records = self.max_batch_records.min(entries_limit);
         // A record larger than the request limit goes alone in its request
         // (only possible for Kinesis streams with a raised record limit).
         let max_batch_bytes = self.max_batch_bytes.unwrap_or(batch_limit).min(batch_limit);

@@ -8,7 +8,7 @@
 //!   retried whole; full-jitter backoff; every record has a TTL.
 //! - **Per-shard rate limits** from the `ListShards` hash-key map, refreshed
 //!   on reshard.
-//! - **Adaptive request concurrency** ([`concurrency`]): starts at one
+//! - **Adaptive request concurrency**: starts at one
 //!   request in flight, grows while answers stay fast, cuts on timeouts,
 //!   throttles and rising latency; timeouts follow the observed latency.
 //! - **Backpressure**: a bounded budget of buffered + in-flight records, and
@@ -46,19 +46,21 @@
 // cost an allocation per failed record and make callers unbox to dead-letter.
 #![allow(clippy::result_large_err)]
 
-pub mod batch;
-pub mod budget;
-pub mod concurrency;
-pub mod config;
-pub mod dispatcher;
-pub mod error;
-pub mod latency;
-pub mod metrics;
-pub mod producer;
-pub mod rate;
-pub mod record;
-pub mod service;
-pub mod shard_map;
+// The internals are private: an application sees the API below and
+// `stream`, so they can change without breaking it.
+mod batch;
+mod budget;
+mod concurrency;
+mod config;
+mod dispatcher;
+mod error;
+mod metrics;
+mod producer;
+mod rate;
+mod record;
+mod service;
+mod shard_map;
+pub mod stream;
 #[cfg(test)]
 mod testing;
 

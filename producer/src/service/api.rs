@@ -349,7 +349,7 @@ async fn bounded<T>(
 }
 
 /// `ListShards`, all pages (at most 1,000 shards each, bounded at 100
-/// pages), each page within [`DEFAULT_CONTROL_PLANE_TIMEOUT`].
+/// pages), each page within 10 s (see `list_shards_within`).
 pub async fn list_shards(client: &aws_sdk_kinesis::Client, stream: &str) -> Result<Vec<Shard>> {
     list_shards_within(client, stream, DEFAULT_CONTROL_PLANE_TIMEOUT).await
 }
@@ -385,7 +385,7 @@ pub async fn list_shards_within(
 
 /// Creates the stream with `shards` shards unless it exists, and waits until
 /// it is `ACTIVE` (polling every 100 ms up to `timeout`), each call within
-/// [`DEFAULT_CONTROL_PLANE_TIMEOUT`]. For demos and tests.
+/// 10 s (see `ensure_stream_within`). For demos and tests.
 pub async fn ensure_stream(
     client: &aws_sdk_kinesis::Client,
     stream: &str,

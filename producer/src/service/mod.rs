@@ -7,8 +7,6 @@ use std::time::Duration;
 
 pub use api::{EntryOutcome, ErrorClass, Failure, WireEntry};
 
-use crate::config::Target;
-
 /// A client bound to its target.
 #[derive(Debug, Clone)]
 pub enum Service {
@@ -46,13 +44,5 @@ impl Service {
                 message: format!("no answer within {timeout:?} (request_timeout_ms)"),
             })
         })
-    }
-
-    /// The target this service writes to.
-    pub fn target(&self) -> Target {
-        match self {
-            Service::Kinesis { stream, .. } => Target::KinesisStream(stream.clone()),
-            Service::Firehose { delivery_stream, .. } => Target::FirehoseDeliveryStream(delivery_stream.clone()),
-        }
     }
 }

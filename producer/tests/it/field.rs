@@ -14,7 +14,7 @@ use crate::common::{self, read_all, sdk_config, stack, stack_env, unique};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use faultproxy::Flavor;
-use shardlake_producer::service::api;
+
 use shardlake_producer::{Producer, ProducerConfig, Record};
 
 const EVENTS: usize = 3_000;
@@ -87,11 +87,13 @@ async fn against_a_slow_endpoint_every_event_arrives_once_at_least_as_fast_as_a_
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
 
     let baseline_stream = unique("field-loop");
-    api::ensure_stream(&client, &baseline_stream, SHARDS, Duration::from_secs(60)).await.unwrap();
+    shardlake_producer::stream::ensure_stream(&client, &baseline_stream, SHARDS, Duration::from_secs(60))
+        .await
+        .unwrap();
     let loop_rate = sequential_loop(&client, &baseline_stream, &lines).await;
 
     let stream = unique("field");
-    api::ensure_stream(&client, &stream, SHARDS, Duration::from_secs(60)).await.unwrap();
+    shardlake_producer::stream::ensure_stream(&client, &stream, SHARDS, Duration::from_secs(60)).await.unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_shardlake-producer"))
         .args(["--stream", &stream, "--input", input.to_str().unwrap(), "--partition-key-field", "user_id"])
         .args(["--json", "--metrics"])
@@ -134,13 +136,15 @@ async fn behind_a_1_mb_s_link_every_event_arrives_once_at_least_as_fast_as_a_seq
     let lines = events();
 
     let baseline_stream = unique("link-loop");
-    api::ensure_stream(&direct, &baseline_stream, SHARDS, Duration::from_secs(60)).await.unwrap();
+    shardlake_producer::stream::ensure_stream(&direct, &baseline_stream, SHARDS, Duration::from_secs(60))
+        .await
+        .unwrap();
     let loop_rate = sequential_loop(&through_proxy, &baseline_stream, &lines).await;
 
     // The producer as an application embeds it: defaults, fed through
     // `ready` so records wait on the link, not in the queue.
     let stream = unique("link");
-    api::ensure_stream(&direct, &stream, SHARDS, Duration::from_secs(60)).await.unwrap();
+    shardlake_producer::stream::ensure_stream(&direct, &stream, SHARDS, Duration::from_secs(60)).await.unwrap();
     let producer =
         Producer::builder(ProducerConfig::kinesis(&stream)).kinesis_client(through_proxy).build().await.unwrap();
     let start = Instant::now();

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::common::{self, read_all, sdk_config, shard_map, stack, unique};
 use shardlake::aggregation::deaggregate;
-use shardlake_producer::record::md5_hash_key;
-use shardlake_producer::service::api::ensure_stream;
+use shardlake_producer::stream::ensure_stream;
+use shardlake_producer::stream::md5_hash_key;
 use shardlake_producer::{Ack, Producer, ProducerConfig, Record};
 
 async fn stream_with_shards(shards: u32) -> (aws_sdk_kinesis::Client, String, aws_config::SdkConfig) {

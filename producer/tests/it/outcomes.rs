@@ -21,9 +21,9 @@ use crate::common::{sdk_config, stack, stack_env, unique};
 use aws_sdk_kinesis::types::{ScalingType, ShardIteratorType, StreamStatus};
 use faultproxy::{FaultProxy, Flavor};
 use shardlake::aggregation::deaggregate;
-use shardlake_producer::record::{md5_hash_key, parse_hash_key};
-use shardlake_producer::service::api::{ensure_stream, list_shards};
-use shardlake_producer::shard_map::ShardRange;
+use shardlake_producer::stream::ShardRange;
+use shardlake_producer::stream::{ensure_stream, list_shards};
+use shardlake_producer::stream::{md5_hash_key, parse_hash_key};
 use shardlake_producer::{Ack, Error, ProduceError, Producer, ProducerConfig, Record};
 use tokio::time::Instant;
 

@@ -193,7 +193,7 @@ async fn kinesis_local_stream(shards: u32) -> (aws_sdk_kinesis::Client, String) 
     let sdk = common::sdk_config(&["AWS_ENDPOINT_URL_KINESIS"]).await;
     let client = shardlake::aws::kinesis_client(&sdk);
     let stream = unique("sig");
-    shardlake_producer::service::api::ensure_stream(&client, &stream, shards, Duration::from_secs(30)).await.unwrap();
+    shardlake_producer::stream::ensure_stream(&client, &stream, shards, Duration::from_secs(30)).await.unwrap();
     (client, stream)
 }
 
@@ -252,7 +252,7 @@ async fn sigterm_on_kinesalite_drains_and_reports_every_line_read() {
     let kinesalite = stack_env("SHARDLAKE_KINESALITE_ENDPOINT");
     let client = client_via(&kinesalite).await;
     let stream = unique("sig-lite");
-    shardlake_producer::service::api::ensure_stream(&client, &stream, 2, Duration::from_secs(30)).await.unwrap();
+    shardlake_producer::stream::ensure_stream(&client, &stream, 2, Duration::from_secs(30)).await.unwrap();
     sigterm_drains_and_reports_every_line_read(client, &kinesalite, &stream, 0.0).await;
 }
 
@@ -348,7 +348,7 @@ async fn a_stream_deleted_mid_run_stops_the_input_with_one_line_and_bounded_memo
         aws_sdk_kinesis::config::Builder::from(&sdk).endpoint_url(&kinesalite).build(),
     );
     let stream = unique("sig-gone");
-    shardlake_producer::service::api::ensure_stream(&client, &stream, 1, Duration::from_secs(30)).await.unwrap();
+    shardlake_producer::stream::ensure_stream(&client, &stream, 1, Duration::from_secs(30)).await.unwrap();
     let proxy = FaultProxy::start(&kinesalite, Flavor::Kinesis).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let failures = dir.path().join("failures.jsonl");
@@ -382,7 +382,7 @@ async fn sigterm_on_an_idle_stdin_exits_at_once() {
     let kinesalite = stack_env("SHARDLAKE_KINESALITE_ENDPOINT");
     let client = client_via(&kinesalite).await;
     let stream = unique("sig-idle");
-    shardlake_producer::service::api::ensure_stream(&client, &stream, 1, Duration::from_secs(30)).await.unwrap();
+    shardlake_producer::stream::ensure_stream(&client, &stream, 1, Duration::from_secs(30)).await.unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_shardlake-producer"))
         .args(["--stream", &stream, "--json"])
         .env("AWS_ENDPOINT_URL_KINESIS", &kinesalite)

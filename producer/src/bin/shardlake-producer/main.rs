@@ -12,6 +12,7 @@
 //! A stream that stops taking records (deleted, access denied) stops the
 //! input with one error line. Exit codes: see [`exit_code`].
 
+mod latency;
 mod outcomes;
 mod stop;
 
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use rand::Rng;
-use shardlake_producer::service::api;
+
 use shardlake_producer::{Producer, ProducerConfig, Record};
 use sonic_rs::JsonValueTrait;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -258,7 +259,7 @@ async fn run(args: Args) -> Result<Summary> {
         let sdk = shardlake_aws::client::sdk_config().await;
         if args.create_stream {
             let stream = args.stream.as_deref().expect("clap requires --stream");
-            api::ensure_stream_within(
+            shardlake_producer::stream::ensure_stream_within(
                 &shardlake_aws::client::kinesis_client(&sdk),
                 stream,
                 args.shards,

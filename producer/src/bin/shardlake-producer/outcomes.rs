@@ -4,9 +4,9 @@
 use std::io::Write;
 use std::time::Duration;
 
+use crate::latency::LatencyHistogram;
 use anyhow::{Context, Result};
 use base64::Engine;
-use shardlake_producer::latency::LatencyHistogram;
 use shardlake_producer::{AckFuture, Error};
 use tokio::sync::mpsc;
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::types::ShardIteratorType;
 pub use shardlake::testing::stack;
-use shardlake_producer::shard_map::ShardMap;
+use shardlake_producer::stream::ShardMap;
 use tokio::time::Instant;
 
 /// An environment variable the test stack sets; fails loudly when missing.
@@ -51,7 +51,7 @@ pub struct ReadRecord {
 
 /// The stream's shard map, as `ListShards` reports it.
 pub async fn shard_map(client: &aws_sdk_kinesis::Client, stream: &str) -> ShardMap {
-    ShardMap::from_shards(&shardlake_producer::service::api::list_shards(client, stream).await.unwrap())
+    ShardMap::from_shards(&shardlake_producer::stream::list_shards(client, stream).await.unwrap())
 }
 
 /// A TRIM_HORIZON iterator for every shard of `stream`.

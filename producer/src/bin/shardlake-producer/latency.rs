@@ -37,13 +37,9 @@ impl LatencyHistogram {
     }
 
     /// Samples counted.
-    pub fn len(&self) -> u64 {
+    #[cfg(test)]
+    fn len(&self) -> u64 {
         self.total
-    }
-
-    /// Whether nothing was counted.
-    pub fn is_empty(&self) -> bool {
-        self.total == 0
     }
 
     /// The `p` quantile (0 to 1): the upper bound of the bucket holding it,
