@@ -1,7 +1,8 @@
-//! AWS client setup: the lake's own clients (S3, DynamoDB, Glue) are built
-//! here; the shared parts (one credential chain, the standard endpoint
-//! variables, time limits, Kinesis and Firehose clients, the one-line form of
-//! a failed call) come from `shardlake-aws`, which the producer embeds alone.
+//! AWS client setup: the lake's own clients (S3, Glue) are built here (the
+//! consumer builds its DynamoDB client with its checkpoint store); the shared
+//! parts (one credential chain, the standard endpoint variables, time limits,
+//! Kinesis and Firehose clients, the one-line form of a failed call) come
+//! from `shardlake-aws`, which the producer embeds alone.
 
 use aws_config::retry::RetryConfig;
 pub use shardlake_aws::call::*;
@@ -22,15 +23,6 @@ pub fn s3_client_with(config: &aws_config::SdkConfig, timeouts: &Timeouts) -> aw
         .timeout_config(timeouts.upload_config())
         .build();
     aws_sdk_s3::Client::from_conf(conf)
-}
-
-/// A DynamoDB client for the fleet's lease and checkpoint table. SDK retries
-/// stay on (standard mode): every write is conditional, so a retried write
-/// whose first attempt landed fails its condition instead of applying twice.
-/// Each attempt is bounded by `timeouts.call`.
-pub fn dynamodb_client(config: &aws_config::SdkConfig, timeouts: &Timeouts) -> aws_sdk_dynamodb::Client {
-    let conf = aws_sdk_dynamodb::config::Builder::from(config).timeout_config(timeouts.call_config()).build();
-    aws_sdk_dynamodb::Client::from_conf(conf)
 }
 
 /// A Glue client for the lake's catalog table. SDK retries stay on (standard

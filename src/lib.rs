@@ -5,7 +5,6 @@
 
 pub mod aws;
 pub mod catalog;
-pub mod checkpoint;
 pub mod columns;
 pub mod config_reference;
 pub mod convert;

@@ -2,7 +2,7 @@
 //!
 //! Registration never blocks or undoes a commit: a reader commits its batch
 //! together with the partitions the catalog is not yet known to have
-//! ([`shardlake::checkpoint::ShardState::catalog_pending`]), then hands them
+//! ([`crate::checkpoint::ShardState::catalog_pending`]), then hands them
 //! to the [`Registrar`], whose one task registers them in the background,
 //! retrying with back-off and reporting failures on `/healthz`. Whoever reads
 //! the shard next (this worker after a crash, another after a lease moves)

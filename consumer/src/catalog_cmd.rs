@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::checkpoint::{CheckpointStore, FleetOptions};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use shardlake::catalog::{CatalogTable, PartitionMode};
-use shardlake::checkpoint::{CheckpointStore, FleetOptions};
 use shardlake::retry::{FailedAttempt, GaveUp, RetryPolicy, Retryable};
 use shardlake::schema::{Schema, UnknownFieldPolicy};
 use shardlake::store::ObjectStore;

@@ -633,7 +633,7 @@ impl ConsumerConfig {
         self.destination = against(&self.destination, &base);
         let fleet_store = self.checkpoint_store.starts_with("dynamodb://");
         if !fleet_store {
-            shardlake::checkpoint::CheckpointStore::open(&self.checkpoint_store, &self.application, &self.stream)
+            crate::checkpoint::CheckpointStore::open(&self.checkpoint_store, &self.application, &self.stream)
                 .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
             let resolved = against(&self.checkpoint_store, &base);
             let cwd = std::env::current_dir().unwrap_or_default();

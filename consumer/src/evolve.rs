@@ -21,8 +21,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::checkpoint::CheckpointStore;
 use futures::future::BoxFuture;
-use shardlake::checkpoint::CheckpointStore;
 use shardlake::pipeline::TableSpec;
 use shardlake::schema::{
     Column, FieldWatch, MAX_COLUMN_TYPE_CHARS, MAX_INFERRED_FIELDS, Schema, UnknownFieldPolicy, with_columns,

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
+use crate::checkpoint::CheckpointStore;
 use shardlake::aggregation::deaggregate;
 use shardlake::catalog::TableName;
-use shardlake::checkpoint::CheckpointStore;
 use shardlake::schema::{Schema, SchemaInferrer};
 use tokio_util::sync::CancellationToken;
 

@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::checkpoint::dynamodb::now_ms;
+use crate::checkpoint::{DynamoCheckpoints, Lease};
 use futures::StreamExt;
 use shardlake::Error;
-use shardlake::checkpoint::dynamodb::now_ms;
-use shardlake::checkpoint::{DynamoCheckpoints, Lease};
 use tokio_util::sync::CancellationToken;
 
 use crate::kinesis::ShardInfo;
@@ -370,7 +370,7 @@ mod tests {
         assert!(endpoint.starts_with("http://127.0.0.1"), "{endpoint}");
         let table = format!("lease-unit-{}", std::process::id());
         let connect = |id: &str| {
-            let options = shardlake::checkpoint::FleetOptions {
+            let options = crate::checkpoint::FleetOptions {
                 worker_id: id.to_string(),
                 lease_duration: std::time::Duration::from_secs(30),
                 create_table: true,
@@ -378,7 +378,7 @@ mod tests {
             };
             let table = table.clone();
             async move {
-                let store = shardlake::checkpoint::CheckpointStore::connect(
+                let store = crate::checkpoint::CheckpointStore::connect(
                     &format!("dynamodb://{table}"),
                     "app",
                     "events",

@@ -34,6 +34,7 @@ fn write_stdout(args: std::fmt::Arguments<'_>) {
 mod batch;
 mod catalog;
 pub mod catalog_cmd;
+pub mod checkpoint;
 mod config;
 pub mod convert_cmd;
 mod evolve;

@@ -357,13 +357,9 @@ pub async fn check(settings: &Settings, patience: Duration) -> Vec<Check> {
     };
     let table = async {
         let table = c.checkpoint_store.strip_prefix("dynamodb://")?;
-        let client = shardlake::aws::dynamodb_client(&sdk, &timeouts);
+        let client = crate::checkpoint::dynamodb::dynamodb_client(&sdk, &timeouts);
         let verdict = patiently(deadline, || async {
-            table_outcome(
-                table,
-                c.fleet.create_table,
-                shardlake::checkpoint::dynamodb::table_status(&client, table).await,
-            )
+            table_outcome(table, c.fleet.create_table, crate::checkpoint::dynamodb::table_status(&client, table).await)
         })
         .await;
         Some(Check { name: "checkpoint_store", verdict })

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::checkpoint::{Commit, Intent, compare_sequences};
 use futures::StreamExt;
-use shardlake::checkpoint::{Commit, Intent, compare_sequences};
 use shardlake::pipeline::OutputKind;
 use shardlake::retry::{Backoff, GaveUp, RetryClass, RetryPolicy, Retryable};
 use shardlake::schema::Column;
@@ -417,7 +417,7 @@ impl Reader {
                 return false;
             }
         };
-        if shardlake::checkpoint::compare_sequences(&first.sequence, checkpoint) != std::cmp::Ordering::Greater {
+        if crate::checkpoint::compare_sequences(&first.sequence, checkpoint) != std::cmp::Ordering::Greater {
             return false;
         }
         let arrived = shardlake::time::format_rfc3339_millis(first.arrival_ms);

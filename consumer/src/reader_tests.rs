@@ -5,6 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::checkpoint::CheckpointStore;
 use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::operation::get_records::{GetRecordsError, GetRecordsOutput};
 use aws_sdk_kinesis::operation::get_shard_iterator::{GetShardIteratorError, GetShardIteratorOutput};
@@ -12,7 +13,6 @@ use aws_sdk_kinesis::primitives::{Blob, DateTime};
 use aws_sdk_kinesis::types::error::{ExpiredIteratorException, ProvisionedThroughputExceededException};
 use aws_sdk_kinesis::types::{Record, ShardIteratorType};
 use aws_smithy_mocks::{MockResponse, MockResponseInterceptor, RuleMode, create_mock_http_client, mock};
-use shardlake::checkpoint::CheckpointStore;
 use shardlake::store::ObjectStore;
 use tokio_util::sync::CancellationToken;
 

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::checkpoint::{CheckpointStore, FleetOptions};
 use clap::{Args, Subcommand};
-use shardlake::checkpoint::{CheckpointStore, FleetOptions};
 use shardlake::schema::UnknownFieldPolicy;
 use shardlake::store::ObjectStore;
 use tokio::signal::unix::{SignalKind, signal};
@@ -402,7 +402,7 @@ const STORE_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// ends): a checkpoint folder deleted, moved or replaced under the running
 /// worker is an error in the log and on `/healthz` while it lasts, never a
 /// silent fresh start at the next restart.
-async fn guard_store(ctx: Arc<Context>, lock: shardlake::checkpoint::StoreLock, finish: CancellationToken) {
+async fn guard_store(ctx: Arc<Context>, lock: crate::checkpoint::StoreLock, finish: CancellationToken) {
     let mut failing = false;
     loop {
         tokio::select! {

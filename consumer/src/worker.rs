@@ -13,7 +13,7 @@ use std::time::Duration;
 use shardlake::retry::RetryPolicy;
 use tokio::time::Instant;
 
-use shardlake::checkpoint::CheckpointStore;
+use crate::checkpoint::CheckpointStore;
 use shardlake::store::ObjectStore;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

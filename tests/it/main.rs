@@ -10,6 +10,5 @@
 mod common;
 mod convert_errors;
 mod convert_roundtrip;
-mod dynamodb_store;
 mod hostile_records;
 mod s3_store;

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use shardlake::checkpoint::{CheckpointStore, DynamoCheckpoints, FleetOptions, Lease, compare_sequences};
+use shardlake_consumer::checkpoint::{CheckpointStore, DynamoCheckpoints, FleetOptions, Lease, compare_sequences};
 
 /// A fleet of workers on one stream, lake and lease table.
 struct Fleet {
@@ -145,7 +145,7 @@ impl Fleet {
 
     /// Shard → owner of every live lease.
     async fn owners(&self) -> BTreeMap<String, String> {
-        let now = shardlake::checkpoint::dynamodb::now_ms();
+        let now = shardlake_consumer::checkpoint::dynamodb::now_ms();
         let leases: Vec<Lease> = self.observer.leases().await.unwrap();
         leases.into_iter().filter(|l| !l.is_free(now)).filter_map(|l| Some((l.shard, l.owner?))).collect()
     }

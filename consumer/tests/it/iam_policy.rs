@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::support::*;
 use faultproxy::{FaultProxy, Flavor};
-use shardlake::checkpoint::{CheckpointStore, FleetOptions, compare_sequences};
+use shardlake_consumer::checkpoint::{CheckpointStore, FleetOptions, compare_sequences};
 
 /// Actions of the policy that the run below cannot show, and why.
 const NOT_CALLED_HERE: [(&str, &str); 3] = [

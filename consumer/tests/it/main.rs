@@ -11,6 +11,7 @@ mod bad_records;
 mod catalog;
 mod cli;
 mod crash_safety;
+mod dynamodb_store;
 mod faults;
 mod fleet;
 mod iam_policy;

@@ -16,8 +16,8 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
 pub use common::{gen_events, python, s3_client, stack, stack_env, unique};
-use shardlake::checkpoint::compare_sequences;
 use shardlake::events::{EVENTS_SCHEMA_TOML, GenOptions, generate};
+use shardlake_consumer::checkpoint::compare_sequences;
 
 /// A Kinesis client for the emulator (kinesis-local).
 pub async fn kinesis() -> Client {

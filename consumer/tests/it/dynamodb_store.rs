@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
-use crate::common::{stack, stack_env, unique};
+use crate::support::{stack, stack_env, unique};
 use shardlake::Error;
-use shardlake::checkpoint::dynamodb::now_ms;
-use shardlake::checkpoint::{CheckpointStore, Commit, DynamoCheckpoints, FleetOptions, Intent, Lease, ShardState};
+use shardlake_consumer::checkpoint::dynamodb::now_ms;
+use shardlake_consumer::checkpoint::{
+    CheckpointStore, Commit, DynamoCheckpoints, FleetOptions, Intent, Lease, ShardState,
+};
 
 const SHARD: &str = "shardId-000000000000";
 

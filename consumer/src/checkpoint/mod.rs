@@ -14,8 +14,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::store::file::FileStore;
+use shardlake::error::{Error, Result};
+use shardlake::store::file::FileStore;
 
 pub mod dynamodb;
 
@@ -101,8 +101,8 @@ impl CheckpointStore {
     pub async fn connect(url: &str, application: &str, stream: &str, fleet: &FleetOptions) -> Result<Self> {
         let Some(table) = url.strip_prefix("dynamodb://") else { return Self::open(url, application, stream) };
         Self::check_names(application, stream)?;
-        let sdk = crate::aws::sdk_config().await;
-        let client = crate::aws::dynamodb_client(&sdk, &fleet.timeouts);
+        let sdk = shardlake::aws::sdk_config().await;
+        let client = dynamodb::dynamodb_client(&sdk, &fleet.timeouts);
         let store = DynamoCheckpoints::connect(client, table, application, stream, fleet.clone()).await?;
         Ok(CheckpointStore::DynamoDb(store))
     }
@@ -111,7 +111,7 @@ impl CheckpointStore {
     /// for one application reading one stream; `dynamodb://` needs
     /// [`CheckpointStore::connect`].
     pub fn open(url: &str, application: &str, stream: &str) -> Result<Self> {
-        if let Some(fix) = crate::store::scheme_mistake(url, &["file", "dynamodb"]) {
+        if let Some(fix) = shardlake::store::scheme_mistake(url, &["file", "dynamodb"]) {
             return Err(Error::Config(format!(
                 "checkpoint store `{url}` looks like a URL with a mistyped scheme: {fix}"
             )));
@@ -131,7 +131,7 @@ impl CheckpointStore {
 
     fn check_names(application: &str, stream: &str) -> Result<()> {
         for (what, name) in [("application", application), ("stream", stream)] {
-            crate::store::check_key(name)
+            shardlake::store::check_key(name)
                 .ok()
                 .filter(|_| !name.contains('/'))
                 .ok_or_else(|| Error::Config(format!("{what} name `{name}` cannot name a checkpoint folder")))?;
@@ -331,7 +331,7 @@ pub struct FileCheckpoints {
 impl FileCheckpoints {
     fn key(shard: &str) -> Result<String> {
         let key = format!("{shard}.json");
-        crate::store::check_key(&key)?;
+        shardlake::store::check_key(&key)?;
         Ok(key)
     }
 

@@ -29,7 +29,7 @@ use aws_sdk_dynamodb::types::{
 };
 
 use super::{Commit, Intent, ShardState};
-use crate::error::{Error, Result, error_chain};
+use shardlake::error::{Error, Result, error_chain};
 
 /// Key suffix of the inferred-schema item; shard ids never start with `#`.
 const SCHEMA_SUFFIX: &str = "#schema";
@@ -53,7 +53,7 @@ pub struct FleetOptions {
     /// Create the table when it is missing.
     pub create_table: bool,
     /// Time limits of the DynamoDB calls.
-    pub timeouts: crate::aws::Timeouts,
+    pub timeouts: shardlake::aws::Timeouts,
 }
 
 /// One shard's lease as read from the table.
@@ -86,13 +86,25 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// A DynamoDB client for the fleet's lease and checkpoint table. SDK retries
+/// stay on (standard mode): every write is conditional, so a retried write
+/// whose first attempt landed fails its condition instead of applying twice.
+/// Each attempt is bounded by `timeouts.call`.
+pub fn dynamodb_client(config: &aws_config::SdkConfig, timeouts: &shardlake::aws::Timeouts) -> Client {
+    let conf = aws_sdk_dynamodb::config::Builder::from(config).timeout_config(timeouts.call_config()).build();
+    Client::from_conf(conf)
+}
+
 /// The status of `table` (`ACTIVE`, `CREATING`, ...), `None` when it does
 /// not exist (DescribeTable: the start-up check of the fleet's table).
-pub async fn table_status(client: &Client, table: &str) -> std::result::Result<Option<String>, crate::aws::CallError> {
+pub async fn table_status(
+    client: &Client,
+    table: &str,
+) -> std::result::Result<Option<String>, shardlake::aws::CallError> {
     match client.describe_table().table_name(table).send().await {
         Ok(out) => Ok(Some(out.table().and_then(|t| t.table_status()).map_or("unknown", |s| s.as_str()).to_string())),
         Err(e) if e.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => Ok(None),
-        Err(e) => Err(crate::aws::call_error("DynamoDB", "DescribeTable", &e)),
+        Err(e) => Err(shardlake::aws::call_error("DynamoDB", "DescribeTable", &e)),
     }
 }
 
