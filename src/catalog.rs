@@ -104,7 +104,7 @@ impl PartitionMode {
 /// `file:///absolute/dir/` for a local folder (Spark and DuckDB read it).
 pub fn table_location(destination: &str) -> Result<String> {
     Ok(match Location::parse(destination)? {
-        Location::S3 { bucket, prefix } => format!("s3://{bucket}/{}", crate::pipeline::folder_prefix(&prefix)),
+        Location::S3 { bucket, prefix } => format!("s3://{bucket}/{}", crate::store::folder_prefix(&prefix)),
         Location::File(dir) => {
             let abs = std::path::absolute(&dir)
                 .map_err(|e| Error::Config(format!("destination `{destination}`: no absolute path: {e}")))?;

@@ -230,7 +230,7 @@ fn table_spec(opts: &ConvertOptions, schema: Schema) -> Result<TableSpec> {
         }
         None => TimeSource::Arrival,
     };
-    let error_prefix = crate::pipeline::folder_prefix(&opts.error_prefix);
+    let error_prefix = crate::store::folder_prefix(&opts.error_prefix);
     let prefix_bytes = Location::parse(&opts.destination)?.key_prefix_bytes();
     let max_partition_bytes = crate::pipeline::partition_budget(
         prefix_bytes,

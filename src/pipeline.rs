@@ -23,15 +23,6 @@ pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
 /// Error files are cut at this size.
 const ERROR_FILE_BYTES: usize = 8 << 20;
 
-/// A key prefix as a folder: no leading `/`, one trailing `/` (or empty).
-pub fn folder_prefix(prefix: &str) -> String {
-    let mut out = prefix.trim_start_matches('/').to_string();
-    if !out.is_empty() && !out.ends_with('/') {
-        out.push('/');
-    }
-    out
-}
-
 /// Everything that decides what a lake file contains.
 #[derive(Debug, Clone)]
 pub struct TableSpec {

@@ -12,8 +12,9 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use shardlake::catalog::{CatalogTable, GLUE_SCHEME, PartitionMode, TableName};
 use shardlake::partition::{DEFAULT_TEMPLATE, PartitionTemplate, TimeSource};
-use shardlake::pipeline::{DEFAULT_MAX_RECORD_BYTES, TableSpec, folder_prefix, partition_budget};
+use shardlake::pipeline::{DEFAULT_MAX_RECORD_BYTES, TableSpec, partition_budget};
 use shardlake::schema::{Schema, TableDefinition, UnknownFieldPolicy, table_definition};
+use shardlake::store::folder_prefix;
 use shardlake::store::{Location, S3Options};
 use shardlake::writer::WriterSettings;
 

@@ -28,7 +28,16 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use shardlake::json::{Parser, SyntaxError};
 
-use crate::kinesis::KinesisRecord;
+/// One record as read.
+#[derive(Debug, Clone)]
+pub struct KinesisRecord {
+    /// Sequence number (shared with the batch positions that name it).
+    pub sequence: Arc<str>,
+    /// The payload (possibly a KPL aggregate).
+    pub data: Bytes,
+    /// ApproximateArrivalTimestamp, epoch millis.
+    pub arrival_ms: i64,
+}
 
 /// The most one GetRecords call can need: a 10 MiB page is about 14 MiB of
 /// JSON (base64 and the record fields), plus its 10 MiB of decoded payloads.

@@ -13,9 +13,9 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 use shardlake::catalog::{PartitionMode, TableName};
-use shardlake::pipeline::folder_prefix;
 use shardlake::schema::UnknownFieldPolicy;
 use shardlake::store::Location;
+use shardlake::store::folder_prefix;
 
 use crate::config::{RetrievalMode, Settings};
 

@@ -15,6 +15,9 @@ use bytes::Bytes;
 use shardlake::error::error_chain;
 use shardlake::retry::{RetryClass, Retryable};
 
+// The record type lives with the decoder that makes it, so the calls
+// depend on the decoding and not the other way round.
+pub use crate::get_records::KinesisRecord;
 use crate::get_records::RecordsSlot;
 
 /// How a Kinesis call failed, as far as the reader cares.
@@ -322,17 +325,6 @@ pub async fn next_event(subscription: &mut Subscription) -> Result<Option<Fetche
             millis_behind_latest: Some(event.millis_behind_latest),
         }));
     }
-}
-
-/// One record as read.
-#[derive(Debug, Clone)]
-pub struct KinesisRecord {
-    /// Sequence number (shared with the batch positions that name it).
-    pub sequence: Arc<str>,
-    /// The payload (possibly a KPL aggregate).
-    pub data: Bytes,
-    /// ApproximateArrivalTimestamp, epoch millis.
-    pub arrival_ms: i64,
 }
 
 /// What one GetRecords call returned.

@@ -207,7 +207,7 @@ fn destination_outcome(setting: &str, location: &Location, answer: Result<(), Pr
             e.step, e.message
         )));
     };
-    let arn = format!("arn:aws:s3:::{bucket}/{}*", shardlake::pipeline::folder_prefix(prefix));
+    let arn = format!("arn:aws:s3:::{bucket}/{}*", shardlake::store::folder_prefix(prefix));
     let line = match (e.step, e.code.as_deref()) {
         (_, Some("NoSuchBucket")) => {
             format!("{setting}: bucket `{bucket}` does not exist ({}); create it, or fix `{setting}`", e.message)

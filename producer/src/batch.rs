@@ -13,7 +13,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::budget::{BacklogEntry, BudgetPermit};
-use crate::error::{Error, ProduceError};
+use crate::error::Error;
+use crate::record::ProduceError;
 use crate::record::{Ack, Record};
 use crate::service::WireEntry;
 

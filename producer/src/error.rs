@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::record::Record;
-
 /// Everything that can go wrong in the producer. Each variant names the
 /// record, stream or setting involved and, where there is one, the fix.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -180,24 +178,13 @@ impl Error {
     }
 }
 
-/// A record that was not delivered, or whose outcome is unknown
-/// ([`Error::UnknownOutcome`]), handed back with the reason.
-#[derive(Debug, Clone, Error, PartialEq, Eq)]
-#[error("record with partition key {:?} {}: {reason}", record.partition_key,
-    if reason.is_unknown_outcome() { "may or may not have been stored" } else { "not delivered" })]
-pub struct ProduceError {
-    /// The record, unchanged, for a dead-letter queue or a later retry.
-    pub record: Record,
-    /// Why it was not delivered.
-    pub reason: Error,
-}
-
 /// Result with the producer's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::{ProduceError, Record};
 
     #[test]
     fn too_large_names_the_size_the_limit_and_the_fix() {

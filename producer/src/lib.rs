@@ -65,7 +65,7 @@ pub mod stream;
 mod testing;
 
 pub use config::{ProducerConfig, RetryConfig, Settings, Target, TtlStart};
-pub use error::{Error, ProduceError};
+pub use error::Error;
 pub use metrics::Metrics;
 pub use producer::{AckFuture, Producer, ProducerBuilder};
-pub use record::{Ack, Record};
+pub use record::{Ack, ProduceError, Record};

@@ -106,6 +106,18 @@ impl Ack {
     }
 }
 
+/// A record that was not delivered, or whose outcome is unknown
+/// ([`Error::UnknownOutcome`]), handed back with the reason.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("record with partition key {:?} {}: {reason}", record.partition_key,
+    if reason.is_unknown_outcome() { "may or may not have been stored" } else { "not delivered" })]
+pub struct ProduceError {
+    /// The record, unchanged, for a dead-letter queue or a later retry.
+    pub record: Record,
+    /// Why it was not delivered.
+    pub reason: Error,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,6 +67,15 @@ impl Location {
     }
 }
 
+/// A key prefix as a folder: no leading `/`, one trailing `/` (or empty).
+pub fn folder_prefix(prefix: &str) -> String {
+    let mut out = prefix.trim_start_matches('/').to_string();
+    if !out.is_empty() && !out.ends_with('/') {
+        out.push('/');
+    }
+    out
+}
+
 /// Why `url` starts like a URL of none of the `known` schemes, with the fix:
 /// a known scheme in another case (`S3://b`), with one slash (`s3:/b`,
 /// `dynamodb:/table`), or an unknown scheme with `//` (`gs://b`). `None`
@@ -176,7 +185,7 @@ impl ObjectStore {
             Location::S3 { bucket, prefix } => {
                 let config = crate::aws::sdk_config().await;
                 // A store's URL names a folder: `s3://b/lake` holds `lake/…`, not `lake…`.
-                let prefix = crate::pipeline::folder_prefix(&prefix);
+                let prefix = folder_prefix(&prefix);
                 ObjectStore::S3(S3Store::new(
                     crate::aws::s3_client_with(&config, &s3.timeouts),
                     bucket,
