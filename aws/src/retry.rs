@@ -49,12 +49,20 @@ pub fn throttle_pause() -> Duration {
 pub struct Backoff {
     policy: RetryPolicy,
     failures: u32,
+    equal_jitter: bool,
 }
 
 impl Backoff {
-    /// A back-off by `policy`, with no failures yet.
+    /// A back-off by `policy` with full jitter, with no failures yet.
     pub const fn new(policy: RetryPolicy) -> Self {
-        Backoff { policy, failures: 0 }
+        Backoff { policy, failures: 0, equal_jitter: false }
+    }
+
+    /// A back-off by `policy` with equal jitter
+    /// ([`RetryPolicy::equal_jitter_delay`]): never near zero, for loops
+    /// whose retry is costly (restarting a reader re-reads its shard).
+    pub const fn equal_jitter(policy: RetryPolicy) -> Self {
+        Backoff { policy, failures: 0, equal_jitter: true }
     }
 
     /// The wait after a failure of `class`: [`RetryPolicy::delay`] over
@@ -66,7 +74,12 @@ impl Backoff {
             RetryClass::Throttled => Some(throttle_pause()),
             RetryClass::Transient => {
                 self.failures += 1;
-                Some(self.policy.delay(self.failures, &mut rand::rng()))
+                let rng = &mut rand::rng();
+                Some(if self.equal_jitter {
+                    self.policy.equal_jitter_delay(self.failures, rng)
+                } else {
+                    self.policy.delay(self.failures, rng)
+                })
             }
         }
     }
@@ -129,6 +142,13 @@ impl RetryPolicy {
     pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
         let ceiling = self.ceiling(attempt).as_nanos() as u64;
         Duration::from_nanos(rng.random_range(0..=ceiling))
+    }
+
+    /// A random delay in `[ceiling(attempt) / 2, ceiling(attempt)]` ("equal
+    /// jitter"): never near zero, so failures never turn into a tight loop,
+    /// and workers that failed together do not retry in step.
+    pub fn equal_jitter_delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
+        self.ceiling(attempt) / 2 + self.delay(attempt, rng) / 2
     }
 
     /// Runs `op` until it succeeds, fails with an error `is_transient` rejects,
@@ -223,6 +243,23 @@ impl RetryPolicy {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn equal_jitter_waits_between_half_and_all_of_the_ceiling() {
+        let p = RetryPolicy { max_attempts: 10, base: Duration::from_secs(1), cap: Duration::from_secs(60) };
+        let mut rng = rand::rng();
+        let d: Vec<Duration> = (0..200).map(|_| p.equal_jitter_delay(4, &mut rng)).collect();
+        assert!(d.iter().all(|d| *d >= Duration::from_secs(4) && *d <= Duration::from_secs(8)), "{d:?}");
+        let mut b = Backoff::equal_jitter(p);
+        let first = b.after(RetryClass::Transient).unwrap();
+        assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
+        // A throttle pauses without growing the back-off; a reset starts it over.
+        assert!(b.after(RetryClass::Throttled).unwrap() <= Duration::from_secs(1));
+        assert!(b.after(RetryClass::Transient).unwrap() >= Duration::from_secs(1));
+        b.reset();
+        assert!(b.after(RetryClass::Transient).unwrap() <= Duration::from_secs(1));
+        assert_eq!(b.after(RetryClass::Fatal), None);
+    }
 
     #[test]
     fn ceilings_double_up_to_the_cap() {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shardlake::retry::RetryPolicy;
+use shardlake::retry::{Backoff, RetryClass, RetryPolicy, Retryable};
 use tokio::time::Instant;
 
 use crate::checkpoint::CheckpointStore;
@@ -36,12 +36,10 @@ const RESTART_BACKOFF: RetryPolicy =
 /// A reader that ran this long before failing starts its back-off afresh.
 const RESTART_RESET_AFTER: Duration = Duration::from_secs(300);
 
-/// The wait before the next try after `failures` failures in a row: between
-/// half and all of the back-off ceiling ("equal jitter": never near zero, so
-/// failures never turn into a tight loop, and a fleet does not retry in step).
+/// The wait before a reader's next start after `failures` failures in a
+/// row: between half and all of the back-off ceiling (equal jitter).
 fn restart_delay(failures: u32) -> Duration {
-    let ceiling = RESTART_BACKOFF.ceiling(failures);
-    ceiling / 2 + RESTART_BACKOFF.delay(failures, &mut rand::rng()) / 2
+    RESTART_BACKOFF.equal_jitter_delay(failures, &mut rand::rng())
 }
 
 /// Consecutive failures of one shard's reader, and when it may start again.
@@ -254,8 +252,8 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
     let mut running: HashMap<String, (tokio::task::JoinHandle<()>, Instant)> = HashMap::new();
     let mut ended: HashSet<String> = HashSet::new();
     let mut restarts: HashMap<String, Restart> = HashMap::new();
-    // Failed listings or checkpoint loads in a row (the loop's own back-off).
-    let mut loop_failures = 0u32;
+    // The loop's own back-off, over failed listings and checkpoint loads.
+    let mut loop_backoff = Backoff::equal_jitter(RESTART_BACKOFF);
     let mut wait = Duration::ZERO;
     // The loop's own calls are abandoned at shutdown like the readers' reads:
     // a hung listing must not hold the final flushes' exit.
@@ -316,13 +314,13 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                 ctx.metrics.record_read_error(if e.is_transient() { "transient" } else { "fatal" });
                 ctx.health.worker_failed("listing", &e);
                 // Throttling is paced, not backed off: the listing (and
-                // /healthz) recovers within a second of it ending.
-                wait = if matches!(e, kinesis::KinesisError::Throttled(_)) {
-                    shardlake::retry::throttle_pause()
-                } else {
-                    loop_failures += 1;
-                    restart_delay(loop_failures)
+                // /healthz) recovers within a second of it ending. Anything
+                // else is retried too: an outage never ends the worker.
+                let class = match e.retry_class() {
+                    RetryClass::Throttled => RetryClass::Throttled,
+                    _ => RetryClass::Transient,
                 };
+                wait = loop_backoff.after(class).unwrap_or(refresh);
                 tracing::error!(stream, error = %e, retry_in_ms = wait.as_millis() as u64, "listing shards failed");
                 continue;
             }
@@ -354,13 +352,12 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
         }
         if let Some(e) = load_failed {
             ctx.health.worker_failed_since("checkpoint_load", loading, &e);
-            loop_failures += 1;
-            wait = restart_delay(loop_failures);
+            wait = loop_backoff.after(RetryClass::Transient).unwrap_or(refresh);
             tracing::error!(stream, error = %e, retry_in_ms = wait.as_millis() as u64, "loading checkpoints failed");
             continue;
         }
         ctx.health.worker_ok("checkpoint_load");
-        loop_failures = 0;
+        loop_backoff.reset();
         // A parent that aged out of the listing is long finished.
         let ready = |s: &ShardInfo| {
             !ended.contains(&s.id) && s.parents.iter().all(|p| ended.contains(p) || !listed.contains(p.as_str()))
