@@ -102,6 +102,9 @@ pub struct FailedAttempt<'a, E> {
     pub class: RetryClass,
     /// The wait before the next attempt; `None` when this is the last.
     pub retry_in: Option<Duration>,
+    /// When the attempt began: a client that retries inside one call has
+    /// been failing since then.
+    pub started: tokio::time::Instant,
 }
 
 /// Why [`RetryPolicy::run_until`] returned without a result.
@@ -215,6 +218,7 @@ impl RetryPolicy {
         // The previous attempt's error, for a stop during the next attempt.
         let mut last = None;
         loop {
+            let started = tokio::time::Instant::now();
             let result = tokio::select! {
                 biased;
                 _ = &mut stop => return Err(GaveUp::Stopped(last)),
@@ -226,7 +230,7 @@ impl RetryPolicy {
             };
             let class = classify(&error);
             let retry_in = if attempt < self.max_attempts.max(1) { backoff.after(class) } else { None };
-            report(&FailedAttempt { error: &error, attempt, class, retry_in });
+            report(&FailedAttempt { error: &error, attempt, class, retry_in, started });
             let Some(delay) = retry_in else { return Err(GaveUp::Failed(error)) };
             tokio::select! {
                 biased;

@@ -68,9 +68,9 @@ pub struct Report<'a> {
 
 impl Report<'_> {
     /// Reports one failed attempt of `call` (`about` names the object or
-    /// the step, e.g. the key or `intent`), started at `since`.
-    pub fn failed<E: Display>(&self, call: Dependency<'_>, about: &str, since: Instant, f: &FailedAttempt<'_, E>) {
-        self.count_and_mark(call, since, f.error);
+    /// the step, e.g. the key or `intent`), dated from the start of its attempt.
+    pub fn failed<E: Display>(&self, call: Dependency<'_>, about: &str, f: &FailedAttempt<'_, E>) {
+        self.count_and_mark(call, f.started, f.error);
         let shard = self.shard.unwrap_or("");
         let delay_ms = f.retry_in.map(|d| d.as_millis() as u64);
         let what = call.what();
@@ -126,18 +126,7 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     // Shared by the two closures; the future is `Send` (readers are spawned).
-    let started = std::sync::Mutex::new(Instant::now());
-    policy
-        .run_until(
-            |_| {
-                *started.lock().expect("attempt start") = Instant::now();
-                op()
-            },
-            classify,
-            |f| report.failed(call, about, *started.lock().expect("attempt start"), f),
-            stop,
-        )
-        .await
+    policy.run_until(|_| op(), classify, |f| report.failed(call, about, f), stop).await
 }
 
 /// Every failure is worth another attempt: for a shard that holds its
