@@ -31,27 +31,17 @@ fn write_stdout(args: std::fmt::Arguments<'_>) {
     }
 }
 
-mod batch;
-mod catalog;
-pub mod catalog_cmd;
 pub mod checkpoint;
+pub mod cli;
 mod config;
-pub mod convert_cmd;
-mod evolve;
-mod get_records;
-mod health;
-mod http;
-mod iam;
-mod infer;
+mod crash;
+mod fleet;
 mod kinesis;
-mod lease;
-mod metrics;
-mod preflight;
-mod reader;
+mod lake;
+mod ops;
 mod retry;
-pub mod run_cmd;
-pub mod schema_cmd;
-mod worker;
+mod scheduler;
+mod shard;
 
 /// Entry points for the fuzz targets (`fuzz/`); not a stable API.
 pub mod fuzzing {
@@ -83,8 +73,8 @@ pub mod fuzzing {
     /// the SDK's for successful responses) on `body`; `Err` holds its reason
     /// for leaving the body to the SDK.
     pub fn decode_get_records_body(body: &[u8]) -> Result<DecodedPage, String> {
-        let mut arena = crate::get_records::Arena::default();
-        let page = crate::get_records::decode(body, &mut arena).map_err(|e| e.to_string())?;
+        let mut arena = crate::kinesis::get_records::Arena::default();
+        let page = crate::kinesis::get_records::decode(body, &mut arena).map_err(|e| e.to_string())?;
         Ok(DecodedPage {
             records: page
                 .records

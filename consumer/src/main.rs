@@ -5,7 +5,7 @@
 //! `catalog sync` registers a lake's partitions in Glue.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use shardlake_consumer::{catalog_cmd, convert_cmd, run_cmd, schema_cmd};
+use shardlake_consumer::cli::{catalog as catalog_cmd, convert as convert_cmd, run as run_cmd, schema as schema_cmd};
 
 /// Command line of `shardlake-consumer`.
 #[derive(Debug, Parser)]

@@ -11,8 +11,8 @@ use std::time::Duration;
 use shardlake::retry::{FailedAttempt, GaveUp, RetryClass, RetryPolicy};
 use tokio::time::Instant;
 
-use crate::health::Health;
-use crate::metrics::Metrics;
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
 
 /// Retried in place while the shard waits (an upload, a checkpoint write):
 /// capped at 3 s, so the batch lands within seconds of the dependency

@@ -16,7 +16,7 @@ use shardlake::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::kinesis::ShardInfo;
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 
 /// Live workers and how many of the eligible shards each holds, this worker
 /// included (with 0 when it holds none). A worker whose every lease expired

@@ -29,8 +29,12 @@ use shardlake::schema::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Settings;
+use crate::crash::CrashPoints;
+use crate::lake::catalog::Registrar;
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
 use crate::retry::{BACKGROUND, Dependency, Report, always_transient, retry};
-use crate::worker::{Context, CrashPoints};
 
 /// How often the follower looks for versions other workers stored.
 pub const FOLLOW_EVERY: Duration = Duration::from_secs(2);
@@ -67,6 +71,13 @@ pub struct Rules {
     pub min_records: u64,
     /// A worker stores at most one version per interval.
     pub interval: Duration,
+}
+
+impl Rules {
+    /// The rules `settings` set.
+    pub fn of(settings: &Settings) -> Self {
+        Rules { min_records: settings.config.evolve_min_records, interval: settings.config.evolve_interval }
+    }
 }
 
 /// The worker's schema versions: the current one for new batches, and any
@@ -286,14 +297,30 @@ pub struct Evolution<'a> {
     pub crash: Option<&'a CrashPoints>,
 }
 
+/// The worker's parts that schema evolution works with.
+pub struct Parts<'a> {
+    /// The worker's versions.
+    pub schemas: &'a Schemas,
+    /// Where versions are stored.
+    pub store: &'a CheckpointStore,
+    /// The Glue catalog registrar, if any.
+    pub catalog: Option<&'a Registrar>,
+    /// Test hooks.
+    pub crash: &'a CrashPoints,
+    /// Where failures and recoveries are reported.
+    pub health: &'a Health,
+    /// Schema metrics.
+    pub metrics: &'a Metrics,
+}
+
 impl<'a> Evolution<'a> {
-    /// The protocol of the worker `ctx`.
-    pub fn of(ctx: &'a Context) -> Self {
+    /// The protocol of the worker whose parts are `parts`.
+    pub fn of(parts: &Parts<'a>) -> Self {
         Evolution {
-            schemas: &ctx.schemas,
-            store: &ctx.checkpoints,
-            table: ctx.catalog.as_deref().map(|r| r as &dyn SchemaTable),
-            crash: Some(&ctx.crash),
+            schemas: parts.schemas,
+            store: parts.store,
+            table: parts.catalog.map(|r| r as &dyn SchemaTable),
+            crash: Some(parts.crash),
         }
     }
 
@@ -405,13 +432,13 @@ pub fn fit(schema: &Schema, missing: Vec<Column>) -> (Vec<Column>, Vec<String>) 
 /// shards go on) until they pass, or `None` once either of `cancels` fires
 /// (shutdown, a lost lease).
 pub async fn evolve(
-    ctx: &Context,
+    ctx: &Parts<'_>,
     shard: &str,
     from: u32,
     columns: &[Column],
     cancels: [&CancellationToken; 2],
 ) -> Option<Version> {
-    let schemas = &ctx.schemas;
+    let schemas = ctx.schemas;
     // One evolution at a time in this worker; other workers are fenced by
     // the schema store's conditional writes.
     let add = || async {
@@ -425,7 +452,7 @@ pub async fn evolve(
         }
     };
     // The schema store and the table are the worker's, not the shard's.
-    let report = Report { health: &ctx.health, metrics: &ctx.metrics, shard: None };
+    let report = Report { health: ctx.health, metrics: ctx.metrics, shard: None };
     let about = format!("change for shard {shard} (it waits)");
     let added = retry(report, Dependency::Schema, &about, &BACKGROUND, add, always_transient, stop).await.ok()?;
     ctx.health.worker_ok("schema");
@@ -457,8 +484,8 @@ pub async fn evolve(
     Some(version)
 }
 
-fn note_table_updates(ctx: &Context) {
-    if let Some(registrar) = &ctx.catalog {
+fn note_table_updates(ctx: &Parts<'_>) {
+    if let Some(registrar) = ctx.catalog {
         ctx.metrics.record_table_updates(registrar.table().updates());
     }
 }
@@ -466,8 +493,8 @@ fn note_table_updates(ctx: &Context) {
 /// The follower: every [`FOLLOW_EVERY`], catches the worker up to versions
 /// other workers stored (and their columns up in the table), so every
 /// worker of a fleet is on the newest version within seconds without
-/// meeting a new field itself. Returns when `finish` or `ctx.abort` fires.
-pub async fn follow(ctx: Arc<Context>, finish: CancellationToken) {
+/// meeting a new field itself. Returns when `finish` or `abort` fires.
+pub async fn follow(ctx: Parts<'_>, abort: &CancellationToken, finish: CancellationToken) {
     if !ctx.schemas.evolving() {
         return;
     }
@@ -475,7 +502,7 @@ pub async fn follow(ctx: Arc<Context>, finish: CancellationToken) {
         tokio::select! {
             _ = tokio::time::sleep(FOLLOW_EVERY) => {}
             _ = finish.cancelled() => return,
-            _ = ctx.abort.cancelled() => return,
+            _ = abort.cancelled() => return,
         }
         let before = ctx.schemas.current().number;
         let result = {
@@ -484,7 +511,7 @@ pub async fn follow(ctx: Arc<Context>, finish: CancellationToken) {
             tokio::select! {
                 r = evolution.catch_up() => r,
                 _ = finish.cancelled() => return,
-                _ = ctx.abort.cancelled() => return,
+                _ = abort.cancelled() => return,
             }
         };
         match result {

@@ -586,11 +586,6 @@ impl Settings {
         Ok(table_definition(schema, &t.template, t.unknown_fields, &location, projection)?)
     }
 
-    /// The schema evolution settings.
-    pub fn evolve_rules(&self) -> crate::evolve::Rules {
-        crate::evolve::Rules { min_records: self.config.evolve_min_records, interval: self.config.evolve_interval }
-    }
-
     /// The catalog table `name` for a lake of `def`; under `evolve` it
     /// takes the columns the lake adds.
     pub fn catalog_table(&self, glue: aws_sdk_glue::Client, name: TableName, def: TableDefinition) -> CatalogTable {
@@ -756,7 +751,7 @@ impl ConsumerConfig {
                 b.max_mb
             );
         }
-        let min_read = crate::get_records::MAX_CALL_BYTES >> 20;
+        let min_read = crate::kinesis::get_records::MAX_CALL_BYTES >> 20;
         if b.read_buffer_mb < min_read {
             bail!(
                 "buffer.read_buffer_mb: {} is below {min_read}, what one 10 MiB GetRecords page needs",
@@ -957,7 +952,7 @@ mod tests {
     use shardlake::config_reference::{assert_every_key_documented, every_key, reference_block, serde_names};
 
     /// docs/configuration.md, the reference this module's keys are documented in.
-    const REFERENCE: &str = include_str!("../../docs/configuration.md");
+    const REFERENCE: &str = include_str!("../../../docs/configuration.md");
 
     #[test]
     fn the_configuration_reference_lists_every_key_with_its_default() {
@@ -995,7 +990,7 @@ mod tests {
 
     #[test]
     fn the_readme_config_passes_the_checks_of_config_check() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let start = readme.find("```toml\n").expect("README.md has a ```toml block") + "```toml\n".len();
         let end = readme[start..].find("\n```").expect("its closing fence");
         let dir = tempfile::tempdir().unwrap();

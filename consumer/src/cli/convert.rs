@@ -16,7 +16,7 @@ use shardlake::schema::{DEFAULT_INFER_SAMPLE, Schema, UnknownFieldPolicy, table_
 use shardlake::store::S3Options;
 use shardlake::writer::WriterSettings;
 
-use crate::schema_cmd::PolicyArg;
+use crate::cli::schema::PolicyArg;
 
 /// Arguments of `convert`.
 #[derive(Debug, Args)]
@@ -190,9 +190,9 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
     };
     // A missing bucket, credential or region, or an unwritable folder, is
     // one line with the fix before any input is read.
-    let checks = crate::preflight::check_destination(&opts.destination, &opts.s3, PREFLIGHT_PATIENCE).await;
-    crate::preflight::problems(&checks)?;
-    crate::preflight::report_doubts(&checks, PREFLIGHT_PATIENCE);
+    let checks = crate::cli::preflight::check_destination(&opts.destination, &opts.s3, PREFLIGHT_PATIENCE).await;
+    crate::cli::preflight::problems(&checks)?;
+    crate::cli::preflight::report_doubts(&checks, PREFLIGHT_PATIENCE);
     let mode = PartitionMode::from(args.catalog_partitions);
     if args.catalog.is_some() && glue.is_none() {
         glue = Some(glue_client().await);

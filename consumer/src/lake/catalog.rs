@@ -16,18 +16,19 @@
 //! `catalog_create`, created again the same way.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use shardlake::catalog::{CatalogTable, Ensured};
 use shardlake::partition::PartitionTemplate;
+use shardlake::pipeline::TableSpec;
 use shardlake::schema::{Schema, TableDefinition};
 use shardlake::store::ObjectStore;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::retry::{BACKGROUND, Dependency, Report, always_transient, retry};
-use crate::worker::Context;
 
 /// The table definition of the lake written with a schema version.
 pub type Define = Box<dyn Fn(&Schema) -> anyhow::Result<TableDefinition> + Send + Sync>;
@@ -137,7 +138,7 @@ impl Registrar {
     /// partitions if it was just created, then registers what is pending;
     /// returns the partitions created. A table found missing is checked
     /// (or created) again on the next pass.
-    async fn pass(&self, lake: &ObjectStore, spec: &shardlake::pipeline::TableSpec) -> shardlake::Result<usize> {
+    async fn pass(&self, lake: &ObjectStore, spec: &TableSpec) -> shardlake::Result<usize> {
         let result = self.pass_once(lake, spec).await;
         if let Err(shardlake::Error::TableMissing { .. }) = &result {
             self.table_gone();
@@ -145,7 +146,7 @@ impl Registrar {
         result
     }
 
-    async fn pass_once(&self, lake: &ObjectStore, spec: &shardlake::pipeline::TableSpec) -> shardlake::Result<usize> {
+    async fn pass_once(&self, lake: &ObjectStore, spec: &TableSpec) -> shardlake::Result<usize> {
         if !self.state.lock().expect("registrar lock").ensured {
             let ensured = self.table.ensure(self.create).await?;
             tracing::info!(table = %self.table.name(), ?ensured, "catalog table ready");
@@ -185,10 +186,17 @@ impl Registrar {
 
 /// The registrar's task: one pass whenever partitions are queued, retried
 /// with back-off while the catalog fails. After `finish` fires it returns
-/// once nothing is pending (the caller bounds that wait); `ctx.abort` ends
-/// it at once.
-pub async fn run(ctx: Arc<Context>, registrar: Arc<Registrar>, finish: CancellationToken) {
-    let check_every = ctx.settings.config.catalog_check_interval;
+/// once nothing is pending (the caller bounds that wait); `abort` ends it
+/// at once. Every `check_every` while idle it checks the table still exists.
+pub async fn run(
+    registrar: &Registrar,
+    lake: &ObjectStore,
+    table: &TableSpec,
+    check_every: Duration,
+    report: Report<'_>,
+    abort: &CancellationToken,
+    finish: CancellationToken,
+) {
     loop {
         if registrar.idle() {
             if finish.is_cancelled() {
@@ -197,7 +205,7 @@ pub async fn run(ctx: Arc<Context>, registrar: Arc<Registrar>, finish: Cancellat
             tokio::select! {
                 _ = registrar.wake.notified() => {}
                 _ = finish.cancelled() => {}
-                _ = ctx.abort.cancelled() => return,
+                _ = abort.cancelled() => return,
                 _ = tokio::time::sleep(check_every) => registrar.check_exists().await,
             }
             continue;
@@ -205,23 +213,22 @@ pub async fn run(ctx: Arc<Context>, registrar: Arc<Registrar>, finish: Cancellat
         // Retried until it passes: the lake does not wait for the catalog,
         // and `/healthz` says what fails meanwhile.
         let pass = || async {
-            registrar.pass(&ctx.lake, &ctx.settings.table).await.map_err(|e| match (&e, registrar.create) {
+            registrar.pass(lake, table).await.map_err(|e| match (&e, registrar.create) {
                 (shardlake::Error::TableMissing { table, .. }, true) => {
                     format!("catalog {table}: the table was deleted; creating it again (catalog_create = true)")
                 }
                 _ => e.to_string(),
             })
         };
-        let report = Report { health: &ctx.health, metrics: &ctx.metrics, shard: None };
         let pending = || registrar.pending();
         let call = Dependency::Catalog { pending: &pending };
         let about = format!("update of {}", registrar.table.name());
-        let Ok(created) = retry(report, call, &about, &BACKGROUND, pass, always_transient, ctx.abort.cancelled()).await
+        let Ok(created) = retry(report, call, &about, &BACKGROUND, pass, always_transient, abort.cancelled()).await
         else {
             return;
         };
-        ctx.health.worker_ok("catalog");
-        ctx.metrics.record_catalog(created, registrar.pending());
+        report.health.worker_ok("catalog");
+        report.metrics.record_catalog(created, registrar.pending());
         if created > 0 {
             tracing::info!(table = %registrar.table.name(), created, "registered partitions");
         }
@@ -247,7 +254,7 @@ pub async fn ensure_at_start(table: &CatalogTable, create: bool) -> anyhow::Resu
     }
 }
 
-impl crate::evolve::SchemaTable for Registrar {
+impl crate::lake::evolve::SchemaTable for Registrar {
     fn add_columns<'a>(&'a self, schema: &'a Schema) -> BoxFuture<'a, anyhow::Result<bool>> {
         Box::pin(async move {
             let updated = self.table.add_columns((self.define)(schema)?).await?;

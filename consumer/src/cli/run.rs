@@ -11,15 +11,17 @@ use shardlake::store::ObjectStore;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::Thresholds;
-use crate::catalog::Registrar;
+use crate::cli::preflight::{self, Verdict};
 use crate::config::{ConsumerConfig, RetrievalMode, Settings};
-use crate::health::Health;
+use crate::crash::CrashPoints;
+use crate::fleet::Leases;
 use crate::kinesis::KinesisError;
-use crate::lease::Leases;
-use crate::metrics::Metrics;
-use crate::preflight::{self, Verdict};
-use crate::worker::{Context, CrashPoints, MemoryBudget};
+use crate::lake::batch::Thresholds;
+use crate::lake::catalog::Registrar;
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
+use crate::retry::Report;
+use crate::shard::{Context, MemoryBudget};
 
 /// Arguments of `run`.
 #[derive(Debug, Args)]
@@ -96,13 +98,13 @@ fn iam_policy(args: IamPolicyArgs) -> anyhow::Result<()> {
     if args.account.is_none() {
         eprintln!("# replace ACCOUNT_ID with your account id (or pass --account)");
     }
-    let scope = crate::iam::Scope {
+    let scope = crate::cli::iam::Scope {
         region: region.unwrap_or_else(|| "REGION".into()),
         account: args.account.unwrap_or_else(|| "ACCOUNT_ID".into()),
     };
-    let mut policy = crate::iam::policy(&settings, &scope);
+    let mut policy = crate::cli::iam::policy(&settings, &scope);
     if let Some(url) = &args.convert_input {
-        policy.statements.push(crate::iam::convert_input(url, &scope)?);
+        policy.statements.push(crate::cli::iam::convert_input(url, &scope)?);
     }
     outln!("{}", policy.to_json());
     Ok(())
@@ -243,7 +245,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
     // Held until the process exits: one worker per file store.
     let store_lock = checkpoints.lock().map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
-    let kinesis = crate::get_records::kinesis_client(&sdk, &c.timeouts.aws());
+    let kinesis = crate::kinesis::get_records::kinesis_client(&sdk, &c.timeouts.aws());
     // A missing stream or bad credentials are reported at once, not retried forever.
     if let Err(e @ (KinesisError::NotFound(_) | KinesisError::Fatal(_))) =
         crate::kinesis::list_shards(&kinesis, &c.stream).await
@@ -269,18 +271,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .then(|| shardlake::aws::glue_client(&sdk, &c.timeouts.aws()));
     let settings = match (&settings.schema_table, &glue) {
         (Some(table), Some(glue)) => {
-            let schema = crate::infer::glue_schema(glue, table, &checkpoints).await?;
+            let schema = crate::lake::infer::glue_schema(glue, table, &checkpoints).await?;
             settings.with_schema(schema)
         }
         _ if settings.infers_schema() => {
-            let Some(schema) = crate::infer::stream_schema(&settings, &kinesis, &checkpoints, &cancel).await? else {
+            let Some(schema) = crate::lake::infer::stream_schema(&settings, &kinesis, &checkpoints, &cancel).await?
+            else {
                 return Ok(());
             };
             settings.with_schema(schema)
         }
         _ => settings,
     };
-    let schemas = crate::evolve::Schemas::load(settings.table.clone(), settings.evolve_rules(), &checkpoints).await?;
+    let schemas = crate::lake::evolve::Schemas::load(
+        settings.table.clone(),
+        crate::lake::evolve::Rules::of(&settings),
+        &checkpoints,
+    )
+    .await?;
     let current = schemas.current();
     if current.number > 1 {
         eprintln!(
@@ -294,12 +302,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         (Some(name), Some(glue)) => {
             let c = &settings.config;
             let table = settings.catalog_table(glue, name.clone(), settings.table_definition_of(&current.spec.schema)?);
-            let ensured = crate::catalog::ensure_at_start(&table, c.catalog_create).await?;
+            let ensured = crate::lake::catalog::ensure_at_start(&table, c.catalog_create).await?;
             if ensured.is_some() {
                 schemas.mark_in_table(current.number);
             }
             let for_versions = settings.clone();
-            let define: crate::catalog::Define = Box::new(move |schema| for_versions.table_definition_of(schema));
+            let define: crate::lake::catalog::Define = Box::new(move |schema| for_versions.table_definition_of(schema));
             Some(Arc::new(Registrar::new(table, c.catalog_create, ensured, define)))
         }
         _ => None,
@@ -321,10 +329,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         checkpoints,
         metrics,
         budget: MemoryBudget::new(c.buffer.memory_budget_mb << 20),
-        read_buffers: crate::get_records::ReadBuffers::new(c.buffer.read_buffer_mb << 20),
+        read_buffers: crate::kinesis::get_records::ReadBuffers::new(c.buffer.read_buffer_mb << 20),
         crash: CrashPoints::from_env()?,
         abort,
-        health: Health::new(c.health.stall_after, c.health.failing_after, c.buffer.max_age),
+        health: Arc::new(Health::new(c.health.stall_after, c.health.failing_after, c.buffer.max_age)),
         catalog: registrar.clone(),
         schemas,
         settings,
@@ -341,7 +349,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "could not read the stream's retention; lag is not checked against it"),
     }
     if c.metrics.enabled {
-        let bound = crate::http::serve(ctx.clone(), c.metrics.address, ctx.abort.clone()).await?;
+        let watched = crate::ops::http::Watched {
+            health: ctx.health.clone(),
+            metrics: ctx.metrics.clone(),
+            read_buffers: ctx.read_buffers.clone(),
+        };
+        let bound = crate::ops::http::serve(Arc::new(watched), c.metrics.address, ctx.abort.clone()).await?;
         eprintln!("shardlake-consumer: metrics on http://{bound}/metrics");
     }
     tracing::info!(
@@ -351,10 +364,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "consumer started"
     );
     let finish = CancellationToken::new();
-    let registering = registrar.map(|r| tokio::spawn(crate::catalog::run(ctx.clone(), r, finish.clone())));
-    let following = tokio::spawn(crate::evolve::follow(ctx.clone(), finish.clone()));
+    let registering = registrar.map(|registrar| {
+        let (ctx, finish) = (ctx.clone(), finish.clone());
+        tokio::spawn(async move {
+            let report = Report { health: &ctx.health, metrics: &ctx.metrics, shard: None };
+            let every = ctx.settings.config.catalog_check_interval;
+            crate::lake::catalog::run(&registrar, &ctx.lake, &ctx.settings.table, every, report, &ctx.abort, finish)
+                .await
+        })
+    });
+    let following = {
+        let (ctx, finish) = (ctx.clone(), finish.clone());
+        tokio::spawn(async move { crate::lake::evolve::follow(ctx.evolution(), &ctx.abort, finish).await })
+    };
     let guarding = store_lock.map(|lock| tokio::spawn(guard_store(ctx.clone(), lock, finish.clone())));
-    let result = crate::worker::run(ctx.clone(), cancel).await;
+    let result = crate::scheduler::run(ctx.clone(), cancel).await;
     if let Some(task) = registering {
         // The final flushes' partitions: registered now if the catalog
         // answers, else on the next start (they are in the checkpoints).

@@ -11,8 +11,8 @@ use shardlake::error_output::{ErrorKind, Position};
 use shardlake::pipeline::{OutputObject, Pipeline, PipelineStats};
 use shardlake::schema::{Column, FieldWatch};
 
-use crate::evolve::Version;
 use crate::kinesis::KinesisRecord;
+use crate::lake::evolve::Version;
 
 /// Where a user record came from: its Kinesis record, its index inside a KPL
 /// aggregate, and the arrival time (for error lines).
@@ -57,54 +57,9 @@ pub struct Thresholds {
     pub max_age: Duration,
 }
 
-/// Why a batch was flushed; a metrics label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlushReason {
-    /// `buffer.max_mb` reached.
-    Size,
-    /// `buffer.max_records` reached.
-    Records,
-    /// `buffer.max_age` reached.
-    Age,
-    /// The shared memory budget is full and this is the largest batch.
-    Memory,
-    /// The batch replayed a pending intent.
-    Replay,
-    /// The shard was read to its end.
-    ShardEnd,
-    /// The next record has a field that becomes a column (`evolve`).
-    Schema,
-    /// The worker is stopping.
-    Shutdown,
-}
-
-impl FlushReason {
-    /// Every reason.
-    pub const ALL: [FlushReason; 8] = [
-        FlushReason::Size,
-        FlushReason::Records,
-        FlushReason::Age,
-        FlushReason::Memory,
-        FlushReason::Replay,
-        FlushReason::ShardEnd,
-        FlushReason::Schema,
-        FlushReason::Shutdown,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FlushReason::Size => "size",
-            FlushReason::Records => "records",
-            FlushReason::Age => "age",
-            FlushReason::Memory => "memory",
-            FlushReason::Replay => "replay",
-            FlushReason::ShardEnd => "shard_end",
-            FlushReason::Schema => "schema",
-            FlushReason::Shutdown => "shutdown",
-        }
-    }
-}
+// Why a batch was flushed is the label of the flush metric, so the names
+// live with the metrics.
+pub use crate::ops::metrics::FlushReason;
 
 /// The batch holds `buffer.max_mb` or more.
 pub fn should_flush_by_size(memory: usize, t: &Thresholds) -> bool {

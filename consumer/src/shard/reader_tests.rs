@@ -17,10 +17,11 @@ use shardlake::store::ObjectStore;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::batch::Thresholds;
 use crate::config::ConsumerConfig;
-use crate::metrics::Metrics;
-use crate::worker::{Context, CrashPoints, MemoryBudget};
+use crate::crash::CrashPoints;
+use crate::lake::batch::Thresholds;
+use crate::ops::metrics::Metrics;
+use crate::shard::{Context, MemoryBudget};
 
 const SHARD: &str = "shardId-000000000000";
 
@@ -85,8 +86,13 @@ async fn context(dir: &std::path::Path, kinesis: aws_sdk_kinesis::Client, extra:
     );
     let settings = ConsumerConfig::parse(&text, "test").unwrap().resolve(dir).unwrap();
     let checkpoints = CheckpointStore::open(&format!("file://{}", dir.join("cp").display()), "shardlake", "s").unwrap();
-    let schemas =
-        crate::evolve::Schemas::load(settings.table.clone(), settings.evolve_rules(), &checkpoints).await.unwrap();
+    let schemas = crate::lake::evolve::Schemas::load(
+        settings.table.clone(),
+        crate::lake::evolve::Rules::of(&settings),
+        &checkpoints,
+    )
+    .await
+    .unwrap();
     Arc::new(Context {
         thresholds: Thresholds { max_bytes: 1 << 20, max_records: 1000, max_age: Duration::from_secs(300) },
         kinesis,
@@ -95,10 +101,14 @@ async fn context(dir: &std::path::Path, kinesis: aws_sdk_kinesis::Client, extra:
         checkpoints,
         metrics: Arc::new(Metrics::new()),
         budget: MemoryBudget::new(1 << 30),
-        read_buffers: crate::get_records::ReadBuffers::new(64 << 20),
+        read_buffers: crate::kinesis::get_records::ReadBuffers::new(64 << 20),
         crash: CrashPoints::from_env().unwrap(),
         abort: CancellationToken::new(),
-        health: crate::health::Health::new(Duration::from_secs(120), Duration::from_secs(60), Duration::from_secs(300)),
+        health: Arc::new(crate::ops::health::Health::new(
+            Duration::from_secs(120),
+            Duration::from_secs(60),
+            Duration::from_secs(300),
+        )),
         catalog: None,
         leases: None,
         schemas,
@@ -245,7 +255,7 @@ async fn a_new_field_commits_the_batch_before_it_and_later_batches_carry_the_col
     assert_eq!(extra[2].2, ["null", r#"{"Coupon":"C"}"#]);
     let v3 = std::fs::read_to_string(dir.path().join("cp/shardlake/s/schema-v3.toml")).unwrap();
     assert!(v3.contains("added_to = 2") && !v3.contains("coupon"), "stored as a delta: {v3}");
-    let (_, v3) = crate::evolve::latest(&ctx.checkpoints, &ctx.settings.table.schema).await.unwrap();
+    let (_, v3) = crate::lake::evolve::latest(&ctx.checkpoints, &ctx.settings.table.schema).await.unwrap();
     let v3: Vec<String> = v3.columns.iter().map(|c| format!("{}:{}", c.name, c.ty)).collect();
     assert_eq!(v3, ["id:string", "ts:timestamp", "coupon:string", "dev:struct<os:string>"]);
     let metrics = ctx.metrics.render();

@@ -342,7 +342,7 @@ pub async fn check(settings: &Settings, patience: Duration) -> Vec<Check> {
     let timeouts = c.timeouts.aws();
     let region = sdk.region().map_or_else(String::new, |r| r.to_string());
     let stream = async {
-        let kinesis = crate::get_records::kinesis_client(&sdk, &timeouts);
+        let kinesis = crate::kinesis::get_records::kinesis_client(&sdk, &timeouts);
         let verdict = patiently(deadline, || async {
             stream_outcome(&c.stream, &region, crate::kinesis::describe_stream(&kinesis, &c.stream).await)
         })

@@ -5,26 +5,19 @@
 //! them, each interval the worker takes its fair share, and on shutdown it
 //! releases them after the final commits.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use shardlake::retry::{Backoff, RetryClass, RetryPolicy, Retryable};
 use tokio::time::Instant;
 
-use crate::checkpoint::CheckpointStore;
-use shardlake::store::ObjectStore;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::Thresholds;
-use crate::config::Settings;
-use crate::health::Health;
 use crate::kinesis::{self, ShardInfo};
-use crate::lease::Leases;
-use crate::metrics::Metrics;
-use crate::reader::{ShardExit, ShardLease, read_shard};
+use crate::shard::Context;
+use crate::shard::reader::{ShardExit, ShardLease, read_shard};
 
 /// Back-off of a shard reader that failed (and of the worker loop after a
 /// failed listing or checkpoint load): exponential from 1 s to 60 s, so a
@@ -47,168 +40,6 @@ fn restart_delay(failures: u32) -> Duration {
 struct Restart {
     failures: u32,
     not_before: Instant,
-}
-
-/// Everything the shard readers share.
-pub struct Context {
-    /// The resolved config.
-    pub settings: Settings,
-    /// Flush thresholds from `[buffer]`.
-    pub thresholds: Thresholds,
-    /// Kinesis client (SDK retries off; the readers back off themselves).
-    pub kinesis: aws_sdk_kinesis::Client,
-    /// Enhanced fan-out: the registered consumer's ARN; `None` when polling.
-    pub fan_out: Option<String>,
-    /// The lake.
-    pub lake: ObjectStore,
-    /// Checkpoints and intents.
-    pub checkpoints: CheckpointStore,
-    /// Fleet mode (`dynamodb://` store): this worker's leases; `None` for a
-    /// single worker, which reads every shard.
-    pub leases: Option<Leases>,
-    /// Prometheus metrics.
-    pub metrics: Arc<Metrics>,
-    /// The memory budget shared by all batches.
-    pub budget: MemoryBudget,
-    /// The memory of GetRecords responses, shared by all readers.
-    pub read_buffers: crate::get_records::ReadBuffers,
-    /// Test hook for crash points.
-    pub crash: CrashPoints,
-    /// Fired when the process gives up waiting (second signal, shutdown
-    /// timeout): uploads stop retrying and nothing more is committed.
-    pub abort: CancellationToken,
-    /// What `/healthz` and the time-based gauges are computed from.
-    pub health: Health,
-    /// The Glue catalog table and its partition registrations (`catalog`).
-    pub catalog: Option<Arc<crate::catalog::Registrar>>,
-    /// Schema versions: the current one for new batches, older ones for replays.
-    pub schemas: crate::evolve::Schemas,
-}
-
-/// Bytes held by each shard's batch, against one global budget. Every
-/// reader updates it after every call, so an update costs O(log shards), not
-/// a pass over all of them.
-pub struct MemoryBudget {
-    /// The budget in bytes.
-    pub limit: usize,
-    held: Mutex<Holdings>,
-}
-
-#[derive(Default)]
-struct Holdings {
-    by_shard: HashMap<String, usize>,
-    total: usize,
-    /// Non-zero holdings: size → how many shards hold that much.
-    sizes: BTreeMap<usize, usize>,
-}
-
-impl Holdings {
-    fn count(&mut self, bytes: usize, add: bool) {
-        if bytes == 0 {
-            return;
-        }
-        if add {
-            *self.sizes.entry(bytes).or_default() += 1;
-            self.total += bytes;
-        } else {
-            if let Some(n) = self.sizes.get_mut(&bytes) {
-                *n -= 1;
-                if *n == 0 {
-                    self.sizes.remove(&bytes);
-                }
-            }
-            self.total -= bytes;
-        }
-    }
-}
-
-impl MemoryBudget {
-    /// A budget of `limit` bytes.
-    pub fn new(limit: usize) -> Self {
-        MemoryBudget { limit, held: Mutex::new(Holdings::default()) }
-    }
-
-    /// Sets what `shard` holds; returns the total and the largest holding.
-    pub fn update(&self, shard: &str, bytes: usize) -> (usize, usize) {
-        let mut held = self.held.lock().expect("budget lock");
-        let old = match held.by_shard.get_mut(shard) {
-            Some(v) => std::mem::replace(v, bytes),
-            None => {
-                held.by_shard.insert(shard.to_string(), bytes);
-                0
-            }
-        };
-        if old != bytes {
-            held.count(old, false);
-            held.count(bytes, true);
-        }
-        (held.total, held.sizes.last_key_value().map_or(0, |(&size, _)| size))
-    }
-
-    /// Forgets a shard whose reader stopped.
-    pub fn remove(&self, shard: &str) {
-        let mut held = self.held.lock().expect("budget lock");
-        if let Some(old) = held.by_shard.remove(shard) {
-            held.count(old, false);
-        }
-    }
-}
-
-/// Test hooks: `SHARDLAKE_CRASH_AT=point:n` aborts the process (like
-/// SIGKILL: no flush, no cleanup) the n-th time it reaches `point`
-/// (`after_intent`, `after_upload`, `before_commit`, `after_commit`,
-/// `after_schema_version`); `SHARDLAKE_STOP_AT`
-/// instead freezes it there with SIGSTOP (like a long GC pause or a network
-/// partition) until the test sends SIGCONT. Crash-safety and fencing tests
-/// use them to stop the process at exact steps of the exactly-once protocol.
-pub struct CrashPoints {
-    target: Option<(String, u64)>,
-    hits: AtomicU64,
-    stop: Option<(String, u64)>,
-    stop_hits: AtomicU64,
-}
-
-fn hook_from_env(var: &str) -> anyhow::Result<Option<(String, u64)>> {
-    match std::env::var(var) {
-        Ok(spec) => {
-            let (point, n) = spec.split_once(':').unwrap_or((spec.as_str(), "1"));
-            let n = n.parse().map_err(|_| anyhow::anyhow!("{var}={spec}: expected point:count"))?;
-            Ok(Some((point.to_string(), n)))
-        }
-        Err(_) => Ok(None),
-    }
-}
-
-impl CrashPoints {
-    /// Reads `SHARDLAKE_CRASH_AT` and `SHARDLAKE_STOP_AT`.
-    pub fn from_env() -> anyhow::Result<Self> {
-        Ok(CrashPoints {
-            target: hook_from_env("SHARDLAKE_CRASH_AT")?,
-            hits: AtomicU64::new(0),
-            stop: hook_from_env("SHARDLAKE_STOP_AT")?,
-            stop_hits: AtomicU64::new(0),
-        })
-    }
-
-    /// Marks `point` reached; aborts or freezes when it is the configured hit.
-    pub fn hit(&self, point: &str) {
-        if let Some((p, n)) = &self.target
-            && p == point
-            && self.hits.fetch_add(1, Ordering::SeqCst) + 1 == *n
-        {
-            eprintln!("SHARDLAKE_CRASH_AT: aborting at {point} #{n}");
-            std::process::abort();
-        }
-        if let Some((p, n)) = &self.stop
-            && p == point
-            && self.stop_hits.fetch_add(1, Ordering::SeqCst) + 1 == *n
-        {
-            eprintln!("SHARDLAKE_STOP_AT: freezing at {point} #{n} until SIGCONT");
-            // The whole process stops, renewals included; a test hook, so a
-            // blocking call on this thread is fine.
-            let _ = std::process::Command::new("kill").args(["-STOP", &std::process::id().to_string()]).status();
-        }
-    }
 }
 
 /// Runs readers for every shard until `cancel` fires, then waits for their
@@ -466,23 +297,5 @@ mod tests {
         assert_eq!(RESTART_BACKOFF.ceiling(1), Duration::from_secs(1));
         assert_eq!(RESTART_BACKOFF.ceiling(4), Duration::from_secs(8));
         assert_eq!(RESTART_BACKOFF.ceiling(20), Duration::from_secs(60));
-    }
-
-    #[test]
-    fn budget_reports_total_and_largest() {
-        let b = MemoryBudget::new(100);
-        assert_eq!(b.update("a", 30), (30, 30));
-        assert_eq!(b.update("b", 50), (80, 50));
-        assert_eq!(b.update("a", 10), (60, 50));
-        b.remove("b");
-        assert_eq!(b.update("a", 10), (10, 10));
-        // Equal holdings count each; the largest goes when its last holder drops.
-        assert_eq!(b.update("c", 40), (50, 40));
-        assert_eq!(b.update("d", 40), (90, 40));
-        assert_eq!(b.update("c", 0), (50, 40));
-        assert_eq!(b.update("d", 5), (15, 10));
-        b.remove("a");
-        b.remove("never");
-        assert_eq!(b.update("d", 5), (5, 5));
     }
 }

@@ -2,6 +2,8 @@
 //! call with its API limits, and a failure classification by SDK error type
 //! (never by message text) that the reader acts on.
 
+pub mod get_records;
+
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::config::http::HttpResponse;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
@@ -17,8 +19,8 @@ use shardlake::retry::{RetryClass, Retryable};
 
 // The record type lives with the decoder that makes it, so the calls
 // depend on the decoding and not the other way round.
-pub use crate::get_records::KinesisRecord;
-use crate::get_records::RecordsSlot;
+pub use get_records::KinesisRecord;
+use get_records::RecordsSlot;
 
 /// How a Kinesis call failed, as far as the reader cares.
 #[derive(Debug, thiserror::Error)]
@@ -344,7 +346,7 @@ pub struct Fetched {
 
 /// Reads up to `limit` records (GetRecords: ≤ 10,000 records or 10 MiB per
 /// call, 5 calls/s and 2 MiB/s per shard). With a client from
-/// [`crate::get_records::kinesis_client`] the records are decoded into
+/// [`crate::kinesis::get_records::kinesis_client`] the records are decoded into
 /// `slot`'s reused buffers rather than by the SDK.
 pub async fn get_records(
     client: &Client,

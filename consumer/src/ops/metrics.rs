@@ -7,7 +7,55 @@ use prometheus::{
 };
 use shardlake::pipeline::PipelineStats;
 
-use crate::batch::FlushReason;
+/// Why a batch was flushed: the `reason` label of
+/// `shardlake_consumer_flushes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushReason {
+    /// `buffer.max_mb` reached.
+    Size,
+    /// `buffer.max_records` reached.
+    Records,
+    /// `buffer.max_age` reached.
+    Age,
+    /// The shared memory budget is full and this is the largest batch.
+    Memory,
+    /// The batch replayed a pending intent.
+    Replay,
+    /// The shard was read to its end.
+    ShardEnd,
+    /// The next record has a field that becomes a column (`evolve`).
+    Schema,
+    /// The worker is stopping.
+    Shutdown,
+}
+
+impl FlushReason {
+    /// Every reason.
+    pub const ALL: [FlushReason; 8] = [
+        FlushReason::Size,
+        FlushReason::Records,
+        FlushReason::Age,
+        FlushReason::Memory,
+        FlushReason::Replay,
+        FlushReason::ShardEnd,
+        FlushReason::Schema,
+        FlushReason::Shutdown,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlushReason::Size => "size",
+            FlushReason::Records => "records",
+            FlushReason::Age => "age",
+            FlushReason::Memory => "memory",
+            FlushReason::Replay => "replay",
+            FlushReason::ShardEnd => "shard_end",
+            FlushReason::Schema => "schema",
+            FlushReason::Shutdown => "shutdown",
+        }
+    }
+}
 
 /// Every consumer metric.
 pub struct Metrics {
@@ -316,7 +364,7 @@ impl Metrics {
     }
 
     /// Each reading shard's checkpoint age and lag, as of now.
-    pub fn set_shard_gauges(&self, gauges: &[(String, crate::health::ShardGauges)]) {
+    pub fn set_shard_gauges(&self, gauges: &[(String, crate::ops::health::ShardGauges)]) {
         for (shard, g) in gauges {
             self.checkpoint_age_seconds.with_label_values(&[shard]).set(g.checkpoint_age_secs as i64);
             if let Some(lag) = g.millis_behind {
@@ -499,7 +547,7 @@ mod tests {
     fn renders_recorded_values() {
         let m = Metrics::new();
         m.record_read("shardId-000000000001", 3, 120, 0.01);
-        let gauges = crate::health::ShardGauges {
+        let gauges = crate::ops::health::ShardGauges {
             checkpoint_age_secs: 7,
             millis_behind: Some(42),
             retention_headroom_secs: Some(86_000),
@@ -544,7 +592,7 @@ mod tests {
         let mut stats = PipelineStats { records: 1, ..Default::default() };
         stats.errors.insert(shardlake::error_output::ErrorKind::TypeMismatch, 1);
         m.record_flush("size", &stats, &[(true, 10), (false, 5)], 0.1);
-        let gauges = crate::health::ShardGauges {
+        let gauges = crate::ops::health::ShardGauges {
             checkpoint_age_secs: 3,
             millis_behind: Some(0),
             retention_headroom_secs: Some(86_400),

@@ -99,7 +99,7 @@ async fn lake_schema(settings: &Settings, glue: &aws_sdk_glue::Client) -> anyhow
     let checkpoints = CheckpointStore::connect(&c.checkpoint_store, &c.application, &c.stream, &fleet)
         .await
         .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
-    let first = match crate::infer::stored_schema(&checkpoints).await? {
+    let first = match crate::lake::infer::stored_schema(&checkpoints).await? {
         _ if from_file => settings.table.schema.as_ref().clone(),
         Some(schema) => schema,
         None => match &settings.schema_table {
@@ -110,7 +110,7 @@ async fn lake_schema(settings: &Settings, glue: &aws_sdk_glue::Client) -> anyhow
             ),
         },
     };
-    Ok(crate::evolve::latest(&checkpoints, &first).await?.1)
+    Ok(crate::lake::evolve::latest(&checkpoints, &first).await?.1)
 }
 
 /// The lake's partitions beside the catalog's.
@@ -127,7 +127,7 @@ struct Survey {
 /// Checks (or, with `create`, creates) the table of the config's catalog and
 /// lists the partitions of the lake and of the catalog.
 async fn survey(config: &Path, create: bool, deadline: Instant) -> anyhow::Result<Survey> {
-    let settings = crate::run_cmd::load(config)?;
+    let settings = crate::cli::run::load(config)?;
     let name =
         settings.catalog.clone().context("catalog: not set in the config; add catalog = \"glue://DATABASE/TABLE\"")?;
     let sdk = shardlake::aws::sdk_config().await;
@@ -140,7 +140,7 @@ async fn survey(config: &Path, create: bool, deadline: Instant) -> anyhow::Resul
     retried("checking the table", deadline, || table.ensure(create)).await?;
 
     let lake = ObjectStore::open(&c.destination, &settings.s3).await?;
-    let in_lake = crate::catalog::lake_partitions(&lake, &template, &settings.table.error_prefix).await?;
+    let in_lake = crate::lake::catalog::lake_partitions(&lake, &template, &settings.table.error_prefix).await?;
     let location = shardlake::catalog::table_location(&c.destination)?;
     let listed = retried("listing the catalog's partitions", deadline, || table.partitions())
         .await?
@@ -159,7 +159,7 @@ pub async fn run(cmd: CatalogCommand) -> anyhow::Result<()> {
 }
 
 async fn sync(args: SyncArgs) -> anyhow::Result<()> {
-    let settings = crate::run_cmd::load(&args.config)?;
+    let settings = crate::cli::run::load(&args.config)?;
     let create = settings.config.catalog_create && !args.dry_run;
     let deadline = Instant::now() + args.deadline;
     let Survey { table, location, in_lake, listed } = survey(&args.config, create, deadline).await?;

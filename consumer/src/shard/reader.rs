@@ -14,12 +14,12 @@ use shardlake::retry::{Backoff, GaveUp, RetryClass, RetryPolicy, Retryable};
 use shardlake::schema::Column;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{FlushReason, Pushed, ShardBatch, should_flush_by_memory};
 use crate::config::InitialPosition;
-use crate::get_records::RecordsSlot;
+use crate::kinesis::get_records::RecordsSlot;
 use crate::kinesis::{self, Fetched, KinesisError, KinesisRecord, StartAt};
+use crate::lake::batch::{FlushReason, Pushed, ShardBatch, should_flush_by_memory};
 use crate::retry::{Dependency, IN_PLACE, Report, always_transient, retry};
-use crate::worker::Context;
+use crate::shard::Context;
 
 /// Objects of one batch uploaded at once.
 const UPLOAD_CONCURRENCY: usize = 4;
@@ -168,7 +168,7 @@ pub async fn read_shard(
     reader.ctx.metrics.shard_started(&reader.shard);
     reader.ctx.health.reader_started(&reader.shard);
     let result = match reader.run(start).await {
-        Err(e) if crate::lease::Leases::is_lost(&e) => Ok(reader.dropped_on_lost_lease()),
+        Err(e) if crate::fleet::Leases::is_lost(&e) => Ok(reader.dropped_on_lost_lease()),
         r => r,
     };
     reader.ctx.metrics.add_shards_reading(-1);
@@ -605,7 +605,9 @@ impl Reader {
                 self.flush(FlushReason::Schema, false).await?;
                 let from = self.batch.version();
                 let cancels = [&self.cancel, &self.lost];
-                let Some(version) = crate::evolve::evolve(&self.ctx, &self.shard, from, &columns, cancels).await else {
+                let Some(version) =
+                    crate::lake::evolve::evolve(&self.ctx.evolution(), &self.shard, from, &columns, cancels).await
+                else {
                     return Ok(false);
                 };
                 self.batch = self.batch_of(&version);
@@ -627,7 +629,7 @@ impl Reader {
         self.batch_of(&self.ctx.schemas.current())
     }
 
-    fn batch_of(&self, version: &crate::evolve::Version) -> ShardBatch {
+    fn batch_of(&self, version: &crate::lake::evolve::Version) -> ShardBatch {
         let watch = self.ctx.schemas.watch(version);
         ShardBatch::new(version, watch, &self.ctx.settings.config.stream, &self.shard)
     }

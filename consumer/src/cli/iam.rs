@@ -180,7 +180,7 @@ fn lake(settings: &Settings, scope: &Scope) -> Vec<Statement> {
         Statement::allow(
             "DeletePreflightProbe",
             &["s3:DeleteObject"],
-            vec![scope.s3(&format!("{bucket}/{prefix}{}*", crate::preflight::PROBE_FOLDER))],
+            vec![scope.s3(&format!("{bucket}/{prefix}{}*", crate::cli::preflight::PROBE_FOLDER))],
         ),
     ];
     if settings.catalog.is_some() {
@@ -294,7 +294,7 @@ mod tests {
 
     fn example(name: &str) -> Policy {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name);
-        let settings = crate::run_cmd::load(&path).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let settings = crate::cli::run::load(&path).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         policy(&settings, &scope())
     }
 

@@ -9,16 +9,33 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
-use crate::worker::Context;
+use crate::kinesis::get_records::ReadBuffers;
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
+
+/// What the endpoints read.
+#[derive(Clone)]
+pub struct Watched {
+    /// `/healthz` and the time-based gauges.
+    pub health: Arc<Health>,
+    /// The registry `/metrics` renders.
+    pub metrics: Arc<Metrics>,
+    /// The read buffers, for their gauge.
+    pub read_buffers: ReadBuffers,
+}
 
 /// Binds `address` and serves until `cancel` fires; returns the bound
 /// address (port 0 picks one).
-pub async fn serve(ctx: Arc<Context>, address: SocketAddr, cancel: CancellationToken) -> anyhow::Result<SocketAddr> {
+pub async fn serve(
+    watched: Arc<Watched>,
+    address: SocketAddr,
+    cancel: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| anyhow::anyhow!("metrics.address {address}: cannot listen: {e}"))?;
     let bound = listener.local_addr()?;
-    let app = Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(ctx);
+    let app = Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(watched);
     tokio::spawn(async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await;
         if let Err(e) = served {
@@ -28,17 +45,17 @@ pub async fn serve(ctx: Arc<Context>, address: SocketAddr, cancel: CancellationT
     Ok(bound)
 }
 
-async fn metrics(State(ctx): State<Arc<Context>>) -> String {
+async fn metrics(State(watched): State<Arc<Watched>>) -> String {
     // Ages and lag as of now, not as of the last call that returned.
-    ctx.metrics.set_shard_gauges(&ctx.health.gauges());
-    ctx.metrics.set_health_problems(ctx.health.problems().len());
-    ctx.metrics.set_read_buffer_bytes(ctx.read_buffers.in_use());
-    ctx.metrics.render()
+    watched.metrics.set_shard_gauges(&watched.health.gauges());
+    watched.metrics.set_health_problems(watched.health.problems().len());
+    watched.metrics.set_read_buffer_bytes(watched.read_buffers.in_use());
+    watched.metrics.render()
 }
 
 /// 200 `ok`, or 503 with one line per stalled shard or failing dependency.
-async fn healthz(State(ctx): State<Arc<Context>>) -> (StatusCode, String) {
-    let problems = ctx.health.problems();
+async fn healthz(State(watched): State<Arc<Watched>>) -> (StatusCode, String) {
+    let problems = watched.health.problems();
     if problems.is_empty() {
         (StatusCode::OK, "ok\n".into())
     } else {

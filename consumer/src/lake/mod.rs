@@ -1,0 +1,9 @@
+//! What the worker writes into the lake, apart from the shard protocol:
+//! batches and their flush policy (`batch`), schema versions and their
+//! evolution (`evolve`), schema inference at first start (`infer`) and the
+//! Glue catalog registrar (`catalog`).
+
+pub mod batch;
+pub mod catalog;
+pub mod evolve;
+pub mod infer;
