@@ -1,5 +1,5 @@
-//! One shard's reader (`reader`): reading, batching, and the exactly-once
-//! flush; the memory budget all batches share (`budget`); and [`Context`],
+//! One shard's reader (`reader`): reading (`fetch`), batching, and the
+//! exactly-once flush (`commit`); the memory budget all batches share (`budget`); and [`Context`],
 //! what every reader of the worker shares.
 
 use std::sync::Arc;
@@ -19,6 +19,8 @@ use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
 
 pub mod budget;
+mod commit;
+mod fetch;
 pub mod reader;
 
 pub use budget::MemoryBudget;
