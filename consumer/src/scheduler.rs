@@ -12,7 +12,7 @@ use std::time::Duration;
 use shardlake::retry::{Backoff, RetryClass, RetryPolicy, Retryable};
 use tokio::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::kinesis::{self, ShardInfo};
@@ -42,27 +42,71 @@ struct Restart {
     not_before: Instant,
 }
 
+/// How one reader task ended: its shard, the lease counter it read under
+/// (fleet mode) and its exit.
+type ReaderEnd = (String, Option<u64>, anyhow::Result<ShardExit>);
+
 /// Runs readers for every shard until `cancel` fires, then waits for their
 /// final flushes.
 pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
-    let stream = ctx.settings.config.stream.clone();
-    let renew_every = ctx.settings.config.fleet.renew_every();
-    let lease_duration = ctx.settings.config.fleet.lease_duration;
-    let refresh = match &ctx.leases {
-        Some(_) => ctx.settings.config.polling.shard_refresh.min(renew_every),
-        None => ctx.settings.config.polling.shard_refresh,
-    };
-    // Renewals run on their own task, so a slow ListShards or balance never
-    // lets a held lease expire; it stops only after the final commits.
-    let renew_stop = CancellationToken::new();
-    let renewer = ctx.leases.as_ref().map(|_| {
-        let (ctx, stop) = (ctx.clone(), renew_stop.clone());
-        tokio::spawn(async move {
+    let renewer = Renewer::start(&ctx);
+    let mut scheduler = Scheduler::new(ctx.clone(), cancel.clone());
+    let mut wait = Duration::ZERO;
+    // The loop's own calls are abandoned at shutdown like the readers' reads:
+    // a hung listing must not hold the final flushes' exit.
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+            Some(joined) = scheduler.readers.join_next_with_id() => {
+                if let Some(delay) = scheduler.reader_ended(joined).await {
+                    wait = delay.min(scheduler.refresh);
+                    continue;
+                }
+            }
+        }
+        match scheduler.pass().await {
+            Some(next) => wait = next,
+            None => break,
+        }
+    }
+    let failed = scheduler.final_flushes().await;
+    if let Some(renewer) = renewer {
+        renewer.stop().await;
+    }
+    if let Some(leases) = &ctx.leases {
+        // After the final commits: the next owners start from them at once,
+        // without waiting for the leases to expire.
+        leases.release_all().await;
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} shard(s) could not flush at shutdown; their records are read again on restart");
+    }
+    Ok(())
+}
+
+/// Fleet mode: lease renewals on their own task, so a slow ListShards or
+/// balance never lets a held lease expire; stopped only after the final
+/// commits.
+struct Renewer {
+    task: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl Renewer {
+    /// Starts renewing `ctx.leases`; `None` for a single worker.
+    fn start(ctx: &Arc<Context>) -> Option<Renewer> {
+        ctx.leases.as_ref()?;
+        let stop = CancellationToken::new();
+        let (ctx, stopped) = (ctx.clone(), stop.clone());
+        let renew_every = ctx.settings.config.fleet.renew_every();
+        let lease_duration = ctx.settings.config.fleet.lease_duration;
+        let task = tokio::spawn(async move {
             let mut every = tokio::time::interval(renew_every);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = stop.cancelled() => break,
+                    _ = stopped.cancelled() => break,
                     _ = every.tick() => {}
                 }
                 if let Some(leases) = &ctx.leases {
@@ -75,69 +119,120 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                     }
                 }
             }
-        })
-    });
-    // Each reader reports its shard, the lease counter it read under (fleet)
-    // and how it ended.
-    let (done_tx, mut done_rx) = mpsc::channel::<(String, Option<u64>, anyhow::Result<ShardExit>)>(64);
-    let mut running: HashMap<String, (tokio::task::JoinHandle<()>, Instant)> = HashMap::new();
-    let mut ended: HashSet<String> = HashSet::new();
-    let mut restarts: HashMap<String, Restart> = HashMap::new();
-    // The loop's own back-off, over failed listings and checkpoint loads.
-    let mut loop_backoff = Backoff::equal_jitter(RESTART_BACKOFF);
-    let mut wait = Duration::ZERO;
-    // The loop's own calls are abandoned at shutdown like the readers' reads:
-    // a hung listing must not hold the final flushes' exit.
-    'run: loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(wait) => {}
-            Some((shard, lease, result)) = done_rx.recv() => {
-                let started = running.remove(&shard).map(|(_, started)| started);
-                if result.is_ok() {
-                    restarts.remove(&shard);
-                    ctx.health.reader_stopped(&shard);
-                    ctx.metrics.forget_shard(&shard);
+        });
+        Some(Renewer { task, stop })
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// The worker loop's state: the running readers, the shards that ended, and
+/// the back-off of readers that failed and of the loop itself.
+struct Scheduler {
+    ctx: Arc<Context>,
+    cancel: CancellationToken,
+    /// One task per running reader; a reader that panics is joined as failed.
+    readers: JoinSet<ReaderEnd>,
+    /// Running readers by shard, with when they started.
+    running: HashMap<String, Instant>,
+    /// The shard of each reader task, for the ones that panic.
+    tasks: HashMap<tokio::task::Id, String>,
+    ended: HashSet<String>,
+    restarts: HashMap<String, Restart>,
+    /// The loop's own back-off, over failed listings and checkpoint loads.
+    loop_backoff: Backoff,
+    /// How often the shards are listed (and, in fleet mode, leases taken).
+    refresh: Duration,
+}
+
+impl Scheduler {
+    fn new(ctx: Arc<Context>, cancel: CancellationToken) -> Self {
+        let config = &ctx.settings.config;
+        let refresh = match &ctx.leases {
+            Some(_) => config.polling.shard_refresh.min(config.fleet.renew_every()),
+            None => config.polling.shard_refresh,
+        };
+        Scheduler {
+            ctx,
+            cancel,
+            readers: JoinSet::new(),
+            running: HashMap::new(),
+            tasks: HashMap::new(),
+            ended: HashSet::new(),
+            restarts: HashMap::new(),
+            loop_backoff: Backoff::equal_jitter(RESTART_BACKOFF),
+            refresh,
+        }
+    }
+
+    /// Books a reader's end; for a failed reader, the back-off before it
+    /// restarts (the loop looks again then).
+    async fn reader_ended(&mut self, joined: Result<(tokio::task::Id, ReaderEnd), JoinError>) -> Option<Duration> {
+        let (shard, lease, result) = match joined {
+            Ok((id, end)) => {
+                self.tasks.remove(&id);
+                end
+            }
+            Err(e) => {
+                let shard = self.tasks.remove(&e.id()).unwrap_or_default();
+                (shard, None, Err(anyhow::anyhow!("shard reader panicked: {e}")))
+            }
+        };
+        let ctx = &self.ctx;
+        let started = self.running.remove(&shard);
+        if result.is_ok() {
+            self.restarts.remove(&shard);
+            ctx.health.reader_stopped(&shard);
+            ctx.metrics.forget_shard(&shard);
+        }
+        match result {
+            Ok(ShardExit::Ended) => {
+                self.ended.insert(shard.clone());
+                if let Some(leases) = &ctx.leases {
+                    leases.release(&shard).await;
                 }
-                match result {
-                    Ok(ShardExit::Ended) => {
-                        ended.insert(shard.clone());
-                        if let Some(leases) = &ctx.leases {
-                            leases.release(&shard).await;
-                        }
-                    }
-                    Ok(ShardExit::Lost) => {
-                        if let (Some(leases), Some(counter)) = (&ctx.leases, lease) {
-                            leases.mark_lost(&shard, counter);
-                        }
-                    }
-                    Ok(ShardExit::Stopped) => {}
-                    Err(e) => {
-                        ctx.health.reader_failed(&shard, &format!("{e:#}"));
-                        let ran_long = started.is_some_and(|s| s.elapsed() >= RESTART_RESET_AFTER);
-                        let failures = match restarts.get(&shard) {
-                            Some(r) if !ran_long => r.failures + 1,
-                            _ => 1,
-                        };
-                        let delay = restart_delay(failures);
-                        restarts.insert(shard.clone(), Restart { failures, not_before: Instant::now() + delay });
-                        tracing::error!(
-                            shard,
-                            failures,
-                            retry_in_ms = delay.as_millis() as u64,
-                            error = format!("{e:#}"),
-                            "shard reader failed; restarting it after a back-off"
-                        );
-                        wait = delay.min(refresh);
-                        continue;
-                    }
+                None
+            }
+            Ok(ShardExit::Lost) => {
+                if let (Some(leases), Some(counter)) = (&ctx.leases, lease) {
+                    leases.mark_lost(&shard, counter);
                 }
+                None
+            }
+            Ok(ShardExit::Stopped) => None,
+            Err(e) => {
+                ctx.health.reader_failed(&shard, &format!("{e:#}"));
+                let ran_long = started.is_some_and(|s| s.elapsed() >= RESTART_RESET_AFTER);
+                let failures = match self.restarts.get(&shard) {
+                    Some(r) if !ran_long => r.failures + 1,
+                    _ => 1,
+                };
+                let delay = restart_delay(failures);
+                self.restarts.insert(shard.clone(), Restart { failures, not_before: Instant::now() + delay });
+                tracing::error!(
+                    shard,
+                    failures,
+                    retry_in_ms = delay.as_millis() as u64,
+                    error = format!("{e:#}"),
+                    "shard reader failed; restarting it after a back-off"
+                );
+                Some(delay)
             }
         }
-        wait = refresh;
+    }
+
+    /// One pass: list the shards, load the checkpoints of those not seen
+    /// yet, take leases (fleet mode), start the readers that may start.
+    /// Returns the wait before the next pass; `None` when stopped meanwhile.
+    async fn pass(&mut self) -> Option<Duration> {
+        let stream = self.ctx.settings.config.stream.clone();
+        let ctx = self.ctx.clone();
         let listing = tokio::select! {
             listing = kinesis::list_shards(&ctx.kinesis, &stream) => listing,
-            _ = cancel.cancelled() => break,
+            _ = self.cancel.cancelled() => return None,
         };
         let shards = match listing {
             Ok(s) => s,
@@ -151,83 +246,112 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                     RetryClass::Throttled => RetryClass::Throttled,
                     _ => RetryClass::Transient,
                 };
-                wait = loop_backoff.after(class).unwrap_or(refresh);
+                let wait = self.loop_backoff.after(class).unwrap_or(self.refresh);
                 tracing::error!(stream, error = %e, retry_in_ms = wait.as_millis() as u64, "listing shards failed");
-                continue;
+                return Some(wait);
             }
         };
         ctx.health.worker_ok("listing");
-        let listed: HashSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
         // A checkpoint store that fails for a while (DynamoDB 5xx, a read-only
         // disk) delays the readers it concerns; it never ends the worker.
-        let mut load_failed = None;
         let loading = Instant::now();
-        for s in &shards {
-            if ended.contains(&s.id) || running.contains_key(&s.id) {
+        match self.load_ended(&shards).await {
+            None => return None,
+            Some(Err(e)) => {
+                ctx.health.worker_failed_since("checkpoint_load", loading, &e);
+                let wait = self.loop_backoff.after(RetryClass::Transient).unwrap_or(self.refresh);
+                tracing::error!(stream, error = %e, retry_in_ms = wait.as_millis() as u64, "loading checkpoints failed");
+                return Some(wait);
+            }
+            Some(Ok(())) => {}
+        }
+        ctx.health.worker_ok("checkpoint_load");
+        self.loop_backoff.reset();
+        let listed: HashSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
+        // A parent that aged out of the listing is long finished.
+        let ended = &self.ended;
+        let ready: Vec<&ShardInfo> = shards
+            .iter()
+            .filter(|s| {
+                !ended.contains(&s.id) && s.parents.iter().all(|p| ended.contains(p) || !listed.contains(p.as_str()))
+            })
+            .collect();
+        if ctx.leases.is_some() && !self.take_leases(&ready).await {
+            return None;
+        }
+        Some(self.start_readers(&ready))
+    }
+
+    /// Marks the shards whose checkpoint says ended, loading the checkpoints
+    /// of the shards not running nor known ended. `None` when stopped
+    /// meanwhile.
+    async fn load_ended(&mut self, shards: &[ShardInfo]) -> Option<shardlake::Result<()>> {
+        for s in shards {
+            if self.ended.contains(&s.id) || self.running.contains_key(&s.id) {
                 continue;
             }
             let loaded = tokio::select! {
-                loaded = ctx.checkpoints.load(&s.id) => loaded,
-                _ = cancel.cancelled() => break 'run,
+                loaded = self.ctx.checkpoints.load(&s.id) => loaded,
+                _ = self.cancel.cancelled() => return None,
             };
             match loaded {
                 Ok(c) if c.ended => {
-                    ended.insert(s.id.clone());
+                    self.ended.insert(s.id.clone());
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    load_failed = Some(e);
-                    break;
-                }
+                Err(e) => return Some(Err(e)),
             }
         }
-        if let Some(e) = load_failed {
-            ctx.health.worker_failed_since("checkpoint_load", loading, &e);
-            wait = loop_backoff.after(RetryClass::Transient).unwrap_or(refresh);
-            tracing::error!(stream, error = %e, retry_in_ms = wait.as_millis() as u64, "loading checkpoints failed");
-            continue;
-        }
-        ctx.health.worker_ok("checkpoint_load");
-        loop_backoff.reset();
-        // A parent that aged out of the listing is long finished.
-        let ready = |s: &ShardInfo| {
-            !ended.contains(&s.id) && s.parents.iter().all(|p| ended.contains(p) || !listed.contains(p.as_str()))
+        Some(Ok(()))
+    }
+
+    /// Fleet mode: takes this worker's share of the `eligible` shards'
+    /// leases; a failure is reported and tried again next pass. `false`
+    /// when stopped meanwhile.
+    async fn take_leases(&self, eligible: &[&ShardInfo]) -> bool {
+        let (ctx, Some(leases)) = (&self.ctx, &self.ctx.leases) else { return true };
+        let started = Instant::now();
+        let balanced = tokio::select! {
+            balanced = leases.balance(eligible) => balanced,
+            _ = self.cancel.cancelled() => return false,
         };
-        if let Some(leases) = &ctx.leases {
-            let eligible: Vec<&ShardInfo> = shards.iter().filter(|s| ready(s)).collect();
-            let started = Instant::now();
-            let balanced = tokio::select! {
-                balanced = leases.balance(&eligible) => balanced,
-                _ = cancel.cancelled() => break,
-            };
-            match balanced {
-                Ok(unowned) => {
-                    ctx.health.worker_ok("lease_balance");
-                    if unowned == 0 {
-                        ctx.health.worker_ok("leases");
-                    } else {
-                        let why = format!("holds no lease while {unowned} shard(s) have no live owner");
-                        ctx.health.worker_failed("leases", &why);
-                    }
-                }
-                Err(e) => {
-                    ctx.health.worker_failed_since("lease_balance", started, &e);
-                    tracing::error!(stream, error = %e, "taking leases failed; retrying next interval");
+        match balanced {
+            Ok(unowned) => {
+                ctx.health.worker_ok("lease_balance");
+                if unowned == 0 {
+                    ctx.health.worker_ok("leases");
+                } else {
+                    let why = format!("holds no lease while {unowned} shard(s) have no live owner");
+                    ctx.health.worker_failed("leases", &why);
                 }
             }
+            Err(e) => {
+                ctx.health.worker_failed_since("lease_balance", started, &e);
+                let stream = &ctx.settings.config.stream;
+                tracing::error!(stream, error = %e, "taking leases failed; retrying next interval");
+            }
         }
-        for s in &shards {
-            if running.contains_key(&s.id) || !ready(s) {
+        true
+    }
+
+    /// Starts a reader for each `ready` shard not running, past its restart
+    /// back-off and (fleet mode) leased to this worker. Returns the wait
+    /// before the next pass: the refresh interval, or less when a back-off
+    /// ends sooner.
+    fn start_readers(&mut self, ready: &[&ShardInfo]) -> Duration {
+        let mut wait = self.refresh;
+        for s in ready {
+            if self.running.contains_key(&s.id) {
                 continue;
             }
-            if let Some(r) = restarts.get(&s.id)
+            if let Some(r) = self.restarts.get(&s.id)
                 && r.not_before > Instant::now()
             {
                 // Look again when its back-off ends.
                 wait = wait.min(r.not_before - Instant::now());
                 continue;
             }
-            let (lease, lost) = match &ctx.leases {
+            let (lease, lost) = match &self.ctx.leases {
                 Some(leases) => match leases.lease_for_reader(&s.id) {
                     Some((counter, lost)) => (Some(counter), lost),
                     None => continue,
@@ -235,50 +359,37 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                 None => (None, CancellationToken::new()),
             };
             tracing::info!(shard = s.id, lease, "starting shard reader");
-            let (ctx, shard, cancel, done) = (ctx.clone(), s.id.clone(), cancel.clone(), done_tx.clone());
-            running.insert(
-                s.id.clone(),
-                (
-                    tokio::spawn(async move {
-                        let result = read_shard(ctx, shard.clone(), ShardLease { counter: lease, lost }, cancel).await;
-                        let _ = done.send((shard, lease, result)).await;
-                    }),
-                    Instant::now(),
-                ),
-            );
+            let (ctx, shard, cancel) = (self.ctx.clone(), s.id.clone(), self.cancel.clone());
+            let task = self.readers.spawn(async move {
+                let result = read_shard(ctx, shard.clone(), ShardLease { counter: lease, lost }, cancel).await;
+                (shard, lease, result)
+            });
+            self.tasks.insert(task.id(), s.id.clone());
+            self.running.insert(s.id.clone(), Instant::now());
         }
+        wait
     }
-    drop(done_tx);
-    let mut failed = 0;
-    // Receive before joining: a reader's last act is sending its exit, so
-    // joining first would wait for ever on readers blocked on a full channel
-    // (more shards than its capacity).
-    while let Some((shard, _, result)) = done_rx.recv().await {
-        if let Err(e) = result {
-            failed += 1;
-            tracing::error!(
-                shard,
-                error = format!("{e:#}"),
-                "final flush failed; the shard resumes from its checkpoint"
-            );
+
+    /// After `cancel`: waits for every reader's final flush; returns how
+    /// many failed.
+    async fn final_flushes(mut self) -> usize {
+        let mut failed = 0;
+        while let Some(joined) = self.readers.join_next_with_id().await {
+            let (shard, result) = match joined {
+                Ok((_, (shard, _, result))) => (shard, result),
+                Err(e) => (self.tasks.remove(&e.id()).unwrap_or_default(), Err(anyhow::anyhow!("panicked: {e}"))),
+            };
+            if let Err(e) = result {
+                failed += 1;
+                tracing::error!(
+                    shard,
+                    error = format!("{e:#}"),
+                    "final flush failed; the shard resumes from its checkpoint"
+                );
+            }
         }
+        failed
     }
-    for (_, (handle, _)) in running.drain() {
-        let _ = handle.await;
-    }
-    if let Some(renewer) = renewer {
-        renew_stop.cancel();
-        let _ = renewer.await;
-    }
-    if let Some(leases) = &ctx.leases {
-        // After the final commits: the next owners start from them at once,
-        // without waiting for the leases to expire.
-        leases.release_all().await;
-    }
-    if failed > 0 {
-        anyhow::bail!("{failed} shard(s) could not flush at shutdown; their records are read again on restart");
-    }
-    Ok(())
 }
 
 #[cfg(test)]
