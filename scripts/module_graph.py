@@ -3,7 +3,8 @@
 
     scripts/module_graph.py consumer/src          # edges and cycles
     scripts/module_graph.py consumer/src --dot    # Graphviz, for a picture
-    scripts/module_graph.py consumer/src --check  # exit 1 if there is a cycle
+    scripts/module_graph.py consumer/src --check  # exit 1 if there is a cycle,
+                                                  # or a file over MAX_LINES
 
 A module is a top-level file or folder of the crate's `src/` (`reader.rs`,
 `checkpoint/`); an edge `a -> b` means code in `a` names `crate::b` (in a
@@ -59,6 +60,21 @@ def graph(src: Path) -> dict[str, set[str]]:
                     if name in modules and name != me:
                         edges[me].add(name)
     return edges
+
+
+# House style: a file a newcomer reads in one sitting. Test files (`tests.rs`,
+# `*_tests.rs`) may be longer.
+MAX_LINES = 600
+
+
+def long_files(src: Path) -> list[tuple[Path, int]]:
+    """Source files (not tests) over MAX_LINES lines."""
+    found = []
+    for file in sorted(src.rglob("*.rs")):
+        lines = file.read_text().count("\n")
+        if not is_test(file) and lines > MAX_LINES:
+            found.append((file, lines))
+    return found
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -118,7 +134,10 @@ def main() -> int:
         print(f"cycle: {' <-> '.join(scc)}")
     if not found:
         print(f"{args[0]}: {len(edges)} modules, no import cycle")
-    return 1 if found and "--check" in sys.argv else 0
+    long = long_files(Path(args[0]))
+    for file, lines in long:
+        print(f"{file}: {lines} lines, over {MAX_LINES}: split it by concept (docs/design.md)")
+    return 1 if (found or long) and "--check" in sys.argv else 0
 
 
 if __name__ == "__main__":
