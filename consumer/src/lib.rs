@@ -42,6 +42,7 @@ mod ops;
 mod retry;
 mod scheduler;
 mod shard;
+pub mod stop;
 
 /// Entry points for the fuzz targets (`fuzz/`); not a stable API.
 pub mod fuzzing {

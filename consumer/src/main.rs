@@ -6,6 +6,8 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use shardlake_consumer::cli::{catalog as catalog_cmd, convert as convert_cmd, run as run_cmd, schema as schema_cmd};
+use shardlake_consumer::stop::{AbortCause, Shutdown};
+use tokio::signal::unix::{SignalKind, signal};
 
 /// Command line of `shardlake-consumer`.
 #[derive(Debug, Parser)]
@@ -51,6 +53,39 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// `run`: the first SIGTERM/SIGINT stops the worker (stop reading, flush,
+/// commit, exit 0); a second one, or `shutdown_timeout` passing, aborts it
+/// at once with exit status 130 / 1. Signals are handled from the start, so
+/// a stop during start-up is graceful too.
+async fn run_worker(args: run_cmd::RunArgs) -> anyhow::Result<()> {
+    let shutdown = Shutdown::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("shardlake-consumer: stopping: flushing and committing (signal again to abort)");
+        signals.stop();
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        signals.abort(AbortCause::Signal);
+    });
+    // An abort exits at once, whatever the worker is waiting on.
+    tokio::select! {
+        biased;
+        cause = shutdown.aborted() => {
+            eprintln!("shardlake-consumer: aborted; uncommitted batches are read again on restart");
+            std::process::exit(cause.exit_code());
+        }
+        result = run_cmd::run(args, shutdown.clone()) => result,
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -67,7 +102,7 @@ fn main() -> std::process::ExitCode {
         .expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run_cmd::run(args).await,
+            Command::Run(args) => run_worker(args).await,
             Command::Config(cmd) => run_cmd::config(cmd).await,
             Command::Convert(args) => convert_cmd::run(args).await,
             Command::Schema(cmd) => schema_cmd::run(cmd),

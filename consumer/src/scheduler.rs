@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::kinesis::{self, ShardInfo};
 use crate::shard::Context;
 use crate::shard::reader::{ShardExit, ShardLease, read_shard};
+use crate::stop::Shutdown;
 
 /// Back-off of a shard reader that failed (and of the worker loop after a
 /// failed listing or checkpoint load): exponential from 1 s to 60 s, so a
@@ -46,17 +47,17 @@ struct Restart {
 /// (fleet mode) and its exit.
 type ReaderEnd = (String, Option<u64>, anyhow::Result<ShardExit>);
 
-/// Runs readers for every shard until `cancel` fires, then waits for their
+/// Runs readers for every shard until `shutdown` stops, then waits for their
 /// final flushes.
-pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(ctx: Arc<Context>, shutdown: Shutdown) -> anyhow::Result<()> {
     let renewer = Renewer::start(&ctx);
-    let mut scheduler = Scheduler::new(ctx.clone(), cancel.clone());
+    let mut scheduler = Scheduler::new(ctx.clone(), shutdown.clone());
     let mut wait = Duration::ZERO;
     // The loop's own calls are abandoned at shutdown like the readers' reads:
     // a hung listing must not hold the final flushes' exit.
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => break,
+            _ = shutdown.stopping() => break,
             _ = tokio::time::sleep(wait) => {}
             Some(joined) = scheduler.readers.join_next_with_id() => {
                 if let Some(delay) = scheduler.reader_ended(joined).await {
@@ -133,7 +134,7 @@ impl Renewer {
 /// the back-off of readers that failed and of the loop itself.
 struct Scheduler {
     ctx: Arc<Context>,
-    cancel: CancellationToken,
+    shutdown: Shutdown,
     /// One task per running reader; a reader that panics is joined as failed.
     readers: JoinSet<ReaderEnd>,
     /// Running readers by shard, with when they started.
@@ -149,7 +150,7 @@ struct Scheduler {
 }
 
 impl Scheduler {
-    fn new(ctx: Arc<Context>, cancel: CancellationToken) -> Self {
+    fn new(ctx: Arc<Context>, shutdown: Shutdown) -> Self {
         let config = &ctx.settings.config;
         let refresh = match &ctx.leases {
             Some(_) => config.polling.shard_refresh.min(config.fleet.renew_every()),
@@ -157,7 +158,7 @@ impl Scheduler {
         };
         Scheduler {
             ctx,
-            cancel,
+            shutdown,
             readers: JoinSet::new(),
             running: HashMap::new(),
             tasks: HashMap::new(),
@@ -232,7 +233,7 @@ impl Scheduler {
         let ctx = self.ctx.clone();
         let listing = tokio::select! {
             listing = kinesis::list_shards(&ctx.kinesis, &stream) => listing,
-            _ = self.cancel.cancelled() => return None,
+            _ = self.shutdown.stopping() => return None,
         };
         let shards = match listing {
             Ok(s) => s,
@@ -292,7 +293,7 @@ impl Scheduler {
             }
             let loaded = tokio::select! {
                 loaded = self.ctx.checkpoints.load(&s.id) => loaded,
-                _ = self.cancel.cancelled() => return None,
+                _ = self.shutdown.stopping() => return None,
             };
             match loaded {
                 Ok(c) if c.ended => {
@@ -313,7 +314,7 @@ impl Scheduler {
         let started = Instant::now();
         let balanced = tokio::select! {
             balanced = leases.balance(eligible) => balanced,
-            _ = self.cancel.cancelled() => return false,
+            _ = self.shutdown.stopping() => return false,
         };
         match balanced {
             Ok(unowned) => {
@@ -359,9 +360,9 @@ impl Scheduler {
                 None => (None, CancellationToken::new()),
             };
             tracing::info!(shard = s.id, lease, "starting shard reader");
-            let (ctx, shard, cancel) = (self.ctx.clone(), s.id.clone(), self.cancel.clone());
+            let (ctx, shard, shutdown) = (self.ctx.clone(), s.id.clone(), self.shutdown.clone());
             let task = self.readers.spawn(async move {
-                let result = read_shard(ctx, shard.clone(), ShardLease { counter: lease, lost }, cancel).await;
+                let result = read_shard(ctx, shard.clone(), ShardLease { counter: lease, lost }, &shutdown).await;
                 (shard, lease, result)
             });
             self.tasks.insert(task.id(), s.id.clone());
@@ -370,7 +371,7 @@ impl Scheduler {
         wait
     }
 
-    /// After `cancel`: waits for every reader's final flush; returns how
+    /// After the stop: waits for every reader's final flush; returns how
     /// many failed.
     async fn final_flushes(mut self) -> usize {
         let mut failed = 0;

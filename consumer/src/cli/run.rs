@@ -8,7 +8,6 @@ use crate::checkpoint::{CheckpointStore, FleetOptions};
 use clap::{Args, Subcommand};
 use shardlake::schema::UnknownFieldPolicy;
 use shardlake::store::ObjectStore;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::preflight::{self, Verdict};
@@ -22,6 +21,7 @@ use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
 use crate::retry::Report;
 use crate::shard::{Context, MemoryBudget};
+use crate::stop::{AbortCause, Shutdown};
 
 /// Arguments of `run`.
 #[derive(Debug, Args)]
@@ -207,13 +207,38 @@ fn print_settings(path: &Path, s: &Settings) {
     );
 }
 
-/// Runs the worker until SIGTERM/SIGINT and its final flush.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// Runs the worker until `shutdown` stops it and its final flushes end. A
+/// stop starts the `shutdown_timeout` clock: when it runs out, the worker
+/// aborts ([`AbortCause::Timeout`]). Signals are the caller's (`main`), so a
+/// program that embeds the worker stops it its own way.
+pub async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let settings = load(&args.config)?;
-    // Signals are handled from the start, so a stop during start-up is graceful too.
-    let cancel = CancellationToken::new();
-    let abort = CancellationToken::new();
-    spawn_signal_handler(cancel.clone(), abort.clone(), settings.config.shutdown_timeout)?;
+    let timeout = settings.config.shutdown_timeout;
+    tokio::select! {
+        result = work(settings, &shutdown) => result,
+        never = shutdown_clock(&shutdown, timeout) => match never {},
+    }
+}
+
+/// After a stop, aborts the worker once `timeout` passes; never returns.
+async fn shutdown_clock(shutdown: &Shutdown, timeout: Duration) -> std::convert::Infallible {
+    shutdown.stopping().await;
+    tokio::select! {
+        _ = shutdown.aborted() => {}
+        _ = tokio::time::sleep(timeout) => {
+            eprintln!("shardlake-consumer: shutdown_timeout ({timeout:?}) passed");
+            shutdown.abort(AbortCause::Timeout);
+        }
+    }
+    std::future::pending().await
+}
+
+/// The worker, from its config's checks to its final flushes.
+async fn work(settings: Settings, shutdown: &Shutdown) -> anyhow::Result<()> {
+    let cancel = shutdown.stop_token().clone();
+    // A child, so the worker's own end stops its tasks without looking
+    // like an abort to whoever holds `shutdown`.
+    let abort = shutdown.abort_token().child_token();
     if let Some(before) = &settings.config.checkpoints_before {
         // Local, so before the online checks: a stream that moved is no reason to miss this.
         let c = &settings.config;
@@ -378,7 +403,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(async move { crate::lake::evolve::follow(ctx.evolution(), &ctx.abort, finish).await })
     };
     let guarding = store_lock.map(|lock| tokio::spawn(guard_store(ctx.clone(), lock, finish.clone())));
-    let result = crate::scheduler::run(ctx.clone(), cancel).await;
+    let result = crate::scheduler::run(ctx.clone(), shutdown.clone()).await;
     if let Some(task) = registering {
         // The final flushes' partitions: registered now if the catalog
         // answers, else on the next start (they are in the checkpoints).
@@ -453,30 +478,3 @@ async fn guard_store(ctx: Arc<Context>, lock: crate::checkpoint::StoreLock, fini
 
 /// How long a stopping worker tries to register its last partitions.
 const FINAL_REGISTRATION: Duration = Duration::from_secs(10);
-
-/// First SIGTERM/SIGINT: stop reading, flush, commit, exit. A second signal,
-/// or `shutdown_timeout` passing, aborts at once with exit code 130 / 1.
-fn spawn_signal_handler(cancel: CancellationToken, abort: CancellationToken, timeout: Duration) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        eprintln!("shardlake-consumer: stopping: flushing and committing (signal again to abort)");
-        cancel.cancel();
-        let code = tokio::select! {
-            _ = term.recv() => 130,
-            _ = int.recv() => 130,
-            _ = tokio::time::sleep(timeout) => {
-                eprintln!("shardlake-consumer: shutdown_timeout ({timeout:?}) passed");
-                1
-            }
-        };
-        abort.cancel();
-        eprintln!("shardlake-consumer: aborted; uncommitted batches are read again on restart");
-        std::process::exit(code);
-    });
-    Ok(())
-}

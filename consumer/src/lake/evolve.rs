@@ -429,14 +429,14 @@ pub fn fit(schema: &Schema, missing: Vec<Column>) -> (Vec<Column>, Vec<String>) 
 /// one if it has them already, else the newest stored, else a new one,
 /// stored and in the table before it is returned. Failures are retried with
 /// back-off (the shard waits; `/healthz` names the cause; the worker's other
-/// shards go on) until they pass, or `None` once either of `cancels` fires
+/// shards go on) until they pass, or `None` once `stop` resolves
 /// (shutdown, a lost lease).
 pub async fn evolve(
     ctx: &Parts<'_>,
     shard: &str,
     from: u32,
     columns: &[Column],
-    cancels: [&CancellationToken; 2],
+    stop: impl Future<Output = ()>,
 ) -> Option<Version> {
     let schemas = ctx.schemas;
     // One evolution at a time in this worker; other workers are fenced by
@@ -444,12 +444,6 @@ pub async fn evolve(
     let add = || async {
         let _turn = schemas.turn.lock().await;
         Evolution::of(ctx).add(columns).await
-    };
-    let stop = async {
-        tokio::select! {
-            _ = cancels[0].cancelled() => {}
-            _ = cancels[1].cancelled() => {}
-        }
     };
     // The schema store and the table are the worker's, not the shard's.
     let report = Report { health: ctx.health, metrics: ctx.metrics, shard: None };

@@ -10,13 +10,13 @@ use std::time::Instant;
 use futures::StreamExt;
 use shardlake::pipeline::OutputKind;
 use shardlake::retry::{GaveUp, RetryClass};
-use tokio_util::sync::CancellationToken;
 
 use super::Context;
 use super::reader::Reader;
 use crate::checkpoint::{Commit, Intent};
 use crate::lake::batch::FlushReason;
 use crate::retry::{Dependency, IN_PLACE, Report, always_transient, retry};
+use crate::stop::Stops;
 
 /// Objects of one batch uploaded at once.
 const UPLOAD_CONCURRENCY: usize = 4;
@@ -40,7 +40,7 @@ impl Reader {
                 let commit =
                     Commit { ended: true, catalog_pending: self.stored_pending(&pending), ..Commit::default() };
                 let write = || ctx.checkpoints.commit(&shard, lease, &commit);
-                write_checkpoint(&ctx, &shard, &self.lost, "commit", write).await?;
+                write_checkpoint(&ctx, &shard, &self.stops, "commit", write).await?;
                 self.committed_partitions(pending);
             }
             return Ok(());
@@ -58,7 +58,7 @@ impl Reader {
             Some(_) => {}
             None => {
                 let write = || ctx.checkpoints.record_intent(&shard, lease, &intent);
-                write_checkpoint(&ctx, &shard, &self.lost, "record intent", write).await?
+                write_checkpoint(&ctx, &shard, &self.stops, "record intent", write).await?
             }
         }
         ctx.crash.hit("after_intent");
@@ -85,7 +85,7 @@ impl Reader {
         let pending = self.catalog_pending(partitions);
         let commit = Commit { last: Some(&last), ended, catalog_pending: self.stored_pending(&pending) };
         let write = || ctx.checkpoints.commit(&shard, lease, &commit);
-        write_checkpoint(&ctx, &shard, &self.lost, "commit", write).await?;
+        write_checkpoint(&ctx, &shard, &self.stops, "commit", write).await?;
         ctx.crash.hit("after_commit");
         self.committed_partitions(pending);
         ctx.health.committed(&shard);
@@ -152,7 +152,7 @@ impl Reader {
         let stored = self.stored_pending(&left).to_vec();
         let (ctx, shard, lease) = (self.ctx.clone(), self.shard.clone(), self.lease);
         let write = || ctx.checkpoints.set_catalog_pending(&shard, lease, &stored);
-        write_checkpoint(&ctx, &shard, &self.lost, "pending partitions", write).await?;
+        write_checkpoint(&ctx, &shard, &self.stops, "pending partitions", write).await?;
         self.stored_pending = stored.len();
         self.catalog_pending = left;
         Ok(())
@@ -188,7 +188,7 @@ fn pending_within(pending: &[String], max_bytes: usize) -> usize {
 async fn write_checkpoint<F, Fut>(
     ctx: &Context,
     shard: &str,
-    lost: &CancellationToken,
+    stops: &Stops,
     what: &'static str,
     write: F,
 ) -> anyhow::Result<()>
@@ -201,16 +201,11 @@ where
         shardlake::Error::LeaseLost { .. } => RetryClass::Fatal,
         _ => RetryClass::Transient,
     };
-    let stop = async {
-        tokio::select! {
-            _ = ctx.abort.cancelled() => {}
-            _ = lost.cancelled() => {}
-        }
-    };
+    let stop = stops.abandon();
     match retry(report, Dependency::Checkpoint, what, &IN_PLACE, write, classify, stop).await {
         Ok(()) => Ok(()),
         Err(GaveUp::Failed(e)) => Err(e.into()),
-        Err(GaveUp::Stopped(_)) if lost.is_cancelled() => {
+        Err(GaveUp::Stopped(_)) if stops.lease_lost() => {
             Err(shardlake::Error::LeaseLost { shard: shard.to_string() }.into())
         }
         Err(GaveUp::Stopped(e)) => {

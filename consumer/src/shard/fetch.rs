@@ -32,7 +32,7 @@ impl Reader {
     /// Failures are backed off and retried; `None` when stopped meanwhile.
     pub(super) async fn fetch(&mut self, limit: i32) -> anyhow::Result<Option<Fetched>> {
         loop {
-            if self.cancel.is_cancelled() || self.lost.is_cancelled() {
+            if self.stops.reason().is_some() {
                 return Ok(None);
             }
             let result = match self.fan_out {
@@ -47,16 +47,14 @@ impl Reader {
                     };
                     let result = tokio::select! {
                         result = call => result.map(Some),
-                        _ = self.cancel.cancelled() => return Ok(None),
-                        _ = self.lost.cancelled() => return Ok(None),
+                        _ = self.stops.any() => return Ok(None),
                     };
                     if result.is_err() && self.records.take_overflow() {
                         // The page outgrew the reader's share of the read
                         // buffers: wait for a full share and fetch it again.
                         tokio::select! {
                             _ = self.records.reserve_full() => {}
-                            _ = self.cancel.cancelled() => return Ok(None),
-                            _ = self.lost.cancelled() => return Ok(None),
+                            _ = self.stops.any() => return Ok(None),
                         }
                         continue;
                     }
@@ -107,8 +105,7 @@ impl Reader {
         let subscription = f.subscription.as_mut().expect("subscribed above");
         let event = tokio::select! {
             event = kinesis::next_event(subscription) => event,
-            _ = self.cancel.cancelled() => return Ok(None),
-            _ = self.lost.cancelled() => return Ok(None),
+            _ = self.stops.any() => return Ok(None),
         };
         match event {
             Ok(Some(fetched)) => {
@@ -178,8 +175,7 @@ impl Reader {
         };
         let oldest = tokio::select! {
             oldest = oldest => oldest,
-            _ = self.cancel.cancelled() => return false,
-            _ = self.lost.cancelled() => return false,
+            _ = self.stops.any() => return false,
         };
         let first = match oldest {
             Ok(Some(first)) => first,
@@ -226,8 +222,7 @@ impl Reader {
             };
             let result = tokio::select! {
                 result = call => result,
-                _ = self.cancel.cancelled() => return Ok(None),
-                _ = self.lost.cancelled() => return Ok(None),
+                _ = self.stops.any() => return Ok(None),
             };
             match result {
                 Ok(it) => {
@@ -299,8 +294,7 @@ impl Reader {
     /// Sleeps `delay`; `false` when stopped or the lease lost meanwhile.
     async fn pause(&mut self, delay: Duration) -> bool {
         tokio::select! {
-            _ = self.cancel.cancelled() => false,
-            _ = self.lost.cancelled() => false,
+            _ = self.stops.any() => false,
             _ = tokio::time::sleep(delay) => true,
         }
     }

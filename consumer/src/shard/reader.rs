@@ -18,6 +18,7 @@ use crate::config::InitialPosition;
 use crate::kinesis::get_records::RecordsSlot;
 use crate::kinesis::{KinesisRecord, StartAt};
 use crate::lake::batch::{FlushReason, Pushed, ShardBatch, should_flush_by_memory};
+use crate::stop::{Shutdown, Stop, Stops};
 
 /// Back-off of Kinesis calls that failed (other than throttles): retried
 /// until they succeed or the worker stops.
@@ -49,11 +50,10 @@ pub struct ShardLease {
 pub(super) struct Reader {
     pub(super) ctx: Arc<Context>,
     pub(super) shard: String,
-    pub(super) cancel: CancellationToken,
     /// The lease counter writes are fenced on (fleet mode).
     pub(super) lease: Option<u64>,
-    /// Cancelled when that lease is found lost.
-    pub(super) lost: CancellationToken,
+    /// Why to stop: the worker stopping or aborting, the lease lost.
+    pub(super) stops: Stops,
     pub(super) batch: ShardBatch,
     /// The shard iterator of the next GetRecords call (polling).
     pub(super) iterator: String,
@@ -88,11 +88,12 @@ pub async fn read_shard(
     ctx: Arc<Context>,
     shard: String,
     lease: ShardLease,
-    cancel: CancellationToken,
+    shutdown: &Shutdown,
 ) -> anyhow::Result<ShardExit> {
+    let stops = Stops::new(shutdown, lease.lost);
     let state = tokio::select! {
         state = ctx.checkpoints.load(&shard) => state?,
-        _ = cancel.cancelled() => return Ok(ShardExit::Stopped),
+        _ = stops.any() => return Ok(if stops.lease_lost() { ShardExit::Lost } else { ShardExit::Stopped }),
     };
     if let Some(catalog) = &ctx.catalog {
         // Committed by an earlier reader that may have crashed before registering.
@@ -124,9 +125,8 @@ pub async fn read_shard(
         records: RecordsSlot::with_pool(&ctx.read_buffers),
         ctx,
         shard,
-        cancel,
+        stops,
         lease: lease.counter,
-        lost: lease.lost,
         iterator: String::new(),
         fan_out: None,
         last_read: state.checkpoint,
@@ -167,11 +167,10 @@ impl Reader {
         let polling = self.ctx.settings.config.polling.clone();
         let mut empty_polls: u32 = 0;
         loop {
-            if self.lost.is_cancelled() {
-                return Ok(self.dropped_on_lost_lease());
-            }
-            if self.cancel.is_cancelled() {
-                return self.stop().await;
+            match self.stops.reason() {
+                None => {}
+                Some(Stop::LeaseLost) => return Ok(self.dropped_on_lost_lease()),
+                Some(Stop::Flush | Stop::Abort) => return self.stop().await,
             }
             let called = Instant::now();
             let Some(fetched) = self.fetch(polling.max_records_per_call).await? else { return self.stop().await };
@@ -181,7 +180,7 @@ impl Reader {
             self.ctx.health.read_ok(&self.shard, fetched.millis_behind_latest, had_records);
             if !self.push(fetched.records).await? {
                 // Stopped while the schema evolved; the batch before it is committed.
-                return Ok(if self.lost.is_cancelled() { self.dropped_on_lost_lease() } else { ShardExit::Stopped });
+                return Ok(if self.stops.lease_lost() { self.dropped_on_lost_lease() } else { ShardExit::Stopped });
             }
             self.records.settle();
             self.shrink_stored_pending().await?;
@@ -222,8 +221,7 @@ impl Reader {
             };
             let pause = wait.saturating_sub(called.elapsed());
             tokio::select! {
-                _ = self.cancel.cancelled() => {}
-                _ = self.lost.cancelled() => {}
+                _ = self.stops.any() => {}
                 _ = tokio::time::sleep(pause) => {}
             }
         }
@@ -300,9 +298,9 @@ impl Reader {
                 waiting.extend(rest);
                 self.flush(FlushReason::Schema, false).await?;
                 let from = self.batch.version();
-                let cancels = [&self.cancel, &self.lost];
                 let Some(version) =
-                    crate::lake::evolve::evolve(&self.ctx.evolution(), &self.shard, from, &columns, cancels).await
+                    crate::lake::evolve::evolve(&self.ctx.evolution(), &self.shard, from, &columns, self.stops.any())
+                        .await
                 else {
                     return Ok(false);
                 };
@@ -347,7 +345,7 @@ impl Reader {
     /// Final flush on shutdown. A replay cut short is dropped: its intent
     /// stays, and the next start replays the whole range.
     async fn stop(&mut self) -> anyhow::Result<ShardExit> {
-        if self.lost.is_cancelled() {
+        if self.stops.lease_lost() {
             return Ok(self.dropped_on_lost_lease());
         }
         if self.replay.is_some() {
