@@ -5,7 +5,7 @@
 //! `catalog sync` registers a lake's partitions in Glue.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use shardlake_consumer::cli::{catalog as catalog_cmd, convert as convert_cmd, run as run_cmd, schema as schema_cmd};
+use shardlake_consumer::cli;
 use shardlake_consumer::stop::{AbortCause, Shutdown};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -29,18 +29,18 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Read a Kinesis stream into the lake until SIGTERM/SIGINT.
-    Run(run_cmd::RunArgs),
+    Run(cli::run::RunArgs),
     /// Check a config file, or print the IAM policy it needs.
     #[command(subcommand)]
-    Config(run_cmd::ConfigCommand),
+    Config(cli::run::ConfigCommand),
     /// Convert JSON Lines files (plain or .gz; local, stdin or S3) into the lake.
-    Convert(convert_cmd::ConvertArgs),
+    Convert(cli::convert::ConvertArgs),
     /// Infer a schema, or print Athena DDL for one.
     #[command(subcommand)]
-    Schema(schema_cmd::SchemaCommand),
+    Schema(cli::schema::SchemaCommand),
     /// Keep the Glue catalog table in step with a lake written before it was configured.
     #[command(subcommand)]
-    Catalog(catalog_cmd::CatalogCommand),
+    Catalog(cli::catalog::CatalogCommand),
 }
 
 fn init_logging(format: LogFormat) {
@@ -57,7 +57,7 @@ fn init_logging(format: LogFormat) {
 /// commit, exit 0); a second one, or `shutdown_timeout` passing, aborts it
 /// at once with exit status 130 / 1. Signals are handled from the start, so
 /// a stop during start-up is graceful too.
-async fn run_worker(args: run_cmd::RunArgs) -> anyhow::Result<()> {
+async fn run_worker(args: cli::run::RunArgs) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -82,7 +82,7 @@ async fn run_worker(args: run_cmd::RunArgs) -> anyhow::Result<()> {
             eprintln!("shardlake-consumer: aborted; uncommitted batches are read again on restart");
             std::process::exit(cause.exit_code());
         }
-        result = run_cmd::run(args, shutdown.clone()) => result,
+        result = cli::run::run(args, shutdown.clone()) => result,
     }
 }
 
@@ -103,10 +103,10 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run_worker(args).await,
-            Command::Config(cmd) => run_cmd::config(cmd).await,
-            Command::Convert(args) => convert_cmd::run(args).await,
-            Command::Schema(cmd) => schema_cmd::run(cmd),
-            Command::Catalog(cmd) => catalog_cmd::run(cmd).await,
+            Command::Config(cmd) => cli::run::config(cmd).await,
+            Command::Convert(args) => cli::convert::run(args).await,
+            Command::Schema(cmd) => cli::schema::run(cmd),
+            Command::Catalog(cmd) => cli::catalog::run(cmd).await,
         }
     });
     match result {

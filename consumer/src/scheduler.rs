@@ -363,7 +363,8 @@ impl Scheduler {
             let (ctx, shard, shutdown) = (self.ctx.clone(), s.id.clone(), self.shutdown.clone());
             let task = self.readers.spawn(async move {
                 let result = read_shard(ctx, shard.clone(), ShardLease { counter: lease, lost }, &shutdown).await;
-                (shard, lease, result)
+                // The log and /healthz print the cause's whole chain.
+                (shard, lease, result.map_err(anyhow::Error::from))
             });
             self.tasks.insert(task.id(), s.id.clone());
             self.running.insert(s.id.clone(), Instant::now());

@@ -211,11 +211,6 @@ impl Leases {
             self.release(&shard).await;
         }
     }
-
-    /// Whether `err` (from a reader) means its lease moved.
-    pub fn is_lost(err: &anyhow::Error) -> bool {
-        err.chain().any(|e| matches!(e.downcast_ref::<Error>(), Some(Error::LeaseLost { .. })))
-    }
 }
 
 #[cfg(test)]
@@ -273,12 +268,5 @@ mod tests {
         a.mark_lost("s1", old);
         assert!(!new_lost.is_cancelled());
         assert_eq!(a.lease_for_reader("s1").map(|(c, _)| c), Some(new));
-    }
-
-    #[test]
-    fn lease_lost_is_recognised_through_context() {
-        let e = anyhow::Error::new(Error::LeaseLost { shard: "s".into() }).context("committing shard s");
-        assert!(Leases::is_lost(&e));
-        assert!(!Leases::is_lost(&anyhow::anyhow!("other")));
     }
 }

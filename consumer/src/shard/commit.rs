@@ -11,8 +11,8 @@ use futures::StreamExt;
 use shardlake::pipeline::OutputKind;
 use shardlake::retry::{GaveUp, RetryClass};
 
-use super::Context;
 use super::reader::Reader;
+use super::{Context, ShardError};
 use crate::checkpoint::{Commit, Intent};
 use crate::lake::batch::FlushReason;
 use crate::retry::{Dependency, IN_PLACE, Report, always_transient, retry};
@@ -28,7 +28,7 @@ const MAX_PENDING_BYTES: usize = 256 * 1024;
 
 impl Reader {
     /// Intent, upload, commit. `ended` marks the shard finished in the same commit.
-    pub(super) async fn flush(&mut self, reason: FlushReason, ended: bool) -> anyhow::Result<()> {
+    pub(super) async fn flush(&mut self, reason: FlushReason, ended: bool) -> Result<(), ShardError> {
         let empty = self.empty_batch();
         let batch = std::mem::replace(&mut self.batch, empty);
         let ctx = self.ctx.clone();
@@ -46,7 +46,10 @@ impl Reader {
             return Ok(());
         };
         let started = Instant::now();
-        let finished = tokio::task::spawn_blocking(move || batch.finish()).await.expect("finish task panicked")?;
+        let finished = tokio::task::spawn_blocking(move || batch.finish())
+            .await
+            .expect("finish task panicked")
+            .map_err(|source| ShardError::Batch { shard: shard.clone(), source })?;
         let intent = Intent { first, last: last.clone(), records, schema_version };
         match &self.replay {
             Some((pending, _)) if *pending != intent => tracing::error!(
@@ -78,7 +81,7 @@ impl Reader {
             .collect::<Vec<_>>()
             .await;
         if uploads.iter().any(|ok| !ok) {
-            anyhow::bail!("shard {shard}: upload abandoned at shutdown; the batch {} stays pending", intent.first);
+            return Err(ShardError::Abandoned { shard, what: format!("the upload of batch {}", intent.first) });
         }
         ctx.health.uploaded(&shard);
         ctx.crash.hit("before_commit");
@@ -138,7 +141,7 @@ impl Reader {
     /// Once the catalog confirmed some of the partitions the checkpoint
     /// lists, writes the shorter list (without moving the checkpoint), so a
     /// quiet shard does not make every restart register them again.
-    pub(super) async fn shrink_stored_pending(&mut self) -> anyhow::Result<()> {
+    pub(super) async fn shrink_stored_pending(&mut self) -> Result<(), ShardError> {
         let Some(catalog) = &self.ctx.catalog else { return Ok(()) };
         let confirmations = catalog.table().confirmations();
         if self.stored_pending == 0 || self.replay.is_some() || confirmations == self.pending_checked {
@@ -191,7 +194,7 @@ async fn write_checkpoint<F, Fut>(
     stops: &Stops,
     what: &'static str,
     write: F,
-) -> anyhow::Result<()>
+) -> Result<(), ShardError>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = shardlake::Result<()>>,
@@ -204,13 +207,19 @@ where
     let stop = stops.abandon();
     match retry(report, Dependency::Checkpoint, what, &IN_PLACE, write, classify, stop).await {
         Ok(()) => Ok(()),
-        Err(GaveUp::Failed(e)) => Err(e.into()),
-        Err(GaveUp::Stopped(_)) if stops.lease_lost() => {
-            Err(shardlake::Error::LeaseLost { shard: shard.to_string() }.into())
+        Err(GaveUp::Failed(shardlake::Error::LeaseLost { .. })) | Err(GaveUp::Stopped(_)) if stops.lease_lost() => {
+            Err(ShardError::LeaseLost { shard: shard.to_string() })
         }
+        Err(GaveUp::Failed(shardlake::Error::LeaseLost { .. })) => {
+            Err(ShardError::LeaseLost { shard: shard.to_string() })
+        }
+        Err(GaveUp::Failed(source)) => Err(ShardError::Checkpoint { shard: shard.to_string(), what, source }),
         Err(GaveUp::Stopped(e)) => {
             let why = e.map_or_else(|| "no attempt finished".to_string(), |e| e.to_string());
-            Err(anyhow::anyhow!("shard {shard}: checkpoint {what} abandoned at abort: {why}"))
+            Err(ShardError::Abandoned {
+                shard: shard.to_string(),
+                what: format!("checkpoint {what} (last failure: {why})"),
+            })
         }
     }
 }

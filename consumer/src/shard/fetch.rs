@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use shardlake::retry::Retryable;
 
+use super::ShardError;
 use super::reader::Reader;
 use crate::kinesis::{self, Fetched, KinesisError, StartAt};
 
@@ -30,7 +31,7 @@ pub(super) struct FanOut {
 impl Reader {
     /// The next records: one GetRecords call, or the next fan-out event.
     /// Failures are backed off and retried; `None` when stopped meanwhile.
-    pub(super) async fn fetch(&mut self, limit: i32) -> anyhow::Result<Option<Fetched>> {
+    pub(super) async fn fetch(&mut self, limit: i32) -> Result<Option<Fetched>, ShardError> {
         loop {
             if self.stops.reason().is_some() {
                 return Ok(None);
@@ -128,7 +129,7 @@ impl Reader {
     /// Enhanced fan-out keeps failing for this shard: read it with
     /// GetRecords from where the subscription would have started.
     /// `Ok(false)` when stopped meanwhile.
-    async fn fall_back_to_polling(&mut self, why: &KinesisError) -> anyhow::Result<bool> {
+    async fn fall_back_to_polling(&mut self, why: &KinesisError) -> Result<bool, ShardError> {
         let f = self.fan_out.take().expect("fan-out mode");
         self.ctx.metrics.record_subscription("fallback");
         tracing::warn!(
@@ -211,7 +212,7 @@ impl Reader {
     }
 
     /// A shard iterator, retried with back-off; `None` when cancelled.
-    pub(super) async fn iterator_from(&mut self, start: StartAt) -> anyhow::Result<Option<String>> {
+    pub(super) async fn iterator_from(&mut self, start: StartAt) -> Result<Option<String>, ShardError> {
         let ctx = self.ctx.clone();
         let stream = &ctx.settings.config.stream;
         let mut start = start;
@@ -251,7 +252,7 @@ impl Reader {
 
     /// Backs off after a failed call, renewing an expired iterator. `Ok(false)`
     /// when cancelled during the back-off; `Err` for failures that need the user.
-    async fn handle_read_error(&mut self, e: KinesisError) -> anyhow::Result<bool> {
+    async fn handle_read_error(&mut self, e: KinesisError) -> Result<bool, ShardError> {
         let m = &self.ctx.metrics;
         match &e {
             KinesisError::ExpiredIterator => {
@@ -283,7 +284,7 @@ impl Reader {
             }
         }
         let Some(delay) = self.backoff.after(e.retry_class()) else {
-            return Err(anyhow::Error::new(e).context(format!("reading shard {}", self.shard)));
+            return Err(ShardError::Read { shard: self.shard.clone(), source: e });
         };
         if matches!(e, KinesisError::Transient(_)) {
             tracing::warn!(shard = self.shard, error = %e, delay_ms = delay.as_millis() as u64, "kinesis call failed, backing off");

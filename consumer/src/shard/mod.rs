@@ -20,10 +20,12 @@ use crate::ops::metrics::Metrics;
 
 pub mod budget;
 mod commit;
+pub mod error;
 mod fetch;
 pub mod reader;
 
 pub use budget::MemoryBudget;
+pub use error::ShardError;
 
 /// Everything the shard readers share.
 pub struct Context {

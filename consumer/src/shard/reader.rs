@@ -12,8 +12,8 @@ use shardlake::retry::{Backoff, RetryPolicy};
 use shardlake::schema::Column;
 use tokio_util::sync::CancellationToken;
 
-use super::Context;
 use super::fetch::FanOut;
+use super::{Context, ShardError};
 use crate::config::InitialPosition;
 use crate::kinesis::get_records::RecordsSlot;
 use crate::kinesis::{KinesisRecord, StartAt};
@@ -89,10 +89,10 @@ pub async fn read_shard(
     shard: String,
     lease: ShardLease,
     shutdown: &Shutdown,
-) -> anyhow::Result<ShardExit> {
+) -> Result<ShardExit, ShardError> {
     let stops = Stops::new(shutdown, lease.lost);
     let state = tokio::select! {
-        state = ctx.checkpoints.load(&shard) => state?,
+        state = ctx.checkpoints.load(&shard) => state.map_err(|source| ShardError::Load { shard: shard.clone(), source })?,
         _ = stops.any() => return Ok(if stops.lease_lost() { ShardExit::Lost } else { ShardExit::Stopped }),
     };
     if let Some(catalog) = &ctx.catalog {
@@ -116,7 +116,14 @@ pub async fn read_shard(
     };
     // A replay is rebuilt with the schema version its files were built with.
     let version = match &state.intent {
-        Some(intent) => ctx.schemas.version(intent.schema_version, &ctx.checkpoints).await?,
+        Some(intent) => {
+            let version = intent.schema_version;
+            ctx.schemas.version(version, &ctx.checkpoints).await.map_err(|e| ShardError::Schema {
+                shard: shard.clone(),
+                version,
+                source: e.into(),
+            })?
+        }
         None => ctx.schemas.current(),
     };
     let watch = if state.intent.is_some() { None } else { ctx.schemas.watch(&version) };
@@ -141,7 +148,7 @@ pub async fn read_shard(
     reader.ctx.metrics.shard_started(&reader.shard);
     reader.ctx.health.reader_started(&reader.shard);
     let result = match reader.run(start).await {
-        Err(e) if crate::fleet::Leases::is_lost(&e) => Ok(reader.dropped_on_lost_lease()),
+        Err(ShardError::LeaseLost { .. }) => Ok(reader.dropped_on_lost_lease()),
         r => r,
     };
     reader.ctx.metrics.add_shards_reading(-1);
@@ -150,7 +157,7 @@ pub async fn read_shard(
 }
 
 impl Reader {
-    async fn run(&mut self, start: StartAt) -> anyhow::Result<ShardExit> {
+    async fn run(&mut self, start: StartAt) -> Result<ShardExit, ShardError> {
         let start = match &start {
             StartAt::After(checkpoint) if self.trimmed_past(checkpoint).await => StartAt::TrimHorizon,
             _ => start,
@@ -232,7 +239,7 @@ impl Reader {
     /// that become columns ends the batch: it is committed, the schema
     /// evolves, and the record starts the next batch. `false` when the
     /// reader stopped meanwhile (records after that point are not read).
-    async fn push(&mut self, mut records: Vec<KinesisRecord>) -> anyhow::Result<bool> {
+    async fn push(&mut self, mut records: Vec<KinesisRecord>) -> Result<bool, ShardError> {
         // The columns the last evolution was for: a record that asks for
         // them again is taken as it is (its fields stay in `_extra`).
         let mut evolved_for: Option<Vec<Column>> = None;
@@ -277,7 +284,8 @@ impl Reader {
                 Ok::<_, shardlake::Error>((batch, records, None))
             })
             .await
-            .expect("batch task panicked")?;
+            .expect("batch task panicked")
+            .map_err(|source| ShardError::Batch { shard: self.shard.clone(), source })?;
             self.batch = batch;
             records = records_back;
             let counts = self.batch.take_watch_counts();
@@ -344,7 +352,7 @@ impl Reader {
 
     /// Final flush on shutdown. A replay cut short is dropped: its intent
     /// stays, and the next start replays the whole range.
-    async fn stop(&mut self) -> anyhow::Result<ShardExit> {
+    async fn stop(&mut self) -> Result<ShardExit, ShardError> {
         if self.stops.lease_lost() {
             return Ok(self.dropped_on_lost_lease());
         }
