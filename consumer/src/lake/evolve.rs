@@ -30,7 +30,7 @@ use shardlake::schema::{
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::crash::CrashPoints;
+use crate::crash::{CrashPoint, CrashPoints};
 use crate::lake::catalog::Registrar;
 use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
@@ -387,7 +387,7 @@ impl<'a> Evolution<'a> {
                 // A kill here leaves the table behind the stored version: the
                 // next catch-up of any worker adds the columns.
                 if let Some(crash) = self.crash {
-                    crash.hit("after_schema_version");
+                    crash.hit(CrashPoint::AfterSchemaVersion);
                 }
                 let version = self.catch_up().await?;
                 return Ok(Added { version, stored: fits.len(), refused });

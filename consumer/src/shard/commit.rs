@@ -14,6 +14,7 @@ use shardlake::retry::{GaveUp, RetryClass};
 use super::reader::Reader;
 use super::{Context, ShardError};
 use crate::checkpoint::{Commit, Intent};
+use crate::crash::CrashPoint;
 use crate::lake::batch::FlushReason;
 use crate::retry::{Dependency, IN_PLACE, Report, always_transient, retry};
 use crate::stop::Stops;
@@ -64,7 +65,7 @@ impl Reader {
                 write_checkpoint(&ctx, &shard, &self.stops, "record intent", write).await?
             }
         }
-        ctx.crash.hit("after_intent");
+        ctx.crash.hit(CrashPoint::AfterIntent);
         let files: Vec<(bool, usize)> =
             finished.objects.iter().map(|o| (matches!(o.kind, OutputKind::Data { .. }), o.data.len())).collect();
         let partitions: Vec<String> = finished
@@ -84,12 +85,12 @@ impl Reader {
             return Err(ShardError::Abandoned { shard, what: format!("the upload of batch {}", intent.first) });
         }
         ctx.health.uploaded(&shard);
-        ctx.crash.hit("before_commit");
+        ctx.crash.hit(CrashPoint::BeforeCommit);
         let pending = self.catalog_pending(partitions);
         let commit = Commit { last: Some(&last), ended, catalog_pending: self.stored_pending(&pending) };
         let write = || ctx.checkpoints.commit(&shard, lease, &commit);
         write_checkpoint(&ctx, &shard, &self.stops, "commit", write).await?;
-        ctx.crash.hit("after_commit");
+        ctx.crash.hit(CrashPoint::AfterCommit);
         self.committed_partitions(pending);
         ctx.health.committed(&shard);
         ctx.budget.update(&shard, 0);
@@ -235,7 +236,7 @@ async fn upload(ctx: &Context, shard: &str, object: shardlake::pipeline::OutputO
     let uploaded =
         retry(report, Dependency::Upload, &object.key, &IN_PLACE, put, always_transient, ctx.abort.cancelled()).await;
     if uploaded.is_ok() {
-        ctx.crash.hit("after_upload");
+        ctx.crash.hit(CrashPoint::AfterUpload);
     }
     uploaded.is_ok()
 }
