@@ -28,7 +28,7 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
 };
 
-use super::{Commit, Intent, ShardState};
+use super::{Commit, Intent, SequenceNumber, ShardState};
 use shardlake::error::{Error, Result, error_chain};
 
 /// Key suffix of the inferred-schema item; shard ids never start with `#`.
@@ -70,7 +70,7 @@ pub struct Lease {
     /// The shard is closed and fully committed.
     pub ended: bool,
     /// The checkpoint, for tests and tools.
-    pub checkpoint: Option<String>,
+    pub checkpoint: Option<SequenceNumber>,
 }
 
 impl Lease {
@@ -152,14 +152,19 @@ fn intent_value(i: &Intent) -> AttributeValue {
 
 fn state_from_item(item: &HashMap<String, AttributeValue>) -> ShardState {
     let intent = item.get("intent").and_then(|v| v.as_m().ok()).map(|m| Intent {
-        first: get_s(m, "first").unwrap_or_default(),
-        last: get_s(m, "last").unwrap_or_default(),
+        first: get_s(m, "first").unwrap_or_default().into(),
+        last: get_s(m, "last").unwrap_or_default().into(),
         records: get_n(m, "records"),
         // Intents written before schema versions existed were built with the first.
         schema_version: u32::try_from(get_n(m, "schema_version")).unwrap_or(1).max(1),
     });
     let catalog_pending = item.get("catalog_pending").and_then(|v| v.as_ss().ok()).cloned().unwrap_or_default();
-    ShardState { checkpoint: get_s(item, "checkpoint"), intent, ended: get_bool(item, "ended"), catalog_pending }
+    ShardState {
+        checkpoint: get_s(item, "checkpoint").map(SequenceNumber::from),
+        intent,
+        ended: get_bool(item, "ended"),
+        catalog_pending,
+    }
 }
 
 /// The condition every write of a lease holder carries.

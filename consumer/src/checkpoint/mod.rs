@@ -21,19 +21,21 @@ pub mod dynamodb;
 
 pub use dynamodb::{DynamoCheckpoints, FleetOptions, Lease};
 
+pub use crate::kinesis::SequenceNumber;
+
 /// Kinesis sequence numbers are decimal strings without leading zeros: order
-/// by length, then lexically.
+/// by length, then lexically ([`SequenceNumber`]'s order).
 pub fn compare_sequences(a: &str, b: &str) -> Ordering {
-    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+    SequenceNumber::compare(a, b)
 }
 
 /// A batch being uploaded: the range of Kinesis records it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
     /// Sequence number of the batch's first Kinesis record.
-    pub first: String,
+    pub first: SequenceNumber,
     /// Sequence number of the batch's last Kinesis record (inclusive).
-    pub last: String,
+    pub last: SequenceNumber,
     /// Kinesis records in the range, to check a replay read them all.
     pub records: u64,
     /// The schema version the batch was built with; a replay rebuilds it
@@ -57,7 +59,7 @@ pub struct ShardState {
     /// The last Kinesis record whose data is committed in the lake; reading
     /// resumes after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint: Option<String>,
+    pub checkpoint: Option<SequenceNumber>,
     /// A batch that was being uploaded; a restart replays exactly this range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<Intent>,
@@ -180,7 +182,7 @@ impl CheckpointStore {
             CheckpointStore::File(f) => {
                 let mut state = f.load(shard).await?;
                 if let Some(last) = commit.last {
-                    state.checkpoint = Some(last.to_string());
+                    state.checkpoint = Some(SequenceNumber::from(last));
                 }
                 state.intent = None;
                 state.ended |= commit.ended;

@@ -3,6 +3,9 @@
 //! (never by message text) that the reader acts on.
 
 pub mod get_records;
+mod sequence;
+
+pub use sequence::SequenceNumber;
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::config::http::HttpResponse;
@@ -172,9 +175,9 @@ pub enum StartAt {
     /// At an arrival time (epoch millis).
     Timestamp(i64),
     /// At a sequence number (a batch replay starts here).
-    At(String),
+    At(SequenceNumber),
     /// Just after a sequence number (a checkpoint).
-    After(String),
+    After(SequenceNumber),
 }
 
 /// A shard iterator, valid for 5 minutes (GetShardIterator; 5 calls/s per shard).

@@ -11,7 +11,7 @@ use shardlake::error_output::{ErrorKind, Position};
 use shardlake::pipeline::{OutputObject, Pipeline, PipelineStats};
 use shardlake::schema::{Column, FieldWatch};
 
-use crate::kinesis::KinesisRecord;
+use crate::kinesis::{KinesisRecord, SequenceNumber};
 use crate::lake::evolve::Version;
 
 /// Where a user record came from: its Kinesis record, its index inside a KPL
@@ -253,8 +253,8 @@ impl ShardBatch {
     }
 
     /// Sequence numbers of the first and last Kinesis records, and the count.
-    pub fn range(&self) -> Option<(String, String, u64)> {
-        Some((self.first.as_deref()?.to_string(), self.last.as_deref()?.to_string(), self.kinesis_records))
+    pub fn range(&self) -> Option<(SequenceNumber, SequenceNumber, u64)> {
+        Some((self.first.as_deref()?.into(), self.last.as_deref()?.into(), self.kinesis_records))
     }
 
     /// Finishes every file. CPU-bound: call it off the async threads.

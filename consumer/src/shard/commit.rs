@@ -98,8 +98,8 @@ impl Reader {
         tracing::info!(
             shard,
             reason = reason.as_str(),
-            first = intent.first,
-            last,
+            first = %intent.first,
+            last = %last,
             records = finished.user_records,
             files = files.len(),
             ms = started.elapsed().as_millis() as u64,

@@ -16,7 +16,7 @@ use super::fetch::FanOut;
 use super::{Context, ShardError};
 use crate::config::InitialPosition;
 use crate::kinesis::get_records::RecordsSlot;
-use crate::kinesis::{KinesisRecord, StartAt};
+use crate::kinesis::{KinesisRecord, SequenceNumber, StartAt};
 use crate::lake::batch::{FlushReason, Pushed, ShardBatch, should_flush_by_memory};
 use crate::stop::{Shutdown, Stop, Stops};
 
@@ -63,7 +63,7 @@ pub(super) struct Reader {
     pub(super) fan_out: Option<FanOut>,
     /// The last record read into the batch or committed: an expired iterator
     /// resumes after it.
-    pub(super) last_read: Option<String>,
+    pub(super) last_read: Option<SequenceNumber>,
     /// Where reading started; an iterator that expires before any record was
     /// read is renewed from here.
     pub(super) start: StartAt,
@@ -104,7 +104,7 @@ pub async fn read_shard(
     }
     let start = match (&state.intent, &state.checkpoint) {
         (Some(intent), _) => {
-            tracing::info!(shard, first = intent.first, last = intent.last, "replaying a pending batch");
+            tracing::info!(shard, first = %intent.first, last = %intent.last, "replaying a pending batch");
             StartAt::At(intent.first.clone())
         }
         (None, Some(cp)) => StartAt::After(cp.clone()),
@@ -197,7 +197,7 @@ impl Reader {
                 return Ok(ShardExit::Ended);
             };
             match &mut self.fan_out {
-                Some(f) => f.next_start = StartAt::After(next),
+                Some(f) => f.next_start = StartAt::After(next.into()),
                 None => self.iterator = next,
             }
             if self.replay.is_none() {
@@ -252,7 +252,7 @@ impl Reader {
                     if *records[0].sequence != *intent.first {
                         tracing::error!(
                             shard = self.shard,
-                            expected = intent.first,
+                            expected = %intent.first,
                             found = &*records[0].sequence,
                             "the pending batch's first records aged out of the stream; its files cannot be rebuilt \
                              exactly and the lake may hold some of them twice"
@@ -269,7 +269,7 @@ impl Reader {
             let mut batch = std::mem::replace(&mut self.batch, empty);
             let schemas = &self.ctx.schemas;
             batch.set_evolve_open(schemas.may_store() || schemas.current().number > batch.version());
-            self.last_read = records.last().map(|r| r.sequence.to_string()).or(self.last_read.take());
+            self.last_read = records.last().map(|r| SequenceNumber::from(&*r.sequence)).or(self.last_read.take());
             let retried = evolved_for.take();
             let (batch, records_back, stop) = tokio::task::spawn_blocking(move || {
                 for (i, r) in records.iter().enumerate() {
