@@ -171,7 +171,8 @@ fn state_from_item(item: &HashMap<String, AttributeValue>) -> ShardState {
 const HELD: &str = "#o = :me AND #c = :n";
 
 impl DynamoCheckpoints {
-    /// Opens the store on `table`, creating the table first when asked.
+    /// Opens the store on `table` (a name [`super::CheckpointUrl`] checked),
+    /// creating the table first when asked.
     pub async fn connect(
         client: Client,
         table: &str,
@@ -179,11 +180,6 @@ impl DynamoCheckpoints {
         stream: &str,
         options: FleetOptions,
     ) -> Result<Self> {
-        if table.is_empty() || table.contains('/') {
-            return Err(Error::Config(format!(
-                "checkpoint store dynamodb://{table}: expected dynamodb://TABLE_NAME (3 to 255 of a-z A-Z 0-9 _ - .)"
-            )));
-        }
         let store = DynamoCheckpoints {
             client,
             table: table.to_string(),

@@ -87,6 +87,47 @@ pub struct Commit<'a> {
     pub catalog_pending: &'a [String],
 }
 
+/// A checkpoint store's URL, parsed once: a mistyped scheme or table name is
+/// a config error naming the fix, before anything is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointUrl {
+    /// `file:///path` or a plain path: a folder, for one worker.
+    File(PathBuf),
+    /// `dynamodb://TABLE`: a DynamoDB table, for a fleet.
+    DynamoDb(String),
+}
+
+impl CheckpointUrl {
+    /// Parses `file:///path`, a plain path, or `dynamodb://TABLE`.
+    pub fn parse(url: &str) -> Result<Self> {
+        if let Some(fix) = shardlake::store::scheme_mistake(url, &["file", "dynamodb"]) {
+            return Err(Error::Config(format!(
+                "checkpoint store `{url}` looks like a URL with a mistyped scheme: {fix}"
+            )));
+        }
+        if let Some(table) = url.strip_prefix("dynamodb://") {
+            // DynamoDB's table name rule.
+            let valid = (3..=255).contains(&table.len())
+                && table.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !valid {
+                return Err(Error::Config(format!(
+                    "checkpoint store dynamodb://{table}: expected dynamodb://TABLE_NAME (3 to 255 of a-z A-Z 0-9 _ - .)"
+                )));
+            }
+            return Ok(CheckpointUrl::DynamoDb(table.to_string()));
+        }
+        if url.contains("://") && !url.starts_with("file://") {
+            return Err(Error::Config(format!("checkpoint store `{url}`: expected file:///path or dynamodb://TABLE")));
+        }
+        Ok(CheckpointUrl::File(PathBuf::from(url.strip_prefix("file://").unwrap_or(url))))
+    }
+
+    /// Whether this is the fleet's store (leases live there).
+    pub fn is_fleet(&self) -> bool {
+        matches!(self, CheckpointUrl::DynamoDb(_))
+    }
+}
+
 /// Where checkpoints live.
 #[derive(Debug, Clone)]
 pub enum CheckpointStore {
@@ -101,11 +142,13 @@ impl CheckpointStore {
     /// single worker, `dynamodb://TABLE` for a fleet, whose worker id and
     /// lease settings come from `fleet`.
     pub async fn connect(url: &str, application: &str, stream: &str, fleet: &FleetOptions) -> Result<Self> {
-        let Some(table) = url.strip_prefix("dynamodb://") else { return Self::open(url, application, stream) };
+        let CheckpointUrl::DynamoDb(table) = CheckpointUrl::parse(url)? else {
+            return Self::open(url, application, stream);
+        };
         Self::check_names(application, stream)?;
         let sdk = shardlake::aws::sdk_config().await;
         let client = dynamodb::dynamodb_client(&sdk, &fleet.timeouts);
-        let store = DynamoCheckpoints::connect(client, table, application, stream, fleet.clone()).await?;
+        let store = DynamoCheckpoints::connect(client, &table, application, stream, fleet.clone()).await?;
         Ok(CheckpointStore::DynamoDb(store))
     }
 
@@ -113,20 +156,12 @@ impl CheckpointStore {
     /// for one application reading one stream; `dynamodb://` needs
     /// [`CheckpointStore::connect`].
     pub fn open(url: &str, application: &str, stream: &str) -> Result<Self> {
-        if let Some(fix) = shardlake::store::scheme_mistake(url, &["file", "dynamodb"]) {
+        if let Some(table) = url.strip_prefix("dynamodb://") {
             return Err(Error::Config(format!(
-                "checkpoint store `{url}` looks like a URL with a mistyped scheme: {fix}"
+                "checkpoint store dynamodb://{table}: the fleet store is opened with CheckpointStore::connect"
             )));
         }
-        if let Some(rest) = url.strip_prefix("dynamodb://") {
-            return Err(Error::Config(format!(
-                "checkpoint store dynamodb://{rest}: the fleet store is opened with CheckpointStore::connect"
-            )));
-        }
-        if url.contains("://") && !url.starts_with("file://") {
-            return Err(Error::Config(format!("checkpoint store `{url}`: expected file:///path or dynamodb://TABLE")));
-        }
-        let root = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
+        let CheckpointUrl::File(root) = CheckpointUrl::parse(url)? else { unreachable!("dynamodb:// refused above") };
         Self::check_names(application, stream)?;
         Ok(CheckpointStore::File(FileCheckpoints { store: FileStore::new(root.join(application).join(stream)) }))
     }
@@ -387,6 +422,27 @@ mod lock_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoint_urls_are_parsed_once_with_the_fix_for_a_typo() {
+        let parse = |u: &str| CheckpointUrl::parse(u).map_err(|e| e.to_string());
+        assert_eq!(
+            parse("dynamodb://shardlake-checkpoints"),
+            Ok(CheckpointUrl::DynamoDb("shardlake-checkpoints".into()))
+        );
+        assert_eq!(parse("file:///var/lib/x"), Ok(CheckpointUrl::File("/var/lib/x".into())));
+        assert_eq!(parse("./checkpoints"), Ok(CheckpointUrl::File("./checkpoints".into())));
+        for (bad, says) in [
+            ("dynamodb://ab", "3 to 255"),
+            ("dynamodb://my table", "3 to 255"),
+            ("dynamodb://t/app", "3 to 255"),
+            ("s3://bucket/cp", "use file:// or dynamodb://"),
+            ("dynamdb://t", "mistyped scheme"),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn sequences_order_numerically() {

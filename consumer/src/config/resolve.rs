@@ -16,6 +16,7 @@ use shardlake::store::{Location, S3Options};
 use shardlake::writer::WriterSettings;
 
 use super::*;
+use crate::checkpoint::CheckpointUrl;
 
 /// Room for a shard id in object names: Kinesis names shards
 /// `shardId-000000000000` (20 bytes); a few more for safety.
@@ -121,7 +122,9 @@ impl ConsumerConfig {
         let base = std::path::absolute(base).with_context(|| format!("the config's folder {}", base.display()))?;
         let destination = Location::parse(&self.destination).map_err(|e| anyhow::anyhow!("destination: {e}"))?;
         self.destination = against(&self.destination, &base);
-        let fleet_store = self.checkpoint_store.starts_with("dynamodb://");
+        let store =
+            CheckpointUrl::parse(&self.checkpoint_store).map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
+        let fleet_store = store.is_fleet();
         if !fleet_store {
             crate::checkpoint::CheckpointStore::open(&self.checkpoint_store, &self.application, &self.stream)
                 .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
