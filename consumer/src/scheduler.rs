@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::kinesis::{self, ShardInfo};
+use crate::kinesis::{self, ShardId, ShardInfo};
 use crate::shard::Context;
 use crate::shard::reader::{ShardExit, ShardLease, read_shard};
 use crate::stop::Shutdown;
@@ -45,7 +45,7 @@ struct Restart {
 
 /// How one reader task ended: its shard, the lease counter it read under
 /// (fleet mode) and its exit.
-type ReaderEnd = (String, Option<u64>, anyhow::Result<ShardExit>);
+type ReaderEnd = (ShardId, Option<u64>, anyhow::Result<ShardExit>);
 
 /// Runs readers for every shard until `shutdown` stops, then waits for their
 /// final flushes.
@@ -138,11 +138,11 @@ struct Scheduler {
     /// One task per running reader; a reader that panics is joined as failed.
     readers: JoinSet<ReaderEnd>,
     /// Running readers by shard, with when they started.
-    running: HashMap<String, Instant>,
+    running: HashMap<ShardId, Instant>,
     /// The shard of each reader task, for the ones that panic.
-    tasks: HashMap<tokio::task::Id, String>,
-    ended: HashSet<String>,
-    restarts: HashMap<String, Restart>,
+    tasks: HashMap<tokio::task::Id, ShardId>,
+    ended: HashSet<ShardId>,
+    restarts: HashMap<ShardId, Restart>,
     /// The loop's own back-off, over failed listings and checkpoint loads.
     loop_backoff: Backoff,
     /// How often the shards are listed (and, in fleet mode, leases taken).
@@ -214,7 +214,7 @@ impl Scheduler {
                 let delay = restart_delay(failures);
                 self.restarts.insert(shard.clone(), Restart { failures, not_before: Instant::now() + delay });
                 tracing::error!(
-                    shard,
+                    %shard,
                     failures,
                     retry_in_ms = delay.as_millis() as u64,
                     error = format!("{e:#}"),
@@ -359,7 +359,7 @@ impl Scheduler {
                 },
                 None => (None, CancellationToken::new()),
             };
-            tracing::info!(shard = s.id, lease, "starting shard reader");
+            tracing::info!(shard = %s.id, lease, "starting shard reader");
             let (ctx, shard, shutdown) = (self.ctx.clone(), s.id.clone(), self.shutdown.clone());
             let task = self.readers.spawn(async move {
                 let result = read_shard(ctx, shard.clone(), ShardLease { counter: lease, lost }, &shutdown).await;
@@ -384,7 +384,7 @@ impl Scheduler {
             if let Err(e) = result {
                 failed += 1;
                 tracing::error!(
-                    shard,
+                    %shard,
                     error = format!("{e:#}"),
                     "final flush failed; the shard resumes from its checkpoint"
                 );

@@ -457,7 +457,12 @@ impl DynamoCheckpoints {
     /// yet). The write is conditional on that owner and counter, so of two
     /// racing takers exactly one wins: `Ok(Some(counter))` with the counter
     /// now held, `Ok(None)` when another won.
-    pub async fn take(&self, shard: &str, observed: Option<&Lease>, parents: &[String]) -> Result<Option<u64>> {
+    pub async fn take(
+        &self,
+        shard: &str,
+        observed: Option<&Lease>,
+        parents: &[crate::kinesis::ShardId],
+    ) -> Result<Option<u64>> {
         let expiry = now_ms() + self.options.lease_duration.as_millis() as u64;
         let counter = observed.map_or(0, |l| l.counter) + 1;
         let result = match observed {

@@ -249,7 +249,7 @@ mod tests {
             }
         };
         let (a, b) = (connect("a").await, connect("b").await);
-        let shard = |id: &str| ShardInfo { id: id.to_string(), parents: vec![] };
+        let shard = |id: &str| ShardInfo { id: id.into(), parents: vec![] };
         let (s0, s1) = (shard("s0"), shard("s1"));
         a.balance(&[&s0, &s1]).await.unwrap();
         let (old, old_lost) = a.lease_for_reader("s1").unwrap();

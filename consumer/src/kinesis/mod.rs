@@ -4,8 +4,10 @@
 
 pub mod get_records;
 mod sequence;
+mod shard_id;
 
 pub use sequence::SequenceNumber;
+pub use shard_id::ShardId;
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::config::http::HttpResponse;
@@ -99,9 +101,9 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardInfo {
     /// `shardId-000000000000`.
-    pub id: String,
+    pub id: ShardId,
     /// The shard(s) this one was split or merged from.
-    pub parents: Vec<String>,
+    pub parents: Vec<ShardId>,
 }
 
 /// Every shard of the stream, open or closed (ListShards, paginated; 100
@@ -123,8 +125,8 @@ pub async fn list_shards(client: &Client, stream: &str) -> Result<Vec<ShardInfo>
         })?;
         for s in out.shards() {
             let parents =
-                [s.parent_shard_id(), s.adjacent_parent_shard_id()].into_iter().flatten().map(str::to_string).collect();
-            shards.push(ShardInfo { id: s.shard_id().to_string(), parents });
+                [s.parent_shard_id(), s.adjacent_parent_shard_id()].into_iter().flatten().map(ShardId::from).collect();
+            shards.push(ShardInfo { id: s.shard_id().into(), parents });
         }
         match out.next_token() {
             Some(t) if !t.is_empty() => next = Some(t.to_string()),

@@ -15,6 +15,7 @@ use super::reader::Reader;
 use super::{Context, ShardError};
 use crate::checkpoint::{Commit, Intent};
 use crate::crash::CrashPoint;
+use crate::kinesis::ShardId;
 use crate::lake::batch::FlushReason;
 use crate::retry::{Dependency, IN_PLACE, Report, always_transient, retry};
 use crate::stop::Stops;
@@ -54,7 +55,7 @@ impl Reader {
         let intent = Intent { first, last: last.clone(), records, schema_version };
         match &self.replay {
             Some((pending, _)) if *pending != intent => tracing::error!(
-                shard,
+                %shard,
                 pending = ?pending,
                 rebuilt = ?intent,
                 "the replayed batch differs from its intent; the stream no longer holds all of its records"
@@ -96,7 +97,7 @@ impl Reader {
         ctx.budget.update(&shard, 0);
         ctx.metrics.record_flush(reason.as_str(), &finished.stats, &files, started.elapsed().as_secs_f64());
         tracing::info!(
-            shard,
+            %shard,
             reason = reason.as_str(),
             first = %intent.first,
             last = %last,
@@ -129,7 +130,7 @@ impl Reader {
         let kept = pending_within(pending, MAX_PENDING_BYTES);
         if kept < pending.len() {
             tracing::warn!(
-                shard = self.shard,
+                shard = %self.shard,
                 pending = pending.len(),
                 kept,
                 max_bytes = MAX_PENDING_BYTES,
@@ -191,7 +192,7 @@ fn pending_within(pending: &[String], max_bytes: usize) -> usize {
 /// fenced and never lands); the worker aborting gives up.
 async fn write_checkpoint<F, Fut>(
     ctx: &Context,
-    shard: &str,
+    shard: &ShardId,
     stops: &Stops,
     what: &'static str,
     write: F,
@@ -209,16 +210,14 @@ where
     match retry(report, Dependency::Checkpoint, what, &IN_PLACE, write, classify, stop).await {
         Ok(()) => Ok(()),
         Err(GaveUp::Failed(shardlake::Error::LeaseLost { .. })) | Err(GaveUp::Stopped(_)) if stops.lease_lost() => {
-            Err(ShardError::LeaseLost { shard: shard.to_string() })
+            Err(ShardError::LeaseLost { shard: shard.clone() })
         }
-        Err(GaveUp::Failed(shardlake::Error::LeaseLost { .. })) => {
-            Err(ShardError::LeaseLost { shard: shard.to_string() })
-        }
-        Err(GaveUp::Failed(source)) => Err(ShardError::Checkpoint { shard: shard.to_string(), what, source }),
+        Err(GaveUp::Failed(shardlake::Error::LeaseLost { .. })) => Err(ShardError::LeaseLost { shard: shard.clone() }),
+        Err(GaveUp::Failed(source)) => Err(ShardError::Checkpoint { shard: shard.clone(), what, source }),
         Err(GaveUp::Stopped(e)) => {
             let why = e.map_or_else(|| "no attempt finished".to_string(), |e| e.to_string());
             Err(ShardError::Abandoned {
-                shard: shard.to_string(),
+                shard: shard.clone(),
                 what: format!("checkpoint {what} (last failure: {why})"),
             })
         }

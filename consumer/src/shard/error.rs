@@ -2,7 +2,7 @@
 //! tells a lost lease (an expected end in a fleet) from a failure by the
 //! variant, not by searching an error's text or chain.
 
-use crate::kinesis::KinesisError;
+use crate::kinesis::{KinesisError, ShardId};
 
 /// A shard reader's failure.
 #[derive(Debug, thiserror::Error)]
@@ -12,14 +12,14 @@ pub enum ShardError {
     #[error("lease on shard {shard} lost to another worker; nothing was committed")]
     LeaseLost {
         /// The shard.
-        shard: String,
+        shard: ShardId,
     },
     /// A Kinesis call failed in a way back-off does not heal (the stream or
     /// shard is gone, access denied).
     #[error("reading shard {shard}")]
     Read {
         /// The shard.
-        shard: String,
+        shard: ShardId,
         /// The call's failure.
         #[source]
         source: KinesisError,
@@ -28,7 +28,7 @@ pub enum ShardError {
     #[error("shard {shard}: loading its checkpoint")]
     Load {
         /// The shard.
-        shard: String,
+        shard: ShardId,
         /// The store's failure.
         #[source]
         source: shardlake::Error,
@@ -37,7 +37,7 @@ pub enum ShardError {
     #[error("shard {shard}: checkpoint {what}")]
     Checkpoint {
         /// The shard.
-        shard: String,
+        shard: ShardId,
         /// `record intent`, `commit`, `pending partitions`.
         what: &'static str,
         /// The store's failure.
@@ -48,7 +48,7 @@ pub enum ShardError {
     #[error("shard {shard}: building its batch")]
     Batch {
         /// The shard.
-        shard: String,
+        shard: ShardId,
         /// The pipeline's failure.
         #[source]
         source: shardlake::Error,
@@ -57,7 +57,7 @@ pub enum ShardError {
     #[error("shard {shard}: loading schema version {version} to replay its pending batch")]
     Schema {
         /// The shard.
-        shard: String,
+        shard: ShardId,
         /// The version.
         version: u32,
         /// Why.
@@ -69,7 +69,7 @@ pub enum ShardError {
     #[error("shard {shard}: {what} abandoned at abort; the batch stays pending")]
     Abandoned {
         /// The shard.
-        shard: String,
+        shard: ShardId,
         /// What was waited on (an upload, a checkpoint write and its last failure).
         what: String,
     },

@@ -133,7 +133,7 @@ impl Reader {
         let f = self.fan_out.take().expect("fan-out mode");
         self.ctx.metrics.record_subscription("fallback");
         tracing::warn!(
-            shard = self.shard,
+            shard = %self.shard,
             failures = f.failures,
             error = %why,
             "enhanced fan-out keeps failing; reading this shard with GetRecords until its reader restarts"
@@ -182,7 +182,7 @@ impl Reader {
             Ok(Some(first)) => first,
             Ok(None) => return false,
             Err(e) => {
-                tracing::warn!(shard = self.shard, error = %e, "could not read the trim horizon to check for records trimmed unread");
+                tracing::warn!(shard = %self.shard, error = %e, "could not read the trim horizon to check for records trimmed unread");
                 return false;
             }
         };
@@ -191,7 +191,7 @@ impl Reader {
         }
         let arrived = shardlake::time::format_rfc3339_millis(first.arrival_ms);
         tracing::error!(
-            shard = self.shard,
+            shard = %self.shard,
             checkpoint,
             trim_horizon = %first.sequence,
             oldest_arrival = arrived,
@@ -233,7 +233,7 @@ impl Reader {
                 Err(KinesisError::Fatal(message)) if matches!(start, StartAt::At(_)) && self.replay.is_some() => {
                     // The pending range's first record is past the retention period.
                     tracing::error!(
-                        shard = self.shard,
+                        shard = %self.shard,
                         error = message,
                         "cannot replay the pending batch from its first record (aged out of the stream?); \
                          replaying what is left of it from the trim horizon"
@@ -261,7 +261,7 @@ impl Reader {
                     Some(seq) => StartAt::After(seq.clone()),
                     None => self.start.clone(),
                 };
-                tracing::info!(shard = self.shard, "shard iterator expired, renewing");
+                tracing::info!(shard = %self.shard, "shard iterator expired, renewing");
                 return Ok(match Box::pin(self.iterator_from(start)).await? {
                     Some(it) => {
                         self.iterator = it;
@@ -273,7 +273,7 @@ impl Reader {
             KinesisError::Throttled(_) => {
                 m.record_throttle(&self.shard);
                 self.ctx.health.throttled(&self.shard, &e);
-                tracing::debug!(shard = self.shard, error = %e, "read throttled");
+                tracing::debug!(shard = %self.shard, error = %e, "read throttled");
             }
             KinesisError::Transient(_) => {
                 m.record_read_error("transient");
@@ -287,7 +287,7 @@ impl Reader {
             return Err(ShardError::Read { shard: self.shard.clone(), source: e });
         };
         if matches!(e, KinesisError::Transient(_)) {
-            tracing::warn!(shard = self.shard, error = %e, delay_ms = delay.as_millis() as u64, "kinesis call failed, backing off");
+            tracing::warn!(shard = %self.shard, error = %e, delay_ms = delay.as_millis() as u64, "kinesis call failed, backing off");
         }
         Ok(self.pause(delay).await)
     }

@@ -16,7 +16,7 @@ use super::fetch::FanOut;
 use super::{Context, ShardError};
 use crate::config::InitialPosition;
 use crate::kinesis::get_records::RecordsSlot;
-use crate::kinesis::{KinesisRecord, SequenceNumber, StartAt};
+use crate::kinesis::{KinesisRecord, SequenceNumber, ShardId, StartAt};
 use crate::lake::batch::{FlushReason, Pushed, ShardBatch, should_flush_by_memory};
 use crate::stop::{Shutdown, Stop, Stops};
 
@@ -49,7 +49,7 @@ pub struct ShardLease {
 
 pub(super) struct Reader {
     pub(super) ctx: Arc<Context>,
-    pub(super) shard: String,
+    pub(super) shard: ShardId,
     /// The lease counter writes are fenced on (fleet mode).
     pub(super) lease: Option<u64>,
     /// Why to stop: the worker stopping or aborting, the lease lost.
@@ -86,7 +86,7 @@ pub(super) struct Reader {
 /// lost (no flush).
 pub async fn read_shard(
     ctx: Arc<Context>,
-    shard: String,
+    shard: ShardId,
     lease: ShardLease,
     shutdown: &Shutdown,
 ) -> Result<ShardExit, ShardError> {
@@ -104,7 +104,7 @@ pub async fn read_shard(
     }
     let start = match (&state.intent, &state.checkpoint) {
         (Some(intent), _) => {
-            tracing::info!(shard, first = %intent.first, last = %intent.last, "replaying a pending batch");
+            tracing::info!(%shard, first = %intent.first, last = %intent.last, "replaying a pending batch");
             StartAt::At(intent.first.clone())
         }
         (None, Some(cp)) => StartAt::After(cp.clone()),
@@ -192,7 +192,7 @@ impl Reader {
             self.records.settle();
             self.shrink_stored_pending().await?;
             let Some(next) = fetched.next else {
-                tracing::info!(shard = self.shard, "shard ended");
+                tracing::info!(shard = %self.shard, "shard ended");
                 self.flush(FlushReason::ShardEnd, true).await?;
                 return Ok(ShardExit::Ended);
             };
@@ -251,7 +251,7 @@ impl Reader {
                     *seen_first = true;
                     if *records[0].sequence != *intent.first {
                         tracing::error!(
-                            shard = self.shard,
+                            shard = %self.shard,
                             expected = %intent.first,
                             found = &*records[0].sequence,
                             "the pending batch's first records aged out of the stream; its files cannot be rebuilt \
@@ -293,7 +293,7 @@ impl Reader {
             self.ctx.metrics.record_fields_in_extra("refused", counts.refused.len() as u64);
             if !counts.refused.is_empty() {
                 tracing::warn!(
-                    shard = self.shard,
+                    shard = %self.shard,
                     fields = counts.refused.join(","),
                     max_type_chars = shardlake::schema::MAX_COLUMN_TYPE_CHARS,
                     "fields whose column type would be too long stay in _extra"
@@ -343,7 +343,7 @@ impl Reader {
         let dropped = self.batch.range().map_or(0, |(_, _, records)| records);
         self.batch = self.empty_batch();
         tracing::warn!(
-            shard = self.shard,
+            shard = %self.shard,
             dropped_records = dropped,
             "lease lost: dropped the unflushed batch uncommitted"
         );
@@ -357,7 +357,7 @@ impl Reader {
             return Ok(self.dropped_on_lost_lease());
         }
         if self.replay.is_some() {
-            tracing::info!(shard = self.shard, "stopping during a replay; the next start replays it again");
+            tracing::info!(shard = %self.shard, "stopping during a replay; the next start replays it again");
         } else {
             self.flush(FlushReason::Shutdown, false).await?;
         }

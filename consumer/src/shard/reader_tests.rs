@@ -147,7 +147,7 @@ async fn throttling_backs_off_and_an_expired_iterator_resumes_after_the_last_rec
     let ctx = context(dir.path(), kinesis, "").await;
     let exit = read_shard(
         ctx.clone(),
-        SHARD.to_string(),
+        SHARD.into(),
         ShardLease { counter: None, lost: CancellationToken::new() },
         &crate::stop::Shutdown::new(),
     )
@@ -233,7 +233,7 @@ async fn a_new_field_commits_the_batch_before_it_and_later_batches_carry_the_col
     let dir = tempfile::tempdir().unwrap();
     let ctx = context(dir.path(), kinesis, "unknown_fields = \"evolve\"\nevolve_interval = \"0s\"\n").await;
     let lease = ShardLease { counter: None, lost: CancellationToken::new() };
-    let exit = read_shard(ctx.clone(), SHARD.to_string(), lease, &crate::stop::Shutdown::new()).await.unwrap();
+    let exit = read_shard(ctx.clone(), SHARD.into(), lease, &crate::stop::Shutdown::new()).await.unwrap();
     assert_eq!(exit, ShardExit::Ended);
     let files = lake_files(dir.path(), "coupon");
     let names: Vec<&str> = files.iter().map(|(n, _, _)| n.as_str()).collect();
@@ -285,7 +285,7 @@ async fn fields_due_within_the_interval_wait_in_extra_and_join_the_next_version_
     let dir = tempfile::tempdir().unwrap();
     let ctx = context(dir.path(), kinesis, "unknown_fields = \"evolve\"\nevolve_interval = \"5s\"\n").await;
     let lease = ShardLease { counter: None, lost: CancellationToken::new() };
-    let exit = read_shard(ctx.clone(), SHARD.to_string(), lease, &crate::stop::Shutdown::new()).await.unwrap();
+    let exit = read_shard(ctx.clone(), SHARD.into(), lease, &crate::stop::Shutdown::new()).await.unwrap();
     assert_eq!(exit, ShardExit::Ended);
     let files = lake_files(dir.path(), "_extra");
     let names: Vec<&str> = files.iter().map(|(n, _, _)| n.as_str()).collect();
@@ -332,7 +332,7 @@ async fn a_replay_is_rebuilt_with_the_schema_version_of_its_intent() {
     let ctx = context(dir.path(), kinesis, "unknown_fields = \"evolve\"\n").await;
     assert_eq!(ctx.schemas.current().number, 2);
     let lease = ShardLease { counter: None, lost: CancellationToken::new() };
-    let exit = read_shard(ctx.clone(), SHARD.to_string(), lease, &crate::stop::Shutdown::new()).await.unwrap();
+    let exit = read_shard(ctx.clone(), SHARD.into(), lease, &crate::stop::Shutdown::new()).await.unwrap();
     assert_eq!(exit, ShardExit::Ended);
     let files = lake_files(dir.path(), "_extra");
     assert_eq!(files.len(), 2, "{files:?}");
