@@ -1,4 +1,4 @@
-//! The consumer's own GetRecords body decoder (consumer/src/get_records.rs)
+//! The consumer's own GetRecords body decoder (consumer/src/kinesis/get_records.rs)
 //! on fuzzed bodies. Invariants: no panic; on success the payload count and
 //! the `Records` span are consistent, and when serde_json also reads the body,
 //! every record equals what the SDK's way gives: `Data` base64-decoded by
