@@ -1,6 +1,7 @@
 //! One shard's reader (`reader`): reading (`fetch`), batching, and the
-//! exactly-once flush (`commit`); the memory budget all batches share (`budget`); and [`Context`],
-//! what every reader of the worker shares.
+//! exactly-once flush (`commit`); why a reader fails (`error`); the memory
+//! budget all batches share (`budget`); and [`Context`], what every reader
+//! of the worker shares.
 
 use std::sync::Arc;
 
