@@ -66,6 +66,8 @@ def put_all(kinesis, stream, lines, key=lambda i, line: str(i)):
 
 
 def write_config(path, stream, lake, checkpoints, schema, max_age, extra=""):
+    # Absolute: the consumer resolves relative paths against the config's folder.
+    lake, checkpoints, schema = (os.path.abspath(p) for p in (lake, checkpoints, schema))
     with open(path, "w") as f:
         f.write(f'stream = "{stream}"\ndestination = "{lake}"\ncheckpoint_store = "file://{checkpoints}"\n'
                 f'schema = "{schema}"\ntime_field = "ts"\n{extra}'

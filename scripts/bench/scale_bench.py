@@ -35,9 +35,11 @@ def run(a, shards, events):
     try:
         lake, checkpoints = fresh_dir(a, f"scale{shards}-lake"), fresh_dir(a, f"scale{shards}-checkpoints")
         config = os.path.join(a.dir, f"scale{shards}.toml")
+        # Absolute: the consumer resolves relative paths against the config's folder.
+        lake, checkpoints, schema = (os.path.abspath(p) for p in (lake, checkpoints, a.schema))
         with open(config, "w") as f:
             f.write(f'stream = "replay"\ndestination = "{lake}"\ncheckpoint_store = "file://{checkpoints}"\n'
-                    f'schema = "{a.schema}"\ntime_field = "ts"\n'
+                    f'schema = "{schema}"\ntime_field = "ts"\n'
                     f'[buffer]\nmax_age = "{a.max_age}"\nmax_mb = {a.budget_mb}\nmemory_budget_mb = {a.budget_mb}\n'
                     f'read_buffer_mb = {a.read_buffer_mb}\n'
                     f'[polling]\nidle_interval = "1s"\nshard_refresh = "30s"\n[metrics]\naddress = "127.0.0.1:0"\n')
