@@ -169,10 +169,9 @@ impl Scheduler {
         }
     }
 
-    /// Books a reader's end; for a failed reader, the back-off before it
-    /// restarts (the loop looks again then).
-    async fn reader_ended(&mut self, joined: Result<(tokio::task::Id, ReaderEnd), JoinError>) -> Option<Duration> {
-        let (shard, lease, result) = match joined {
+    /// A joined reader task's end; a reader that panicked ended in failure.
+    fn end_of(&mut self, joined: Result<(tokio::task::Id, ReaderEnd), JoinError>) -> ReaderEnd {
+        match joined {
             Ok((id, end)) => {
                 self.tasks.remove(&id);
                 end
@@ -181,7 +180,13 @@ impl Scheduler {
                 let shard = self.tasks.remove(&e.id()).unwrap_or_default();
                 (shard, None, Err(anyhow::anyhow!("shard reader panicked: {e}")))
             }
-        };
+        }
+    }
+
+    /// Books a reader's end; for a failed reader, the back-off before it
+    /// restarts (the loop looks again then).
+    async fn reader_ended(&mut self, joined: Result<(tokio::task::Id, ReaderEnd), JoinError>) -> Option<Duration> {
+        let (shard, lease, result) = self.end_of(joined);
         let ctx = &self.ctx;
         let started = self.running.remove(&shard);
         if result.is_ok() {
@@ -377,10 +382,7 @@ impl Scheduler {
     async fn final_flushes(mut self) -> usize {
         let mut failed = 0;
         while let Some(joined) = self.readers.join_next_with_id().await {
-            let (shard, result) = match joined {
-                Ok((_, (shard, _, result))) => (shard, result),
-                Err(e) => (self.tasks.remove(&e.id()).unwrap_or_default(), Err(anyhow::anyhow!("panicked: {e}"))),
-            };
+            let (shard, _, result) = self.end_of(joined);
             if let Err(e) = result {
                 failed += 1;
                 tracing::error!(

@@ -142,8 +142,9 @@ impl CheckpointStore {
     /// single worker, `dynamodb://TABLE` for a fleet, whose worker id and
     /// lease settings come from `fleet`.
     pub async fn connect(url: &str, application: &str, stream: &str, fleet: &FleetOptions) -> Result<Self> {
-        let CheckpointUrl::DynamoDb(table) = CheckpointUrl::parse(url)? else {
-            return Self::open(url, application, stream);
+        let table = match CheckpointUrl::parse(url)? {
+            CheckpointUrl::File(root) => return Self::file_store(root, application, stream),
+            CheckpointUrl::DynamoDb(table) => table,
         };
         Self::check_names(application, stream)?;
         let sdk = shardlake::aws::sdk_config().await;
@@ -161,7 +162,14 @@ impl CheckpointStore {
                 "checkpoint store dynamodb://{table}: the fleet store is opened with CheckpointStore::connect"
             )));
         }
-        let CheckpointUrl::File(root) = CheckpointUrl::parse(url)? else { unreachable!("dynamodb:// refused above") };
+        match CheckpointUrl::parse(url)? {
+            CheckpointUrl::File(root) => Self::file_store(root, application, stream),
+            CheckpointUrl::DynamoDb(_) => unreachable!("dynamodb:// refused above"),
+        }
+    }
+
+    /// The file store under `root` for one application reading one stream.
+    fn file_store(root: PathBuf, application: &str, stream: &str) -> Result<Self> {
         Self::check_names(application, stream)?;
         Ok(CheckpointStore::File(FileCheckpoints { store: FileStore::new(root.join(application).join(stream)) }))
     }

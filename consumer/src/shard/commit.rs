@@ -209,10 +209,8 @@ where
     let stop = stops.abandon();
     match retry(report, Dependency::Checkpoint, what, &IN_PLACE, write, classify, stop).await {
         Ok(()) => Ok(()),
-        Err(GaveUp::Failed(shardlake::Error::LeaseLost { .. })) | Err(GaveUp::Stopped(_)) if stops.lease_lost() => {
-            Err(ShardError::LeaseLost { shard: shard.clone() })
-        }
         Err(GaveUp::Failed(shardlake::Error::LeaseLost { .. })) => Err(ShardError::LeaseLost { shard: shard.clone() }),
+        Err(GaveUp::Stopped(_)) if stops.lease_lost() => Err(ShardError::LeaseLost { shard: shard.clone() }),
         Err(GaveUp::Failed(source)) => Err(ShardError::Checkpoint { shard: shard.clone(), what, source }),
         Err(GaveUp::Stopped(e)) => {
             let why = e.map_or_else(|| "no attempt finished".to_string(), |e| e.to_string());
