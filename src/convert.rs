@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use parquet::file::metadata::ParquetMetaData;
 use serde_json::{Map, Value as Json};
 use tokio::sync::mpsc;
 
@@ -19,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::error_output::{ErrorKind, Line};
 use crate::partition::{PartitionTemplate, TimeSource};
 use crate::pipeline::{DEFAULT_MAX_RECORD_BYTES, OutputKind, OutputObject, Pipeline, PipelineStats, TableSpec};
-use crate::schema::{Schema, SchemaInferrer, UnknownFieldPolicy};
+use crate::schema::{FieldIds, Schema, SchemaInferrer, UnknownFieldPolicy};
 use crate::store::{Location, ObjectStore, S3Options};
 use crate::writer::WriterSettings;
 
@@ -60,6 +61,26 @@ pub struct ConvertOptions {
     pub writer: WriterSettings,
     /// S3 upload settings.
     pub s3: S3Options,
+    /// `Some` to write an Iceberg table's data files: every column, with
+    /// these field ids (each column's, then `_extra`'s), under `data/`; the
+    /// summary then lists them in `data`. `None` for a hive lake.
+    pub iceberg_field_ids: Option<Arc<Vec<FieldIds>>>,
+}
+
+/// The folder of an Iceberg table's data files, under its location.
+pub const ICEBERG_DATA_FOLDER: &str = "data/";
+
+/// A data file written, with what an Iceberg commit needs of it.
+#[derive(Debug, Clone)]
+pub struct WrittenData {
+    /// Its key under the destination.
+    pub key: String,
+    /// Its rendered partition folder (as the key starts).
+    pub partition: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Its footer.
+    pub footer: Arc<ParquetMetaData>,
 }
 
 /// Rows, files and bytes written to one partition.
@@ -96,6 +117,9 @@ pub struct ConvertSummary {
     pub keys: Vec<String>,
     /// The schema used (inferred or loaded).
     pub schema: Option<Schema>,
+    /// The data files, for an Iceberg table's commit (only with
+    /// [`ConvertOptions::iceberg_field_ids`]).
+    pub data: Vec<WrittenData>,
 }
 
 impl ConvertSummary {
@@ -212,7 +236,10 @@ pub fn line_reader(raw: Box<dyn Read + Send>, input: &str) -> Result<Box<dyn Buf
 
 /// The table spec of a run, once the schema is known.
 fn table_spec(opts: &ConvertOptions, schema: Schema) -> Result<TableSpec> {
-    let template = PartitionTemplate::parse(&opts.template)?;
+    let template = match opts.iceberg_field_ids {
+        Some(_) => PartitionTemplate::parse(&format!("{ICEBERG_DATA_FOLDER}{}", opts.template))?,
+        None => PartitionTemplate::parse(&opts.template)?,
+    };
     let time_source = match &opts.time_field {
         Some(f) if f.trim() == "arrival" => {
             return Err(Error::Config(
@@ -249,6 +276,7 @@ fn table_spec(opts: &ConvertOptions, schema: Schema) -> Result<TableSpec> {
         error_prefix,
         writer: opts.writer.clone(),
         max_partition_bytes,
+        field_ids: opts.iceberg_field_ids.clone(),
     })
 }
 
@@ -416,7 +444,11 @@ pub async fn convert(opts: &ConvertOptions, progress: Arc<AtomicU64>) -> Result<
         }
         summary.bytes_out += len;
         match &obj.kind {
-            OutputKind::Data { partition, rows } => {
+            OutputKind::Data { partition, rows, footer } => {
+                if opts.iceberg_field_ids.is_some() {
+                    let (key, partition, footer) = (obj.key.clone(), partition.clone(), footer.clone());
+                    summary.data.push(WrittenData { key, partition, bytes: len, footer });
+                }
                 summary.rows += rows;
                 summary.data_files += 1;
                 let p = summary.partitions.entry(partition.clone()).or_default();

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use parquet::file::metadata::ParquetMetaData;
 use serde_json::{Map, Value as Json};
 
 use crate::columns::{CoerceError, DecodeError};
@@ -13,7 +14,7 @@ use crate::error::Result;
 use crate::error_output::{ErrorKind, ErrorOutput, Position};
 use crate::json::{Kind, Parser, SyntaxError};
 use crate::partition::{PartitionTemplate, TimeSource, event_time_millis};
-use crate::schema::{FileLayout, Schema, UnknownFieldPolicy};
+use crate::schema::{FieldIds, FileLayout, Schema, UnknownFieldPolicy};
 use crate::store::{MAX_KEY_BYTES, MAX_SEGMENT_BYTES, key_length_problem};
 use crate::writer::{LakeWriter, WriterSettings};
 
@@ -40,6 +41,10 @@ pub struct TableSpec {
     pub error_prefix: String,
     /// Parquet and memory settings.
     pub writer: WriterSettings,
+    /// For an Iceberg table's data files, the field ids of each column
+    /// (then `_extra`): files keep every column, carry the ids and store
+    /// timestamps in microseconds. `None` for a hive lake.
+    pub field_ids: Option<Arc<Vec<FieldIds>>>,
     /// Bytes a rendered partition path may take (see [`partition_budget`]);
     /// a record whose path is longer, or has a level longer than a file
     /// name, goes to `partition_too_long`.
@@ -107,7 +112,7 @@ pub fn partition_problem(partition: &str, budget: usize) -> Option<String> {
 }
 
 /// What kind of object an [`OutputObject`] is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum OutputKind {
     /// A Parquet data file.
     Data {
@@ -115,6 +120,8 @@ pub enum OutputKind {
         partition: String,
         /// Rows in the file.
         rows: u64,
+        /// Its footer (row groups, column statistics).
+        footer: Arc<ParquetMetaData>,
     },
     /// A JSON Lines error file.
     Errors {
@@ -178,7 +185,10 @@ impl<P: Position> Pipeline<P> {
     /// error lines carry `common` fields.
     pub fn new(spec: TableSpec, stem: String, common: Map<String, Json>) -> Self {
         let keys: Vec<String> = spec.template.keys().iter().map(|k| k.name.clone()).collect();
-        let layout = FileLayout::new(&spec.schema, &keys, spec.unknown_fields);
+        let layout = match &spec.field_ids {
+            Some(ids) => FileLayout::iceberg(&spec.schema, spec.unknown_fields, ids.clone()),
+            None => FileLayout::new(&spec.schema, &keys, spec.unknown_fields),
+        };
         // A top-level timestamp column that is the time field gets the time the
         // pipeline parsed for the partition path instead of parsing it again.
         let time_column = match &spec.time_source {
@@ -336,7 +346,7 @@ impl<P: Position> Pipeline<P> {
                     f.first.key_part(),
                     f.last.key_part()
                 ),
-                kind: OutputKind::Data { partition: f.partition, rows: f.rows },
+                kind: OutputKind::Data { partition: f.partition, rows: f.rows, footer: f.footer },
                 data: f.data,
             });
         }

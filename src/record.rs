@@ -44,6 +44,9 @@ impl RecordDecoder {
         for (b, &i) in layout.stored.iter().enumerate() {
             slots[i] = Slot::Stored(b);
         }
+        // Builders make arrays of the file's Arrow types (with field ids and
+        // microsecond timestamps for Iceberg files).
+        let arrow = schema.file_arrow_schema(layout);
         RecordDecoder {
             keys: schema.columns.iter().map(|c| DeclaredKey::new(&c.name)).collect(),
             slots,
@@ -51,10 +54,11 @@ impl RecordDecoder {
             builders: layout
                 .stored
                 .iter()
-                .map(|&i| ColumnBuilder::new(&schema.columns[i].ty, &schema.columns[i].name))
+                .zip(arrow.fields())
+                .map(|(&i, f)| ColumnBuilder::typed(&schema.columns[i].ty, f.data_type(), &schema.columns[i].name))
                 .collect(),
             extra: layout.extra_column.then(Utf8::default),
-            arrow: schema.file_arrow_schema(layout),
+            arrow,
             ctx: RecordContext::new(policy),
             rows: 0,
             present: vec![false; schema.columns.len()],
@@ -148,7 +152,7 @@ impl RecordDecoder {
                         builder.truncate(rows);
                     }
                     match event_time {
-                        Some(ms) if self.time_column == Some(c) => {
+                        Some(ms) if self.time_column == Some(c) && builder.accepts_timestamp(ms) => {
                             p.skip()?;
                             builder.push_timestamp(ms);
                         }

@@ -18,6 +18,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::{ArrayRef, RecordBatch};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding};
+use parquet::file::metadata::ParquetMetaData;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
@@ -77,6 +78,9 @@ pub struct FinishedFile<P> {
     pub rows: u64,
     /// The Parquet bytes.
     pub data: Vec<u8>,
+    /// The file's footer: row groups and column statistics (what an
+    /// Iceberg data file entry is made of).
+    pub footer: Arc<ParquetMetaData>,
 }
 
 struct OpenPartition<P> {
@@ -276,9 +280,11 @@ impl<P: Clone> LakeWriter<P> {
             return Ok(());
         }
         encode(&mut p, &self.props)?;
-        let writer = p.writer.expect("encode creates the writer");
-        let data = writer.into_inner().map_err(|error| Error::Parquet { key: p.name.clone(), error })?;
-        self.ready.push(FinishedFile { partition: p.name, first: p.first, last: p.last, rows: p.rows, data });
+        let mut writer = p.writer.expect("encode creates the writer");
+        let footer = writer.finish().map_err(|error| Error::Parquet { key: p.name.clone(), error })?;
+        let data = std::mem::take(writer.inner_mut());
+        let footer = Arc::new(footer);
+        self.ready.push(FinishedFile { partition: p.name, first: p.first, last: p.last, rows: p.rows, data, footer });
         Ok(())
     }
 

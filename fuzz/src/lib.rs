@@ -58,6 +58,7 @@ pub fn spec(schema: Schema, template: &str, time_source: TimeSource, policy: Unk
             encode_bytes: 64 << 10,
         },
         max_partition_bytes: 700,
+        field_ids: None,
     }
 }
 
@@ -104,7 +105,7 @@ pub fn check_outputs(records: &[&[u8]], stats: &PipelineStats, outputs: &[Output
             panic!("the store refuses output key {:?}: {e}", out.key);
         }
         match &out.kind {
-            OutputKind::Data { partition, rows } => {
+            OutputKind::Data { partition, rows, .. } => {
                 assert!(out.key.starts_with(partition.as_str()), "key {} vs partition {partition}", out.key);
                 check_partition_path(partition, levels);
                 assert!(out.key.len() <= 1024, "key over 1,024 bytes: {} bytes", out.key.len());

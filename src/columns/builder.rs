@@ -5,11 +5,12 @@
 use std::sync::Arc;
 
 use arrow_array::types::{
-    Date32Type, Decimal128Type, Float32Type, Float64Type, Int32Type, Int64Type, TimestampMillisecondType,
+    Date32Type, Decimal128Type, Float32Type, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType,
+    TimestampMillisecondType,
 };
 use arrow_array::{ArrayRef, BooleanArray, ListArray, MapArray, StructArray};
 use arrow_buffer::{BooleanBufferBuilder, OffsetBuffer, ScalarBuffer};
-use arrow_schema::{DataType, Field, FieldRef, Fields};
+use arrow_schema::{DataType, Field, FieldRef, Fields, TimeUnit};
 
 use super::buffers::{Prim, Utf8, Validity};
 use super::context::{RecordContext, join_path};
@@ -43,8 +44,9 @@ pub enum ColumnBuilder {
     Decimal(Prim<Decimal128Type>, u8, i8),
     /// `date`
     Date(Prim<Date32Type>),
-    /// `timestamp`
-    Timestamp(Prim<TimestampMillisecondType>),
+    /// `timestamp`: epoch milliseconds, written as microseconds when the
+    /// flag is set (Iceberg data files).
+    Timestamp(Prim<TimestampMillisecondType>, bool),
     /// `array<T>`
     Array {
         /// Element type, for error messages.
@@ -94,6 +96,13 @@ impl ColumnBuilder {
     /// An empty builder for `ty` at dotted `path` (the column name at the
     /// top level; used to name unknown nested fields in `_extra`).
     pub fn new(ty: &HiveType, path: &str) -> Self {
+        Self::typed(ty, &ty.to_arrow(), path)
+    }
+
+    /// An empty builder for `ty` whose arrays have the Arrow type `arrow`
+    /// (`ty`'s, possibly with field ids on nested fields and microsecond
+    /// timestamps: see [`crate::schema::iceberg_field`]).
+    pub fn typed(ty: &HiveType, arrow: &DataType, path: &str) -> Self {
         match ty {
             HiveType::String => ColumnBuilder::String(Utf8::default()),
             HiveType::Boolean => {
@@ -105,30 +114,59 @@ impl ColumnBuilder {
             HiveType::Double => ColumnBuilder::Double(Prim::default()),
             HiveType::Decimal { precision, scale } => ColumnBuilder::Decimal(Prim::default(), *precision, *scale),
             HiveType::Date => ColumnBuilder::Date(Prim::default()),
-            HiveType::Timestamp => ColumnBuilder::Timestamp(Prim::default()),
-            HiveType::Array(item) => ColumnBuilder::Array {
-                ty: (**item).clone(),
-                field: Arc::new(Field::new(LIST_ITEM_NAME, item.to_arrow(), true)),
-                offsets: vec![0],
-                valid: Validity::default(),
-                item: Box::new(ColumnBuilder::new(item, &format!("{path}[]"))),
-            },
-            HiveType::Struct(fields) => ColumnBuilder::Struct {
-                path: path.to_string(),
-                ty: fields.clone(),
-                keys: fields.iter().map(|f| DeclaredKey::new(&f.name)).collect(),
-                fields: struct_fields(fields),
-                valid: Validity::default(),
-                children: fields.iter().map(|f| ColumnBuilder::new(&f.ty, &join_path(path, &f.name))).collect(),
-            },
-            HiveType::Map(value) => ColumnBuilder::Map {
-                ty: (**value).clone(),
-                entries: Arc::new(map_entries_field(value)),
-                offsets: vec![0],
-                valid: Validity::default(),
-                keys: Utf8::default(),
-                values: Box::new(ColumnBuilder::new(value, &join_path(path, "*"))),
-            },
+            HiveType::Timestamp => ColumnBuilder::Timestamp(
+                Prim::default(),
+                matches!(arrow, DataType::Timestamp(TimeUnit::Microsecond, _)),
+            ),
+            HiveType::Array(item) => {
+                let field = match arrow {
+                    DataType::List(f) => f.clone(),
+                    _ => Arc::new(Field::new(LIST_ITEM_NAME, item.to_arrow(), true)),
+                };
+                ColumnBuilder::Array {
+                    ty: (**item).clone(),
+                    offsets: vec![0],
+                    valid: Validity::default(),
+                    item: Box::new(ColumnBuilder::typed(item, field.data_type(), &format!("{path}[]"))),
+                    field,
+                }
+            }
+            HiveType::Struct(fields) => {
+                let arrow_fields = match arrow {
+                    DataType::Struct(f) if f.len() == fields.len() => f.clone(),
+                    _ => struct_fields(fields),
+                };
+                ColumnBuilder::Struct {
+                    path: path.to_string(),
+                    ty: fields.clone(),
+                    keys: fields.iter().map(|f| DeclaredKey::new(&f.name)).collect(),
+                    valid: Validity::default(),
+                    children: fields
+                        .iter()
+                        .zip(arrow_fields.iter())
+                        .map(|(f, a)| ColumnBuilder::typed(&f.ty, a.data_type(), &join_path(path, &f.name)))
+                        .collect(),
+                    fields: arrow_fields,
+                }
+            }
+            HiveType::Map(value) => {
+                let entries = match arrow {
+                    DataType::Map(e, _) => e.clone(),
+                    _ => Arc::new(map_entries_field(value)),
+                };
+                let value_type = match entries.data_type() {
+                    DataType::Struct(kv) if kv.len() == 2 => kv[1].data_type().clone(),
+                    _ => value.to_arrow(),
+                };
+                ColumnBuilder::Map {
+                    ty: (**value).clone(),
+                    entries,
+                    offsets: vec![0],
+                    valid: Validity::default(),
+                    keys: Utf8::default(),
+                    values: Box::new(ColumnBuilder::typed(value, &value_type, &join_path(path, "*"))),
+                }
+            }
         }
     }
 
@@ -146,7 +184,7 @@ impl ColumnBuilder {
             ColumnBuilder::Double(p) => p.valid.len(),
             ColumnBuilder::Decimal(p, ..) => p.valid.len(),
             ColumnBuilder::Date(p) => p.valid.len(),
-            ColumnBuilder::Timestamp(p) => p.valid.len(),
+            ColumnBuilder::Timestamp(p, _) => p.valid.len(),
         }
     }
 
@@ -169,7 +207,7 @@ impl ColumnBuilder {
             ColumnBuilder::Double(p) => p.push_null(),
             ColumnBuilder::Decimal(p, ..) => p.push_null(),
             ColumnBuilder::Date(p) => p.push_null(),
-            ColumnBuilder::Timestamp(p) => p.push_null(),
+            ColumnBuilder::Timestamp(p, _) => p.push_null(),
             ColumnBuilder::Array { offsets, valid, .. } | ColumnBuilder::Map { offsets, valid, .. } => {
                 offsets.push(*offsets.last().unwrap_or(&0));
                 valid.append_null();
@@ -185,7 +223,7 @@ impl ColumnBuilder {
     /// empty, or another type).
     pub fn last_timestamp(&self) -> Option<i64> {
         match self {
-            ColumnBuilder::Timestamp(p) => {
+            ColumnBuilder::Timestamp(p, _) => {
                 let n = p.values.len();
                 (n > 0 && p.valid.is_valid(n - 1)).then(|| p.values[n - 1])
             }
@@ -193,10 +231,19 @@ impl ColumnBuilder {
         }
     }
 
+    /// Whether a timestamp column holds `ms` as it is written (microseconds
+    /// overflow beyond about 292,000 years from 1970).
+    pub fn accepts_timestamp(&self, ms: i64) -> bool {
+        match self {
+            ColumnBuilder::Timestamp(_, micros) => !micros || ms.checked_mul(1000).is_some(),
+            _ => false,
+        }
+    }
+
     /// Appends an already parsed timestamp (epoch ms) to a timestamp column.
     pub fn push_timestamp(&mut self, ms: i64) {
         match self {
-            ColumnBuilder::Timestamp(p) => p.push(ms),
+            ColumnBuilder::Timestamp(p, _) => p.push(ms),
             _ => unreachable!("push_timestamp on a non-timestamp column"),
         }
     }
@@ -286,12 +333,14 @@ impl ColumnBuilder {
                     .or_else(|| parse_rfc3339_millis(s).and_then(|ms| i32::try_from(ms.div_euclid(86_400_000)).ok()));
                 b.push(days.ok_or_else(|| mismatch(&HiveType::Date, p, start, "not a YYYY-MM-DD date"))?);
             }
-            ColumnBuilder::Timestamp(b) => {
+            ColumnBuilder::Timestamp(b, micros) => {
                 let ms = match kind {
                     Kind::String => parse_timestamp_str_millis(p.string(&mut buf)?),
                     Kind::Number => p.number()?.parse::<f64>().ok().and_then(epoch_number_to_millis),
                     _ => None,
                 };
+                // Microseconds must fit an i64 (about 292,000 years from 1970).
+                let ms = ms.filter(|ms| !*micros || ms.checked_mul(1000).is_some());
                 b.push(ms.ok_or_else(|| {
                     mismatch(&HiveType::Timestamp, p, start, "expected RFC 3339, epoch seconds or epoch millis")
                 })?);
@@ -381,7 +430,7 @@ impl ColumnBuilder {
             ColumnBuilder::Double(p) => p.truncate(len),
             ColumnBuilder::Decimal(p, ..) => p.truncate(len),
             ColumnBuilder::Date(p) => p.truncate(len),
-            ColumnBuilder::Timestamp(p) => p.truncate(len),
+            ColumnBuilder::Timestamp(p, _) => p.truncate(len),
             ColumnBuilder::Array { offsets, valid, item, .. } => {
                 item.truncate(offsets[len] as usize);
                 offsets.truncate(len + 1);
@@ -412,7 +461,7 @@ impl ColumnBuilder {
             ColumnBuilder::Double(p) => p.bytes(),
             ColumnBuilder::Decimal(p, ..) => p.bytes(),
             ColumnBuilder::Date(p) => p.bytes(),
-            ColumnBuilder::Timestamp(p) => p.bytes(),
+            ColumnBuilder::Timestamp(p, _) => p.bytes(),
             ColumnBuilder::Array { offsets, valid, item, .. } => offsets.len() * 4 + valid.len() / 8 + item.bytes(),
             ColumnBuilder::Struct { valid, children, .. } => {
                 valid.len() / 8 + children.iter().map(ColumnBuilder::bytes).sum::<usize>()
@@ -439,7 +488,10 @@ impl ColumnBuilder {
                 p.finish().with_precision_and_scale(*precision, *scale).expect("precision validated by the schema"),
             ),
             ColumnBuilder::Date(p) => Arc::new(p.finish()),
-            ColumnBuilder::Timestamp(p) => Arc::new(p.finish().with_timezone("UTC")),
+            ColumnBuilder::Timestamp(p, false) => Arc::new(p.finish().with_timezone("UTC")),
+            ColumnBuilder::Timestamp(p, true) => {
+                Arc::new(p.finish().unary::<_, TimestampMicrosecondType>(|ms| ms * 1000).with_timezone("UTC"))
+            }
             ColumnBuilder::Array { field, offsets, valid, item, .. } => {
                 let nulls = valid.finish();
                 let offsets = OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));

@@ -27,8 +27,8 @@ pub use ddl::{DdlOptions, TableDefinition, create_table_ddl, table_definition};
 pub use evolve::{FieldWatch, MAX_COLUMN_TYPE_CHARS, WatchCounts, valid_column_name, with_columns};
 pub use infer::{DEFAULT_INFER_SAMPLE, MAX_INFERRED_FIELDS, SchemaInferrer};
 pub use types::{
-    HiveType, LIST_ITEM_NAME, MAX_DECIMAL_PRECISION, MAX_TYPE_DEPTH, StructField, TypeParseError, map_entries_field,
-    struct_fields,
+    FieldIds, HiveType, LIST_ITEM_NAME, MAX_DECIMAL_PRECISION, MAX_TYPE_DEPTH, StructField, TypeParseError, iceberg_field,
+    map_entries_field, struct_fields,
 };
 
 use crate::error::{Error, Result};
@@ -161,6 +161,21 @@ impl Schema {
     /// The Arrow schema of the data files: every column except those stored
     /// as partition directories, plus `_extra` when unknown fields are kept.
     pub fn file_arrow_schema(&self, layout: &FileLayout) -> Arc<arrow_schema::Schema> {
+        if let Some(ids) = &layout.field_ids {
+            let mut fields: Vec<Field> = layout
+                .stored
+                .iter()
+                .zip(ids.iter())
+                .map(|(&i, ids)| {
+                    let c = &self.columns[i];
+                    iceberg_field(&c.name, &c.ty, !c.required, Some(ids))
+                })
+                .collect();
+            if layout.extra_column {
+                fields.push(iceberg_field(EXTRA_COLUMN, &HiveType::String, true, ids.get(layout.stored.len())));
+            }
+            return Arc::new(arrow_schema::Schema::new(fields));
+        }
         let mut fields: Vec<Field> = layout
             .stored
             .iter()
@@ -183,6 +198,10 @@ pub struct FileLayout {
     pub stored: Vec<usize>,
     /// Whether the file has an `_extra` column.
     pub extra_column: bool,
+    /// For an Iceberg table's data files: the field ids of each stored
+    /// column, then of `_extra`. The files then carry them, and store
+    /// timestamps in microseconds.
+    pub field_ids: Option<Arc<Vec<FieldIds>>>,
 }
 
 impl FileLayout {
@@ -192,7 +211,14 @@ impl FileLayout {
         let stored = (0..schema.columns.len())
             .filter(|&i| !partition_keys.iter().any(|k| k.eq_ignore_ascii_case(&schema.columns[i].name)))
             .collect();
-        FileLayout { stored, extra_column: policy.keeps_extra() }
+        FileLayout { stored, extra_column: policy.keeps_extra(), field_ids: None }
+    }
+
+    /// Every column, with the field ids of an Iceberg table (`ids`: each
+    /// column's, then `_extra`'s). Partition values are transforms of
+    /// columns there, so no column is left to the path.
+    pub fn iceberg(schema: &Schema, policy: UnknownFieldPolicy, ids: Arc<Vec<FieldIds>>) -> Self {
+        FileLayout { stored: (0..schema.columns.len()).collect(), extra_column: policy.keeps_extra(), field_ids: Some(ids) }
     }
 }
 

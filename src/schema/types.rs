@@ -302,6 +302,60 @@ impl HiveType {
     }
 }
 
+/// The field ids of a column and of its nested fields, as an Iceberg table
+/// assigned them: children by struct field name, `element` for a list's
+/// items, `key` and `value` for a map's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldIds {
+    /// The field's own id.
+    pub id: i32,
+    /// Its nested fields' ids, by name.
+    pub children: Vec<(String, FieldIds)>,
+}
+
+impl FieldIds {
+    fn child(&self, name: &str) -> Option<&FieldIds> {
+        self.children.iter().find(|(n, _)| n == name).map(|(_, ids)| ids)
+    }
+}
+
+/// An Arrow field as an Iceberg data file stores it: every level carries its
+/// field id (`PARQUET:field_id`), so readers match columns by id, and
+/// timestamps are microseconds, as the Iceberg spec requires.
+pub fn iceberg_field(name: &str, ty: &HiveType, nullable: bool, ids: Option<&FieldIds>) -> Field {
+    let data_type = match ty {
+        HiveType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from("UTC"))),
+        HiveType::Array(item) => DataType::List(Arc::new(iceberg_field(
+            LIST_ITEM_NAME,
+            item,
+            true,
+            ids.and_then(|i| i.child(LIST_ITEM_NAME)),
+        ))),
+        HiveType::Struct(fields) => DataType::Struct(
+            fields.iter().map(|f| iceberg_field(&f.name, &f.ty, true, ids.and_then(|i| i.child(&f.name)))).collect(),
+        ),
+        HiveType::Map(value) => DataType::Map(
+            Arc::new(Field::new(
+                "key_value",
+                DataType::Struct(Fields::from(vec![
+                    iceberg_field("key", &HiveType::String, false, ids.and_then(|i| i.child("key"))),
+                    iceberg_field("value", value, true, ids.and_then(|i| i.child("value"))),
+                ])),
+                false,
+            )),
+            false,
+        ),
+        other => other.to_arrow(),
+    };
+    let field = Field::new(name, data_type, nullable);
+    match ids {
+        Some(ids) => field.with_metadata(
+            [(parquet::arrow::PARQUET_FIELD_ID_META_KEY.to_string(), ids.id.to_string())].into_iter().collect(),
+        ),
+        None => field,
+    }
+}
+
 /// Arrow fields of a struct: all nullable, since JSON may omit any of them.
 pub fn struct_fields(fields: &[StructField]) -> Fields {
     fields.iter().map(|f| Field::new(&f.name, f.ty.to_arrow(), true)).collect()

@@ -187,6 +187,7 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
             ..WriterSettings::default()
         },
         s3: S3Options { sse_kms_key_id: args.sse_kms_key_id, ..S3Options::default() }.validate(),
+        iceberg_field_ids: None,
     };
     // A missing bucket, credential or region, or an unwritable folder, is
     // one line with the fix before any input is read.

@@ -319,6 +319,7 @@ impl ConsumerConfig {
             error_prefix,
             writer,
             max_partition_bytes,
+            field_ids: None,
         };
         let s3 = S3Options {
             sse_kms_key_id: self.sse_kms_key_id.clone(),

@@ -23,6 +23,7 @@ fn base() -> TableSpec {
         error_prefix: "errors/".into(),
         writer: Default::default(),
         max_partition_bytes: 512,
+        field_ids: None,
     }
 }
 

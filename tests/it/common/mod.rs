@@ -61,6 +61,7 @@ pub fn event_options(input: &Path, destination: &str) -> ConvertOptions {
         max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
         writer: WriterSettings::default(),
         s3: S3Options::default(),
+        iceberg_field_ids: None,
     }
 }
 
