@@ -65,6 +65,10 @@ pub struct ConvertOptions {
     /// these field ids (each column's, then `_extra`'s), under `data/`; the
     /// summary then lists them in `data`. `None` for a hive lake.
     pub iceberg_field_ids: Option<Arc<Vec<FieldIds>>>,
+    /// Data and error file names start with this instead of the input's
+    /// name (an Iceberg append gives each run its own names, since a
+    /// committed file is never overwritten).
+    pub file_stem: Option<String>,
 }
 
 /// The folder of an Iceberg table's data files, under its location.
@@ -127,6 +131,11 @@ impl ConvertSummary {
     pub fn mb_per_s(&self) -> f64 {
         self.bytes_in as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
     }
+}
+
+/// The file name stem of a run's files.
+fn file_stem(opts: &ConvertOptions) -> String {
+    opts.file_stem.clone().unwrap_or_else(|| input_stem(&opts.input))
 }
 
 /// The longest file name stem `input_stem` gives.
@@ -261,7 +270,7 @@ fn table_spec(opts: &ConvertOptions, schema: Schema) -> Result<TableSpec> {
     let prefix_bytes = Location::parse(&opts.destination)?.key_prefix_bytes();
     let max_partition_bytes = crate::pipeline::partition_budget(
         prefix_bytes,
-        &input_stem(&opts.input),
+        &file_stem(opts),
         LINE_NUMBER_BYTES,
         &error_prefix,
         &template,
@@ -397,7 +406,7 @@ pub async fn convert(opts: &ConvertOptions, progress: Arc<AtomicU64>) -> Result<
         let spec = table_spec(&opts, schema.clone())?;
         let mut common = Map::new();
         common.insert("source".into(), Json::from(input));
-        let mut pipeline: Pipeline<Line> = Pipeline::new(spec, input_stem(input), common);
+        let mut pipeline: Pipeline<Line> = Pipeline::new(spec, file_stem(&opts), common);
         let mut line_no = 0u64;
         let send = |pipeline: &mut Pipeline<Line>| -> Result<()> {
             for o in pipeline.take_outputs() {

@@ -1,7 +1,7 @@
 //! `shardlake-consumer convert`.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use shardlake::catalog::{CatalogTable, GLUE_SCHEME, PartitionMode, TableName};
-use shardlake::convert::{ConvertOptions, ConvertSummary, SchemaSource, convert, error_breakdown};
+use shardlake::convert::{ConvertOptions, ConvertSummary, SchemaSource, convert, error_breakdown, input_stem};
 use shardlake::partition::{DEFAULT_TEMPLATE, PartitionTemplate};
 use shardlake::pipeline::DEFAULT_MAX_RECORD_BYTES;
 use shardlake::schema::{DEFAULT_INFER_SAMPLE, Schema, UnknownFieldPolicy, table_definition};
@@ -17,9 +17,10 @@ use shardlake::store::S3Options;
 use shardlake::writer::WriterSettings;
 
 use crate::cli::schema::PolicyArg;
+use crate::lake::iceberg::{BatchFiles, BatchKey, CatalogUrl, IcebergLake, TableConfig};
 
 /// Arguments of `convert`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ConvertArgs {
     /// JSON Lines input: a file (plain or gzip), `-` for stdin, or s3://bucket/key.
     #[arg(long)]
@@ -66,7 +67,8 @@ pub struct ConvertArgs {
     sse_kms_key_id: Option<String>,
     /// Glue table of the lake (glue://DATABASE/TABLE): checked (or created
     /// with --catalog-create) and, with --catalog-partitions register, the
-    /// written partitions registered.
+    /// written partitions registered. With --table-format iceberg, the
+    /// Iceberg table: sqlite://PATH/NAMESPACE/TABLE (a local catalog file).
     #[arg(long)]
     catalog: Option<String>,
     /// Create the catalog's database and table when missing.
@@ -76,6 +78,11 @@ pub struct ConvertArgs {
     /// sees it); projection: Athena partition projection, nothing registered.
     #[arg(long, value_enum, default_value_t = PartitionModeArg::Register)]
     catalog_partitions: PartitionModeArg,
+    /// hive: Parquet files in hive folders (and, with --catalog glue://,
+    /// a Glue table's partitions); iceberg: an Apache Iceberg table in the
+    /// catalog --catalog names (sqlite://PATH/NAMESPACE/TABLE).
+    #[arg(long, value_enum, default_value_t = TableFormatArg::Hive)]
+    table_format: TableFormatArg,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -109,6 +116,15 @@ fn progress_bar(input: &str, counter: Arc<AtomicU64>) -> Option<tokio::task::Joi
         }
         bar.finish_and_clear();
     }))
+}
+
+/// `--table-format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TableFormatArg {
+    /// Parquet files in hive folders.
+    Hive,
+    /// An Apache Iceberg table.
+    Iceberg,
 }
 
 /// `--catalog-partitions` values.
@@ -154,6 +170,7 @@ const PREFLIGHT_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Runs `convert`.
 pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
+    let given = args.clone();
     let local = !(args.input == "-" || args.input.starts_with("s3://"));
     if local && !std::path::Path::new(&args.input).exists() {
         bail!("input file {} does not exist", args.input);
@@ -186,14 +203,18 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
             row_group_rows: args.row_group_rows,
             ..WriterSettings::default()
         },
-        s3: S3Options { sse_kms_key_id: args.sse_kms_key_id, ..S3Options::default() }.validate(),
+        s3: S3Options { sse_kms_key_id: args.sse_kms_key_id.clone(), ..S3Options::default() }.validate(),
         iceberg_field_ids: None,
+        file_stem: None,
     };
     // A missing bucket, credential or region, or an unwritable folder, is
     // one line with the fix before any input is read.
     let checks = crate::cli::preflight::check_destination(&opts.destination, &opts.s3, PREFLIGHT_PATIENCE).await;
     crate::cli::preflight::problems(&checks)?;
     crate::cli::preflight::report_doubts(&checks, PREFLIGHT_PATIENCE);
+    if args.table_format == TableFormatArg::Iceberg {
+        return run_iceberg(given, opts).await;
+    }
     let mode = PartitionMode::from(args.catalog_partitions);
     if args.catalog.is_some() && glue.is_none() {
         glue = Some(glue_client().await);
@@ -238,7 +259,62 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `convert --table-format iceberg`: the table is opened (or created) first,
+/// so the files carry its field ids; then one append commits them all.
+async fn run_iceberg(args: ConvertArgs, mut opts: ConvertOptions) -> anyhow::Result<()> {
+    let Some(url) = &args.catalog else {
+        bail!("--table-format iceberg: name the table with --catalog sqlite://PATH/NAMESPACE/TABLE");
+    };
+    let catalog = CatalogUrl::parse(url, Path::new(".")).map_err(|e| anyhow::anyhow!("--catalog: {e}"))?;
+    let schema = match &opts.schema {
+        SchemaSource::File(p) => Schema::from_file(p)?,
+        SchemaSource::Given(s) => s.clone(),
+        SchemaSource::Infer { .. } => bail!(
+            "--table-format iceberg needs the schema before the table: pass --schema (`schema infer` writes one)"
+        ),
+    };
+    let lake = IcebergLake::open(TableConfig {
+        catalog: &catalog,
+        destination: &opts.destination,
+        schema: &schema,
+        unknown_fields: opts.unknown_fields,
+        template: &opts.template,
+        time_field: opts.time_field.as_deref(),
+        create: args.catalog_create,
+    })
+    .await?;
+    // Each run's files get their own names: a committed file is never rewritten.
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros();
+    let stem = format!("{}-{run:x}", input_stem(&opts.input));
+    opts.iceberg_field_ids = Some(lake.field_ids.clone());
+    opts.file_stem = Some(stem.clone());
+    let summary = convert(&opts, Arc::new(AtomicU64::new(0)))
+        .await
+        .with_context(|| format!("converting {} into {}", args.input, args.destination))?;
+    let files = summary.data.iter().map(|f| lake.written(&f.key, &f.partition, f.bytes, f.footer.clone())).collect();
+    let batch = BatchFiles { key: BatchKey(format!("convert/{stem}")), files };
+    let appended = lake.table.append(vec![batch]).await?;
+    let snapshot = appended.snapshot_id.map_or_else(|| "none".to_string(), |id| id.to_string());
+    if args.json {
+        let mut json = summary_value(&summary);
+        json["iceberg_table"] = lake.table.ident().to_string().into();
+        json["snapshot_id"] = appended.snapshot_id.into();
+        outln!("{json}");
+    } else {
+        print_summary(&args.input, &args.destination, &summary);
+        outln!("  iceberg   {:>12}  snapshot {snapshot} of {}", "appended", lake.table.ident());
+        if args.print_partitions {
+            print_partitions(&summary);
+        }
+    }
+    Ok(())
+}
+
 fn summary_json(s: &ConvertSummary) -> String {
+    summary_value(s).to_string()
+}
+
+fn summary_value(s: &ConvertSummary) -> serde_json::Value {
     let errors: serde_json::Map<String, serde_json::Value> =
         s.stats.errors.iter().map(|(k, v)| (k.as_str().to_string(), (*v).into())).collect();
     let partitions: serde_json::Map<String, serde_json::Value> = s
@@ -261,7 +337,6 @@ fn summary_json(s: &ConvertSummary) -> String {
         "mb_per_s": s.mb_per_s(),
         "partitions": partitions,
     })
-    .to_string()
 }
 
 fn print_summary(input: &str, destination: &str, s: &ConvertSummary) {

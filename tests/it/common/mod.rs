@@ -62,6 +62,7 @@ pub fn event_options(input: &Path, destination: &str) -> ConvertOptions {
         writer: WriterSettings::default(),
         s3: S3Options::default(),
         iceberg_field_ids: None,
+        file_stem: None,
     }
 }
 
