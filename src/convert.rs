@@ -268,14 +268,9 @@ fn table_spec(opts: &ConvertOptions, schema: Schema) -> Result<TableSpec> {
     };
     let error_prefix = crate::store::folder_prefix(&opts.error_prefix);
     let prefix_bytes = Location::parse(&opts.destination)?.key_prefix_bytes();
-    let max_partition_bytes = crate::pipeline::partition_budget(
-        prefix_bytes,
-        &file_stem(opts),
-        LINE_NUMBER_BYTES,
-        &error_prefix,
-        &template,
-    )
-    .map_err(|e| Error::Config(format!("output keys too long: {e}")))?;
+    let max_partition_bytes =
+        crate::pipeline::partition_budget(prefix_bytes, &file_stem(opts), LINE_NUMBER_BYTES, &error_prefix, &template)
+            .map_err(|e| Error::Config(format!("output keys too long: {e}")))?;
     Ok(TableSpec {
         schema: Arc::new(schema),
         template,

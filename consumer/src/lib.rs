@@ -44,6 +44,9 @@ mod scheduler;
 mod shard;
 pub mod stop;
 
+/// The lake as an Apache Iceberg table: its spec, catalog and appends.
+pub use lake::iceberg;
+
 /// Entry points for the fuzz targets (`fuzz/`); not a stable API.
 pub mod fuzzing {
     use std::ops::Range;

@@ -27,8 +27,8 @@ pub use ddl::{DdlOptions, TableDefinition, create_table_ddl, table_definition};
 pub use evolve::{FieldWatch, MAX_COLUMN_TYPE_CHARS, WatchCounts, valid_column_name, with_columns};
 pub use infer::{DEFAULT_INFER_SAMPLE, MAX_INFERRED_FIELDS, SchemaInferrer};
 pub use types::{
-    FieldIds, HiveType, LIST_ITEM_NAME, MAX_DECIMAL_PRECISION, MAX_TYPE_DEPTH, StructField, TypeParseError, iceberg_field,
-    map_entries_field, struct_fields,
+    FieldIds, HiveType, LIST_ITEM_NAME, MAX_DECIMAL_PRECISION, MAX_TYPE_DEPTH, StructField, TypeParseError,
+    iceberg_field, map_entries_field, struct_fields,
 };
 
 use crate::error::{Error, Result};
@@ -218,7 +218,11 @@ impl FileLayout {
     /// column's, then `_extra`'s). Partition values are transforms of
     /// columns there, so no column is left to the path.
     pub fn iceberg(schema: &Schema, policy: UnknownFieldPolicy, ids: Arc<Vec<FieldIds>>) -> Self {
-        FileLayout { stored: (0..schema.columns.len()).collect(), extra_column: policy.keeps_extra(), field_ids: Some(ids) }
+        FileLayout {
+            stored: (0..schema.columns.len()).collect(),
+            extra_column: policy.keeps_extra(),
+            field_ids: Some(ids),
+        }
     }
 }
 

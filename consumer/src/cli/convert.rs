@@ -269,9 +269,9 @@ async fn run_iceberg(args: ConvertArgs, mut opts: ConvertOptions) -> anyhow::Res
     let schema = match &opts.schema {
         SchemaSource::File(p) => Schema::from_file(p)?,
         SchemaSource::Given(s) => s.clone(),
-        SchemaSource::Infer { .. } => bail!(
-            "--table-format iceberg needs the schema before the table: pass --schema (`schema infer` writes one)"
-        ),
+        SchemaSource::Infer { .. } => {
+            bail!("--table-format iceberg needs the schema before the table: pass --schema (`schema infer` writes one)")
+        }
     };
     let lake = IcebergLake::open(TableConfig {
         catalog: &catalog,

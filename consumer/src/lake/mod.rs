@@ -7,5 +7,5 @@
 pub mod batch;
 pub mod catalog;
 pub mod evolve;
-pub mod infer;
 pub mod iceberg;
+pub mod infer;

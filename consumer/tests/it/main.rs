@@ -15,6 +15,7 @@ mod dynamodb_store;
 mod faults;
 mod fleet;
 mod iam_policy;
+mod iceberg;
 mod kinesis_to_lake;
 mod poison_records;
 mod preflight;

@@ -44,7 +44,9 @@ impl CatalogUrl {
         };
         let parts: Vec<&str> = rest.rsplitn(3, '/').collect();
         let [table, namespace, file] = parts[..] else {
-            return Err(format!("`{url}`: write sqlite://PATH/NAMESPACE/TABLE, e.g. sqlite://lake/catalog.db/demo/events"));
+            return Err(format!(
+                "`{url}`: write sqlite://PATH/NAMESPACE/TABLE, e.g. sqlite://lake/catalog.db/demo/events"
+            ));
         };
         for (what, name) in [("namespace", namespace), ("table", table)] {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {

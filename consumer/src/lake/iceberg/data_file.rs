@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use iceberg::spec::{
-    DataContentType, DataFile, DataFileBuilder, DataFileFormat, Datum, PrimitiveType, Schema as IcebergSchema,
-    Struct, Type,
+    DataContentType, DataFile, DataFileBuilder, DataFileFormat, Datum, PrimitiveType, Schema as IcebergSchema, Struct,
+    Type,
 };
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::statistics::Statistics;
@@ -105,7 +105,9 @@ fn merge(bounds: &mut HashMap<i32, Datum>, id: i32, value: Datum, lower: bool) {
 fn bound(ty: &PrimitiveType, stats: &Statistics, lower: bool) -> Option<Datum> {
     let exact = if lower { stats.min_is_exact() } else { stats.max_is_exact() };
     match (ty, stats) {
-        (PrimitiveType::Boolean, Statistics::Boolean(s)) => pick(lower, s.min_opt(), s.max_opt()).map(|v| Datum::bool(*v)),
+        (PrimitiveType::Boolean, Statistics::Boolean(s)) => {
+            pick(lower, s.min_opt(), s.max_opt()).map(|v| Datum::bool(*v))
+        }
         (PrimitiveType::Int, Statistics::Int32(s)) => pick(lower, s.min_opt(), s.max_opt()).map(|v| Datum::int(*v)),
         (PrimitiveType::Date, Statistics::Int32(s)) => pick(lower, s.min_opt(), s.max_opt()).map(|v| Datum::date(*v)),
         (PrimitiveType::Long, Statistics::Int64(s)) => pick(lower, s.min_opt(), s.max_opt()).map(|v| Datum::long(*v)),

@@ -77,7 +77,13 @@ impl IcebergLake {
     }
 
     /// A written data file by its key under the lake (`data/...`).
-    pub fn written(&self, key: &str, partition: &str, bytes: u64, footer: Arc<parquet::file::metadata::ParquetMetaData>) -> WrittenFile {
+    pub fn written(
+        &self,
+        key: &str,
+        partition: &str,
+        bytes: u64,
+        footer: Arc<parquet::file::metadata::ParquetMetaData>,
+    ) -> WrittenFile {
         WrittenFile {
             path: format!("{}/{key}", self.location),
             folder: partition.strip_prefix(ICEBERG_DATA_FOLDER).unwrap_or(partition).to_string(),
@@ -102,6 +108,7 @@ pub fn table_location(destination: &str) -> Result<String, SpecError> {
     } else {
         std::env::current_dir().map_err(|e| SpecError(format!("no current folder: {e}")))?.join(path)
     };
-    let text = absolute.to_str().ok_or_else(|| SpecError(format!("lake folder {} is not UTF-8", absolute.display())))?;
+    let text =
+        absolute.to_str().ok_or_else(|| SpecError(format!("lake folder {} is not UTF-8", absolute.display())))?;
     Ok(format!("file://{}", text.trim_end_matches('/')))
 }

@@ -126,8 +126,7 @@ fn ids_of(field: &NestedField, ty: &HiveType, path: &str) -> Result<FieldIds, Sp
         });
         SpecError(format!(
             "column `{path}` is {} in the Iceberg table but `{ty}` ({}) in the schema; make them agree",
-            field.field_type,
-            ours
+            field.field_type, ours
         ))
     };
     let children = match (ty, field.field_type.as_ref()) {
@@ -327,8 +326,9 @@ impl PartitionMapping {
             let missing = value == HIVE_DEFAULT_PARTITION;
             match role {
                 KeyRole::Time(tokens) if missing => time_missing = true,
-                KeyRole::Time(tokens) => read_time(tokens, value, &mut when)
-                    .ok_or_else(|| SpecError(format!("folder `{folder}`: `{value}` does not match its time pattern")))?,
+                KeyRole::Time(tokens) => read_time(tokens, value, &mut when).ok_or_else(|| {
+                    SpecError(format!("folder `{folder}`: `{value}` does not match its time pattern"))
+                })?,
                 KeyRole::Identity { .. } if missing => {}
                 KeyRole::Identity { field, ty, column } => {
                     tuple[*field] = Some(identity_literal(ty, value).ok_or_else(|| {
@@ -340,9 +340,10 @@ impl PartitionMapping {
         if let Some(unit) = self.time
             && !time_missing
         {
-            tuple[0] = Some(Literal::int(transform_value(unit, &when).ok_or_else(|| {
-                SpecError(format!("folder `{folder}` names no valid date"))
-            })?));
+            tuple[0] = Some(Literal::int(
+                transform_value(unit, &when)
+                    .ok_or_else(|| SpecError(format!("folder `{folder}` names no valid date")))?,
+            ));
         }
         Ok(tuple)
     }

@@ -148,7 +148,11 @@ impl IcebergTable {
         let ours = mapping.spec(table.metadata().current_schema(), time_field)?;
         let theirs = table.metadata().default_partition_spec();
         let same = ours.fields().len() == theirs.fields().len()
-            && ours.fields().iter().zip(theirs.fields()).all(|(a, b)| a.source_id == b.source_id && a.transform == b.transform);
+            && ours
+                .fields()
+                .iter()
+                .zip(theirs.fields())
+                .all(|(a, b)| a.source_id == b.source_id && a.transform == b.transform);
         if !same {
             return Err(SpecError(format!(
                 "Iceberg table {name} is partitioned by [{}], but the partition template and time_field say [{}]; \
@@ -227,7 +231,8 @@ impl IcebergTable {
         let tx = Transaction::new(&table);
         // Duplicate files are ruled out by the batch check; iceberg-rust's
         // own check reads every manifest of the table on every commit.
-        let append = tx.fast_append().with_check_duplicate(false).add_data_files(files).set_snapshot_properties(summary);
+        let append =
+            tx.fast_append().with_check_duplicate(false).add_data_files(files).set_snapshot_properties(summary);
         let tx = append.apply(tx).map_err(fail("preparing the append"))?;
         let committed = tx.commit(fenced).await.map_err(fail("committing the append"))?;
         Ok(committed.metadata().current_snapshot_id())

@@ -1,0 +1,195 @@
+//! The lake as an Apache Iceberg table in a local SQL catalog, read back by
+//! an independent reader (pyiceberg, then DuckDB on its Arrow table).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use shardlake::convert::{ConvertOptions, convert};
+use shardlake::events::EVENTS_SCHEMA_TOML;
+use shardlake::schema::Schema;
+use shardlake_consumer::iceberg::table::committed_batches;
+use shardlake_consumer::iceberg::{BatchFiles, BatchKey, CatalogUrl, IcebergLake, TableConfig};
+
+use crate::support::{gen_events, python, stack};
+
+fn convert_cli(input: &Path, lake: &Path, schema: &Path, args: &[&str]) -> Output {
+    let mut all = vec![
+        "convert",
+        "--input",
+        input.to_str().unwrap(),
+        "--destination",
+        lake.to_str().unwrap(),
+        "--schema",
+        schema.to_str().unwrap(),
+        "--time-field",
+        "ts",
+        "--table-format",
+        "iceberg",
+        "--quiet",
+    ];
+    all.extend_from_slice(args);
+    Command::new(env!("CARGO_BIN_EXE_shardlake-consumer")).args(&all).output().unwrap()
+}
+
+/// Rows per hour (`YYYY-MM-DDTHH`) of the generated events.
+fn rows_by_hour(input: &Path) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for line in std::fs::read_to_string(input).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        *out.entry(v["ts"].as_str().unwrap()[..13].to_string()).or_default() += 1;
+    }
+    out
+}
+
+/// pyiceberg's view of a table as JSON: rows, distinct ids, snapshots'
+/// batches, the spec, field ids, and a one-hour scan.
+const READ: &str = r#"
+import sys, json, duckdb, pyarrow.parquet as pq
+from pyiceberg.catalog.sql import SqlCatalog
+catalog = SqlCatalog("shardlake", uri="sqlite:///" + sys.argv[1], warehouse="file:///tmp")
+t = catalog.load_table(sys.argv[2])
+arrow = t.scan().to_arrow()
+con = duckdb.connect()
+con.register("t", arrow)
+rows, distinct = con.sql("select count(*), count(distinct event_id) from t").fetchall()[0]
+hour = sys.argv[3]
+scan = t.scan(row_filter=f"ts >= '{hour}:00:00+00:00' and ts < '{hour}:59:59.999999+00:00'")
+files = [f.file.file_path for f in scan.plan_files()]
+first = pq.read_schema(files[0].removeprefix("file://"))
+print(json.dumps({
+  "rows": rows, "distinct": distinct,
+  "batches": [json.loads(s.summary.additional_properties.get("shardlake.batches", "[]")) for s in t.snapshots()],
+  "spec": [f"{f.transform}({t.schema().find_column_name(f.source_id)})" for f in t.spec().fields],
+  "ts_id": t.schema().find_field("ts").field_id,
+  "file_ts_id": int(first.field("ts").metadata[b"PARQUET:field_id"]),
+  "file_ts_type": str(first.field("ts").type),
+  "device_os_id": t.schema().find_field("device.os").field_id,
+  "file_device_os_id": int(first.field("device").type.field("os").metadata[b"PARQUET:field_id"]),
+  "hour_files": len(files), "hour_rows": scan.to_arrow().num_rows,
+  "arrow_ts": str(arrow.schema.field("ts").type),
+}))
+"#;
+
+#[test]
+fn convert_appends_runs_to_an_iceberg_table_that_pyiceberg_reads_by_field_id() {
+    let Some(_stack) = stack() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let input = gen_events(dir.path(), 3000, 11);
+    let schema = dir.path().join("schema.toml");
+    std::fs::write(&schema, EVENTS_SCHEMA_TOML).unwrap();
+    let lake = dir.path().join("lake");
+    let catalog_file = dir.path().join("catalog.db");
+    let catalog = format!("sqlite://{}/analytics/events", catalog_file.display());
+
+    // Without --catalog-create a missing table is an error with the fix.
+    let out = convert_cli(&input, &lake, &schema, &["--catalog", &catalog]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("does not exist") && err.contains("--catalog-create"), "{err}");
+    // A template Iceberg cannot express is refused before anything is written.
+    let out = convert_cli(&input, &lake, &schema, &["--catalog", &catalog, "--partition", "!{timestamp:yyyy}/"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no Iceberg equivalent"), "{err}");
+
+    for _ in 0..2 {
+        let out = convert_cli(&input, &lake, &schema, &["--catalog", &catalog, "--catalog-create", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(summary["rows"], 3000);
+        assert!(summary["snapshot_id"].is_i64(), "{summary}");
+    }
+
+    let hours = rows_by_hour(&input);
+    let (hour, hour_rows) = hours.iter().nth(5).unwrap();
+    let out = python(READ, &[catalog_file.to_str().unwrap(), "analytics.events", hour]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["rows"], 6000, "{v}");
+    assert_eq!(v["distinct"], 3000, "{v}");
+    // One snapshot per run, each naming its one batch.
+    let batches = v["batches"].as_array().unwrap();
+    assert_eq!(batches.len(), 2, "{v}");
+    for b in batches {
+        assert_eq!(b.as_array().unwrap().len(), 1, "{v}");
+        assert!(b[0].as_str().unwrap().starts_with("convert/events-"), "{v}");
+    }
+    assert_ne!(batches[0], batches[1]);
+    // Hidden partitioning: hour(ts); a one-hour query plans one file per run.
+    assert_eq!(v["spec"], serde_json::json!(["hour(ts)"]), "{v}");
+    assert_eq!(v["hour_files"], 2, "{v}");
+    assert_eq!(v["hour_rows"].as_u64().unwrap(), 2 * hour_rows, "{v}");
+    // The files carry the table's field ids, nested ones too, and micros.
+    assert_eq!(v["file_ts_id"], v["ts_id"], "{v}");
+    assert_eq!(v["file_device_os_id"], v["device_os_id"], "{v}");
+    assert_eq!(v["file_ts_type"], "timestamp[us, tz=UTC]", "{v}");
+}
+
+async fn open(lake: &Path, catalog: &CatalogUrl, schema: &Schema) -> IcebergLake {
+    IcebergLake::open(TableConfig {
+        catalog,
+        destination: lake.to_str().unwrap(),
+        schema,
+        unknown_fields: shardlake::schema::UnknownFieldPolicy::Keep,
+        template: shardlake::partition::DEFAULT_TEMPLATE,
+        time_field: Some("ts"),
+        create: true,
+    })
+    .await
+    .unwrap()
+}
+
+/// Writes `input`'s data files for `lake`'s table and returns them as one batch.
+async fn batch(lake: &IcebergLake, input: &Path, dest: &Path, name: &str) -> BatchFiles {
+    let mut opts: ConvertOptions = crate::support::common::event_options(input, dest.to_str().unwrap());
+    opts.iceberg_field_ids = Some(lake.field_ids.clone());
+    opts.file_stem = Some(name.to_string());
+    let summary = convert(&opts, Arc::new(AtomicU64::new(0))).await.unwrap();
+    let files = summary.data.iter().map(|f| lake.written(&f.key, &f.partition, f.bytes, f.footer.clone())).collect();
+    BatchFiles { key: BatchKey(format!("test/{name}")), files }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_never_append_a_batch_twice_and_conflicts_are_retried() {
+    let Some(_stack) = stack() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let input = gen_events(dir.path(), 500, 3);
+    let lake_dir = dir.path().join("lake");
+    let catalog =
+        CatalogUrl::parse(&format!("sqlite://{}/db/t", dir.path().join("c.db").display()), dir.path()).unwrap();
+    let schema = Schema::parse(EVENTS_SCHEMA_TOML, false).unwrap();
+    // Two writers, each with its own catalog connection, as two workers.
+    let (a, b) = (open(&lake_dir, &catalog, &schema).await, open(&lake_dir, &catalog, &schema).await);
+    let same = batch(&a, &input, &lake_dir, "same").await;
+
+    // The same batch from both at once: one appends it, the other finds it.
+    let (ra, rb) = tokio::join!(a.table.append(vec![same.clone()]), b.table.append(vec![same.clone()]));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.appended.len() + rb.appended.len(), 1, "{ra:?} {rb:?}");
+    assert_eq!(ra.already.len() + rb.already.len(), 1, "{ra:?} {rb:?}");
+    // Again later (a replay after a crash): nothing appended.
+    let again = a.table.append(vec![same.clone()]).await.unwrap();
+    assert!(again.appended.is_empty() && again.snapshot_id.is_none(), "{again:?}");
+
+    // Different batches at once conflict in the catalog; both land.
+    let (one, two) = (batch(&a, &input, &lake_dir, "one").await, batch(&b, &input, &lake_dir, "two").await);
+    let (r1, r2) = tokio::join!(a.table.append(vec![one]), b.table.append(vec![two]));
+    assert_eq!(r1.unwrap().appended.len() + r2.unwrap().appended.len(), 2);
+    // A mixed append: the known batch is left out, the new one lands.
+    let three = batch(&a, &input, &lake_dir, "three").await;
+    let mixed = b.table.append(vec![same, three]).await.unwrap();
+    assert_eq!(mixed.appended, vec![BatchKey("test/three".into())]);
+    assert_eq!(mixed.already, vec![BatchKey("test/same".into())]);
+
+    let table = a.table.load().await.unwrap();
+    let names: Vec<String> = committed_batches(&table).into_iter().map(|k| k.0).collect();
+    assert_eq!(names, ["test/one", "test/same", "test/three", "test/two"]);
+    assert_eq!(table.metadata().snapshots().count(), 4);
+    let out = python(
+        "import sys\nfrom pyiceberg.catalog.sql import SqlCatalog\n\
+         t = SqlCatalog('shardlake', uri='sqlite:///' + sys.argv[1], warehouse='file:///tmp').load_table('db.t')\n\
+         print(t.scan().to_arrow().num_rows)",
+        &[dir.path().join("c.db").to_str().unwrap()],
+    );
+    assert_eq!(out.trim(), "2000");
+}
