@@ -10,8 +10,11 @@ pub enum CrashPoint {
     AfterIntent,
     /// One object of the batch is uploaded.
     AfterUpload,
-    /// Every object is uploaded; the commit is next.
+    /// Every object is uploaded; the commit is next (with an Iceberg
+    /// table: the table commit, then the checkpoint).
     BeforeCommit,
+    /// The Iceberg table holds the batch; the checkpoint is not committed.
+    AfterTableCommit,
     /// The checkpoint is committed.
     AfterCommit,
     /// A schema version is stored; the catalog table not yet updated.
@@ -20,10 +23,11 @@ pub enum CrashPoint {
 
 impl CrashPoint {
     /// Every point, as the environment names them.
-    const ALL: [CrashPoint; 5] = [
+    const ALL: [CrashPoint; 6] = [
         CrashPoint::AfterIntent,
         CrashPoint::AfterUpload,
         CrashPoint::BeforeCommit,
+        CrashPoint::AfterTableCommit,
         CrashPoint::AfterCommit,
         CrashPoint::AfterSchemaVersion,
     ];
@@ -34,6 +38,7 @@ impl CrashPoint {
             CrashPoint::AfterIntent => "after_intent",
             CrashPoint::AfterUpload => "after_upload",
             CrashPoint::BeforeCommit => "before_commit",
+            CrashPoint::AfterTableCommit => "after_table_commit",
             CrashPoint::AfterCommit => "after_commit",
             CrashPoint::AfterSchemaVersion => "after_schema_version",
         }
@@ -46,8 +51,8 @@ impl CrashPoint {
 
 /// Test hooks: `SHARDLAKE_CRASH_AT=point:n` aborts the process (like
 /// SIGKILL: no flush, no cleanup) the n-th time it reaches `point`
-/// (`after_intent`, `after_upload`, `before_commit`, `after_commit`,
-/// `after_schema_version`); `SHARDLAKE_STOP_AT`
+/// (`after_intent`, `after_upload`, `before_commit`, `after_table_commit`,
+/// `after_commit`, `after_schema_version`); `SHARDLAKE_STOP_AT`
 /// instead freezes it there with SIGSTOP (like a long GC pause or a network
 /// partition) until the test sends SIGCONT. Crash-safety and fencing tests
 /// use them to stop the process at exact steps of the exactly-once protocol.

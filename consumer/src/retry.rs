@@ -36,6 +36,8 @@ pub enum Dependency<'a> {
     Checkpoint,
     /// Adding columns to the stored schema and the catalog table.
     Schema,
+    /// Appending batches to the Iceberg table (`table_commit_failures_total`).
+    Table,
     /// Registering partitions in the catalog (`catalog_failures_total`).
     Catalog {
         /// Partitions waiting to be registered, after the failed attempt.
@@ -45,11 +47,12 @@ pub enum Dependency<'a> {
 
 impl Dependency<'_> {
     /// The `/healthz` name of the failing call.
-    fn what(self) -> &'static str {
+    pub fn what(self) -> &'static str {
         match self {
             Dependency::Upload => "upload",
             Dependency::Checkpoint => "checkpoint",
             Dependency::Schema => "schema",
+            Dependency::Table => "table commit",
             Dependency::Catalog { .. } => "catalog",
         }
     }
@@ -88,6 +91,7 @@ impl Report<'_> {
             Dependency::Upload => self.metrics.record_upload_failure(),
             Dependency::Checkpoint => self.metrics.record_checkpoint_failure(),
             Dependency::Schema => {}
+            Dependency::Table => self.metrics.record_table_commit_failure(),
             Dependency::Catalog { pending } => self.metrics.record_catalog_failure(pending()),
         }
         match self.shard {

@@ -135,6 +135,12 @@ impl Stops {
         self.lost.is_cancelled()
     }
 
+    /// The token that fires when the lease is lost (for work handed to
+    /// another task, such as a table commit).
+    pub fn lost_token(&self) -> CancellationToken {
+        self.lost.clone()
+    }
+
     /// Waits until any stop is asked for: reads and pauses end here.
     pub async fn any(&self) {
         tokio::select! {

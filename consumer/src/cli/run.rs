@@ -17,6 +17,8 @@ use crate::fleet::Leases;
 use crate::kinesis::KinesisError;
 use crate::lake::batch::Thresholds;
 use crate::lake::catalog::Registrar;
+use crate::lake::iceberg::committer::{Committer, Parts as CommitterParts};
+use crate::lake::iceberg::{CatalogUrl, IcebergLake, PartitionMapping, TableAppender, TableConfig};
 use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
 use crate::retry::Report;
@@ -114,6 +116,10 @@ fn iam_policy(args: IamPolicyArgs) -> anyhow::Result<()> {
 async fn check(CheckArgs { run: args, online }: CheckArgs) -> anyhow::Result<()> {
     let s = load(&args.config)?;
     print_settings(&args.config, &s);
+    if let (Some(url), false) = (&s.iceberg, s.table.schema.columns.is_empty()) {
+        // The partition spec needs the schema: checked here when it is a file.
+        iceberg_mapping(&s, url)?;
+    }
     if !online {
         return Ok(());
     }
@@ -184,6 +190,13 @@ fn print_settings(path: &Path, s: &Settings) {
             if c.catalog_create { ", created when missing" } else { ", must exist" }
         );
     }
+    if let Some(url) = &s.iceberg {
+        outln!(
+            "iceberg table     {url} ({}), one commit per {} per worker",
+            if c.catalog_create { "created when missing" } else { "must exist" },
+            humantime::format_duration(c.commit_interval)
+        );
+    }
     outln!("partition         {} (time: {})", c.partition, c.time_field);
     outln!("errors            {}{}", c.destination.trim_end_matches('/'), format_args!("/{}", s.table.error_prefix));
     outln!(
@@ -205,6 +218,40 @@ fn print_settings(path: &Path, s: &Settings) {
         "metrics           {}",
         if c.metrics.enabled { format!("http://{}/metrics", c.metrics.address) } else { "off".into() }
     );
+}
+
+/// The event-time column of `time_field` (`None` for the arrival time).
+fn time_column(s: &Settings) -> Option<&str> {
+    Some(s.config.time_field.as_str()).filter(|f| *f != "arrival")
+}
+
+/// The Iceberg partition spec the config asks for: an error names what has
+/// no Iceberg form.
+fn iceberg_mapping(s: &Settings, url: &str) -> anyhow::Result<PartitionMapping> {
+    CatalogUrl::parse(url, Path::new("/")).map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
+    let template = shardlake::partition::PartitionTemplate::parse(&s.config.partition)?;
+    Ok(PartitionMapping::new(&template, time_column(s), &s.table.schema)?)
+}
+
+/// Opens (or creates) the lake's Iceberg table, and gives the table spec
+/// its field ids.
+async fn open_iceberg(settings: &mut Settings, url: &str) -> anyhow::Result<IcebergLake> {
+    iceberg_mapping(settings, url)?;
+    let catalog = CatalogUrl::parse(url, Path::new("/")).map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
+    let c = &settings.config;
+    let lake = IcebergLake::open(TableConfig {
+        catalog: &catalog,
+        destination: &c.destination,
+        schema: &settings.table.schema,
+        unknown_fields: c.unknown_fields,
+        template: &c.partition,
+        time_field: time_column(settings),
+        create: c.catalog_create,
+    })
+    .await?;
+    eprintln!("shardlake-consumer: Iceberg table {} at {}", lake.table.ident(), lake.location);
+    settings.table.field_ids = Some(lake.field_ids.clone());
+    Ok(lake)
 }
 
 /// Runs the worker until `shutdown` stops it and its final flushes end. A
@@ -308,6 +355,11 @@ async fn work(settings: Settings, shutdown: &Shutdown) -> anyhow::Result<()> {
         }
         _ => settings,
     };
+    let mut settings = settings;
+    let iceberg = match settings.iceberg.clone() {
+        Some(url) => Some(open_iceberg(&mut settings, &url).await?),
+        None => None,
+    };
     let schemas = crate::lake::evolve::Schemas::load(
         settings.table.clone(),
         crate::lake::evolve::Rules::of(&settings),
@@ -345,6 +397,16 @@ async fn work(settings: Settings, shutdown: &Shutdown) -> anyhow::Result<()> {
     if leases.is_some() {
         eprintln!("shardlake-consumer: fleet mode, worker {}", fleet.worker_id);
     }
+    let health = Arc::new(Health::new(c.health.stall_after, c.health.failing_after, c.buffer.max_age));
+    let (table, committing) = match iceberg {
+        Some(lake) => {
+            let parts = CommitterParts { health: health.clone(), metrics: metrics.clone() };
+            let stop = shutdown.stop_token().clone();
+            let (committer, task) = Committer::spawn(lake.table.clone(), c.commit_interval, parts, stop, abort.clone());
+            (Some(TableAppender { lake, committer }), Some(task))
+        }
+        None => (None, None),
+    };
     let ctx = Arc::new(Context {
         leases,
         thresholds,
@@ -357,8 +419,9 @@ async fn work(settings: Settings, shutdown: &Shutdown) -> anyhow::Result<()> {
         read_buffers: crate::kinesis::get_records::ReadBuffers::new(c.buffer.read_buffer_mb << 20),
         crash: CrashPoints::from_env()?,
         abort,
-        health: Arc::new(Health::new(c.health.stall_after, c.health.failing_after, c.buffer.max_age)),
+        health,
         catalog: registrar.clone(),
+        table,
         schemas,
         settings,
     });
@@ -417,6 +480,10 @@ async fn work(settings: Settings, shutdown: &Shutdown) -> anyhow::Result<()> {
     let _ = following.await;
     if let Some(task) = guarding {
         let _ = task.await;
+    }
+    if let Some(task) = committing {
+        // Every reader has ended, so nothing waits on it any more.
+        task.abort();
     }
     ctx.abort.cancel();
     result

@@ -60,6 +60,18 @@ pub struct ConsumerConfig {
     /// files even if the table changes.
     #[serde(default)]
     pub schema: Option<PathBuf>,
+    /// `hive` (default): Parquet files in hive folders, with a Glue table's
+    /// partitions kept in step when `catalog` names one; `iceberg`: an
+    /// Apache Iceberg table in the catalog `catalog` names
+    /// (`sqlite://PATH/NAMESPACE/TABLE`, a local catalog file), its data
+    /// files under the destination's `data/`.
+    #[serde(default)]
+    pub table_format: TableFormat,
+    /// With `table_format = "iceberg"`: how often a worker appends its
+    /// shards' uploaded batches to the table, all in one snapshot (default
+    /// 60s). Readers wait for it before their checkpoint.
+    #[serde(default = "default_commit_interval", with = "humantime_serde")]
+    pub commit_interval: Duration,
     /// Glue Data Catalog table of the lake, `glue://DATABASE/TABLE`: checked
     /// at start (or created, with `catalog_create`), and with
     /// `catalog_partitions = "register"` every partition is registered once
@@ -362,6 +374,25 @@ pub struct MetricsConfig {
     /// Serve the endpoint at all (default true).
     #[serde(default = "default_true")]
     pub enabled: bool,
+}
+
+/// What the lake is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableFormat {
+    /// Parquet files in hive folders.
+    #[default]
+    Hive,
+    /// An Apache Iceberg table.
+    Iceberg,
+}
+
+/// `commit_interval`'s default: a snapshot a minute per worker keeps a
+/// fleet's commits (and catalog conflicts) few, and the table's metadata
+/// small, at a minute of added latency; Firehose buffers for Iceberg
+/// similarly.
+pub fn default_commit_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_application() -> String {

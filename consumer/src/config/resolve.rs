@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use shardlake::catalog::{CatalogTable, GLUE_SCHEME, TableName};
+use shardlake::convert::ICEBERG_DATA_FOLDER;
 use shardlake::partition::{PartitionTemplate, TimeSource};
 use shardlake::pipeline::{TableSpec, partition_budget};
 use shardlake::schema::{Schema, TableDefinition, UnknownFieldPolicy, table_definition};
@@ -58,6 +59,50 @@ fn against(location: &str, base: &Path) -> String {
     format!("{scheme}{}", joined.display())
 }
 
+impl ConsumerConfig {
+    /// With `table_format = "iceberg"`, its catalog URL (a relative SQLite
+    /// path made absolute against `base`); what Iceberg does not take yet
+    /// is refused with the fix.
+    fn iceberg_catalog(&self, base: &Path) -> anyhow::Result<Option<String>> {
+        if self.table_format == TableFormat::Hive {
+            if self.commit_interval != default_commit_interval() {
+                bail!("commit_interval: only used with table_format = \"iceberg\"; remove it or set that");
+            }
+            return Ok(None);
+        }
+        if self.commit_interval < Duration::from_millis(100) {
+            bail!("commit_interval: {:?} is below the 100ms minimum (default 60s)", self.commit_interval);
+        }
+        let url = match &self.catalog {
+            Some(url) if url.starts_with(GLUE_SCHEME) => bail!(
+                "catalog: an Iceberg table in the Glue Data Catalog is not supported yet; use a local catalog, \
+                 catalog = \"sqlite://PATH/NAMESPACE/TABLE\""
+            ),
+            Some(url) => url,
+            None => bail!(
+                "catalog: table_format = \"iceberg\" needs the table's catalog, e.g. \
+                 catalog = \"sqlite://lake/catalog.db/analytics/events\""
+            ),
+        };
+        let Some(rest) = url.strip_prefix("sqlite://") else {
+            bail!("catalog: `{url}` is not an Iceberg catalog; write sqlite://PATH/NAMESPACE/TABLE");
+        };
+        if self.destination.starts_with("s3://") {
+            bail!(
+                "destination: an Iceberg table on S3 is not supported yet; use a local lake folder with \
+                 table_format = \"iceberg\""
+            );
+        }
+        if self.unknown_fields == UnknownFieldPolicy::Evolve {
+            bail!(
+                "unknown_fields: \"evolve\" with table_format = \"iceberg\" is not supported yet; use \"keep\" \
+                 (unknown fields in `_extra`) and add columns to the table and schema"
+            );
+        }
+        Ok(Some(format!("sqlite://{}", against(rest, base))))
+    }
+}
+
 /// A loaded config with everything parsed: the table spec, start position.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -73,6 +118,9 @@ pub struct Settings {
     pub schema_table: Option<TableName>,
     /// `catalog`: the lake's table in Glue.
     pub catalog: Option<TableName>,
+    /// `table_format = "iceberg"`: the catalog URL of the lake's Iceberg
+    /// table, a relative SQLite path made absolute.
+    pub iceberg: Option<String>,
 }
 
 impl Settings {
@@ -185,7 +233,13 @@ impl ConsumerConfig {
             }
             (_, None) => None,
         };
-        let template = PartitionTemplate::parse(&self.partition).map_err(|e| anyhow::anyhow!("partition: {e}"))?;
+        let iceberg = self.iceberg_catalog(&base)?;
+        // An Iceberg table's data files live under its location's `data/`.
+        let written_template = match iceberg {
+            Some(_) => format!("{ICEBERG_DATA_FOLDER}{}", self.partition),
+            None => self.partition.clone(),
+        };
+        let template = PartitionTemplate::parse(&written_template).map_err(|e| anyhow::anyhow!("partition: {e}"))?;
         let time_source = TimeSource::parse(&self.time_field).map_err(|e| anyhow::anyhow!("time_field: {e}"))?;
         let mut schema_table = None;
         let schema = match &mut self.schema {
@@ -206,6 +260,7 @@ impl ConsumerConfig {
             None => Schema::default(),
         };
         let catalog = match &self.catalog {
+            Some(_) if iceberg.is_some() => None,
             Some(url) => {
                 let name = TableName::parse(url).map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
                 table_definition(&Schema::default(), &template, self.unknown_fields, "s3://check/", None)
@@ -327,6 +382,6 @@ impl ConsumerConfig {
             ..S3Options::default()
         }
         .validate();
-        Ok(Settings { config: self, table, initial_timestamp_ms, s3, schema_table, catalog })
+        Ok(Settings { config: self, table, initial_timestamp_ms, s3, schema_table, catalog, iceberg })
     }
 }

@@ -80,6 +80,9 @@ pub struct Metrics {
     catalog_registered: IntCounter,
     catalog_failures: IntCounter,
     catalog_pending: IntGauge,
+    table_commits: IntCounter,
+    table_commit_failures: IntCounter,
+    table_batches: IntCounterVec,
     schema_version: IntGauge,
     schema_columns_added: IntCounter,
     schema_fields_in_extra: IntCounterVec,
@@ -255,6 +258,22 @@ impl Metrics {
                 "shardlake_consumer_catalog_pending_partitions",
                 "Committed partitions waiting to be registered in the catalog.",
             ),
+            table_commits: counter(
+                "shardlake_consumer_table_commits_total",
+                "Snapshots this worker appended to the Iceberg table (each holds the batches of one commit_interval).",
+            ),
+            table_commit_failures: counter(
+                "shardlake_consumer_table_commit_failures_total",
+                "Failed Iceberg table commits (retried while the batches wait; conflicts iceberg-rust resolved not \
+                 counted).",
+            ),
+            table_batches: counter_vec(
+                &r,
+                "shardlake_consumer_table_batches_total",
+                "Batches handed to the Iceberg table, by outcome: appended, already (a replay the table held), \
+                 lease_lost (not committed).",
+                &["outcome"],
+            ),
             schema_version: gauge(
                 "shardlake_consumer_schema_version",
                 "The schema version new batches are written with (1 until unknown_fields = \"evolve\" adds columns).",
@@ -400,6 +419,23 @@ impl Metrics {
     pub fn record_catalog(&self, created: usize, pending: usize) {
         self.catalog_registered.inc_by(created as u64);
         self.catalog_pending.set(pending as i64);
+    }
+
+    /// An Iceberg commit: `appended` when it made a snapshot.
+    pub fn record_table_commit(&self, appended: bool) {
+        if appended {
+            self.table_commits.inc();
+        }
+    }
+
+    /// A failed Iceberg commit attempt.
+    pub fn record_table_commit_failure(&self) {
+        self.table_commit_failures.inc();
+    }
+
+    /// `n` batches with this commit outcome.
+    pub fn record_table_batches(&self, outcome: &str, n: usize) {
+        self.table_batches.with_label_values(&[outcome]).inc_by(n as u64);
     }
 
     /// A failed catalog call.

@@ -1,5 +1,6 @@
 //! The exactly-once flush of a shard's batch: record the intent (the
-//! batch's sequence range), upload its files, commit the checkpoint; every
+//! batch's sequence range), upload its files, (with an Iceberg table:
+//! append them in the worker's next table commit,) commit the checkpoint; every
 //! checkpoint write fenced on the shard's lease and retried in place. A
 //! crash between any two steps leaves either nothing or a pending intent
 //! that the next reader replays into the identical files. Commits also
@@ -17,6 +18,8 @@ use crate::checkpoint::{Commit, Intent};
 use crate::crash::CrashPoint;
 use crate::kinesis::ShardId;
 use crate::lake::batch::FlushReason;
+use crate::lake::iceberg::committer::{CommitError, Committed, shard_batch_key};
+use crate::lake::iceberg::{BatchFiles, TableAppender, WrittenFile};
 use crate::retry::{Dependency, IN_PLACE, Report, always_transient, retry};
 use crate::stop::Stops;
 
@@ -67,6 +70,38 @@ impl Reader {
             }
         }
         ctx.crash.hit(CrashPoint::AfterIntent);
+        let key = ctx.table.as_ref().map(|_| {
+            shard_batch_key(&ctx.settings.config.stream, &shard, &intent.first.to_string(), &last.to_string())
+        });
+        // A replayed batch the table holds was uploaded and appended before a
+        // crash: only its checkpoint is left to commit.
+        let held = match (&ctx.table, &key, &self.replay) {
+            (Some(table), Some(key), Some(_)) => table
+                .lake
+                .table
+                .holds(key)
+                .await
+                .map_err(|e| ShardError::Table { shard: shard.clone(), message: e.to_string() })?,
+            _ => false,
+        };
+        let mut finished = finished;
+        if held {
+            tracing::info!(%shard, batch = %key.as_ref().map_or("", |k| k.0.as_str()), "replayed batch already in the table");
+            finished.objects.clear();
+        }
+        let table_files: Vec<WrittenFile> = match &ctx.table {
+            Some(table) => finished
+                .objects
+                .iter()
+                .filter_map(|o| match &o.kind {
+                    OutputKind::Data { partition, footer, .. } => {
+                        Some(table.lake.written(&o.key, partition, o.data.len() as u64, footer.clone()))
+                    }
+                    OutputKind::Errors { .. } => None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let files: Vec<(bool, usize)> =
             finished.objects.iter().map(|o| (matches!(o.kind, OutputKind::Data { .. }), o.data.len())).collect();
         let partitions: Vec<String> = finished
@@ -87,6 +122,11 @@ impl Reader {
         }
         ctx.health.uploaded(&shard);
         ctx.crash.hit(CrashPoint::BeforeCommit);
+        if let (Some(table), Some(key), false) = (&ctx.table, key, held) {
+            let batch = BatchFiles { key, files: table_files };
+            append_to_table(table, batch, shard.clone(), self.stops.lost_token()).await?;
+            ctx.crash.hit(CrashPoint::AfterTableCommit);
+        }
         let pending = self.catalog_pending(partitions);
         let commit = Commit { last: Some(&last), ended, catalog_pending: self.stored_pending(&pending) };
         let write = || ctx.checkpoints.commit(&shard, lease, &commit);
@@ -107,6 +147,22 @@ impl Reader {
             "batch committed"
         );
         Ok(())
+    }
+}
+
+/// Hands a shard's batch to the worker's table commits and waits for its
+/// snapshot; a lease lost meanwhile (`lost`) means it was not appended.
+async fn append_to_table(
+    table: &TableAppender,
+    batch: BatchFiles,
+    shard: ShardId,
+    lost: tokio_util::sync::CancellationToken,
+) -> Result<(), ShardError> {
+    match table.committer.commit(batch, lost).await {
+        Ok(Committed::Appended(_) | Committed::Already) => Ok(()),
+        Ok(Committed::LeaseLost) => Err(ShardError::LeaseLost { shard }),
+        Err(CommitError::Aborted) => Err(ShardError::Abandoned { shard, what: "the table commit".into() }),
+        Err(CommitError::Table(message)) => Err(ShardError::Table { shard, message }),
     }
 }
 

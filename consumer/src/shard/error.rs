@@ -64,6 +64,15 @@ pub enum ShardError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The Iceberg table refused the batch's append (not a conflict or an
+    /// outage, which are retried): the reader restarts and replays it.
+    #[error("shard {shard}: Iceberg table commit: {message}")]
+    Table {
+        /// The shard.
+        shard: ShardId,
+        /// The table's error.
+        message: String,
+    },
     /// The worker aborted while a flush waited on `what`: nothing more is
     /// committed, and the batch is read again on restart.
     #[error("shard {shard}: {what} abandoned at abort; the batch stays pending")]

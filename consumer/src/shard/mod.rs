@@ -16,6 +16,7 @@ use crate::kinesis::get_records::ReadBuffers;
 use crate::lake::batch::Thresholds;
 use crate::lake::catalog::Registrar;
 use crate::lake::evolve::{self, Schemas};
+use crate::lake::iceberg::TableAppender;
 use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
 
@@ -60,6 +61,8 @@ pub struct Context {
     pub health: Arc<Health>,
     /// The Glue catalog table and its partition registrations (`catalog`).
     pub catalog: Option<Arc<Registrar>>,
+    /// `table_format = "iceberg"`: the table, and the worker's commits to it.
+    pub table: Option<TableAppender>,
     /// Schema versions: the current one for new batches, older ones for replays.
     pub schemas: Schemas,
 }

@@ -110,6 +110,7 @@ async fn context(dir: &std::path::Path, kinesis: aws_sdk_kinesis::Client, extra:
             Duration::from_secs(300),
         )),
         catalog: None,
+        table: None,
         leases: None,
         schemas,
         settings,

@@ -13,7 +13,9 @@ use shardlake::schema::Schema;
 use shardlake_consumer::iceberg::table::committed_batches;
 use shardlake_consumer::iceberg::{BatchFiles, BatchKey, CatalogUrl, IcebergLake, TableConfig};
 
-use crate::support::{gen_events, python, stack};
+use std::time::Duration;
+
+use crate::support::*;
 
 fn convert_cli(input: &Path, lake: &Path, schema: &Path, args: &[&str]) -> Output {
     let mut all = vec![
@@ -192,4 +194,74 @@ async fn two_writers_never_append_a_batch_twice_and_conflicts_are_retried() {
         &[dir.path().join("c.db").to_str().unwrap()],
     );
     assert_eq!(out.trim(), "2000");
+}
+
+/// pyiceberg's rows, distinct ids and each snapshot's batches.
+const READ_RUN: &str = r#"
+import sys, json, duckdb
+from pyiceberg.catalog.sql import SqlCatalog
+t = SqlCatalog("shardlake", uri="sqlite:///" + sys.argv[1], warehouse="file:///tmp").load_table(sys.argv[2])
+arrow = t.scan().to_arrow()
+con = duckdb.connect()
+con.register("t", arrow)
+rows, distinct = con.sql("select count(*), count(distinct event_id) from t").fetchall()[0]
+print(json.dumps({"rows": rows, "distinct": distinct,
+  "batches": [json.loads(s.summary.additional_properties.get("shardlake.batches", "[]")) for s in t.snapshots()]}))
+"#;
+
+const ICEBERG_RUN: &str = "table_format = \"iceberg\"\ncatalog = \"sqlite://catalog.db/analytics/events\"\n\
+                           catalog_create = true\ncommit_interval = \"500ms\"\n";
+
+/// Runs a worker into an Iceberg table that aborts at `crash_at`, restarts
+/// it, and checks with pyiceberg that every record is in the table once and
+/// every snapshot names the batches it holds, each once.
+async fn iceberg_crash_then_recover(crash_at: &str) -> String {
+    const RECORDS: u64 = 600;
+    let client = kinesis().await;
+    let stream = create_stream(&client, 2).await;
+    let setup = Setup::new(&stream);
+    setup.config(ICEBERG_RUN);
+    let landed = put_records(&client, &stream, &keyed(events(RECORDS, 11, 8))).await;
+    setup.run_until_crash(crash_at).await;
+    let mut consumer = setup.start(&[]);
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    let status = terminate(&mut consumer);
+    assert!(status.success(), "{status}: {}", setup.log());
+
+    let catalog = setup.dir.path().join("catalog.db");
+    let v: serde_json::Value =
+        serde_json::from_str(&python(READ_RUN, &[catalog.to_str().unwrap(), "analytics.events"])).unwrap();
+    assert_eq!((v["rows"].as_u64(), v["distinct"].as_u64()), (Some(RECORDS), Some(RECORDS)), "{v}\n{}", setup.log());
+    let mut seen = std::collections::BTreeSet::new();
+    for names in v["batches"].as_array().unwrap() {
+        let names = names.as_array().unwrap();
+        assert!(!names.is_empty(), "a snapshot without batches: {v}");
+        for n in names {
+            let n = n.as_str().unwrap();
+            assert!(n.starts_with(&format!("{stream}/shardId-")), "{n}");
+            assert!(seen.insert(n.to_string()), "batch {n} appended twice: {v}");
+        }
+    }
+    setup.log()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_crash_after_intent_before_any_upload() {
+    let Some(_stack) = stack() else { return };
+    let log = iceberg_crash_then_recover("after_intent:1").await;
+    assert!(log.contains("replaying a pending batch"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_crash_between_upload_and_table_commit() {
+    let Some(_stack) = stack() else { return };
+    let log = iceberg_crash_then_recover("before_commit:1").await;
+    assert!(log.contains("replaying a pending batch"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_crash_between_table_commit_and_checkpoint() {
+    let Some(_stack) = stack() else { return };
+    let log = iceberg_crash_then_recover("after_table_commit:1").await;
+    assert!(log.contains("replayed batch already in the table"), "{log}");
 }

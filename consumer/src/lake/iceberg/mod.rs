@@ -6,6 +6,7 @@
 //! Parquet data files itself, under the table's location in `data/`.
 
 pub mod catalog;
+pub mod committer;
 pub mod data_file;
 pub mod spec;
 pub mod table;
@@ -31,6 +32,15 @@ pub struct IcebergLake {
     pub field_ids: Arc<Vec<FieldIds>>,
     /// The table's location (`file:///...`, `s3://...`), without a trailing `/`.
     pub location: String,
+}
+
+/// What a worker's readers put batches into the table with.
+#[derive(Debug, Clone)]
+pub struct TableAppender {
+    /// The table and the field ids of its files.
+    pub lake: IcebergLake,
+    /// The worker's commits.
+    pub committer: committer::Committer,
 }
 
 /// What the lake's table is made from.

@@ -88,6 +88,23 @@ pub enum TableError {
     Missing(String),
 }
 
+impl TableError {
+    /// Whether retrying may help: a conflict that outlasted iceberg-rust's
+    /// own retries, or the catalog or storage failing for a while.
+    pub fn transient(&self) -> bool {
+        match self {
+            TableError::Catalog { source, .. } => {
+                source.retryable()
+                    || matches!(
+                        source.kind(),
+                        iceberg::ErrorKind::Unexpected | iceberg::ErrorKind::CatalogCommitConflicts
+                    )
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The lake's Iceberg table in its catalog.
 #[derive(Debug, Clone)]
 pub struct IcebergTable {
@@ -177,6 +194,11 @@ impl IcebergTable {
             what: "loading it",
             source,
         })
+    }
+
+    /// Whether a snapshot names `key`.
+    pub async fn holds(&self, key: &BatchKey) -> Result<bool, TableError> {
+        Ok(committed_batches(&self.load().await?).contains(key))
     }
 
     /// Appends `batches` in one snapshot, leaving out those a snapshot
