@@ -35,13 +35,26 @@ impl Fleet {
 
     /// `with_config` with `top` lines (top-level keys) before the tables.
     async fn with_lines(stream: &str, workers: usize, lease_duration: &str, top: &str, extra: &str) -> Self {
+        Self::with_destination(stream, workers, lease_duration, None, top, extra).await
+    }
+
+    /// `with_lines` with the lake at `destination` (default: the S3 bucket).
+    async fn with_destination(
+        stream: &str,
+        workers: usize,
+        lease_duration: &str,
+        destination: Option<&str>,
+        top: &str,
+        extra: &str,
+    ) -> Self {
         let setup = Setup::new(stream);
         let table = unique("leases");
         let bucket = unique("fleet-lake").to_lowercase();
         s3_client().await.create_bucket().bucket(&bucket).send().await.unwrap();
+        let destination = destination.map_or_else(|| format!("s3://{bucket}/lake/"), str::to_string);
         for i in 0..workers {
             let text = format!(
-                "stream = \"{stream}\"\ndestination = \"s3://{bucket}/lake/\"\ncheckpoint_store = \"dynamodb://{table}\"\n\
+                "stream = \"{stream}\"\ndestination = \"{destination}\"\ncheckpoint_store = \"dynamodb://{table}\"\n\
                  schema = \"schema.toml\"\ntime_field = \"ts\"\nshutdown_timeout = \"30s\"\n{top}\
                  [fleet]\nworker_id = \"w{i}\"\nlease_duration = \"{lease_duration}\"\ncreate_table = true\n\
                  [buffer]\nmax_age = \"1s\"\n[polling]\nidle_interval = \"200ms\"\nmax_idle_interval = \"1s\"\nshard_refresh = \"1s\"\n\
@@ -939,4 +952,95 @@ async fn a_field_too_large_for_a_column_stays_in_extra_and_the_shard_goes_on() {
         &[fleet.setup.lake().to_str().unwrap()],
     );
     assert_eq!(kept.trim(), "1 1 20");
+}
+
+/// Waits until worker `i` has exited (a crash hook fired) and forgets it.
+async fn wait_exited(fleet: &mut Fleet, i: usize, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = fleet.workers[i].as_mut().unwrap().try_wait().unwrap() {
+            fleet.workers[i] = None;
+            return status;
+        }
+        assert!(Instant::now() < deadline, "w{i} did not exit within {limit:?}\n{}", fleet.log(i));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two workers writing one Iceberg table (a local SQL catalog), killed
+/// (abort, as SIGKILL) at every step of the protocol (after the intent,
+/// between upload and table commit, between table commit and checkpoint)
+/// while the stream goes from 4 to 8 shards: pyiceberg reads every record
+/// once, and every snapshot names the batches it holds, each batch once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_iceberg_workers_killed_at_every_step_through_a_reshard_append_each_record_once() {
+    let Some(_stack) = stack() else { return };
+    let client = kinesis().await;
+    let stream = create_stream(&client, 4).await;
+    let top = "table_format = \"iceberg\"\ncatalog = \"sqlite://catalog.db/analytics/events\"\n\
+               catalog_create = true\ncommit_interval = \"500ms\"\n";
+    let mut fleet = Fleet::with_destination(&stream, 2, "3s", Some("lake"), top, "").await;
+    let records = keyed(events(1200, 41, 6));
+    let mut landed = put_records(&client, &stream, &records[..400]).await;
+
+    // Round 1: w0 dies right after its first intent, w1 between an upload and its table commit.
+    fleet.start_with(0, &[("SHARDLAKE_CRASH_AT", "after_intent:1")]);
+    fleet.start_with(1, &[("SHARDLAKE_CRASH_AT", "before_commit:2")]);
+    for i in 0..2 {
+        assert!(!wait_exited(&mut fleet, i, Duration::from_secs(60)).await.success());
+    }
+    // Round 2: w0 dies between a table commit and its checkpoint; w1 runs on.
+    fleet.start_with(0, &[("SHARDLAKE_CRASH_AT", "after_table_commit:1")]);
+    fleet.start(1);
+    landed.extend(put_records(&client, &stream, &records[400..800]).await);
+    assert!(!wait_exited(&mut fleet, 0, Duration::from_secs(60)).await.success());
+    // Round 3: 4 -> 8 shards under the fleet, then w0 back.
+    client
+        .update_shard_count()
+        .stream_name(&stream)
+        .target_shard_count(8)
+        .scaling_type(aws_sdk_kinesis::types::ScalingType::UniformScaling)
+        .send()
+        .await
+        .expect("update shard count");
+    wait_active(&client, &stream).await;
+    fleet.start(0);
+    landed.extend(put_records(&client, &stream, &records[800..]).await);
+    let shards: std::collections::BTreeSet<&str> = landed.iter().map(|(s, _)| s.as_str()).collect();
+    assert!(shards.len() > 4, "records should land on the parents and the children: {shards:?}");
+    fleet.wait_committed(&landed, Duration::from_secs(120)).await;
+    fleet.terminate_all();
+
+    for (point, i) in [("after_intent", 0), ("before_commit", 1), ("after_table_commit", 0)] {
+        assert!(fleet.log(i).contains(&format!("aborting at {point}")), "w{i} at {point}:\n{}", fleet.log(i));
+    }
+    let logs = fleet.logs();
+    assert!(logs.contains("replayed batch already in the table"), "{logs}");
+    let script = r#"
+import sys, json, duckdb
+from pyiceberg.catalog.sql import SqlCatalog
+t = SqlCatalog("shardlake", uri="sqlite:///" + sys.argv[1], warehouse="file:///tmp").load_table("analytics.events")
+arrow = t.scan().to_arrow()
+con = duckdb.connect()
+con.register("t", arrow)
+rows, distinct = con.sql("select count(*), count(distinct event_id) from t").fetchall()[0]
+print(json.dumps({"rows": rows, "distinct": distinct,
+  "batches": [json.loads(s.summary.additional_properties.get("shardlake.batches", "[]")) for s in t.snapshots()]}))
+"#;
+    let catalog = fleet.setup.dir.path().join("catalog.db");
+    let v: serde_json::Value = serde_json::from_str(&python(script, &[catalog.to_str().unwrap()])).unwrap();
+    assert_eq!((v["rows"].as_u64(), v["distinct"].as_u64()), (Some(1200), Some(1200)), "{v}\n{logs}");
+    let mut seen = std::collections::BTreeSet::new();
+    for names in v["batches"].as_array().unwrap() {
+        assert!(!names.as_array().unwrap().is_empty(), "a snapshot without batches: {v}");
+        for n in names.as_array().unwrap() {
+            assert!(seen.insert(n.as_str().unwrap().to_string()), "batch {n} appended twice: {v}");
+        }
+    }
+    let children = seen
+        .iter()
+        .filter(|n| !["0", "1", "2", "3"].iter().any(|k| n.contains(&format!("shardId-00000000000{k}/"))))
+        .count();
+    assert!(children > 0, "no batch of a child shard: {seen:?}");
+    eprintln!("ICEBERG FLEET: {} snapshots, {} batches", v["batches"].as_array().unwrap().len(), seen.len());
 }
