@@ -11,7 +11,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 db, name = sys.argv[1], sys.argv[2]
 shown = int(sys.argv[3]) if len(sys.argv) > 3 else 8
 table = SqlCatalog("shardlake", uri=f"sqlite:///{db}", warehouse="file:///tmp").load_table(name)
-snapshots = list(table.snapshots())
+snapshots = sorted(table.snapshots(), key=lambda s: s.timestamp_ms)
 print(f"Iceberg table {name}: {len(snapshots)} snapshots, partitioned by {table.spec()}")
 print(f"{'snapshot':<20} {'committed (UTC)':<20} {'records':>8} {'files':>6}  batches")
 for s in snapshots[:shown]:
