@@ -360,10 +360,19 @@ async fn work(settings: Settings, shutdown: &Shutdown) -> anyhow::Result<()> {
         Some(url) => Some(open_iceberg(&mut settings, &url).await?),
         None => None,
     };
+    // An Iceberg table's versions take their field ids from the table.
+    let ids = iceberg.as_ref().map(|lake| {
+        let (table, extra) = (lake.table.clone(), settings.config.unknown_fields.keeps_extra());
+        let ids: crate::lake::evolve::FieldIdsOf = Arc::new(move |schema| {
+            Ok(Arc::new(crate::lake::iceberg::spec::field_ids(&table.current_schema(), schema, extra)?))
+        });
+        ids
+    });
     let schemas = crate::lake::evolve::Schemas::load(
         settings.table.clone(),
         crate::lake::evolve::Rules::of(&settings),
         &checkpoints,
+        ids,
     )
     .await?;
     let current = schemas.current();

@@ -93,12 +93,6 @@ impl ConsumerConfig {
                  table_format = \"iceberg\""
             );
         }
-        if self.unknown_fields == UnknownFieldPolicy::Evolve {
-            bail!(
-                "unknown_fields: \"evolve\" with table_format = \"iceberg\" is not supported yet; use \"keep\" \
-                 (unknown fields in `_extra`) and add columns to the table and schema"
-            );
-        }
         Ok(Some(format!("sqlite://{}", against(rest, base))))
     }
 }

@@ -25,13 +25,14 @@ use crate::checkpoint::CheckpointStore;
 use futures::future::BoxFuture;
 use shardlake::pipeline::TableSpec;
 use shardlake::schema::{
-    Column, FieldWatch, MAX_COLUMN_TYPE_CHARS, MAX_INFERRED_FIELDS, Schema, UnknownFieldPolicy, with_columns,
+    Column, FieldIds, FieldWatch, MAX_COLUMN_TYPE_CHARS, MAX_INFERRED_FIELDS, Schema, UnknownFieldPolicy, with_columns,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::crash::{CrashPoint, CrashPoints};
 use crate::lake::catalog::Registrar;
+use crate::lake::iceberg::IcebergTable;
 use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
 use crate::retry::{BACKGROUND, Dependency, Report, always_transient, retry};
@@ -97,7 +98,14 @@ pub struct Schemas {
     in_table: std::sync::atomic::AtomicU32,
     /// Fields refused a column for good (type too long, schema full).
     refused: Mutex<HashSet<String>>,
+    /// For an Iceberg table: each version's field ids, by column name from
+    /// the table's schema.
+    ids: Option<FieldIdsOf>,
 }
+
+/// The field ids (each column's, then `_extra`'s) of a schema version's
+/// data files, from the Iceberg table that holds its columns.
+pub type FieldIdsOf = Arc<dyn Fn(&Schema) -> anyhow::Result<Arc<Vec<FieldIds>>> + Send + Sync>;
 
 impl Schemas {
     /// Only `base`, as version 1; see [`Schemas::load`]. `rules` only
@@ -114,13 +122,21 @@ impl Schemas {
             last_stored: Mutex::new(None),
             in_table: Default::default(),
             refused: Mutex::new(HashSet::new()),
+            ids: None,
         }
     }
 
     /// The versions stored beside `checkpoints` on top of `base` (version
-    /// 1); the newest is current.
-    pub async fn load(base: TableSpec, rules: Rules, checkpoints: &CheckpointStore) -> anyhow::Result<Self> {
-        let schemas = Schemas::new(base, rules);
+    /// 1); the newest is current. For an Iceberg table, `ids` gives each
+    /// version's field ids.
+    pub async fn load(
+        base: TableSpec,
+        rules: Rules,
+        checkpoints: &CheckpointStore,
+        ids: Option<FieldIdsOf>,
+    ) -> anyhow::Result<Self> {
+        let mut schemas = Schemas::new(base, rules);
+        schemas.ids = ids;
         let newest = schemas.newest(checkpoints).await?;
         schemas.publish(newest);
         Ok(schemas)
@@ -168,7 +184,7 @@ impl Schemas {
         while number < upto.unwrap_or(MAX_VERSIONS) {
             let Some(schema) = stored_after(checkpoints, &spec.schema, number).await? else { break };
             number += 1;
-            spec = Arc::new(spec_of(&self.base, schema));
+            spec = Arc::new(self.spec_of(schema)?);
             self.loaded.lock().expect("schemas lock").insert(number, spec.clone());
         }
         Ok(Version { number, spec })
@@ -214,9 +230,16 @@ impl Schemas {
     }
 }
 
-/// `base` with `schema`.
-fn spec_of(base: &TableSpec, schema: Schema) -> TableSpec {
-    TableSpec { schema: Arc::new(schema), ..base.clone() }
+impl Schemas {
+    /// Version 1's spec with `schema` (and, for an Iceberg table, its
+    /// columns' field ids).
+    fn spec_of(&self, schema: Schema) -> anyhow::Result<TableSpec> {
+        let field_ids = match &self.ids {
+            Some(ids) => Some(ids(&schema)?),
+            None => self.base.field_ids.clone(),
+        };
+        Ok(TableSpec { schema: Arc::new(schema), field_ids, ..(*self.base).clone() })
+    }
 }
 
 /// The stored form of version `number`: the columns it adds to the one
@@ -271,6 +294,17 @@ pub trait SchemaTable: Send + Sync {
     fn add_columns<'a>(&'a self, schema: &'a Schema) -> BoxFuture<'a, anyhow::Result<bool>>;
     /// The table's columns and their declared types.
     fn declared_columns(&self) -> BoxFuture<'_, anyhow::Result<Vec<(String, String)>>>;
+    /// Whether a version's columns go into the table before the version is
+    /// stored (an Iceberg table, whose field ids the version's files need),
+    /// rather than after (a Glue table, which readers only).
+    fn table_first(&self) -> bool {
+        false
+    }
+    /// Reads the table again, so versions another worker stored find their
+    /// columns.
+    fn refresh(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// What [`Evolution::add`] did.
@@ -305,6 +339,8 @@ pub struct Parts<'a> {
     pub store: &'a CheckpointStore,
     /// The Glue catalog registrar, if any.
     pub catalog: Option<&'a Registrar>,
+    /// The lake's Iceberg table, if any.
+    pub iceberg: Option<&'a IcebergTable>,
     /// Test hooks.
     pub crash: &'a CrashPoints,
     /// Where failures and recoveries are reported.
@@ -319,7 +355,7 @@ impl<'a> Evolution<'a> {
         Evolution {
             schemas: parts.schemas,
             store: parts.store,
-            table: parts.catalog.map(|r| r as &dyn SchemaTable),
+            table: parts.catalog.map(|r| r as &dyn SchemaTable).or(parts.iceberg.map(|t| t as &dyn SchemaTable)),
             crash: Some(parts.crash),
         }
     }
@@ -327,6 +363,9 @@ impl<'a> Evolution<'a> {
     /// Brings the worker to the newest stored version: loads it, puts its
     /// columns in the table (unless known there), then makes it current.
     pub async fn catch_up(&self) -> anyhow::Result<Version> {
+        if let Some(table) = self.table {
+            table.refresh().await?;
+        }
         let newest = self.schemas.newest(self.store).await?;
         let in_table = self.schemas.in_table.load(std::sync::atomic::Ordering::SeqCst);
         if let Some(table) = self.table
@@ -381,6 +420,12 @@ impl<'a> Evolution<'a> {
                 return Ok(Added { version: current, stored: 0, refused });
             }
             let number = current.number + 1;
+            if let Some(table) = self.table.filter(|t| t.table_first()) {
+                // The table first: a stored version's columns always have field ids.
+                let mut next = (**schema).clone();
+                next.columns.extend(fits.iter().cloned());
+                table.add_columns(&next).await?;
+            }
             let stored = self.store.save_schema(number, &encode(number, &fits)).await?;
             if stored {
                 *self.schemas.last_stored.lock().expect("schemas lock") = Some(tokio::time::Instant::now());

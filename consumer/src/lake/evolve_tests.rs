@@ -45,7 +45,7 @@ async fn the_newest_stored_version_is_current_and_older_ones_load_on_demand() {
     assert!(store.save_schema(2, &v2.to_toml()).await.unwrap());
     assert!(store.save_schema(3, &encode(3, &[column("b", "double")])).await.unwrap());
     assert!(!store.save_schema(3, &encode(3, &[column("other", "int")])).await.unwrap(), "the first v3 wins");
-    let schemas = Schemas::load(base(), RULES, &store).await.unwrap();
+    let schemas = Schemas::load(base(), RULES, &store, None).await.unwrap();
     let current = schemas.current();
     assert_eq!(current.number, 3);
     assert_eq!(names(&current.spec.schema), ["id", "a", "b"]);
@@ -135,8 +135,10 @@ async fn a_worker_behind_the_stored_versions_catches_up_instead_of_stalling() {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(dir.path().to_str().unwrap(), "app", "events").unwrap();
     let table = MemTable::default();
-    let (a, b) =
-        (Schemas::load(base(), RULES, &store).await.unwrap(), Schemas::load(base(), RULES, &store).await.unwrap());
+    let (a, b) = (
+        Schemas::load(base(), RULES, &store, None).await.unwrap(),
+        Schemas::load(base(), RULES, &store, None).await.unwrap(),
+    );
     let added = evolution(&a, &store, &table).add(&[column("f1", "string")]).await.unwrap();
     assert_eq!((added.version.number, added.stored), (2, 1));
     let added = evolution(&a, &store, &table).add(&[column("f2", "string")]).await.unwrap();
@@ -158,8 +160,10 @@ async fn a_worker_stores_at_most_one_version_per_interval() {
     let store = CheckpointStore::open(dir.path().to_str().unwrap(), "app", "events").unwrap();
     let table = MemTable::default();
     let rules = Rules { min_records: 1, interval: Duration::from_secs(10) };
-    let (a, b) =
-        (Schemas::load(base(), rules, &store).await.unwrap(), Schemas::load(base(), rules, &store).await.unwrap());
+    let (a, b) = (
+        Schemas::load(base(), rules, &store, None).await.unwrap(),
+        Schemas::load(base(), rules, &store, None).await.unwrap(),
+    );
     assert!(a.may_store());
     assert_eq!(evolution(&a, &store, &table).add(&[column("f1", "int")]).await.unwrap().stored, 1);
     assert!(!a.may_store());
@@ -215,8 +219,10 @@ fn columns_of(fields: &[usize]) -> Vec<Column> {
 /// the table working, each worker's follower runs once. Returns the
 /// workers, and the fields whose protocol attempt succeeded.
 async fn run_fleet(steps: &[Step], store: &CheckpointStore, table: &MemTable) -> (Vec<Schemas>, Vec<String>) {
-    let mut workers =
-        vec![Schemas::load(base(), RULES, store).await.unwrap(), Schemas::load(base(), RULES, store).await.unwrap()];
+    let mut workers = vec![
+        Schemas::load(base(), RULES, store, None).await.unwrap(),
+        Schemas::load(base(), RULES, store, None).await.unwrap(),
+    ];
     let mut met = Vec::new();
     for step in steps {
         match step {
@@ -247,9 +253,9 @@ async fn run_fleet(steps: &[Step], store: &CheckpointStore, table: &MemTable) ->
                 if !fits.is_empty() {
                     store.save_schema(newest.number + 1, &encode(newest.number + 1, &fits)).await.unwrap();
                 }
-                workers[*w] = Schemas::load(base(), RULES, store).await.unwrap();
+                workers[*w] = Schemas::load(base(), RULES, store, None).await.unwrap();
             }
-            Step::Kill(w) => workers[*w] = Schemas::load(base(), RULES, store).await.unwrap(),
+            Step::Kill(w) => workers[*w] = Schemas::load(base(), RULES, store, None).await.unwrap(),
             Step::Follow(w) => {
                 let _ = evolution(&workers[*w], store, table).catch_up().await;
             }

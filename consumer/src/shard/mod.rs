@@ -74,6 +74,7 @@ impl Context {
             schemas: &self.schemas,
             store: &self.checkpoints,
             catalog: self.catalog.as_deref(),
+            iceberg: self.table.as_ref().map(|t| &t.lake.table),
             crash: &self.crash,
             health: &self.health,
             metrics: &self.metrics,

@@ -90,6 +90,7 @@ async fn context(dir: &std::path::Path, kinesis: aws_sdk_kinesis::Client, extra:
         settings.table.clone(),
         crate::lake::evolve::Rules::of(&settings),
         &checkpoints,
+        None,
     )
     .await
     .unwrap();

@@ -1016,27 +1016,9 @@ async fn two_iceberg_workers_killed_at_every_step_through_a_reshard_append_each_
     }
     let logs = fleet.logs();
     assert!(logs.contains("replayed batch already in the table"), "{logs}");
-    let script = r#"
-import sys, json, duckdb
-from pyiceberg.catalog.sql import SqlCatalog
-t = SqlCatalog("shardlake", uri="sqlite:///" + sys.argv[1], warehouse="file:///tmp").load_table("analytics.events")
-arrow = t.scan().to_arrow()
-con = duckdb.connect()
-con.register("t", arrow)
-rows, distinct = con.sql("select count(*), count(distinct event_id) from t").fetchall()[0]
-print(json.dumps({"rows": rows, "distinct": distinct,
-  "batches": [json.loads(s.summary.additional_properties.get("shardlake.batches", "[]")) for s in t.snapshots()]}))
-"#;
-    let catalog = fleet.setup.dir.path().join("catalog.db");
-    let v: serde_json::Value = serde_json::from_str(&python(script, &[catalog.to_str().unwrap()])).unwrap();
+    let v = iceberg_view(&fleet.setup.dir.path().join("catalog.db"), "analytics.events");
     assert_eq!((v["rows"].as_u64(), v["distinct"].as_u64()), (Some(1200), Some(1200)), "{v}\n{logs}");
-    let mut seen = std::collections::BTreeSet::new();
-    for names in v["batches"].as_array().unwrap() {
-        assert!(!names.as_array().unwrap().is_empty(), "a snapshot without batches: {v}");
-        for n in names.as_array().unwrap() {
-            assert!(seen.insert(n.as_str().unwrap().to_string()), "batch {n} appended twice: {v}");
-        }
-    }
+    let seen = batches_named_once(&v);
     let children = seen
         .iter()
         .filter(|n| !["0", "1", "2", "3"].iter().any(|k| n.contains(&format!("shardId-00000000000{k}/"))))

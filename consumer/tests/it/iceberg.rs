@@ -196,19 +196,6 @@ async fn two_writers_never_append_a_batch_twice_and_conflicts_are_retried() {
     assert_eq!(out.trim(), "2000");
 }
 
-/// pyiceberg's rows, distinct ids and each snapshot's batches.
-const READ_RUN: &str = r#"
-import sys, json, duckdb
-from pyiceberg.catalog.sql import SqlCatalog
-t = SqlCatalog("shardlake", uri="sqlite:///" + sys.argv[1], warehouse="file:///tmp").load_table(sys.argv[2])
-arrow = t.scan().to_arrow()
-con = duckdb.connect()
-con.register("t", arrow)
-rows, distinct = con.sql("select count(*), count(distinct event_id) from t").fetchall()[0]
-print(json.dumps({"rows": rows, "distinct": distinct,
-  "batches": [json.loads(s.summary.additional_properties.get("shardlake.batches", "[]")) for s in t.snapshots()]}))
-"#;
-
 const ICEBERG_RUN: &str = "table_format = \"iceberg\"\ncatalog = \"sqlite://catalog.db/analytics/events\"\n\
                            catalog_create = true\ncommit_interval = \"500ms\"\n";
 
@@ -228,19 +215,10 @@ async fn iceberg_crash_then_recover(crash_at: &str) -> String {
     let status = terminate(&mut consumer);
     assert!(status.success(), "{status}: {}", setup.log());
 
-    let catalog = setup.dir.path().join("catalog.db");
-    let v: serde_json::Value =
-        serde_json::from_str(&python(READ_RUN, &[catalog.to_str().unwrap(), "analytics.events"])).unwrap();
+    let v = iceberg_view(&setup.dir.path().join("catalog.db"), "analytics.events");
     assert_eq!((v["rows"].as_u64(), v["distinct"].as_u64()), (Some(RECORDS), Some(RECORDS)), "{v}\n{}", setup.log());
-    let mut seen = std::collections::BTreeSet::new();
-    for names in v["batches"].as_array().unwrap() {
-        let names = names.as_array().unwrap();
-        assert!(!names.is_empty(), "a snapshot without batches: {v}");
-        for n in names {
-            let n = n.as_str().unwrap();
-            assert!(n.starts_with(&format!("{stream}/shardId-")), "{n}");
-            assert!(seen.insert(n.to_string()), "batch {n} appended twice: {v}");
-        }
+    for name in batches_named_once(&v) {
+        assert!(name.starts_with(&format!("{stream}/shardId-")), "{name}");
     }
     setup.log()
 }
@@ -264,4 +242,90 @@ async fn iceberg_crash_between_table_commit_and_checkpoint() {
     let Some(_stack) = stack() else { return };
     let log = iceberg_crash_then_recover("after_table_commit:1").await;
     assert!(log.contains("replayed batch already in the table"), "{log}");
+}
+
+/// `unknown_fields = "evolve"` on an Iceberg table: a new field becomes a
+/// column with a new field id, added to the table before any file carries
+/// it; rows written before read it as null, by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evolution_adds_a_field_id_and_older_files_read_the_new_column_as_null() {
+    let Some(_stack) = stack() else { return };
+    let client = kinesis().await;
+    let stream = create_stream(&client, 2).await;
+    let setup = Setup::new(&stream);
+    setup.config(&format!("{ICEBERG_RUN}unknown_fields = \"evolve\"\n"));
+    let mut consumer = setup.start(&[]);
+    let mut landed = put_records(&client, &stream, &keyed(events(300, 21, 4))).await;
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    let later = with_fields(events(300, 22, 4), r#""loyalty_tier":"gold""#);
+    landed.extend(put_records(&client, &stream, &keyed(later)).await);
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    let status = terminate(&mut consumer);
+    assert!(status.success(), "{status}: {}", setup.log());
+
+    let script = r#"
+import sys, json, duckdb
+from pyiceberg.catalog.sql import SqlCatalog
+t = SqlCatalog("shardlake", uri="sqlite:///" + sys.argv[1], warehouse="file:///tmp").load_table("analytics.events")
+arrow = t.scan().to_arrow()
+con = duckdb.connect()
+con.register("t", arrow)
+rows, distinct, gold, nulls = con.sql(
+    "select count(*), count(distinct event_id), count(*) filter (where loyalty_tier = 'gold'), "
+    "count(*) filter (where loyalty_tier is null) from t").fetchall()[0]
+schemas = t.metadata.schemas
+print(json.dumps({"rows": rows, "distinct": distinct, "gold": gold, "nulls": nulls,
+  "tier_id": t.schema().find_field("loyalty_tier").field_id,
+  "first_max_id": max(f.field_id for f in schemas[0].fields),
+  "schemas": len(schemas)}))
+"#;
+    let catalog = setup.dir.path().join("catalog.db");
+    let v: serde_json::Value = serde_json::from_str(&python(script, &[catalog.to_str().unwrap()])).unwrap();
+    assert_eq!(v["rows"], 600, "{v}\n{}", setup.log());
+    assert_eq!(v["distinct"], 600, "{v}");
+    assert_eq!(v["gold"], 300, "{v}");
+    assert_eq!(v["nulls"], 300, "{v}");
+    assert!(v["tier_id"].as_i64().unwrap() > v["first_max_id"].as_i64().unwrap(), "{v}");
+    assert!(v["schemas"].as_u64().unwrap() >= 2, "{v}");
+    assert!(setup.log().contains("columns added to the Iceberg table"), "{}", setup.log());
+}
+
+/// `config check` refuses, with the fix, what an Iceberg table cannot take.
+#[test]
+fn config_check_refuses_what_an_iceberg_table_cannot_take() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("schema.toml"), EVENTS_SCHEMA_TOML).unwrap();
+    let check = |lines: &str| {
+        let path = dir.path().join("c.toml");
+        let text = format!(
+            "stream = \"s\"\ndestination = \"lake\"\nschema = \"schema.toml\"\ntime_field = \"ts\"\n\
+             table_format = \"iceberg\"\n{lines}"
+        );
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_shardlake-consumer"))
+            .args(["config", "check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, out) = check("catalog = \"sqlite://c.db/analytics/events\"\n");
+    assert!(ok, "{out}");
+    assert!(out.contains("iceberg table") && out.contains("one commit per 1m"), "{out}");
+    for (lines, want) in [
+        ("", "needs the table's catalog"),
+        ("catalog = \"glue://db/t\"\n", "not supported yet"),
+        ("catalog = \"sqlite://c.db/events\"\n", "PATH/NAMESPACE/TABLE"),
+        (
+            "catalog = \"sqlite://c.db/a/t\"\npartition = \"m=!{timestamp:yyyy-MM-dd-HH-mm}/\"\n",
+            "has no Iceberg transform",
+        ),
+        ("catalog = \"sqlite://c.db/a/t\"\ncommit_interval = \"10ms\"\n", "100ms minimum"),
+    ] {
+        let (ok, out) = check(lines);
+        assert!(!ok && out.contains(want), "{lines}: {out}");
+    }
 }

@@ -51,7 +51,8 @@ impl CatalogUrl {
         for (what, name) in [("namespace", namespace), ("table", table)] {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!(
-                    "`{url}`: the {what} `{name}` must be letters, digits and `_` (as Athena and Glue require)"
+                    "`{url}`: the {what} `{name}` must be letters, digits and `_` (as Athena and Glue require); \
+                     write sqlite://PATH/NAMESPACE/TABLE, e.g. sqlite://lake/catalog.db/analytics/events"
                 ));
             }
         }

@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod committer;
 pub mod data_file;
+mod evolve;
 pub mod spec;
 pub mod table;
 

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use iceberg::spec::{DataFile, Schema as IcebergSchema};
@@ -111,6 +111,8 @@ pub struct IcebergTable {
     catalog: Arc<dyn Catalog>,
     ident: TableIdent,
     mapping: PartitionMapping,
+    /// The table's schema as last read or committed.
+    schema: Arc<RwLock<Arc<IcebergSchema>>>,
 }
 
 impl IcebergTable {
@@ -179,7 +181,8 @@ impl IcebergTable {
             ))
             .into());
         }
-        Ok(IcebergTable { catalog, ident, mapping })
+        let schema = Arc::new(RwLock::new(table.metadata().current_schema().clone()));
+        Ok(IcebergTable { catalog, ident, mapping, schema })
     }
 
     /// The table's identifier.
@@ -189,11 +192,27 @@ impl IcebergTable {
 
     /// The table as the catalog has it now.
     pub async fn load(&self) -> Result<Table, TableError> {
-        self.catalog.load_table(&self.ident).await.map_err(|source| TableError::Catalog {
+        let table = self.catalog.load_table(&self.ident).await.map_err(|source| TableError::Catalog {
             table: self.ident.to_string(),
             what: "loading it",
             source,
-        })
+        })?;
+        self.remember(&table);
+        Ok(table)
+    }
+
+    /// The table's schema as last read or committed.
+    pub fn current_schema(&self) -> Arc<IcebergSchema> {
+        self.schema.read().expect("schema lock").clone()
+    }
+
+    fn remember(&self, table: &Table) {
+        *self.schema.write().expect("schema lock") = table.metadata().current_schema().clone();
+    }
+
+    /// The catalog the table is in.
+    pub fn catalog(&self) -> &Arc<dyn Catalog> {
+        &self.catalog
     }
 
     /// Whether a snapshot names `key`.
@@ -257,6 +276,7 @@ impl IcebergTable {
             tx.fast_append().with_check_duplicate(false).add_data_files(files).set_snapshot_properties(summary);
         let tx = append.apply(tx).map_err(fail("preparing the append"))?;
         let committed = tx.commit(fenced).await.map_err(fail("committing the append"))?;
+        self.remember(&committed);
         Ok(committed.metadata().current_snapshot_id())
     }
 }

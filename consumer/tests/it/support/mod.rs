@@ -525,3 +525,35 @@ pub fn terminate_wait(child: &mut Child) -> std::process::ExitStatus {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// pyiceberg's view of an Iceberg table in the SQLite catalog `catalog`:
+/// `rows`, `distinct` event ids, and `batches`, each snapshot's
+/// `shardlake.batches` list (DuckDB counts over pyiceberg's Arrow table).
+pub fn iceberg_view(catalog: &Path, table: &str) -> serde_json::Value {
+    const READ: &str = r#"
+import sys, json, duckdb
+from pyiceberg.catalog.sql import SqlCatalog
+t = SqlCatalog("shardlake", uri="sqlite:///" + sys.argv[1], warehouse="file:///tmp").load_table(sys.argv[2])
+arrow = t.scan().to_arrow()
+con = duckdb.connect()
+con.register("t", arrow)
+rows, distinct = con.sql("select count(*), count(distinct event_id) from t").fetchall()[0]
+print(json.dumps({"rows": rows, "distinct": distinct,
+  "batches": [json.loads(s.summary.additional_properties.get("shardlake.batches", "[]")) for s in t.snapshots()]}))
+"#;
+    serde_json::from_str(&python(READ, &[catalog.to_str().unwrap(), table])).unwrap()
+}
+
+/// The batches an [`iceberg_view`] names, checking that every snapshot
+/// names some and that none is named twice.
+pub fn batches_named_once(view: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for names in view["batches"].as_array().unwrap() {
+        let names = names.as_array().unwrap();
+        assert!(!names.is_empty(), "a snapshot without batches: {view}");
+        for n in names {
+            assert!(seen.insert(n.as_str().unwrap().to_string()), "batch {n} appended twice: {view}");
+        }
+    }
+    seen
+}
