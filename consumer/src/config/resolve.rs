@@ -73,6 +73,16 @@ impl ConsumerConfig {
         if self.commit_interval < Duration::from_millis(100) {
             bail!("commit_interval: {:?} is below the 100ms minimum (default 60s)", self.commit_interval);
         }
+        // A reader waits for the next commit without reading: within
+        // `health.stall_after`, or every wait would report its shard stalled.
+        if self.commit_interval * 2 > self.health.stall_after {
+            bail!(
+                "commit_interval: {:?} is more than half of health.stall_after ({:?}); readers wait for the commit, \
+                 so their shards would be reported stalled: lower it or raise health.stall_after",
+                self.commit_interval,
+                self.health.stall_after
+            );
+        }
         let url = match &self.catalog {
             Some(url) if url.starts_with(GLUE_SCHEME) => bail!(
                 "catalog: an Iceberg table in the Glue Data Catalog is not supported yet; use a local catalog, \

@@ -324,6 +324,7 @@ fn config_check_refuses_what_an_iceberg_table_cannot_take() {
             "has no Iceberg transform",
         ),
         ("catalog = \"sqlite://c.db/a/t\"\ncommit_interval = \"10ms\"\n", "100ms minimum"),
+        ("catalog = \"sqlite://c.db/a/t\"\ncommit_interval = \"2m\"\n", "half of health.stall_after"),
     ] {
         let (ok, out) = check(lines);
         assert!(!ok && out.contains(want), "{lines}: {out}");
