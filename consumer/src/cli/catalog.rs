@@ -17,6 +17,8 @@ use shardlake::store::ObjectStore;
 use tokio::time::Instant;
 
 use crate::config::Settings;
+use crate::lake::iceberg::CatalogUrl;
+use crate::lake::iceberg::maintain::MaintainOptions;
 
 /// Back-off between attempts of a catalog call that failed transiently.
 const BACKOFF: RetryPolicy =
@@ -53,6 +55,67 @@ pub enum CatalogCommand {
     Sync(SyncArgs),
     /// List the lake's partitions beside the catalog's.
     Partitions(PartitionsArgs),
+    /// Iceberg table: expire old snapshots and delete orphan data files
+    /// (safe beside running workers).
+    Maintain(MaintainArgs),
+}
+
+/// Arguments of `catalog maintain`.
+#[derive(Debug, Args)]
+pub struct MaintainArgs {
+    /// The worker's config file (its `catalog`, with `table_format = "iceberg"`).
+    #[arg(long, default_value = "consumer.toml")]
+    config: PathBuf,
+    /// Expire snapshots older than this. A snapshot names the batches it
+    /// holds, which replays check: keep them longer than a worker may stay
+    /// down with a pending batch.
+    #[arg(long, default_value = "5d", value_parser = humantime::parse_duration)]
+    older_than: Duration,
+    /// Keep at least this many of the newest snapshots.
+    #[arg(long, default_value_t = 100)]
+    retain_last: usize,
+    /// Delete unreferenced data files older than this (far longer than an
+    /// upload waits for its table commit).
+    #[arg(long, default_value = "3d", value_parser = humantime::parse_duration)]
+    orphans_older_than: Duration,
+    /// Report what would be expired and deleted, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+async fn maintain(args: MaintainArgs) -> anyhow::Result<()> {
+    let settings = crate::cli::run::load(&args.config)?;
+    let Some(url) = &settings.iceberg else {
+        anyhow::bail!("catalog maintain: {} has no Iceberg table (table_format = \"iceberg\")", args.config.display());
+    };
+    let catalog = CatalogUrl::parse(url, Path::new("/")).map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
+    let connected = catalog.connect(&settings.config.destination).await.map_err(|e| anyhow::anyhow!(e))?;
+    let opts = MaintainOptions {
+        older_than: args.older_than,
+        retain_last: args.retain_last,
+        orphans_older_than: args.orphans_older_than,
+        dry_run: args.dry_run,
+    };
+    let done = crate::lake::iceberg::maintain::maintain(&connected, &catalog.ident(), opts).await?;
+    let verb = if args.dry_run { "would delete" } else { "deleted" };
+    outln!(
+        "{}: snapshots {} -> {}{}",
+        catalog.ident(),
+        done.snapshots_before,
+        done.snapshots_after,
+        if args.dry_run { " (dry run: none expired)" } else { "" }
+    );
+    outln!(
+        "data files: {} referenced; {verb} {} orphans; {} unreferenced but younger than {}",
+        done.referenced,
+        done.orphans.len(),
+        done.young_unreferenced,
+        humantime::format_duration(args.orphans_older_than)
+    );
+    for f in &done.orphans {
+        outln!("  {verb} {}", f.display());
+    }
+    Ok(())
 }
 
 /// Arguments of `catalog partitions`.
@@ -155,6 +218,7 @@ pub async fn run(cmd: CatalogCommand) -> anyhow::Result<()> {
     match cmd {
         CatalogCommand::Sync(args) => sync(args).await,
         CatalogCommand::Partitions(args) => partitions(args).await,
+        CatalogCommand::Maintain(args) => maintain(args).await,
     }
 }
 

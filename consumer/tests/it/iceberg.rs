@@ -330,3 +330,56 @@ fn config_check_refuses_what_an_iceberg_table_cannot_take() {
         assert!(!ok && out.contains(want), "{lines}: {out}");
     }
 }
+
+/// `catalog maintain` expires old snapshots (keeping the newest) and
+/// deletes only unreferenced data files older than its limit; the table
+/// still reads every row.
+#[test]
+fn maintain_expires_snapshots_and_deletes_only_old_orphan_files() {
+    let Some(_stack) = stack() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let input = gen_events(dir.path(), 1000, 5);
+    let schema = dir.path().join("schema.toml");
+    std::fs::write(&schema, EVENTS_SCHEMA_TOML).unwrap();
+    let lake = dir.path().join("lake");
+    let catalog_file = dir.path().join("c.db");
+    let catalog = format!("sqlite://{}/analytics/events", catalog_file.display());
+    for _ in 0..3 {
+        let out = convert_cli(&input, &lake, &schema, &["--catalog", &catalog, "--catalog-create"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Two files no snapshot references: one old (a failed run long ago), one new.
+    let some = crate::support::parquet_files(&lake.join("data"))[0].clone();
+    let (old, young) = (some.with_file_name("orphan-old.parquet"), some.with_file_name("orphan-young.parquet"));
+    std::fs::copy(&some, &old).unwrap();
+    std::fs::copy(&some, &young).unwrap();
+    let week_ago = std::time::SystemTime::now() - Duration::from_secs(7 * 86_400);
+    std::fs::File::options().write(true).open(&old).unwrap().set_modified(week_ago).unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "stream = \"s\"\ndestination = \"lake\"\nschema = \"schema.toml\"\ntime_field = \"ts\"\n\
+             table_format = \"iceberg\"\ncatalog = \"{catalog}\"\n"
+        ),
+    )
+    .unwrap();
+    let maintain = |extra: &[&str]| {
+        let mut args = vec!["catalog", "maintain", "--config", config.to_str().unwrap(), "--older-than", "0s"];
+        args.extend_from_slice(&["--retain-last", "1", "--orphans-older-than", "1h"]);
+        args.extend_from_slice(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_shardlake-consumer")).args(&args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let dry = maintain(&["--dry-run"]);
+    assert!(dry.contains("snapshots 3 -> 3") && dry.contains("would delete 1 orphans"), "{dry}");
+    assert!(old.exists());
+    let out = maintain(&[]);
+    assert!(out.contains("snapshots 3 -> 1"), "{out}");
+    assert!(out.contains("deleted 1 orphans; 1 unreferenced but younger than 1h"), "{out}");
+    assert!(!old.exists() && young.exists());
+    let v = iceberg_view(&catalog_file, "analytics.events");
+    assert_eq!((v["rows"].as_u64(), v["distinct"].as_u64()), (Some(3000), Some(1000)), "{v}");
+    assert_eq!(v["batches"].as_array().unwrap().len(), 1, "{v}");
+}

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod committer;
 pub mod data_file;
 mod evolve;
+pub mod maintain;
 pub mod spec;
 pub mod table;
 
