@@ -236,7 +236,7 @@ fn iceberg_mapping(s: &Settings, url: &str) -> anyhow::Result<PartitionMapping> 
 /// Opens (or creates) the lake's Iceberg table, and gives the table spec
 /// its field ids.
 async fn open_iceberg(settings: &mut Settings, url: &str) -> anyhow::Result<IcebergLake> {
-    iceberg_mapping(settings, url)?;
+    // `IcebergLake::open` maps the template itself.
     let catalog = CatalogUrl::parse(url, Path::new("/")).map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
     let c = &settings.config;
     let lake = IcebergLake::open(TableConfig {

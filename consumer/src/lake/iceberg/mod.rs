@@ -83,8 +83,8 @@ impl IcebergLake {
             config.create,
         )
         .await?;
-        let loaded = table.load().await?;
-        let field_ids = spec::field_ids(loaded.metadata().current_schema(), config.schema, extra)?;
+        // `open` has just read the table: its schema is current.
+        let field_ids = spec::field_ids(&table.current_schema(), config.schema, extra)?;
         Ok(IcebergLake { table, field_ids: Arc::new(field_ids), location })
     }
 
