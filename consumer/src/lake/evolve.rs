@@ -92,8 +92,8 @@ pub struct Schemas {
     turn: tokio::sync::Mutex<()>,
     /// `None` unless evolving.
     rules: Option<Rules>,
-    /// When this worker last stored a version.
-    last_stored: Mutex<Option<tokio::time::Instant>>,
+    /// When this worker last stored a version, and its number.
+    last_stored: Mutex<Option<(tokio::time::Instant, u32)>>,
     /// The newest version known to be in the catalog table.
     in_table: std::sync::atomic::AtomicU32,
     /// Fields refused a column for good (type too long, schema full).
@@ -202,7 +202,18 @@ impl Schemas {
     /// since the last one it stored).
     pub fn may_store(&self) -> bool {
         let Some(rules) = self.rules else { return false };
-        self.last_stored.lock().expect("schemas lock").is_none_or(|t| t.elapsed() >= rules.interval)
+        self.last_stored.lock().expect("schemas lock").is_none_or(|(t, _)| t.elapsed() >= rules.interval)
+    }
+
+    /// Whether a batch of version `batch` may ask for new columns (else
+    /// its new fields wait in `_extra`): this worker may store a version, or
+    /// a newer one than the batch's is current or stored. The last matters
+    /// while the worker's own new version is stored but not yet current (its
+    /// table update in flight or failing): its other shards then evolve to
+    /// it, and wait with it, instead of putting its fields in `_extra`.
+    pub fn evolve_open(&self, batch: u32) -> bool {
+        let stored = self.last_stored.lock().expect("schemas lock").map_or(0, |(_, number)| number);
+        self.may_store() || self.current().number.max(stored) > batch
     }
 
     /// Fields never to propose again.
@@ -428,7 +439,7 @@ impl<'a> Evolution<'a> {
             }
             let stored = self.store.save_schema(number, &encode(number, &fits)).await?;
             if stored {
-                *self.schemas.last_stored.lock().expect("schemas lock") = Some(tokio::time::Instant::now());
+                *self.schemas.last_stored.lock().expect("schemas lock") = Some((tokio::time::Instant::now(), number));
                 // A kill here leaves the table behind the stored version: the
                 // next catch-up of any worker adds the columns.
                 if let Some(crash) = self.crash {

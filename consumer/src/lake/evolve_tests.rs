@@ -93,13 +93,16 @@ fn versions_take_columns_within_every_cap() {
 struct MemTable {
     columns: Mutex<Vec<(String, String)>>,
     failing: AtomicBool,
+    /// Only `UpdateTable` fails (reads work).
+    failing_updates: AtomicBool,
     updates: std::sync::atomic::AtomicU32,
 }
 
 impl SchemaTable for MemTable {
     fn add_columns<'a>(&'a self, schema: &'a Schema) -> BoxFuture<'a, anyhow::Result<bool>> {
         Box::pin(async move {
-            anyhow::ensure!(!self.failing.load(Ordering::SeqCst), "UpdateTable: InternalServiceException");
+            let failing = self.failing.load(Ordering::SeqCst) || self.failing_updates.load(Ordering::SeqCst);
+            anyhow::ensure!(!failing, "UpdateTable: InternalServiceException");
             let mut columns = self.columns.lock().unwrap();
             let before = columns.len();
             for c in &schema.columns {
@@ -175,6 +178,33 @@ async fn a_worker_stores_at_most_one_version_per_interval() {
     tokio::time::advance(Duration::from_secs(10)).await;
     assert!(a.may_store());
     assert_eq!(evolution(&a, &store, &table).add(&[column("f3", "int")]).await.unwrap().version.number, 4);
+}
+
+/// The CI failure of stop 36: a worker's shard stored a version, and while
+/// its table update was in flight (or failing) the worker's other shards
+/// put the version's fields in `_extra` (the worker had just stored, and the
+/// version was not yet current). They must evolve to it and wait instead.
+#[tokio::test(start_paused = true)]
+async fn a_version_stored_but_not_yet_current_keeps_the_workers_other_shards_evolving() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path().to_str().unwrap(), "app", "events").unwrap();
+    let table = MemTable::default();
+    let rules = Rules { min_records: 1, interval: Duration::from_secs(10) };
+    let a = Schemas::load(base(), rules, &store, None).await.unwrap();
+    assert!(a.evolve_open(1));
+    evolution(&a, &store, &table).catch_up().await.unwrap();
+    table.failing_updates.store(true, Ordering::SeqCst);
+    let err = evolution(&a, &store, &table).add(&[column("coupon", "string")]).await.unwrap_err();
+    assert!(err.to_string().contains("UpdateTable"), "{err}");
+    assert_eq!((a.current().number, a.may_store()), (1, false), "stored, not current, within the interval");
+    assert!(a.evolve_open(1), "a batch of version 1 must ask for the stored version 2, not defer its fields");
+    table.failing_updates.store(false, Ordering::SeqCst);
+    let added = evolution(&a, &store, &table).add(&[column("coupon", "string")]).await.unwrap();
+    assert_eq!((added.version.number, added.stored), (2, 0));
+    assert!(a.evolve_open(1));
+    assert!(!a.evolve_open(2), "within the interval, fields new to version 2 wait in _extra");
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert!(a.evolve_open(2));
 }
 
 /// One step of a worker (or the fleet) in the property test.

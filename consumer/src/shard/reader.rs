@@ -267,8 +267,7 @@ impl Reader {
             }
             let empty = self.empty_batch();
             let mut batch = std::mem::replace(&mut self.batch, empty);
-            let schemas = &self.ctx.schemas;
-            batch.set_evolve_open(schemas.may_store() || schemas.current().number > batch.version());
+            batch.set_evolve_open(self.ctx.schemas.evolve_open(batch.version()));
             self.last_read = records.last().map(|r| SequenceNumber::from(&*r.sequence)).or(self.last_read.take());
             let retried = evolved_for.take();
             let (batch, records_back, stop) = tokio::task::spawn_blocking(move || {
