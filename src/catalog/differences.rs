@@ -135,6 +135,17 @@ pub fn with_added_columns(table: &Table, added: &[(String, String)]) -> TableInp
     for (i, (name, ty)) in added.iter().enumerate() {
         columns.insert(at + i, glue_column(name, ty, false));
     }
+    table_input_keeping(table, sd, table.parameters().cloned().unwrap_or_default())
+}
+
+/// `table` as an `UpdateTable` input with `sd` and `parameters`, keeping
+/// everything else its owners set (description, owner, retention,
+/// partition keys, type).
+pub fn table_input_keeping(
+    table: &Table,
+    sd: StorageDescriptor,
+    parameters: std::collections::HashMap<String, String>,
+) -> TableInput {
     TableInput::builder()
         .name(table.name())
         .set_description(table.description().map(str::to_string))
@@ -147,7 +158,7 @@ pub fn with_added_columns(table: &Table, added: &[(String, String)]) -> TableInp
         .set_view_original_text(table.view_original_text().map(str::to_string))
         .set_view_expanded_text(table.view_expanded_text().map(str::to_string))
         .set_table_type(table.table_type().map(str::to_string))
-        .set_parameters(table.parameters().cloned())
+        .set_parameters(Some(parameters))
         .set_target_table(table.target_table().cloned())
         .build()
         .expect("name is set")

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::store::Location;
 
-pub use differences::{Difference, differences, with_added_columns};
+pub use differences::{Difference, differences, table_input_keeping, with_added_columns};
 pub use lookup::{database_exists, get_table, read_schema, schema_of};
 pub use table::{CatalogPartition, CatalogTable, Ensured};
 pub use table_input::table_input;

@@ -74,6 +74,54 @@ impl FileStore {
 }
 
 impl FileStore {
+    /// The size of the object at `key`, or `None` when there is none.
+    pub async fn head(&self, key: &str) -> Result<Option<u64>> {
+        let path = self.root.join(key);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(store_err("head", &path, e)),
+        }
+    }
+
+    /// Bytes `range` of the object at `key`.
+    pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        use std::io::{Read, Seek};
+        let path = self.root.join(key);
+        tokio::task::spawn_blocking(move || {
+            let mut file = std::fs::File::open(&path).map_err(|e| store_err("get", &path, e))?;
+            file.seek(std::io::SeekFrom::Start(range.start)).map_err(|e| store_err("get", &path, e))?;
+            let mut out = vec![0; range.end.saturating_sub(range.start) as usize];
+            file.read_exact(&mut out).map_err(|e| store_err("get", &path, e))?;
+            Ok(out)
+        })
+        .await
+        .expect("file read task panicked")
+    }
+
+    /// Deletes the object at `key` (none there is no error).
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.root.join(key);
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(store_err("delete", &path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`FileStore::list`] with each object's size and last change.
+    pub async fn list_info(&self, prefix: &str) -> Result<Vec<super::ObjectInfo>> {
+        let mut out = Vec::new();
+        for key in self.list(prefix).await? {
+            let path = self.root.join(&key);
+            // Deleted since the listing: not there.
+            let Ok(meta) = tokio::fs::metadata(&path).await else { continue };
+            let modified = meta.modified().map_err(|e| store_err("list", &path, e))?;
+            out.push(super::ObjectInfo { key, size: meta.len(), modified });
+        }
+        Ok(out)
+    }
+
     /// The start-up probe: writes `key` as every lake file is written
     /// (temp file, fsync, rename), deletes it and the folders it made, and
     /// reads the root's listing when `list`.

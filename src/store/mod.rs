@@ -168,6 +168,18 @@ impl std::fmt::Display for ProbeError {
     }
 }
 
+/// A stored object: its key (relative to the store root), size and last
+/// change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The key under the store root.
+    pub key: String,
+    /// Bytes.
+    pub size: u64,
+    /// When it was last written.
+    pub modified: std::time::SystemTime,
+}
+
 /// A destination for lake objects.
 #[derive(Debug, Clone)]
 pub enum ObjectStore {
@@ -224,6 +236,38 @@ impl ObjectStore {
         match self {
             ObjectStore::File(s) => s.list(prefix).await,
             ObjectStore::S3(s) => s.list(prefix).await,
+        }
+    }
+
+    /// The size of the object at `key`, or `None` when there is none.
+    pub async fn head(&self, key: &str) -> Result<Option<u64>> {
+        match self {
+            ObjectStore::File(s) => s.head(key).await,
+            ObjectStore::S3(s) => s.head(key).await,
+        }
+    }
+
+    /// Bytes `range` of the object at `key`.
+    pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        match self {
+            ObjectStore::File(s) => s.get_range(key, range).await,
+            ObjectStore::S3(s) => s.get_range(key, range).await,
+        }
+    }
+
+    /// Deletes the object at `key`; none there is no error.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self {
+            ObjectStore::File(s) => s.delete(key).await,
+            ObjectStore::S3(s) => s.remove(key).await,
+        }
+    }
+
+    /// [`ObjectStore::list`] with each object's size and last change.
+    pub async fn list_info(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        match self {
+            ObjectStore::File(s) => s.list_info(prefix).await,
+            ObjectStore::S3(s) => s.list_info(prefix).await,
         }
     }
 

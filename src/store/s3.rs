@@ -74,6 +74,11 @@ impl S3Store {
         S3Store { client, bucket, prefix, options }
     }
 
+    /// A store at the root of `bucket`, with this one's client and settings.
+    pub fn at_bucket(&self, bucket: &str) -> S3Store {
+        S3Store { bucket: bucket.to_string(), prefix: String::new(), ..self.clone() }
+    }
+
     fn full_key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
@@ -282,6 +287,54 @@ impl S3Store {
         Ok(out.body)
     }
 
+    /// The size of the object at `key`, or `None` when there is none.
+    pub async fn head(&self, key: &str) -> Result<Option<u64>> {
+        let full = self.full_key(key);
+        let out = self
+            .options
+            .retry
+            .run(|_| self.client.head_object().bucket(&self.bucket).key(&full).send(), is_transient)
+            .await;
+        match out {
+            Ok(o) => Ok(Some(o.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(self.err("head", "HeadObject", key, &e)),
+        }
+    }
+
+    /// Bytes `range` of the object at `key`.
+    pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let full = self.full_key(key);
+        let bytes = format!("bytes={}-{}", range.start, range.end - 1);
+        let out = self
+            .options
+            .retry
+            .run(|_| self.client.get_object().bucket(&self.bucket).key(&full).range(&bytes).send(), is_transient)
+            .await
+            .map_err(|e| self.err("get", "GetObject", key, &e))?;
+        let body = out.body.collect().await.map_err(|e| Error::Store {
+            op: "get",
+            url: self.url(key),
+            message: crate::error::error_chain(&e),
+        })?;
+        Ok(body.into_bytes().to_vec())
+    }
+
+    /// Deletes the object at `key` (none there is no error), retrying
+    /// transient failures.
+    pub async fn remove(&self, key: &str) -> Result<()> {
+        let full = self.full_key(key);
+        self.options
+            .retry
+            .run(|_| self.client.delete_object().bucket(&self.bucket).key(&full).send(), is_transient)
+            .await
+            .map_err(|e| self.err("delete", "DeleteObject", key, &e))?;
+        Ok(())
+    }
+
     /// Deletes the object at `key` (no retries: the start-up probe's own
     /// step, whose failure is reported, not hidden).
     pub async fn delete(&self, key: &str) -> Result<(), crate::aws::CallError> {
@@ -339,6 +392,11 @@ impl S3Store {
 
     /// Keys (relative to the prefix) starting with `prefix`, sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self.list_info(prefix).await?.into_iter().map(|o| o.key).collect())
+    }
+
+    /// [`S3Store::list`] with each object's size and last change.
+    pub async fn list_info(&self, prefix: &str) -> Result<Vec<super::ObjectInfo>> {
         let full = self.full_key(prefix);
         let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&full).into_paginator().send();
         let mut out = Vec::new();
@@ -346,11 +404,16 @@ impl S3Store {
             let page = page.map_err(|e| self.err("list", "ListObjectsV2", prefix, &e))?;
             for o in page.contents() {
                 if let Some(k) = o.key() {
-                    out.push(k[self.prefix.len()..].to_string());
+                    let modified = o
+                        .last_modified()
+                        .and_then(|t| std::time::SystemTime::try_from(*t).ok())
+                        .unwrap_or(std::time::UNIX_EPOCH);
+                    let size = o.size().unwrap_or(0).max(0) as u64;
+                    out.push(super::ObjectInfo { key: k[self.prefix.len()..].to_string(), size, modified });
                 }
             }
         }
-        out.sort();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 }
