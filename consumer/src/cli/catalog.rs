@@ -89,14 +89,15 @@ async fn maintain(args: MaintainArgs) -> anyhow::Result<()> {
         anyhow::bail!("catalog maintain: {} has no Iceberg table (table_format = \"iceberg\")", args.config.display());
     };
     let catalog = CatalogUrl::parse(url, Path::new("/")).map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
-    let connected = catalog.connect(&settings.config.destination).await.map_err(|e| anyhow::anyhow!(e))?;
+    let location = crate::lake::iceberg::table_location(&settings.config.destination)?;
+    let connected = catalog.connect(&location, &settings.s3).await.map_err(|e| anyhow::anyhow!(e))?;
     let opts = MaintainOptions {
         older_than: args.older_than,
         retain_last: args.retain_last,
         orphans_older_than: args.orphans_older_than,
         dry_run: args.dry_run,
     };
-    let done = crate::lake::iceberg::maintain::maintain(&connected, &catalog.ident(), opts).await?;
+    let done = crate::lake::iceberg::maintain::maintain(&connected, &catalog.ident(), opts, &settings.s3).await?;
     let verb = if args.dry_run { "would delete" } else { "deleted" };
     outln!(
         "{}: snapshots {} -> {}{}",
@@ -113,7 +114,7 @@ async fn maintain(args: MaintainArgs) -> anyhow::Result<()> {
         humantime::format_duration(args.orphans_older_than)
     );
     for f in &done.orphans {
-        outln!("  {verb} {}", f.display());
+        outln!("  {verb} {f}");
     }
     Ok(())
 }

@@ -263,7 +263,10 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
 /// so the files carry its field ids; then one append commits them all.
 async fn run_iceberg(args: ConvertArgs, mut opts: ConvertOptions) -> anyhow::Result<()> {
     let Some(url) = &args.catalog else {
-        bail!("--table-format iceberg: name the table with --catalog sqlite://PATH/NAMESPACE/TABLE");
+        bail!(
+            "--table-format iceberg: name the table with --catalog glue://DATABASE/TABLE or \
+             sqlite://PATH/NAMESPACE/TABLE"
+        );
     };
     let catalog = CatalogUrl::parse(url, Path::new(".")).map_err(|e| anyhow::anyhow!("--catalog: {e}"))?;
     let schema = match &opts.schema {
@@ -281,6 +284,7 @@ async fn run_iceberg(args: ConvertArgs, mut opts: ConvertOptions) -> anyhow::Res
         template: &opts.template,
         time_field: opts.time_field.as_deref(),
         create: args.catalog_create,
+        s3: &opts.s3,
     })
     .await?;
     // Each run's files get their own names: a committed file is never rewritten.

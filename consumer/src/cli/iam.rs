@@ -116,6 +116,7 @@ pub fn policy(settings: &Settings, scope: &Scope) -> Policy {
     statements.extend(lake(settings, scope));
     statements.extend(checkpoints(settings, scope));
     statements.extend(catalog(settings, scope));
+    statements.extend(iceberg(settings, scope));
     Policy { version: "2012-10-17", statements }
 }
 
@@ -283,6 +284,40 @@ fn catalog(settings: &Settings, scope: &Scope) -> Vec<Statement> {
     out
 }
 
+/// An Iceberg table: reading its metadata (the table's metadata file,
+/// manifest lists and manifests under `metadata/`, which commits write
+/// beside the data files) and, in the Glue Data Catalog, swapping its
+/// `metadata_location`.
+fn iceberg(settings: &Settings, scope: &Scope) -> Vec<Statement> {
+    let c = &settings.config;
+    let Some(url) = &settings.iceberg else { return Vec::new() };
+    let mut out = Vec::new();
+    if let Ok(Location::S3 { bucket, prefix }) = Location::parse(&c.destination) {
+        let prefix = folder_prefix(&prefix);
+        // GetObject covers HeadObject and ranged reads.
+        let metadata = scope.s3(&format!("{bucket}/{prefix}metadata/*"));
+        out.push(Statement::allow("ReadTableMetadata", &["s3:GetObject"], vec![metadata]));
+    }
+    let Ok(crate::lake::iceberg::CatalogUrl::Glue { database, table }) =
+        crate::lake::iceberg::CatalogUrl::parse(url, std::path::Path::new("/"))
+    else {
+        return out;
+    };
+    let resources = vec![
+        scope.arn("glue", "catalog"),
+        scope.arn("glue", &format!("database/{database}")),
+        scope.arn("glue", &format!("table/{database}/{table}")),
+    ];
+    // GetTable: each load of the table (before every commit and replay
+    // check); UpdateTable: each commit (fenced on the table's VersionId).
+    let mut actions = vec!["glue:GetDatabase", "glue:GetTable", "glue:UpdateTable"];
+    if c.catalog_create {
+        actions.extend(["glue:CreateDatabase", "glue:CreateTable"]);
+    }
+    out.push(Statement::allow("IcebergTable", &actions, resources));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,7 +356,7 @@ mod tests {
 
     #[test]
     fn each_example_gets_the_actions_of_what_it_sets() {
-        let cases: [(&str, BTreeSet<&str>); 7] = [
+        let cases: [(&str, BTreeSet<&str>); 8] = [
             ("local-lake.toml", with(&[&STREAM])),
             ("s3-file-store.toml", with(&[&STREAM, &LAKE])),
             ("fleet-dynamodb.toml", with(&[&STREAM, &LAKE, &TABLE, &["dynamodb:CreateTable"]])),
@@ -365,6 +400,16 @@ mod tests {
                     &["glue:BatchCreatePartition", "glue:UpdateTable", "glue:CreateDatabase", "glue:CreateTable"],
                 ]),
             ),
+            (
+                "iceberg-glue.toml",
+                with(&[
+                    &STREAM,
+                    &LAKE,
+                    &TABLE,
+                    &["dynamodb:CreateTable", "s3:GetObject", "glue:GetDatabase", "glue:GetTable", "glue:UpdateTable"],
+                    &["glue:CreateDatabase", "glue:CreateTable"],
+                ]),
+            ),
         ];
         let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
         let mut shipped: Vec<String> = std::fs::read_dir(&examples)
@@ -399,6 +444,17 @@ mod tests {
         ];
         assert_eq!(resources("ReadCatalog"), glue);
         assert_eq!(resources("WriteCatalog"), glue);
+        let iceberg = example("iceberg-glue.toml");
+        let resources = |sid: &str| iceberg.statements.iter().find(|s| s.sid == sid).unwrap().resources.clone();
+        assert_eq!(resources("ReadTableMetadata"), ["arn:aws:s3:::my-lake/events/metadata/*"]);
+        assert_eq!(
+            resources("IcebergTable"),
+            [
+                "arn:aws:glue:eu-west-1:123456789012:catalog",
+                "arn:aws:glue:eu-west-1:123456789012:database/analytics",
+                "arn:aws:glue:eu-west-1:123456789012:table/analytics/events",
+            ]
+        );
         let fan_out = example("fan-out.toml");
         let consumer = fan_out.statements.iter().find(|s| s.sid == "FanOutConsumer").unwrap();
         assert_eq!(

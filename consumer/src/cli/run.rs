@@ -247,6 +247,7 @@ async fn open_iceberg(settings: &mut Settings, url: &str) -> anyhow::Result<Iceb
         template: &c.partition,
         time_field: time_column(settings),
         create: c.catalog_create,
+        s3: &settings.s3,
     })
     .await?;
     eprintln!("shardlake-consumer: Iceberg table {} at {}", lake.table.ident(), lake.location);

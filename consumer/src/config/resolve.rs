@@ -83,26 +83,30 @@ impl ConsumerConfig {
                 self.health.stall_after
             );
         }
-        let url = match &self.catalog {
-            Some(url) if url.starts_with(GLUE_SCHEME) => bail!(
-                "catalog: an Iceberg table in the Glue Data Catalog is not supported yet; use a local catalog, \
-                 catalog = \"sqlite://PATH/NAMESPACE/TABLE\""
-            ),
-            Some(url) => url,
-            None => bail!(
-                "catalog: table_format = \"iceberg\" needs the table's catalog, e.g. \
-                 catalog = \"sqlite://lake/catalog.db/analytics/events\""
-            ),
-        };
-        let Some(rest) = url.strip_prefix("sqlite://") else {
-            bail!("catalog: `{url}` is not an Iceberg catalog; write sqlite://PATH/NAMESPACE/TABLE");
-        };
-        if self.destination.starts_with("s3://") {
+        let Some(url) = &self.catalog else {
             bail!(
-                "destination: an Iceberg table on S3 is not supported yet; use a local lake folder with \
-                 table_format = \"iceberg\""
+                "catalog: table_format = \"iceberg\" needs the table's catalog, e.g. catalog = \
+                 \"glue://analytics/events\" (the Glue Data Catalog) or \"sqlite://lake/catalog.db/analytics/events\" \
+                 (a local catalog file)"
             );
+        };
+        if url.starts_with(GLUE_SCHEME) {
+            crate::lake::iceberg::CatalogUrl::parse(url, base).map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
+            if !self.destination.starts_with("s3://") {
+                bail!(
+                    "destination: an Iceberg table in the Glue Data Catalog must live on S3 (Athena and the Glue \
+                     optimizer read it there): set destination = \"s3://BUCKET/PREFIX/\", or use a local catalog \
+                     (catalog = \"sqlite://PATH/NAMESPACE/TABLE\") for a local folder"
+                );
+            }
+            return Ok(Some(url.clone()));
         }
+        let Some(rest) = url.strip_prefix("sqlite://") else {
+            bail!(
+                "catalog: `{url}` is not an Iceberg catalog; write glue://DATABASE/TABLE or \
+                 sqlite://PATH/NAMESPACE/TABLE"
+            );
+        };
         Ok(Some(format!("sqlite://{}", against(rest, base))))
     }
 }

@@ -967,19 +967,23 @@ async fn wait_exited(fleet: &mut Fleet, i: usize, limit: Duration) -> std::proce
     }
 }
 
-/// Two workers writing one Iceberg table (a local SQL catalog), killed
+/// Two workers writing one Iceberg table in the Glue Data Catalog, on S3
+/// (their concurrent commits fenced by Glue's `VersionId` check), killed
 /// (abort, as SIGKILL) at every step of the protocol (after the intent,
 /// between upload and table commit, between table commit and checkpoint)
 /// while the stream goes from 4 to 8 shards: pyiceberg reads every record
 /// once, and every snapshot names the batches it holds, each batch once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_iceberg_workers_killed_at_every_step_through_a_reshard_append_each_record_once() {
+async fn two_iceberg_workers_on_glue_and_s3_killed_at_every_step_through_a_reshard_append_each_record_once() {
     let Some(_stack) = stack() else { return };
     let client = kinesis().await;
     let stream = create_stream(&client, 4).await;
-    let top = "table_format = \"iceberg\"\ncatalog = \"sqlite://catalog.db/analytics/events\"\n\
-               catalog_create = true\ncommit_interval = \"500ms\"\n";
-    let mut fleet = Fleet::with_destination(&stream, 2, "3s", Some("lake"), top, "").await;
+    let db = unique("fleet").replace('-', "_");
+    let table = format!("glue://{db}/events");
+    let top = format!(
+        "table_format = \"iceberg\"\ncatalog = \"{table}\"\ncatalog_create = true\ncommit_interval = \"500ms\"\n"
+    );
+    let mut fleet = Fleet::with_destination(&stream, 2, "3s", None, &top, "").await;
     let records = keyed(events(1200, 41, 6));
     let mut landed = put_records(&client, &stream, &records[..400]).await;
 
@@ -1016,7 +1020,7 @@ async fn two_iceberg_workers_killed_at_every_step_through_a_reshard_append_each_
     }
     let logs = fleet.logs();
     assert!(logs.contains("replayed batch already in the table"), "{logs}");
-    let v = iceberg_view(&fleet.setup.dir.path().join("catalog.db"), "analytics.events");
+    let v = iceberg_view(&table);
     assert_eq!((v["rows"].as_u64(), v["distinct"].as_u64()), (Some(1200), Some(1200)), "{v}\n{logs}");
     let seen = batches_named_once(&v);
     let children = seen

@@ -49,15 +49,13 @@ fn rows_by_hour(input: &Path) -> BTreeMap<String, u64> {
 /// pyiceberg's view of a table as JSON: rows, distinct ids, snapshots'
 /// batches, the spec, field ids, and a one-hour scan.
 const READ: &str = r#"
-import sys, json, duckdb, pyarrow.parquet as pq
-from pyiceberg.catalog.sql import SqlCatalog
-catalog = SqlCatalog("shardlake", uri="sqlite:///" + sys.argv[1], warehouse="file:///tmp")
-t = catalog.load_table(sys.argv[2])
+import json, duckdb, pyarrow.parquet as pq
+t = load_table(sys.argv[1])
 arrow = t.scan().to_arrow()
 con = duckdb.connect()
 con.register("t", arrow)
 rows, distinct = con.sql("select count(*), count(distinct event_id) from t").fetchall()[0]
-hour = sys.argv[3]
+hour = sys.argv[2]
 scan = t.scan(row_filter=f"ts >= '{hour}:00:00+00:00' and ts < '{hour}:59:59.999999+00:00'")
 files = [f.file.file_path for f in scan.plan_files()]
 first = pq.read_schema(files[0].removeprefix("file://"))
@@ -105,7 +103,7 @@ fn convert_appends_runs_to_an_iceberg_table_that_pyiceberg_reads_by_field_id() {
 
     let hours = rows_by_hour(&input);
     let (hour, hour_rows) = hours.iter().nth(5).unwrap();
-    let out = python(READ, &[catalog_file.to_str().unwrap(), "analytics.events", hour]);
+    let out = python(&format!("{}{READ}", py_load_iceberg()), &[&catalog, hour]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["rows"], 6000, "{v}");
     assert_eq!(v["distinct"], 3000, "{v}");
@@ -127,23 +125,89 @@ fn convert_appends_runs_to_an_iceberg_table_that_pyiceberg_reads_by_field_id() {
     assert_eq!(v["file_ts_type"], "timestamp[us, tz=UTC]", "{v}");
 }
 
-async fn open(lake: &Path, catalog: &CatalogUrl, schema: &Schema) -> IcebergLake {
+/// The table in the Glue Data Catalog, on S3: two converts append two
+/// snapshots; Glue holds an Iceberg table whose metadata is under the
+/// destination; pyiceberg, through Glue and S3, reads every row once per run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convert_appends_to_an_iceberg_table_in_glue_on_s3() {
+    let Some(_stack) = stack() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let input = gen_events(dir.path(), 2000, 12);
+    let schema = dir.path().join("schema.toml");
+    std::fs::write(&schema, EVENTS_SCHEMA_TOML).unwrap();
+    let bucket = unique("iceberg-glue").to_lowercase();
+    s3_client().await.create_bucket().bucket(&bucket).send().await.unwrap();
+    let db = unique("iceberg").replace('-', "_");
+    let catalog = format!("glue://{db}/events");
+    let lake = format!("s3://{bucket}/lake/");
+
+    // A Glue table on a local folder is refused with the fix.
+    let out = convert_cli(&input, &dir.path().join("lake"), &schema, &["--catalog", &catalog, "--catalog-create"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("must live on S3"), "{err}");
+
+    let glue = glue().await;
+    let get = || async { glue.get_table().database_name(&db).name("events").send().await.unwrap().table.unwrap() };
+    let mut first_metadata = String::new();
+    for run in 0..2 {
+        let out =
+            convert_cli(&input, Path::new(&lake), &schema, &["--catalog", &catalog, "--catalog-create", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(summary["rows"], 2000, "{summary}");
+        if run == 0 {
+            // The table's owners describe it, tag it and comment a column.
+            let table = get().await;
+            first_metadata = table.parameters().unwrap()["metadata_location"].clone();
+            let mut input = shardlake::catalog::with_added_columns(&table, &[]);
+            input.description = Some("clickstream, owned by growth".into());
+            input.parameters.get_or_insert_default().insert("classification".into(), "confidential".into());
+            let columns = input.storage_descriptor.as_mut().unwrap().columns.as_mut().unwrap();
+            columns.iter_mut().find(|c| c.name == "event_id").unwrap().comment = Some("the event's UUID".into());
+            glue.update_table().database_name(&db).table_input(input).send().await.unwrap();
+        }
+    }
+    let table = get().await;
+    let params = table.parameters().unwrap();
+    assert_eq!(params.get("table_type").map(String::as_str), Some("ICEBERG"), "{params:?}");
+    let metadata = params.get("metadata_location").unwrap();
+    assert!(metadata.starts_with(&format!("s3://{bucket}/lake/metadata/")), "{metadata}");
+    // The second run's commit kept what the owners wrote.
+    assert_ne!(*metadata, first_metadata);
+    assert_eq!(params.get("classification").map(String::as_str), Some("confidential"), "{params:?}");
+    assert_eq!(table.description(), Some("clickstream, owned by growth"));
+    let columns = table.storage_descriptor().unwrap().columns();
+    let event_id = columns.iter().find(|c| c.name() == "event_id").unwrap();
+    assert_eq!(event_id.comment(), Some("the event's UUID"), "{columns:?}");
+    let ts = columns.iter().find(|c| c.name() == "ts").unwrap();
+    assert_eq!(ts.r#type(), Some("timestamp"), "{columns:?}");
+    let v = iceberg_view(&catalog);
+    assert_eq!((v["rows"].as_u64(), v["distinct"].as_u64()), (Some(4000), Some(2000)), "{v}");
+    assert_eq!(batches_named_once(&v).len(), 2, "{v}");
+    // The data files are under the destination's data/, in hour folders.
+    let keys = s3_client().await.list_objects_v2().bucket(&bucket).prefix("lake/data/").send().await.unwrap();
+    let keys: Vec<&str> = keys.contents().iter().filter_map(|o| o.key()).collect();
+    assert!(!keys.is_empty() && keys.iter().all(|k| k.contains("/hour=") && k.ends_with(".parquet")), "{keys:?}");
+}
+
+async fn open(lake: &str, catalog: &CatalogUrl, schema: &Schema) -> IcebergLake {
     IcebergLake::open(TableConfig {
         catalog,
-        destination: lake.to_str().unwrap(),
+        destination: lake,
         schema,
         unknown_fields: shardlake::schema::UnknownFieldPolicy::Keep,
         template: shardlake::partition::DEFAULT_TEMPLATE,
         time_field: Some("ts"),
         create: true,
+        s3: &Default::default(),
     })
     .await
     .unwrap()
 }
 
 /// Writes `input`'s data files for `lake`'s table and returns them as one batch.
-async fn batch(lake: &IcebergLake, input: &Path, dest: &Path, name: &str) -> BatchFiles {
-    let mut opts: ConvertOptions = crate::support::common::event_options(input, dest.to_str().unwrap());
+async fn batch(lake: &IcebergLake, input: &Path, dest: &str, name: &str) -> BatchFiles {
+    let mut opts: ConvertOptions = crate::support::common::event_options(input, dest);
     opts.iceberg_field_ids = Some(lake.field_ids.clone());
     opts.file_stem = Some(name.to_string());
     let summary = convert(&opts, Arc::new(AtomicU64::new(0))).await.unwrap();
@@ -155,14 +219,40 @@ async fn batch(lake: &IcebergLake, input: &Path, dest: &Path, name: &str) -> Bat
 async fn two_writers_never_append_a_batch_twice_and_conflicts_are_retried() {
     let Some(_stack) = stack() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let input = gen_events(dir.path(), 500, 3);
-    let lake_dir = dir.path().join("lake");
-    let catalog =
-        CatalogUrl::parse(&format!("sqlite://{}/db/t", dir.path().join("c.db").display()), dir.path()).unwrap();
+    let url = format!("sqlite://{}/db/t", dir.path().join("c.db").display());
+    two_writers(&url, dir.path().join("lake").to_str().unwrap(), dir.path()).await;
+}
+
+/// The same in the Glue Data Catalog, on S3, where Glue's `VersionId`
+/// check is the fence (the test Glue enforces it as AWS does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_in_glue_never_append_a_batch_twice_and_conflicts_are_retried() {
+    let Some(_stack) = stack() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = unique("iceberg-two").to_lowercase();
+    s3_client().await.create_bucket().bucket(&bucket).send().await.unwrap();
+    let db = unique("two").replace('-', "_");
+    two_writers(&format!("glue://{db}/t"), &format!("s3://{bucket}/lake/"), dir.path()).await;
+    // Glue refuses a commit fenced on a version another commit replaced.
+    let glue = glue().await;
+    let table = glue.get_table().database_name(&db).name("t").send().await.unwrap().table.unwrap();
+    let input = shardlake::catalog::with_added_columns(&table, &[]);
+    let stale = (table.version_id().unwrap().parse::<u64>().unwrap() - 1).to_string();
+    let err = glue.update_table().database_name(&db).table_input(input).version_id(stale).send().await.unwrap_err();
+    assert!(format!("{err:?}").contains("ConcurrentModificationException"), "{err:?}");
+}
+
+/// Two writers (each with its own catalog connection, as two workers) on
+/// the table at catalog `url` and lake `dest`: the same batch from both at
+/// once lands once, a replay appends nothing, different batches at once
+/// (a conflict in the catalog) both land, and a mixed append leaves out
+/// the known batch.
+async fn two_writers(url: &str, dest: &str, dir: &Path) {
+    let input = gen_events(dir, 500, 3);
+    let catalog = CatalogUrl::parse(url, dir).unwrap();
     let schema = Schema::parse(EVENTS_SCHEMA_TOML, false).unwrap();
-    // Two writers, each with its own catalog connection, as two workers.
-    let (a, b) = (open(&lake_dir, &catalog, &schema).await, open(&lake_dir, &catalog, &schema).await);
-    let same = batch(&a, &input, &lake_dir, "same").await;
+    let (a, b) = (open(dest, &catalog, &schema).await, open(dest, &catalog, &schema).await);
+    let same = batch(&a, &input, dest, "same").await;
 
     // The same batch from both at once: one appends it, the other finds it.
     let (ra, rb) = tokio::join!(a.table.append(vec![same.clone()]), b.table.append(vec![same.clone()]));
@@ -174,11 +264,11 @@ async fn two_writers_never_append_a_batch_twice_and_conflicts_are_retried() {
     assert!(again.appended.is_empty() && again.snapshot_id.is_none(), "{again:?}");
 
     // Different batches at once conflict in the catalog; both land.
-    let (one, two) = (batch(&a, &input, &lake_dir, "one").await, batch(&b, &input, &lake_dir, "two").await);
+    let (one, two) = (batch(&a, &input, dest, "one").await, batch(&b, &input, dest, "two").await);
     let (r1, r2) = tokio::join!(a.table.append(vec![one]), b.table.append(vec![two]));
     assert_eq!(r1.unwrap().appended.len() + r2.unwrap().appended.len(), 2);
     // A mixed append: the known batch is left out, the new one lands.
-    let three = batch(&a, &input, &lake_dir, "three").await;
+    let three = batch(&a, &input, dest, "three").await;
     let mixed = b.table.append(vec![same, three]).await.unwrap();
     assert_eq!(mixed.appended, vec![BatchKey("test/three".into())]);
     assert_eq!(mixed.already, vec![BatchKey("test/same".into())]);
@@ -187,13 +277,67 @@ async fn two_writers_never_append_a_batch_twice_and_conflicts_are_retried() {
     let names: Vec<String> = committed_batches(&table).into_iter().map(|k| k.0).collect();
     assert_eq!(names, ["test/one", "test/same", "test/three", "test/two"]);
     assert_eq!(table.metadata().snapshots().count(), 4);
-    let out = python(
-        "import sys\nfrom pyiceberg.catalog.sql import SqlCatalog\n\
-         t = SqlCatalog('shardlake', uri='sqlite:///' + sys.argv[1], warehouse='file:///tmp').load_table('db.t')\n\
-         print(t.scan().to_arrow().num_rows)",
-        &[dir.path().join("c.db").to_str().unwrap()],
-    );
-    assert_eq!(out.trim(), "2000");
+    let v = iceberg_view(url);
+    assert_eq!(v["rows"], 2000, "{v}");
+}
+
+/// `scripts/iceberg_compact.py` on the table at `url` (the stand-in for the
+/// Glue optimizer): its JSON report.
+fn compact(url: &str) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/iceberg_compact.py");
+    let out = Command::new(stack_env("SHARDLAKE_PYTHON")).arg(script).arg(url).output().unwrap();
+    assert!(out.status.success(), "compaction failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A second writer compacts the table's hours (each hour's files rewritten
+/// as one, in overwrite commits) while a worker appends to it, and again
+/// after: every record is read once, every batch is named once, the
+/// compaction's commits and the worker's are each retried on the other's,
+/// and each hour ends as one file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_beside_a_running_worker_loses_and_repeats_nothing() {
+    let Some(_stack) = stack() else { return };
+    let client = kinesis().await;
+    let stream = create_stream(&client, 2).await;
+    let setup = Setup::new(&stream);
+    setup.config(ICEBERG_RUN);
+    let url = format!("sqlite://{}/analytics/events", setup.dir.path().join("catalog.db").display());
+    let records = keyed(events(900, 17, 3));
+    let hours: std::collections::BTreeSet<String> = records
+        .iter()
+        .map(|(_, e)| serde_json::from_slice::<serde_json::Value>(e).unwrap()["ts"].as_str().unwrap()[..13].to_string())
+        .collect();
+    let mut consumer = setup.start(&[]);
+    let mut landed = Vec::new();
+    for chunk in records[..300].chunks(50) {
+        landed.extend(put_records(&client, &stream, chunk).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+
+    // Compaction while the worker appends.
+    let during = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || compact(&url))
+    };
+    for chunk in records[300..600].chunks(50) {
+        landed.extend(put_records(&client, &stream, chunk).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let during = during.await.unwrap();
+    assert!(during["partitions"].as_u64().unwrap() > 0, "{during}");
+    landed.extend(put_records(&client, &stream, &records[600..]).await);
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+
+    let after = compact(&url);
+    let v = iceberg_view(&url);
+    assert_eq!((v["rows"].as_u64(), v["distinct"].as_u64()), (Some(900), Some(900)), "{v}\n{during}\n{after}");
+    batches_named_once(&v);
+    assert!(v["compactions"].as_u64().unwrap() >= 2, "{v}");
+    assert_eq!(v["files"].as_u64().unwrap(), hours.len() as u64, "one file per hour after compaction: {v} {after}");
+    eprintln!("COMPACTION: during {during}, after {after}");
 }
 
 const ICEBERG_RUN: &str = "table_format = \"iceberg\"\ncatalog = \"sqlite://catalog.db/analytics/events\"\n\
@@ -215,7 +359,7 @@ async fn iceberg_crash_then_recover(crash_at: &str) -> String {
     let status = terminate(&mut consumer);
     assert!(status.success(), "{status}: {}", setup.log());
 
-    let v = iceberg_view(&setup.dir.path().join("catalog.db"), "analytics.events");
+    let v = iceberg_view(&format!("sqlite://{}/analytics/events", setup.dir.path().join("catalog.db").display()));
     assert_eq!((v["rows"].as_u64(), v["distinct"].as_u64()), (Some(RECORDS), Some(RECORDS)), "{v}\n{}", setup.log());
     for name in batches_named_once(&v) {
         assert!(name.starts_with(&format!("{stream}/shardId-")), "{name}");
@@ -264,23 +408,24 @@ async fn evolution_adds_a_field_id_and_older_files_read_the_new_column_as_null()
     assert!(status.success(), "{status}: {}", setup.log());
 
     let script = r#"
-import sys, json, duckdb
-from pyiceberg.catalog.sql import SqlCatalog
-t = SqlCatalog("shardlake", uri="sqlite:///" + sys.argv[1], warehouse="file:///tmp").load_table("analytics.events")
+import json, duckdb
+t = load_table(sys.argv[1])
 arrow = t.scan().to_arrow()
 con = duckdb.connect()
 con.register("t", arrow)
 rows, distinct, gold, nulls = con.sql(
     "select count(*), count(distinct event_id), count(*) filter (where loyalty_tier = 'gold'), "
     "count(*) filter (where loyalty_tier is null) from t").fetchall()[0]
-schemas = t.metadata.schemas
+# The metadata's schema list is in no particular order (iceberg-rust keeps a map).
+schemas = sorted(t.metadata.schemas, key=lambda s: s.schema_id)
 print(json.dumps({"rows": rows, "distinct": distinct, "gold": gold, "nulls": nulls,
   "tier_id": t.schema().find_field("loyalty_tier").field_id,
   "first_max_id": max(f.field_id for f in schemas[0].fields),
   "schemas": len(schemas)}))
 "#;
-    let catalog = setup.dir.path().join("catalog.db");
-    let v: serde_json::Value = serde_json::from_str(&python(script, &[catalog.to_str().unwrap()])).unwrap();
+    let url = format!("sqlite://{}/analytics/events", setup.dir.path().join("catalog.db").display());
+    let v: serde_json::Value =
+        serde_json::from_str(&python(&format!("{}{script}", py_load_iceberg()), &[&url])).unwrap();
     assert_eq!(v["rows"], 600, "{v}\n{}", setup.log());
     assert_eq!(v["distinct"], 600, "{v}");
     assert_eq!(v["gold"], 300, "{v}");
@@ -317,7 +462,8 @@ fn config_check_refuses_what_an_iceberg_table_cannot_take() {
     assert!(out.contains("iceberg table") && out.contains("one commit per 1m"), "{out}");
     for (lines, want) in [
         ("", "needs the table's catalog"),
-        ("catalog = \"glue://db/t\"\n", "not supported yet"),
+        ("catalog = \"glue://db/t\"\n", "must live on S3"),
+        ("catalog = \"glue://db/t-1\"\n", "letters, digits and `_`"),
         ("catalog = \"sqlite://c.db/events\"\n", "PATH/NAMESPACE/TABLE"),
         (
             "catalog = \"sqlite://c.db/a/t\"\npartition = \"m=!{timestamp:yyyy-MM-dd-HH-mm}/\"\n",
@@ -379,7 +525,7 @@ fn maintain_expires_snapshots_and_deletes_only_old_orphan_files() {
     assert!(out.contains("snapshots 3 -> 1"), "{out}");
     assert!(out.contains("deleted 1 orphans; 1 unreferenced but younger than 1h"), "{out}");
     assert!(!old.exists() && young.exists());
-    let v = iceberg_view(&catalog_file, "analytics.events");
+    let v = iceberg_view(&format!("sqlite://{}/analytics/events", catalog_file.display()));
     assert_eq!((v["rows"].as_u64(), v["distinct"].as_u64()), (Some(3000), Some(1000)), "{v}");
     assert_eq!(v["batches"].as_array().unwrap().len(), 1, "{v}");
 }

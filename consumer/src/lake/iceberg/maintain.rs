@@ -8,13 +8,13 @@
 //!   its table commit.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
-
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableIdent};
+use shardlake::convert::ICEBERG_DATA_FOLDER;
+use shardlake::store::{ObjectStore, S3Options};
 
 use super::SpecError;
 use super::table::TableError;
@@ -41,17 +41,19 @@ pub struct Maintained {
     pub snapshots_after: usize,
     /// Data files the kept snapshots reference.
     pub referenced: usize,
-    /// Orphan data files found old enough to delete.
-    pub orphans: Vec<PathBuf>,
+    /// Orphan data files found old enough to delete (their URLs).
+    pub orphans: Vec<String>,
     /// Unreferenced data files kept because they are younger than the limit.
     pub young_unreferenced: usize,
 }
 
-/// Expires snapshots and deletes orphan data files of the table `ident`.
+/// Expires snapshots and deletes orphan data files of the table `ident`
+/// (on S3, with `s3`).
 pub async fn maintain(
     catalog: &Arc<dyn Catalog>,
     ident: &TableIdent,
     opts: MaintainOptions,
+    s3: &S3Options,
 ) -> Result<Maintained, TableError> {
     let fail = |what| {
         let table = ident.to_string();
@@ -81,51 +83,29 @@ pub async fn maintain(
         }
     }
     done.referenced = referenced.len();
-    let data = local_folder(table.metadata().location())?.join("data");
+    let location = table.metadata().location().trim_end_matches('/');
+    let store = ObjectStore::open(location, s3).await.map_err(|e| SpecError(format!("table location: {e}")))?;
+    let listing = |e: shardlake::Error| SpecError(format!("listing the table's data files: {e}"));
     let cutoff = SystemTime::now() - opts.orphans_older_than;
-    for file in parquet_files(&data) {
-        let path = format!("file://{}", file.display());
-        if referenced.contains(&path) {
+    let mut old = Vec::new();
+    for object in store.list_info(ICEBERG_DATA_FOLDER).await.map_err(listing)? {
+        let url = format!("{location}/{}", object.key);
+        if !object.key.ends_with(".parquet") || referenced.contains(&url) {
             continue;
         }
-        let old = std::fs::metadata(&file).and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);
-        if old {
-            done.orphans.push(file);
+        if object.modified < cutoff {
+            done.orphans.push(url);
+            old.push(object.key);
         } else {
             done.young_unreferenced += 1;
         }
     }
     if !opts.dry_run {
-        for file in &done.orphans {
-            if let Err(e) = std::fs::remove_file(file) {
-                tracing::warn!(file = %file.display(), error = %e, "could not delete an orphan data file");
+        for (key, url) in old.iter().zip(&done.orphans) {
+            if let Err(e) = store.delete(key).await {
+                tracing::warn!(file = %url, error = %e, "could not delete an orphan data file");
             }
         }
     }
     Ok(done)
-}
-
-fn local_folder(location: &str) -> Result<PathBuf, SpecError> {
-    location
-        .strip_prefix("file://")
-        .map(PathBuf::from)
-        .ok_or_else(|| SpecError(format!("{location}: only a local table's files can be listed for now")))
-}
-
-/// Every `.parquet` file under `dir` (none when it does not exist).
-fn parquet_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                out.push(p);
-            }
-        }
-    }
-    out
 }

@@ -9,16 +9,18 @@ pub mod catalog;
 pub mod committer;
 pub mod data_file;
 mod evolve;
+pub mod glue;
 pub mod maintain;
 pub mod spec;
+pub mod storage;
 pub mod table;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use shardlake::convert::ICEBERG_DATA_FOLDER;
 use shardlake::partition::PartitionTemplate;
 use shardlake::schema::{FieldIds, Schema, UnknownFieldPolicy};
+use shardlake::store::S3Options;
 
 pub use catalog::CatalogUrl;
 pub use data_file::WrittenFile;
@@ -62,6 +64,8 @@ pub struct TableConfig<'a> {
     pub time_field: Option<&'a str>,
     /// Whether to create the table (and its namespace) when missing.
     pub create: bool,
+    /// S3 settings, for a table on S3.
+    pub s3: &'a S3Options,
 }
 
 impl IcebergLake {
@@ -72,7 +76,7 @@ impl IcebergLake {
         let location = table_location(config.destination)?;
         let extra = config.unknown_fields.keeps_extra();
         let schema = spec::iceberg_schema(config.schema, extra)?;
-        let catalog = config.catalog.connect(&location).await.map_err(SpecError)?;
+        let catalog = config.catalog.connect(&location, config.s3).await.map_err(SpecError)?;
         let table = IcebergTable::open(
             catalog,
             config.catalog.ident(),
@@ -105,22 +109,9 @@ impl IcebergLake {
     }
 }
 
-/// The table location of a lake destination: `s3://bucket/prefix` as it
-/// is, a local folder as an absolute `file://` URL. No trailing `/`.
+/// The table location of a lake destination (`s3://bucket/prefix`, or a
+/// local folder as an absolute `file://` URL), without a trailing `/`.
 pub fn table_location(destination: &str) -> Result<String, SpecError> {
-    if destination.starts_with("s3://") {
-        return Err(SpecError(
-            "an Iceberg table on S3 is not supported yet; use a local lake folder with a sqlite:// catalog".into(),
-        ));
-    }
-    let path = destination.strip_prefix("file://").unwrap_or(destination);
-    let path = Path::new(path);
-    let absolute = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir().map_err(|e| SpecError(format!("no current folder: {e}")))?.join(path)
-    };
-    let text =
-        absolute.to_str().ok_or_else(|| SpecError(format!("lake folder {} is not UTF-8", absolute.display())))?;
-    Ok(format!("file://{}", text.trim_end_matches('/')))
+    let location = shardlake::catalog::table_location(destination).map_err(|e| SpecError(e.to_string()))?;
+    Ok(location.trim_end_matches('/').to_string())
 }
