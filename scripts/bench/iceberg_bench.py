@@ -6,7 +6,10 @@ Iceberg table (local SQL catalog), with the same flush rule. Per run: the
 commits it made (hive: one checkpoint commit per shard flush; Iceberg: one
 table snapshot per `commit_interval`) and their rate, data files per
 hour partition, CPU seconds and CPU per GB of input, and the table's
-snapshots and rows as pyiceberg reads them.
+snapshots and rows as pyiceberg reads them. Then the Iceberg table is
+compacted (scripts/iceberg_compact.py, the Glue optimizer's stand-in):
+files per hour partition, and the files, bytes and time of a one-hour
+query (pyiceberg's plan, then its read), before and after.
 
 usage: iceberg_bench.py --bin DIR --input FILE --schema FILE --dir DIR
                         [--shards 4,64] [--max-age 10s] [--commit-interval 10s]
@@ -19,19 +22,52 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, ".."))
 from consumer_bench import COMMITTED, fresh_dir, lake_rows, metric_sum, start_replay_endpoint  # noqa: E402
+from iceberg_catalog import load_table  # noqa: E402
+from iceberg_compact import files_by_hour, hour_filter  # noqa: E402
 
 TABLE_COMMITS = "shardlake_consumer_table_commits_total"
 FLUSHES = "shardlake_consumer_flushes_total"
 
 
-def iceberg_view(catalog):
-    from pyiceberg.catalog.sql import SqlCatalog
-    t = SqlCatalog("shardlake", uri=f"sqlite:///{catalog}", warehouse="file:///tmp").load_table("bench.events")
+def iceberg_view(url):
+    t = load_table(url)
     snapshots = list(t.snapshots())
     files = sum(int(s.summary.additional_properties.get("added-data-files", 0)) for s in snapshots)
     return {"rows": t.scan().to_arrow().num_rows, "snapshots": len(snapshots), "files": files}
+
+
+def hour_query(url):
+    """The busiest hour partition: files and bytes the one-hour query plans,
+    and its read time (median of 3)."""
+    t = load_table(url)
+    column, by_hour = files_by_hour(t)
+    hour = max(by_hour, key=lambda h: len(by_hour[h]))
+    scan = t.scan(row_filter=hour_filter(column, hour))
+    planned = list(scan.plan_files())
+    times = []
+    for _ in range(3):
+        start = time.monotonic()
+        rows = scan.to_arrow().num_rows
+        times.append(time.monotonic() - start)
+    return {"files": len(planned), "bytes": sum(f.file.file_size_in_bytes for f in planned), "rows": rows,
+            "seconds": sorted(times)[1], "hours": len(by_hour),
+            "files_per_hour": sum(map(len, by_hour.values())) / len(by_hour)}
+
+
+def compacted(url):
+    """One-hour query before and after compacting the table."""
+    before = hour_query(url)
+    out = subprocess.run([sys.executable, os.path.join(HERE, "..", "iceberg_compact.py"), url],
+                         capture_output=True, text=True, check=True)
+    report = json.loads(out.stdout)
+    after = hour_query(url)
+    if after["rows"] != before["rows"]:
+        sys.exit(f"compaction changed the hour's rows: {before} -> {after}")
+    return {"before": before, "after": after, "compaction": report}
 
 
 def run(a, shards, fmt, events):
@@ -71,8 +107,9 @@ def run(a, shards, fmt, events):
             sys.exit(f"consumer failed at shutdown:\n{open(log).read()[-3000:]}")
         files = sum(1 for r, _, names in os.walk(os.path.join(lake, "data") if fmt == "iceberg" else lake)
                     for n in names if n.endswith(".parquet"))
+        url = f"sqlite://{catalog}/bench/events"
         if fmt == "iceberg":
-            view = iceberg_view(catalog)
+            view = iceberg_view(url)
             rows, commits = view["rows"], view["snapshots"]
             assert view["files"] == files, f"{view} against {files} files on disk"
         else:
@@ -82,7 +119,8 @@ def run(a, shards, fmt, events):
         cpu = usage.ru_utime + usage.ru_stime
         return {"format": fmt, "shards": shards, "wall": wall, "commits": commits,
                 "per_min": commits / wall * 60, "files": files, "cpu": cpu,
-                "cpu_per_gb": cpu / (a.input_bytes / 1e9), "table_commits": table_commits}
+                "cpu_per_gb": cpu / (a.input_bytes / 1e9), "table_commits": table_commits,
+                "compacted": compacted(url) if fmt == "iceberg" else None}
     finally:
         replay.terminate()
         replay.wait()
@@ -110,6 +148,15 @@ def main():
     for r in rows:
         print(f"{r['format']:<8} {r['shards']:>6} {r['wall']:>6.1f} {r['commits']:>8.0f} {r['per_min']:>8.1f} "
               f"{r['files']:>11} {r['cpu']:>6.2f} {r['cpu_per_gb']:>9.2f}")
+    print()
+    print("Iceberg, one-hour query on the busiest hour, before and after compaction (pyiceberg plan and read):")
+    print(f"{'shards':>6} {'':<7} {'files/hour':>10} {'files read':>10} {'MB read':>8} {'read s':>7}")
+    for r in rows:
+        if r["compacted"]:
+            for when in ("before", "after"):
+                q = r["compacted"][when]
+                print(f"{r['shards']:>6} {when:<7} {q['files_per_hour']:>10.1f} {q['files']:>10} "
+                      f"{q['bytes'] / 1e6:>8.2f} {q['seconds']:>7.3f}")
     if a.json_out:
         with open(a.json_out, "w") as f:
             json.dump(rows, f, indent=1)

@@ -4,7 +4,7 @@
 //! the new columns as null, by id.
 
 use futures::future::BoxFuture;
-use iceberg::spec::{PrimitiveType, Type};
+use iceberg::spec::Type;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
 use shardlake::schema::{EXTRA_COLUMN, Schema};
 
@@ -87,24 +87,5 @@ impl SchemaTable for IcebergTable {
 /// (`uuid`, a timestamp without zone, ...) gets a name that does not parse,
 /// so its field stays in `_extra`.
 fn hive_name(ty: &Type) -> String {
-    match ty {
-        Type::Primitive(p) => match p {
-            PrimitiveType::String => "string".into(),
-            PrimitiveType::Boolean => "boolean".into(),
-            PrimitiveType::Int => "int".into(),
-            PrimitiveType::Long => "bigint".into(),
-            PrimitiveType::Float => "float".into(),
-            PrimitiveType::Double => "double".into(),
-            PrimitiveType::Decimal { precision, scale } => format!("decimal({precision},{scale})"),
-            PrimitiveType::Date => "date".into(),
-            PrimitiveType::Timestamptz => "timestamp".into(),
-            other => format!("iceberg {other} (not written by shardlake)"),
-        },
-        Type::List(l) => format!("array<{}>", hive_name(&l.element_field.field_type)),
-        Type::Map(m) => format!("map<{},{}>", hive_name(&m.key_field.field_type), hive_name(&m.value_field.field_type)),
-        Type::Struct(s) => format!(
-            "struct<{}>",
-            s.fields().iter().map(|f| format!("{}:{}", f.name, hive_name(&f.field_type))).collect::<Vec<_>>().join(",")
-        ),
-    }
+    super::spec::hive_type_name(ty, &|other| format!("iceberg {other} (not written by shardlake)"))
 }

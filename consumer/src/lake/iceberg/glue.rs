@@ -139,30 +139,14 @@ fn metadata_location<'a>(ident: &TableIdent, table: &'a GlueTable) -> Result<&'a
 /// How Glue (and Athena's DDL) writes an Iceberg type: timestamps with a
 /// zone as `timestamp`, as Java's `GlueCatalog` does.
 pub fn glue_type(ty: &Type) -> String {
-    match ty {
-        Type::Primitive(p) => match p {
-            PrimitiveType::Boolean => "boolean".into(),
-            PrimitiveType::Int => "int".into(),
-            PrimitiveType::Long => "bigint".into(),
-            PrimitiveType::Float => "float".into(),
-            PrimitiveType::Double => "double".into(),
-            PrimitiveType::Decimal { precision, scale } => format!("decimal({precision},{scale})"),
-            PrimitiveType::Date => "date".into(),
-            PrimitiveType::Timestamp
-            | PrimitiveType::Timestamptz
-            | PrimitiveType::TimestampNs
-            | PrimitiveType::TimestamptzNs => "timestamp".into(),
-            PrimitiveType::Time | PrimitiveType::String | PrimitiveType::Uuid => "string".into(),
-            PrimitiveType::Binary | PrimitiveType::Fixed(_) => "binary".into(),
-        },
-        Type::Struct(s) => {
-            let fields: Vec<String> =
-                s.fields().iter().map(|f| format!("{}:{}", f.name, glue_type(&f.field_type))).collect();
-            format!("struct<{}>", fields.join(","))
+    super::spec::hive_type_name(ty, &|other| {
+        match other {
+            PrimitiveType::Binary | PrimitiveType::Fixed(_) => "binary",
+            PrimitiveType::Time | PrimitiveType::Uuid => "string",
+            _ => "timestamp",
         }
-        Type::List(l) => format!("array<{}>", glue_type(&l.element_field.field_type)),
-        Type::Map(m) => format!("map<{},{}>", glue_type(&m.key_field.field_type), glue_type(&m.value_field.field_type)),
-    }
+        .to_string()
+    })
 }
 
 /// The Glue columns of `metadata`'s current schema, each keeping the comment

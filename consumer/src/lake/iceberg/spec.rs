@@ -454,3 +454,37 @@ fn identity_literal(ty: &PrimitiveType, value: &str) -> Option<Literal> {
 #[cfg(test)]
 #[path = "spec_tests.rs"]
 mod tests;
+
+/// The Hive (Glue, Athena) name of an Iceberg type: the types shardlake
+/// writes by their schema names (`timestamptz` as `timestamp`), any other
+/// primitive named by `other`.
+pub fn hive_type_name(ty: &Type, other: &dyn Fn(&PrimitiveType) -> String) -> String {
+    match ty {
+        Type::Primitive(p) => match p {
+            PrimitiveType::String => "string".into(),
+            PrimitiveType::Boolean => "boolean".into(),
+            PrimitiveType::Int => "int".into(),
+            PrimitiveType::Long => "bigint".into(),
+            PrimitiveType::Float => "float".into(),
+            PrimitiveType::Double => "double".into(),
+            PrimitiveType::Decimal { precision, scale } => format!("decimal({precision},{scale})"),
+            PrimitiveType::Date => "date".into(),
+            PrimitiveType::Timestamptz => "timestamp".into(),
+            p => other(p),
+        },
+        Type::List(l) => format!("array<{}>", hive_type_name(&l.element_field.field_type, other)),
+        Type::Map(m) => format!(
+            "map<{},{}>",
+            hive_type_name(&m.key_field.field_type, other),
+            hive_type_name(&m.value_field.field_type, other)
+        ),
+        Type::Struct(s) => format!(
+            "struct<{}>",
+            s.fields()
+                .iter()
+                .map(|f| format!("{}:{}", f.name, hive_type_name(&f.field_type, other)))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    }
+}
