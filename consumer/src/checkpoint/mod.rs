@@ -200,6 +200,29 @@ impl CheckpointStore {
         }
     }
 
+    /// Every shard's pending intent: a batch being uploaded or committed,
+    /// which the shard's next reader replays.
+    pub async fn pending_intents(&self) -> Result<Vec<(String, Intent)>> {
+        let shards: Vec<String> = match self {
+            CheckpointStore::File(f) => {
+                let keys = f.store.list("").await?;
+                keys.iter()
+                    .filter_map(|k| k.strip_suffix(".json"))
+                    .filter(|s| !s.contains('/'))
+                    .map(str::to_string)
+                    .collect()
+            }
+            CheckpointStore::DynamoDb(d) => d.leases().await?.into_iter().map(|l| l.shard).collect(),
+        };
+        let mut out = Vec::new();
+        for shard in shards {
+            if let Some(intent) = self.load(&shard).await?.intent {
+                out.push((shard, intent));
+            }
+        }
+        Ok(out)
+    }
+
     /// Step 1 of a flush: records the range about to be uploaded. `lease` is
     /// the counter the writer took the shard's lease at (fleet; `None` for
     /// the file store): the write fails with [`Error::LeaseLost`] once that

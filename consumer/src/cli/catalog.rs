@@ -17,7 +17,9 @@ use shardlake::store::ObjectStore;
 use tokio::time::Instant;
 
 use crate::config::Settings;
+use crate::lake::iceberg::BatchKey;
 use crate::lake::iceberg::CatalogUrl;
+use crate::lake::iceberg::committer::shard_batch_key;
 use crate::lake::iceberg::maintain::MaintainOptions;
 
 /// Back-off between attempts of a catalog call that failed transiently.
@@ -97,7 +99,17 @@ async fn maintain(args: MaintainArgs) -> anyhow::Result<()> {
         orphans_older_than: args.orphans_older_than,
         dry_run: args.dry_run,
     };
-    let done = crate::lake::iceberg::maintain::maintain(&connected, &catalog.ident(), opts, &settings.s3).await?;
+    // Batches a shard may still replay: their snapshots must stay.
+    let checkpoints = checkpoint_store(&settings, "catalog-maintain").await?;
+    let pending: BTreeSet<BatchKey> = checkpoints
+        .pending_intents()
+        .await
+        .map_err(|e| anyhow::anyhow!("checkpoint_store: reading pending batches: {e}"))?
+        .into_iter()
+        .map(|(shard, i)| shard_batch_key(&settings.config.stream, &shard, &i.first.to_string(), &i.last.to_string()))
+        .collect();
+    let done =
+        crate::lake::iceberg::maintain::maintain(&connected, &catalog.ident(), opts, &settings.s3, &pending).await?;
     let verb = if args.dry_run { "would delete" } else { "deleted" };
     outln!(
         "{}: snapshots {} -> {}{}",
@@ -106,6 +118,12 @@ async fn maintain(args: MaintainArgs) -> anyhow::Result<()> {
         done.snapshots_after,
         if args.dry_run { " (dry run: none expired)" } else { "" }
     );
+    if done.held_for_replays > 0 {
+        outln!(
+            "kept {} snapshots past --older-than: they (or older ones) name batches shards still replay",
+            done.held_for_replays
+        );
+    }
     outln!(
         "data files: {} referenced; {verb} {} orphans; {} unreferenced but younger than {}",
         done.referenced,
@@ -117,6 +135,21 @@ async fn maintain(args: MaintainArgs) -> anyhow::Result<()> {
         outln!("  {verb} {f}");
     }
     Ok(())
+}
+
+/// The config's checkpoint store, opened by a tool (`worker`) that takes
+/// no lease and creates nothing.
+async fn checkpoint_store(settings: &Settings, worker: &str) -> anyhow::Result<CheckpointStore> {
+    let c = &settings.config;
+    let fleet = FleetOptions {
+        worker_id: worker.into(),
+        lease_duration: c.fleet.lease_duration,
+        create_table: false,
+        timeouts: c.timeouts.aws(),
+    };
+    CheckpointStore::connect(&c.checkpoint_store, &c.application, &c.stream, &fleet)
+        .await
+        .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))
 }
 
 /// Arguments of `catalog partitions`.
@@ -154,15 +187,7 @@ async fn lake_schema(settings: &Settings, glue: &aws_sdk_glue::Client) -> anyhow
     if from_file && c.unknown_fields != UnknownFieldPolicy::Evolve {
         return Ok(settings.table.schema.as_ref().clone());
     }
-    let fleet = FleetOptions {
-        worker_id: "catalog-sync".into(),
-        lease_duration: c.fleet.lease_duration,
-        create_table: false,
-        timeouts: c.timeouts.aws(),
-    };
-    let checkpoints = CheckpointStore::connect(&c.checkpoint_store, &c.application, &c.stream, &fleet)
-        .await
-        .map_err(|e| anyhow::anyhow!("checkpoint_store: {e}"))?;
+    let checkpoints = checkpoint_store(settings, "catalog-sync").await?;
     let first = match crate::lake::infer::stored_schema(&checkpoints).await? {
         _ if from_file => settings.table.schema.as_ref().clone(),
         Some(schema) => schema,

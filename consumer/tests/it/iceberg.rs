@@ -388,6 +388,46 @@ async fn iceberg_crash_between_table_commit_and_checkpoint() {
     assert!(log.contains("replayed batch already in the table"), "{log}");
 }
 
+/// `catalog maintain` between a crash after a table commit and the restart,
+/// with a later snapshot on top (a `convert` into the table) and asked to
+/// expire every snapshot but the newest: the snapshot naming the pending
+/// batches stays, so the replay finds them and appends nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintain_keeps_the_snapshots_of_batches_shards_still_replay() {
+    let Some(_stack) = stack() else { return };
+    const RECORDS: u64 = 600;
+    let client = kinesis().await;
+    let stream = create_stream(&client, 2).await;
+    let setup = Setup::new(&stream);
+    let config = setup.config(ICEBERG_RUN);
+    let landed = put_records(&client, &stream, &keyed(events(RECORDS, 13, 8))).await;
+    setup.run_until_crash("after_table_commit:1").await;
+
+    let other = tempfile::tempdir().unwrap();
+    let input = gen_events(other.path(), 100, 14);
+    let schema = other.path().join("schema.toml");
+    std::fs::write(&schema, EVENTS_SCHEMA_TOML).unwrap();
+    let url = format!("sqlite://{}/analytics/events", setup.dir.path().join("catalog.db").display());
+    let out = convert_cli(&input, &setup.lake(), &schema, &["--catalog", &url]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_shardlake-consumer"))
+        .args(["catalog", "maintain", "--config", config.to_str().unwrap(), "--older-than", "0s", "--retain-last", "1"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(printed.contains("kept 1 snapshots past --older-than"), "{printed}");
+
+    let mut consumer = setup.start(&[]);
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+    assert!(setup.log().contains("replayed batch already in the table"), "{}", setup.log());
+    let v = iceberg_view(&url);
+    let want = RECORDS + 100;
+    assert_eq!((v["rows"].as_u64(), v["distinct"].as_u64()), (Some(want), Some(want)), "{v}\n{}", setup.log());
+    batches_named_once(&v);
+}
+
 /// `unknown_fields = "evolve"` on an Iceberg table: a new field becomes a
 /// column with a new field id, added to the table before any file carries
 /// it; rows written before read it as null, by id.

@@ -3,11 +3,14 @@
 //! references: a `convert` that failed before its append, files a
 //! compaction replaced). Safe beside a running fleet:
 //! - the expiry is a table commit like an append, retried on conflict;
+//! - a snapshot that names a batch some shard may still replay (its intent
+//!   is pending in the checkpoint store) is kept, and so is every newer one:
+//!   a replay that found its batch in no snapshot would append it again;
 //! - a file is an orphan only when no kept snapshot references it and it is
 //!   older than `orphans_older_than`, far longer than an upload waits for
 //!   its table commit.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +20,7 @@ use shardlake::convert::ICEBERG_DATA_FOLDER;
 use shardlake::store::{ObjectStore, S3Options};
 
 use super::SpecError;
-use super::table::TableError;
+use super::table::{BatchKey, TableError, batches_of};
 
 /// What `catalog maintain` keeps.
 #[derive(Debug, Clone, Copy)]
@@ -45,15 +48,19 @@ pub struct Maintained {
     pub orphans: Vec<String>,
     /// Unreferenced data files kept because they are younger than the limit.
     pub young_unreferenced: usize,
+    /// Snapshots past `older_than` kept because they (or older ones) name a
+    /// batch a shard may still replay.
+    pub held_for_replays: usize,
 }
 
 /// Expires snapshots and deletes orphan data files of the table `ident`
-/// (on S3, with `s3`).
+/// (on S3, with `s3`); `pending` are the batches shards may still replay.
 pub async fn maintain(
     catalog: &Arc<dyn Catalog>,
     ident: &TableIdent,
     opts: MaintainOptions,
     s3: &S3Options,
+    pending: &BTreeSet<BatchKey>,
 ) -> Result<Maintained, TableError> {
     let fail = |what| {
         let table = ident.to_string();
@@ -62,14 +69,27 @@ pub async fn maintain(
     let table = catalog.load_table(ident).await.map_err(fail("loading it"))?;
     let mut done = Maintained { snapshots_before: table.metadata().snapshots().count(), ..Maintained::default() };
     let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+    let mut cutoff = now_ms - opts.older_than.as_millis() as i64;
+    let oldest_pending = table
+        .metadata()
+        .snapshots()
+        .filter(|s| batches_of(s).iter().any(|k| pending.contains(k)))
+        .map(|s| s.timestamp_ms())
+        .min();
+    if let Some(kept) = oldest_pending.filter(|t| *t < cutoff) {
+        // Those the expiry would have taken: past the cutoff, and not among
+        // the newest `retain_last`.
+        let mut times: Vec<i64> = table.metadata().snapshots().map(|s| s.timestamp_ms()).collect();
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        done.held_for_replays =
+            times.iter().skip(opts.retain_last.max(1)).filter(|t| (kept..cutoff).contains(*t)).count();
+        cutoff = kept;
+    }
     let table = if opts.dry_run {
         table
     } else {
         let tx = Transaction::new(&table);
-        let expire = tx
-            .expire_snapshots()
-            .expire_older_than_ms(now_ms - opts.older_than.as_millis() as i64)
-            .retain_last(opts.retain_last.max(1));
+        let expire = tx.expire_snapshots().expire_older_than_ms(cutoff).retain_last(opts.retain_last.max(1));
         let tx = expire.apply(tx).map_err(fail("preparing the expiry"))?;
         tx.commit(catalog.as_ref()).await.map_err(fail("expiring snapshots"))?
     };

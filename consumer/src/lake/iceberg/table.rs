@@ -287,15 +287,17 @@ fn describe<'a>(fields: impl Iterator<Item = (&'a str, iceberg::spec::Transform)
 
 /// The batch keys that `table`'s snapshots name.
 pub fn committed_batches(table: &Table) -> BTreeSet<BatchKey> {
-    let mut out = BTreeSet::new();
-    for snapshot in table.metadata().snapshots() {
-        if let Some(text) = snapshot.summary().additional_properties.get(BATCHES_SUMMARY_KEY)
-            && let Ok(names) = serde_json::from_str::<Vec<String>>(text)
-        {
-            out.extend(names.into_iter().map(BatchKey));
-        }
-    }
-    out
+    table.metadata().snapshots().flat_map(|s| batches_of(s)).collect()
+}
+
+/// The batch keys one snapshot names.
+pub fn batches_of(snapshot: &iceberg::spec::Snapshot) -> Vec<BatchKey> {
+    snapshot
+        .summary()
+        .additional_properties
+        .get(BATCHES_SUMMARY_KEY)
+        .and_then(|text| serde_json::from_str::<Vec<String>>(text).ok())
+        .map_or_else(Vec::new, |names| names.into_iter().map(BatchKey).collect())
 }
 
 /// A catalog whose table loads fail when a snapshot already names one of
