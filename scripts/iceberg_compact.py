@@ -3,7 +3,8 @@ or Athena's OPTIMIZE do, as a second writer beside shardlake's workers:
 each hour partition with at least --min-files data files is read and
 rewritten as one file in a single overwrite commit (pyiceberg), which
 readers see all at once. A commit that loses a race with a worker's append
-is redone on the new table. The tests' and benchmarks' stand-in for the
+(or that finds a worker added files to the hour meanwhile) is redone on the
+new table. The tests' and benchmarks' stand-in for the
 Glue optimizer, which does not run locally.
 
 Usage: iceberg_compact.py CATALOG_URL [--min-files N] [--rounds N]
@@ -18,7 +19,7 @@ from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from iceberg_catalog import load_table  # noqa: E402
-from pyiceberg.exceptions import CommitFailedException  # noqa: E402
+from pyiceberg.exceptions import CommitFailedException, ValidationException  # noqa: E402
 
 
 def hour_filter(column, hour):
@@ -60,7 +61,10 @@ def main():
                 table.overwrite(rows, overwrite_filter=row_filter,
                                 snapshot_properties={"shardlake.compaction": str(hour)})
                 break
-            except CommitFailedException:
+            # A worker's commit landed first: pyiceberg retries the commit
+            # itself, and fails it when the worker added files to this hour
+            # (its overwrite would drop them); both are redone from a fresh read.
+            except (CommitFailedException, ValidationException):
                 if attempt == args.retries:
                     raise
                 done["conflicts_redone"] += 1
