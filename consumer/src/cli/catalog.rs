@@ -131,6 +131,7 @@ async fn maintain(args: MaintainArgs) -> anyhow::Result<()> {
         done.young_unreferenced,
         humantime::format_duration(args.orphans_older_than)
     );
+    outln!("metadata files: {verb} {} that no kept snapshot or metadata version reads", done.old_metadata);
     for f in &done.orphans {
         outln!("  {verb} {f}");
     }

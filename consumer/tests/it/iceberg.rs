@@ -337,6 +337,18 @@ async fn a_compaction_beside_a_running_worker_loses_and_repeats_nothing() {
     batches_named_once(&v);
     assert!(v["compactions"].as_u64().unwrap() >= 2, "{v}");
     assert_eq!(v["files"].as_u64().unwrap(), hours.len() as u64, "one file per hour after compaction: {v} {after}");
+    // The table's properties (`write.parquet.compression-codec`) keep the
+    // compacted files Snappy, as shardlake writes them.
+    let codecs = python(
+        &format!(
+            "{}import pyarrow.parquet as pq\nt = load_table(sys.argv[1])\n\
+             print(sorted({{pq.ParquetFile(f.file.file_path.removeprefix('file://')).metadata.row_group(0).column(0).compression \
+             for f in t.scan().plan_files()}}))",
+            py_load_iceberg()
+        ),
+        &[&url],
+    );
+    assert_eq!(codecs.trim(), "['SNAPPY']");
     eprintln!("COMPACTION: during {during}, after {after}");
 }
 
@@ -565,6 +577,19 @@ fn maintain_expires_snapshots_and_deletes_only_old_orphan_files() {
     assert!(out.contains("snapshots 3 -> 1"), "{out}");
     assert!(out.contains("deleted 1 orphans; 1 unreferenced but younger than 1h"), "{out}");
     assert!(!old.exists() && young.exists());
+    assert!(out.contains("metadata files: deleted 0"), "the expired snapshots' files are young: {out}");
+    // A week later: the expired snapshots' manifest lists and manifests, and
+    // the older metadata versions past the log, go; what the table reads stays.
+    let metadata_dir = lake.join("metadata");
+    let files = || std::fs::read_dir(&metadata_dir).unwrap().map(|e| e.unwrap().path()).collect::<Vec<_>>();
+    let before = files();
+    for f in &before {
+        std::fs::File::options().write(true).open(f).unwrap().set_modified(week_ago).unwrap();
+    }
+    let out = maintain(&[]);
+    let after = files();
+    assert!(after.len() < before.len(), "{out}\n{before:?}\n{after:?}");
+    assert!(out.contains(&format!("metadata files: deleted {}", before.len() - after.len())), "{out}");
     let v = iceberg_view(&format!("sqlite://{}/analytics/events", catalog_file.display()));
     assert_eq!((v["rows"].as_u64(), v["distinct"].as_u64()), (Some(3000), Some(1000)), "{v}");
     assert_eq!(v["batches"].as_array().unwrap().len(), 1, "{v}");
