@@ -323,6 +323,10 @@ async fn destination(setting: &str, url: &str, s3: &S3Options, list: bool, deadl
 pub async fn check(settings: &Settings, patience: Duration) -> Vec<Check> {
     let deadline = Instant::now() + patience;
     let c = &settings.config;
+    // An Iceberg table in Glue: its database is checked as the catalog's.
+    let iceberg_table =
+        settings.iceberg.as_deref().filter(|u| u.starts_with("glue://")).and_then(|u| TableName::parse(u).ok());
+    let catalog = settings.catalog.as_ref().or(iceberg_table.as_ref());
     let sdk = shardlake::aws::sdk_config().await;
     let mut checks = identity(&sdk, deadline).await;
     let skipped =
@@ -335,7 +339,7 @@ pub async fn check(settings: &Settings, patience: Duration) -> Vec<Check> {
         if c.checkpoint_store.starts_with("dynamodb://") {
             checks.push(skipped("checkpoint_store"));
         }
-        checks.extend(settings.catalog.as_ref().map(|_| skipped("catalog")));
+        checks.extend(catalog.map(|_| skipped("catalog")));
         checks.extend(settings.schema_table.as_ref().map(|_| skipped("schema")));
         return checks;
     }
@@ -367,7 +371,7 @@ pub async fn check(settings: &Settings, patience: Duration) -> Vec<Check> {
     let glue = async {
         let mut out = Vec::new();
         let databases: Vec<(&'static str, &TableName, bool)> = [
-            settings.catalog.as_ref().map(|t| ("catalog", t, c.catalog_create)),
+            catalog.map(|t| ("catalog", t, c.catalog_create)),
             settings.schema_table.as_ref().map(|t| ("schema", t, false)),
         ]
         .into_iter()

@@ -220,6 +220,13 @@ fn print_settings(path: &Path, s: &Settings) {
     );
 }
 
+/// Back-off between attempts to open the Iceberg table at start.
+const OPEN_TABLE_BACKOFF: shardlake::retry::RetryPolicy = shardlake::retry::RetryPolicy {
+    max_attempts: u32::MAX,
+    base: std::time::Duration::from_millis(500),
+    cap: std::time::Duration::from_secs(15),
+};
+
 /// The event-time column of `time_field` (`None` for the arrival time).
 fn time_column(s: &Settings) -> Option<&str> {
     Some(s.config.time_field.as_str()).filter(|f| *f != "arrival")
@@ -234,12 +241,14 @@ fn iceberg_mapping(s: &Settings, url: &str) -> anyhow::Result<PartitionMapping> 
 }
 
 /// Opens (or creates) the lake's Iceberg table, and gives the table spec
-/// its field ids.
+/// its field ids. A catalog or storage failing transiently (a throttle, a
+/// 5xx, a timeout) is retried with back-off, each failure logged, until it
+/// passes or the worker is stopped; anything else ends the start here.
 async fn open_iceberg(settings: &mut Settings, url: &str) -> anyhow::Result<IcebergLake> {
     // `IcebergLake::open` maps the template itself.
     let catalog = CatalogUrl::parse(url, Path::new("/")).map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
     let c = &settings.config;
-    let lake = IcebergLake::open(TableConfig {
+    let config = TableConfig {
         catalog: &catalog,
         destination: &c.destination,
         schema: &settings.table.schema,
@@ -248,8 +257,23 @@ async fn open_iceberg(settings: &mut Settings, url: &str) -> anyhow::Result<Iceb
         time_field: time_column(settings),
         create: c.catalog_create,
         s3: &settings.s3,
-    })
-    .await?;
+    };
+    let classify = |e: &crate::lake::iceberg::TableError| match e.transient() {
+        true => shardlake::retry::RetryClass::Transient,
+        false => shardlake::retry::RetryClass::Fatal,
+    };
+    let report = |f: &shardlake::retry::FailedAttempt<'_, crate::lake::iceberg::TableError>| {
+        if let Some(wait) = f.retry_in {
+            tracing::warn!(attempt = f.attempt, error = %f.error, "opening the Iceberg table failed; retrying in {wait:?}");
+        }
+    };
+    let lake = OPEN_TABLE_BACKOFF
+        .run_until(|_| IcebergLake::open(config), classify, report, std::future::pending::<()>())
+        .await
+        .map_err(|e| match e {
+            shardlake::retry::GaveUp::Failed(e) | shardlake::retry::GaveUp::Stopped(Some(e)) => anyhow::Error::new(e),
+            shardlake::retry::GaveUp::Stopped(None) => anyhow::anyhow!("opening the Iceberg table: stopped"),
+        })?;
     eprintln!("shardlake-consumer: Iceberg table {} at {}", lake.table.ident(), lake.location);
     settings.table.field_ids = Some(lake.field_ids.clone());
     Ok(lake)
@@ -358,7 +382,11 @@ async fn work(settings: Settings, shutdown: &Shutdown) -> anyhow::Result<()> {
     };
     let mut settings = settings;
     let iceberg = match settings.iceberg.clone() {
-        Some(url) => Some(open_iceberg(&mut settings, &url).await?),
+        Some(url) => tokio::select! {
+            lake = open_iceberg(&mut settings, &url) => Some(lake?),
+            // A stop while the catalog fails transiently: nothing was read.
+            _ = cancel.cancelled() => return Ok(()),
+        },
         None => None,
     };
     // An Iceberg table's versions take their field ids from the table.

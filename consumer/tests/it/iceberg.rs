@@ -16,6 +16,7 @@ use shardlake_consumer::iceberg::{BatchFiles, BatchKey, CatalogUrl, IcebergLake,
 use std::time::Duration;
 
 use crate::support::*;
+use faultproxy::{FaultProxy, Flavor, Mode};
 
 fn convert_cli(input: &Path, lake: &Path, schema: &Path, args: &[&str]) -> Output {
     let mut all = vec![
@@ -279,6 +280,46 @@ async fn two_writers(url: &str, dest: &str, dir: &Path) {
     assert_eq!(table.metadata().snapshots().count(), 4);
     let v = iceberg_view(url);
     assert_eq!(v["rows"], 2000, "{v}");
+}
+
+/// Glue answering 500s at start for longer than the preflight's patience:
+/// the worker retries opening its table, logging each failure, starts once
+/// Glue answers, and every record lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_glue_catalog_failing_at_start_is_retried_until_it_answers() {
+    let Some(_stack) = stack() else { return };
+    let client = kinesis().await;
+    let stream = create_stream(&client, 1).await;
+    let bucket = unique("iceberg-flaky").to_lowercase();
+    s3_client().await.create_bucket().bucket(&bucket).send().await.unwrap();
+    let db = unique("flaky").replace('-', "_");
+    let glue = Arc::new(FaultProxy::start(&stack_env("AWS_ENDPOINT_URL_GLUE"), Flavor::Glue).await.unwrap());
+    glue.set(Mode::ServerError);
+    let setup = Setup::new(&stream);
+    let table = format!("glue://{db}/events");
+    setup.config_to(
+        &format!("s3://{bucket}/lake/"),
+        &format!(
+            "table_format = \"iceberg\"\ncatalog = \"{table}\"\ncatalog_create = true\ncommit_interval = \"500ms\"\n"
+        ),
+    );
+    let healed = {
+        let glue = glue.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(25)).await;
+            glue.set(Mode::Pass);
+        })
+    };
+    let mut consumer = setup.start(&[("AWS_ENDPOINT_URL_GLUE", &glue.endpoint)]);
+    healed.await.unwrap();
+    let landed = put_records(&client, &stream, &keyed(events(50, 9, 1))).await;
+    setup.wait_committed(&landed, Duration::from_secs(60)).await;
+    assert!(terminate(&mut consumer).success(), "{}", setup.log());
+    let log = setup.log();
+    assert!(log.contains("opening the Iceberg table failed; retrying"), "{log}");
+    assert!(glue.counts.errors.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    let v = iceberg_view(&table);
+    assert_eq!((v["rows"].as_u64(), v["distinct"].as_u64()), (Some(50), Some(50)), "{v}\n{log}");
 }
 
 /// `scripts/iceberg_compact.py` on the table at `url` (the stand-in for the
