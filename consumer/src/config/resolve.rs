@@ -91,7 +91,7 @@ impl ConsumerConfig {
             );
         };
         if url.starts_with(GLUE_SCHEME) {
-            crate::lake::iceberg::CatalogUrl::parse(url, base).map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
+            TableName::parse(url).map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
             if !self.destination.starts_with("s3://") {
                 bail!(
                     "destination: an Iceberg table in the Glue Data Catalog must live on S3 (Athena and the Glue \

@@ -52,12 +52,13 @@ pub enum CatalogUrl {
     },
 }
 
-/// Athena's and Glue's rule for database and table names.
-fn check_name(url: &str, what: &str, name: &str, example: &str) -> Result<(), String> {
+/// A SQLite catalog's namespace and table names: letters, digits and `_`,
+/// as Athena and Glue require.
+fn check_name(url: &str, what: &str, name: &str) -> Result<(), String> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!(
             "`{url}`: the {what} `{name}` must be letters, digits and `_` (as Athena and Glue require); \
-             write {example}"
+             write sqlite://PATH/NAMESPACE/TABLE, e.g. sqlite://lake/catalog.db/analytics/events"
         ));
     }
     Ok(())
@@ -67,14 +68,10 @@ impl CatalogUrl {
     /// Parses `sqlite://PATH/NAMESPACE/TABLE`; a relative PATH is taken
     /// from `base` (the config file's folder). Errors name the fix.
     pub fn parse(url: &str, base: &Path) -> Result<Self, String> {
-        if let Some(rest) = url.strip_prefix(GLUE_SCHEME) {
-            let example = "glue://DATABASE/TABLE, e.g. glue://analytics/events";
-            let Some((database, table)) = rest.trim_end_matches('/').split_once('/') else {
-                return Err(format!("`{url}`: write {example}"));
-            };
-            check_name(url, "database", database, example)?;
-            check_name(url, "table", table, example)?;
-            return Ok(CatalogUrl::Glue { database: database.to_string(), table: table.to_string() });
+        if url.starts_with(GLUE_SCHEME) {
+            // Glue's own rules: lower-case names, as Glue stores them.
+            let name = shardlake::catalog::TableName::parse(url).map_err(|e| e.to_string())?;
+            return Ok(CatalogUrl::Glue { database: name.database, table: name.table });
         }
         let Some(rest) = url.strip_prefix(SQLITE_SCHEME) else {
             return Err(format!(
@@ -89,12 +86,7 @@ impl CatalogUrl {
             ));
         };
         for (what, name) in [("namespace", namespace), ("table", table)] {
-            check_name(
-                url,
-                what,
-                name,
-                "sqlite://PATH/NAMESPACE/TABLE, e.g. sqlite://lake/catalog.db/analytics/events",
-            )?;
+            check_name(url, what, name)?;
         }
         if file.is_empty() {
             return Err(format!("`{url}`: name the SQLite file, e.g. sqlite://lake/catalog.db/{namespace}/{table}"));
