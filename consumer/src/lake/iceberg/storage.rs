@@ -4,9 +4,8 @@
 //! instead of a second S3 stack (iceberg-rust's default, OpenDAL) set up
 //! apart from them. The data files are shardlake's own uploads.
 
-use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,22 +16,15 @@ use iceberg::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
 use shardlake::store::{ObjectStore, S3Options, S3Store};
 
-/// The S3 client and settings, shared by every bucket's store.
-#[derive(Debug, Clone)]
-struct S3Access {
-    /// The table's store; other buckets' share its client.
-    table: S3Store,
-    /// One store per bucket, rooted at the bucket.
-    buckets: Arc<Mutex<HashMap<String, ObjectStore>>>,
-}
-
 /// Files at `s3://bucket/key` paths. (iceberg-rust requires a storage to
 /// be serializable, to ship it to other processes; shardlake never does,
 /// and a deserialized one answers every call with an error.)
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct S3TableFiles {
+    /// The table's store; a path's bucket gets one like it (the same
+    /// client and settings, rooted at the bucket).
     #[serde(skip)]
-    s3: Option<S3Access>,
+    s3: Option<S3Store>,
 }
 
 impl S3TableFiles {
@@ -40,7 +32,7 @@ impl S3TableFiles {
     /// the shared AWS config and `options`.
     pub async fn new(location: &str, options: &S3Options) -> std::result::Result<Self, String> {
         match ObjectStore::open(location, options).await.map_err(|e| e.to_string())? {
-            ObjectStore::S3(table) => Ok(S3TableFiles { s3: Some(S3Access { table, buckets: Arc::default() }) }),
+            ObjectStore::S3(table) => Ok(S3TableFiles { s3: Some(table) }),
             ObjectStore::File(_) => Err(format!("{location} is not on S3")),
         }
     }
@@ -56,9 +48,7 @@ impl S3TableFiles {
             .and_then(|rest| rest.split_once('/'))
             .filter(|(bucket, key)| !bucket.is_empty() && !key.is_empty())
             .ok_or_else(|| Error::new(ErrorKind::DataInvalid, format!("`{path}` is not an s3://BUCKET/KEY path")))?;
-        let mut buckets = s3.buckets.lock().expect("buckets lock");
-        let store = buckets.entry(bucket.to_string()).or_insert_with(|| ObjectStore::S3(s3.table.at_bucket(bucket)));
-        Ok((store.clone(), key.to_string()))
+        Ok((ObjectStore::S3(s3.at_bucket(bucket)), key.to_string()))
     }
 }
 
